@@ -1,0 +1,266 @@
+//! `baton node` configuration: one TOML file per node.
+//!
+//! Contract: [`NodeConfig::from_toml`] either returns a configuration that [`NodeConfig::validate`]
+//! accepted (this node is a member, names and addresses are unique, the key is long enough) or a
+//! [`ConfigError`] that says which field is wrong. Every field except the identity, the members and
+//! the key has a default, so a minimal file is short:
+//!
+//! ```toml
+//! [node]
+//! name = "n1"
+//! address = "198.18.0.1"
+//! interface = "eth0"
+//!
+//! [cluster]
+//! key = "0123456789abcdef0123456789abcdef"
+//! members = [
+//!   { name = "n1", address = "198.18.0.1" },
+//!   { name = "n2", address = "198.18.0.2" },
+//! ]
+//!
+//! [policy]
+//! kind = "hash"
+//! ```
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+
+use baton_policy::PolicyKind;
+use serde::{Deserialize, Serialize};
+
+/// The smallest cluster key accepted, in bytes: the key authenticates every control message.
+pub const MIN_KEY_LEN: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("parsing config: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node: NodeSection,
+    pub cluster: ClusterSection,
+    #[serde(default)]
+    pub policy: PolicySection,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// Who this node is and where it attaches.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    pub name: String,
+    /// The node's service address: clients connect to it, peers forward to it.
+    pub address: Ipv4Addr,
+    /// The cluster interface the eBPF programs attach to (TC ingress and egress).
+    pub interface: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Shared secret that authenticates control messages (at least [`MIN_KEY_LEN`] bytes).
+    pub key: String,
+    pub members: Vec<Member>,
+    /// TCP ports whose connections baton distributes.
+    #[serde(default = "default_service_ports")]
+    pub service_ports: Vec<u16>,
+    /// TCP port of the control mesh, on every member's address.
+    #[serde(default = "default_control_port")]
+    pub control_port: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub name: String,
+    pub address: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    #[serde(default)]
+    pub kind: PolicyKind,
+}
+
+/// Bounds on what a node holds while it decides, and on how long state may live.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request head held before deciding; a larger head is served locally.
+    pub head_bytes: usize,
+    /// Most client segments held for one connection before deciding.
+    pub hold_segments: usize,
+    /// Longest time a connection is held waiting for its request head.
+    pub hold_ms: u64,
+    /// Longest wait for a peer's answer to a handoff request before serving locally.
+    pub handoff_timeout_ms: u64,
+    /// A forwarding or translating entry with no packet for this long is removed.
+    pub idle_timeout_s: u64,
+    /// How long an entry lingers after both sides closed (late retransmissions still translate).
+    pub close_linger_ms: u64,
+    /// Interval between heartbeats on the control mesh.
+    pub heartbeat_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            head_bytes: 8192,
+            hold_segments: 32,
+            hold_ms: 2000,
+            handoff_timeout_ms: 1000,
+            idle_timeout_s: 600,
+            close_linger_ms: 2000,
+            heartbeat_ms: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Where the Prometheus text endpoint (`/metrics`) listens; `None` disables it.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection { listen: None }
+    }
+}
+
+fn default_service_ports() -> Vec<u16> {
+    vec![80]
+}
+
+fn default_control_port() -> u16 {
+    7070
+}
+
+impl NodeConfig {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: NodeConfig = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config always serializes")
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.cluster.key.len() < MIN_KEY_LEN {
+            return invalid(format!("cluster.key must be at least {MIN_KEY_LEN} bytes"));
+        }
+        if self.cluster.members.is_empty() {
+            return invalid("cluster.members is empty".into());
+        }
+        if self.cluster.service_ports.is_empty() {
+            return invalid("cluster.service_ports is empty".into());
+        }
+        if self.cluster.service_ports.contains(&self.cluster.control_port) {
+            return invalid("cluster.control_port is also a service port".into());
+        }
+        let mut names = HashSet::new();
+        let mut addresses = HashSet::new();
+        for m in &self.cluster.members {
+            if !names.insert(m.name.as_str()) {
+                return invalid(format!("member name {} appears twice", m.name));
+            }
+            if !addresses.insert(m.address) {
+                return invalid(format!("member address {} appears twice", m.address));
+            }
+        }
+        let me = Member { name: self.node.name.clone(), address: self.node.address };
+        if !self.cluster.members.contains(&me) {
+            return invalid(format!(
+                "node {} ({}) is not among cluster.members",
+                self.node.name, self.node.address
+            ));
+        }
+        if self.limits.head_bytes == 0 || self.limits.hold_segments == 0 {
+            return invalid("limits.head_bytes and limits.hold_segments must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// This node's index in `cluster.members` (validated to exist).
+    pub fn self_index(&self) -> usize {
+        self.cluster
+            .members
+            .iter()
+            .position(|m| m.name == self.node.name)
+            .expect("validate() checked membership")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[node]
+name = "n1"
+address = "198.18.0.1"
+interface = "eth0"
+
+[cluster]
+key = "0123456789abcdef0123456789abcdef"
+members = [
+  { name = "n1", address = "198.18.0.1" },
+  { name = "n2", address = "198.18.0.2" },
+]
+
+[policy]
+kind = "hash"
+"#;
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = NodeConfig::from_toml(MINIMAL).unwrap();
+        assert_eq!(c.cluster.service_ports, vec![80]);
+        assert_eq!(c.cluster.control_port, 7070);
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.policy.kind, PolicyKind::Hash);
+        assert_eq!(c.self_index(), 0);
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let c = NodeConfig::from_toml(MINIMAL).unwrap();
+        assert_eq!(NodeConfig::from_toml(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn rejects_non_member_short_key_and_duplicates() {
+        let not_member = MINIMAL.replace("name = \"n1\"\naddress", "name = \"n9\"\naddress");
+        assert!(matches!(NodeConfig::from_toml(&not_member), Err(ConfigError::Invalid(_))));
+        let short_key = MINIMAL.replace("0123456789abcdef0123456789abcdef", "short");
+        assert!(matches!(NodeConfig::from_toml(&short_key), Err(ConfigError::Invalid(_))));
+        let dup = MINIMAL.replace("name = \"n2\", address = \"198.18.0.2\"", "name = \"n2\", address = \"198.18.0.1\"");
+        assert!(matches!(NodeConfig::from_toml(&dup), Err(ConfigError::Invalid(_))));
+        let unknown = format!("{MINIMAL}\n[bogus]\nx = 1\n");
+        assert!(matches!(NodeConfig::from_toml(&unknown), Err(ConfigError::Parse(_))));
+    }
+}

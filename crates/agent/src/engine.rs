@@ -1,0 +1,782 @@
+//! The handoff engine: the single owner of every connection's agent-side state.
+//!
+//! It owns the datapath's conn table, the held connections (FE), the handed-in connections (BE),
+//! the policy and the view of the cluster, and reacts to three inputs: datapath events (held
+//! packets, the BE server's SYN-ACK, closes), control messages from peers, and a clock tick.
+//!
+//! FE (DESIGN §3 steps 2-5, 7): held packets are reassembled into the client's byte stream until
+//! the request head is complete; the policy picks a node; the connection is either released
+//! locally (entry deleted, held packets replayed into the local TCP) or offered to the chosen peer.
+//! On acceptance the entry turns to forwarding, the local half-open connection is reset, and the
+//! held bytes are sent on to the BE. Refusal, timeout, a peer going down, a malformed or oversized
+//! head, too many segments or too long a hold all end in local release: nothing is lost.
+//!
+//! BE (steps 6, 8, 9): a handoff request becomes a translating entry and a replayed SYN; the local
+//! server's SYN-ACK (caught by the datapath) gives the sequence and timestamp offsets, the options
+//! are checked against the FE's, the ACK is replayed translated, and the FE is told. Closes are
+//! reported to the FE; every entry is removed after a linger or an idle timeout.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use baton_bpf::datapath::ConnTable;
+use baton_bpf::{Conn, ConnKey, ConnRole, ConnState, Event, EventKind};
+use baton_http::{Limits as HeadLimits, Sniff};
+use baton_policy::{ClusterView, NodeState, Policy, RequestInfo};
+use baton_proto::{Message, RefuseReason};
+use baton_wire::{
+    SynOptions, TcpFlags, TcpPacketBuilder, Translation, parse_options, rewrite_dst_addr,
+    translate_to_server,
+};
+
+use crate::config::NodeConfig;
+use crate::hold::StreamAssembler;
+use crate::inject::Injector;
+use crate::mesh::{MeshEvent, MeshSender};
+use crate::metrics::{Metrics, Reason};
+
+/// BPF_NOEXIST for map updates: fail if the key exists.
+const NOEXIST: u64 = 1;
+/// How much of a held connection's stream the FE keeps (bytes beyond are retransmitted by the client).
+const STREAM_CAPACITY: usize = 64 * 1024;
+/// Largest payload of one replayed packet into the local stack (the loopback MTU is 64 KiB).
+const LOCAL_CHUNK: usize = 32 * 1024;
+/// Largest IPv4 packet sent on the cluster network.
+const WIRE_MTU: usize = 1500;
+/// How long late held packets keep following a released connection.
+const RELEASED_MEMORY: Duration = Duration::from_secs(5);
+/// An FE entry whose handshake never completed (SYN flood, lost ACK) goes after this.
+const SYN_ENTRY_TTL_NS: u64 = 10_000_000_000;
+
+/// Monotonic clock in ns, the clock of `bpf_ktime_get_ns()`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+struct Peer {
+    name: String,
+    addr: Ipv4Addr,
+    outbound_up: bool,
+    last_heard: Option<Instant>,
+    load: u32,
+}
+
+/// FE: a connection held while the agent decides.
+struct Held {
+    entry: Conn,
+    stream: StreamAssembler,
+    /// The client's pure handshake ACK, replayed first.
+    handshake_ack: Option<Vec<u8>>,
+    /// Headers of the latest client segment: the template for replayed data segments.
+    template: Option<TcpPacketBuilder>,
+    segments: usize,
+    deadline: Instant,
+    awaiting: Option<Awaiting>,
+}
+
+struct Awaiting {
+    peer: usize,
+    id: u64,
+    deadline: Instant,
+}
+
+/// Where late held packets of a connection already decided go.
+enum Released {
+    Local,
+    Remote(Ipv4Addr),
+}
+
+/// BE: a connection handed in by a peer.
+struct Inbound {
+    key: ConnKey,
+    peer: usize,
+    id: u64,
+    client_isn: u32,
+    fe_isn: u32,
+    fe_tsval_now: u32,
+    fe_options: SynOptions,
+    ack: Vec<u8>,
+    /// Some while waiting for the local server's SYN-ACK.
+    synack_deadline: Option<Instant>,
+}
+
+pub struct Engine {
+    config: NodeConfig,
+    me: usize,
+    my_addr: Ipv4Addr,
+    conns: ConnTable,
+    inject: Injector,
+    policy: Box<dyn Policy>,
+    peers: Vec<Peer>,
+    mesh: MeshSender,
+    load: Arc<AtomicU32>,
+    metrics: Metrics,
+    head_limits: HeadLimits,
+    held: HashMap<ConnKey, Held>,
+    released: HashMap<ConnKey, (Released, Instant)>,
+    /// FE: handoff id -> (connection, BE) for connections handed out, until closed.
+    pending: HashMap<u64, ConnKey>,
+    outbound: HashMap<u64, ConnKey>,
+    /// BE: (peer, id) -> connection handed in.
+    inbound: HashMap<(usize, u64), Inbound>,
+    inbound_by_key: HashMap<ConnKey, (usize, u64)>,
+    /// Entries to remove once their linger ends.
+    expiries: Vec<(Instant, ConnKey)>,
+    next_id: u64,
+    last_gc: Instant,
+}
+
+impl Engine {
+    pub fn new(
+        config: NodeConfig,
+        conns: ConnTable,
+        inject: Injector,
+        mesh: MeshSender,
+        load: Arc<AtomicU32>,
+        metrics: Metrics,
+    ) -> Self {
+        let me = config.self_index();
+        let peers = config
+            .cluster
+            .members
+            .iter()
+            .map(|m| Peer { name: m.name.clone(), addr: m.address, outbound_up: false, last_heard: None, load: 0 })
+            .collect();
+        let head_limits = HeadLimits { max_head_bytes: config.limits.head_bytes, ..HeadLimits::default() };
+        Engine {
+            me,
+            my_addr: config.node.address,
+            policy: baton_policy::build(config.policy.kind),
+            config,
+            conns,
+            inject,
+            peers,
+            mesh,
+            load,
+            metrics,
+            head_limits,
+            held: HashMap::new(),
+            released: HashMap::new(),
+            pending: HashMap::new(),
+            outbound: HashMap::new(),
+            inbound: HashMap::new(),
+            inbound_by_key: HashMap::new(),
+            expiries: Vec::new(),
+            // Ids are unique per FE; the high bits keep two restarts of one node apart.
+            next_id: (u64::from(rand::random::<u32>()) << 32) | 1,
+            last_gc: Instant::now(),
+        }
+    }
+
+    fn peer_up(&self, peer: usize, now: Instant) -> bool {
+        if peer == self.me {
+            return true;
+        }
+        let p = &self.peers[peer];
+        let fresh = self.config.limits.heartbeat_ms.saturating_mul(5).max(500);
+        p.outbound_up && p.last_heard.is_some_and(|t| now.duration_since(t) < Duration::from_millis(fresh))
+    }
+
+    // ----- inputs -------------------------------------------------------------------------
+
+    pub fn on_datapath(&mut self, event: Event) {
+        match event.kind {
+            EventKind::HeldPacket => self.on_held_packet(event),
+            EventKind::BeSynAck => self.on_be_synack(event),
+            EventKind::Closed => self.on_closed(event.key),
+        }
+    }
+
+    pub fn on_mesh(&mut self, event: MeshEvent) {
+        let now = Instant::now();
+        match event {
+            MeshEvent::PeerUp { peer } => self.peers[peer].outbound_up = true,
+            MeshEvent::PeerDown { peer } => {
+                self.peers[peer].outbound_up = false;
+                let stranded: Vec<ConnKey> = self
+                    .held
+                    .iter()
+                    .filter(|(_, h)| h.awaiting.as_ref().is_some_and(|a| a.peer == peer))
+                    .map(|(k, _)| *k)
+                    .collect();
+                for key in stranded {
+                    self.release_local(key, "peer_down");
+                }
+            }
+            MeshEvent::Message { peer, message } => {
+                self.peers[peer].last_heard = Some(now);
+                self.on_message(peer, message);
+            }
+        }
+        self.metrics.peers_up.set((0..self.peers.len()).filter(|&p| p != self.me && self.peer_up(p, now)).count() as i64);
+    }
+
+    fn on_message(&mut self, peer: usize, message: Message) {
+        match message {
+            Message::Heartbeat { load, .. } => self.peers[peer].load = load,
+            Message::HandoffRequest { id, client, fe_service, fe_isn, fe_tsval_now, fe_synack_options, syn, ack } => {
+                let request = HandoffRequest { id, client, fe_service, fe_isn, fe_tsval_now, fe_synack_options, syn, ack };
+                if let Err(reason) = self.on_handoff_request(peer, request) {
+                    self.metrics.refused.get_or_create(&Reason::new(refuse_label(reason))).inc();
+                    self.mesh.send(peer, Message::HandoffRefused { id, reason });
+                }
+            }
+            Message::HandoffAccepted { id } => self.on_accepted(peer, id),
+            Message::HandoffRefused { id, reason } => {
+                if let Some(key) = self.pending.remove(&id) {
+                    self.release_local(key, &format!("refused_{}", refuse_label(reason)));
+                }
+            }
+            Message::HandoffAbort { id } => {
+                if let Some(inbound) = self.inbound.remove(&(peer, id)) {
+                    self.inbound_by_key.remove(&inbound.key);
+                    self.reset_local(&inbound.key, inbound.client_isn);
+                    let _ = self.conns.remove(&inbound.key);
+                }
+            }
+            Message::ConnClosed { id } => {
+                if let Some(key) = self.outbound.remove(&id) {
+                    self.expire_later(key);
+                }
+            }
+        }
+    }
+
+    /// Called on every tick (tens of ms): hold and handoff deadlines, lingers, periodic GC.
+    pub fn on_tick(&mut self) {
+        let now = Instant::now();
+        let mut timed_out = Vec::new();
+        let mut hold_expired = Vec::new();
+        for (key, held) in &self.held {
+            match &held.awaiting {
+                Some(a) if a.deadline <= now => timed_out.push((*key, a.peer, a.id)),
+                None if held.deadline <= now => hold_expired.push(*key),
+                _ => {}
+            }
+        }
+        for (key, peer, id) in timed_out {
+            self.mesh.send(peer, Message::HandoffAbort { id });
+            self.pending.remove(&id);
+            self.release_local(key, "timeout");
+        }
+        for key in hold_expired {
+            self.release_local(key, "hold_timeout");
+        }
+        let stale: Vec<(usize, u64)> = self
+            .inbound
+            .iter()
+            .filter(|(_, i)| i.synack_deadline.is_some_and(|d| d <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stale {
+            if let Some(inbound) = self.inbound.remove(&k) {
+                self.inbound_by_key.remove(&inbound.key);
+                self.reset_local(&inbound.key, inbound.client_isn);
+                let _ = self.conns.remove(&inbound.key);
+                self.metrics.refused.get_or_create(&Reason::new("timeout")).inc();
+                self.mesh.send(inbound.peer, Message::HandoffRefused { id: inbound.id, reason: RefuseReason::Timeout });
+            }
+        }
+        let due: Vec<ConnKey> = self.expiries.iter().filter(|(t, _)| *t <= now).map(|(_, k)| *k).collect();
+        self.expiries.retain(|(t, _)| *t > now);
+        for key in due {
+            self.forget(&key);
+        }
+        self.released.retain(|_, (_, until)| *until > now);
+        if now.duration_since(self.last_gc) >= Duration::from_secs(1) {
+            self.last_gc = now;
+            self.collect_garbage();
+        }
+        self.metrics.held.set(self.held.len() as i64);
+        self.metrics.handed_in_active.set(self.inbound.len() as i64);
+        self.load.store((self.inbound.len() + self.held.len()) as u32, Ordering::Relaxed);
+    }
+
+    /// Shutdown: every held connection is served locally, so none is lost.
+    pub fn release_all(&mut self) {
+        let keys: Vec<ConnKey> = self.held.keys().copied().collect();
+        for key in keys {
+            self.release_local(key, "shutdown");
+        }
+    }
+
+    // ----- FE -----------------------------------------------------------------------------
+
+    fn on_held_packet(&mut self, event: Event) {
+        let key = event.key;
+        if let Some((released, _)) = self.released.get(&key) {
+            let mut packet = event.packet;
+            if let Released::Remote(be) = released {
+                if rewrite_dst_addr(&mut packet, *be).is_err() {
+                    return;
+                }
+            }
+            self.send(&packet);
+            return;
+        }
+        let Some(segment) = parse_captured(&event.packet, event.pkt_len) else {
+            self.metrics.malformed_events.inc();
+            return;
+        };
+        if segment.flags.contains(TcpFlags::RST) {
+            // The datapath already forgot the entry and let the RST end our half-open side.
+            if let Some(held) = self.held.remove(&key) {
+                if let Some(a) = held.awaiting {
+                    self.pending.remove(&a.id);
+                    self.mesh.send(a.peer, Message::HandoffAbort { id: a.id });
+                }
+            }
+            return;
+        }
+        if !self.held.contains_key(&key) {
+            let entry = match self.conns.get(&key, 0) {
+                Ok(entry) if entry.state() == Some(ConnState::FeHold) => entry,
+                _ => {
+                    // No hold on record (entry expired or removed): the local TCP takes it.
+                    self.send(&event.packet);
+                    return;
+                }
+            };
+            let stream = StreamAssembler::new(entry.client_isn.wrapping_add(1), STREAM_CAPACITY);
+            let deadline = Instant::now() + Duration::from_millis(self.config.limits.hold_ms);
+            self.held.insert(
+                key,
+                Held { entry, stream, handshake_ack: None, template: None, segments: 0, deadline, awaiting: None },
+            );
+        }
+        let Some(held) = self.held.get_mut(&key) else { return };
+        if segment.flags.contains(TcpFlags::SYN) {
+            return;
+        }
+        let is_handshake_ack = segment.payload.is_empty()
+            && !segment.flags.contains(TcpFlags::FIN)
+            && segment.seq == held.entry.client_isn.wrapping_add(1)
+            && segment.ack == held.entry.local_isn.wrapping_add(1);
+        if is_handshake_ack && held.handshake_ack.is_none() && event.packet.len() == event.pkt_len as usize {
+            held.handshake_ack = Some(event.packet.clone());
+        }
+        held.stream.add(segment.seq, &segment.payload, segment.flags.contains(TcpFlags::FIN));
+        held.segments += 1;
+        let mut template = segment;
+        template.payload.clear();
+        held.template = Some(template);
+        if held.awaiting.is_none() {
+            self.try_decide(key);
+        }
+    }
+
+    fn try_decide(&mut self, key: ConnKey) {
+        let Some(held) = self.held.get(&key) else { return };
+        let head = match baton_http::sniff(held.stream.contiguous(), &self.head_limits) {
+            Sniff::Complete(head) => head,
+            Sniff::Invalid(reason) => return self.release_local(key, reason.as_str()),
+            Sniff::Incomplete => {
+                if held.stream.finished() {
+                    return self.release_local(key, "incomplete_head");
+                }
+                if held.segments >= self.config.limits.hold_segments {
+                    return self.release_local(key, "too_many_segments");
+                }
+                return;
+            }
+        };
+        let now = Instant::now();
+        let nodes: Vec<NodeState> = (0..self.peers.len())
+            .map(|i| NodeState { name: self.peers[i].name.clone(), up: self.peer_up(i, now), load: self.peers[i].load })
+            .collect();
+        let view = ClusterView { self_index: self.me, nodes: &nodes };
+        let request = RequestInfo { method: &head.method, target: &head.target, host: head.host.as_deref() };
+        let choice = self.policy.choose(&request, &view);
+        if choice == self.me || choice >= self.peers.len() {
+            return self.release_local(key, "policy");
+        }
+        if !self.peer_up(choice, now) {
+            return self.release_local(key, "peer_down");
+        }
+        let Some(request) = self.handoff_request(&key) else {
+            return self.release_local(key, "internal");
+        };
+        let id = request.id;
+        if !self.mesh.send(choice, request.into_message()) {
+            return self.release_local(key, "peer_down");
+        }
+        let timeout = Duration::from_millis(self.config.limits.handoff_timeout_ms);
+        if let Some(held) = self.held.get_mut(&key) {
+            held.awaiting = Some(Awaiting { peer: choice, id, deadline: now + timeout });
+        }
+        self.pending.insert(id, key);
+    }
+
+    /// The handoff request for a held connection: its SYN and handshake ACK rebuilt from what the
+    /// datapath recorded, our ISN, SYN-ACK options and current timestamp clock.
+    fn handoff_request(&mut self, key: &ConnKey) -> Option<HandoffRequest> {
+        let held = self.held.get(key)?;
+        let e = &held.entry;
+        let (client, local) = (key.client(), key.local());
+        let mut syn = TcpPacketBuilder::new(*client.ip(), client.port(), *local.ip(), local.port());
+        syn.seq = e.client_isn;
+        syn.flags = TcpFlags::SYN;
+        syn.window = e.syn_window;
+        syn.options = parse_options(e.syn_options()).ok()?;
+        let ack = match &held.handshake_ack {
+            Some(ack) => ack.clone(),
+            None => {
+                let mut ack = held.template.clone()?;
+                ack.seq = e.client_isn.wrapping_add(1);
+                ack.ack = e.local_isn.wrapping_add(1);
+                ack.flags = TcpFlags::ACK;
+                ack.payload.clear();
+                ack.try_build().ok()?
+            }
+        };
+        // Our TCP's timestamp clock for this connection now: the SYN-ACK's TSval plus the ms since
+        // (Linux ticks TSval in ms). The BE's translated clock starts here, so it never runs back.
+        let elapsed_ms = monotonic_ns().saturating_sub(e.created_ns) / 1_000_000;
+        let fe_tsval_now = e.synack_tsval.wrapping_add(elapsed_ms as u32).wrapping_add(1);
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        Some(HandoffRequest {
+            id,
+            client,
+            fe_service: local,
+            fe_isn: e.local_isn,
+            fe_tsval_now,
+            fe_synack_options: e.synack_options().to_vec(),
+            syn: syn.try_build().ok()?,
+            ack,
+        })
+    }
+
+    fn on_accepted(&mut self, peer: usize, id: u64) {
+        let Some(key) = self.pending.remove(&id) else {
+            // We gave up on it already (timeout, client reset): the BE must drop its side.
+            self.mesh.send(peer, Message::HandoffAbort { id });
+            return;
+        };
+        let Some(held) = self.held.remove(&key) else { return };
+        let be = self.peers[peer].addr;
+        let mut entry = match self.conns.get(&key, 0) {
+            Ok(entry) => entry,
+            Err(_) => held.entry,
+        };
+        entry.state = ConnState::FeForward as u8;
+        entry.peer_addr = be.octets();
+        if let Err(e) = self.conns.insert(key, entry, 0) {
+            tracing::warn!(%key, "could not switch to forwarding: {e}");
+            self.mesh.send(peer, Message::HandoffAbort { id });
+            self.held.insert(key, held);
+            return self.release_local(key, "internal");
+        }
+        // Our own TCP still has the half-open connection: a RST only it sees ends it quietly.
+        self.reset_local(&key, held.entry.client_isn);
+        // The BE has the handshake; the request bytes follow as the client's own segments.
+        for packet in replay_segments(&held, be, WIRE_MTU) {
+            self.send(&packet);
+        }
+        self.released.insert(key, (Released::Remote(be), Instant::now() + RELEASED_MEMORY));
+        self.outbound.insert(id, key);
+        self.metrics.handoffs_out.inc();
+    }
+
+    /// Serves a held connection locally: forget the entry, replay what was held into our TCP.
+    fn release_local(&mut self, key: ConnKey, reason: &str) {
+        let Some(held) = self.held.remove(&key) else { return };
+        if let Some(a) = &held.awaiting {
+            self.pending.remove(&a.id);
+        }
+        let _ = self.conns.remove(&key);
+        if let Some(ack) = &held.handshake_ack {
+            self.send(ack);
+        }
+        for packet in replay_segments(&held, *key.local().ip(), LOCAL_CHUNK + 100) {
+            self.send(&packet);
+        }
+        self.released.insert(key, (Released::Local, Instant::now() + RELEASED_MEMORY));
+        self.metrics.local.inc();
+        if reason != "policy" {
+            self.metrics.fallbacks.get_or_create(&Reason::new(reason)).inc();
+            tracing::debug!(%key, reason, "served locally");
+        }
+    }
+
+    // ----- BE -----------------------------------------------------------------------------
+
+    fn on_handoff_request(&mut self, peer: usize, r: HandoffRequest) -> Result<(), RefuseReason> {
+        if *r.fe_service.ip() != self.peers[peer].addr || !self.config.cluster.service_ports.contains(&r.fe_service.port()) {
+            return Err(RefuseReason::Malformed);
+        }
+        let fe_options = SynOptions::parse(&r.fe_synack_options).map_err(|_| RefuseReason::Malformed)?;
+        let syn_fields = TcpPacketBuilder::parse(&r.syn).map_err(|_| RefuseReason::Malformed)?;
+        if !syn_fields.flags.contains(TcpFlags::SYN) || syn_fields.src != *r.client.ip() || syn_fields.src_port != r.client.port() {
+            return Err(RefuseReason::Malformed);
+        }
+        let key = ConnKey::new(r.client, SocketAddrV4::new(self.my_addr, r.fe_service.port()));
+        if self.inbound_by_key.contains_key(&key) {
+            return Err(RefuseReason::Collision);
+        }
+        let entry = Conn::new_be(*r.fe_service.ip(), syn_fields.seq, monotonic_ns());
+        // NOEXIST: a tuple this node already tracks (as FE or BE) is a collision, never merged.
+        if self.conns.insert(key, entry, NOEXIST).is_err() {
+            return Err(RefuseReason::Collision);
+        }
+        let mut syn = r.syn;
+        if rewrite_dst_addr(&mut syn, self.my_addr).is_err() {
+            let _ = self.conns.remove(&key);
+            return Err(RefuseReason::Malformed);
+        }
+        let deadline = Instant::now() + Duration::from_millis(self.config.limits.handoff_timeout_ms / 2);
+        self.inbound.insert(
+            (peer, r.id),
+            Inbound {
+                key,
+                peer,
+                id: r.id,
+                client_isn: syn_fields.seq,
+                fe_isn: r.fe_isn,
+                fe_tsval_now: r.fe_tsval_now,
+                fe_options,
+                ack: r.ack,
+                synack_deadline: Some(deadline),
+            },
+        );
+        self.inbound_by_key.insert(key, (peer, r.id));
+        self.send(&syn);
+        Ok(())
+    }
+
+    fn on_be_synack(&mut self, event: Event) {
+        let Some(&slot) = self.inbound_by_key.get(&event.key) else { return };
+        let Some(inbound) = self.inbound.get(&slot) else { return };
+        if inbound.synack_deadline.is_none() {
+            return; // a retransmitted SYN-ACK after we already answered
+        }
+        let key = inbound.key;
+        let answer = parse_captured(&event.packet, event.pkt_len);
+        let is_synack = answer.as_ref().is_some_and(|s| {
+            s.flags.contains(TcpFlags::SYN | TcpFlags::ACK) && s.ack == inbound.client_isn.wrapping_add(1)
+        });
+        let Some(synack) = answer.filter(|_| is_synack) else {
+            // Our TCP answered the SYN with something else: the tuple is in use here.
+            return self.refuse_inbound(slot, RefuseReason::Collision, false);
+        };
+        let be_options = match baton_wire::ipv4::Ipv4Packet::new_checked(&event.packet[..])
+            .ok()
+            .and_then(|ip| baton_wire::TcpSegment::new_checked(ip.payload()).ok().map(|t| SynOptions::parse(t.options())))
+        {
+            Some(Ok(options)) => options,
+            _ => return self.refuse_inbound(slot, RefuseReason::Malformed, true),
+        };
+        if let Some(mismatch) = inbound.fe_options.negotiated_mismatch(&be_options) {
+            tracing::info!(%key, "refusing handoff: {mismatch}");
+            return self.refuse_inbound(slot, RefuseReason::OptionMismatch, true);
+        }
+        let seq_delta = synack.seq.wrapping_sub(inbound.fe_isn);
+        let ts_delta = match be_options.timestamps {
+            Some((be_tsval, _)) => be_tsval.wrapping_sub(inbound.fe_tsval_now),
+            None => 0,
+        };
+        let mut entry = match self.conns.get(&key, 0) {
+            Ok(entry) => entry,
+            Err(_) => return self.refuse_inbound(slot, RefuseReason::Internal, true),
+        };
+        entry.state = ConnState::BeReplayed as u8;
+        entry.local_isn = synack.seq;
+        entry.seq_delta = seq_delta;
+        entry.ts_delta = ts_delta;
+        if self.conns.insert(key, entry, 0).is_err() {
+            return self.refuse_inbound(slot, RefuseReason::Internal, true);
+        }
+        let translation = Translation { seq_delta, ts_delta };
+        let mut ack = inbound.ack.clone();
+        if rewrite_dst_addr(&mut ack, self.my_addr).is_err() || translate_to_server(&mut ack, &translation).is_err() {
+            return self.refuse_inbound(slot, RefuseReason::Malformed, true);
+        }
+        self.send(&ack);
+        let (peer, id) = slot;
+        if let Some(inbound) = self.inbound.get_mut(&slot) {
+            inbound.synack_deadline = None;
+        }
+        self.mesh.send(peer, Message::HandoffAccepted { id });
+        self.metrics.handoffs_in.inc();
+    }
+
+    fn refuse_inbound(&mut self, slot: (usize, u64), reason: RefuseReason, reset: bool) {
+        let Some(inbound) = self.inbound.remove(&slot) else { return };
+        self.inbound_by_key.remove(&inbound.key);
+        if reset {
+            self.reset_local(&inbound.key, inbound.client_isn);
+        }
+        let _ = self.conns.remove(&inbound.key);
+        self.metrics.refused.get_or_create(&Reason::new(refuse_label(reason))).inc();
+        self.mesh.send(inbound.peer, Message::HandoffRefused { id: inbound.id, reason });
+    }
+
+    fn on_closed(&mut self, key: ConnKey) {
+        if let Some(slot) = self.inbound_by_key.get(&key).copied() {
+            self.mesh.send(slot.0, Message::ConnClosed { id: slot.1 });
+        }
+        self.expire_later(key);
+    }
+
+    // ----- shared -------------------------------------------------------------------------
+
+    fn expire_later(&mut self, key: ConnKey) {
+        let at = Instant::now() + Duration::from_millis(self.config.limits.close_linger_ms);
+        self.expiries.push((at, key));
+    }
+
+    /// Removes every trace of a connection.
+    fn forget(&mut self, key: &ConnKey) {
+        let _ = self.conns.remove(key);
+        if let Some(slot) = self.inbound_by_key.remove(key) {
+            self.inbound.remove(&slot);
+        }
+        self.outbound.retain(|_, k| k != key);
+    }
+
+    /// Ends our own TCP's side of `key` with a RST only it sees (no timestamps: RFC 7323 §5.2
+    /// lets a RST skip PAWS only without them).
+    fn reset_local(&self, key: &ConnKey, client_isn: u32) {
+        let (client, local) = (key.client(), key.local());
+        let mut rst = TcpPacketBuilder::new(*client.ip(), client.port(), *local.ip(), local.port());
+        rst.seq = client_isn.wrapping_add(1);
+        rst.flags = TcpFlags::RST;
+        rst.window = 0;
+        if let Ok(packet) = rst.try_build() {
+            self.send(&packet);
+        }
+    }
+
+    fn send(&self, packet: &[u8]) {
+        if let Err(e) = self.inject.send(packet) {
+            tracing::warn!("inject: {e}");
+        }
+    }
+
+    fn collect_garbage(&mut self) {
+        let now_ns = monotonic_ns();
+        let idle_ns = self.config.limits.idle_timeout_s.saturating_mul(1_000_000_000);
+        let mut count = 0i64;
+        let mut doomed = Vec::new();
+        for item in self.conns.iter() {
+            let Ok((key, conn)) = item else { continue };
+            count += 1;
+            let age = now_ns.saturating_sub(conn.last_seen_ns);
+            let stale = match (conn.role(), conn.state()) {
+                (Some(ConnRole::Fe), Some(ConnState::FeSyn)) => age > SYN_ENTRY_TTL_NS,
+                (Some(ConnRole::Fe), Some(ConnState::FeHold)) => {
+                    !self.held.contains_key(&key) && age > self.config.limits.hold_ms * 2_000_000
+                }
+                (Some(ConnRole::Be), Some(ConnState::BeSynSent | ConnState::BeReplayed)) => {
+                    !self.inbound_by_key.contains_key(&key) && age > SYN_ENTRY_TTL_NS
+                }
+                _ => age > idle_ns,
+            };
+            if stale {
+                doomed.push((key, conn));
+            }
+        }
+        for (key, conn) in doomed {
+            if conn.role() == Some(ConnRole::Be) {
+                if let Some(slot) = self.inbound_by_key.get(&key).copied() {
+                    self.mesh.send(slot.0, Message::ConnClosed { id: slot.1 });
+                }
+            }
+            self.forget(&key);
+            count -= 1;
+        }
+        self.metrics.conn_entries.set(count);
+    }
+}
+
+struct HandoffRequest {
+    id: u64,
+    client: SocketAddrV4,
+    fe_service: SocketAddrV4,
+    fe_isn: u32,
+    fe_tsval_now: u32,
+    fe_synack_options: Vec<u8>,
+    syn: Vec<u8>,
+    ack: Vec<u8>,
+}
+
+impl HandoffRequest {
+    fn into_message(self) -> Message {
+        Message::HandoffRequest {
+            id: self.id,
+            client: self.client,
+            fe_service: self.fe_service,
+            fe_isn: self.fe_isn,
+            fe_tsval_now: self.fe_tsval_now,
+            fe_synack_options: self.fe_synack_options,
+            syn: self.syn,
+            ack: self.ack,
+        }
+    }
+}
+
+fn refuse_label(reason: RefuseReason) -> &'static str {
+    match reason {
+        RefuseReason::Collision => "collision",
+        RefuseReason::OptionMismatch => "option_mismatch",
+        RefuseReason::Overloaded => "overloaded",
+        RefuseReason::Timeout => "timeout",
+        RefuseReason::Internal => "internal",
+        RefuseReason::Malformed => "malformed",
+    }
+}
+
+/// Parses a captured packet; a capture cut short by the ring's limit is read as the prefix it is.
+fn parse_captured(packet: &[u8], pkt_len: u32) -> Option<TcpPacketBuilder> {
+    if packet.len() >= pkt_len as usize {
+        return TcpPacketBuilder::parse(packet).ok();
+    }
+    let mut prefix = packet.to_vec();
+    let len = u16::try_from(prefix.len()).ok()?;
+    if prefix.len() < 4 {
+        return None;
+    }
+    prefix[2..4].copy_from_slice(&len.to_be_bytes());
+    TcpPacketBuilder::parse(&prefix).ok()
+}
+
+/// The held stream as the client's own segments toward `dst`, each at most `mtu` bytes long,
+/// with the latest segment's headers (timestamps) and the FIN if the client sent one.
+fn replay_segments(held: &Held, dst: Ipv4Addr, mtu: usize) -> Vec<Vec<u8>> {
+    let Some(template) = &held.template else { return Vec::new() };
+    let data = held.stream.contiguous();
+    let fin = held.stream.finished();
+    let mut out = Vec::new();
+    let header = 40 + baton_wire::options::emitted_len(&template.options);
+    let chunk = mtu.saturating_sub(header).max(1);
+    let mut offset = 0;
+    while offset < data.len() || (fin && offset == data.len() && out.is_empty()) || (fin && offset < data.len()) {
+        let end = (offset + chunk).min(data.len());
+        let mut seg = template.clone();
+        seg.dst = dst;
+        seg.seq = held.stream.base().wrapping_add(offset as u32);
+        seg.ack = held.entry.local_isn.wrapping_add(1);
+        seg.flags = TcpFlags::ACK | if end > offset { TcpFlags::PSH } else { TcpFlags::empty() };
+        if fin && end == data.len() {
+            seg.flags = seg.flags | TcpFlags::FIN;
+        }
+        seg.payload = data[offset..end].to_vec();
+        if let Ok(packet) = seg.try_build() {
+            out.push(packet);
+        }
+        if end == offset {
+            break;
+        }
+        offset = end;
+        if offset == data.len() {
+            break;
+        }
+    }
+    out
+}

@@ -1,0 +1,189 @@
+//! The baton node agent (`baton node`): it attaches the eBPF datapath to the cluster interface,
+//! joins the control mesh, and runs the handoff engine and the metrics endpoint until shutdown.
+//!
+//! Tasks and what each owns:
+//! - the **engine** (`engine`): the conn table, held and handed-in connections, the policy, the
+//!   view of the peers; it is the only task that changes connection state;
+//! - the **event reader**: the datapath's ring buffer; it parses records and passes them on;
+//! - the **mesh** (`mesh`): the control connections; it passes messages both ways;
+//! - the **metrics server** (`metrics`): the datapath's counters, read at scrape time.
+//!
+//! Shutdown is a `watch` channel passed in, so every task can be stopped from a test. On shutdown
+//! held connections are served locally and the datapath is detached (its TCX links are owned by
+//! this process and go with it).
+
+pub mod config;
+pub mod engine;
+pub mod hold;
+pub mod inject;
+pub mod mesh;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+use baton_bpf::datapath::EventRing;
+use baton_bpf::{Datapath, DatapathError, Event};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::NodeConfig;
+use crate::engine::Engine;
+use crate::inject::{InjectError, Injector};
+use crate::mesh::{MeshConfig, MeshError, PeerAddr};
+use crate::metrics::{DatapathCounters, Metrics, MetricsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("datapath: {0}")]
+    Datapath(#[from] DatapathError),
+    #[error("attaching to interface {interface}: {source}")]
+    Attach { interface: String, source: DatapathError },
+    #[error(transparent)]
+    Inject(#[from] InjectError),
+    #[error(transparent)]
+    Mesh(#[from] MeshError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error("epoll registration of the event ring (AsyncFd::new): {0}")]
+    Ring(std::io::Error),
+    #[error("starting the tokio runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("installing signal handlers (sigaction): {0}")]
+    Signal(std::io::Error),
+    #[error("{0} service ports configured; the datapath takes at most {max}", max = baton_bpf::SERVICE_PORTS_MAX)]
+    TooManyPorts(usize),
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub fn run_until_signal(config: NodeConfig) -> Result<(), AgentError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(AgentError::Runtime)?;
+    runtime.block_on(async move {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(AgentError::Signal)?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            let _ = stop_tx.send(true);
+        });
+        run(config, stop_rx).await
+    })
+}
+
+/// Runs the agent until `shutdown` turns true.
+pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+    let ports = &config.cluster.service_ports;
+    if ports.len() > baton_bpf::SERVICE_PORTS_MAX {
+        return Err(AgentError::TooManyPorts(ports.len()));
+    }
+    let mut datapath = Datapath::load()?;
+    let distribute = config.policy.kind != baton_policy::PolicyKind::Local && config.cluster.members.len() > 1;
+    datapath.set_node_config(&baton_bpf::NodeConfig::new(config.node.address, ports, distribute))?;
+    let conns = datapath.take_conns()?;
+    let ring = datapath.take_events()?;
+    let counters = datapath.take_counters()?;
+    let inject = Injector::new()?;
+    let metrics = Metrics::default();
+    let load = Arc::new(AtomicU32::new(0));
+
+    let (mesh_tx, mut mesh_rx) = mpsc::channel(4096);
+    let members: Vec<PeerAddr> = config
+        .cluster
+        .members
+        .iter()
+        .map(|m| PeerAddr { name: m.name.clone(), addr: SocketAddr::new(m.address.into(), config.cluster.control_port) })
+        .collect();
+    let mesh = mesh::start(
+        MeshConfig {
+            self_index: config.self_index(),
+            self_name: config.node.name.clone(),
+            listen: SocketAddr::new(config.node.address.into(), config.cluster.control_port),
+            members,
+            key: config.cluster.key.as_bytes().to_vec(),
+            heartbeat: Duration::from_millis(config.limits.heartbeat_ms),
+        },
+        mesh_tx,
+        load.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+
+    if let Some(addr) = config.metrics.listen {
+        let server = metrics::serve(addr, metrics.clone(), DatapathCounters::new(counters), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!("metrics endpoint: {e}");
+            }
+        });
+    }
+
+    let (event_tx, mut event_rx) = mpsc::channel(65536);
+    // SAFETY: the ring's fd is owned by `ring`, which the AsyncFd owns until it is dropped, so
+    // the descriptor stays valid and is not reused while registered.
+    let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| AgentError::Ring(e.into()))?;
+    tokio::spawn(read_events(ring, event_tx, metrics.clone(), shutdown.clone()));
+
+    // Attach last: from here on connections are held, and the engine below is ready for them.
+    datapath
+        .attach(&config.node.interface)
+        .map_err(|source| AgentError::Attach { interface: config.node.interface.clone(), source })?;
+    tracing::info!(node = %config.node.name, interface = %config.node.interface, policy = %config.policy.kind, "baton node running");
+
+    let mut engine = Engine::new(config, conns, inject, mesh, load, metrics);
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            Some(event) = event_rx.recv() => engine.on_datapath(event),
+            Some(event) = mesh_rx.recv() => engine.on_mesh(event),
+            _ = tick.tick() => engine.on_tick(),
+        }
+    }
+    // Detach first so nothing new is held, then serve what is held locally.
+    drop(datapath);
+    while let Ok(event) = event_rx.try_recv() {
+        engine.on_datapath(event);
+    }
+    engine.release_all();
+    tracing::info!("baton node stopped");
+    Ok(())
+}
+
+async fn read_events(
+    mut ring: AsyncFd<EventRing>,
+    events: mpsc::Sender<Event>,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let mut guard = tokio::select! {
+            _ = shutdown.changed() => return,
+            ready = ring.readable_mut() => match ready { Ok(g) => g, Err(_) => return },
+        };
+        let ring = guard.get_inner_mut();
+        while let Some(record) = ring.next() {
+            match Event::parse(&record) {
+                Ok(event) => {
+                    if events.send(event).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    metrics.malformed_events.inc();
+                    tracing::warn!("datapath event: {e}");
+                }
+            }
+        }
+        guard.clear_ready();
+    }
+}

@@ -1,0 +1,283 @@
+//! The control mesh: a persistent, authenticated TCP connection from this node to every peer.
+//!
+//! Each node dials every peer (one *outbound* connection per peer) and accepts every peer's
+//! dial (one *inbound* connection per peer). A node sends all its messages — handoff requests and
+//! answers, close notices, heartbeats carrying its load — on its outbound connection; it receives
+//! on its inbound ones. Every frame is authenticated with the cluster key (`baton_proto`); a
+//! forged, replayed or malformed frame is counted and its connection closed.
+//!
+//! Contract: the mesh tells the engine [`MeshEvent::PeerUp`] / [`MeshEvent::PeerDown`] for its
+//! outbound connections and delivers every authenticated message as [`MeshEvent::Message`]. A
+//! message handed to [`MeshSender::send`] while the peer is down is dropped (the engine's timeouts
+//! cover it). Dialing retries with exponential backoff (100 ms doubling to 2 s).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use baton_proto::{Event as ProtoEvent, Message, ProtoError, Session};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::metrics::{Metrics, Reason};
+
+#[derive(Debug)]
+pub enum MeshEvent {
+    PeerUp { peer: usize },
+    PeerDown { peer: usize },
+    Message { peer: usize, message: Message },
+}
+
+#[derive(Debug, Clone)]
+pub struct PeerAddr {
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error("bind({addr}) for the control mesh: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// The engine's handle for sending to peers (index = member index; own index unused).
+#[derive(Clone)]
+pub struct MeshSender {
+    outbound: Vec<Option<mpsc::Sender<Message>>>,
+}
+
+impl MeshSender {
+    /// Queues `message` for `peer`'s outbound connection; false if it had to be dropped.
+    pub fn send(&self, peer: usize, message: Message) -> bool {
+        match self.outbound.get(peer).and_then(|s| s.as_ref()) {
+            Some(tx) => tx.try_send(message).is_ok(),
+            None => false,
+        }
+    }
+}
+
+pub struct MeshConfig {
+    pub self_index: usize,
+    pub self_name: String,
+    pub listen: SocketAddr,
+    pub members: Vec<PeerAddr>,
+    pub key: Vec<u8>,
+    pub heartbeat: Duration,
+}
+
+fn nonce() -> [u8; 16] {
+    rand::random()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Starts the listener and one dialer per peer. Returns the sender the engine uses.
+pub async fn start(
+    config: MeshConfig,
+    events: mpsc::Sender<MeshEvent>,
+    load: Arc<AtomicU32>,
+    metrics: Metrics,
+    shutdown: watch::Receiver<bool>,
+) -> Result<MeshSender, MeshError> {
+    let listener =
+        TcpListener::bind(config.listen).await.map_err(|source| MeshError::Bind { addr: config.listen, source })?;
+    let config = Arc::new(config);
+    tokio::spawn(accept_loop(listener, config.clone(), events.clone(), metrics.clone(), shutdown.clone()));
+    let mut outbound = Vec::new();
+    for (index, _) in config.members.iter().enumerate() {
+        if index == config.self_index {
+            outbound.push(None);
+            continue;
+        }
+        let (tx, rx) = mpsc::channel(1024);
+        outbound.push(Some(tx));
+        tokio::spawn(dial_loop(index, config.clone(), rx, events.clone(), load.clone(), metrics.clone(), shutdown.clone()));
+    }
+    Ok(MeshSender { outbound })
+}
+
+fn reject(metrics: &Metrics, e: &ProtoError) {
+    metrics.mesh_rejected.get_or_create(&Reason::new(e.kind())).inc();
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    config: Arc<MeshConfig>,
+    events: mpsc::Sender<MeshEvent>,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => { tracing::warn!("accept on the control port: {e}"); continue; }
+            },
+        };
+        tokio::spawn(inbound(stream, config.clone(), events.clone(), metrics.clone(), shutdown.clone()));
+    }
+}
+
+/// One inbound connection: authenticate, then deliver the peer's messages to the engine.
+async fn inbound(
+    mut stream: TcpStream,
+    config: Arc<MeshConfig>,
+    events: mpsc::Sender<MeshEvent>,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Ok(mut session) = Session::acceptor(&config.key, &config.self_name, nonce()) else { return };
+    let mut peer: Option<usize> = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::select! {
+            _ = shutdown.changed() => return,
+            read = stream.read(&mut buf) => match read { Ok(0) | Err(_) => return, Ok(n) => n },
+        };
+        let decoded = match session.feed(&buf[..n]) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                reject(&metrics, &e);
+                tracing::warn!(peer = ?peer, "control connection closed: {e}");
+                return;
+            }
+        };
+        for event in decoded {
+            match event {
+                ProtoEvent::Send(bytes) => {
+                    if stream.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                }
+                ProtoEvent::Established { peer_name } => {
+                    match config.members.iter().position(|m| m.name == peer_name) {
+                        Some(i) if i != config.self_index => peer = Some(i),
+                        _ => {
+                            metrics.mesh_rejected.get_or_create(&Reason::new("unknown_peer")).inc();
+                            tracing::warn!("control connection from unknown peer {peer_name:?}");
+                            return;
+                        }
+                    }
+                }
+                ProtoEvent::Message(message) => {
+                    let Some(peer) = peer else { return };
+                    if events.send(MeshEvent::Message { peer, message }).await.is_err() {
+                        return;
+                    }
+                }
+                ProtoEvent::Ignored { kind } => tracing::debug!("ignoring control message kind {kind}"),
+            }
+        }
+    }
+}
+
+/// Keeps one outbound connection to `peer` alive and writes the engine's messages to it.
+async fn dial_loop(
+    peer: usize,
+    config: Arc<MeshConfig>,
+    mut outgoing: mpsc::Receiver<Message>,
+    events: mpsc::Sender<MeshEvent>,
+    load: Arc<AtomicU32>,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let target = config.members[peer].addr;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match connect(&config, target).await {
+            Ok((stream, session)) => {
+                backoff = Duration::from_millis(100);
+                let _ = events.send(MeshEvent::PeerUp { peer }).await;
+                let why = serve_outbound(stream, session, &config, &mut outgoing, &load, &metrics, &mut shutdown).await;
+                let _ = events.send(MeshEvent::PeerDown { peer }).await;
+                tracing::info!(peer = %config.members[peer].name, "control connection down: {why}");
+            }
+            Err(e) => tracing::debug!(peer = %config.members[peer].name, "dial failed: {e}"),
+        }
+        // Whatever was queued while down is stale: the engine has timed it out or will.
+        while outgoing.try_recv().is_ok() {}
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn connect(config: &MeshConfig, target: SocketAddr) -> Result<(TcpStream, Session), String> {
+    let mut stream = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(target))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (mut session, hello) = Session::dialer(&config.key, &config.self_name, nonce()).map_err(|e| e.to_string())?;
+    stream.write_all(&hello).await.map_err(|e| format!("write hello: {e}"))?;
+    let mut buf = vec![0u8; 4096];
+    let handshake = async {
+        loop {
+            let n = stream.read(&mut buf).await.map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                return Err("closed during handshake".to_string());
+            }
+            for event in session.feed(&buf[..n]).map_err(|e| e.to_string())? {
+                if let ProtoEvent::Established { .. } = event {
+                    return Ok(());
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(2), handshake).await.map_err(|_| "handshake timed out".to_string())??;
+    Ok((stream, session))
+}
+
+async fn serve_outbound(
+    mut stream: TcpStream,
+    mut session: Session,
+    config: &MeshConfig,
+    outgoing: &mut mpsc::Receiver<Message>,
+    load: &AtomicU32,
+    metrics: &Metrics,
+    shutdown: &mut watch::Receiver<bool>,
+) -> String {
+    let mut heartbeat = tokio::time::interval(config.heartbeat);
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.changed() => return "shutdown".into(),
+            m = outgoing.recv() => match m { Some(m) => m, None => return "engine gone".into() },
+            _ = heartbeat.tick() => Message::Heartbeat { load: load.load(Ordering::Relaxed), sent_at_ms: now_ms() },
+            read = stream.read(&mut buf) => match read {
+                Ok(0) => return "closed by peer".into(),
+                Err(e) => return format!("read: {e}"),
+                // The acceptor side sends nothing after its HelloAck; anything else is suspect.
+                Ok(n) => match session.feed(&buf[..n]) {
+                    Ok(_) => continue,
+                    Err(e) => { reject(metrics, &e); return format!("rejected frame: {e}"); }
+                },
+            },
+        };
+        let frame = match session.encode(&message) {
+            Ok(frame) => frame,
+            Err(e) => return format!("encode: {e}"),
+        };
+        if let Err(e) = stream.write_all(&frame).await {
+            return format!("write: {e}");
+        }
+    }
+}
+
+/// The member list as mesh addresses.
+pub fn peer_addrs(members: &[(String, Ipv4Addr)], port: u16) -> Vec<PeerAddr> {
+    members
+        .iter()
+        .map(|(name, ip)| PeerAddr { name: name.clone(), addr: SocketAddr::new((*ip).into(), port) })
+        .collect()
+}

@@ -1,0 +1,34 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Why a packet was dropped or taken, and what the programs count.
+ *
+ * These numbers are ABI: they are mirrored by `baton_bpf::DropReason` and `baton_bpf::Stat` in Rust and
+ * exported as metric labels. Never renumber; only append.
+ */
+#pragma once
+
+enum drop_reason {
+	DROP_HELD = 1,            /* client packet held at the FE and copied to the agent */
+	DROP_SYNACK_HIDDEN = 2,   /* FE's own SYN-ACK retransmission for a held or forwarded connection */
+	DROP_FE_SILENCED = 3,     /* FE's TCP spoke on a connection that now belongs to another node */
+	DROP_BE_SYNACK = 4,       /* BE's SYN-ACK to a replayed SYN: absorbed, the client already has one */
+	DROP_BE_NOT_READY = 5,    /* packet for a handed-in connection before it is ready */
+	DROP_TUPLE_COLLISION = 6, /* a new SYN for a tuple that a handed-in connection uses */
+	DROP_EVENT_LOST = 7,      /* held packet could not be copied to the agent (ring full): client retransmits */
+	DROP_REDIRECT_FAILED = 8, /* forwarding redirect was refused */
+	DROP_REASON_MAX = 9,
+};
+
+enum stat {
+	STAT_SYN = 0,              /* new client connections seen (SYNs to a service) */
+	STAT_SYN_UNTRACKED = 1,    /* ... of which passed untracked (distribution off or table full) */
+	STAT_TABLE_FULL = 2,       /* conn table insertion failed */
+	STAT_FORWARD_PACKETS = 3,  /* FE: client packets forwarded to a BE */
+	STAT_FORWARD_BYTES = 4,
+	STAT_TO_SERVER_PACKETS = 5, /* BE: client packets translated toward the local server */
+	STAT_TO_CLIENT_PACKETS = 6, /* BE: server packets translated toward the client */
+	STAT_TO_CLIENT_BYTES = 7,
+	STAT_CLIENT_BYTES_SENT = 8, /* every byte this node sent to clients from a service port */
+	STAT_EVENTS = 9,            /* events written to the ring */
+	STAT_MALFORMED = 10,        /* unparseable TCP/IP headers on a service port (passed untouched) */
+	STAT_MAX = 11,
+};

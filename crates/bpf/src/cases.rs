@@ -1,0 +1,681 @@
+//! The datapath's packet tables: for each entry state and packet kind, the map setup, the input
+//! frame, and the expected verdict, output bytes, entry state and event. The expected bytes come
+//! from `baton_wire` (the user-space twin of the rewrites), an oracle independent of the C code.
+//!
+//! [`Runner`] runs a case through `BPF_PROG_TEST_RUN`; the test suite checks every case
+//! (`tests/prog_tables.rs`) and the `prog_run` bench reruns them with `repeat` for per-packet cost.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use aya::programs::{TestRun, TestRunOptions};
+use baton_wire::{
+    Ipv4Packet, SackBlocks, TcpFlags, TcpOption, TcpPacketBuilder, TcpSegment, Translation,
+    rewrite_dst_addr, rewrite_src_addr, translate_to_client, translate_to_server,
+};
+
+use crate::datapath::{ConnTable, EventRing};
+use crate::{
+    Conn, ConnKey, ConnRole, ConnState, Datapath, DatapathError, EGRESS_PROGRAM, Event, EventKind,
+    INGRESS_PROGRAM, NodeConfig, conn_flags,
+};
+
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
+pub const FE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const BE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const CLIENT_PORT: u16 = 40000;
+pub const SERVICE_PORT: u16 = 80;
+
+/// Client ISN close to the wrap so that translated numbers cross 2^32.
+pub const CLIENT_ISN: u32 = 0xffff_fff0;
+pub const FE_ISN: u32 = 0x1000_0000;
+pub const BE_ISN: u32 = 0x0000_0100;
+pub const FE_TSVAL: u32 = 0xffff_ff00;
+pub const BE_TSVAL: u32 = 0x0000_1000;
+pub const CLIENT_TSVAL: u32 = 777_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Ingress,
+    Egress,
+}
+
+type EntryCheck = Box<dyn Fn(Option<&Conn>) -> Result<(), String>>;
+
+pub struct Case {
+    pub name: &'static str,
+    pub hook: Hook,
+    /// The node's service address (config map).
+    pub node: Ipv4Addr,
+    pub distribute: bool,
+    /// Conn table content before the packet.
+    pub entry: Option<Conn>,
+    /// Ethernet frame in.
+    pub input: Vec<u8>,
+    pub verdict: u32,
+    /// Ethernet frame expected out.
+    pub output: Vec<u8>,
+    /// The conn entry of the case's connection after the packet.
+    pub entry_after: EntryCheck,
+    /// The event expected on the ring (packet events carry the input from its IPv4 header).
+    pub event: Option<EventKind>,
+}
+
+impl Case {
+    pub fn key(&self) -> ConnKey {
+        ConnKey::new(SocketAddrV4::new(CLIENT, CLIENT_PORT), SocketAddrV4::new(self.node, SERVICE_PORT))
+    }
+}
+
+fn frame(ip: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00];
+    f.extend_from_slice(ip);
+    f
+}
+
+fn segment(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> TcpPacketBuilder {
+    TcpPacketBuilder::new(src, sport, dst, dport)
+}
+
+fn from_client(to: Ipv4Addr) -> TcpPacketBuilder {
+    segment(CLIENT, CLIENT_PORT, to, SERVICE_PORT)
+}
+
+fn to_client(from: Ipv4Addr) -> TcpPacketBuilder {
+    segment(from, SERVICE_PORT, CLIENT, CLIENT_PORT)
+}
+
+fn ts(tsval: u32, tsecr: u32) -> Vec<TcpOption> {
+    vec![TcpOption::NoOp, TcpOption::NoOp, TcpOption::Timestamps { tsval, tsecr }]
+}
+
+fn linux_syn_options(tsval: u32, tsecr: u32) -> Vec<TcpOption> {
+    vec![
+        TcpOption::Mss(1460),
+        TcpOption::SackPermitted,
+        TcpOption::Timestamps { tsval, tsecr },
+        TcpOption::NoOp,
+        TcpOption::WindowScale(7),
+    ]
+}
+
+fn fe_entry(state: ConnState) -> Conn {
+    let syn = linux_syn_options(CLIENT_TSVAL, 0);
+    let synack = linux_syn_options(FE_TSVAL, CLIENT_TSVAL);
+    let mut c = Conn {
+        role: ConnRole::Fe as u8,
+        state: state as u8,
+        flags: conn_flags::SYNACK_SEEN,
+        client_isn: CLIENT_ISN,
+        local_isn: FE_ISN,
+        synack_tsval: FE_TSVAL,
+        syn_window: 64240,
+        peer_addr: BE.octets(),
+        ..Conn::default()
+    };
+    let mut bytes = Vec::new();
+    baton_wire::emit_options(&syn, &mut bytes);
+    c.syn_opts[..bytes.len()].copy_from_slice(&bytes);
+    c.syn_opts_len = bytes.len() as u8;
+    bytes.clear();
+    baton_wire::emit_options(&synack, &mut bytes);
+    c.synack_opts[..bytes.len()].copy_from_slice(&bytes);
+    c.synack_opts_len = bytes.len() as u8;
+    c
+}
+
+fn translation() -> Translation {
+    Translation { seq_delta: BE_ISN.wrapping_sub(FE_ISN), ts_delta: BE_TSVAL.wrapping_sub(FE_TSVAL) }
+}
+
+fn be_entry(state: ConnState) -> Conn {
+    let t = translation();
+    Conn {
+        role: ConnRole::Be as u8,
+        state: state as u8,
+        client_isn: CLIENT_ISN,
+        local_isn: BE_ISN,
+        peer_addr: FE.octets(),
+        seq_delta: t.seq_delta,
+        ts_delta: t.ts_delta,
+        ..Conn::default()
+    }
+}
+
+fn expect_absent() -> EntryCheck {
+    Box::new(|c| match c {
+        None => Ok(()),
+        Some(c) => Err(format!("expected no entry, found {c:?}")),
+    })
+}
+
+fn expect_state(state: ConnState) -> EntryCheck {
+    Box::new(move |c| match c {
+        Some(c) if c.state() == Some(state) => Ok(()),
+        other => Err(format!("expected entry in {state:?}, found {other:?}")),
+    })
+}
+
+/// A client data segment from the FE-side view: ack in the FE's space, echoing the FE's clock.
+fn client_request(to: Ipv4Addr) -> TcpPacketBuilder {
+    let mut p = from_client(to);
+    p.seq = CLIENT_ISN.wrapping_add(1);
+    p.ack = FE_ISN.wrapping_add(1);
+    p.flags = TcpFlags::ACK | TcpFlags::PSH;
+    p.window = 502;
+    p.options = ts(CLIENT_TSVAL + 5, FE_TSVAL.wrapping_add(40));
+    p.payload = b"GET /f/1k HTTP/1.1\r\nHost: baton\r\n\r\n".to_vec();
+    p
+}
+
+fn rewritten(input: &[u8], f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut ip = input[14..].to_vec();
+    f(&mut ip);
+    frame(&ip)
+}
+
+/// Every case, in the order the datapath meets them in one connection's life.
+pub fn all() -> Vec<Case> {
+    let mut cases = Vec::new();
+
+    // --- FE: SYN / SYN-ACK / handshake ACK -----------------------------------------------
+    let mut syn = from_client(FE);
+    syn.seq = CLIENT_ISN;
+    syn.flags = TcpFlags::SYN;
+    syn.window = 64240;
+    syn.options = linux_syn_options(CLIENT_TSVAL, 0);
+    let syn = frame(&syn.build());
+    cases.push(Case {
+        name: "fe_syn_creates_entry",
+        hook: Hook::Ingress,
+        node: FE,
+        distribute: true,
+        entry: None,
+        input: syn.clone(),
+        verdict: TC_ACT_OK,
+        output: syn.clone(),
+        entry_after: Box::new(|c| {
+            let c = c.ok_or("no entry created")?;
+            let mut want = Vec::new();
+            baton_wire::emit_options(&linux_syn_options(CLIENT_TSVAL, 0), &mut want);
+            if c.state() != Some(ConnState::FeSyn) || c.client_isn != CLIENT_ISN || c.syn_window != 64240 {
+                return Err(format!("bad SYN entry {c:?}"));
+            }
+            if c.syn_options() != want.as_slice() {
+                return Err(format!("SYN options {:?} != {want:?}", c.syn_options()));
+            }
+            Ok(())
+        }),
+        event: None,
+    });
+    cases.push(Case {
+        name: "fe_syn_not_distributing_passes_untracked",
+        hook: Hook::Ingress,
+        node: FE,
+        distribute: false,
+        entry: None,
+        input: syn.clone(),
+        verdict: TC_ACT_OK,
+        output: syn.clone(),
+        entry_after: expect_absent(),
+        event: None,
+    });
+
+    let mut synack = to_client(FE);
+    synack.seq = FE_ISN;
+    synack.ack = CLIENT_ISN.wrapping_add(1);
+    synack.flags = TcpFlags::SYN | TcpFlags::ACK;
+    synack.window = 65160;
+    synack.options = linux_syn_options(FE_TSVAL, CLIENT_TSVAL);
+    let synack = frame(&synack.build());
+    let mut fresh = fe_entry(ConnState::FeSyn);
+    fresh.flags = 0;
+    fresh.local_isn = 0;
+    fresh.synack_tsval = 0;
+    fresh.synack_opts_len = 0;
+    cases.push(Case {
+        name: "fe_synack_recorded",
+        hook: Hook::Egress,
+        node: FE,
+        distribute: true,
+        entry: Some(fresh),
+        input: synack.clone(),
+        verdict: TC_ACT_OK,
+        output: synack.clone(),
+        entry_after: Box::new(|c| {
+            let c = c.ok_or("entry vanished")?;
+            let want = fe_entry(ConnState::FeSyn);
+            if c.local_isn != FE_ISN || c.synack_tsval != FE_TSVAL || c.flags & conn_flags::SYNACK_SEEN == 0 {
+                return Err(format!("SYN-ACK not recorded: {c:?}"));
+            }
+            if c.synack_options() != want.synack_options() {
+                return Err("SYN-ACK options not recorded".into());
+            }
+            Ok(())
+        }),
+        event: None,
+    });
+
+    let mut hs_ack = from_client(FE);
+    hs_ack.seq = CLIENT_ISN.wrapping_add(1);
+    hs_ack.ack = FE_ISN.wrapping_add(1);
+    hs_ack.flags = TcpFlags::ACK;
+    hs_ack.window = 502;
+    hs_ack.options = ts(CLIENT_TSVAL + 1, FE_TSVAL);
+    let hs_ack = frame(&hs_ack.build());
+    cases.push(Case {
+        name: "fe_handshake_ack_held",
+        hook: Hook::Ingress,
+        node: FE,
+        distribute: true,
+        entry: Some(fe_entry(ConnState::FeSyn)),
+        input: hs_ack.clone(),
+        verdict: TC_ACT_SHOT,
+        output: hs_ack.clone(),
+        entry_after: expect_state(ConnState::FeHold),
+        event: Some(EventKind::HeldPacket),
+    });
+    let mut wrong_ack = hs_ack.clone();
+    {
+        let mut ip = wrong_ack[14..].to_vec();
+        let mut b = TcpPacketBuilder::parse(&ip).unwrap();
+        b.ack = FE_ISN.wrapping_add(7);
+        ip = b.build();
+        wrong_ack = frame(&ip);
+    }
+    cases.push(Case {
+        name: "fe_ack_of_something_else_passes",
+        hook: Hook::Ingress,
+        node: FE,
+        distribute: true,
+        entry: Some(fe_entry(ConnState::FeSyn)),
+        input: wrong_ack.clone(),
+        verdict: TC_ACT_OK,
+        output: wrong_ack,
+        entry_after: expect_state(ConnState::FeSyn),
+        event: None,
+    });
+
+    // --- FE: holding ------------------------------------------------------------------------
+    let request = frame(&client_request(FE).build());
+    cases.push(Case {
+        name: "fe_data_held",
+        hook: Hook::Ingress,
+        node: FE,
+        distribute: true,
+        entry: Some(fe_entry(ConnState::FeHold)),
+        input: request.clone(),
+        verdict: TC_ACT_SHOT,
+        output: request.clone(),
+        entry_after: expect_state(ConnState::FeHold),
+        event: Some(EventKind::HeldPacket),
+    });
+    let mut rst = from_client(FE);
+    rst.seq = CLIENT_ISN.wrapping_add(1);
+    rst.flags = TcpFlags::RST;
+    let rst = frame(&rst.build());
+    cases.push(Case {
+        name: "fe_client_rst_while_held_forgets_and_passes",
+        hook: Hook::Ingress,
+        node: FE,
+        distribute: true,
+        entry: Some(fe_entry(ConnState::FeHold)),
+        input: rst.clone(),
+        verdict: TC_ACT_OK,
+        output: rst,
+        entry_after: expect_absent(),
+        event: Some(EventKind::HeldPacket),
+    });
+    cases.push(Case {
+        name: "fe_synack_retransmit_hidden_while_held",
+        hook: Hook::Egress,
+        node: FE,
+        distribute: true,
+        entry: Some(fe_entry(ConnState::FeHold)),
+        input: synack.clone(),
+        verdict: TC_ACT_SHOT,
+        output: synack.clone(),
+        entry_after: expect_state(ConnState::FeHold),
+        event: None,
+    });
+
+    // --- FE: forwarding -----------------------------------------------------------------------
+    let fwd_out = rewritten(&request, |ip| rewrite_dst_addr(ip, BE).unwrap());
+    cases.push(Case {
+        name: "fe_forward_rewrites_daddr_and_redirects",
+        hook: Hook::Ingress,
+        node: FE,
+        distribute: true,
+        entry: Some(fe_entry(ConnState::FeForward)),
+        input: request.clone(),
+        verdict: TC_ACT_REDIRECT,
+        output: fwd_out,
+        entry_after: expect_state(ConnState::FeForward),
+        event: None,
+    });
+    let mut fe_own = to_client(FE);
+    fe_own.seq = FE_ISN.wrapping_add(1);
+    fe_own.flags = TcpFlags::RST;
+    let fe_own = frame(&fe_own.build());
+    cases.push(Case {
+        name: "fe_own_tcp_silenced_when_forwarding",
+        hook: Hook::Egress,
+        node: FE,
+        distribute: true,
+        entry: Some(fe_entry(ConnState::FeForward)),
+        input: fe_own.clone(),
+        verdict: TC_ACT_SHOT,
+        output: fe_own,
+        entry_after: expect_state(ConnState::FeForward),
+        event: None,
+    });
+
+    // --- BE: replay ---------------------------------------------------------------------------
+    let mut be_synack = to_client(BE);
+    be_synack.seq = BE_ISN;
+    be_synack.ack = CLIENT_ISN.wrapping_add(1);
+    be_synack.flags = TcpFlags::SYN | TcpFlags::ACK;
+    be_synack.options = linux_syn_options(BE_TSVAL, CLIENT_TSVAL);
+    let be_synack = frame(&be_synack.build());
+    cases.push(Case {
+        name: "be_synack_to_agent_and_dropped",
+        hook: Hook::Egress,
+        node: BE,
+        distribute: true,
+        entry: Some(be_entry(ConnState::BeSynSent)),
+        input: be_synack.clone(),
+        verdict: TC_ACT_SHOT,
+        output: be_synack,
+        entry_after: expect_state(ConnState::BeSynSent),
+        event: Some(EventKind::BeSynAck),
+    });
+
+    // --- BE: translating ----------------------------------------------------------------------
+    // Client -> BE with SACK: ack, both edges of every block, TSecr move into the BE's spaces.
+    let mut sack = client_request(BE);
+    sack.payload.clear();
+    sack.flags = TcpFlags::ACK;
+    sack.options = vec![
+        TcpOption::NoOp,
+        TcpOption::NoOp,
+        TcpOption::Timestamps { tsval: CLIENT_TSVAL + 9, tsecr: FE_TSVAL.wrapping_add(300) },
+        TcpOption::NoOp,
+        TcpOption::NoOp,
+        TcpOption::Sack(
+            SackBlocks::new(&[
+                (FE_ISN.wrapping_add(3000), FE_ISN.wrapping_add(4448)),
+                (FE_ISN.wrapping_add(6000), FE_ISN.wrapping_add(7448)),
+                (FE_ISN.wrapping_add(9000), FE_ISN.wrapping_add(9100)),
+            ])
+            .unwrap(),
+        ),
+    ];
+    let sack = frame(&sack.build());
+    let t = translation();
+    cases.push(Case {
+        name: "be_to_server_translates_ack_sack_tsecr",
+        hook: Hook::Ingress,
+        node: BE,
+        distribute: true,
+        entry: Some(be_entry(ConnState::BeEstablished)),
+        input: sack.clone(),
+        verdict: TC_ACT_OK,
+        output: rewritten(&sack, |ip| translate_to_server(ip, &t).unwrap()),
+        entry_after: expect_state(ConnState::BeEstablished),
+        event: None,
+    });
+    let be_request = frame(&client_request(BE).build());
+    cases.push(Case {
+        name: "be_first_forwarded_packet_establishes",
+        hook: Hook::Ingress,
+        node: BE,
+        distribute: true,
+        entry: Some(be_entry(ConnState::BeReplayed)),
+        input: be_request.clone(),
+        verdict: TC_ACT_OK,
+        output: rewritten(&be_request, |ip| translate_to_server(ip, &t).unwrap()),
+        entry_after: expect_state(ConnState::BeEstablished),
+        event: None,
+    });
+    // Options laid out without padding put TSecr at an odd offset: the checksum must still hold.
+    let mut odd = client_request(BE);
+    odd.options = vec![
+        TcpOption::WindowScale(7),
+        TcpOption::Timestamps { tsval: CLIENT_TSVAL + 11, tsecr: FE_TSVAL.wrapping_add(500) },
+    ];
+    let odd = frame(&odd.build());
+    cases.push(Case {
+        name: "be_to_server_odd_offset_timestamps",
+        hook: Hook::Ingress,
+        node: BE,
+        distribute: true,
+        entry: Some(be_entry(ConnState::BeEstablished)),
+        input: odd.clone(),
+        verdict: TC_ACT_OK,
+        output: rewritten(&odd, |ip| translate_to_server(ip, &t).unwrap()),
+        entry_after: expect_state(ConnState::BeEstablished),
+        event: None,
+    });
+
+    let mut response = to_client(BE);
+    response.seq = BE_ISN.wrapping_add(1);
+    response.ack = CLIENT_ISN.wrapping_add(1 + 35);
+    response.flags = TcpFlags::ACK | TcpFlags::PSH;
+    response.window = 509;
+    response.options = ts(BE_TSVAL + 30, CLIENT_TSVAL + 5);
+    response.payload = vec![0x5a; 1200];
+    let response = frame(&response.build());
+    cases.push(Case {
+        name: "be_to_client_translates_saddr_seq_tsval",
+        hook: Hook::Egress,
+        node: BE,
+        distribute: true,
+        entry: Some(be_entry(ConnState::BeEstablished)),
+        input: response.clone(),
+        verdict: TC_ACT_OK,
+        output: rewritten(&response, |ip| {
+            translate_to_client(ip, &t).unwrap();
+            rewrite_src_addr(ip, FE).unwrap();
+        }),
+        entry_after: expect_state(ConnState::BeEstablished),
+        event: None,
+    });
+    cases.push(Case {
+        name: "be_nothing_reaches_client_before_fe_commits",
+        hook: Hook::Egress,
+        node: BE,
+        distribute: true,
+        entry: Some(be_entry(ConnState::BeReplayed)),
+        input: response.clone(),
+        verdict: TC_ACT_SHOT,
+        output: response.clone(),
+        entry_after: expect_state(ConnState::BeReplayed),
+        event: None,
+    });
+    let mut be_syn = from_client(BE);
+    be_syn.seq = 12345;
+    be_syn.flags = TcpFlags::SYN;
+    be_syn.options = linux_syn_options(CLIENT_TSVAL + 100, 0);
+    let be_syn = frame(&be_syn.build());
+    cases.push(Case {
+        name: "be_tuple_collision_syn_dropped",
+        hook: Hook::Ingress,
+        node: BE,
+        distribute: true,
+        entry: Some(be_entry(ConnState::BeEstablished)),
+        input: be_syn.clone(),
+        verdict: TC_ACT_SHOT,
+        output: be_syn,
+        entry_after: expect_state(ConnState::BeEstablished),
+        event: None,
+    });
+
+    // --- BE: termination ----------------------------------------------------------------------
+    let mut server_fin = TcpPacketBuilder::parse(&response[14..]).unwrap();
+    server_fin.flags = TcpFlags::ACK | TcpFlags::FIN;
+    server_fin.payload.clear();
+    let server_fin = frame(&server_fin.build());
+    let mut half_closed = be_entry(ConnState::BeEstablished);
+    half_closed.flags = conn_flags::CLIENT_FIN;
+    cases.push(Case {
+        name: "be_second_fin_reports_close",
+        hook: Hook::Egress,
+        node: BE,
+        distribute: true,
+        entry: Some(half_closed),
+        input: server_fin.clone(),
+        verdict: TC_ACT_OK,
+        output: rewritten(&server_fin, |ip| {
+            translate_to_client(ip, &t).unwrap();
+            rewrite_src_addr(ip, FE).unwrap();
+        }),
+        entry_after: Box::new(|c| {
+            let c = c.ok_or("entry vanished")?;
+            let want = conn_flags::CLIENT_FIN | conn_flags::SERVER_FIN | conn_flags::CLOSE_REPORTED;
+            if c.flags & want != want {
+                return Err(format!("flags {:#x}, want {want:#x}", c.flags));
+            }
+            Ok(())
+        }),
+        event: Some(EventKind::Closed),
+    });
+
+    // --- not ours -----------------------------------------------------------------------------
+    let mut other_port = from_client(FE);
+    other_port.dst_port = 8080;
+    other_port.flags = TcpFlags::SYN;
+    let other_port = frame(&other_port.build());
+    cases.push(Case {
+        name: "other_port_untouched",
+        hook: Hook::Ingress,
+        node: FE,
+        distribute: true,
+        entry: None,
+        input: other_port.clone(),
+        verdict: TC_ACT_OK,
+        output: other_port,
+        entry_after: expect_absent(),
+        event: None,
+    });
+    let mut truncated = syn.clone();
+    truncated.truncate(14 + 20 + 10);
+    truncated[16..18].copy_from_slice(&30u16.to_be_bytes());
+    Ipv4Packet::new_checked(&mut truncated[14..]).expect("30-byte IPv4 packet").fill_checksum();
+    cases.push(Case {
+        name: "truncated_tcp_header_untouched",
+        hook: Hook::Ingress,
+        node: FE,
+        distribute: true,
+        entry: None,
+        input: truncated.clone(),
+        verdict: TC_ACT_OK,
+        output: truncated,
+        entry_after: expect_absent(),
+        event: None,
+    });
+
+    cases
+}
+
+/// A loaded datapath with its maps at hand, for running cases.
+pub struct Runner {
+    datapath: Datapath,
+    conns: ConnTable,
+    events: EventRing,
+}
+
+pub struct Outcome {
+    pub verdict: u32,
+    pub output: Vec<u8>,
+    pub entry_after: Option<Conn>,
+    pub events: Vec<Event>,
+    /// Mean time per run as the kernel measured it.
+    pub duration: Duration,
+}
+
+impl Runner {
+    pub fn new() -> Result<Self, DatapathError> {
+        let mut datapath = Datapath::load()?;
+        let conns = datapath.take_conns()?;
+        let events = datapath.take_events()?;
+        Ok(Runner { datapath, conns, events })
+    }
+
+    /// Sets up the maps for `case`, runs it `repeat` times, returns what the last run did.
+    pub fn run(&mut self, case: &Case, repeat: u32) -> Result<Outcome, String> {
+        self.datapath
+            .set_node_config(&NodeConfig::new(case.node, &[SERVICE_PORT], case.distribute))
+            .map_err(|e| e.to_string())?;
+        let keys: Vec<ConnKey> = self.conns.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = self.conns.remove(&k);
+        }
+        while self.events.next().is_some() {}
+        if let Some(entry) = case.entry {
+            self.conns.insert(case.key(), entry, 0).map_err(|e| e.to_string())?;
+        }
+        let name = match case.hook {
+            Hook::Ingress => INGRESS_PROGRAM,
+            Hook::Egress => EGRESS_PROGRAM,
+        };
+        let program = self.datapath.program(name).map_err(|e| e.to_string())?;
+        let mut out = vec![0u8; case.input.len() + 256];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(&case.input),
+                data_out: Some(&mut out),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .map_err(|e| format!("BPF_PROG_TEST_RUN: {e}"))?;
+        out.truncate(result.data_size_out as usize);
+        let entry_after = self.conns.get(&case.key(), 0).ok();
+        let mut events = Vec::new();
+        while let Some(record) = self.events.next() {
+            events.push(Event::parse(&record).map_err(|e| e.to_string())?);
+        }
+        Ok(Outcome { verdict: result.return_value, output: out, entry_after, events, duration: result.duration })
+    }
+}
+
+/// Checks one outcome against its case; the error names every difference found.
+pub fn check(case: &Case, outcome: &Outcome) -> Result<(), String> {
+    let mut problems = Vec::new();
+    if outcome.verdict != case.verdict {
+        problems.push(format!("verdict {} != {}", outcome.verdict, case.verdict));
+    }
+    if outcome.output != case.output {
+        problems.push(format!("output differs\n  got  {:02x?}\n  want {:02x?}", outcome.output, case.output));
+    }
+    if let Some(ip) = outcome.output.get(14..) {
+        if let Ok(p) = Ipv4Packet::new_checked(ip) {
+            if !p.verify_checksum() {
+                problems.push("output IPv4 checksum invalid".into());
+            }
+            if let Ok(t) = TcpSegment::new_checked(p.payload()) {
+                if !t.verify_checksum(p.src_addr(), p.dst_addr()) {
+                    problems.push("output TCP checksum invalid".into());
+                }
+            }
+        }
+    }
+    if let Err(e) = (case.entry_after)(outcome.entry_after.as_ref()) {
+        problems.push(e);
+    }
+    match (case.event, outcome.events.as_slice()) {
+        (None, []) => {}
+        (Some(kind), [event]) => {
+            if event.kind != kind || event.key != case.key() {
+                problems.push(format!("event {:?} for {}, want {kind:?} for {}", event.kind, event.key, case.key()));
+            } else if kind != EventKind::Closed && event.packet != case.input[14..] {
+                problems.push("event does not carry the input packet".into());
+            }
+        }
+        (want, got) => problems.push(format!("events {:?}, want {want:?}", got.iter().map(|e| e.kind).collect::<Vec<_>>())),
+    }
+    if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+}

@@ -1,0 +1,118 @@
+//! Loading, configuring and attaching the programs; handing out their maps.
+//!
+//! Contract: [`Datapath::load`] gets both programs through the verifier and the maps created, but
+//! attaches nothing. [`Datapath::attach`] attaches ingress and egress to one interface with TCX
+//! links owned by this process: when the `Datapath` is dropped (clean stop or crash) the kernel
+//! detaches them, leaving no qdisc, filter or pinned object behind. The maps are taken out by
+//! their single owners (`take_*`): the agent's engine owns the conn table, its event reader the
+//! ring, its metrics the counters.
+
+use aya::Ebpf;
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf};
+use aya::programs::{ProgramError, SchedClassifier, TcAttachType};
+
+use crate::{
+    CONFIG_MAP, CONNS_MAP, Conn, ConnKey, DROPS_MAP, DropReason, EGRESS_PROGRAM, EVENTS_MAP,
+    INGRESS_PROGRAM, NodeConfig, OBJECT, STATS_MAP, Stat,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("loading the eBPF object (bpf(BPF_MAP_CREATE/BTF_LOAD)): {0}")]
+    Object(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program { name: &'static str, source: ProgramError },
+    #[error("program {0} missing from the object or not a TC classifier")]
+    MissingProgram(&'static str),
+    #[error("map {0} missing from the object, already taken, or of the wrong layout")]
+    MissingMap(&'static str),
+    #[error("map {name} (bpf(BPF_MAP_*)): {source}")]
+    Map { name: &'static str, source: MapError },
+}
+
+pub type ConnTable = HashMap<MapData, ConnKey, Conn>;
+pub type EventRing = RingBuf<MapData>;
+
+/// The programs' counters, summed over CPUs on read.
+pub struct Counters {
+    stats: PerCpuArray<MapData, u64>,
+    drops: PerCpuArray<MapData, u64>,
+}
+
+impl Counters {
+    pub fn stat(&self, stat: Stat) -> Result<u64, MapError> {
+        Ok(self.stats.get(&(stat as u32), 0)?.iter().sum())
+    }
+    pub fn dropped(&self, reason: DropReason) -> Result<u64, MapError> {
+        Ok(self.drops.get(&(reason as u32), 0)?.iter().sum())
+    }
+}
+
+pub struct Datapath {
+    ebpf: Ebpf,
+}
+
+impl Datapath {
+    /// Loads the object and both programs into the kernel (runs the verifier).
+    pub fn load() -> Result<Self, DatapathError> {
+        let mut ebpf = Ebpf::load(OBJECT)?;
+        for name in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .and_then(|p| p.try_into().ok())
+                .ok_or(DatapathError::MissingProgram(name))?;
+            prog.load().map_err(|source| DatapathError::Program { name, source })?;
+        }
+        Ok(Datapath { ebpf })
+    }
+
+    pub fn program(&self, name: &'static str) -> Result<&SchedClassifier, DatapathError> {
+        self.ebpf
+            .program(name)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DatapathError::MissingProgram(name))
+    }
+
+    fn program_mut(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DatapathError> {
+        self.ebpf
+            .program_mut(name)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DatapathError::MissingProgram(name))
+    }
+
+    /// Writes this node's service address, ports and whether to distribute.
+    pub fn set_node_config(&mut self, config: &NodeConfig) -> Result<(), DatapathError> {
+        let map = self.ebpf.map_mut(CONFIG_MAP).ok_or(DatapathError::MissingMap(CONFIG_MAP))?;
+        let mut array: Array<&mut MapData, NodeConfig> =
+            Array::try_from(map).map_err(|source| DatapathError::Map { name: CONFIG_MAP, source })?;
+        array.set(0, config, 0).map_err(|source| DatapathError::Map { name: CONFIG_MAP, source })
+    }
+
+    /// Attaches ingress and egress to `interface` (TCX links, detached when `self` drops).
+    pub fn attach(&mut self, interface: &str) -> Result<(), DatapathError> {
+        for (name, kind) in [(INGRESS_PROGRAM, TcAttachType::Ingress), (EGRESS_PROGRAM, TcAttachType::Egress)] {
+            self.program_mut(name)?
+                .attach(interface, kind)
+                .map_err(|source| DatapathError::Program { name, source })?;
+        }
+        Ok(())
+    }
+
+    pub fn take_conns(&mut self) -> Result<ConnTable, DatapathError> {
+        let map = self.ebpf.take_map(CONNS_MAP).ok_or(DatapathError::MissingMap(CONNS_MAP))?;
+        HashMap::try_from(map).map_err(|source| DatapathError::Map { name: CONNS_MAP, source })
+    }
+
+    pub fn take_events(&mut self) -> Result<EventRing, DatapathError> {
+        let map = self.ebpf.take_map(EVENTS_MAP).ok_or(DatapathError::MissingMap(EVENTS_MAP))?;
+        RingBuf::try_from(map).map_err(|source| DatapathError::Map { name: EVENTS_MAP, source })
+    }
+
+    pub fn take_counters(&mut self) -> Result<Counters, DatapathError> {
+        let mut take = |name: &'static str| -> Result<PerCpuArray<MapData, u64>, DatapathError> {
+            let map = self.ebpf.take_map(name).ok_or(DatapathError::MissingMap(name))?;
+            PerCpuArray::try_from(map).map_err(|source| DatapathError::Map { name, source })
+        };
+        Ok(Counters { stats: take(STATS_MAP)?, drops: take(DROPS_MAP)? })
+    }
+}

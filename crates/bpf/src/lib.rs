@@ -1,0 +1,373 @@
+//! baton's eBPF datapath, from Rust: the compiled object, the loader, and mirrors of the maps'
+//! layouts and of the reason codes.
+//!
+//! The C sources are in `c/` (entry file `c/baton.c`, logic split by concern in `c/lib/`); the
+//! object `baton.bpf.o` is compiled by `build-bpf.sh` and committed, so building baton needs no
+//! clang. `build-bpf.sh --check` (run by the test suite) fails when the object is stale.
+//!
+//! Everything `#[repr(C)]` here is ABI with `c/lib/*.h`: append only, never reorder or renumber.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use aya::Pod;
+
+pub mod cases;
+pub mod datapath;
+
+pub use datapath::{Datapath, DatapathError};
+
+/// The compiled programs (`c/baton.c`), 8-byte aligned as ELF loading requires.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../baton.bpf.o");
+
+/// Program names in the object.
+pub const INGRESS_PROGRAM: &str = "baton_ingress";
+pub const EGRESS_PROGRAM: &str = "baton_egress";
+
+/// Map names in the object.
+pub const CONNS_MAP: &str = "conns";
+pub const CONFIG_MAP: &str = "config";
+pub const EVENTS_MAP: &str = "events";
+pub const STATS_MAP: &str = "stats";
+pub const DROPS_MAP: &str = "drops";
+
+/// Mirrors `struct conn_key`: a connection as this node's TCP sees it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub client_addr: [u8; 4],
+    pub local_addr: [u8; 4],
+    pub client_port: [u8; 2],
+    pub local_port: [u8; 2],
+}
+
+// SAFETY: plain bytes, no padding (12 bytes, all u8 arrays).
+unsafe impl Pod for ConnKey {}
+
+impl ConnKey {
+    pub fn new(client: SocketAddrV4, local: SocketAddrV4) -> Self {
+        ConnKey {
+            client_addr: client.ip().octets(),
+            local_addr: local.ip().octets(),
+            client_port: client.port().to_be_bytes(),
+            local_port: local.port().to_be_bytes(),
+        }
+    }
+    pub fn client(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::from(self.client_addr), u16::from_be_bytes(self.client_port))
+    }
+    pub fn local(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::from(self.local_addr), u16::from_be_bytes(self.local_port))
+    }
+}
+
+impl std::fmt::Display for ConnKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}->{}", self.client(), self.local())
+    }
+}
+
+/// Mirrors `enum conn_role`.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnRole {
+    Fe = 1,
+    Be = 2,
+}
+
+/// Mirrors `enum conn_state`.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnState {
+    FeSyn = 1,
+    FeHold = 2,
+    FeForward = 3,
+    BeSynSent = 10,
+    BeReplayed = 11,
+    BeEstablished = 12,
+}
+
+impl ConnState {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        use ConnState::*;
+        [FeSyn, FeHold, FeForward, BeSynSent, BeReplayed, BeEstablished].into_iter().find(|s| *s as u8 == v)
+    }
+}
+
+/// `conn.flags` bits.
+pub mod conn_flags {
+    pub const CLIENT_FIN: u8 = 0x01;
+    pub const SERVER_FIN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const CLOSE_REPORTED: u8 = 0x08;
+    pub const SYNACK_SEEN: u8 = 0x10;
+}
+
+/// Longest TCP options area.
+pub const TCP_OPTS_MAX: usize = 40;
+
+/// Mirrors `struct conn`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conn {
+    pub role: u8,
+    pub state: u8,
+    pub flags: u8,
+    pub syn_opts_len: u8,
+    pub synack_opts_len: u8,
+    pub pad0: [u8; 3],
+    pub client_isn: u32,
+    pub local_isn: u32,
+    pub synack_tsval: u32,
+    pub syn_window: u16,
+    pub pad1: u16,
+    pub peer_addr: [u8; 4],
+    pub seq_delta: u32,
+    pub ts_delta: u32,
+    pub pad2: u32,
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub syn_opts: [u8; TCP_OPTS_MAX],
+    pub synack_opts: [u8; TCP_OPTS_MAX],
+}
+
+// SAFETY: repr(C) with explicit padding fields; every bit pattern is valid.
+unsafe impl Pod for Conn {}
+
+impl Default for Conn {
+    fn default() -> Self {
+        // SAFETY: all-zero is a valid Conn (integers and byte arrays).
+        unsafe { std::mem::zeroed() }
+    }
+}
+
+impl Conn {
+    pub fn state(&self) -> Option<ConnState> {
+        ConnState::from_u8(self.state)
+    }
+    pub fn role(&self) -> Option<ConnRole> {
+        match self.role {
+            1 => Some(ConnRole::Fe),
+            2 => Some(ConnRole::Be),
+            _ => None,
+        }
+    }
+    pub fn syn_options(&self) -> &[u8] {
+        &self.syn_opts[..usize::from(self.syn_opts_len).min(TCP_OPTS_MAX)]
+    }
+    pub fn synack_options(&self) -> &[u8] {
+        &self.synack_opts[..usize::from(self.synack_opts_len).min(TCP_OPTS_MAX)]
+    }
+    /// A BE entry as the agent creates it before replaying the SYN.
+    pub fn new_be(fe_addr: Ipv4Addr, client_isn: u32, now_ns: u64) -> Self {
+        Conn {
+            role: ConnRole::Be as u8,
+            state: ConnState::BeSynSent as u8,
+            client_isn,
+            peer_addr: fe_addr.octets(),
+            created_ns: now_ns,
+            last_seen_ns: now_ns,
+            ..Conn::default()
+        }
+    }
+}
+
+/// Mirrors `struct node_config`.
+pub const SERVICE_PORTS_MAX: usize = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub service_addr: [u8; 4],
+    pub distribute: u8,
+    pub nports: u8,
+    pub pad: u16,
+    pub ports: [[u8; 2]; SERVICE_PORTS_MAX],
+}
+
+// SAFETY: repr(C), explicit padding, all integers.
+unsafe impl Pod for NodeConfig {}
+
+impl NodeConfig {
+    /// At most [`SERVICE_PORTS_MAX`] ports are taken; the caller validates the count.
+    pub fn new(service_addr: Ipv4Addr, ports: &[u16], distribute: bool) -> Self {
+        let mut c = NodeConfig {
+            service_addr: service_addr.octets(),
+            distribute: u8::from(distribute),
+            nports: ports.len().min(SERVICE_PORTS_MAX) as u8,
+            ..Default::default()
+        };
+        for (slot, port) in c.ports.iter_mut().zip(ports) {
+            *slot = port.to_be_bytes();
+        }
+        c
+    }
+}
+
+/// Mirrors `enum event_kind`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    HeldPacket = 1,
+    BeSynAck = 2,
+    Closed = 3,
+}
+
+/// Mirrors `struct event_hdr`; the captured packet bytes follow it in the ring record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    pub kind: u32,
+    pub pkt_len: u32,
+    pub cap_len: u32,
+    pub pad: u32,
+    pub ts_ns: u64,
+    pub key: ConnKey,
+    pub pad2: u32,
+}
+
+/// An event as read from the ring: header fields and the captured packet (from its IPv4 header).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    pub key: ConnKey,
+    /// The packet's true length; `packet` may be shorter (capture limit).
+    pub pkt_len: u32,
+    pub ts_ns: u64,
+    pub packet: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EventError {
+    #[error("event record of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("unknown event kind {0}")]
+    UnknownKind(u32),
+    #[error("event claims {claimed} captured bytes but carries {carried}")]
+    BadCaptureLength { claimed: u32, carried: usize },
+}
+
+impl Event {
+    /// Parses one ring record. Malformed records are errors, never panics.
+    pub fn parse(record: &[u8]) -> Result<Event, EventError> {
+        const HDR: usize = std::mem::size_of::<EventHeader>();
+        if record.len() < HDR {
+            return Err(EventError::Short(record.len()));
+        }
+        // SAFETY: EventHeader is Pod and the slice holds at least HDR bytes; read_unaligned
+        // copes with the ring's 8-byte alignment not being guaranteed by the slice type.
+        let hdr: EventHeader = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+        let kind = match hdr.kind {
+            1 => EventKind::HeldPacket,
+            2 => EventKind::BeSynAck,
+            3 => EventKind::Closed,
+            k => return Err(EventError::UnknownKind(k)),
+        };
+        let body = &record[HDR..];
+        let cap = hdr.cap_len as usize;
+        if cap > body.len() {
+            return Err(EventError::BadCaptureLength { claimed: hdr.cap_len, carried: body.len() });
+        }
+        Ok(Event { kind, key: hdr.key, pkt_len: hdr.pkt_len, ts_ns: hdr.ts_ns, packet: body[..cap].to_vec() })
+    }
+}
+
+/// Mirrors `enum drop_reason`: why the programs dropped a packet. Metric label = `label()`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    Held = 1,
+    SynAckHidden = 2,
+    FeSilenced = 3,
+    BeSynAck = 4,
+    BeNotReady = 5,
+    TupleCollision = 6,
+    EventLost = 7,
+    RedirectFailed = 8,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 8] = [
+        DropReason::Held,
+        DropReason::SynAckHidden,
+        DropReason::FeSilenced,
+        DropReason::BeSynAck,
+        DropReason::BeNotReady,
+        DropReason::TupleCollision,
+        DropReason::EventLost,
+        DropReason::RedirectFailed,
+    ];
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::Held => "held",
+            DropReason::SynAckHidden => "synack_hidden",
+            DropReason::FeSilenced => "fe_silenced",
+            DropReason::BeSynAck => "be_synack",
+            DropReason::BeNotReady => "be_not_ready",
+            DropReason::TupleCollision => "tuple_collision",
+            DropReason::EventLost => "event_lost",
+            DropReason::RedirectFailed => "redirect_failed",
+        }
+    }
+}
+
+/// Mirrors `enum stat`: the programs' per-CPU counters.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    Syn = 0,
+    SynUntracked = 1,
+    TableFull = 2,
+    ForwardPackets = 3,
+    ForwardBytes = 4,
+    ToServerPackets = 5,
+    ToClientPackets = 6,
+    ToClientBytes = 7,
+    ClientBytesSent = 8,
+    Events = 9,
+    Malformed = 10,
+}
+
+impl Stat {
+    pub const COUNT: u32 = 11;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::size_of;
+
+    #[test]
+    fn layouts_match_the_c_structs() {
+        assert_eq!(size_of::<ConnKey>(), 12);
+        assert_eq!(size_of::<Conn>(), 152);
+        assert_eq!(size_of::<NodeConfig>(), 24);
+        assert_eq!(size_of::<EventHeader>(), 40);
+    }
+
+    #[test]
+    fn event_parse_rejects_bad_records() {
+        assert_eq!(Event::parse(&[0; 10]), Err(EventError::Short(10)));
+        let mut rec = vec![0u8; 40];
+        rec[0] = 9;
+        assert_eq!(Event::parse(&rec), Err(EventError::UnknownKind(9)));
+        rec[0] = 1;
+        rec[8] = 5; // cap_len 5, nothing follows
+        assert_eq!(Event::parse(&rec), Err(EventError::BadCaptureLength { claimed: 5, carried: 0 }));
+        rec.extend_from_slice(&[1, 2, 3, 4, 5]);
+        let ev = Event::parse(&rec).unwrap();
+        assert_eq!(ev.kind, EventKind::HeldPacket);
+        assert_eq!(ev.packet, vec![1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn conn_key_round_trips_addresses() {
+        let c = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 254), 40000);
+        let l = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 80);
+        let k = ConnKey::new(c, l);
+        assert_eq!(k.client(), c);
+        assert_eq!(k.local(), l);
+        assert_eq!(k.client_port, [0x9c, 0x40]);
+    }
+}

@@ -1,0 +1,164 @@
+//! `baton lab ...`: the command-line face of [`crate::lab`].
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use baton_policy::PolicyKind;
+use clap::{Args, Subcommand};
+
+use crate::demo;
+use crate::lab::{self, Lab, LabSpec, ServerKind};
+
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Build a lab: network namespaces, a bridge, a server (and an agent) on every node.
+    Up(UpArgs),
+    /// Run a command in one host of a lab (client, sw, n1..nN), with this terminal; exits with the
+    /// command's exit code.
+    Exec(ExecArgs),
+    /// Remove a lab: its processes, namespaces and state directory (also a half-made one).
+    Down(NameArg),
+    /// List the labs on this machine.
+    List,
+    /// Build a 3-node lab named `demo`, run a short workload from its client, print per-node
+    /// statistics, and remove it.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NameArg {
+    /// Lab name: 1 to 10 characters from [a-z0-9].
+    #[arg(long, default_value = "lab")]
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub name: NameArg,
+    /// Number of nodes (n1..nN at 198.18.0.1..N).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// HTTP server on every node.
+    #[arg(long, value_enum, default_value_t = ServerKind::Static)]
+    pub server: ServerKind,
+    /// Distribution policy of the agents (local, round-robin, hash, ...).
+    #[arg(long, value_parser = lab::parse_policy, default_value = "round-robin")]
+    pub policy: PolicyKind,
+    /// Do not start baton agents (plain servers only).
+    #[arg(long)]
+    pub no_agent: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub name: NameArg,
+    /// client, sw, or n1..nN.
+    pub host: String,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Distribution policy of the agents.
+    #[arg(long, value_parser = lab::parse_policy, default_value = "round-robin")]
+    pub policy: PolicyKind,
+    /// HTTP server on every node.
+    #[arg(long, value_enum, default_value_t = ServerKind::Static)]
+    pub server: ServerKind,
+}
+
+pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
+    match cmd {
+        LabCommand::Up(args) => up(args),
+        LabCommand::Exec(args) => exec(args),
+        LabCommand::Down(args) => {
+            let report =
+                lab::down_by_name(&args.name).with_context(|| format!("lab down {}", args.name))?;
+            if report.is_empty() {
+                println!("lab {}: nothing to remove", args.name);
+            } else {
+                println!(
+                    "lab {}: stopped {} processes, deleted {} namespaces{}",
+                    args.name,
+                    report.processes,
+                    report.namespaces,
+                    if report.state_dir {
+                        ", removed its state directory"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            Ok(())
+        }
+        LabCommand::List => {
+            for name in lab::list_labs() {
+                let info = std::fs::read_to_string(lab::state_dir_of(&name).join("lab.info"))
+                    .unwrap_or_default();
+                let fields: BTreeMap<&str, &str> =
+                    info.lines().filter_map(|l| l.split_once(" = ")).collect();
+                let get = |k| fields.get(k).copied().unwrap_or("?");
+                println!(
+                    "{name}: nodes={} server={} policy={} agents={}",
+                    get("nodes"),
+                    get("server"),
+                    get("policy"),
+                    get("agents")
+                );
+            }
+            Ok(())
+        }
+        LabCommand::Demo(args) => demo::run("demo", args.server, args.policy),
+    }
+}
+
+fn up(args: UpArgs) -> anyhow::Result<()> {
+    let spec = LabSpec {
+        name: args.name.name.clone(),
+        nodes: args.nodes,
+        server: args.server,
+        policy: args.policy,
+        agents: !args.no_agent,
+        exe: None,
+    };
+    let lab = Lab::up(spec).with_context(|| format!("lab up {}", args.name.name))?;
+    let name = lab.name().to_string();
+    println!(
+        "lab {name} is up: {} nodes, {} server, {}",
+        lab.nodes(),
+        lab.spec().server,
+        if lab.spec().agents {
+            format!("agents with policy {}", lab::policy_name(lab.spec().policy))
+        } else {
+            "no agents".to_string()
+        }
+    );
+    println!("  client  {:<12} 198.18.0.254", lab.client_ns());
+    for i in 1..=lab.nodes() {
+        println!("  n{i:<6} {:<12} {}", lab.node_ns(i), lab.node_address(i));
+    }
+    println!("  state   {}", lab.state_dir().display());
+    println!("try:   baton lab exec --name {name} client -- curl -si http://198.18.0.1/index.html");
+    println!("clean: baton lab down --name {name}");
+    lab.detach();
+    Ok(())
+}
+
+fn exec(args: ExecArgs) -> anyhow::Result<()> {
+    let mut cmd = lab::exec_command(&args.name.name, &args.host, &args.command)?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("running {:?}", args.command))?;
+    let code = match status.code() {
+        Some(code) => code,
+        None => {
+            use std::os::unix::process::ExitStatusExt;
+            128 + status.signal().unwrap_or(0)
+        }
+    };
+    std::process::exit(code);
+}

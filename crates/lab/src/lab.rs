@@ -1,0 +1,1100 @@
+//! The lab: a real cluster on one machine, made of network namespaces (DESIGN.md §6).
+//!
+//! Topology of lab `NAME` with N nodes:
+//!
+//! ```text
+//!   baton-NAME-client  eth0 198.18.0.254/24 ──┐
+//!   baton-NAME-n1      eth0 198.18.0.1/24   ──┤ p-HOST ports of bridge br0
+//!   ...                                       │ in baton-NAME-sw
+//!   baton-NAME-nN      eth0 198.18.0.N/24   ──┘
+//! ```
+//!
+//! Every veth pair is created directly inside the lab's namespaces, so nothing appears in the root
+//! namespace. Each node runs an HTTP server on 198.18.0.i:80 (the `static` server or nginx) and,
+//! unless disabled, a baton agent (`baton node`), all as daemons (own session, output to log files
+//! under the state directory `/run/baton/labs/NAME/`).
+//!
+//! `down` kills every process living in the lab's namespaces (and any process recorded in a pid
+//! file whose command line names the lab's state directory), deletes the namespaces and removes
+//! the state directory. It works on a half-made lab, so `up` cleans up after itself on failure.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fmt;
+use std::fs::OpenOptions;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use baton_agent::config::NodeConfig;
+use baton_policy::PolicyKind;
+
+use crate::content::{LAB_FILES, lab_file};
+use crate::error::LabError;
+use crate::http_client::{HttpResponse, http_get_timeout};
+use crate::metrics::{metric_sum, parse_metrics};
+use crate::netns::{
+    enter_netns_before_exec, in_netns, ip, list_netns, netns_exists, netns_path, ns_identity,
+    pids_in_namespaces, process_alive, run_checked,
+};
+
+/// Where labs keep their state: `LABS_DIR/NAME/`.
+pub const LABS_DIR: &str = "/run/baton/labs";
+/// The port every node's HTTP server listens on.
+pub const HTTP_PORT: u16 = 80;
+/// The port of every agent's Prometheus endpoint.
+pub const METRICS_PORT: u16 = 9100;
+/// The client's address.
+pub const CLIENT_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
+/// The most nodes a lab can have (198.18.0.1 ..= 198.18.0.253).
+pub const MAX_NODES: usize = 253;
+/// How long `up` waits for the servers and agents to become ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The nginx binary the `nginx` server kind runs (Debian's, unmodified).
+pub const NGINX: &str = "/usr/sbin/nginx";
+/// How long `down` waits after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+const POLL: Duration = Duration::from_millis(50);
+const MAX_NAME_LEN: usize = 10;
+
+/// Which unmodified HTTP server the nodes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum ServerKind {
+    /// `baton serve-static` (hyper): also answers `POST /echo`.
+    Static,
+    /// Debian's nginx: also accepts `PUT /upload/...` (WebDAV).
+    Nginx,
+}
+
+impl fmt::Display for ServerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServerKind::Static => "static",
+            ServerKind::Nginx => "nginx",
+        })
+    }
+}
+
+impl FromStr for ServerKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "static" => Ok(ServerKind::Static),
+            "nginx" => Ok(ServerKind::Nginx),
+            _ => Err(format!("unknown server kind {s:?} (static, nginx)")),
+        }
+    }
+}
+
+/// Parses a policy name as used in configuration files (`local`, `round-robin`, `hash`, ...).
+pub fn parse_policy(s: &str) -> Result<PolicyKind, String> {
+    s.parse::<PolicyKind>().map_err(|e| e.to_string())
+}
+
+/// The configuration-file name of a policy.
+pub fn policy_name(kind: PolicyKind) -> String {
+    kind.to_string()
+}
+
+/// Checks a lab name: 1 to 10 characters from `[a-z0-9]` (interface and namespace names derive
+/// from it).
+pub fn validate_name(name: &str) -> Result<(), LabError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(LabError::InvalidName(name.to_string()))
+    }
+}
+
+/// A lab name unique within this machine's running processes: `prefix` (trimmed to fit) followed
+/// by this process's id and a per-process counter, in base 36. For tests that run labs in parallel.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed) % (36 * 36);
+    let suffix = format!("{}{:0>2}", base36(std::process::id()), base36(n));
+    let prefix: String = prefix
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        .take(MAX_NAME_LEN.saturating_sub(suffix.len()))
+        .collect();
+    format!("{prefix}{suffix}")
+}
+
+fn base36(mut n: u32) -> String {
+    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).expect("ascii")
+}
+
+/// The address of node `i` (1-based): 198.18.0.i.
+pub fn node_address(i: usize) -> Ipv4Addr {
+    assert!(
+        (1..=MAX_NODES).contains(&i),
+        "node index {i} out of 1..={MAX_NODES}"
+    );
+    Ipv4Addr::new(198, 18, 0, i as u8)
+}
+
+/// The network namespace of `host` (`sw`, `client`, `n1`, ...) in lab `lab`.
+pub fn ns_name(lab: &str, host: &str) -> String {
+    format!("baton-{lab}-{host}")
+}
+
+/// The state directory of lab `lab`.
+pub fn state_dir_of(lab: &str) -> PathBuf {
+    PathBuf::from(LABS_DIR).join(lab)
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    /// `[a-z0-9]{1,10}`; see [`unique_name`].
+    pub name: String,
+    /// 1 ..= [`MAX_NODES`].
+    pub nodes: usize,
+    pub server: ServerKind,
+    /// The policy written into every agent's configuration.
+    pub policy: PolicyKind,
+    /// Whether every node also runs a baton agent.
+    pub agents: bool,
+    /// The `baton` executable that runs `serve-static` and `node`. `None`: `$BATON_EXE` if set,
+    /// else the current executable (right when the lab is driven by `baton lab`; a test in another
+    /// crate passes `env!("CARGO_BIN_EXE_baton")`).
+    pub exe: Option<PathBuf>,
+}
+
+impl LabSpec {
+    /// `nodes` nodes, static server, round-robin policy, agents on.
+    pub fn new(name: impl Into<String>, nodes: usize) -> Self {
+        LabSpec {
+            name: name.into(),
+            nodes,
+            server: ServerKind::Static,
+            policy: PolicyKind::RoundRobin,
+            agents: true,
+            exe: None,
+        }
+    }
+
+    pub fn server(mut self, server: ServerKind) -> Self {
+        self.server = server;
+        self
+    }
+
+    pub fn policy(mut self, policy: PolicyKind) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    pub fn agents(mut self, agents: bool) -> Self {
+        self.agents = agents;
+        self
+    }
+
+    pub fn exe(mut self, exe: impl Into<PathBuf>) -> Self {
+        self.exe = Some(exe.into());
+        self
+    }
+
+    pub fn validate(&self) -> Result<(), LabError> {
+        validate_name(&self.name)?;
+        if !(1..=MAX_NODES).contains(&self.nodes) {
+            return Err(LabError::InvalidSpec(format!(
+                "nodes must be 1..={MAX_NODES}, not {}",
+                self.nodes
+            )));
+        }
+        Ok(())
+    }
+
+    fn resolve_exe(&self) -> Result<PathBuf, LabError> {
+        if let Some(exe) = &self.exe {
+            return Ok(exe.clone());
+        }
+        if let Some(exe) = std::env::var_os("BATON_EXE") {
+            return Ok(exe.into());
+        }
+        std::env::current_exe().map_err(|e| LabError::io("finding the current executable", e))
+    }
+}
+
+/// The agent configuration of node `i` (1-based) in a lab built from `spec` with cluster key
+/// `key`: every field the lab does not set keeps the agent's default.
+pub fn agent_config(spec: &LabSpec, key: &str, i: usize) -> Result<NodeConfig, LabError> {
+    let mut text = format!(
+        "[node]\nname = \"n{i}\"\naddress = \"{}\"\ninterface = \"eth0\"\n\n\
+         [cluster]\nkey = \"{key}\"\nservice_ports = [{HTTP_PORT}]\nmembers = [\n",
+        node_address(i)
+    );
+    for j in 1..=spec.nodes {
+        text.push_str(&format!(
+            "  {{ name = \"n{j}\", address = \"{}\" }},\n",
+            node_address(j)
+        ));
+    }
+    text.push_str(&format!(
+        "]\n\n[policy]\nkind = \"{}\"\n\n[metrics]\nlisten = \"{}:{METRICS_PORT}\"\n",
+        policy_name(spec.policy),
+        node_address(i)
+    ));
+    NodeConfig::from_toml(&text).map_err(|source| LabError::Config {
+        node: format!("n{i}"),
+        source,
+    })
+}
+
+/// The nginx configuration of node `i` whose directory is `node_dir`, serving `www`.
+pub fn nginx_config(node_dir: &Path, www: &Path, i: usize) -> String {
+    let d = node_dir.display();
+    let www = www.display();
+    let addr = node_address(i);
+    format!(
+        r#"# Written by baton lab for node n{i}.
+daemon off;
+master_process on;
+worker_processes 1;
+user root;
+pid {d}/nginx.pid;
+error_log {d}/server.log notice;
+
+events {{
+    worker_connections 4096;
+}}
+
+http {{
+    types {{
+        text/html html htm;
+        text/plain txt;
+    }}
+    default_type application/octet-stream;
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 65;
+    keepalive_requests 10000;
+    client_max_body_size 64m;
+    client_body_temp_path {d}/nginx-tmp/body;
+    proxy_temp_path {d}/nginx-tmp/proxy;
+    fastcgi_temp_path {d}/nginx-tmp/fastcgi;
+    uwsgi_temp_path {d}/nginx-tmp/uwsgi;
+    scgi_temp_path {d}/nginx-tmp/scgi;
+
+    server {{
+        listen {addr}:{HTTP_PORT} backlog=4096;
+        server_name _;
+        root {www};
+        index index.html;
+        add_header X-Served-By n{i} always;
+
+        location / {{
+        }}
+
+        location /upload/ {{
+            root {d}/dav;
+            dav_methods PUT DELETE;
+            create_full_put_path on;
+            dav_access user:rw group:r all:r;
+        }}
+    }}
+}}
+"#
+    )
+}
+
+/// Writes the lab's web root ([`LAB_FILES`]) under `www`.
+pub fn write_web_root(www: &Path) -> Result<(), LabError> {
+    for (path, len) in LAB_FILES {
+        let file = www.join(path.trim_start_matches('/'));
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| LabError::io(format!("creating {}", parent.display()), e))?;
+        }
+        let content = lab_file(path).expect("LAB_FILES entries are lab files");
+        debug_assert_eq!(content.len(), *len);
+        std::fs::write(&file, content)
+            .map_err(|e| LabError::io(format!("writing {}", file.display()), e))?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Server,
+    Agent,
+}
+
+/// A process the lab started.
+struct Daemon {
+    node: usize,
+    role: Role,
+    log: PathBuf,
+    child: Child,
+}
+
+impl Daemon {
+    fn what(&self) -> String {
+        let role = match self.role {
+            Role::Server => "server",
+            Role::Agent => "agent",
+        };
+        format!("n{} {role} (pid {})", self.node, self.child.id())
+    }
+}
+
+/// What `down` removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TeardownReport {
+    pub processes: usize,
+    pub namespaces: usize,
+    pub state_dir: bool,
+}
+
+impl TeardownReport {
+    pub fn is_empty(&self) -> bool {
+        self.processes == 0 && self.namespaces == 0 && !self.state_dir
+    }
+}
+
+/// A running lab. Dropping it tears it down (unless [`Lab::detach`]ed), so a panicking test
+/// leaves nothing behind.
+pub struct Lab {
+    spec: LabSpec,
+    key: String,
+    state_dir: PathBuf,
+    daemons: Vec<Daemon>,
+    finished: bool,
+}
+
+impl fmt::Debug for Lab {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lab")
+            .field("spec", &self.spec)
+            .field("state_dir", &self.state_dir)
+            .field(
+                "pids",
+                &self
+                    .daemons
+                    .iter()
+                    .map(|d| d.child.id())
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Lab {
+    /// Builds the lab and returns when every server answers `GET /` and every agent reports all
+    /// its peers up (or fails after [`READY_TIMEOUT`], with the tail of the relevant log). On any
+    /// failure, whatever was made is removed again — except when the failure is that the lab
+    /// already exists.
+    pub fn up(spec: LabSpec) -> Result<Lab, LabError> {
+        spec.validate()?;
+        let name = spec.name.clone();
+        let existing = list_netns(&ns_name(&name, ""));
+        if !existing.is_empty() {
+            return Err(LabError::Exists {
+                name,
+                detail: format!("namespaces {}", existing.join(", ")),
+            });
+        }
+        std::fs::create_dir_all(LABS_DIR)
+            .map_err(|e| LabError::io(format!("creating {LABS_DIR}"), e))?;
+        let state_dir = state_dir_of(&name);
+        // Creating the state directory is the lock: two `up`s of one name cannot both get here.
+        if let Err(e) = std::fs::create_dir(&state_dir) {
+            return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
+                LabError::Exists {
+                    name,
+                    detail: format!("state directory {}", state_dir.display()),
+                }
+            } else {
+                LabError::io(format!("creating {}", state_dir.display()), e)
+            });
+        }
+        let mut lab = Lab {
+            spec,
+            key: String::new(),
+            state_dir,
+            daemons: Vec::new(),
+            finished: false,
+        };
+        match lab.build() {
+            Ok(()) => Ok(lab),
+            Err(e) => {
+                if let Err(te) = lab.down() {
+                    tracing::error!("cleaning up after a failed `lab up`: {te}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn build(&mut self) -> Result<(), LabError> {
+        self.key = random_key()?;
+        let sw = self.switch_ns();
+        let hosts = self.hosts();
+        let mut all = vec![sw.clone()];
+        all.extend(hosts.iter().map(|(host, _)| ns_name(&self.spec.name, host)));
+        for ns in &all {
+            ip(&["netns", "add", ns])?;
+        }
+        for ns in &all {
+            disable_ipv6(ns)?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+        for (host, addr) in &hosts {
+            let ns = ns_name(&self.spec.name, host);
+            let port = format!("p-{host}");
+            ip(&[
+                "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+                &ns,
+            ])?;
+            ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        }
+        write_web_root(&self.www_dir())?;
+        self.write_info()?;
+
+        let exe = self.spec.resolve_exe()?;
+        for i in 1..=self.spec.nodes {
+            self.start_server(i, &exe)?;
+        }
+        let deadline = Instant::now() + READY_TIMEOUT;
+        self.wait_ready(Role::Server, deadline, false)?;
+        if self.spec.agents {
+            for i in 1..=self.spec.nodes {
+                self.start_agent(i, &exe)?;
+            }
+            self.wait_ready(Role::Agent, deadline, false)?;
+            // Once more, now that the agents sit in front of the servers.
+            self.wait_ready(Role::Server, deadline, true)?;
+        }
+        Ok(())
+    }
+
+    fn hosts(&self) -> Vec<(String, Ipv4Addr)> {
+        let mut hosts = vec![("client".to_string(), CLIENT_ADDRESS)];
+        hosts.extend((1..=self.spec.nodes).map(|i| (format!("n{i}"), node_address(i))));
+        hosts
+    }
+
+    fn write_info(&self) -> Result<(), LabError> {
+        let info = format!(
+            "name = {}\nnodes = {}\nserver = {}\npolicy = {}\nagents = {}\nkey = {}\n",
+            self.spec.name,
+            self.spec.nodes,
+            self.spec.server,
+            policy_name(self.spec.policy),
+            self.spec.agents,
+            self.key
+        );
+        let path = self.state_dir.join("lab.info");
+        std::fs::write(&path, info)
+            .map_err(|e| LabError::io(format!("writing {}", path.display()), e))
+    }
+
+    fn start_server(&mut self, i: usize, exe: &Path) -> Result<(), LabError> {
+        let dir = self.node_dir(i);
+        let subdirs: &[&str] = match self.spec.server {
+            ServerKind::Static => &[],
+            ServerKind::Nginx => &["dav", "nginx-tmp"],
+        };
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
+        for sub in subdirs {
+            let d = dir.join(sub);
+            std::fs::create_dir_all(&d)
+                .map_err(|e| LabError::io(format!("creating {}", d.display()), e))?;
+        }
+        let log = dir.join("server.log");
+        let listen = SocketAddr::new(node_address(i).into(), HTTP_PORT).to_string();
+        let www = self.www_dir();
+        let cmd = match self.spec.server {
+            ServerKind::Static => {
+                let mut cmd = Command::new(exe);
+                cmd.arg("serve-static").arg("--root").arg(&www).args([
+                    "--listen",
+                    &listen,
+                    "--served-by",
+                    &format!("n{i}"),
+                ]);
+                cmd
+            }
+            ServerKind::Nginx => {
+                let conf = dir.join("nginx.conf");
+                std::fs::write(&conf, nginx_config(&dir, &www, i))
+                    .map_err(|e| LabError::io(format!("writing {}", conf.display()), e))?;
+                // `nginx -t`: a bad configuration fails here, with nginx's own message.
+                let mut test = Command::new(NGINX);
+                test.arg("-t")
+                    .arg("-q")
+                    .arg("-e")
+                    .arg(&log)
+                    .arg("-c")
+                    .arg(&conf);
+                let _ns = enter_netns_before_exec(&mut test, &self.node_ns(i), false)?;
+                run_checked(&mut test)?;
+                let mut cmd = Command::new(NGINX);
+                cmd.arg("-e").arg(&log).arg("-c").arg(&conf);
+                cmd
+            }
+        };
+        self.spawn_daemon(i, Role::Server, cmd, log, "server.pid")
+    }
+
+    fn start_agent(&mut self, i: usize, exe: &Path) -> Result<(), LabError> {
+        let dir = self.node_dir(i);
+        let config = agent_config(&self.spec, &self.key, i)?;
+        let path = dir.join("agent.toml");
+        std::fs::write(&path, config.to_toml())
+            .map_err(|e| LabError::io(format!("writing {}", path.display()), e))?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("node").arg("--config").arg(&path);
+        self.spawn_daemon(i, Role::Agent, cmd, dir.join("agent.log"), "agent.pid")
+    }
+
+    /// Starts `cmd` as a daemon in node `i`'s namespace: new session, stdin from /dev/null, stdout
+    /// and stderr appended to `log`, working directory the node's directory, pid in `pid_file`.
+    fn spawn_daemon(
+        &mut self,
+        i: usize,
+        role: Role,
+        mut cmd: Command,
+        log: PathBuf,
+        pid_file: &str,
+    ) -> Result<(), LabError> {
+        let dir = self.node_dir(i);
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| LabError::io(format!("opening {}", log.display()), e))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| LabError::io(format!("opening {}", log.display()), e))?;
+        // Plain text in log files (tracing-subscriber honours NO_COLOR).
+        cmd.current_dir(&dir)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let ns_file = enter_netns_before_exec(&mut cmd, &self.node_ns(i), true)?;
+        let child = cmd.spawn().map_err(|source| LabError::Spawn {
+            cmd: crate::netns::describe(&cmd),
+            source,
+        })?;
+        drop(ns_file);
+        let pid = child.id();
+        self.daemons.push(Daemon {
+            node: i,
+            role,
+            log,
+            child,
+        });
+        let pid_path = dir.join(pid_file);
+        std::fs::write(&pid_path, format!("{pid}\n"))
+            .map_err(|e| LabError::io(format!("writing {}", pid_path.display()), e))
+    }
+
+    /// Waits until every daemon of `role` passes its probe, run from the client namespace. Any
+    /// daemon of the lab exiting meanwhile is a failure. With `through_agents`, the servers are
+    /// reached through the agents, so a timeout reports the agent's log.
+    fn wait_ready(
+        &mut self,
+        role: Role,
+        deadline: Instant,
+        through_agents: bool,
+    ) -> Result<(), LabError> {
+        let nodes = self.spec.nodes;
+        let client = self.client_ns();
+        let daemons = &mut self.daemons;
+        in_netns(&client, move || {
+            let mut pending: Vec<usize> = (0..daemons.len())
+                .filter(|&k| daemons[k].role == role)
+                .collect();
+            let mut last_error: HashMap<usize, String> = HashMap::new();
+            loop {
+                for d in daemons.iter_mut() {
+                    match d.child.try_wait() {
+                        Ok(None) => {}
+                        Ok(Some(status)) => {
+                            return Err(not_ready(d.what(), d, format!("exited ({status})")));
+                        }
+                        Err(e) => return Err(not_ready(d.what(), d, format!("waitpid: {e}"))),
+                    }
+                }
+                pending.retain(|&k| match probe(daemons[k].role, daemons[k].node, nodes) {
+                    Ok(()) => false,
+                    Err(e) => {
+                        last_error.insert(k, e);
+                        true
+                    }
+                });
+                let Some(&k) = pending.first() else {
+                    return Ok(());
+                };
+                if Instant::now() >= deadline {
+                    let d = &daemons[k];
+                    let reason = format!(
+                        "no success within {} s; last probe: {}",
+                        READY_TIMEOUT.as_secs(),
+                        last_error.get(&k).map_or("none", String::as_str)
+                    );
+                    let agent = daemons
+                        .iter()
+                        .find(|a| a.node == d.node && a.role == Role::Agent);
+                    return Err(match agent {
+                        Some(agent) if through_agents => not_ready(
+                            format!("{} through {}", d.what(), agent.what()),
+                            agent,
+                            reason,
+                        ),
+                        _ => not_ready(d.what(), d, reason),
+                    });
+                }
+                std::thread::sleep(POLL);
+            }
+        })?
+    }
+
+    /// Tears the lab down: stops its processes, deletes its namespaces and its state directory.
+    /// Idempotent.
+    pub fn down(&mut self) -> Result<(), LabError> {
+        if self.finished {
+            return Ok(());
+        }
+        self.finished = true;
+        teardown(&self.spec.name, &mut self.daemons).map(|_| ())
+    }
+
+    /// Leaves the lab running (dropping it no longer tears it down); `baton lab down` removes it.
+    pub fn detach(mut self) {
+        self.finished = true;
+    }
+
+    pub fn spec(&self) -> &LabSpec {
+        &self.spec
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub fn nodes(&self) -> usize {
+        self.spec.nodes
+    }
+
+    /// The cluster key written into the agents' configurations.
+    pub fn cluster_key(&self) -> &str {
+        &self.key
+    }
+
+    /// The address of node `i` (1-based).
+    pub fn node_address(&self, i: usize) -> Ipv4Addr {
+        self.check_node(i);
+        node_address(i)
+    }
+
+    /// The HTTP service address of node `i`: 198.18.0.i:80.
+    pub fn node_http_addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::new(self.node_address(i).into(), HTTP_PORT)
+    }
+
+    /// The metrics address of node `i`'s agent: 198.18.0.i:9100.
+    pub fn node_metrics_addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::new(self.node_address(i).into(), METRICS_PORT)
+    }
+
+    pub fn client_ns(&self) -> String {
+        ns_name(&self.spec.name, "client")
+    }
+
+    pub fn switch_ns(&self) -> String {
+        ns_name(&self.spec.name, "sw")
+    }
+
+    pub fn node_ns(&self, i: usize) -> String {
+        self.check_node(i);
+        ns_name(&self.spec.name, &format!("n{i}"))
+    }
+
+    /// `/run/baton/labs/NAME`.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// The web root shared by all nodes.
+    pub fn www_dir(&self) -> PathBuf {
+        self.state_dir.join("www")
+    }
+
+    /// Node `i`'s directory: configurations, logs, pid files; `dav/` is nginx's upload root.
+    pub fn node_dir(&self, i: usize) -> PathBuf {
+        self.check_node(i);
+        self.state_dir.join(format!("n{i}"))
+    }
+
+    pub fn server_log(&self, i: usize) -> PathBuf {
+        self.node_dir(i).join("server.log")
+    }
+
+    pub fn agent_log(&self, i: usize) -> PathBuf {
+        self.node_dir(i).join("agent.log")
+    }
+
+    /// Pids of the servers (`Role::Server`) or agents the lab started, by node.
+    pub fn server_pid(&self, i: usize) -> Option<u32> {
+        self.pid_of(i, Role::Server)
+    }
+
+    pub fn agent_pid(&self, i: usize) -> Option<u32> {
+        self.pid_of(i, Role::Agent)
+    }
+
+    fn pid_of(&self, i: usize, role: Role) -> Option<u32> {
+        self.daemons
+            .iter()
+            .find(|d| d.node == i && d.role == role)
+            .map(|d| d.child.id())
+    }
+
+    fn check_node(&self, i: usize) {
+        assert!(
+            (1..=self.spec.nodes).contains(&i),
+            "lab {} has nodes 1..={}, not {i}",
+            self.spec.name,
+            self.spec.nodes
+        );
+    }
+
+    /// Runs `args` in `host`'s namespace (`client`, `sw`, `n1`..) via `ip netns exec`, with
+    /// captured output. A non-zero exit is not an error here: check `output.status`.
+    pub fn exec<S: AsRef<OsStr>>(&self, host: &str, args: &[S]) -> Result<Output, LabError> {
+        let mut cmd = exec_command(&self.spec.name, host, args)?;
+        cmd.stdin(Stdio::null());
+        cmd.output().map_err(|source| LabError::Spawn {
+            cmd: crate::netns::describe(&cmd),
+            source,
+        })
+    }
+
+    /// Runs `f` in the client namespace.
+    pub fn in_client<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, LabError> {
+        in_netns(&self.client_ns(), f)
+    }
+
+    /// Runs `f` in node `i`'s namespace.
+    pub fn in_node<T: Send>(&self, i: usize, f: impl FnOnce() -> T + Send) -> Result<T, LabError> {
+        in_netns(&self.node_ns(i), f)
+    }
+
+    /// Fetches node `i`'s agent metrics (from the client namespace) and parses them.
+    pub fn scrape_metrics(&self, i: usize) -> Result<HashMap<String, f64>, LabError> {
+        let addr = self.node_metrics_addr(i);
+        self.in_client(|| scrape(addr))?.map_err(LabError::from)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Err(e) = self.down() {
+            eprintln!("baton-lab: {e}");
+        }
+    }
+}
+
+fn scrape(addr: SocketAddr) -> Result<HashMap<String, f64>, crate::http_client::HttpError> {
+    let resp = http_get_timeout(addr, "/metrics", Duration::from_secs(5))?;
+    if resp.status != 200 {
+        return Err(crate::http_client::HttpError::Malformed {
+            addr,
+            detail: format!("GET /metrics answered {}", resp.status),
+        });
+    }
+    Ok(parse_metrics(&String::from_utf8_lossy(&resp.body)))
+}
+
+/// One readiness probe of a daemon, from the client namespace.
+fn probe(role: Role, node: usize, nodes: usize) -> Result<(), String> {
+    match role {
+        Role::Server => {
+            let addr = SocketAddr::new(node_address(node).into(), HTTP_PORT);
+            let resp: HttpResponse =
+                http_get_timeout(addr, "/", PROBE_TIMEOUT).map_err(|e| e.to_string())?;
+            if resp.status == 200 {
+                Ok(())
+            } else {
+                Err(format!("GET / answered {}", resp.status))
+            }
+        }
+        Role::Agent => {
+            let addr = SocketAddr::new(node_address(node).into(), METRICS_PORT);
+            let resp =
+                http_get_timeout(addr, "/metrics", PROBE_TIMEOUT).map_err(|e| e.to_string())?;
+            if resp.status != 200 {
+                return Err(format!("GET /metrics answered {}", resp.status));
+            }
+            let metrics = parse_metrics(&String::from_utf8_lossy(&resp.body));
+            let want = (nodes - 1) as f64;
+            match metric_sum(&metrics, "baton_mesh_peers_up") {
+                Some(v) if v == want => Ok(()),
+                Some(v) => Err(format!("baton_mesh_peers_up is {v}, want {want}")),
+                None => Err("no baton_mesh_peers_up in /metrics".to_string()),
+            }
+        }
+    }
+}
+
+/// A readiness failure of `what`, with the tail of `log_of`'s log.
+fn not_ready(what: String, log_of: &Daemon, reason: String) -> LabError {
+    LabError::NotReady {
+        what,
+        reason,
+        log: log_of.log.clone(),
+        tail: log_tail(&log_of.log, 20),
+    }
+}
+
+/// The last `lines` lines of a log file (at most 64 KiB read).
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return "(no log)".to_string();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(64 * 1024);
+    let mut text = Vec::new();
+    use std::io::Seek;
+    if file.seek(std::io::SeekFrom::Start(start)).is_err() || file.read_to_end(&mut text).is_err() {
+        return "(unreadable log)".to_string();
+    }
+    let text = String::from_utf8_lossy(&text);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn random_key() -> Result<String, LabError> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| LabError::io("reading /dev/urandom", e))?;
+    Ok(hex::encode(bytes))
+}
+
+/// Turns IPv6 off in a lab namespace (no router solicitations or MLD noise on the lab links).
+fn disable_ipv6(ns: &str) -> Result<(), LabError> {
+    in_netns(ns, || {
+        for scope in ["all", "default"] {
+            let path = format!("/proc/sys/net/ipv6/conf/{scope}/disable_ipv6");
+            match std::fs::write(&path, "1") {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(LabError::io(format!("writing {path} in {ns}"), e)),
+            }
+        }
+        Ok(())
+    })?
+}
+
+/// A command that runs `args` in `host`'s namespace of lab `lab` (`ip netns exec NS ARGS...`).
+/// Fails if the lab has no such host.
+pub fn exec_command<S: AsRef<OsStr>>(
+    lab: &str,
+    host: &str,
+    args: &[S],
+) -> Result<Command, LabError> {
+    validate_name(lab)?;
+    let valid_host = host == "client"
+        || host == "sw"
+        || host.strip_prefix('n').is_some_and(|n| {
+            n.parse::<usize>()
+                .is_ok_and(|i| (1..=MAX_NODES).contains(&i))
+                && !n.starts_with('0')
+        });
+    let ns = ns_name(lab, host);
+    if list_netns(&ns_name(lab, "")).is_empty() {
+        return Err(LabError::NotFound(lab.to_string()));
+    }
+    if !valid_host || !netns_exists(&ns) {
+        return Err(LabError::UnknownHost {
+            name: lab.to_string(),
+            host: host.to_string(),
+        });
+    }
+    if args.is_empty() {
+        return Err(LabError::InvalidSpec("no command to run".to_string()));
+    }
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns]).args(args);
+    Ok(cmd)
+}
+
+/// Tears down lab `name` whether or not this process built it (`baton lab down`). Removing a lab
+/// that does not exist succeeds with an empty report.
+pub fn down_by_name(name: &str) -> Result<TeardownReport, LabError> {
+    validate_name(name)?;
+    teardown(name, &mut [])
+}
+
+/// The names of the labs on this machine (by state directory or namespace).
+pub fn list_labs() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(LABS_DIR)
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    for ns in list_netns("baton-") {
+        if let Some((lab, _host)) = ns["baton-".len()..].split_once('-') {
+            names.push(lab.to_string());
+        }
+    }
+    names.retain(|n| validate_name(n).is_ok());
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn teardown(name: &str, own: &mut [Daemon]) -> Result<TeardownReport, LabError> {
+    let mut report = TeardownReport::default();
+    let mut problems = Vec::new();
+    let state_dir = state_dir_of(name);
+    let namespaces = list_netns(&ns_name(name, ""));
+    let identities: Vec<(u64, u64)> = namespaces
+        .iter()
+        .filter_map(|ns| ns_identity(&netns_path(ns)))
+        .collect();
+
+    // Every process in the lab's namespaces; our own children; and any process named in a pid file
+    // whose command line mentions the state directory (in case its namespace went away).
+    let mut pids = pids_in_namespaces(&identities);
+    for d in own.iter() {
+        pids.push(d.child.id() as i32);
+    }
+    pids.extend(pids_from_files(&state_dir));
+    pids.sort();
+    pids.dedup();
+    pids.retain(|&pid| process_alive(pid));
+    report.processes = pids.len();
+
+    signal_all(&pids, nix::sys::signal::Signal::SIGTERM);
+    if !wait_gone(&pids, STOP_GRACE) {
+        signal_all(&pids, nix::sys::signal::Signal::SIGKILL);
+        if !wait_gone(&pids, Duration::from_secs(2)) {
+            let left: Vec<String> = pids
+                .iter()
+                .filter(|&&p| process_alive(p))
+                .map(|p| p.to_string())
+                .collect();
+            problems.push(format!(
+                "processes still alive after SIGKILL: {}",
+                left.join(", ")
+            ));
+        }
+    }
+    for d in own.iter_mut() {
+        if !process_alive(d.child.id() as i32) {
+            let _ = d.child.wait();
+        }
+    }
+
+    for ns in &namespaces {
+        match ip(&["netns", "delete", ns]) {
+            Ok(()) => report.namespaces += 1,
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    if state_dir.exists() {
+        match std::fs::remove_dir_all(&state_dir) {
+            Ok(()) => report.state_dir = true,
+            Err(e) => problems.push(format!("removing {}: {e}", state_dir.display())),
+        }
+    }
+    if problems.is_empty() {
+        Ok(report)
+    } else {
+        Err(LabError::Teardown {
+            name: name.to_string(),
+            problems,
+        })
+    }
+}
+
+fn pids_from_files(state_dir: &Path) -> Vec<i32> {
+    // With the trailing slash, lab `a` does not match lab `ab`'s paths.
+    let marker = format!("{}/", state_dir.display());
+    let mut pids = Vec::new();
+    let Ok(dir) = std::fs::read_dir(state_dir) else {
+        return pids;
+    };
+    for node in dir.filter_map(|e| e.ok()) {
+        let Ok(files) = std::fs::read_dir(node.path()) else {
+            continue;
+        };
+        for f in files.filter_map(|e| e.ok()) {
+            if f.path().extension() != Some(OsStr::new("pid")) {
+                continue;
+            }
+            let Some(pid) = std::fs::read_to_string(f.path())
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&marker) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+fn signal_all(pids: &[i32], signal: nix::sys::signal::Signal) {
+    for &pid in pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+    }
+}
+
+/// Waits until none of `pids` is alive; false if some still are after `timeout`.
+fn wait_gone(pids: &[i32], timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if pids.iter().all(|&p| !process_alive(p)) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

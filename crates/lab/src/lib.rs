@@ -1,0 +1,28 @@
+//! The baton lab: a real cluster of network namespaces on one machine (DESIGN.md §6), and the
+//! small static file server it runs.
+//!
+//! - [`lab`]: [`Lab::up`] / [`Lab::down`] build and remove a named lab; [`LabSpec`] says what.
+//! - [`netns`]: [`in_netns`] runs Rust code inside a namespace.
+//! - [`http_client`]: a blocking keep-alive HTTP/1.1 client for tests and probes.
+//! - [`content`]: the lab's web root, whose bytes are a pure function of the path.
+//! - [`metrics`]: parsing the agents' Prometheus text.
+//! - [`static_server`]: `baton serve-static`.
+//! - [`demo`]: `baton lab demo`.
+//! - [`cli`]: `baton lab up|exec|down|list|demo`.
+
+pub mod cli;
+pub mod content;
+pub mod demo;
+pub mod error;
+pub mod http_client;
+pub mod lab;
+pub mod metrics;
+pub mod netns;
+pub mod static_server;
+
+pub use content::{LAB_FILES, expected_sha256, file_content, lab_file, sha256_hex};
+pub use error::LabError;
+pub use http_client::{HttpClient, HttpError, HttpResponse, http_get};
+pub use lab::{Lab, LabSpec, ServerKind, TeardownReport};
+pub use metrics::{metric_sum, parse_metrics};
+pub use netns::in_netns;

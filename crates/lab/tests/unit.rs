@@ -1,0 +1,365 @@
+//! Pure and loopback-only tests: names, generated configurations, file contents, metrics parsing,
+//! the HTTP client and the static server (on 127.0.0.1).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+
+use baton_agent::config::NodeConfig;
+use baton_lab::lab::{
+    agent_config, nginx_config, node_address, ns_name, parse_policy, policy_name, unique_name,
+    validate_name, write_web_root,
+};
+use baton_lab::static_server::safe_relative_path;
+use baton_lab::{
+    HttpClient, LAB_FILES, LabError, LabSpec, ServerKind, expected_sha256, file_content,
+    metric_sum, parse_metrics, sha256_hex,
+};
+use baton_policy::PolicyKind;
+
+#[test]
+fn lab_names() {
+    for good in ["a", "abc123", "0123456789", "demo"] {
+        assert!(validate_name(good).is_ok(), "{good}");
+    }
+    for bad in ["", "A", "a-b", "a_b", "12345678901", "a b", "ä", "../x"] {
+        assert!(
+            matches!(validate_name(bad), Err(LabError::InvalidName(_))),
+            "{bad}"
+        );
+    }
+    let names: Vec<String> = (0..50).map(|_| unique_name("test")).collect();
+    for n in &names {
+        assert!(validate_name(n).is_ok(), "{n}");
+    }
+    let mut dedup = names.clone();
+    dedup.sort();
+    dedup.dedup();
+    assert_eq!(dedup.len(), names.len());
+    assert!(validate_name(&unique_name("a-very-long-prefix")).is_ok());
+    assert!(matches!(
+        LabSpec::new("ok", 0).validate(),
+        Err(LabError::InvalidSpec(_))
+    ));
+    assert!(matches!(
+        LabSpec::new("ok", 254).validate(),
+        Err(LabError::InvalidSpec(_))
+    ));
+    assert!(LabSpec::new("ok", 253).validate().is_ok());
+}
+
+#[test]
+fn addresses_and_namespaces() {
+    assert_eq!(node_address(1).to_string(), "198.18.0.1");
+    assert_eq!(node_address(253).to_string(), "198.18.0.253");
+    assert_eq!(ns_name("lab1", "n3"), "baton-lab1-n3");
+    // The longest interface name the lab makes fits IFNAMSIZ - 1.
+    assert!(format!("p-n{}", 253).len() <= 15);
+}
+
+#[test]
+fn policies_parse_and_print() {
+    for (name, kind) in [
+        ("local", PolicyKind::Local),
+        ("round-robin", PolicyKind::RoundRobin),
+        ("hash", PolicyKind::Hash),
+    ] {
+        assert_eq!(parse_policy(name).unwrap(), kind);
+        assert_eq!(policy_name(kind), name);
+    }
+    assert!(parse_policy("nope").is_err());
+    assert_eq!("nginx".parse::<ServerKind>().unwrap(), ServerKind::Nginx);
+    assert_eq!(ServerKind::Static.to_string(), "static");
+}
+
+#[test]
+fn agent_config_round_trips() {
+    let key = "0123456789abcdef0123456789abcdef";
+    let spec = LabSpec::new("cfg", 3).policy(PolicyKind::Hash);
+    for i in 1..=3 {
+        let config = agent_config(&spec, key, i).unwrap();
+        let text = config.to_toml();
+        let back = NodeConfig::from_toml(&text).unwrap();
+        assert_eq!(back, config);
+        assert_eq!(config.node.name, format!("n{i}"));
+        assert_eq!(config.node.address, node_address(i));
+        assert_eq!(config.node.interface, "eth0");
+        assert_eq!(config.cluster.key, key);
+        assert_eq!(config.cluster.service_ports, vec![80]);
+        assert_eq!(config.cluster.members.len(), 3);
+        assert_eq!(config.policy.kind, PolicyKind::Hash);
+        assert_eq!(
+            config.metrics.listen,
+            Some(SocketAddr::new(node_address(i).into(), 9100))
+        );
+        assert_eq!(config.self_index(), i - 1);
+        // The control port is the agent's default.
+        assert!(
+            !config
+                .cluster
+                .service_ports
+                .contains(&config.cluster.control_port)
+        );
+    }
+    let single = agent_config(&LabSpec::new("one", 1).policy(PolicyKind::Local), key, 1).unwrap();
+    assert_eq!(single.cluster.members.len(), 1);
+    assert_eq!(single.policy.kind, PolicyKind::Local);
+    // A short key is the agent's business to refuse, and the error says which node.
+    match agent_config(&spec, "short", 2) {
+        Err(LabError::Config { node, .. }) => assert_eq!(node, "n2"),
+        other => panic!("expected a config error, got {other:?}"),
+    }
+}
+
+#[test]
+fn nginx_config_has_what_the_lab_needs() {
+    let conf = nginx_config(
+        &PathBuf::from("/run/baton/labs/x/n2"),
+        &PathBuf::from("/run/baton/labs/x/www"),
+        2,
+    );
+    for needle in [
+        "daemon off;",
+        "master_process on;",
+        "worker_processes 1;",
+        "user root;",
+        "pid /run/baton/labs/x/n2/nginx.pid;",
+        "error_log /run/baton/labs/x/n2/server.log",
+        "listen 198.18.0.2:80",
+        "root /run/baton/labs/x/www;",
+        "add_header X-Served-By n2 always;",
+        "access_log off;",
+        "sendfile on;",
+        "keepalive_requests 10000;",
+        "client_max_body_size 64m;",
+        "location /upload/",
+        "dav_methods PUT",
+        "create_full_put_path on;",
+        "root /run/baton/labs/x/n2/dav;",
+    ] {
+        assert!(
+            conf.contains(needle),
+            "nginx.conf lacks {needle:?}:\n{conf}"
+        );
+    }
+}
+
+#[test]
+fn file_contents_are_deterministic() {
+    for (path, len) in LAB_FILES {
+        let a = file_content(path, *len);
+        assert_eq!(a.len(), *len);
+        assert_eq!(a, file_content(path, *len));
+        assert_eq!(expected_sha256(path).unwrap(), sha256_hex(&a));
+        assert!(a.iter().all(|&b| b.is_ascii_graphic() || b == b'\n'));
+    }
+    assert_eq!(
+        LAB_FILES.iter().find(|(p, _)| *p == "/f/1k").unwrap().1,
+        1024
+    );
+    assert_eq!(
+        LAB_FILES.iter().find(|(p, _)| *p == "/f/100k").unwrap().1,
+        102_400
+    );
+    assert_eq!(
+        LAB_FILES.iter().find(|(p, _)| *p == "/f/10m").unwrap().1,
+        10_485_760
+    );
+    assert!(LAB_FILES.iter().any(|(p, _)| *p == "/index.html"));
+    // A shorter file is a prefix of a longer one; different paths differ.
+    assert_eq!(file_content("/x", 100), file_content("/x", 1000)[..100]);
+    assert_ne!(file_content("/f/1k", 1024), file_content("/f/100k", 1024));
+    // Not a repeating pattern: every 64-byte line of 100 KiB is distinct.
+    let big = file_content("/f/100k", 102_400);
+    let mut lines: Vec<&[u8]> = big.chunks(64).collect();
+    let n = lines.len();
+    lines.sort();
+    lines.dedup();
+    assert_eq!(lines.len(), n);
+    assert_eq!(expected_sha256("/nope"), None);
+}
+
+#[test]
+fn metrics_text_parses() {
+    let text = "\
+# HELP baton_mesh_peers_up Peers whose control connection is up.
+# TYPE baton_mesh_peers_up gauge
+baton_mesh_peers_up 2
+baton_connections_accepted_total 17
+baton_handoffs_out_total{peer=\"n2\"} 3
+baton_handoffs_out_total{peer=\"n3\",note=\"a }b\"} 4 1700000000
+weird_value +Inf
+
+garbage line without value
+baton_latency_seconds_sum 0.25
+# EOF
+";
+    let m = parse_metrics(text);
+    assert_eq!(m["baton_mesh_peers_up"], 2.0);
+    assert_eq!(m["baton_connections_accepted_total"], 17.0);
+    assert_eq!(m["baton_handoffs_out_total{peer=\"n2\"}"], 3.0);
+    assert_eq!(
+        m["baton_handoffs_out_total{peer=\"n3\",note=\"a }b\"}"],
+        4.0
+    );
+    assert_eq!(m["weird_value"], f64::INFINITY);
+    assert_eq!(m["baton_latency_seconds_sum"], 0.25);
+    assert_eq!(m.len(), 6);
+    assert_eq!(metric_sum(&m, "baton_handoffs_out_total"), Some(7.0));
+    assert_eq!(metric_sum(&m, "baton_mesh_peers_up"), Some(2.0));
+    assert_eq!(metric_sum(&m, "baton_handoffs_out"), None);
+    assert_eq!(metric_sum(&m, "absent"), None);
+}
+
+#[test]
+fn url_paths_stay_inside_the_root() {
+    assert_eq!(safe_relative_path("/f/1k"), Some(PathBuf::from("f/1k")));
+    assert_eq!(safe_relative_path("/"), Some(PathBuf::new()));
+    assert_eq!(safe_relative_path("/a//./b"), Some(PathBuf::from("a/b")));
+    assert_eq!(safe_relative_path("/a%20b"), Some(PathBuf::from("a b")));
+    for bad in [
+        "/../etc/passwd",
+        "/a/../../x",
+        "/%2e%2e/x",
+        "/a%2f..%2fb",
+        "/%00",
+        "/%zz",
+        "relative",
+    ] {
+        assert_eq!(safe_relative_path(bad), None, "{bad}");
+    }
+}
+
+fn temp_root() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "baton-lab-unit-{}-{}",
+        std::process::id(),
+        unique_name("r")
+    ));
+    write_web_root(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn static_server_on_loopback() {
+    let root = temp_root();
+    let server =
+        baton_lab::static_server::start("127.0.0.1:0".parse().unwrap(), &root, "unit").unwrap();
+    let mut client = HttpClient::connect(server.addr()).unwrap();
+    for (path, len) in LAB_FILES {
+        let resp = client.get(path).unwrap();
+        assert_eq!(resp.status, 200, "{path}");
+        assert_eq!(resp.served_by(), Some("unit"));
+        assert_eq!(
+            resp.header("content-length"),
+            Some(len.to_string().as_str())
+        );
+        assert_eq!(
+            sha256_hex(&resp.body),
+            expected_sha256(path).unwrap(),
+            "{path}"
+        );
+    }
+    let index = client.get("/").unwrap();
+    assert_eq!(index.header("content-type"), Some("text/html"));
+    assert_eq!(index.body, file_content("/index.html", 4096));
+    let head = client.head("/f/100k").unwrap();
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some("102400"));
+    assert!(head.body.is_empty());
+    let missing = client.get("/nope").unwrap();
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.served_by(), Some("unit"));
+    assert_eq!(client.get("/../etc/passwd").unwrap().status, 403);
+    assert_eq!(client.get("/%2e%2e/%2e%2e/etc/passwd").unwrap().status, 403);
+    assert_eq!(client.put("/f/1k", b"x").unwrap().status, 405);
+    let body = file_content("/echo", 300 * 1024);
+    let echo = client.post("/echo", &body).unwrap();
+    assert_eq!(echo.status, 200);
+    assert_eq!(echo.body, body);
+    assert_eq!(client.post("/echo", b"").unwrap().body, b"");
+    assert_eq!(client.get("/echo").unwrap().status, 405);
+    // All of it over one keep-alive connection.
+    assert_eq!(client.connects(), 1);
+    assert_eq!(client.requests(), LAB_FILES.len() + 9);
+    // A symlink out of the root is refused.
+    std::os::unix::fs::symlink("/etc", root.join("etc")).unwrap();
+    assert_eq!(client.get("/etc/hostname").unwrap().status, 403);
+    drop(client);
+    server.stop();
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn static_server_stops_with_idle_keep_alive_connections() {
+    let root = temp_root();
+    let server =
+        baton_lab::static_server::start("127.0.0.1:0".parse().unwrap(), &root, "unit").unwrap();
+    let mut client = HttpClient::connect(server.addr()).unwrap();
+    assert_eq!(client.get("/f/1k").unwrap().status, 200);
+    let started = std::time::Instant::now();
+    server.stop();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "stop waited for an idle connection"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// A one-shot server on loopback that answers every request with `response`.
+fn canned_server(responses: Vec<&'static [u8]>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut buf = Vec::new();
+        for response in responses {
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut chunk = [0u8; 1024];
+                let n = stream.read(&mut chunk).unwrap();
+                if n == 0 {
+                    return;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            buf.drain(..end);
+            // Dribble the response out in small pieces.
+            for piece in response.chunks(7) {
+                stream.write_all(piece).unwrap();
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn http_client_reads_chunked_close_delimited_and_interim_responses() {
+    let addr = canned_server(vec![
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Served-By: c\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: x\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
+        b"HTTP/1.0 200 OK\r\n\r\nuntil close",
+    ]);
+    let mut client = HttpClient::connect(addr).unwrap();
+    let r = client.get("/a").unwrap();
+    assert_eq!(
+        (r.status, r.body.as_slice(), r.served_by()),
+        (200, &b"hello world"[..], Some("c"))
+    );
+    assert_eq!(client.get("/b").unwrap().status, 204);
+    assert_eq!(client.get("/c").unwrap().body, b"abc");
+    assert!(client.is_open());
+    let r = client.get("/d").unwrap();
+    assert_eq!((r.version, r.body.as_slice()), (0, &b"until close"[..]));
+    assert!(!client.is_open());
+    assert_eq!(client.connects(), 1);
+}
+
+#[test]
+fn http_client_reports_truncated_responses() {
+    let addr = canned_server(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"]);
+    let mut client = HttpClient::connect(addr).unwrap();
+    let err = client.get("/").unwrap_err();
+    assert!(err.to_string().contains("closed the connection"), "{err}");
+}

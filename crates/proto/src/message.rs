@@ -1,0 +1,290 @@
+//! Mesh messages and their payload encodings (big-endian, no padding, no trailing bytes).
+//!
+//! ```text
+//! HandoffRequest (kind 0x10)
+//!   0   8  id
+//!   8   4  client IPv4 address       12  2  client port
+//!   14  4  FE service IPv4 address   18  2  FE service port
+//!   20  4  fe_isn                    24  4  fe_tsval_now
+//!   28  1  n = options length (<= 40), then n bytes of raw TCP options
+//!   ..  2  m = SYN length, then m bytes: the client's SYN, a whole IPv4 packet
+//!   ..  2  k = ACK length, then k bytes: the client's ACK, a whole IPv4 packet
+//! HandoffAccepted (0x11), HandoffAbort (0x13), ConnClosed (0x14)
+//!   0   8  id
+//! HandoffRefused (0x12)
+//!   0   8  id
+//!   8   1  reason code (RefuseReason)
+//! Heartbeat (0x20)
+//!   0   4  load
+//!   4   8  sent_at_ms
+//! ```
+//!
+//! Decoding is strict (every byte accounted for), so each message has exactly one encoding.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use crate::ProtoError;
+use crate::frame::kind;
+
+/// Longest TCP option block (a TCP header carries at most 40 bytes of options).
+pub const MAX_TCP_OPTIONS_LEN: usize = 40;
+/// Longest packet carried in a HandoffRequest (the IPv4 total-length limit).
+pub const MAX_PACKET_LEN: usize = u16::MAX as usize;
+
+/// Why a BE refused a handoff. Codes are part of the wire format and never renumbered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum RefuseReason {
+    /// The replayed connection's 4-tuple already exists at the BE.
+    Collision = 1,
+    /// The BE's TCP negotiated options different from the FE's SYN-ACK.
+    OptionMismatch = 2,
+    Overloaded = 3,
+    Timeout = 4,
+    Internal = 5,
+    /// The request could not be used (e.g. the packets do not parse).
+    Malformed = 6,
+}
+
+impl RefuseReason {
+    pub const ALL: [RefuseReason; 6] = [
+        RefuseReason::Collision,
+        RefuseReason::OptionMismatch,
+        RefuseReason::Overloaded,
+        RefuseReason::Timeout,
+        RefuseReason::Internal,
+        RefuseReason::Malformed,
+    ];
+
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+impl TryFrom<u8> for RefuseReason {
+    type Error = ProtoError;
+
+    fn try_from(code: u8) -> Result<Self, ProtoError> {
+        RefuseReason::ALL
+            .into_iter()
+            .find(|reason| reason.code() == code)
+            .ok_or(ProtoError::UnknownRefuseReason(code))
+    }
+}
+
+/// A message between node agents, after the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// FE -> BE: take over this client connection.
+    HandoffRequest {
+        id: u64,
+        client: SocketAddrV4,
+        fe_service: SocketAddrV4,
+        /// The FE's initial sequence number.
+        fe_isn: u32,
+        /// The FE's current TCP timestamp clock, to compute the TSval offset.
+        fe_tsval_now: u32,
+        /// Raw TCP options of the FE's SYN-ACK (at most 40 bytes).
+        fe_synack_options: Vec<u8>,
+        /// The client's SYN, a whole IPv4 packet (opaque here).
+        syn: Vec<u8>,
+        /// The client's ACK, a whole IPv4 packet (opaque here).
+        ack: Vec<u8>,
+    },
+    /// BE -> FE: the connection now lives at the BE.
+    HandoffAccepted { id: u64 },
+    /// BE -> FE: the BE will not take the connection; the FE serves it locally.
+    HandoffRefused { id: u64, reason: RefuseReason },
+    /// FE -> BE: forget this handoff (e.g. the client went away meanwhile).
+    HandoffAbort { id: u64 },
+    /// BE -> FE: the handed-off connection is gone; free its entry.
+    ConnClosed { id: u64 },
+    /// Periodic liveness and load report.
+    Heartbeat { load: u32, sent_at_ms: u64 },
+}
+
+impl Message {
+    /// The frame kind code of this message.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Message::HandoffRequest { .. } => kind::HANDOFF_REQUEST,
+            Message::HandoffAccepted { .. } => kind::HANDOFF_ACCEPTED,
+            Message::HandoffRefused { .. } => kind::HANDOFF_REFUSED,
+            Message::HandoffAbort { .. } => kind::HANDOFF_ABORT,
+            Message::ConnClosed { .. } => kind::CONN_CLOSED,
+            Message::Heartbeat { .. } => kind::HEARTBEAT,
+        }
+    }
+
+    /// The payload bytes of this message (see the module docs for layouts).
+    pub fn encode_payload(&self) -> Result<Vec<u8>, ProtoError> {
+        let mut out = Vec::new();
+        match self {
+            Message::HandoffRequest {
+                id,
+                client,
+                fe_service,
+                fe_isn,
+                fe_tsval_now,
+                fe_synack_options,
+                syn,
+                ack,
+            } => {
+                let options_len: u8 =
+                    checked_len("fe_synack_options", fe_synack_options, MAX_TCP_OPTIONS_LEN)?;
+                let syn_len: u16 = checked_len("syn", syn, MAX_PACKET_LEN)?;
+                let ack_len: u16 = checked_len("ack", ack, MAX_PACKET_LEN)?;
+                out.reserve(33 + fe_synack_options.len() + syn.len() + ack.len());
+                out.extend_from_slice(&id.to_be_bytes());
+                put_addr(&mut out, client);
+                put_addr(&mut out, fe_service);
+                out.extend_from_slice(&fe_isn.to_be_bytes());
+                out.extend_from_slice(&fe_tsval_now.to_be_bytes());
+                out.push(options_len);
+                out.extend_from_slice(fe_synack_options);
+                out.extend_from_slice(&syn_len.to_be_bytes());
+                out.extend_from_slice(syn);
+                out.extend_from_slice(&ack_len.to_be_bytes());
+                out.extend_from_slice(ack);
+            }
+            Message::HandoffAccepted { id }
+            | Message::HandoffAbort { id }
+            | Message::ConnClosed { id } => out.extend_from_slice(&id.to_be_bytes()),
+            Message::HandoffRefused { id, reason } => {
+                out.extend_from_slice(&id.to_be_bytes());
+                out.push(reason.code());
+            }
+            Message::Heartbeat { load, sent_at_ms } => {
+                out.extend_from_slice(&load.to_be_bytes());
+                out.extend_from_slice(&sent_at_ms.to_be_bytes());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Decodes the payload of a frame of kind `kind`. A kind this version does not know is
+    /// [`ProtoError::UnknownKind`] (handshake kinds included: they are not messages).
+    pub fn decode(kind: u8, payload: &[u8]) -> Result<Message, ProtoError> {
+        let mut reader = Reader::new(payload);
+        let message = match kind {
+            kind::HANDOFF_REQUEST => {
+                let id = reader.u64()?;
+                let client = reader.addr()?;
+                let fe_service = reader.addr()?;
+                let fe_isn = reader.u32()?;
+                let fe_tsval_now = reader.u32()?;
+                let options_len = usize::from(reader.u8()?);
+                if options_len > MAX_TCP_OPTIONS_LEN {
+                    return Err(ProtoError::Malformed("TCP options longer than 40 bytes"));
+                }
+                let fe_synack_options = reader.bytes(options_len)?.to_vec();
+                let syn_len = usize::from(reader.u16()?);
+                let syn = reader.bytes(syn_len)?.to_vec();
+                let ack_len = usize::from(reader.u16()?);
+                let ack = reader.bytes(ack_len)?.to_vec();
+                Message::HandoffRequest {
+                    id,
+                    client,
+                    fe_service,
+                    fe_isn,
+                    fe_tsval_now,
+                    fe_synack_options,
+                    syn,
+                    ack,
+                }
+            }
+            kind::HANDOFF_ACCEPTED => Message::HandoffAccepted { id: reader.u64()? },
+            kind::HANDOFF_REFUSED => Message::HandoffRefused {
+                id: reader.u64()?,
+                reason: RefuseReason::try_from(reader.u8()?)?,
+            },
+            kind::HANDOFF_ABORT => Message::HandoffAbort { id: reader.u64()? },
+            kind::CONN_CLOSED => Message::ConnClosed { id: reader.u64()? },
+            kind::HEARTBEAT => Message::Heartbeat {
+                load: reader.u32()?,
+                sent_at_ms: reader.u64()?,
+            },
+            unknown => return Err(ProtoError::UnknownKind(unknown)),
+        };
+        reader.finish()?;
+        Ok(message)
+    }
+}
+
+/// The length of a length-prefixed field as its prefix type, if it is at most `max`.
+fn checked_len<L: TryFrom<usize>>(
+    field: &'static str,
+    bytes: &[u8],
+    max: usize,
+) -> Result<L, ProtoError> {
+    let too_long = ProtoError::FieldTooLong {
+        field,
+        len: bytes.len(),
+        max,
+    };
+    if bytes.len() > max {
+        return Err(too_long);
+    }
+    L::try_from(bytes.len()).map_err(|_| too_long)
+}
+
+fn put_addr(out: &mut Vec<u8>, addr: &SocketAddrV4) {
+    out.extend_from_slice(&addr.ip().octets());
+    out.extend_from_slice(&addr.port().to_be_bytes());
+}
+
+/// A cursor over a payload; every read is bounds-checked.
+pub(crate) struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Reader { rest: bytes }
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Result<&'a [u8], ProtoError> {
+        if self.rest.len() < len {
+            return Err(ProtoError::Malformed("payload truncated"));
+        }
+        let (taken, rest) = self.rest.split_at(len);
+        self.rest = rest;
+        Ok(taken)
+    }
+
+    pub fn array<const N: usize>(&mut self) -> Result<[u8; N], ProtoError> {
+        let mut array = [0u8; N];
+        array.copy_from_slice(self.bytes(N)?);
+        Ok(array)
+    }
+
+    pub fn u8(&mut self) -> Result<u8, ProtoError> {
+        Ok(u8::from_be_bytes(self.array()?))
+    }
+
+    pub fn u16(&mut self) -> Result<u16, ProtoError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+
+    pub fn u32(&mut self) -> Result<u32, ProtoError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+
+    pub fn u64(&mut self) -> Result<u64, ProtoError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+
+    fn addr(&mut self) -> Result<SocketAddrV4, ProtoError> {
+        let ip = Ipv4Addr::from(self.array::<4>()?);
+        Ok(SocketAddrV4::new(ip, self.u16()?))
+    }
+
+    /// Fails if bytes are left: trailing data would make encodings ambiguous.
+    pub fn finish(self) -> Result<(), ProtoError> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(ProtoError::Malformed("trailing bytes after payload"))
+        }
+    }
+}
