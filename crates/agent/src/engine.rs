@@ -99,7 +99,7 @@ struct Inbound {
     id: u64,
     client_isn: u32,
     fe_isn: u32,
-    fe_tsval_now: u32,
+    fe_tsval: u32,
     fe_options: SynOptions,
     ack: Vec<u8>,
     /// Some while waiting for the local server's SYN-ACK.
@@ -220,8 +220,8 @@ impl Engine {
     fn on_message(&mut self, peer: usize, message: Message) {
         match message {
             Message::Heartbeat { load, .. } => self.peers[peer].load = load,
-            Message::HandoffRequest { id, client, fe_service, fe_isn, fe_tsval_now, fe_synack_options, syn, ack } => {
-                let request = HandoffRequest { id, client, fe_service, fe_isn, fe_tsval_now, fe_synack_options, syn, ack };
+            Message::HandoffRequest { id, client, fe_service, fe_isn, fe_tsval, fe_synack_options, syn, ack } => {
+                let request = HandoffRequest { id, client, fe_service, fe_isn, fe_tsval, fe_synack_options, syn, ack };
                 if let Err(reason) = self.on_handoff_request(peer, request) {
                     self.metrics.refused.get_or_create(&Reason::new(refuse_label(reason))).inc();
                     self.mesh.send(peer, Message::HandoffRefused { id, reason });
@@ -312,6 +312,7 @@ impl Engine {
         let key = event.key;
         if let Some((released, _)) = self.released.get(&key) {
             let mut packet = event.packet;
+            fill_checksums(&mut packet);
             if let Released::Remote(be) = released {
                 if rewrite_dst_addr(&mut packet, *be).is_err() {
                     return;
@@ -324,6 +325,10 @@ impl Engine {
             self.metrics.malformed_events.inc();
             return;
         };
+        // Captured below the stack, a packet may carry a partial (offload) checksum: whatever is
+        // replayed from it must carry a full one.
+        let mut event = event;
+        fill_checksums(&mut event.packet);
         if segment.flags.contains(TcpFlags::RST) {
             // The datapath already forgot the entry and let the RST end our half-open side.
             if let Some(held) = self.held.remove(&key) {
@@ -435,10 +440,11 @@ impl Engine {
                 ack.try_build().ok()?
             }
         };
-        // Our TCP's timestamp clock for this connection now: the SYN-ACK's TSval plus the ms since
-        // (Linux ticks TSval in ms). The BE's translated clock starts here, so it never runs back.
-        let elapsed_ms = monotonic_ns().saturating_sub(e.created_ns) / 1_000_000;
-        let fe_tsval_now = e.synack_tsval.wrapping_add(elapsed_ms as u32).wrapping_add(1);
+        // The client echoes the TSval of the SYN-ACK it accepted: the BE's clock is translated to
+        // continue from there, so the client's PAWS check never sees time run backwards and the
+        // BE sees its own SYN-ACK's TSval echoed (Linux rejects a handshake ACK whose TSecr is
+        // outside the TSvals its SYN-ACKs carried).
+        let fe_tsval = TcpPacketBuilder::parse(&ack).ok().and_then(|a| echoed_tsval(&a)).unwrap_or(0);
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         Some(HandoffRequest {
@@ -446,7 +452,7 @@ impl Engine {
             client,
             fe_service: local,
             fe_isn: e.local_isn,
-            fe_tsval_now,
+            fe_tsval,
             fe_synack_options: e.synack_options().to_vec(),
             syn: syn.try_build().ok()?,
             ack,
@@ -539,7 +545,7 @@ impl Engine {
                 id: r.id,
                 client_isn: syn_fields.seq,
                 fe_isn: r.fe_isn,
-                fe_tsval_now: r.fe_tsval_now,
+                fe_tsval: r.fe_tsval,
                 fe_options,
                 ack: r.ack,
                 synack_deadline: Some(deadline),
@@ -578,7 +584,7 @@ impl Engine {
         }
         let seq_delta = synack.seq.wrapping_sub(inbound.fe_isn);
         let ts_delta = match be_options.timestamps {
-            Some((be_tsval, _)) => be_tsval.wrapping_sub(inbound.fe_tsval_now),
+            Some((be_tsval, _)) => be_tsval.wrapping_sub(inbound.fe_tsval),
             None => 0,
         };
         let mut entry = match self.conns.get(&key, 0) {
@@ -700,7 +706,7 @@ struct HandoffRequest {
     client: SocketAddrV4,
     fe_service: SocketAddrV4,
     fe_isn: u32,
-    fe_tsval_now: u32,
+    fe_tsval: u32,
     fe_synack_options: Vec<u8>,
     syn: Vec<u8>,
     ack: Vec<u8>,
@@ -713,7 +719,7 @@ impl HandoffRequest {
             client: self.client,
             fe_service: self.fe_service,
             fe_isn: self.fe_isn,
-            fe_tsval_now: self.fe_tsval_now,
+            fe_tsval: self.fe_tsval,
             fe_synack_options: self.fe_synack_options,
             syn: self.syn,
             ack: self.ack,
@@ -730,6 +736,24 @@ fn refuse_label(reason: RefuseReason) -> &'static str {
         RefuseReason::Internal => "internal",
         RefuseReason::Malformed => "malformed",
     }
+}
+
+/// Recomputes the IPv4 and TCP checksums of a complete packet in place (no-op on anything else).
+fn fill_checksums(packet: &mut [u8]) {
+    let Ok(mut ip) = baton_wire::Ipv4Packet::new_checked(&mut packet[..]) else { return };
+    ip.fill_checksum();
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    if let Ok(mut tcp) = baton_wire::TcpSegment::new_checked(ip.payload_mut()) {
+        tcp.fill_checksum(src, dst);
+    }
+}
+
+/// The TSecr of a segment's timestamps option, if it has one.
+fn echoed_tsval(segment: &TcpPacketBuilder) -> Option<u32> {
+    segment.options.iter().find_map(|o| match o {
+        baton_wire::TcpOption::Timestamps { tsecr, .. } => Some(*tsecr),
+        _ => None,
+    })
 }
 
 /// Parses a captured packet; a capture cut short by the ring's limit is read as the prefix it is.

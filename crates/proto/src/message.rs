@@ -5,7 +5,7 @@
 //!   0   8  id
 //!   8   4  client IPv4 address       12  2  client port
 //!   14  4  FE service IPv4 address   18  2  FE service port
-//!   20  4  fe_isn                    24  4  fe_tsval_now
+//!   20  4  fe_isn                    24  4  fe_tsval
 //!   28  1  n = options length (<= 40), then n bytes of raw TCP options
 //!   ..  2  m = SYN length, then m bytes: the client's SYN, a whole IPv4 packet
 //!   ..  2  k = ACK length, then k bytes: the client's ACK, a whole IPv4 packet
@@ -82,8 +82,9 @@ pub enum Message {
         fe_service: SocketAddrV4,
         /// The FE's initial sequence number.
         fe_isn: u32,
-        /// The FE's current TCP timestamp clock, to compute the TSval offset.
-        fe_tsval_now: u32,
+        /// The TSval of the FE's SYN-ACK that the client acknowledged (0 without timestamps): the BE's
+        /// clock is translated so that it continues from this value.
+        fe_tsval: u32,
         /// Raw TCP options of the FE's SYN-ACK (at most 40 bytes).
         fe_synack_options: Vec<u8>,
         /// The client's SYN, a whole IPv4 packet (opaque here).
@@ -125,7 +126,7 @@ impl Message {
                 client,
                 fe_service,
                 fe_isn,
-                fe_tsval_now,
+                fe_tsval,
                 fe_synack_options,
                 syn,
                 ack,
@@ -139,7 +140,7 @@ impl Message {
                 put_addr(&mut out, client);
                 put_addr(&mut out, fe_service);
                 out.extend_from_slice(&fe_isn.to_be_bytes());
-                out.extend_from_slice(&fe_tsval_now.to_be_bytes());
+                out.extend_from_slice(&fe_tsval.to_be_bytes());
                 out.push(options_len);
                 out.extend_from_slice(fe_synack_options);
                 out.extend_from_slice(&syn_len.to_be_bytes());
@@ -172,7 +173,7 @@ impl Message {
                 let client = reader.addr()?;
                 let fe_service = reader.addr()?;
                 let fe_isn = reader.u32()?;
-                let fe_tsval_now = reader.u32()?;
+                let fe_tsval = reader.u32()?;
                 let options_len = usize::from(reader.u8()?);
                 if options_len > MAX_TCP_OPTIONS_LEN {
                     return Err(ProtoError::Malformed("TCP options longer than 40 bytes"));
@@ -187,7 +188,7 @@ impl Message {
                     client,
                     fe_service,
                     fe_isn,
-                    fe_tsval_now,
+                    fe_tsval,
                     fe_synack_options,
                     syn,
                     ack,

@@ -43,7 +43,7 @@ fn sample_messages() -> Vec<Message> {
             client: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 40000),
             fe_service: SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 1), 80),
             fe_isn: 0xdead_beef,
-            fe_tsval_now: 12345,
+            fe_tsval: 12345,
             fe_synack_options: vec![
                 2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
             ],
@@ -78,13 +78,13 @@ fn message_strategy() -> impl Strategy<Value = Message> {
             bytes(200)
         )
             .prop_map(
-                |(id, client, fe_service, fe_isn, fe_tsval_now, fe_synack_options, syn, ack)| {
+                |(id, client, fe_service, fe_isn, fe_tsval, fe_synack_options, syn, ack)| {
                     Message::HandoffRequest {
                         id,
                         client,
                         fe_service,
                         fe_isn,
-                        fe_tsval_now,
+                        fe_tsval,
                         fe_synack_options,
                         syn,
                         ack,
