@@ -105,8 +105,8 @@ fn workload_and_report(lab: &Lab) -> anyhow::Result<usize> {
 
     println!();
     println!(
-        "{:<6} {:>10} {:>8} {:>9} {:>9} {:>14}  {:>8}",
-        "node", "accepted", "local", "handoff>", "handoff<", "client bytes", "served"
+        "{:<6} {:>10} {:>8} {:>11} {:>10} {:>14}  {:>8}",
+        "node", "accepted", "local", "handed out", "handed in", "client bytes", "served"
     );
     let mut served_total: HashMap<String, usize> = HashMap::new();
     for t in &per_node {
@@ -121,7 +121,7 @@ fn workload_and_report(lab: &Lab) -> anyhow::Result<usize> {
             Err(_) => "?".to_string(),
         };
         println!(
-            "{:<6} {:>10} {:>8} {:>9} {:>9} {:>14}  {:>8}",
+            "{:<6} {:>10} {:>8} {:>11} {:>10} {:>14}  {:>8}",
             format!("n{i}"),
             get("baton_connections_accepted_total"),
             get("baton_connections_local_total"),

@@ -2,6 +2,8 @@
 /* The BE side: the node serving a connection that another node accepted (DESIGN §3 steps 6, 8, 9).
  *
  *   egress  BE_SYN_SENT    -> the server's answer to the replayed SYN goes to the agent, dropped
+ *                             (TCP ignores a failed first SYN-ACK; the agent answers long before a
+ *                             retransmission, whose failure would end the half-open connection)
  *                             (a SYN-ACK: learn ISN/TSval; anything else: the tuple is in use)
  *   egress  BE_REPLAYED    -> dropped: nothing may reach the client before the FE forwards
  *   ingress BE_REPLAYED    -> the first forwarded packet proves the FE committed: BE_ESTABLISHED

@@ -72,6 +72,8 @@ __always void stat_add(__u32 idx, __u64 n)
 		*v += n;
 }
 
+/* Drops a packet. On egress under TCX the sender sees the drop (TCX has no "stolen" verdict), so
+ * egress drops are kept to packets whose failed send TCP shrugs off. */
 __always int drop(__u32 reason)
 {
 	__u64 *v = bpf_map_lookup_elem(&drops, &reason);

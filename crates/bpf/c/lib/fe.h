@@ -7,7 +7,8 @@
  *                             and the server never sees the connection until the agent decides
  *   ingress in FE_HOLD     -> copy to the agent and drop (RST: forget and pass, it kills SYN-RECV)
  *   ingress in FE_FORWARD  -> daddr := BE, redirect out toward the BE
- *   egress  in HOLD/FORWARD-> our TCP's SYN-ACK retransmissions and any other word are dropped
+ *   egress  in HOLD/FORWARD-> our TCP has no say: dropped, except SYN-ACK retransmissions while
+ *                             held (a failed one would make our TCP drop the half-open connection)
  *
  * The agent moves FE_HOLD -> FE_FORWARD (handoff accepted) or deletes the entry (served locally).
  */
@@ -135,6 +136,11 @@ __always int fe_egress(struct __sk_buff *skb, const struct pkt *p, struct conn *
 		}
 		return TC_ACT_OK;
 	}
-	/* Held or forwarded: the client already has our SYN-ACK, and our TCP has no say any more. */
+	/* Held: our TCP may retransmit its SYN-ACK. It must go out: a failed retransmission makes TCP
+	 * drop the half-open connection we are holding. The client answers it with a duplicate ACK,
+	 * which is held like the rest. */
+	if (c->state == FE_HOLD && synack)
+		return TC_ACT_OK;
+	/* Otherwise our TCP has no say: the client's connection is held or lives at another node. */
 	return drop(synack ? DROP_SYNACK_HIDDEN : DROP_FE_SILENCED);
 }

@@ -8,7 +8,7 @@
 
 enum drop_reason {
 	DROP_HELD = 1,            /* client packet held at the FE and copied to the agent */
-	DROP_SYNACK_HIDDEN = 2,   /* FE's own SYN-ACK retransmission for a held or forwarded connection */
+	DROP_SYNACK_HIDDEN = 2,   /* FE's own SYN-ACK for a connection forwarded to another node */
 	DROP_FE_SILENCED = 3,     /* FE's TCP spoke on a connection that now belongs to another node */
 	DROP_BE_SYNACK = 4,       /* BE's SYN-ACK to a replayed SYN: absorbed, the client already has one */
 	DROP_BE_NOT_READY = 5,    /* packet for a handed-in connection before it is ready */
