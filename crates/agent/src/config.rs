@@ -35,7 +35,10 @@ pub const MIN_KEY_LEN: usize = 16;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading config file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("parsing config: {0}")]
     Parse(#[from] toml::de::Error),
     #[error("invalid config: {0}")]
@@ -179,7 +182,11 @@ impl NodeConfig {
         if self.cluster.service_ports.is_empty() {
             return invalid("cluster.service_ports is empty".into());
         }
-        if self.cluster.service_ports.contains(&self.cluster.control_port) {
+        if self
+            .cluster
+            .service_ports
+            .contains(&self.cluster.control_port)
+        {
             return invalid("cluster.control_port is also a service port".into());
         }
         let mut names = HashSet::new();
@@ -192,7 +199,10 @@ impl NodeConfig {
                 return invalid(format!("member address {} appears twice", m.address));
             }
         }
-        let me = Member { name: self.node.name.clone(), address: self.node.address };
+        let me = Member {
+            name: self.node.name.clone(),
+            address: self.node.address,
+        };
         if !self.cluster.members.contains(&me) {
             return invalid(format!(
                 "node {} ({}) is not among cluster.members",
@@ -255,12 +265,27 @@ kind = "hash"
     #[test]
     fn rejects_non_member_short_key_and_duplicates() {
         let not_member = MINIMAL.replace("name = \"n1\"\naddress", "name = \"n9\"\naddress");
-        assert!(matches!(NodeConfig::from_toml(&not_member), Err(ConfigError::Invalid(_))));
+        assert!(matches!(
+            NodeConfig::from_toml(&not_member),
+            Err(ConfigError::Invalid(_))
+        ));
         let short_key = MINIMAL.replace("0123456789abcdef0123456789abcdef", "short");
-        assert!(matches!(NodeConfig::from_toml(&short_key), Err(ConfigError::Invalid(_))));
-        let dup = MINIMAL.replace("name = \"n2\", address = \"198.18.0.2\"", "name = \"n2\", address = \"198.18.0.1\"");
-        assert!(matches!(NodeConfig::from_toml(&dup), Err(ConfigError::Invalid(_))));
+        assert!(matches!(
+            NodeConfig::from_toml(&short_key),
+            Err(ConfigError::Invalid(_))
+        ));
+        let dup = MINIMAL.replace(
+            "name = \"n2\", address = \"198.18.0.2\"",
+            "name = \"n2\", address = \"198.18.0.1\"",
+        );
+        assert!(matches!(
+            NodeConfig::from_toml(&dup),
+            Err(ConfigError::Invalid(_))
+        ));
         let unknown = format!("{MINIMAL}\n[bogus]\nx = 1\n");
-        assert!(matches!(NodeConfig::from_toml(&unknown), Err(ConfigError::Parse(_))));
+        assert!(matches!(
+            NodeConfig::from_toml(&unknown),
+            Err(ConfigError::Parse(_))
+        ));
     }
 }

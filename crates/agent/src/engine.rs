@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use baton_bpf::datapath::ConnTable;
-use baton_bpf::{Conn, ConnKey, ConnRole, ConnState, Event, EventKind};
+use baton_bpf::{Conn, ConnKey, ConnRole, ConnState, Event, EventKind, conn_flags};
 use baton_http::{Limits as HeadLimits, Sniff};
 use baton_policy::{ClusterView, NodeState, Policy, RequestInfo};
 use baton_proto::{Message, RefuseReason};
@@ -53,7 +53,10 @@ const SYN_ENTRY_TTL_NS: u64 = 10_000_000_000;
 
 /// Monotonic clock in ns, the clock of `bpf_ktime_get_ns()`.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -92,6 +95,14 @@ enum Released {
     Remote(Ipv4Addr),
 }
 
+/// A connection's identity over time: a client that reuses its port makes a new connection on the
+/// same key, told apart by its ISN. Deferred work (lingers, late packets) names both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct ConnId {
+    key: ConnKey,
+    client_isn: u32,
+}
+
 /// BE: a connection handed in by a peer.
 struct Inbound {
     key: ConnKey,
@@ -119,15 +130,15 @@ pub struct Engine {
     metrics: Metrics,
     head_limits: HeadLimits,
     held: HashMap<ConnKey, Held>,
-    released: HashMap<ConnKey, (Released, Instant)>,
+    released: HashMap<ConnKey, (Released, u32, Instant)>,
     /// FE: handoff id -> (connection, BE) for connections handed out, until closed.
     pending: HashMap<u64, ConnKey>,
-    outbound: HashMap<u64, ConnKey>,
+    outbound: HashMap<u64, ConnId>,
     /// BE: (peer, id) -> connection handed in.
     inbound: HashMap<(usize, u64), Inbound>,
     inbound_by_key: HashMap<ConnKey, (usize, u64)>,
     /// Entries to remove once their linger ends.
-    expiries: Vec<(Instant, ConnKey)>,
+    expiries: Vec<(Instant, ConnId)>,
     next_id: u64,
     last_gc: Instant,
 }
@@ -146,9 +157,18 @@ impl Engine {
             .cluster
             .members
             .iter()
-            .map(|m| Peer { name: m.name.clone(), addr: m.address, outbound_up: false, last_heard: None, load: 0 })
+            .map(|m| Peer {
+                name: m.name.clone(),
+                addr: m.address,
+                outbound_up: false,
+                last_heard: None,
+                load: 0,
+            })
             .collect();
-        let head_limits = HeadLimits { max_head_bytes: config.limits.head_bytes, ..HeadLimits::default() };
+        let head_limits = HeadLimits {
+            max_head_bytes: config.limits.head_bytes,
+            ..HeadLimits::default()
+        };
         Engine {
             me,
             my_addr: config.node.address,
@@ -180,7 +200,9 @@ impl Engine {
         }
         let p = &self.peers[peer];
         let fresh = self.config.limits.heartbeat_ms.saturating_mul(5).max(500);
-        p.outbound_up && p.last_heard.is_some_and(|t| now.duration_since(t) < Duration::from_millis(fresh))
+        p.outbound_up
+            && p.last_heard
+                .is_some_and(|t| now.duration_since(t) < Duration::from_millis(fresh))
     }
 
     // ----- inputs -------------------------------------------------------------------------
@@ -214,16 +236,41 @@ impl Engine {
                 self.on_message(peer, message);
             }
         }
-        self.metrics.peers_up.set((0..self.peers.len()).filter(|&p| p != self.me && self.peer_up(p, now)).count() as i64);
+        self.metrics.peers_up.set(
+            (0..self.peers.len())
+                .filter(|&p| p != self.me && self.peer_up(p, now))
+                .count() as i64,
+        );
     }
 
     fn on_message(&mut self, peer: usize, message: Message) {
         match message {
             Message::Heartbeat { load, .. } => self.peers[peer].load = load,
-            Message::HandoffRequest { id, client, fe_service, fe_isn, fe_tsval, fe_synack_options, syn, ack } => {
-                let request = HandoffRequest { id, client, fe_service, fe_isn, fe_tsval, fe_synack_options, syn, ack };
+            Message::HandoffRequest {
+                id,
+                client,
+                fe_service,
+                fe_isn,
+                fe_tsval,
+                fe_synack_options,
+                syn,
+                ack,
+            } => {
+                let request = HandoffRequest {
+                    id,
+                    client,
+                    fe_service,
+                    fe_isn,
+                    fe_tsval,
+                    fe_synack_options,
+                    syn,
+                    ack,
+                };
                 if let Err(reason) = self.on_handoff_request(peer, request) {
-                    self.metrics.refused.get_or_create(&Reason::new(refuse_label(reason))).inc();
+                    self.metrics
+                        .refused
+                        .get_or_create(&Reason::new(refuse_label(reason)))
+                        .inc();
                     self.mesh.send(peer, Message::HandoffRefused { id, reason });
                 }
             }
@@ -241,8 +288,8 @@ impl Engine {
                 }
             }
             Message::ConnClosed { id } => {
-                if let Some(key) = self.outbound.remove(&id) {
-                    self.expire_later(key);
+                if let Some(conn) = self.outbound.remove(&id) {
+                    self.expire_later(conn);
                 }
             }
         }
@@ -279,23 +326,40 @@ impl Engine {
                 self.inbound_by_key.remove(&inbound.key);
                 self.reset_local(&inbound.key, inbound.client_isn);
                 let _ = self.conns.remove(&inbound.key);
-                self.metrics.refused.get_or_create(&Reason::new("timeout")).inc();
-                self.mesh.send(inbound.peer, Message::HandoffRefused { id: inbound.id, reason: RefuseReason::Timeout });
+                self.metrics
+                    .refused
+                    .get_or_create(&Reason::new("timeout"))
+                    .inc();
+                self.mesh.send(
+                    inbound.peer,
+                    Message::HandoffRefused {
+                        id: inbound.id,
+                        reason: RefuseReason::Timeout,
+                    },
+                );
             }
         }
-        let due: Vec<ConnKey> = self.expiries.iter().filter(|(t, _)| *t <= now).map(|(_, k)| *k).collect();
+        let due: Vec<ConnId> = self
+            .expiries
+            .iter()
+            .filter(|(t, _)| *t <= now)
+            .map(|(_, c)| *c)
+            .collect();
         self.expiries.retain(|(t, _)| *t > now);
-        for key in due {
-            self.forget(&key);
+        for conn in due {
+            self.forget(conn);
         }
-        self.released.retain(|_, (_, until)| *until > now);
+        self.released.retain(|_, (_, _, until)| *until > now);
         if now.duration_since(self.last_gc) >= Duration::from_secs(1) {
             self.last_gc = now;
             self.collect_garbage();
         }
         self.metrics.held.set(self.held.len() as i64);
         self.metrics.handed_in_active.set(self.inbound.len() as i64);
-        self.load.store((self.inbound.len() + self.held.len()) as u32, Ordering::Relaxed);
+        self.load.store(
+            (self.inbound.len() + self.held.len()) as u32,
+            Ordering::Relaxed,
+        );
     }
 
     /// Shutdown: every held connection is served locally, so none is lost.
@@ -310,16 +374,21 @@ impl Engine {
 
     fn on_held_packet(&mut self, event: Event) {
         let key = event.key;
-        if let Some((released, _)) = self.released.get(&key) {
-            let mut packet = event.packet;
-            fill_checksums(&mut packet);
-            if let Released::Remote(be) = released {
-                if rewrite_dst_addr(&mut packet, *be).is_err() {
-                    return;
+        if let Some((released, isn, _)) = self.released.get(&key) {
+            // A held entry with another ISN is a new connection on a reused port, not a late packet.
+            let new_connection = self.conns.get(&key, 0).is_ok_and(|e| e.client_isn != *isn);
+            if !new_connection {
+                let mut packet = event.packet;
+                fill_checksums(&mut packet);
+                if let Released::Remote(be) = released {
+                    if rewrite_dst_addr(&mut packet, *be).is_err() {
+                        return;
+                    }
                 }
+                self.send(&packet);
+                return;
             }
-            self.send(&packet);
-            return;
+            self.released.remove(&key);
         }
         let Some(segment) = parse_captured(&event.packet, event.pkt_len) else {
             self.metrics.malformed_events.inc();
@@ -352,10 +421,20 @@ impl Engine {
             let deadline = Instant::now() + Duration::from_millis(self.config.limits.hold_ms);
             self.held.insert(
                 key,
-                Held { entry, stream, handshake_ack: None, template: None, segments: 0, deadline, awaiting: None },
+                Held {
+                    entry,
+                    stream,
+                    handshake_ack: None,
+                    template: None,
+                    segments: 0,
+                    deadline,
+                    awaiting: None,
+                },
             );
         }
-        let Some(held) = self.held.get_mut(&key) else { return };
+        let Some(held) = self.held.get_mut(&key) else {
+            return;
+        };
         if segment.flags.contains(TcpFlags::SYN) {
             return;
         }
@@ -363,10 +442,17 @@ impl Engine {
             && !segment.flags.contains(TcpFlags::FIN)
             && segment.seq == held.entry.client_isn.wrapping_add(1)
             && segment.ack == held.entry.local_isn.wrapping_add(1);
-        if is_handshake_ack && held.handshake_ack.is_none() && event.packet.len() == event.pkt_len as usize {
+        if is_handshake_ack
+            && held.handshake_ack.is_none()
+            && event.packet.len() == event.pkt_len as usize
+        {
             held.handshake_ack = Some(event.packet.clone());
         }
-        held.stream.add(segment.seq, &segment.payload, segment.flags.contains(TcpFlags::FIN));
+        held.stream.add(
+            segment.seq,
+            &segment.payload,
+            segment.flags.contains(TcpFlags::FIN),
+        );
         held.segments += 1;
         let mut template = segment;
         template.payload.clear();
@@ -377,7 +463,9 @@ impl Engine {
     }
 
     fn try_decide(&mut self, key: ConnKey) {
-        let Some(held) = self.held.get(&key) else { return };
+        let Some(held) = self.held.get(&key) else {
+            return;
+        };
         let head = match baton_http::sniff(held.stream.contiguous(), &self.head_limits) {
             Sniff::Complete(head) => head,
             Sniff::Invalid(reason) => return self.release_local(key, reason.as_str()),
@@ -393,10 +481,21 @@ impl Engine {
         };
         let now = Instant::now();
         let nodes: Vec<NodeState> = (0..self.peers.len())
-            .map(|i| NodeState { name: self.peers[i].name.clone(), up: self.peer_up(i, now), load: self.peers[i].load })
+            .map(|i| NodeState {
+                name: self.peers[i].name.clone(),
+                up: self.peer_up(i, now),
+                load: self.peers[i].load,
+            })
             .collect();
-        let view = ClusterView { self_index: self.me, nodes: &nodes };
-        let request = RequestInfo { method: &head.method, target: &head.target, host: head.host.as_deref() };
+        let view = ClusterView {
+            self_index: self.me,
+            nodes: &nodes,
+        };
+        let request = RequestInfo {
+            method: &head.method,
+            target: &head.target,
+            host: head.host.as_deref(),
+        };
         let choice = self.policy.choose(&request, &view);
         if choice == self.me || choice >= self.peers.len() {
             return self.release_local(key, "policy");
@@ -413,7 +512,11 @@ impl Engine {
         }
         let timeout = Duration::from_millis(self.config.limits.handoff_timeout_ms);
         if let Some(held) = self.held.get_mut(&key) {
-            held.awaiting = Some(Awaiting { peer: choice, id, deadline: now + timeout });
+            held.awaiting = Some(Awaiting {
+                peer: choice,
+                id,
+                deadline: now + timeout,
+            });
         }
         self.pending.insert(id, key);
     }
@@ -444,7 +547,10 @@ impl Engine {
         // continue from there, so the client's PAWS check never sees time run backwards and the
         // BE sees its own SYN-ACK's TSval echoed (Linux rejects a handshake ACK whose TSecr is
         // outside the TSvals its SYN-ACKs carried).
-        let fe_tsval = TcpPacketBuilder::parse(&ack).ok().and_then(|a| echoed_tsval(&a)).unwrap_or(0);
+        let fe_tsval = TcpPacketBuilder::parse(&ack)
+            .ok()
+            .and_then(|a| echoed_tsval(&a))
+            .unwrap_or(0);
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         Some(HandoffRequest {
@@ -465,7 +571,9 @@ impl Engine {
             self.mesh.send(peer, Message::HandoffAbort { id });
             return;
         };
-        let Some(held) = self.held.remove(&key) else { return };
+        let Some(held) = self.held.remove(&key) else {
+            return;
+        };
         let be = self.peers[peer].addr;
         let mut entry = match self.conns.get(&key, 0) {
             Ok(entry) => entry,
@@ -485,14 +593,24 @@ impl Engine {
         for packet in replay_segments(&held, be, WIRE_MTU) {
             self.send(&packet);
         }
-        self.released.insert(key, (Released::Remote(be), Instant::now() + RELEASED_MEMORY));
-        self.outbound.insert(id, key);
+        let client_isn = held.entry.client_isn;
+        self.released.insert(
+            key,
+            (
+                Released::Remote(be),
+                client_isn,
+                Instant::now() + RELEASED_MEMORY,
+            ),
+        );
+        self.outbound.insert(id, ConnId { key, client_isn });
         self.metrics.handoffs_out.inc();
     }
 
     /// Serves a held connection locally: forget the entry, replay what was held into our TCP.
     fn release_local(&mut self, key: ConnKey, reason: &str) {
-        let Some(held) = self.held.remove(&key) else { return };
+        let Some(held) = self.held.remove(&key) else {
+            return;
+        };
         if let Some(a) = &held.awaiting {
             self.pending.remove(&a.id);
         }
@@ -503,10 +621,20 @@ impl Engine {
         for packet in replay_segments(&held, *key.local().ip(), LOCAL_CHUNK + 100) {
             self.send(&packet);
         }
-        self.released.insert(key, (Released::Local, Instant::now() + RELEASED_MEMORY));
+        self.released.insert(
+            key,
+            (
+                Released::Local,
+                held.entry.client_isn,
+                Instant::now() + RELEASED_MEMORY,
+            ),
+        );
         self.metrics.local.inc();
         if reason != "policy" {
-            self.metrics.fallbacks.get_or_create(&Reason::new(reason)).inc();
+            self.metrics
+                .fallbacks
+                .get_or_create(&Reason::new(reason))
+                .inc();
             tracing::debug!(%key, reason, "served locally");
         }
     }
@@ -514,17 +642,40 @@ impl Engine {
     // ----- BE -----------------------------------------------------------------------------
 
     fn on_handoff_request(&mut self, peer: usize, r: HandoffRequest) -> Result<(), RefuseReason> {
-        if *r.fe_service.ip() != self.peers[peer].addr || !self.config.cluster.service_ports.contains(&r.fe_service.port()) {
+        if *r.fe_service.ip() != self.peers[peer].addr
+            || !self
+                .config
+                .cluster
+                .service_ports
+                .contains(&r.fe_service.port())
+        {
             return Err(RefuseReason::Malformed);
         }
-        let fe_options = SynOptions::parse(&r.fe_synack_options).map_err(|_| RefuseReason::Malformed)?;
+        let fe_options =
+            SynOptions::parse(&r.fe_synack_options).map_err(|_| RefuseReason::Malformed)?;
         let syn_fields = TcpPacketBuilder::parse(&r.syn).map_err(|_| RefuseReason::Malformed)?;
-        if !syn_fields.flags.contains(TcpFlags::SYN) || syn_fields.src != *r.client.ip() || syn_fields.src_port != r.client.port() {
+        if !syn_fields.flags.contains(TcpFlags::SYN)
+            || syn_fields.src != *r.client.ip()
+            || syn_fields.src_port != r.client.port()
+        {
             return Err(RefuseReason::Malformed);
         }
-        let key = ConnKey::new(r.client, SocketAddrV4::new(self.my_addr, r.fe_service.port()));
-        if self.inbound_by_key.contains_key(&key) {
-            return Err(RefuseReason::Collision);
+        let key = ConnKey::new(
+            r.client,
+            SocketAddrV4::new(self.my_addr, r.fe_service.port()),
+        );
+        if let Some(slot) = self.inbound_by_key.get(&key).copied() {
+            // The client reused its port: the old connection's entry may still linger. Replace it
+            // only if that connection is over; a live one is a true collision.
+            let closed = self
+                .conns
+                .get(&key, 0)
+                .is_ok_and(|e| e.flags & conn_flags::CLOSE_REPORTED != 0);
+            let old = self.inbound.get(&slot).map(|i| i.client_isn);
+            match old {
+                Some(client_isn) if closed => self.forget(ConnId { key, client_isn }),
+                _ => return Err(RefuseReason::Collision),
+            }
         }
         let entry = Conn::new_be(*r.fe_service.ip(), syn_fields.seq, monotonic_ns());
         // NOEXIST: a tuple this node already tracks (as FE or BE) is a collision, never merged.
@@ -536,7 +687,8 @@ impl Engine {
             let _ = self.conns.remove(&key);
             return Err(RefuseReason::Malformed);
         }
-        let deadline = Instant::now() + Duration::from_millis(self.config.limits.handoff_timeout_ms / 2);
+        let deadline =
+            Instant::now() + Duration::from_millis(self.config.limits.handoff_timeout_ms / 2);
         self.inbound.insert(
             (peer, r.id),
             Inbound {
@@ -557,15 +709,20 @@ impl Engine {
     }
 
     fn on_be_synack(&mut self, event: Event) {
-        let Some(&slot) = self.inbound_by_key.get(&event.key) else { return };
-        let Some(inbound) = self.inbound.get(&slot) else { return };
+        let Some(&slot) = self.inbound_by_key.get(&event.key) else {
+            return;
+        };
+        let Some(inbound) = self.inbound.get(&slot) else {
+            return;
+        };
         if inbound.synack_deadline.is_none() {
             return; // a retransmitted SYN-ACK after we already answered
         }
         let key = inbound.key;
         let answer = parse_captured(&event.packet, event.pkt_len);
         let is_synack = answer.as_ref().is_some_and(|s| {
-            s.flags.contains(TcpFlags::SYN | TcpFlags::ACK) && s.ack == inbound.client_isn.wrapping_add(1)
+            s.flags.contains(TcpFlags::SYN | TcpFlags::ACK)
+                && s.ack == inbound.client_isn.wrapping_add(1)
         });
         let Some(synack) = answer.filter(|_| is_synack) else {
             // Our TCP answered the SYN with something else: the tuple is in use here.
@@ -573,8 +730,11 @@ impl Engine {
         };
         let be_options = match baton_wire::ipv4::Ipv4Packet::new_checked(&event.packet[..])
             .ok()
-            .and_then(|ip| baton_wire::TcpSegment::new_checked(ip.payload()).ok().map(|t| SynOptions::parse(t.options())))
-        {
+            .and_then(|ip| {
+                baton_wire::TcpSegment::new_checked(ip.payload())
+                    .ok()
+                    .map(|t| SynOptions::parse(t.options()))
+            }) {
             Some(Ok(options)) => options,
             _ => return self.refuse_inbound(slot, RefuseReason::Malformed, true),
         };
@@ -598,9 +758,14 @@ impl Engine {
         if self.conns.insert(key, entry, 0).is_err() {
             return self.refuse_inbound(slot, RefuseReason::Internal, true);
         }
-        let translation = Translation { seq_delta, ts_delta };
+        let translation = Translation {
+            seq_delta,
+            ts_delta,
+        };
         let mut ack = inbound.ack.clone();
-        if rewrite_dst_addr(&mut ack, self.my_addr).is_err() || translate_to_server(&mut ack, &translation).is_err() {
+        if rewrite_dst_addr(&mut ack, self.my_addr).is_err()
+            || translate_to_server(&mut ack, &translation).is_err()
+        {
             return self.refuse_inbound(slot, RefuseReason::Malformed, true);
         }
         self.send(&ack);
@@ -613,37 +778,69 @@ impl Engine {
     }
 
     fn refuse_inbound(&mut self, slot: (usize, u64), reason: RefuseReason, reset: bool) {
-        let Some(inbound) = self.inbound.remove(&slot) else { return };
+        let Some(inbound) = self.inbound.remove(&slot) else {
+            return;
+        };
         self.inbound_by_key.remove(&inbound.key);
         if reset {
             self.reset_local(&inbound.key, inbound.client_isn);
         }
         let _ = self.conns.remove(&inbound.key);
-        self.metrics.refused.get_or_create(&Reason::new(refuse_label(reason))).inc();
-        self.mesh.send(inbound.peer, Message::HandoffRefused { id: inbound.id, reason });
+        self.metrics
+            .refused
+            .get_or_create(&Reason::new(refuse_label(reason)))
+            .inc();
+        self.mesh.send(
+            inbound.peer,
+            Message::HandoffRefused {
+                id: inbound.id,
+                reason,
+            },
+        );
     }
 
     fn on_closed(&mut self, key: ConnKey) {
-        if let Some(slot) = self.inbound_by_key.get(&key).copied() {
-            self.mesh.send(slot.0, Message::ConnClosed { id: slot.1 });
+        let Some(slot) = self.inbound_by_key.get(&key).copied() else {
+            return;
+        };
+        self.mesh.send(slot.0, Message::ConnClosed { id: slot.1 });
+        if let Some(inbound) = self.inbound.get(&slot) {
+            self.expire_later(ConnId {
+                key,
+                client_isn: inbound.client_isn,
+            });
         }
-        self.expire_later(key);
     }
 
     // ----- shared -------------------------------------------------------------------------
 
-    fn expire_later(&mut self, key: ConnKey) {
+    fn expire_later(&mut self, conn: ConnId) {
         let at = Instant::now() + Duration::from_millis(self.config.limits.close_linger_ms);
-        self.expiries.push((at, key));
+        self.expiries.push((at, conn));
     }
 
-    /// Removes every trace of a connection.
-    fn forget(&mut self, key: &ConnKey) {
-        let _ = self.conns.remove(key);
-        if let Some(slot) = self.inbound_by_key.remove(key) {
-            self.inbound.remove(&slot);
+    /// Removes every trace of a connection, and only of that one: an entry on the same key with
+    /// another ISN belongs to a newer connection and stays.
+    fn forget(&mut self, conn: ConnId) {
+        let ConnId { key, client_isn } = conn;
+        if self
+            .conns
+            .get(&key, 0)
+            .is_ok_and(|e| e.client_isn == client_isn)
+        {
+            let _ = self.conns.remove(&key);
         }
-        self.outbound.retain(|_, k| k != key);
+        if let Some(slot) = self.inbound_by_key.get(&key).copied() {
+            if self
+                .inbound
+                .get(&slot)
+                .is_some_and(|i| i.client_isn == client_isn)
+            {
+                self.inbound_by_key.remove(&key);
+                self.inbound.remove(&slot);
+            }
+        }
+        self.outbound.retain(|_, c| *c != conn);
     }
 
     /// Ends our own TCP's side of `key` with a RST only it sees (no timestamps: RFC 7323 §5.2
@@ -667,7 +864,11 @@ impl Engine {
 
     fn collect_garbage(&mut self) {
         let now_ns = monotonic_ns();
-        let idle_ns = self.config.limits.idle_timeout_s.saturating_mul(1_000_000_000);
+        let idle_ns = self
+            .config
+            .limits
+            .idle_timeout_s
+            .saturating_mul(1_000_000_000);
         let mut count = 0i64;
         let mut doomed = Vec::new();
         for item in self.conns.iter() {
@@ -694,7 +895,10 @@ impl Engine {
                     self.mesh.send(slot.0, Message::ConnClosed { id: slot.1 });
                 }
             }
-            self.forget(&key);
+            self.forget(ConnId {
+                key,
+                client_isn: conn.client_isn,
+            });
             count -= 1;
         }
         self.metrics.conn_entries.set(count);
@@ -740,7 +944,9 @@ fn refuse_label(reason: RefuseReason) -> &'static str {
 
 /// Recomputes the IPv4 and TCP checksums of a complete packet in place (no-op on anything else).
 fn fill_checksums(packet: &mut [u8]) {
-    let Ok(mut ip) = baton_wire::Ipv4Packet::new_checked(&mut packet[..]) else { return };
+    let Ok(mut ip) = baton_wire::Ipv4Packet::new_checked(&mut packet[..]) else {
+        return;
+    };
     ip.fill_checksum();
     let (src, dst) = (ip.src_addr(), ip.dst_addr());
     if let Ok(mut tcp) = baton_wire::TcpSegment::new_checked(ip.payload_mut()) {
@@ -773,20 +979,30 @@ fn parse_captured(packet: &[u8], pkt_len: u32) -> Option<TcpPacketBuilder> {
 /// The held stream as the client's own segments toward `dst`, each at most `mtu` bytes long,
 /// with the latest segment's headers (timestamps) and the FIN if the client sent one.
 fn replay_segments(held: &Held, dst: Ipv4Addr, mtu: usize) -> Vec<Vec<u8>> {
-    let Some(template) = &held.template else { return Vec::new() };
+    let Some(template) = &held.template else {
+        return Vec::new();
+    };
     let data = held.stream.contiguous();
     let fin = held.stream.finished();
     let mut out = Vec::new();
     let header = 40 + baton_wire::options::emitted_len(&template.options);
     let chunk = mtu.saturating_sub(header).max(1);
     let mut offset = 0;
-    while offset < data.len() || (fin && offset == data.len() && out.is_empty()) || (fin && offset < data.len()) {
+    while offset < data.len()
+        || (fin && offset == data.len() && out.is_empty())
+        || (fin && offset < data.len())
+    {
         let end = (offset + chunk).min(data.len());
         let mut seg = template.clone();
         seg.dst = dst;
         seg.seq = held.stream.base().wrapping_add(offset as u32);
         seg.ack = held.entry.local_isn.wrapping_add(1);
-        seg.flags = TcpFlags::ACK | if end > offset { TcpFlags::PSH } else { TcpFlags::empty() };
+        seg.flags = TcpFlags::ACK
+            | if end > offset {
+                TcpFlags::PSH
+            } else {
+                TcpFlags::empty()
+            };
         if fin && end == data.len() {
             seg.flags = seg.flags | TcpFlags::FIN;
         }

@@ -24,7 +24,13 @@ pub struct StreamAssembler {
 
 impl StreamAssembler {
     pub fn new(base: u32, capacity: usize) -> Self {
-        StreamAssembler { base, capacity, contiguous: Vec::new(), pending: BTreeMap::new(), fin_at: None }
+        StreamAssembler {
+            base,
+            capacity,
+            contiguous: Vec::new(),
+            pending: BTreeMap::new(),
+            fin_at: None,
+        }
     }
 
     pub fn base(&self) -> u32 {

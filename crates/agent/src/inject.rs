@@ -15,7 +15,11 @@ pub enum InjectError {
     #[error("socket(AF_INET, SOCK_RAW, IPPROTO_RAW): {0}")]
     Socket(io::Error),
     #[error("sendto({dst}) of a {len}-byte packet: {source}")]
-    Send { dst: Ipv4Addr, len: usize, source: io::Error },
+    Send {
+        dst: Ipv4Addr,
+        len: usize,
+        source: io::Error,
+    },
     #[error("packet of {0} bytes is not an IPv4 packet")]
     NotIpv4(usize),
 }
@@ -27,12 +31,20 @@ pub struct Injector {
 impl Injector {
     pub fn new() -> Result<Self, InjectError> {
         // SAFETY: plain socket(2) call; the result is checked before it is wrapped.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_RAW,
+            )
+        };
         if fd < 0 {
             return Err(InjectError::Socket(io::Error::last_os_error()));
         }
         // SAFETY: fd is a fresh descriptor we own.
-        Ok(Injector { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(Injector {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
     }
 
     /// Sends one complete IPv4 packet (IP_HDRINCL) to its destination address.
@@ -44,7 +56,9 @@ impl Injector {
         let addr = libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
             sin_port: 0,
-            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.octets()) },
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(dst.octets()),
+            },
             sin_zero: [0; 8],
         };
         // SAFETY: buffer and address are valid for the duration of the call.
@@ -59,7 +73,11 @@ impl Injector {
             )
         };
         if n < 0 {
-            return Err(InjectError::Send { dst, len: packet.len(), source: io::Error::last_os_error() });
+            return Err(InjectError::Send {
+                dst,
+                len: packet.len(),
+                source: io::Error::last_os_error(),
+            });
         }
         Ok(())
     }

@@ -40,7 +40,10 @@ pub enum AgentError {
     #[error("datapath: {0}")]
     Datapath(#[from] DatapathError),
     #[error("attaching to interface {interface}: {source}")]
-    Attach { interface: String, source: DatapathError },
+    Attach {
+        interface: String,
+        source: DatapathError,
+    },
     #[error(transparent)]
     Inject(#[from] InjectError),
     #[error(transparent)]
@@ -80,14 +83,22 @@ pub fn run_until_signal(config: NodeConfig) -> Result<(), AgentError> {
 }
 
 /// Runs the agent until `shutdown` turns true.
-pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+pub async fn run(
+    config: NodeConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
     let ports = &config.cluster.service_ports;
     if ports.len() > baton_bpf::SERVICE_PORTS_MAX {
         return Err(AgentError::TooManyPorts(ports.len()));
     }
     let mut datapath = Datapath::load()?;
-    let distribute = config.policy.kind != baton_policy::PolicyKind::Local && config.cluster.members.len() > 1;
-    datapath.set_node_config(&baton_bpf::NodeConfig::new(config.node.address, ports, distribute))?;
+    let distribute =
+        config.policy.kind != baton_policy::PolicyKind::Local && config.cluster.members.len() > 1;
+    datapath.set_node_config(&baton_bpf::NodeConfig::new(
+        config.node.address,
+        ports,
+        distribute,
+    ))?;
     let conns = datapath.take_conns()?;
     let ring = datapath.take_events()?;
     let counters = datapath.take_counters()?;
@@ -100,7 +111,10 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Res
         .cluster
         .members
         .iter()
-        .map(|m| PeerAddr { name: m.name.clone(), addr: SocketAddr::new(m.address.into(), config.cluster.control_port) })
+        .map(|m| PeerAddr {
+            name: m.name.clone(),
+            addr: SocketAddr::new(m.address.into(), config.cluster.control_port),
+        })
         .collect();
     let mesh = mesh::start(
         MeshConfig {
@@ -119,7 +133,12 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Res
     .await?;
 
     if let Some(addr) = config.metrics.listen {
-        let server = metrics::serve(addr, metrics.clone(), DatapathCounters::new(counters), shutdown.clone());
+        let server = metrics::serve(
+            addr,
+            metrics.clone(),
+            DatapathCounters::new(counters),
+            shutdown.clone(),
+        );
         tokio::spawn(async move {
             if let Err(e) = server.await {
                 tracing::error!("metrics endpoint: {e}");
@@ -131,12 +150,20 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Res
     // SAFETY: the ring's fd is owned by `ring`, which the AsyncFd owns until it is dropped, so
     // the descriptor stays valid and is not reused while registered.
     let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| AgentError::Ring(e.into()))?;
-    tokio::spawn(read_events(ring, event_tx, metrics.clone(), shutdown.clone()));
+    tokio::spawn(read_events(
+        ring,
+        event_tx,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
 
     // Attach last: from here on connections are held, and the engine below is ready for them.
     datapath
         .attach(&config.node.interface)
-        .map_err(|source| AgentError::Attach { interface: config.node.interface.clone(), source })?;
+        .map_err(|source| AgentError::Attach {
+            interface: config.node.interface.clone(),
+            source,
+        })?;
     tracing::info!(node = %config.node.name, interface = %config.node.interface, policy = %config.policy.kind, "baton node running");
 
     let mut engine = Engine::new(config, conns, inject, mesh, load, metrics);

@@ -39,7 +39,10 @@ pub struct PeerAddr {
 #[derive(Debug, thiserror::Error)]
 pub enum MeshError {
     #[error("bind({addr}) for the control mesh: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// The engine's handle for sending to peers (index = member index; own index unused).
@@ -72,7 +75,10 @@ fn nonce() -> [u8; 16] {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Starts the listener and one dialer per peer. Returns the sender the engine uses.
@@ -83,10 +89,20 @@ pub async fn start(
     metrics: Metrics,
     shutdown: watch::Receiver<bool>,
 ) -> Result<MeshSender, MeshError> {
-    let listener =
-        TcpListener::bind(config.listen).await.map_err(|source| MeshError::Bind { addr: config.listen, source })?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| MeshError::Bind {
+            addr: config.listen,
+            source,
+        })?;
     let config = Arc::new(config);
-    tokio::spawn(accept_loop(listener, config.clone(), events.clone(), metrics.clone(), shutdown.clone()));
+    tokio::spawn(accept_loop(
+        listener,
+        config.clone(),
+        events.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let mut outbound = Vec::new();
     for (index, _) in config.members.iter().enumerate() {
         if index == config.self_index {
@@ -95,13 +111,24 @@ pub async fn start(
         }
         let (tx, rx) = mpsc::channel(1024);
         outbound.push(Some(tx));
-        tokio::spawn(dial_loop(index, config.clone(), rx, events.clone(), load.clone(), metrics.clone(), shutdown.clone()));
+        tokio::spawn(dial_loop(
+            index,
+            config.clone(),
+            rx,
+            events.clone(),
+            load.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
     }
     Ok(MeshSender { outbound })
 }
 
 fn reject(metrics: &Metrics, e: &ProtoError) {
-    metrics.mesh_rejected.get_or_create(&Reason::new(e.kind())).inc();
+    metrics
+        .mesh_rejected
+        .get_or_create(&Reason::new(e.kind()))
+        .inc();
 }
 
 async fn accept_loop(
@@ -119,7 +146,13 @@ async fn accept_loop(
                 Err(e) => { tracing::warn!("accept on the control port: {e}"); continue; }
             },
         };
-        tokio::spawn(inbound(stream, config.clone(), events.clone(), metrics.clone(), shutdown.clone()));
+        tokio::spawn(inbound(
+            stream,
+            config.clone(),
+            events.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
     }
 }
 
@@ -131,7 +164,9 @@ async fn inbound(
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let Ok(mut session) = Session::acceptor(&config.key, &config.self_name, nonce()) else { return };
+    let Ok(mut session) = Session::acceptor(&config.key, &config.self_name, nonce()) else {
+        return;
+    };
     let mut peer: Option<usize> = None;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -158,7 +193,10 @@ async fn inbound(
                     match config.members.iter().position(|m| m.name == peer_name) {
                         Some(i) if i != config.self_index => peer = Some(i),
                         _ => {
-                            metrics.mesh_rejected.get_or_create(&Reason::new("unknown_peer")).inc();
+                            metrics
+                                .mesh_rejected
+                                .get_or_create(&Reason::new("unknown_peer"))
+                                .inc();
                             tracing::warn!("control connection from unknown peer {peer_name:?}");
                             return;
                         }
@@ -166,11 +204,17 @@ async fn inbound(
                 }
                 ProtoEvent::Message(message) => {
                     let Some(peer) = peer else { return };
-                    if events.send(MeshEvent::Message { peer, message }).await.is_err() {
+                    if events
+                        .send(MeshEvent::Message { peer, message })
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
-                ProtoEvent::Ignored { kind } => tracing::debug!("ignoring control message kind {kind}"),
+                ProtoEvent::Ignored { kind } => {
+                    tracing::debug!("ignoring control message kind {kind}")
+                }
             }
         }
     }
@@ -196,7 +240,16 @@ async fn dial_loop(
             Ok((stream, session)) => {
                 backoff = Duration::from_millis(100);
                 let _ = events.send(MeshEvent::PeerUp { peer }).await;
-                let why = serve_outbound(stream, session, &config, &mut outgoing, &load, &metrics, &mut shutdown).await;
+                let why = serve_outbound(
+                    stream,
+                    session,
+                    &config,
+                    &mut outgoing,
+                    &load,
+                    &metrics,
+                    &mut shutdown,
+                )
+                .await;
                 let _ = events.send(MeshEvent::PeerDown { peer }).await;
                 tracing::info!(peer = %config.members[peer].name, "control connection down: {why}");
             }
@@ -218,12 +271,19 @@ async fn connect(config: &MeshConfig, target: SocketAddr) -> Result<(TcpStream, 
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let (mut session, hello) = Session::dialer(&config.key, &config.self_name, nonce()).map_err(|e| e.to_string())?;
-    stream.write_all(&hello).await.map_err(|e| format!("write hello: {e}"))?;
+    let (mut session, hello) =
+        Session::dialer(&config.key, &config.self_name, nonce()).map_err(|e| e.to_string())?;
+    stream
+        .write_all(&hello)
+        .await
+        .map_err(|e| format!("write hello: {e}"))?;
     let mut buf = vec![0u8; 4096];
     let handshake = async {
         loop {
-            let n = stream.read(&mut buf).await.map_err(|e| format!("read: {e}"))?;
+            let n = stream
+                .read(&mut buf)
+                .await
+                .map_err(|e| format!("read: {e}"))?;
             if n == 0 {
                 return Err("closed during handshake".to_string());
             }
@@ -234,7 +294,9 @@ async fn connect(config: &MeshConfig, target: SocketAddr) -> Result<(TcpStream, 
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(2), handshake).await.map_err(|_| "handshake timed out".to_string())??;
+    tokio::time::timeout(Duration::from_secs(2), handshake)
+        .await
+        .map_err(|_| "handshake timed out".to_string())??;
     Ok((stream, session))
 }
 
@@ -278,6 +340,9 @@ async fn serve_outbound(
 pub fn peer_addrs(members: &[(String, Ipv4Addr)], port: u16) -> Vec<PeerAddr> {
     members
         .iter()
-        .map(|(name, ip)| PeerAddr { name: name.clone(), addr: SocketAddr::new((*ip).into(), port) })
+        .map(|(name, ip)| PeerAddr {
+            name: name.clone(),
+            addr: SocketAddr::new((*ip).into(), port),
+        })
         .collect()
 }

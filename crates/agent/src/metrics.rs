@@ -27,7 +27,9 @@ pub struct Reason {
 
 impl Reason {
     pub fn new(reason: impl Into<String>) -> Self {
-        Reason { reason: reason.into() }
+        Reason {
+            reason: reason.into(),
+        }
     }
 }
 
@@ -66,24 +68,96 @@ pub struct Metrics {
 impl Metrics {
     pub fn registry(&self) -> Registry {
         let mut r = Registry::with_prefix("baton");
-        r.register("connections_accepted", "New client connections seen", self.accepted.clone());
-        r.register("connections_local", "Connections served by this node itself", self.local.clone());
-        r.register("handoffs_out", "Connections handed off to another node", self.handoffs_out.clone());
-        r.register("handoffs_in", "Connections handed in by another node", self.handoffs_in.clone());
-        r.register("handoff_fallbacks", "Connections meant for distribution served locally, by reason", self.fallbacks.clone());
-        r.register("handoffs_refused", "Handoffs this node refused, by reason", self.refused.clone());
-        r.register("mesh_rejected_frames", "Control frames rejected, by reason", self.mesh_rejected.clone());
-        r.register("malformed_events", "Datapath events the agent could not parse", self.malformed_events.clone());
-        r.register("client_bytes_sent", "Bytes sent to clients from service ports", self.client_bytes_sent.clone());
-        r.register("forwarded_packets", "Client packets forwarded to a serving node", self.forwarded_packets.clone());
-        r.register("forwarded_bytes", "Client bytes forwarded to a serving node", self.forwarded_bytes.clone());
-        r.register("translated_to_client_bytes", "Bytes of handed-in connections sent directly to clients", self.translated_to_client_bytes.clone());
-        r.register("conn_table_full", "Connections passed untracked because the conn table was full", self.table_full.clone());
-        r.register("dropped_packets", "Packets the datapath dropped, by reason", self.dropped.clone());
-        r.register("mesh_peers_up", "Peers with a live control connection", self.peers_up.clone());
-        r.register("conn_table_entries", "Entries in the datapath's conn table", self.conn_entries.clone());
-        r.register("held_connections", "Connections held while deciding", self.held.clone());
-        r.register("handed_in_active", "Handed-in connections being served", self.handed_in_active.clone());
+        r.register(
+            "connections_accepted",
+            "New client connections seen",
+            self.accepted.clone(),
+        );
+        r.register(
+            "connections_local",
+            "Connections served by this node itself",
+            self.local.clone(),
+        );
+        r.register(
+            "handoffs_out",
+            "Connections handed off to another node",
+            self.handoffs_out.clone(),
+        );
+        r.register(
+            "handoffs_in",
+            "Connections handed in by another node",
+            self.handoffs_in.clone(),
+        );
+        r.register(
+            "handoff_fallbacks",
+            "Connections meant for distribution served locally, by reason",
+            self.fallbacks.clone(),
+        );
+        r.register(
+            "handoffs_refused",
+            "Handoffs this node refused, by reason",
+            self.refused.clone(),
+        );
+        r.register(
+            "mesh_rejected_frames",
+            "Control frames rejected, by reason",
+            self.mesh_rejected.clone(),
+        );
+        r.register(
+            "malformed_events",
+            "Datapath events the agent could not parse",
+            self.malformed_events.clone(),
+        );
+        r.register(
+            "client_bytes_sent",
+            "Bytes sent to clients from service ports",
+            self.client_bytes_sent.clone(),
+        );
+        r.register(
+            "forwarded_packets",
+            "Client packets forwarded to a serving node",
+            self.forwarded_packets.clone(),
+        );
+        r.register(
+            "forwarded_bytes",
+            "Client bytes forwarded to a serving node",
+            self.forwarded_bytes.clone(),
+        );
+        r.register(
+            "translated_to_client_bytes",
+            "Bytes of handed-in connections sent directly to clients",
+            self.translated_to_client_bytes.clone(),
+        );
+        r.register(
+            "conn_table_full",
+            "Connections passed untracked because the conn table was full",
+            self.table_full.clone(),
+        );
+        r.register(
+            "dropped_packets",
+            "Packets the datapath dropped, by reason",
+            self.dropped.clone(),
+        );
+        r.register(
+            "mesh_peers_up",
+            "Peers with a live control connection",
+            self.peers_up.clone(),
+        );
+        r.register(
+            "conn_table_entries",
+            "Entries in the datapath's conn table",
+            self.conn_entries.clone(),
+        );
+        r.register(
+            "held_connections",
+            "Connections held while deciding",
+            self.held.clone(),
+        );
+        r.register(
+            "handed_in_active",
+            "Handed-in connections being served",
+            self.handed_in_active.clone(),
+        );
         r
     }
 }
@@ -96,7 +170,10 @@ pub struct DatapathCounters {
 
 impl DatapathCounters {
     pub fn new(counters: Counters) -> Self {
-        DatapathCounters { counters, last: Default::default() }
+        DatapathCounters {
+            counters,
+            last: Default::default(),
+        }
     }
 
     fn advance(&mut self, name: &'static str, now: u64, counter: &Counter) {
@@ -114,7 +191,11 @@ impl DatapathCounters {
             (Stat::ClientBytesSent, "client_bytes", &m.client_bytes_sent),
             (Stat::ForwardPackets, "fwd_packets", &m.forwarded_packets),
             (Stat::ForwardBytes, "fwd_bytes", &m.forwarded_bytes),
-            (Stat::ToClientBytes, "to_client_bytes", &m.translated_to_client_bytes),
+            (
+                Stat::ToClientBytes,
+                "to_client_bytes",
+                &m.translated_to_client_bytes,
+            ),
             (Stat::TableFull, "table_full", &m.table_full),
         ];
         for (stat, name, counter) in stats {
@@ -124,7 +205,10 @@ impl DatapathCounters {
         }
         for reason in DropReason::ALL {
             if let Ok(v) = self.counters.dropped(reason) {
-                let counter = m.dropped.get_or_create(&Reason::new(reason.label())).clone();
+                let counter = m
+                    .dropped
+                    .get_or_create(&Reason::new(reason.label()))
+                    .clone();
                 self.advance(reason.label(), v, &counter);
             }
         }
@@ -134,7 +218,10 @@ impl DatapathCounters {
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
     #[error("bind({addr}) for /metrics: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Serves `GET /metrics` until `shutdown` turns true.
@@ -144,7 +231,9 @@ pub async fn serve(
     datapath: DatapathCounters,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), MetricsError> {
-    let listener = TcpListener::bind(addr).await.map_err(|source| MetricsError::Bind { addr, source })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Bind { addr, source })?;
     let registry = Arc::new(metrics.registry());
     let datapath = Arc::new(Mutex::new(datapath));
     loop {
@@ -158,7 +247,8 @@ pub async fn serve(
         let (registry, datapath, metrics) = (registry.clone(), datapath.clone(), metrics.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let (registry, datapath, metrics) = (registry.clone(), datapath.clone(), metrics.clone());
+                let (registry, datapath, metrics) =
+                    (registry.clone(), datapath.clone(), metrics.clone());
                 async move {
                     if req.uri().path() != "/metrics" {
                         let mut resp = Response::new(Full::new(Bytes::from_static(b"not found\n")));
@@ -179,7 +269,9 @@ pub async fn serve(
                 }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
         });
     }
 }

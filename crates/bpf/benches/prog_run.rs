@@ -4,9 +4,15 @@
 //! `cargo bench -p baton-bpf`; BATON_BENCH_SAMPLES sets the sample count (default 3000).
 
 fn main() {
-    let samples: usize = std::env::var("BATON_BENCH_SAMPLES").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
-    let mut runner = baton_bpf::cases::Runner::new().expect("load the datapath (needs root and eBPF)");
-    println!("BPF_PROG_TEST_RUN, {samples} samples per case (each includes ~2 clock reads of overhead)");
+    let samples: usize = std::env::var("BATON_BENCH_SAMPLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
+    let mut runner =
+        baton_bpf::cases::Runner::new().expect("load the datapath (needs root and eBPF)");
+    println!(
+        "BPF_PROG_TEST_RUN, {samples} samples per case (each includes ~2 clock reads of overhead)"
+    );
     println!("{:<52} {:>8} {:>8}", "case", "p50 ns", "p99 ns");
     for case in baton_bpf::cases::all() {
         let mut ns = Vec::with_capacity(samples);

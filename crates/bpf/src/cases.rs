@@ -67,7 +67,10 @@ pub struct Case {
 
 impl Case {
     pub fn key(&self) -> ConnKey {
-        ConnKey::new(SocketAddrV4::new(CLIENT, CLIENT_PORT), SocketAddrV4::new(self.node, SERVICE_PORT))
+        ConnKey::new(
+            SocketAddrV4::new(CLIENT, CLIENT_PORT),
+            SocketAddrV4::new(self.node, SERVICE_PORT),
+        )
     }
 }
 
@@ -90,7 +93,11 @@ fn to_client(from: Ipv4Addr) -> TcpPacketBuilder {
 }
 
 fn ts(tsval: u32, tsecr: u32) -> Vec<TcpOption> {
-    vec![TcpOption::NoOp, TcpOption::NoOp, TcpOption::Timestamps { tsval, tsecr }]
+    vec![
+        TcpOption::NoOp,
+        TcpOption::NoOp,
+        TcpOption::Timestamps { tsval, tsecr },
+    ]
 }
 
 fn linux_syn_options(tsval: u32, tsecr: u32) -> Vec<TcpOption> {
@@ -129,7 +136,10 @@ fn fe_entry(state: ConnState) -> Conn {
 }
 
 fn translation() -> Translation {
-    Translation { seq_delta: BE_ISN.wrapping_sub(FE_ISN), ts_delta: BE_TSVAL.wrapping_sub(FE_TSVAL) }
+    Translation {
+        seq_delta: BE_ISN.wrapping_sub(FE_ISN),
+        ts_delta: BE_TSVAL.wrapping_sub(FE_TSVAL),
+    }
 }
 
 fn be_entry(state: ConnState) -> Conn {
@@ -202,7 +212,10 @@ pub fn all() -> Vec<Case> {
             let c = c.ok_or("no entry created")?;
             let mut want = Vec::new();
             baton_wire::emit_options(&linux_syn_options(CLIENT_TSVAL, 0), &mut want);
-            if c.state() != Some(ConnState::FeSyn) || c.client_isn != CLIENT_ISN || c.syn_window != 64240 {
+            if c.state() != Some(ConnState::FeSyn)
+                || c.client_isn != CLIENT_ISN
+                || c.syn_window != 64240
+            {
                 return Err(format!("bad SYN entry {c:?}"));
             }
             if c.syn_options() != want.as_slice() {
@@ -249,7 +262,10 @@ pub fn all() -> Vec<Case> {
         entry_after: Box::new(|c| {
             let c = c.ok_or("entry vanished")?;
             let want = fe_entry(ConnState::FeSyn);
-            if c.local_isn != FE_ISN || c.synack_tsval != FE_TSVAL || c.flags & conn_flags::SYNACK_SEEN == 0 {
+            if c.local_isn != FE_ISN
+                || c.synack_tsval != FE_TSVAL
+                || c.flags & conn_flags::SYNACK_SEEN == 0
+            {
                 return Err(format!("SYN-ACK not recorded: {c:?}"));
             }
             if c.synack_options() != want.synack_options() {
@@ -402,7 +418,10 @@ pub fn all() -> Vec<Case> {
     sack.options = vec![
         TcpOption::NoOp,
         TcpOption::NoOp,
-        TcpOption::Timestamps { tsval: CLIENT_TSVAL + 9, tsecr: FE_TSVAL.wrapping_add(300) },
+        TcpOption::Timestamps {
+            tsval: CLIENT_TSVAL + 9,
+            tsecr: FE_TSVAL.wrapping_add(300),
+        },
         TcpOption::NoOp,
         TcpOption::NoOp,
         TcpOption::Sack(
@@ -445,7 +464,10 @@ pub fn all() -> Vec<Case> {
     let mut odd = client_request(BE);
     odd.options = vec![
         TcpOption::WindowScale(7),
-        TcpOption::Timestamps { tsval: CLIENT_TSVAL + 11, tsecr: FE_TSVAL.wrapping_add(500) },
+        TcpOption::Timestamps {
+            tsval: CLIENT_TSVAL + 11,
+            tsecr: FE_TSVAL.wrapping_add(500),
+        },
     ];
     let odd = frame(&odd.build());
     cases.push(Case {
@@ -564,7 +586,9 @@ pub fn all() -> Vec<Case> {
     let mut truncated = syn.clone();
     truncated.truncate(14 + 20 + 10);
     truncated[16..18].copy_from_slice(&30u16.to_be_bytes());
-    Ipv4Packet::new_checked(&mut truncated[14..]).expect("30-byte IPv4 packet").fill_checksum();
+    Ipv4Packet::new_checked(&mut truncated[14..])
+        .expect("30-byte IPv4 packet")
+        .fill_checksum();
     cases.push(Case {
         name: "truncated_tcp_header_untouched",
         hook: Hook::Ingress,
@@ -602,13 +626,21 @@ impl Runner {
         let mut datapath = Datapath::load()?;
         let conns = datapath.take_conns()?;
         let events = datapath.take_events()?;
-        Ok(Runner { datapath, conns, events })
+        Ok(Runner {
+            datapath,
+            conns,
+            events,
+        })
     }
 
     /// Sets up the maps for `case`, runs it `repeat` times, returns what the last run did.
     pub fn run(&mut self, case: &Case, repeat: u32) -> Result<Outcome, String> {
         self.datapath
-            .set_node_config(&NodeConfig::new(case.node, &[SERVICE_PORT], case.distribute))
+            .set_node_config(&NodeConfig::new(
+                case.node,
+                &[SERVICE_PORT],
+                case.distribute,
+            ))
             .map_err(|e| e.to_string())?;
         let keys: Vec<ConnKey> = self.conns.keys().filter_map(Result::ok).collect();
         for k in keys {
@@ -616,7 +648,9 @@ impl Runner {
         }
         while self.events.next().is_some() {}
         if let Some(entry) = case.entry {
-            self.conns.insert(case.key(), entry, 0).map_err(|e| e.to_string())?;
+            self.conns
+                .insert(case.key(), entry, 0)
+                .map_err(|e| e.to_string())?;
         }
         let name = match case.hook {
             Hook::Ingress => INGRESS_PROGRAM,
@@ -638,7 +672,13 @@ impl Runner {
         while let Some(record) = self.events.next() {
             events.push(Event::parse(&record).map_err(|e| e.to_string())?);
         }
-        Ok(Outcome { verdict: result.return_value, output: out, entry_after, events, duration: result.duration })
+        Ok(Outcome {
+            verdict: result.return_value,
+            output: out,
+            entry_after,
+            events,
+            duration: result.duration,
+        })
     }
 }
 
@@ -649,7 +689,10 @@ pub fn check(case: &Case, outcome: &Outcome) -> Result<(), String> {
         problems.push(format!("verdict {} != {}", outcome.verdict, case.verdict));
     }
     if outcome.output != case.output {
-        problems.push(format!("output differs\n  got  {:02x?}\n  want {:02x?}", outcome.output, case.output));
+        problems.push(format!(
+            "output differs\n  got  {:02x?}\n  want {:02x?}",
+            outcome.output, case.output
+        ));
     }
     if let Some(ip) = outcome.output.get(14..) {
         if let Ok(p) = Ipv4Packet::new_checked(ip) {
@@ -670,12 +713,24 @@ pub fn check(case: &Case, outcome: &Outcome) -> Result<(), String> {
         (None, []) => {}
         (Some(kind), [event]) => {
             if event.kind != kind || event.key != case.key() {
-                problems.push(format!("event {:?} for {}, want {kind:?} for {}", event.kind, event.key, case.key()));
+                problems.push(format!(
+                    "event {:?} for {}, want {kind:?} for {}",
+                    event.kind,
+                    event.key,
+                    case.key()
+                ));
             } else if kind != EventKind::Closed && event.packet != case.input[14..] {
                 problems.push("event does not carry the input packet".into());
             }
         }
-        (want, got) => problems.push(format!("events {:?}, want {want:?}", got.iter().map(|e| e.kind).collect::<Vec<_>>())),
+        (want, got) => problems.push(format!(
+            "events {:?}, want {want:?}",
+            got.iter().map(|e| e.kind).collect::<Vec<_>>()
+        )),
     }
-    if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
 }

@@ -21,13 +21,19 @@ pub enum DatapathError {
     #[error("loading the eBPF object (bpf(BPF_MAP_CREATE/BTF_LOAD)): {0}")]
     Object(#[from] aya::EbpfError),
     #[error("program {name}: {source}")]
-    Program { name: &'static str, source: ProgramError },
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
     #[error("program {0} missing from the object or not a TC classifier")]
     MissingProgram(&'static str),
     #[error("map {0} missing from the object, already taken, or of the wrong layout")]
     MissingMap(&'static str),
     #[error("map {name} (bpf(BPF_MAP_*)): {source}")]
-    Map { name: &'static str, source: MapError },
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
 }
 
 pub type ConnTable = HashMap<MapData, ConnKey, Conn>;
@@ -61,7 +67,8 @@ impl Datapath {
                 .program_mut(name)
                 .and_then(|p| p.try_into().ok())
                 .ok_or(DatapathError::MissingProgram(name))?;
-            prog.load().map_err(|source| DatapathError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| DatapathError::Program { name, source })?;
         }
         Ok(Datapath { ebpf })
     }
@@ -82,15 +89,29 @@ impl Datapath {
 
     /// Writes this node's service address, ports and whether to distribute.
     pub fn set_node_config(&mut self, config: &NodeConfig) -> Result<(), DatapathError> {
-        let map = self.ebpf.map_mut(CONFIG_MAP).ok_or(DatapathError::MissingMap(CONFIG_MAP))?;
+        let map = self
+            .ebpf
+            .map_mut(CONFIG_MAP)
+            .ok_or(DatapathError::MissingMap(CONFIG_MAP))?;
         let mut array: Array<&mut MapData, NodeConfig> =
-            Array::try_from(map).map_err(|source| DatapathError::Map { name: CONFIG_MAP, source })?;
-        array.set(0, config, 0).map_err(|source| DatapathError::Map { name: CONFIG_MAP, source })
+            Array::try_from(map).map_err(|source| DatapathError::Map {
+                name: CONFIG_MAP,
+                source,
+            })?;
+        array
+            .set(0, config, 0)
+            .map_err(|source| DatapathError::Map {
+                name: CONFIG_MAP,
+                source,
+            })
     }
 
     /// Attaches ingress and egress to `interface` (TCX links, detached when `self` drops).
     pub fn attach(&mut self, interface: &str) -> Result<(), DatapathError> {
-        for (name, kind) in [(INGRESS_PROGRAM, TcAttachType::Ingress), (EGRESS_PROGRAM, TcAttachType::Egress)] {
+        for (name, kind) in [
+            (INGRESS_PROGRAM, TcAttachType::Ingress),
+            (EGRESS_PROGRAM, TcAttachType::Egress),
+        ] {
             self.program_mut(name)?
                 .attach(interface, kind)
                 .map_err(|source| DatapathError::Program { name, source })?;
@@ -99,20 +120,38 @@ impl Datapath {
     }
 
     pub fn take_conns(&mut self) -> Result<ConnTable, DatapathError> {
-        let map = self.ebpf.take_map(CONNS_MAP).ok_or(DatapathError::MissingMap(CONNS_MAP))?;
-        HashMap::try_from(map).map_err(|source| DatapathError::Map { name: CONNS_MAP, source })
+        let map = self
+            .ebpf
+            .take_map(CONNS_MAP)
+            .ok_or(DatapathError::MissingMap(CONNS_MAP))?;
+        HashMap::try_from(map).map_err(|source| DatapathError::Map {
+            name: CONNS_MAP,
+            source,
+        })
     }
 
     pub fn take_events(&mut self) -> Result<EventRing, DatapathError> {
-        let map = self.ebpf.take_map(EVENTS_MAP).ok_or(DatapathError::MissingMap(EVENTS_MAP))?;
-        RingBuf::try_from(map).map_err(|source| DatapathError::Map { name: EVENTS_MAP, source })
+        let map = self
+            .ebpf
+            .take_map(EVENTS_MAP)
+            .ok_or(DatapathError::MissingMap(EVENTS_MAP))?;
+        RingBuf::try_from(map).map_err(|source| DatapathError::Map {
+            name: EVENTS_MAP,
+            source,
+        })
     }
 
     pub fn take_counters(&mut self) -> Result<Counters, DatapathError> {
         let mut take = |name: &'static str| -> Result<PerCpuArray<MapData, u64>, DatapathError> {
-            let map = self.ebpf.take_map(name).ok_or(DatapathError::MissingMap(name))?;
+            let map = self
+                .ebpf
+                .take_map(name)
+                .ok_or(DatapathError::MissingMap(name))?;
             PerCpuArray::try_from(map).map_err(|source| DatapathError::Map { name, source })
         };
-        Ok(Counters { stats: take(STATS_MAP)?, drops: take(DROPS_MAP)? })
+        Ok(Counters {
+            stats: take(STATS_MAP)?,
+            drops: take(DROPS_MAP)?,
+        })
     }
 }

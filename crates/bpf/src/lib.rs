@@ -53,10 +53,16 @@ impl ConnKey {
         }
     }
     pub fn client(&self) -> SocketAddrV4 {
-        SocketAddrV4::new(Ipv4Addr::from(self.client_addr), u16::from_be_bytes(self.client_port))
+        SocketAddrV4::new(
+            Ipv4Addr::from(self.client_addr),
+            u16::from_be_bytes(self.client_port),
+        )
     }
     pub fn local(&self) -> SocketAddrV4 {
-        SocketAddrV4::new(Ipv4Addr::from(self.local_addr), u16::from_be_bytes(self.local_port))
+        SocketAddrV4::new(
+            Ipv4Addr::from(self.local_addr),
+            u16::from_be_bytes(self.local_port),
+        )
     }
 }
 
@@ -89,7 +95,16 @@ pub enum ConnState {
 impl ConnState {
     pub fn from_u8(v: u8) -> Option<Self> {
         use ConnState::*;
-        [FeSyn, FeHold, FeForward, BeSynSent, BeReplayed, BeEstablished].into_iter().find(|s| *s as u8 == v)
+        [
+            FeSyn,
+            FeHold,
+            FeForward,
+            BeSynSent,
+            BeReplayed,
+            BeEstablished,
+        ]
+        .into_iter()
+        .find(|s| *s as u8 == v)
     }
 }
 
@@ -267,9 +282,18 @@ impl Event {
         let body = &record[HDR..];
         let cap = hdr.cap_len as usize;
         if cap > body.len() {
-            return Err(EventError::BadCaptureLength { claimed: hdr.cap_len, carried: body.len() });
+            return Err(EventError::BadCaptureLength {
+                claimed: hdr.cap_len,
+                carried: body.len(),
+            });
         }
-        Ok(Event { kind, key: hdr.key, pkt_len: hdr.pkt_len, ts_ns: hdr.ts_ns, packet: body[..cap].to_vec() })
+        Ok(Event {
+            kind,
+            key: hdr.key,
+            pkt_len: hdr.pkt_len,
+            ts_ns: hdr.ts_ns,
+            packet: body[..cap].to_vec(),
+        })
     }
 }
 
@@ -354,7 +378,13 @@ mod tests {
         assert_eq!(Event::parse(&rec), Err(EventError::UnknownKind(9)));
         rec[0] = 1;
         rec[8] = 5; // cap_len 5, nothing follows
-        assert_eq!(Event::parse(&rec), Err(EventError::BadCaptureLength { claimed: 5, carried: 0 }));
+        assert_eq!(
+            Event::parse(&rec),
+            Err(EventError::BadCaptureLength {
+                claimed: 5,
+                carried: 0
+            })
+        );
         rec.extend_from_slice(&[1, 2, 3, 4, 5]);
         let ev = Event::parse(&rec).unwrap();
         assert_eq!(ev.kind, EventKind::HeldPacket);

@@ -12,7 +12,11 @@ fn object_passes_the_verifier() {
 #[test]
 fn committed_object_matches_source() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/build-bpf.sh");
-    let out = Command::new("bash").arg(script).arg("--check").output().expect("run build-bpf.sh (needs clang)");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg("--check")
+        .output()
+        .expect("run build-bpf.sh (needs clang)");
     assert!(
         out.status.success(),
         "{}{}",

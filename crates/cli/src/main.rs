@@ -7,7 +7,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "baton", version, about = "Content-aware request distribution by TCP connection handoff")]
+#[command(
+    name = "baton",
+    version,
+    about = "Content-aware request distribution by TCP connection handoff"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -18,7 +18,10 @@ use baton_policy::PolicyKind;
 const BATON: &str = env!("CARGO_BIN_EXE_baton");
 
 fn lab(prefix: &str, nodes: usize, server: ServerKind, policy: PolicyKind) -> Lab {
-    let spec = LabSpec::new(baton_lab::lab::unique_name(prefix), nodes).server(server).policy(policy).exe(BATON);
+    let spec = LabSpec::new(baton_lab::lab::unique_name(prefix), nodes)
+        .server(server)
+        .policy(policy)
+        .exe(BATON);
     Lab::up(spec).expect("lab up (needs root, iproute2, the server binary)")
 }
 
@@ -27,7 +30,12 @@ fn target_on(path: &str, want: usize, nodes: usize) -> String {
     (0..10_000)
         .map(|k| format!("{path}?k={k}"))
         .find(|t| {
-            let best = (1..=nodes).max_by_key(|i| (baton_policy::rendezvous_score(&format!("n{i}"), t), format!("n{i}")));
+            let best = (1..=nodes).max_by_key(|i| {
+                (
+                    baton_policy::rendezvous_score(&format!("n{i}"), t),
+                    format!("n{i}"),
+                )
+            });
             best == Some(want)
         })
         .expect("some query string maps to the node")
@@ -43,17 +51,30 @@ fn curl_get(lab: &Lab, node: usize, target: &str) -> (String, String) {
         "curl -sS -m 30 -D /dev/stderr -o - '{}' | sha256sum",
         url(lab, node, target)
     );
-    let out = lab.exec("client", &["sh", "-c", &script]).expect("run curl in the client namespace");
-    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = lab
+        .exec("client", &["sh", "-c", &script])
+        .expect("run curl in the client namespace");
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let headers = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(headers.starts_with("HTTP/1.1 200"), "not a 200: {headers}");
     let served_by = headers
         .lines()
-        .find_map(|l| l.strip_prefix("x-served-by: ").or_else(|| l.strip_prefix("X-Served-By: ")))
+        .find_map(|l| {
+            l.strip_prefix("x-served-by: ")
+                .or_else(|| l.strip_prefix("X-Served-By: "))
+        })
         .unwrap_or("?")
         .trim()
         .to_string();
-    let sha = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_string();
+    let sha = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string();
     (served_by, sha)
 }
 
@@ -63,18 +84,31 @@ fn metric(lab: &Lab, node: usize, name: &str) -> f64 {
 }
 
 fn tx_bytes(lab: &Lab, node: usize) -> u64 {
-    let out = lab.exec(&format!("n{node}"), &["cat", "/sys/class/net/eth0/statistics/tx_bytes"]).unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().expect("tx_bytes")
+    let out = lab
+        .exec(
+            &format!("n{node}"),
+            &["cat", "/sys/class/net/eth0/statistics/tx_bytes"],
+        )
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("tx_bytes")
 }
 
 fn assert_tables_drain(lab: &Lab) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let entries: Vec<f64> = (1..=lab.nodes()).map(|i| metric(lab, i, "baton_conn_table_entries")).collect();
+        let entries: Vec<f64> = (1..=lab.nodes())
+            .map(|i| metric(lab, i, "baton_conn_table_entries"))
+            .collect();
         if entries.iter().all(|&e| e == 0.0) {
             return;
         }
-        assert!(Instant::now() < deadline, "conn tables not empty 15 s after the last close: {entries:?}");
+        assert!(
+            Instant::now() < deadline,
+            "conn tables not empty 15 s after the last close: {entries:?}"
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
 }
@@ -83,7 +117,9 @@ fn assert_tables_drain(lab: &Lab) {
 /// response (the request asks the server to close).
 fn split_head_request(lab: &Lab, node: usize, target: &str, pause: Duration) -> (String, Vec<u8>) {
     let addr = SocketAddr::new(lab.node_address(node).into(), 80);
-    let head = format!("GET {target} HTTP/1.1\r\nHost: baton\r\nUser-Agent: split\r\nConnection: close\r\n\r\n");
+    let head = format!(
+        "GET {target} HTTP/1.1\r\nHost: baton\r\nUser-Agent: split\r\nConnection: close\r\n\r\n"
+    );
     lab.in_client(move || {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
         s.set_nodelay(true).unwrap();
@@ -100,13 +136,24 @@ fn split_head_request(lab: &Lab, node: usize, target: &str, pause: Duration) -> 
 }
 
 fn split_response(response: &[u8]) -> (String, Vec<u8>) {
-    let end = response.windows(4).position(|w| w == b"\r\n\r\n").expect("response head") + 4;
-    (String::from_utf8_lossy(&response[..end]).to_string(), response[end..].to_vec())
+    let end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head")
+        + 4;
+    (
+        String::from_utf8_lossy(&response[..end]).to_string(),
+        response[end..].to_vec(),
+    )
 }
 
 fn served_by(head: &str) -> &str {
     head.lines()
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("x-served-by")).map(|(_, v)| v.trim()))
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("x-served-by"))
+                .map(|(_, v)| v.trim())
+        })
         .unwrap_or("?")
 }
 
@@ -115,7 +162,11 @@ fn handoff_suite(server: ServerKind, prefix: &str) {
     let lab = lab(prefix, 2, server, PolicyKind::Hash);
     for key in ["net.ipv4.tcp_timestamps", "net.ipv4.tcp_sack"] {
         let out = lab.exec("client", &["sysctl", "-n", key]).unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "{key} must stay at the kernel default");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "1",
+            "{key} must stay at the kernel default"
+        );
     }
 
     // Each size, handed from n1 to n2, and one served locally for comparison.
@@ -129,7 +180,10 @@ fn handoff_suite(server: ServerKind, prefix: &str) {
         assert_eq!(sha, want, "{remote}: body differs from the file");
         if path == "/f/10m" {
             let limit = 10_485_760 / 20;
-            assert!(tx_n1 < limit, "n1 sent {tx_n1} bytes during a 10 MB response served by n2 (limit {limit})");
+            assert!(
+                tx_n1 < limit,
+                "n1 sent {tx_n1} bytes during a 10 MB response served by n2 (limit {limit})"
+            );
         }
         let local = target_on(path, 1, 2);
         assert_eq!(curl_get(&lab, 1, &local), ("n1".to_string(), want.clone()));
@@ -145,7 +199,12 @@ fn handoff_suite(server: ServerKind, prefix: &str) {
             for path in [first.as_str(), "/f/100k", "/index.html", "/f/1k", "/f/100k"] {
                 let r = c.get(path).expect("keep-alive request");
                 let base = path.split('?').next().unwrap().to_string();
-                results.push((r.status, r.served_by().map(str::to_string), base, sha256_hex(&r.body)));
+                results.push((
+                    r.status,
+                    r.served_by().map(str::to_string),
+                    base,
+                    sha256_hex(&r.body),
+                ));
             }
             (c.connects(), results)
         })
@@ -153,19 +212,32 @@ fn handoff_suite(server: ServerKind, prefix: &str) {
     assert_eq!(connects, 1, "keep-alive requests must share one connection");
     for (status, by, path, sha) in results {
         assert_eq!(status, 200);
-        assert_eq!(by.as_deref(), Some("n2"), "{path} on the handed-off connection");
+        assert_eq!(
+            by.as_deref(),
+            Some("n2"),
+            "{path} on the handed-off connection"
+        );
         assert_eq!(sha, expected_sha256(&path).unwrap(), "{path}");
     }
 
     // A request head split across segments.
-    let (head, body) = split_head_request(&lab, 1, &target_on("/f/100k", 2, 2), Duration::from_millis(20));
+    let (head, body) = split_head_request(
+        &lab,
+        1,
+        &target_on("/f/100k", 2, 2),
+        Duration::from_millis(20),
+    );
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(served_by(&head), "n2");
     assert_eq!(sha256_hex(&body), expected_sha256("/f/100k").unwrap());
 
     assert!(metric(&lab, 1, "baton_handoffs_out_total") >= 5.0);
     assert!(metric(&lab, 2, "baton_handoffs_in_total") >= 5.0);
-    assert_eq!(metric(&lab, 1, "baton_handoff_fallbacks_total"), 0.0, "no request should have fallen back");
+    assert_eq!(
+        metric(&lab, 1, "baton_handoff_fallbacks_total"),
+        0.0,
+        "no request should have fallen back"
+    );
     assert_tables_drain(&lab);
 }
 
@@ -187,10 +259,21 @@ fn request_bodies_arrive_whole() {
     let addr = SocketAddr::new(lab.node_address(1).into(), 80);
     let target = target_on("/echo", 2, 2);
     let sent = body.clone();
-    let r = lab.in_client(move || HttpClient::connect(addr).unwrap().post(&target, &sent).unwrap()).unwrap();
+    let r = lab
+        .in_client(move || {
+            HttpClient::connect(addr)
+                .unwrap()
+                .post(&target, &sent)
+                .unwrap()
+        })
+        .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.served_by(), Some("n2"));
-    assert!(r.body == body, "echoed body differs ({} bytes back)", r.body.len());
+    assert!(
+        r.body == body,
+        "echoed body differs ({} bytes back)",
+        r.body.len()
+    );
     drop(lab);
 
     let lab = lab_nginx_put();
@@ -201,18 +284,34 @@ fn lab_nginx_put() -> Lab {
     let lab = lab("pn", 2, ServerKind::Nginx, PolicyKind::Hash);
     let body: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
     let target = target_on("/upload/blob", 2, 2);
-    let (n1, n2) = (SocketAddr::new(lab.node_address(1).into(), 80), SocketAddr::new(lab.node_address(2).into(), 80));
+    let (n1, n2) = (
+        SocketAddr::new(lab.node_address(1).into(), 80),
+        SocketAddr::new(lab.node_address(2).into(), 80),
+    );
     let sent = body.clone();
     let (put, back) = lab
         .in_client(move || {
-            let put = HttpClient::connect(n1).unwrap().put(&target, &sent).unwrap();
-            let back = HttpClient::connect(n2).unwrap().get("/upload/blob").unwrap();
+            let put = HttpClient::connect(n1)
+                .unwrap()
+                .put(&target, &sent)
+                .unwrap();
+            let back = HttpClient::connect(n2)
+                .unwrap()
+                .get("/upload/blob")
+                .unwrap();
             (put, back)
         })
         .unwrap();
-    assert!(put.status == 201 || put.status == 204, "PUT status {}", put.status);
+    assert!(
+        put.status == 201 || put.status == 204,
+        "PUT status {}",
+        put.status
+    );
     assert_eq!(put.served_by(), Some("n2"));
-    assert!(back.body == body, "the body n2 stored differs from the one sent to n1");
+    assert!(
+        back.body == body,
+        "the body n2 stored differs from the one sent to n1"
+    );
     lab
 }
 
@@ -222,23 +321,37 @@ fn wrk_round_robin_on_every_node_has_no_errors() {
     let runs: Vec<_> = (1..=3)
         .map(|i| {
             let url = url(&lab, i, "/f/1k");
-            baton_lab::lab::exec_command(lab.name(), "client", &["wrk", "-t1", "-c8", "-d10s", url.as_str()])
-                .unwrap()
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("spawn wrk (is it installed?)")
+            baton_lab::lab::exec_command(
+                lab.name(),
+                "client",
+                &["wrk", "-t1", "-c8", "-d10s", url.as_str()],
+            )
+            .unwrap()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn wrk (is it installed?)")
         })
         .collect();
     for (i, run) in runs.into_iter().enumerate() {
         let out = run.wait_with_output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "wrk against n{}: {text}", i + 1);
-        assert!(!text.contains("Non-2xx"), "wrk against n{} saw non-2xx responses:\n{text}", i + 1);
-        assert!(!text.contains("Socket errors"), "wrk against n{} saw socket errors:\n{text}", i + 1);
+        assert!(
+            !text.contains("Non-2xx"),
+            "wrk against n{} saw non-2xx responses:\n{text}",
+            i + 1
+        );
+        assert!(
+            !text.contains("Socket errors"),
+            "wrk against n{} saw socket errors:\n{text}",
+            i + 1
+        );
         assert!(text.contains("requests in"), "{text}");
     }
-    let handed: f64 = (1..=3).map(|i| metric(&lab, i, "baton_handoffs_out_total")).sum();
+    let handed: f64 = (1..=3)
+        .map(|i| metric(&lab, i, "baton_handoffs_out_total"))
+        .sum();
     assert!(handed > 0.0, "round-robin must hand connections off");
     assert_tables_drain(&lab);
 }
@@ -249,7 +362,12 @@ fn what_cannot_be_distributed_is_served_locally() {
     let n1 = SocketAddr::new(lab.node_address(1).into(), 80);
 
     // A head that trickles in slower than the hold limit: n1 serves it after all.
-    let (head, body) = split_head_request(&lab, 1, &target_on("/f/1k", 2, 2), Duration::from_millis(600));
+    let (head, body) = split_head_request(
+        &lab,
+        1,
+        &target_on("/f/1k", 2, 2),
+        Duration::from_millis(600),
+    );
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(served_by(&head), "n1");
     assert_eq!(sha256_hex(&body), expected_sha256("/f/1k").unwrap());
@@ -266,15 +384,25 @@ fn what_cannot_be_distributed_is_served_locally() {
             r
         })
         .unwrap();
-    assert!(reply.starts_with(b"HTTP/1.1 400"), "{}", String::from_utf8_lossy(&reply));
+    assert!(
+        reply.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
 
     // Options that differ between the nodes: n2 refuses, n1 serves.
-    let off = lab.exec("n2", &["sysctl", "-qw", "net.ipv4.tcp_window_scaling=0"]).unwrap();
+    let off = lab
+        .exec("n2", &["sysctl", "-qw", "net.ipv4.tcp_window_scaling=0"])
+        .unwrap();
     assert!(off.status.success());
     let (by, sha) = curl_get(&lab, 1, &target_on("/f/100k", 2, 2));
-    assert_eq!((by.as_str(), sha), ("n1", expected_sha256("/f/100k").unwrap()));
+    assert_eq!(
+        (by.as_str(), sha),
+        ("n1", expected_sha256("/f/100k").unwrap())
+    );
     assert!(metric(&lab, 2, "baton_handoffs_refused_total") >= 1.0);
-    lab.exec("n2", &["sysctl", "-qw", "net.ipv4.tcp_window_scaling=1"]).unwrap();
+    lab.exec("n2", &["sysctl", "-qw", "net.ipv4.tcp_window_scaling=1"])
+        .unwrap();
 
     // Tuple collision at the BE: the client talks to n2 directly from the port it now uses
     // toward n1, for a target n1 hands to n2. n2's TCP answers the replayed SYN as a duplicate:
@@ -297,12 +425,18 @@ fn what_cannot_be_distributed_is_served_locally() {
             (first, collided, again)
         })
         .unwrap();
-    for (what, (head, body), by) in
-        [("direct", results.0, "n2"), ("colliding", results.1, "n1"), ("direct again", results.2, "n2")]
-    {
+    for (what, (head, body), by) in [
+        ("direct", results.0, "n2"),
+        ("colliding", results.1, "n1"),
+        ("direct again", results.2, "n2"),
+    ] {
         assert!(head.starts_with("HTTP/1.1 200"), "{what}: {head}");
         assert_eq!(served_by(&head), by, "{what}");
-        assert_eq!(sha256_hex(&body), expected_sha256("/f/1k").unwrap(), "{what}");
+        assert_eq!(
+            sha256_hex(&body),
+            expected_sha256("/f/1k").unwrap(),
+            "{what}"
+        );
     }
     assert!(metric(&lab, 2, "baton_handoffs_refused_total") >= 2.0);
 
@@ -315,14 +449,21 @@ fn what_cannot_be_distributed_is_served_locally() {
             direct.connect(&n2.into()).unwrap();
             let mut direct: TcpStream = direct.into();
             let (head, _) = exchange(&mut direct, &on_n1);
-            assert_eq!(served_by(&head), "n1", "the direct connection is handed to n1");
+            assert_eq!(
+                served_by(&head),
+                "n1",
+                "the direct connection is handed to n1"
+            );
             let early = bound_socket(Some(port));
-            let refused = early.connect_timeout(&n1.into(), Duration::from_millis(1500)).is_err();
+            let refused = early
+                .connect_timeout(&n1.into(), Duration::from_millis(1500))
+                .is_err();
             drop(early);
             drop(direct);
             std::thread::sleep(Duration::from_secs(4)); // close linger + GC
             let late = bound_socket(Some(port));
-            late.connect_timeout(&n1.into(), Duration::from_secs(5)).expect("the port is free again");
+            late.connect_timeout(&n1.into(), Duration::from_secs(5))
+                .expect("the port is free again");
             let mut late: TcpStream = late.into();
             (refused, exchange(&mut late, &on_n1))
         })
@@ -336,7 +477,9 @@ fn what_cannot_be_distributed_is_served_locally() {
     lab.in_client(move || {
         let s = TcpStream::connect_timeout(&n1, Duration::from_secs(5)).unwrap();
         (&s).write_all(b"GET /f/1k HTTP/1.1\r\nHo").unwrap();
-        socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
         drop(s);
     })
     .unwrap();
@@ -370,7 +513,8 @@ fn bound_socket(port: Option<u16>) -> socket2::Socket {
 /// One keep-alive request on a raw connection; reads exactly the response (Content-Length).
 fn exchange(s: &mut TcpStream, target: &str) -> (String, Vec<u8>) {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: baton\r\n\r\n").as_bytes()).unwrap();
+    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: baton\r\n\r\n").as_bytes())
+        .unwrap();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 65536];
     loop {
@@ -381,7 +525,10 @@ fn exchange(s: &mut TcpStream, target: &str) -> (String, Vec<u8>) {
             let head = String::from_utf8_lossy(&buf[..end + 4]).to_string();
             let len: usize = head
                 .lines()
-                .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
+                .find_map(|l| {
+                    l.split_once(':')
+                        .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                })
                 .map(|(_, v)| v.trim().parse().unwrap())
                 .unwrap_or(0);
             if buf.len() >= end + 4 + len {
@@ -393,10 +540,26 @@ fn exchange(s: &mut TcpStream, target: &str) -> (String, Vec<u8>) {
 
 #[test]
 fn demo_runs_and_reports() {
-    let out = std::process::Command::new(BATON).args(["lab", "demo"]).output().expect("run baton lab demo");
+    let out = std::process::Command::new(BATON)
+        .args(["lab", "demo"])
+        .output()
+        .expect("run baton lab demo");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    for word in ["accepted", "local", "handed out", "handed in", "client bytes", "n1", "n2", "n3"] {
+    assert!(
+        out.status.success(),
+        "demo failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for word in [
+        "accepted",
+        "local",
+        "handed out",
+        "handed in",
+        "client bytes",
+        "n1",
+        "n2",
+        "n3",
+    ] {
         assert!(text.contains(word), "demo report lacks {word:?}:\n{text}");
     }
 }

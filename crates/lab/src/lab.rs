@@ -686,6 +686,55 @@ impl Lab {
         })?
     }
 
+    /// Stops node `i`'s agent (SIGTERM, up to 5 s, then SIGKILL) and waits for it to exit: the
+    /// node's datapath goes with it, and its peers see it go down.
+    pub fn stop_agent(&mut self, i: usize) -> Result<(), LabError> {
+        let Some(k) = self
+            .daemons
+            .iter()
+            .position(|d| d.node == i && d.role == Role::Agent)
+        else {
+            return Ok(());
+        };
+        let mut daemon = self.daemons.remove(k);
+        let pid = nix::unistd::Pid::from_raw(daemon.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match daemon.child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() >= deadline => {
+                    let _ = daemon.child.kill();
+                    let _ = daemon.child.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(POLL),
+            }
+        }
+        let _ = std::fs::remove_file(self.node_dir(i).join("agent.pid"));
+        Ok(())
+    }
+
+    /// Restarts every agent with `policy` and waits until they are ready again: the same lab,
+    /// servers and addresses under another policy (benchmarks compare policies this way).
+    pub fn restart_agents(&mut self, policy: PolicyKind) -> Result<(), LabError> {
+        if !self.spec.agents {
+            return Ok(());
+        }
+        for i in 1..=self.spec.nodes {
+            self.stop_agent(i)?;
+        }
+        self.spec.policy = policy;
+        self.write_info()?;
+        let exe = self.spec.resolve_exe()?;
+        for i in 1..=self.spec.nodes {
+            self.start_agent(i, &exe)?;
+        }
+        let deadline = Instant::now() + READY_TIMEOUT;
+        self.wait_ready(Role::Agent, deadline, false)?;
+        self.wait_ready(Role::Server, deadline, true)
+    }
+
     /// Tears the lab down: stops its processes, deletes its namespaces and its state directory.
     /// Idempotent.
     pub fn down(&mut self) -> Result<(), LabError> {
