@@ -133,15 +133,10 @@ impl Default for Limits {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[derive(Default)]
 pub struct MetricsSection {
     /// Where the Prometheus text endpoint (`/metrics`) listens; `None` disables it.
     pub listen: Option<SocketAddr>,
-}
-
-impl Default for MetricsSection {
-    fn default() -> Self {
-        MetricsSection { listen: None }
-    }
 }
 
 fn default_service_ports() -> Vec<u16> {

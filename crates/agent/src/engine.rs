@@ -380,10 +380,10 @@ impl Engine {
             if !new_connection {
                 let mut packet = event.packet;
                 fill_checksums(&mut packet);
-                if let Released::Remote(be) = released {
-                    if rewrite_dst_addr(&mut packet, *be).is_err() {
-                        return;
-                    }
+                if let Released::Remote(be) = released
+                    && rewrite_dst_addr(&mut packet, *be).is_err()
+                {
+                    return;
                 }
                 self.send(&packet);
                 return;
@@ -400,11 +400,11 @@ impl Engine {
         fill_checksums(&mut event.packet);
         if segment.flags.contains(TcpFlags::RST) {
             // The datapath already forgot the entry and let the RST end our half-open side.
-            if let Some(held) = self.held.remove(&key) {
-                if let Some(a) = held.awaiting {
-                    self.pending.remove(&a.id);
-                    self.mesh.send(a.peer, Message::HandoffAbort { id: a.id });
-                }
+            if let Some(held) = self.held.remove(&key)
+                && let Some(a) = held.awaiting
+            {
+                self.pending.remove(&a.id);
+                self.mesh.send(a.peer, Message::HandoffAbort { id: a.id });
             }
             return;
         }
@@ -830,15 +830,14 @@ impl Engine {
         {
             let _ = self.conns.remove(&key);
         }
-        if let Some(slot) = self.inbound_by_key.get(&key).copied() {
-            if self
+        if let Some(slot) = self.inbound_by_key.get(&key).copied()
+            && self
                 .inbound
                 .get(&slot)
                 .is_some_and(|i| i.client_isn == client_isn)
-            {
-                self.inbound_by_key.remove(&key);
-                self.inbound.remove(&slot);
-            }
+        {
+            self.inbound_by_key.remove(&key);
+            self.inbound.remove(&slot);
         }
         self.outbound.retain(|_, c| *c != conn);
     }
@@ -890,10 +889,10 @@ impl Engine {
             }
         }
         for (key, conn) in doomed {
-            if conn.role() == Some(ConnRole::Be) {
-                if let Some(slot) = self.inbound_by_key.get(&key).copied() {
-                    self.mesh.send(slot.0, Message::ConnClosed { id: slot.1 });
-                }
+            if conn.role() == Some(ConnRole::Be)
+                && let Some(slot) = self.inbound_by_key.get(&key).copied()
+            {
+                self.mesh.send(slot.0, Message::ConnClosed { id: slot.1 });
             }
             self.forget(ConnId {
                 key,
@@ -1004,7 +1003,7 @@ fn replay_segments(held: &Held, dst: Ipv4Addr, mtu: usize) -> Vec<Vec<u8>> {
                 TcpFlags::empty()
             };
         if fin && end == data.len() {
-            seg.flags = seg.flags | TcpFlags::FIN;
+            seg.flags |= TcpFlags::FIN;
         }
         seg.payload = data[offset..end].to_vec();
         if let Ok(packet) = seg.try_build() {

@@ -38,11 +38,11 @@ use crate::metrics::{DatapathCounters, Metrics, MetricsError};
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("datapath: {0}")]
-    Datapath(#[from] DatapathError),
+    Datapath(Box<DatapathError>),
     #[error("attaching to interface {interface}: {source}")]
     Attach {
         interface: String,
-        source: DatapathError,
+        source: Box<DatapathError>,
     },
     #[error(transparent)]
     Inject(#[from] InjectError),
@@ -58,6 +58,12 @@ pub enum AgentError {
     Signal(std::io::Error),
     #[error("{0} service ports configured; the datapath takes at most {max}", max = baton_bpf::SERVICE_PORTS_MAX)]
     TooManyPorts(usize),
+}
+
+impl From<DatapathError> for AgentError {
+    fn from(e: DatapathError) -> Self {
+        AgentError::Datapath(Box::new(e))
+    }
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -162,7 +168,7 @@ pub async fn run(
         .attach(&config.node.interface)
         .map_err(|source| AgentError::Attach {
             interface: config.node.interface.clone(),
-            source,
+            source: Box::new(source),
         })?;
     tracing::info!(node = %config.node.name, interface = %config.node.interface, policy = %config.policy.kind, "baton node running");
 

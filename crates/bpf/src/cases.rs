@@ -694,16 +694,16 @@ pub fn check(case: &Case, outcome: &Outcome) -> Result<(), String> {
             outcome.output, case.output
         ));
     }
-    if let Some(ip) = outcome.output.get(14..) {
-        if let Ok(p) = Ipv4Packet::new_checked(ip) {
-            if !p.verify_checksum() {
-                problems.push("output IPv4 checksum invalid".into());
-            }
-            if let Ok(t) = TcpSegment::new_checked(p.payload()) {
-                if !t.verify_checksum(p.src_addr(), p.dst_addr()) {
-                    problems.push("output TCP checksum invalid".into());
-                }
-            }
+    if let Some(ip) = outcome.output.get(14..)
+        && let Ok(p) = Ipv4Packet::new_checked(ip)
+    {
+        if !p.verify_checksum() {
+            problems.push("output IPv4 checksum invalid".into());
+        }
+        if let Ok(t) = TcpSegment::new_checked(p.payload())
+            && !t.verify_checksum(p.src_addr(), p.dst_addr())
+        {
+            problems.push("output TCP checksum invalid".into());
         }
     }
     if let Err(e) = (case.entry_after)(outcome.entry_after.as_ref()) {

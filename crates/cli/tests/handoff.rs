@@ -563,3 +563,90 @@ fn demo_runs_and_reports() {
         assert!(text.contains(word), "demo report lacks {word:?}:\n{text}");
     }
 }
+
+#[test]
+fn peers_that_are_down_are_never_chosen_and_come_back() {
+    let mut lab = lab("pd", 2, ServerKind::Static, PolicyKind::Hash);
+    let remote = target_on("/f/1k", 2, 2);
+    assert_eq!(curl_get(&lab, 1, &remote).0, "n2");
+
+    lab.stop_agent(2).expect("stop n2's agent");
+    wait_for(
+        || metric(&lab, 1, "baton_mesh_peers_up") == 0.0,
+        "n1 to see n2 down",
+    );
+    let start = Instant::now();
+    let (by, sha) = curl_get(&lab, 1, &remote);
+    assert_eq!(
+        (by.as_str(), sha.as_str()),
+        ("n1", expected_sha256("/f/1k").unwrap().as_str())
+    );
+    assert!(
+        start.elapsed() < Duration::from_millis(900),
+        "a down peer must not cost a handoff timeout"
+    );
+
+    lab.restart_agents(PolicyKind::Hash)
+        .expect("restart the agents");
+    assert_eq!(
+        curl_get(&lab, 1, &remote).0,
+        "n2",
+        "handoffs resume once the peer is back"
+    );
+}
+
+#[test]
+fn odd_clients_are_served() {
+    let lab = lab("oc", 2, ServerKind::Static, PolicyKind::Hash);
+    let n1 = SocketAddr::new(lab.node_address(1).into(), 80);
+
+    // HTTP/1.0 client that half-closes right after its request: the FIN is held with the head
+    // and handed over with it.
+    let target = target_on("/f/100k", 2, 2);
+    let (head, body) = lab
+        .in_client(move || {
+            let mut s = TcpStream::connect_timeout(&n1, Duration::from_secs(5)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(format!("GET {target} HTTP/1.0\r\n\r\n").as_bytes())
+                .unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut r = Vec::new();
+            s.read_to_end(&mut r).unwrap();
+            split_response(&r)
+        })
+        .unwrap();
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    assert_eq!(served_by(&head), "n2");
+    assert_eq!(sha256_hex(&body), expected_sha256("/f/100k").unwrap());
+
+    // A head over the hold limit (8 KiB): served locally, whole.
+    let target = target_on("/f/1k", 2, 2);
+    let (head, body) = lab
+        .in_client(move || {
+            let mut s = TcpStream::connect_timeout(&n1, Duration::from_secs(5)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let cookie = "c".repeat(12_000);
+            let req = format!("GET {target} HTTP/1.1\r\nHost: baton\r\nCookie: big={cookie}\r\nConnection: close\r\n\r\n");
+            s.write_all(req.as_bytes()).unwrap();
+            let mut r = Vec::new();
+            s.read_to_end(&mut r).unwrap();
+            split_response(&r)
+        })
+        .unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(served_by(&head), "n1");
+    assert_eq!(sha256_hex(&body), expected_sha256("/f/1k").unwrap());
+    assert!(metric(&lab, 1, "baton_handoff_fallbacks_total") >= 1.0);
+    assert_tables_drain(&lab);
+}
+
+fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

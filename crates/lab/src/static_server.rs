@@ -226,6 +226,8 @@ pub async fn serve(
                     let conn = hyper::server::conn::http1::Builder::new()
                         .timer(TokioTimer::new())
                         .keep_alive(true)
+                        // A client may half-close after its request (HTTP/1.0 style); answer it.
+                        .half_close(true)
                         .serve_connection(TokioIo::new(stream), service);
                     tokio::pin!(conn);
                     tokio::select! {
