@@ -26,7 +26,7 @@ use baton_bpf::datapath::ConnTable;
 use baton_bpf::{Conn, ConnKey, ConnRole, ConnState, Event, EventKind, conn_flags};
 use baton_http::{Limits as HeadLimits, Sniff};
 use baton_policy::{ClusterView, NodeState, Policy, RequestInfo};
-use baton_proto::{Message, RefuseReason};
+use baton_proto::{HandoffRequest, Message, RefuseReason};
 use baton_wire::{
     SynOptions, TcpFlags, TcpPacketBuilder, Translation, parse_options, rewrite_dst_addr,
     translate_to_server,
@@ -246,26 +246,8 @@ impl Engine {
     fn on_message(&mut self, peer: usize, message: Message) {
         match message {
             Message::Heartbeat { load, .. } => self.peers[peer].load = load,
-            Message::HandoffRequest {
-                id,
-                client,
-                fe_service,
-                fe_isn,
-                fe_tsval,
-                fe_synack_options,
-                syn,
-                ack,
-            } => {
-                let request = HandoffRequest {
-                    id,
-                    client,
-                    fe_service,
-                    fe_isn,
-                    fe_tsval,
-                    fe_synack_options,
-                    syn,
-                    ack,
-                };
+            Message::HandoffRequest(request) => {
+                let id = request.id;
                 if let Err(reason) = self.on_handoff_request(peer, request) {
                     self.metrics
                         .refused
@@ -507,7 +489,7 @@ impl Engine {
             return self.release_local(key, "internal");
         };
         let id = request.id;
-        if !self.mesh.send(choice, request.into_message()) {
+        if !self.mesh.send(choice, Message::HandoffRequest(request)) {
             return self.release_local(key, "peer_down");
         }
         let timeout = Duration::from_millis(self.config.limits.handoff_timeout_ms);
@@ -901,32 +883,6 @@ impl Engine {
             count -= 1;
         }
         self.metrics.conn_entries.set(count);
-    }
-}
-
-struct HandoffRequest {
-    id: u64,
-    client: SocketAddrV4,
-    fe_service: SocketAddrV4,
-    fe_isn: u32,
-    fe_tsval: u32,
-    fe_synack_options: Vec<u8>,
-    syn: Vec<u8>,
-    ack: Vec<u8>,
-}
-
-impl HandoffRequest {
-    fn into_message(self) -> Message {
-        Message::HandoffRequest {
-            id: self.id,
-            client: self.client,
-            fe_service: self.fe_service,
-            fe_isn: self.fe_isn,
-            fe_tsval: self.fe_tsval,
-            fe_synack_options: self.fe_synack_options,
-            syn: self.syn,
-            ack: self.ack,
-        }
     }
 }
 

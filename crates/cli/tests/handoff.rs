@@ -643,6 +643,20 @@ fn odd_clients_are_served() {
     assert_tables_drain(&lab);
 }
 
+/// Programs attached (TCX) to node `i`'s eth0: (ingress, egress).
+fn attached_programs(lab: &Lab, i: usize) -> (usize, usize) {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    lab.in_node(i, || {
+        let count = |kind| {
+            SchedClassifier::query_tcx("eth0", kind)
+                .map(|(_, p)| p.len())
+                .expect("query TCX on eth0")
+        };
+        (count(TcAttachType::Ingress), count(TcAttachType::Egress))
+    })
+    .unwrap()
+}
+
 fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !condition() {

@@ -72,26 +72,30 @@ impl TryFrom<u8> for RefuseReason {
     }
 }
 
+/// FE -> BE: take over this client connection (what the BE needs to replay its handshake).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandoffRequest {
+    pub id: u64,
+    pub client: SocketAddrV4,
+    pub fe_service: SocketAddrV4,
+    /// The FE's initial sequence number.
+    pub fe_isn: u32,
+    /// The TSval of the FE's SYN-ACK that the client acknowledged (0 without timestamps): the BE's
+    /// clock is translated so that it continues from this value.
+    pub fe_tsval: u32,
+    /// Raw TCP options of the FE's SYN-ACK (at most 40 bytes).
+    pub fe_synack_options: Vec<u8>,
+    /// The client's SYN, a whole IPv4 packet (opaque here).
+    pub syn: Vec<u8>,
+    /// The client's ACK, a whole IPv4 packet (opaque here).
+    pub ack: Vec<u8>,
+}
+
 /// A message between node agents, after the handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// FE -> BE: take over this client connection.
-    HandoffRequest {
-        id: u64,
-        client: SocketAddrV4,
-        fe_service: SocketAddrV4,
-        /// The FE's initial sequence number.
-        fe_isn: u32,
-        /// The TSval of the FE's SYN-ACK that the client acknowledged (0 without timestamps): the BE's
-        /// clock is translated so that it continues from this value.
-        fe_tsval: u32,
-        /// Raw TCP options of the FE's SYN-ACK (at most 40 bytes).
-        fe_synack_options: Vec<u8>,
-        /// The client's SYN, a whole IPv4 packet (opaque here).
-        syn: Vec<u8>,
-        /// The client's ACK, a whole IPv4 packet (opaque here).
-        ack: Vec<u8>,
-    },
+    HandoffRequest(HandoffRequest),
     /// BE -> FE: the connection now lives at the BE.
     HandoffAccepted { id: u64 },
     /// BE -> FE: the BE will not take the connection; the FE serves it locally.
@@ -108,7 +112,7 @@ impl Message {
     /// The frame kind code of this message.
     pub fn kind(&self) -> u8 {
         match self {
-            Message::HandoffRequest { .. } => kind::HANDOFF_REQUEST,
+            Message::HandoffRequest(_) => kind::HANDOFF_REQUEST,
             Message::HandoffAccepted { .. } => kind::HANDOFF_ACCEPTED,
             Message::HandoffRefused { .. } => kind::HANDOFF_REFUSED,
             Message::HandoffAbort { .. } => kind::HANDOFF_ABORT,
@@ -121,7 +125,7 @@ impl Message {
     pub fn encode_payload(&self) -> Result<Vec<u8>, ProtoError> {
         let mut out = Vec::new();
         match self {
-            Message::HandoffRequest {
+            Message::HandoffRequest(HandoffRequest {
                 id,
                 client,
                 fe_service,
@@ -130,7 +134,7 @@ impl Message {
                 fe_synack_options,
                 syn,
                 ack,
-            } => {
+            }) => {
                 let options_len: u8 =
                     checked_len("fe_synack_options", fe_synack_options, MAX_TCP_OPTIONS_LEN)?;
                 let syn_len: u16 = checked_len("syn", syn, MAX_PACKET_LEN)?;
@@ -183,7 +187,7 @@ impl Message {
                 let syn = reader.bytes(syn_len)?.to_vec();
                 let ack_len = usize::from(reader.u16()?);
                 let ack = reader.bytes(ack_len)?.to_vec();
-                Message::HandoffRequest {
+                Message::HandoffRequest(HandoffRequest {
                     id,
                     client,
                     fe_service,
@@ -192,7 +196,7 @@ impl Message {
                     fe_synack_options,
                     syn,
                     ack,
-                }
+                })
             }
             kind::HANDOFF_ACCEPTED => Message::HandoffAccepted { id: reader.u64()? },
             kind::HANDOFF_REFUSED => Message::HandoffRefused {

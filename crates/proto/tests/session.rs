@@ -4,8 +4,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use baton_proto::frame::{self, HEADER_LEN, MAX_PAYLOAD_LEN, TAG_LEN};
 use baton_proto::{
-    Event, MAX_NODE_NAME_LEN, MAX_TCP_OPTIONS_LEN, Message, Nonce, ProtoError, RefuseReason,
-    Session,
+    Event, HandoffRequest, MAX_NODE_NAME_LEN, MAX_TCP_OPTIONS_LEN, Message, Nonce, ProtoError,
+    RefuseReason, Session,
 };
 use proptest::prelude::*;
 
@@ -38,7 +38,7 @@ fn pair() -> (Session, Session) {
 
 fn sample_messages() -> Vec<Message> {
     let mut messages = vec![
-        Message::HandoffRequest {
+        Message::HandoffRequest(HandoffRequest {
             id: 7,
             client: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 40000),
             fe_service: SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 1), 80),
@@ -49,7 +49,7 @@ fn sample_messages() -> Vec<Message> {
             ],
             syn: vec![0x45; 60],
             ack: vec![0x45; 52],
-        },
+        }),
         Message::HandoffAccepted { id: 7 },
         Message::HandoffAbort { id: u64::MAX },
         Message::ConnClosed { id: 0 },
@@ -79,7 +79,7 @@ fn message_strategy() -> impl Strategy<Value = Message> {
         )
             .prop_map(
                 |(id, client, fe_service, fe_isn, fe_tsval, fe_synack_options, syn, ack)| {
-                    Message::HandoffRequest {
+                    Message::HandoffRequest(HandoffRequest {
                         id,
                         client,
                         fe_service,
@@ -88,7 +88,7 @@ fn message_strategy() -> impl Strategy<Value = Message> {
                         fe_synack_options,
                         syn,
                         ack,
-                    }
+                    })
                 }
             ),
         any::<u64>().prop_map(|id| Message::HandoffAccepted { id }),
@@ -350,9 +350,9 @@ fn bad_configuration_is_a_typed_error() {
 fn oversized_fields_are_refused_without_advancing_the_counter() {
     let (mut dialer, mut acceptor) = pair();
     let mut request = sample_messages().remove(0);
-    if let Message::HandoffRequest {
+    if let Message::HandoffRequest(HandoffRequest {
         fe_synack_options, ..
-    } = &mut request
+    }) = &mut request
     {
         *fe_synack_options = vec![1; MAX_TCP_OPTIONS_LEN + 1];
     }
@@ -364,11 +364,11 @@ fn oversized_fields_are_refused_without_advancing_the_counter() {
             max: 40
         })
     ));
-    if let Message::HandoffRequest {
+    if let Message::HandoffRequest(HandoffRequest {
         fe_synack_options,
         syn,
         ..
-    } = &mut request
+    }) = &mut request
     {
         fe_synack_options.clear();
         *syn = vec![0; usize::from(u16::MAX) + 1];
@@ -389,12 +389,12 @@ fn oversized_fields_are_refused_without_advancing_the_counter() {
 fn largest_packets_fit_in_one_frame() {
     let (mut dialer, mut acceptor) = pair();
     let mut request = sample_messages().remove(0);
-    if let Message::HandoffRequest {
+    if let Message::HandoffRequest(HandoffRequest {
         syn,
         ack,
         fe_synack_options,
         ..
-    } = &mut request
+    }) = &mut request
     {
         *syn = vec![0x45; usize::from(u16::MAX)];
         *ack = vec![0x45; usize::from(u16::MAX)];
