@@ -37,9 +37,12 @@ use crate::hold::StreamAssembler;
 use crate::inject::Injector;
 use crate::mesh::{MeshEvent, MeshSender};
 use crate::metrics::{Metrics, Reason};
+use crate::sockdiag::{self, SockDiag};
 
 /// BPF_NOEXIST for map updates: fail if the key exists.
 const NOEXIST: u64 = 1;
+/// BPF_EXIST for map updates: fail if the key is gone.
+const EXIST: u64 = 2;
 /// How much of a held connection's stream the FE keeps (bytes beyond are retransmitted by the client).
 const STREAM_CAPACITY: usize = 64 * 1024;
 /// Largest payload of one replayed packet into the local stack (the loopback MTU is 64 KiB).
@@ -48,6 +51,10 @@ const LOCAL_CHUNK: usize = 32 * 1024;
 const WIRE_MTU: usize = 1500;
 /// How long late held packets keep following a released connection.
 const RELEASED_MEMORY: Duration = Duration::from_secs(5);
+/// How long the BE waits for its TCP to establish a replayed handshake.
+const CONFIRM_WAIT: Duration = Duration::from_millis(200);
+/// A BE connection idle this long is checked against the local TCP (is it still there?).
+const BE_LIVENESS_CHECK_NS: u64 = 5_000_000_000;
 /// An FE entry whose handshake never completed (SYN flood, lost ACK) goes after this.
 const SYN_ENTRY_TTL_NS: u64 = 10_000_000_000;
 
@@ -113,8 +120,17 @@ struct Inbound {
     fe_tsval: u32,
     fe_options: SynOptions,
     ack: Vec<u8>,
-    /// Some while waiting for the local server's SYN-ACK.
-    synack_deadline: Option<Instant>,
+    phase: InboundPhase,
+}
+
+enum InboundPhase {
+    /// The SYN is replayed; the local server's SYN-ACK is awaited.
+    AwaitingSynAck { deadline: Instant },
+    /// The ACK is replayed; the local TCP must report the connection established before the FE
+    /// is told to commit (a failed replay then ends in a refusal, not in a lost request).
+    Confirming { deadline: Instant },
+    /// The FE was told; the datapath translates.
+    Accepted,
 }
 
 pub struct Engine {
@@ -123,6 +139,7 @@ pub struct Engine {
     my_addr: Ipv4Addr,
     conns: ConnTable,
     inject: Injector,
+    diag: SockDiag,
     policy: Box<dyn Policy>,
     peers: Vec<Peer>,
     mesh: MeshSender,
@@ -133,7 +150,7 @@ pub struct Engine {
     released: HashMap<ConnKey, (Released, u32, Instant)>,
     /// FE: handoff id -> (connection, BE) for connections handed out, until closed.
     pending: HashMap<u64, ConnKey>,
-    outbound: HashMap<u64, ConnId>,
+    outbound: HashMap<u64, (usize, ConnId)>,
     /// BE: (peer, id) -> connection handed in.
     inbound: HashMap<(usize, u64), Inbound>,
     inbound_by_key: HashMap<ConnKey, (usize, u64)>,
@@ -148,6 +165,7 @@ impl Engine {
         config: NodeConfig,
         conns: ConnTable,
         inject: Injector,
+        diag: SockDiag,
         mesh: MeshSender,
         load: Arc<AtomicU32>,
         metrics: Metrics,
@@ -176,6 +194,7 @@ impl Engine {
             config,
             conns,
             inject,
+            diag,
             peers,
             mesh,
             load,
@@ -258,7 +277,9 @@ impl Engine {
             }
             Message::HandoffAccepted { id } => self.on_accepted(peer, id),
             Message::HandoffRefused { id, reason } => {
-                if let Some(key) = self.pending.remove(&id) {
+                if self.awaiting_peer(id) == Some(peer)
+                    && let Some(key) = self.pending.remove(&id)
+                {
                     self.release_local(key, &format!("refused_{}", refuse_label(reason)));
                 }
             }
@@ -270,7 +291,9 @@ impl Engine {
                 }
             }
             Message::ConnClosed { id } => {
-                if let Some(conn) = self.outbound.remove(&id) {
+                if self.outbound.get(&id).is_some_and(|(to, _)| *to == peer)
+                    && let Some((_, conn)) = self.outbound.remove(&id)
+                {
                     self.expire_later(conn);
                 }
             }
@@ -297,10 +320,19 @@ impl Engine {
         for key in hold_expired {
             self.release_local(key, "hold_timeout");
         }
+        let confirming: Vec<(usize, u64)> = self
+            .inbound
+            .iter()
+            .filter(|(_, i)| matches!(i.phase, InboundPhase::Confirming { .. }))
+            .map(|(k, _)| *k)
+            .collect();
+        for slot in confirming {
+            self.confirm_inbound(slot);
+        }
         let stale: Vec<(usize, u64)> = self
             .inbound
             .iter()
-            .filter(|(_, i)| i.synack_deadline.is_some_and(|d| d <= now))
+            .filter(|(_, i)| matches!(i.phase, InboundPhase::AwaitingSynAck { deadline } if deadline <= now))
             .map(|(k, _)| *k)
             .collect();
         for k in stale {
@@ -348,6 +380,9 @@ impl Engine {
     pub fn release_all(&mut self) {
         let keys: Vec<ConnKey> = self.held.keys().copied().collect();
         for key in keys {
+            if let Some(a) = self.held.get(&key).and_then(|h| h.awaiting.as_ref()) {
+                self.mesh.send(a.peer, Message::HandoffAbort { id: a.id });
+            }
             self.release_local(key, "shutdown");
         }
     }
@@ -547,27 +582,44 @@ impl Engine {
         })
     }
 
+    /// The peer a pending handoff was offered to.
+    fn awaiting_peer(&self, id: u64) -> Option<usize> {
+        let held = self.held.get(self.pending.get(&id)?)?;
+        held.awaiting
+            .as_ref()
+            .filter(|a| a.id == id)
+            .map(|a| a.peer)
+    }
+
     fn on_accepted(&mut self, peer: usize, id: u64) {
-        let Some(key) = self.pending.remove(&id) else {
-            // We gave up on it already (timeout, client reset): the BE must drop its side.
+        if self.awaiting_peer(id) != Some(peer) {
+            // We gave up on it already (timeout, client reset), or it is not this peer's to
+            // accept: the sender must drop its side.
             self.mesh.send(peer, Message::HandoffAbort { id });
+            return;
+        }
+        let Some(key) = self.pending.remove(&id) else {
             return;
         };
         let Some(held) = self.held.remove(&key) else {
             return;
         };
         let be = self.peers[peer].addr;
-        let mut entry = match self.conns.get(&key, 0) {
-            Ok(entry) => entry,
-            Err(_) => held.entry,
+        // Only a connection still held may switch; a client RST may have just removed it. BPF_EXIST
+        // makes a removal that races with this update win.
+        let entry = self.conns.get(&key, 0).ok().filter(|e| {
+            e.state() == Some(ConnState::FeHold) && e.client_isn == held.entry.client_isn
+        });
+        let Some(mut entry) = entry else {
+            self.mesh.send(peer, Message::HandoffAbort { id });
+            return;
         };
         entry.state = ConnState::FeForward as u8;
         entry.peer_addr = be.octets();
-        if let Err(e) = self.conns.insert(key, entry, 0) {
-            tracing::warn!(%key, "could not switch to forwarding: {e}");
+        if let Err(e) = self.conns.insert(key, entry, EXIST) {
+            tracing::info!(%key, "connection gone before forwarding: {e}");
             self.mesh.send(peer, Message::HandoffAbort { id });
-            self.held.insert(key, held);
-            return self.release_local(key, "internal");
+            return;
         }
         // Our own TCP still has the half-open connection: a RST only it sees ends it quietly.
         self.reset_local(&key, held.entry.client_isn);
@@ -584,7 +636,7 @@ impl Engine {
                 Instant::now() + RELEASED_MEMORY,
             ),
         );
-        self.outbound.insert(id, ConnId { key, client_isn });
+        self.outbound.insert(id, (peer, ConnId { key, client_isn }));
         self.metrics.handoffs_out.inc();
     }
 
@@ -659,6 +711,16 @@ impl Engine {
                 _ => return Err(RefuseReason::Collision),
             }
         }
+        // A connection of the local TCP on this tuple (other than one in TIME_WAIT, which a new
+        // SYN may legitimately reuse) is a collision: refuse before touching it.
+        match self.diag.tcp_state(key.local(), r.client) {
+            Ok(None | Some(sockdiag::tcp_state::TIME_WAIT)) => {}
+            Ok(Some(_)) => return Err(RefuseReason::Collision),
+            Err(e) => {
+                tracing::warn!("sock_diag: {e}");
+                return Err(RefuseReason::Internal);
+            }
+        }
         let entry = Conn::new_be(*r.fe_service.ip(), syn_fields.seq, monotonic_ns());
         // NOEXIST: a tuple this node already tracks (as FE or BE) is a collision, never merged.
         if self.conns.insert(key, entry, NOEXIST).is_err() {
@@ -682,7 +744,7 @@ impl Engine {
                 fe_tsval: r.fe_tsval,
                 fe_options,
                 ack: r.ack,
-                synack_deadline: Some(deadline),
+                phase: InboundPhase::AwaitingSynAck { deadline },
             },
         );
         self.inbound_by_key.insert(key, (peer, r.id));
@@ -697,7 +759,7 @@ impl Engine {
         let Some(inbound) = self.inbound.get(&slot) else {
             return;
         };
-        if inbound.synack_deadline.is_none() {
+        if !matches!(inbound.phase, InboundPhase::AwaitingSynAck { .. }) {
             return; // a retransmitted SYN-ACK after we already answered
         }
         let key = inbound.key;
@@ -751,12 +813,44 @@ impl Engine {
             return self.refuse_inbound(slot, RefuseReason::Malformed, true);
         }
         self.send(&ack);
-        let (peer, id) = slot;
         if let Some(inbound) = self.inbound.get_mut(&slot) {
-            inbound.synack_deadline = None;
+            inbound.phase = InboundPhase::Confirming {
+                deadline: Instant::now() + CONFIRM_WAIT,
+            };
         }
-        self.mesh.send(peer, Message::HandoffAccepted { id });
-        self.metrics.handoffs_in.inc();
+        self.confirm_inbound(slot);
+    }
+
+    /// Accepts a replayed connection once the local TCP has it established; refuses it when that
+    /// does not happen in time. (Loopback delivery usually completes within the injecting call.)
+    fn confirm_inbound(&mut self, slot: (usize, u64)) {
+        let Some(inbound) = self.inbound.get(&slot) else {
+            return;
+        };
+        let InboundPhase::Confirming { deadline } = inbound.phase else {
+            return;
+        };
+        let local = inbound.key.local();
+        let state = self.diag.tcp_state(local, inbound.key.client());
+        match state {
+            Ok(Some(sockdiag::tcp_state::ESTABLISHED)) => {
+                if let Some(inbound) = self.inbound.get_mut(&slot) {
+                    inbound.phase = InboundPhase::Accepted;
+                }
+                self.mesh
+                    .send(slot.0, Message::HandoffAccepted { id: slot.1 });
+                self.metrics.handoffs_in.inc();
+            }
+            Ok(_) if Instant::now() < deadline => {}
+            Ok(state) => {
+                tracing::info!(key = %inbound.key, ?state, "replayed handshake did not establish");
+                self.refuse_inbound(slot, RefuseReason::Internal, true);
+            }
+            Err(e) => {
+                tracing::warn!("sock_diag: {e}");
+                self.refuse_inbound(slot, RefuseReason::Internal, true);
+            }
+        }
     }
 
     fn refuse_inbound(&mut self, slot: (usize, u64), reason: RefuseReason, reset: bool) {
@@ -821,7 +915,7 @@ impl Engine {
             self.inbound_by_key.remove(&key);
             self.inbound.remove(&slot);
         }
-        self.outbound.retain(|_, c| *c != conn);
+        self.outbound.retain(|_, (_, c)| *c != conn);
     }
 
     /// Ends our own TCP's side of `key` with a RST only it sees (no timestamps: RFC 7323 §5.2
@@ -850,8 +944,14 @@ impl Engine {
             .limits
             .idle_timeout_s
             .saturating_mul(1_000_000_000);
+        let abandon_ns = self
+            .config
+            .limits
+            .handoff_timeout_ms
+            .saturating_mul(2_000_000);
         let mut count = 0i64;
         let mut doomed = Vec::new();
+        let mut to_check = Vec::new();
         for item in self.conns.iter() {
             let Ok((key, conn)) = item else { continue };
             count += 1;
@@ -861,8 +961,18 @@ impl Engine {
                 (Some(ConnRole::Fe), Some(ConnState::FeHold)) => {
                     !self.held.contains_key(&key) && age > self.config.limits.hold_ms * 2_000_000
                 }
-                (Some(ConnRole::Be), Some(ConnState::BeSynSent | ConnState::BeReplayed)) => {
+                (Some(ConnRole::Be), Some(ConnState::BeSynSent)) => {
                     !self.inbound_by_key.contains_key(&key) && age > SYN_ENTRY_TTL_NS
+                }
+                // Accepted but the FE never forwarded (it gave up and its abort was lost).
+                (Some(ConnRole::Be), Some(ConnState::BeReplayed)) => age > abandon_ns,
+                // Idle at the BE: the local TCP says whether it is over (a lost close notice or
+                // FIN flag); a live connection is never cut here.
+                (Some(ConnRole::Be), Some(ConnState::BeEstablished)) => {
+                    if age > BE_LIVENESS_CHECK_NS {
+                        to_check.push((key, conn));
+                    }
+                    false
                 }
                 _ => age > idle_ns,
             };
@@ -870,11 +980,23 @@ impl Engine {
                 doomed.push((key, conn));
             }
         }
+        for (key, conn) in to_check {
+            match self.diag.tcp_state(key.local(), key.client()) {
+                Ok(None | Some(sockdiag::tcp_state::TIME_WAIT | sockdiag::tcp_state::CLOSE)) => {
+                    doomed.push((key, conn))
+                }
+                Ok(Some(_)) => {}
+                Err(e) => tracing::warn!("sock_diag: {e}"),
+            }
+        }
         for (key, conn) in doomed {
-            if conn.role() == Some(ConnRole::Be)
-                && let Some(slot) = self.inbound_by_key.get(&key).copied()
-            {
-                self.mesh.send(slot.0, Message::ConnClosed { id: slot.1 });
+            if conn.role() == Some(ConnRole::Be) {
+                if conn.state() == Some(ConnState::BeReplayed) {
+                    self.reset_local(&key, conn.client_isn);
+                }
+                if let Some(slot) = self.inbound_by_key.get(&key).copied() {
+                    self.mesh.send(slot.0, Message::ConnClosed { id: slot.1 });
+                }
             }
             self.forget(ConnId {
                 key,

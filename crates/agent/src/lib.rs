@@ -18,6 +18,7 @@ pub mod hold;
 pub mod inject;
 pub mod mesh;
 pub mod metrics;
+pub mod sockdiag;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use crate::engine::Engine;
 use crate::inject::{InjectError, Injector};
 use crate::mesh::{MeshConfig, MeshError, PeerAddr};
 use crate::metrics::{DatapathCounters, Metrics, MetricsError};
+use crate::sockdiag::{SockDiag, SockDiagError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -46,6 +48,8 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Inject(#[from] InjectError),
+    #[error(transparent)]
+    SockDiag(#[from] SockDiagError),
     #[error(transparent)]
     Mesh(#[from] MeshError),
     #[error(transparent)]
@@ -109,6 +113,7 @@ pub async fn run(
     let ring = datapath.take_events()?;
     let counters = datapath.take_counters()?;
     let inject = Injector::new()?;
+    let diag = SockDiag::new()?;
     let metrics = Metrics::default();
     let load = Arc::new(AtomicU32::new(0));
 
@@ -172,7 +177,7 @@ pub async fn run(
         })?;
     tracing::info!(node = %config.node.name, interface = %config.node.interface, policy = %config.policy.kind, "baton node running");
 
-    let mut engine = Engine::new(config, conns, inject, mesh, load, metrics);
+    let mut engine = Engine::new(config, conns, inject, diag, mesh, load, metrics);
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     loop {
         tokio::select! {

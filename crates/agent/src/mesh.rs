@@ -70,6 +70,9 @@ pub struct MeshConfig {
     pub heartbeat: Duration,
 }
 
+/// Longest wait for the peer's side of the session handshake, either way.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
 fn nonce() -> [u8; 16] {
     rand::random()
 }
@@ -169,9 +172,15 @@ async fn inbound(
     };
     let mut peer: Option<usize> = None;
     let mut buf = vec![0u8; 64 * 1024];
+    // An unauthenticated connection gets as long as a dialer would wait for it, no longer.
+    let handshake_deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     loop {
         let n = tokio::select! {
             _ = shutdown.changed() => return,
+            _ = tokio::time::sleep_until(handshake_deadline), if peer.is_none() => {
+                metrics.mesh_rejected.get_or_create(&Reason::new("handshake_timeout")).inc();
+                return;
+            }
             read = stream.read(&mut buf) => match read { Ok(0) | Err(_) => return, Ok(n) => n },
         };
         let decoded = match session.feed(&buf[..n]) {
@@ -255,8 +264,8 @@ async fn dial_loop(
             }
             Err(e) => tracing::debug!(peer = %config.members[peer].name, "dial failed: {e}"),
         }
-        // Whatever was queued while down is stale: the engine has timed it out or will.
-        while outgoing.try_recv().is_ok() {}
+        // What was queued while down stays queued: aborts and close notices are still due, and a
+        // late answer to a handoff the FE gave up on is answered with an abort.
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tokio::time::sleep(backoff) => {}
@@ -294,7 +303,7 @@ async fn connect(config: &MeshConfig, target: SocketAddr) -> Result<(TcpStream, 
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(2), handshake)
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
         .map_err(|_| "handshake timed out".to_string())??;
     Ok((stream, session))

@@ -35,24 +35,17 @@ struct pkt {
 /* Longest header chain we need linear: Ethernet + IPv4 with options + TCP with options. */
 #define HDRS_MAX (ETH_HLEN + 60 + 60)
 
-__always int parse_tcp4(struct __sk_buff *skb, struct pkt *p)
+/* Headers not in the linear area: parse_linear() asks for a pull and another try. */
+#define PARSE_NEED_PULL -2
+
+__always int parse_linear(struct __sk_buff *skb, struct pkt *p)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 
-	if (skb->protocol != bpf_htons(ETH_P_IP))
-		return -1;
-	/* Headers beyond the linear area are rare; pull once and re-read the pointers. */
-	if (data + ETH_HLEN + sizeof(struct iphdr) + sizeof(struct tcphdr) > data_end) {
-		__u32 want = skb->len < HDRS_MAX ? skb->len : HDRS_MAX;
-		if (bpf_skb_pull_data(skb, want))
-			return -1;
-		data = (void *)(long)skb->data;
-		data_end = (void *)(long)skb->data_end;
-	}
 	struct iphdr *ip = data + ETH_HLEN;
 	if ((void *)(ip + 1) > data_end)
-		return -1;
+		return PARSE_NEED_PULL;
 	if (ip->version != 4 || ip->ihl < 5 || ip->protocol != IPPROTO_TCP)
 		return -1;
 	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFMASK))
@@ -60,12 +53,12 @@ __always int parse_tcp4(struct __sk_buff *skb, struct pkt *p)
 	__u32 ihl = ip->ihl * 4;
 	struct tcphdr *tcp = (void *)ip + ihl;
 	if ((void *)(tcp + 1) > data_end)
-		return -1;
+		return PARSE_NEED_PULL;
 	__u32 doff = tcp->doff * 4;
 	if (doff < sizeof(struct tcphdr))
 		return -1;
 	if ((void *)tcp + doff > data_end)
-		return -1;
+		return PARSE_NEED_PULL;
 
 	p->l3_off = ETH_HLEN;
 	p->l4_off = ETH_HLEN + ihl;
@@ -82,4 +75,19 @@ __always int parse_tcp4(struct __sk_buff *skb, struct pkt *p)
 	p->ack_seq = bpf_ntohl(tcp->ack_seq);
 	p->flags = ((__u8 *)tcp)[13];
 	return 0;
+}
+
+__always int parse_tcp4(struct __sk_buff *skb, struct pkt *p)
+{
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return -1;
+	int r = parse_linear(skb, p);
+	if (r != PARSE_NEED_PULL)
+		return r;
+	/* Rare: pull only then, since a pull also un-clones (copies) a cloned egress skb. */
+	__u32 want = skb->len < HDRS_MAX ? skb->len : HDRS_MAX;
+	if (bpf_skb_pull_data(skb, want))
+		return -1;
+	r = parse_linear(skb, p);
+	return r == PARSE_NEED_PULL ? -1 : r;
 }

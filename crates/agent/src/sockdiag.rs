@@ -1,0 +1,128 @@
+//! What the local TCP stack says about one connection, by an exact `sock_diag` (INET_DIAG)
+//! lookup: the BE asks it before replaying a handshake (is the tuple in use?), after replaying it
+//! (did the server's TCP establish it?), and before forgetting an idle entry (is it still alive?).
+
+use std::net::{IpAddr, SocketAddrV4};
+
+use netlink_packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_sock_diag::SockDiagMessage;
+use netlink_packet_sock_diag::constants::{AF_INET, IPPROTO_TCP};
+use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
+use netlink_sys::protocols::NETLINK_SOCK_DIAG;
+use netlink_sys::{Socket, SocketAddr};
+
+/// TCP states as the kernel numbers them (include/net/tcp_states.h).
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_RECV: u8 = 3;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const LISTEN: u8 = 10;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SockDiagError {
+    #[error("socket(AF_NETLINK, NETLINK_SOCK_DIAG): {0}")]
+    Socket(std::io::Error),
+    #[error("send/recv on the sock_diag socket: {0}")]
+    Io(std::io::Error),
+    #[error("sock_diag answer: {0}")]
+    Answer(String),
+}
+
+pub struct SockDiag {
+    socket: Socket,
+    buf: Vec<u8>,
+}
+
+impl SockDiag {
+    pub fn new() -> Result<Self, SockDiagError> {
+        let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(SockDiagError::Socket)?;
+        socket.bind_auto().map_err(SockDiagError::Socket)?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(SockDiagError::Socket)?;
+        Ok(SockDiag {
+            socket,
+            buf: vec![0; 8192],
+        })
+    }
+
+    /// The state of the TCP connection `local` <-> `remote`, or `None` when there is none (the
+    /// kernel's exact lookup falls back to a listener on `local`: that is no connection).
+    pub fn tcp_state(
+        &mut self,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+    ) -> Result<Option<u8>, SockDiagError> {
+        let mut socket_id = SocketId::new_v4();
+        socket_id.source_address = IpAddr::V4(*local.ip());
+        socket_id.source_port = local.port();
+        socket_id.destination_address = IpAddr::V4(*remote.ip());
+        socket_id.destination_port = remote.port();
+        socket_id.cookie = [0xff; 8]; // INET_DIAG_NOCOOKIE: match on the tuple alone
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST; // no DUMP: an exact lookup
+        let mut request = NetlinkMessage::new(
+            header,
+            SockDiagMessage::InetRequest(InetRequest {
+                family: AF_INET,
+                protocol: IPPROTO_TCP,
+                extensions: ExtensionFlags::empty(),
+                states: StateFlags::all(),
+                socket_id,
+            })
+            .into(),
+        );
+        request.finalize();
+        let mut out = vec![0; request.buffer_len()];
+        request.serialize(&mut out);
+        self.socket.send(&out, 0).map_err(SockDiagError::Io)?;
+        let n = self
+            .socket
+            .recv(&mut &mut self.buf[..], 0)
+            .map_err(SockDiagError::Io)?;
+        let answer = NetlinkMessage::<SockDiagMessage>::deserialize(&self.buf[..n])
+            .map_err(|e| SockDiagError::Answer(e.to_string()))?;
+        match answer.payload {
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                Ok(Some(response.header.state).filter(|&s| s != tcp_state::LISTEN))
+            }
+            NetlinkPayload::Error(e) if e.raw_code() == -libc::ENOENT => Ok(None),
+            NetlinkPayload::Error(e) => Err(SockDiagError::Io(e.to_io())),
+            other => Err(SockDiagError::Answer(format!("unexpected {other:?}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, TcpListener, TcpStream};
+
+    fn v4(addr: std::net::SocketAddr) -> SocketAddrV4 {
+        match addr {
+            std::net::SocketAddr::V4(a) => a,
+            _ => unreachable!("bound to 127.0.0.1"),
+        }
+    }
+
+    #[test]
+    fn finds_an_established_connection_and_not_a_missing_one() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let (local, remote) = (
+            v4(server.local_addr().unwrap()),
+            v4(server.peer_addr().unwrap()),
+        );
+        let mut diag = SockDiag::new().unwrap();
+        assert_eq!(
+            diag.tcp_state(local, remote).unwrap(),
+            Some(tcp_state::ESTABLISHED)
+        );
+        let nobody = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1);
+        assert_eq!(diag.tcp_state(local, nobody).unwrap(), None);
+        drop(client);
+    }
+}
