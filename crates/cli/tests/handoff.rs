@@ -570,7 +570,26 @@ fn peers_that_are_down_are_never_chosen_and_come_back() {
     let remote = target_on("/f/1k", 2, 2);
     assert_eq!(curl_get(&lab, 1, &remote).0, "n2");
 
+    assert_eq!(
+        attached_programs(&lab, 2),
+        (1, 1),
+        "a running agent has its programs on eth0"
+    );
     lab.stop_agent(2).expect("stop n2's agent");
+    // A stopped agent leaves no trace: no program on the interface, no qdisc, nothing pinned.
+    assert_eq!(attached_programs(&lab, 2), (0, 0));
+    let qdiscs = lab
+        .exec("n2", &["tc", "qdisc", "show", "dev", "eth0"])
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&qdiscs.stdout).contains("clsact"));
+    let pinned = std::fs::read_dir("/sys/fs/bpf").map(|d| {
+        d.flatten()
+            .any(|e| e.file_name().to_string_lossy().contains("baton"))
+    });
+    assert!(
+        !pinned.unwrap_or(false),
+        "nothing of baton's is pinned under /sys/fs/bpf"
+    );
     wait_for(
         || metric(&lab, 1, "baton_mesh_peers_up") == 0.0,
         "n1 to see n2 down",
