@@ -300,6 +300,27 @@ impl Engine {
         }
     }
 
+    /// Whether a replayed handshake awaits confirmation (the caller then ticks faster).
+    pub fn confirming(&self) -> bool {
+        self.inbound
+            .values()
+            .any(|i| matches!(i.phase, InboundPhase::Confirming { .. }))
+    }
+
+    /// Called every millisecond while [`Engine::confirming`]: the local TCP usually takes the
+    /// replayed ACK within the injecting call, but under load the kernel defers it to ksoftirqd.
+    pub fn on_confirm_tick(&mut self) {
+        let confirming: Vec<(usize, u64)> = self
+            .inbound
+            .iter()
+            .filter(|(_, i)| matches!(i.phase, InboundPhase::Confirming { .. }))
+            .map(|(k, _)| *k)
+            .collect();
+        for slot in confirming {
+            self.confirm_inbound(slot);
+        }
+    }
+
     /// Called on every tick (tens of ms): hold and handoff deadlines, lingers, periodic GC.
     pub fn on_tick(&mut self) {
         let now = Instant::now();
@@ -320,15 +341,7 @@ impl Engine {
         for key in hold_expired {
             self.release_local(key, "hold_timeout");
         }
-        let confirming: Vec<(usize, u64)> = self
-            .inbound
-            .iter()
-            .filter(|(_, i)| matches!(i.phase, InboundPhase::Confirming { .. }))
-            .map(|(k, _)| *k)
-            .collect();
-        for slot in confirming {
-            self.confirm_inbound(slot);
-        }
+        self.on_confirm_tick();
         let stale: Vec<(usize, u64)> = self
             .inbound
             .iter()

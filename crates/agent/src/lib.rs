@@ -179,11 +179,14 @@ pub async fn run(
 
     let mut engine = Engine::new(config, conns, inject, diag, mesh, load, metrics);
     let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut confirm_tick = tokio::time::interval(Duration::from_millis(1));
+    confirm_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
             Some(event) = event_rx.recv() => engine.on_datapath(event),
             Some(event) = mesh_rx.recv() => engine.on_mesh(event),
+            _ = confirm_tick.tick(), if engine.confirming() => engine.on_confirm_tick(),
             _ = tick.tick() => engine.on_tick(),
         }
     }

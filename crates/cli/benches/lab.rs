@@ -117,6 +117,24 @@ fn main() {
         let ka = wrk(lab, seconds, false);
         let close = wrk(lab, seconds, true);
         println!("  {name:<28} {ka:>12.0} {close:>16.0}");
+        if std::env::var_os("BATON_BENCH_VERBOSE").is_some() {
+            for i in 1..=lab.nodes() {
+                let m = lab.scrape_metrics(i).unwrap_or_default();
+                let mut lines: Vec<String> = m
+                    .iter()
+                    .filter(|(k, v)| {
+                        **v != 0.0
+                            && (k.contains("fallback")
+                                || k.contains("refused")
+                                || k.contains("dropped")
+                                || k.contains("handoffs"))
+                    })
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                lines.sort();
+                println!("    n{i}: {}", lines.join(" "));
+            }
+        }
     };
     for i in 1..=2 {
         lab.stop_agent(i).unwrap();
