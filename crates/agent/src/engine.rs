@@ -16,7 +16,7 @@
 //! are checked against the FE's, the ACK is replayed translated, and the FE is told. Closes are
 //! reported to the FE; every entry is removed after a linger or an idle timeout.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -154,6 +154,9 @@ pub struct Engine {
     /// BE: (peer, id) -> connection handed in.
     inbound: HashMap<(usize, u64), Inbound>,
     inbound_by_key: HashMap<ConnKey, (usize, u64)>,
+    /// BE: handoffs whose replayed handshake awaits the local TCP (a superset: stale slots are
+    /// dropped when next looked at).
+    confirming: HashSet<(usize, u64)>,
     /// Entries to remove once their linger ends.
     expiries: Vec<(Instant, ConnId)>,
     next_id: u64,
@@ -206,6 +209,7 @@ impl Engine {
             outbound: HashMap::new(),
             inbound: HashMap::new(),
             inbound_by_key: HashMap::new(),
+            confirming: HashSet::new(),
             expiries: Vec::new(),
             // Ids are unique per FE; the high bits keep two restarts of one node apart.
             next_id: (u64::from(rand::random::<u32>()) << 32) | 1,
@@ -310,12 +314,7 @@ impl Engine {
     /// Called every millisecond while [`Engine::confirming`]: the local TCP usually takes the
     /// replayed ACK within the injecting call, but under load the kernel defers it to ksoftirqd.
     pub fn on_confirm_tick(&mut self) {
-        let confirming: Vec<(usize, u64)> = self
-            .inbound
-            .iter()
-            .filter(|(_, i)| matches!(i.phase, InboundPhase::Confirming { .. }))
-            .map(|(k, _)| *k)
-            .collect();
+        let confirming: Vec<(usize, u64)> = self.confirming.iter().copied().collect();
         for slot in confirming {
             self.confirm_inbound(slot);
         }
@@ -830,6 +829,7 @@ impl Engine {
             inbound.phase = InboundPhase::Confirming {
                 deadline: Instant::now() + CONFIRM_WAIT,
             };
+            self.confirming.insert(slot);
         }
         self.confirm_inbound(slot);
     }
@@ -837,10 +837,14 @@ impl Engine {
     /// Accepts a replayed connection once the local TCP has it established; refuses it when that
     /// does not happen in time. (Loopback delivery usually completes within the injecting call.)
     fn confirm_inbound(&mut self, slot: (usize, u64)) {
-        let Some(inbound) = self.inbound.get(&slot) else {
-            return;
+        let deadline = match self.inbound.get(&slot).map(|i| &i.phase) {
+            Some(InboundPhase::Confirming { deadline }) => *deadline,
+            _ => {
+                self.confirming.remove(&slot);
+                return;
+            }
         };
-        let InboundPhase::Confirming { deadline } = inbound.phase else {
+        let Some(inbound) = self.inbound.get(&slot) else {
             return;
         };
         let local = inbound.key.local();
@@ -850,6 +854,7 @@ impl Engine {
                 if let Some(inbound) = self.inbound.get_mut(&slot) {
                     inbound.phase = InboundPhase::Accepted;
                 }
+                self.confirming.remove(&slot);
                 self.mesh
                     .send(slot.0, Message::HandoffAccepted { id: slot.1 });
                 self.metrics.handoffs_in.inc();
@@ -928,7 +933,6 @@ impl Engine {
             self.inbound_by_key.remove(&key);
             self.inbound.remove(&slot);
         }
-        self.outbound.retain(|_, (_, c)| *c != conn);
     }
 
     /// Ends our own TCP's side of `key` with a RST only it sees (no timestamps: RFC 7323 §5.2
@@ -1001,6 +1005,15 @@ impl Engine {
                 Ok(Some(_)) => {}
                 Err(e) => tracing::warn!("sock_diag: {e}"),
             }
+        }
+        let doomed_fe: HashSet<ConnKey> = doomed
+            .iter()
+            .filter(|(_, c)| c.role() == Some(ConnRole::Fe))
+            .map(|(k, _)| *k)
+            .collect();
+        if !doomed_fe.is_empty() {
+            self.outbound
+                .retain(|_, (_, c)| !doomed_fe.contains(&c.key));
         }
         for (key, conn) in doomed {
             if conn.role() == Some(ConnRole::Be) {
