@@ -11,6 +11,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use baton_lab::lab::target_hashed_to;
 use baton_lab::{Lab, LabSpec, ServerKind};
 use baton_policy::PolicyKind;
 
@@ -19,20 +20,6 @@ fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn target_on(path: &str, want: usize, nodes: usize) -> String {
-    (0..10_000)
-        .map(|k| format!("{path}?k={k}"))
-        .find(|t| {
-            (1..=nodes).max_by_key(|i| {
-                (
-                    baton_policy::rendezvous_score(&format!("n{i}"), t),
-                    format!("n{i}"),
-                )
-            }) == Some(want)
-        })
-        .expect("a target for the node")
 }
 
 /// Connect, send, wait for the first response byte; then drain the response.
@@ -86,7 +73,10 @@ fn main() {
     let mut lab = Lab::up(spec).expect("lab up (root)");
 
     let n1 = SocketAddr::new(lab.node_address(1).into(), 80);
-    let (local, remote) = (target_on("/f/1k", 1, 2), target_on("/f/1k", 2, 2));
+    let (local, remote) = (
+        target_hashed_to("/f/1k", 1, 2),
+        target_hashed_to("/f/1k", 2, 2),
+    );
     let (local_t, remote_t) = lab
         .in_client(move || {
             for _ in 0..20 {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use baton_lab::content::{expected_sha256, sha256_hex};
 use baton_lab::http_client::HttpClient;
+use baton_lab::lab::target_hashed_to;
 use baton_lab::{Lab, LabSpec, ServerKind};
 use baton_policy::PolicyKind;
 
@@ -23,22 +24,6 @@ fn lab(prefix: &str, nodes: usize, server: ServerKind, policy: PolicyKind) -> La
         .policy(policy)
         .exe(BATON);
     Lab::up(spec).expect("lab up (needs root, iproute2, the server binary)")
-}
-
-/// A target for `path` that the hash policy assigns to node `want` (1-based) of `nodes`.
-fn target_on(path: &str, want: usize, nodes: usize) -> String {
-    (0..10_000)
-        .map(|k| format!("{path}?k={k}"))
-        .find(|t| {
-            let best = (1..=nodes).max_by_key(|i| {
-                (
-                    baton_policy::rendezvous_score(&format!("n{i}"), t),
-                    format!("n{i}"),
-                )
-            });
-            best == Some(want)
-        })
-        .expect("some query string maps to the node")
 }
 
 fn url(lab: &Lab, node: usize, target: &str) -> String {
@@ -172,7 +157,7 @@ fn handoff_suite(server: ServerKind, prefix: &str) {
     // Each size, handed from n1 to n2, and one served locally for comparison.
     for path in ["/f/1k", "/f/100k", "/f/10m"] {
         let want = expected_sha256(path).unwrap();
-        let remote = target_on(path, 2, 2);
+        let remote = target_hashed_to(path, 2, 2);
         let tx_before = tx_bytes(&lab, 1);
         let (by, sha) = curl_get(&lab, 1, &remote);
         let tx_n1 = tx_bytes(&lab, 1) - tx_before;
@@ -185,13 +170,13 @@ fn handoff_suite(server: ServerKind, prefix: &str) {
                 "n1 sent {tx_n1} bytes during a 10 MB response served by n2 (limit {limit})"
             );
         }
-        let local = target_on(path, 1, 2);
+        let local = target_hashed_to(path, 1, 2);
         assert_eq!(curl_get(&lab, 1, &local), ("n1".to_string(), want.clone()));
     }
 
     // Keep-alive: several requests on one connection, all served where the first one went.
     let addr = SocketAddr::new(lab.node_address(1).into(), 80);
-    let first = target_on("/f/1k", 2, 2);
+    let first = target_hashed_to("/f/1k", 2, 2);
     let (connects, results) = lab
         .in_client(move || {
             let mut c = HttpClient::connect(addr).expect("connect");
@@ -224,7 +209,7 @@ fn handoff_suite(server: ServerKind, prefix: &str) {
     let (head, body) = split_head_request(
         &lab,
         1,
-        &target_on("/f/100k", 2, 2),
+        &target_hashed_to("/f/100k", 2, 2),
         Duration::from_millis(20),
     );
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -257,7 +242,7 @@ fn request_bodies_arrive_whole() {
     let lab = lab("pb", 2, ServerKind::Static, PolicyKind::Hash);
     let body: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
     let addr = SocketAddr::new(lab.node_address(1).into(), 80);
-    let target = target_on("/echo", 2, 2);
+    let target = target_hashed_to("/echo", 2, 2);
     let sent = body.clone();
     let r = lab
         .in_client(move || {
@@ -283,7 +268,7 @@ fn request_bodies_arrive_whole() {
 fn lab_nginx_put() -> Lab {
     let lab = lab("pn", 2, ServerKind::Nginx, PolicyKind::Hash);
     let body: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
-    let target = target_on("/upload/blob", 2, 2);
+    let target = target_hashed_to("/upload/blob", 2, 2);
     let (n1, n2) = (
         SocketAddr::new(lab.node_address(1).into(), 80),
         SocketAddr::new(lab.node_address(2).into(), 80),
@@ -365,7 +350,7 @@ fn what_cannot_be_distributed_is_served_locally() {
     let (head, body) = split_head_request(
         &lab,
         1,
-        &target_on("/f/1k", 2, 2),
+        &target_hashed_to("/f/1k", 2, 2),
         Duration::from_millis(600),
     );
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -395,7 +380,7 @@ fn what_cannot_be_distributed_is_served_locally() {
         .exec("n2", &["sysctl", "-qw", "net.ipv4.tcp_window_scaling=0"])
         .unwrap();
     assert!(off.status.success());
-    let (by, sha) = curl_get(&lab, 1, &target_on("/f/100k", 2, 2));
+    let (by, sha) = curl_get(&lab, 1, &target_hashed_to("/f/100k", 2, 2));
     assert_eq!(
         (by.as_str(), sha),
         ("n1", expected_sha256("/f/100k").unwrap())
@@ -408,7 +393,10 @@ fn what_cannot_be_distributed_is_served_locally() {
     // toward n1, for a target n1 hands to n2. n2's TCP answers the replayed SYN as a duplicate:
     // n2 refuses, n1 serves, both connections stay whole.
     let n2 = SocketAddr::new(lab.node_address(2).into(), 80);
-    let (on_n1, on_n2) = (target_on("/f/1k", 1, 2), target_on("/f/1k", 2, 2));
+    let (on_n1, on_n2) = (
+        target_hashed_to("/f/1k", 1, 2),
+        target_hashed_to("/f/1k", 2, 2),
+    );
     let (direct_target, via_target) = (on_n2.clone(), on_n2.clone());
     let results = lab
         .in_client(move || {
@@ -567,7 +555,7 @@ fn demo_runs_and_reports() {
 #[test]
 fn peers_that_are_down_are_never_chosen_and_come_back() {
     let mut lab = lab("pd", 2, ServerKind::Static, PolicyKind::Hash);
-    let remote = target_on("/f/1k", 2, 2);
+    let remote = target_hashed_to("/f/1k", 2, 2);
     assert_eq!(curl_get(&lab, 1, &remote).0, "n2");
 
     assert_eq!(
@@ -621,7 +609,7 @@ fn odd_clients_are_served() {
 
     // HTTP/1.0 client that half-closes right after its request: the FIN is held with the head
     // and handed over with it.
-    let target = target_on("/f/100k", 2, 2);
+    let target = target_hashed_to("/f/100k", 2, 2);
     let (head, body) = lab
         .in_client(move || {
             let mut s = TcpStream::connect_timeout(&n1, Duration::from_secs(5)).unwrap();
@@ -642,7 +630,7 @@ fn odd_clients_are_served() {
     assert_eq!(sha256_hex(&body), expected_sha256("/f/100k").unwrap());
 
     // A head over the hold limit (8 KiB): served locally, whole.
-    let target = target_on("/f/1k", 2, 2);
+    let target = target_hashed_to("/f/1k", 2, 2);
     let (head, body) = lab
         .in_client(move || {
             let mut s = TcpStream::connect_timeout(&n1, Duration::from_secs(5)).unwrap();
@@ -716,7 +704,7 @@ fn handed_off_transfers_survive_a_lossy_link() {
         String::from_utf8_lossy(&out.stderr)
     );
     let recoveries_before = tcp_ext(&lab, "n2", "TCPSackRecovery");
-    let remote = target_on("/f/10m", 2, 2);
+    let remote = target_hashed_to("/f/10m", 2, 2);
     for _ in 0..3 {
         assert_eq!(
             curl_get(&lab, 1, &remote),
