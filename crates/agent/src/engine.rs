@@ -159,6 +159,8 @@ pub struct Engine {
     confirming: HashSet<(usize, u64)>,
     /// Entries to remove once their linger ends.
     expiries: Vec<(Instant, ConnId)>,
+    /// BE: connections the datapath saw close, to confirm with the local TCP after a linger.
+    closing: Vec<(Instant, ConnId)>,
     next_id: u64,
     last_gc: Instant,
 }
@@ -211,6 +213,7 @@ impl Engine {
             inbound_by_key: HashMap::new(),
             confirming: HashSet::new(),
             expiries: Vec::new(),
+            closing: Vec::new(),
             // Ids are unique per FE; the high bits keep two restarts of one node apart.
             next_id: (u64::from(rand::random::<u32>()) << 32) | 1,
             last_gc: Instant::now(),
@@ -374,6 +377,16 @@ impl Engine {
         self.expiries.retain(|(t, _)| *t > now);
         for conn in due {
             self.forget(conn);
+        }
+        let closed: Vec<ConnId> = self
+            .closing
+            .iter()
+            .filter(|(t, _)| *t <= now)
+            .map(|(_, c)| *c)
+            .collect();
+        self.closing.retain(|(t, _)| *t > now);
+        for conn in closed {
+            self.confirm_closed(conn);
         }
         self.released.retain(|_, (_, _, until)| *until > now);
         if now.duration_since(self.last_gc) >= Duration::from_secs(1) {
@@ -893,16 +906,57 @@ impl Engine {
         );
     }
 
+    /// The datapath saw both FINs or a RST. The local TCP has the last word (a RST outside the
+    /// window is ignored by TCP but not by the datapath), so the close is confirmed after a linger.
     fn on_closed(&mut self, key: ConnKey) {
-        let Some(slot) = self.inbound_by_key.get(&key).copied() else {
+        let Some(inbound) = self
+            .inbound_by_key
+            .get(&key)
+            .and_then(|slot| self.inbound.get(slot))
+        else {
             return;
         };
-        self.mesh.send(slot.0, Message::ConnClosed { id: slot.1 });
-        if let Some(inbound) = self.inbound.get(&slot) {
-            self.expire_later(ConnId {
+        let at = Instant::now() + Duration::from_millis(self.config.limits.close_linger_ms);
+        self.closing.push((
+            at,
+            ConnId {
                 key,
                 client_isn: inbound.client_isn,
-            });
+            },
+        ));
+    }
+
+    /// A linger after a close: if the local TCP is done with the connection, tell the FE and
+    /// forget it; if it is still open (a forged RST, a slow close), look again later.
+    fn confirm_closed(&mut self, conn: ConnId) {
+        let Some(slot) = self.inbound_by_key.get(&conn.key).copied() else {
+            return;
+        };
+        if self
+            .inbound
+            .get(&slot)
+            .is_none_or(|i| i.client_isn != conn.client_isn)
+        {
+            return;
+        }
+        match self.diag.tcp_state(conn.key.local(), conn.key.client()) {
+            Ok(None | Some(sockdiag::tcp_state::TIME_WAIT | sockdiag::tcp_state::CLOSE)) => {
+                self.mesh.send(slot.0, Message::ConnClosed { id: slot.1 });
+                self.forget(conn);
+            }
+            Ok(Some(state)) => {
+                if state == sockdiag::tcp_state::ESTABLISHED {
+                    // Not closed after all: let a later real close be reported.
+                    if let Ok(mut entry) = self.conns.get(&conn.key, 0) {
+                        entry.flags &= !(conn_flags::RST | conn_flags::CLOSE_REPORTED);
+                        let _ = self.conns.insert(conn.key, entry, EXIST);
+                    }
+                    return;
+                }
+                let at = Instant::now() + Duration::from_millis(self.config.limits.close_linger_ms);
+                self.closing.push((at, conn));
+            }
+            Err(e) => tracing::warn!("sock_diag: {e}"),
         }
     }
 

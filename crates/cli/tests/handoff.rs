@@ -719,3 +719,54 @@ fn handed_off_transfers_survive_a_lossy_link() {
         .unwrap();
     assert_tables_drain(&lab);
 }
+
+#[test]
+fn a_forged_reset_does_not_end_a_handed_off_connection() {
+    // A RST far outside the window, forged with the client's address and port, passes the FE and
+    // reaches the BE's datapath, which sees "a RST". The BE's TCP ignores it (RFC 5961), and so must
+    // baton: the connection keeps working after the close linger.
+    let lab = lab("fr", 2, ServerKind::Static, PolicyKind::Hash);
+    let n1 = SocketAddr::new(lab.node_address(1).into(), 80);
+    let target = target_hashed_to("/f/1k", 2, 2);
+    let (first, second) = lab
+        .in_client(move || {
+            let mut s = TcpStream::connect_timeout(&n1, Duration::from_secs(5)).unwrap();
+            let first = exchange(&mut s, &target);
+            let client = match s.local_addr().unwrap() {
+                SocketAddr::V4(a) => a,
+                SocketAddr::V6(_) => unreachable!(),
+            };
+            let mut rst = baton_wire::TcpPacketBuilder::new(
+                *client.ip(),
+                client.port(),
+                Ipv4Addr::new(198, 18, 0, 1),
+                80,
+            );
+            rst.seq = 0x4000_0000; // nowhere near the window
+            rst.flags = baton_wire::TcpFlags::RST;
+            let raw = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::RAW,
+                Some(socket2::Protocol::from(libc::IPPROTO_RAW)),
+            )
+            .expect("raw socket");
+            raw.send_to(
+                &rst.build(),
+                &SocketAddr::from((Ipv4Addr::new(198, 18, 0, 1), 0)).into(),
+            )
+            .expect("send the forged RST");
+            std::thread::sleep(Duration::from_secs(4)); // past the close linger and a GC
+            let second = exchange(&mut s, &target);
+            (first, second)
+        })
+        .unwrap();
+    for (what, (head, body)) in [("before", first), ("after the forged RST", second)] {
+        assert!(head.starts_with("HTTP/1.1 200"), "{what}: {head}");
+        assert_eq!(served_by(&head), "n2", "{what}");
+        assert_eq!(
+            sha256_hex(&body),
+            expected_sha256("/f/1k").unwrap(),
+            "{what}"
+        );
+    }
+}
