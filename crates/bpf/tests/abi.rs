@@ -1,0 +1,124 @@
+//! The Rust mirrors of the C enums carry the same numbers: reason codes, counters, event kinds and
+//! connection states are read out of the C headers and compared, so a renumbering on either side
+//! fails here.
+
+use std::collections::HashMap;
+
+use baton_bpf::{ConnState, DropReason, EventKind, Stat};
+
+/// `NAME = value` enum members and `#define NAME value` constants of a C header.
+fn c_enum_values(header: &str) -> HashMap<String, u32> {
+    let path = format!("{}/c/lib/{header}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let number = |v: &str| match v.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => v.parse().ok(),
+    };
+    text.lines()
+        .filter_map(|line| {
+            let line = line.split("/*").next()?.trim().trim_end_matches(',');
+            let (name, value) = match line.strip_prefix("#define ") {
+                Some(define) => define.split_once(' ')?,
+                None => line.split_once('=')?,
+            };
+            let name = name.trim();
+            let value = number(value.trim())?;
+            name.chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+                .then(|| (name.to_string(), value))
+        })
+        .collect()
+}
+
+fn check(header: &str, pairs: &[(&str, u32)]) {
+    let c = c_enum_values(header);
+    for (name, rust) in pairs {
+        assert_eq!(
+            c.get(*name),
+            Some(rust),
+            "{name} in {header} vs the Rust mirror"
+        );
+    }
+}
+
+#[test]
+fn drop_reasons_match() {
+    let names = [
+        ("DROP_HELD", DropReason::Held),
+        ("DROP_SYNACK_HIDDEN", DropReason::SynAckHidden),
+        ("DROP_FE_SILENCED", DropReason::FeSilenced),
+        ("DROP_BE_SYNACK", DropReason::BeSynAck),
+        ("DROP_BE_NOT_READY", DropReason::BeNotReady),
+        ("DROP_TUPLE_COLLISION", DropReason::TupleCollision),
+        ("DROP_EVENT_LOST", DropReason::EventLost),
+        ("DROP_REDIRECT_FAILED", DropReason::RedirectFailed),
+    ];
+    assert_eq!(names.len(), DropReason::ALL.len());
+    let pairs: Vec<(&str, u32)> = names.iter().map(|(n, r)| (*n, *r as u32)).collect();
+    check("reasons.h", &pairs);
+    check(
+        "reasons.h",
+        &[("DROP_REASON_MAX", DropReason::ALL.len() as u32 + 1)],
+    );
+}
+
+#[test]
+fn stats_match() {
+    check(
+        "reasons.h",
+        &[
+            ("STAT_SYN", Stat::Syn as u32),
+            ("STAT_SYN_UNTRACKED", Stat::SynUntracked as u32),
+            ("STAT_TABLE_FULL", Stat::TableFull as u32),
+            ("STAT_FORWARD_PACKETS", Stat::ForwardPackets as u32),
+            ("STAT_FORWARD_BYTES", Stat::ForwardBytes as u32),
+            ("STAT_TO_SERVER_PACKETS", Stat::ToServerPackets as u32),
+            ("STAT_TO_CLIENT_PACKETS", Stat::ToClientPackets as u32),
+            ("STAT_TO_CLIENT_BYTES", Stat::ToClientBytes as u32),
+            ("STAT_CLIENT_BYTES_SENT", Stat::ClientBytesSent as u32),
+            ("STAT_EVENTS", Stat::Events as u32),
+            ("STAT_MALFORMED", Stat::Malformed as u32),
+            ("STAT_MAX", Stat::COUNT),
+        ],
+    );
+}
+
+#[test]
+fn event_kinds_and_states_match() {
+    check(
+        "events.h",
+        &[
+            ("EV_HELD_PACKET", EventKind::HeldPacket as u32),
+            ("EV_BE_SYNACK", EventKind::BeSynAck as u32),
+            ("EV_CLOSED", EventKind::Closed as u32),
+        ],
+    );
+    check(
+        "conn.h",
+        &[
+            ("FE_SYN", ConnState::FeSyn as u32),
+            ("FE_HOLD", ConnState::FeHold as u32),
+            ("FE_FORWARD", ConnState::FeForward as u32),
+            ("BE_SYN_SENT", ConnState::BeSynSent as u32),
+            ("BE_REPLAYED", ConnState::BeReplayed as u32),
+            ("BE_ESTABLISHED", ConnState::BeEstablished as u32),
+            ("ROLE_FE", baton_bpf::ConnRole::Fe as u32),
+            ("ROLE_BE", baton_bpf::ConnRole::Be as u32),
+        ],
+    );
+}
+
+#[test]
+fn conn_flags_match() {
+    use baton_bpf::conn_flags::*;
+    check(
+        "conn.h",
+        &[
+            ("CONN_CLIENT_FIN", CLIENT_FIN.into()),
+            ("CONN_SERVER_FIN", SERVER_FIN.into()),
+            ("CONN_RST", RST.into()),
+            ("CONN_CLOSE_REPORTED", CLOSE_REPORTED.into()),
+        ],
+    );
+    check("fe.h", &[("CONN_SYNACK_SEEN", SYNACK_SEEN.into())]);
+}
