@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use baton_bpf::datapath::ConnTable;
 use baton_bpf::{Conn, ConnKey, ConnRole, ConnState, Event, EventKind, conn_flags};
 use baton_http::{Limits as HeadLimits, Sniff};
 use baton_policy::{ClusterView, NodeState, Policy, RequestInfo};
@@ -34,15 +33,11 @@ use baton_wire::{
 
 use crate::config::NodeConfig;
 use crate::hold::StreamAssembler;
-use crate::inject::Injector;
+use crate::kernel::{ConnTableOps, Insert, Kernel, PacketSink, TcpStates};
 use crate::mesh::{MeshEvent, MeshSender};
 use crate::metrics::{Metrics, Reason};
-use crate::sockdiag::{self, SockDiag};
+use crate::sockdiag;
 
-/// BPF_NOEXIST for map updates: fail if the key exists.
-const NOEXIST: u64 = 1;
-/// BPF_EXIST for map updates: fail if the key is gone.
-const EXIST: u64 = 2;
 /// How much of a held connection's stream the FE keeps (bytes beyond are retransmitted by the client).
 const STREAM_CAPACITY: usize = 64 * 1024;
 /// Largest payload of one replayed packet into the local stack (the loopback MTU is 64 KiB).
@@ -137,9 +132,9 @@ pub struct Engine {
     config: NodeConfig,
     me: usize,
     my_addr: Ipv4Addr,
-    conns: ConnTable,
-    inject: Injector,
-    diag: SockDiag,
+    conns: Box<dyn ConnTableOps>,
+    inject: Box<dyn PacketSink>,
+    diag: Box<dyn TcpStates>,
     policy: Box<dyn Policy>,
     peers: Vec<Peer>,
     mesh: MeshSender,
@@ -168,9 +163,7 @@ pub struct Engine {
 impl Engine {
     pub fn new(
         config: NodeConfig,
-        conns: ConnTable,
-        inject: Injector,
-        diag: SockDiag,
+        kernel: Kernel,
         mesh: MeshSender,
         load: Arc<AtomicU32>,
         metrics: Metrics,
@@ -197,9 +190,9 @@ impl Engine {
             my_addr: config.node.address,
             policy: baton_policy::build(config.policy.kind),
             config,
-            conns,
-            inject,
-            diag,
+            conns: kernel.conns,
+            inject: kernel.inject,
+            diag: kernel.tcp,
             peers,
             mesh,
             load,
@@ -294,7 +287,7 @@ impl Engine {
                 if let Some(inbound) = self.inbound.remove(&(peer, id)) {
                     self.inbound_by_key.remove(&inbound.key);
                     self.reset_local(&inbound.key, inbound.client_isn);
-                    let _ = self.conns.remove(&inbound.key);
+                    self.conns.remove(&inbound.key);
                 }
             }
             Message::ConnClosed { id } => {
@@ -354,7 +347,7 @@ impl Engine {
             if let Some(inbound) = self.inbound.remove(&k) {
                 self.inbound_by_key.remove(&inbound.key);
                 self.reset_local(&inbound.key, inbound.client_isn);
-                let _ = self.conns.remove(&inbound.key);
+                self.conns.remove(&inbound.key);
                 self.metrics
                     .refused
                     .get_or_create(&Reason::new("timeout"))
@@ -418,7 +411,7 @@ impl Engine {
         let key = event.key;
         if let Some((released, isn, _)) = self.released.get(&key) {
             // A held entry with another ISN is a new connection on a reused port, not a late packet.
-            let new_connection = self.conns.get(&key, 0).is_ok_and(|e| e.client_isn != *isn);
+            let new_connection = self.conns.get(&key).is_some_and(|e| e.client_isn != *isn);
             if !new_connection {
                 let mut packet = event.packet;
                 fill_checksums(&mut packet);
@@ -451,8 +444,8 @@ impl Engine {
             return;
         }
         if !self.held.contains_key(&key) {
-            let entry = match self.conns.get(&key, 0) {
-                Ok(entry) if entry.state() == Some(ConnState::FeHold) => entry,
+            let entry = match self.conns.get(&key) {
+                Some(entry) if entry.state() == Some(ConnState::FeHold) => entry,
                 _ => {
                     // No hold on record (entry expired or removed): the local TCP takes it.
                     self.send(&event.packet);
@@ -632,7 +625,7 @@ impl Engine {
         let be = self.peers[peer].addr;
         // Only a connection still held may switch; a client RST may have just removed it. BPF_EXIST
         // makes a removal that races with this update win.
-        let entry = self.conns.get(&key, 0).ok().filter(|e| {
+        let entry = self.conns.get(&key).filter(|e| {
             e.state() == Some(ConnState::FeHold) && e.client_isn == held.entry.client_isn
         });
         let Some(mut entry) = entry else {
@@ -641,7 +634,7 @@ impl Engine {
         };
         entry.state = ConnState::FeForward as u8;
         entry.peer_addr = be.octets();
-        if let Err(e) = self.conns.insert(key, entry, EXIST) {
+        if let Err(e) = self.conns.insert(key, entry, Insert::Existing) {
             tracing::info!(%key, "connection gone before forwarding: {e}");
             self.mesh.send(peer, Message::HandoffAbort { id });
             return;
@@ -673,7 +666,7 @@ impl Engine {
         if let Some(a) = &held.awaiting {
             self.pending.remove(&a.id);
         }
-        let _ = self.conns.remove(&key);
+        self.conns.remove(&key);
         if let Some(ack) = &held.handshake_ack {
             self.send(ack);
         }
@@ -728,8 +721,8 @@ impl Engine {
             // only if that connection is over; a live one is a true collision.
             let closed = self
                 .conns
-                .get(&key, 0)
-                .is_ok_and(|e| e.flags & conn_flags::CLOSE_REPORTED != 0);
+                .get(&key)
+                .is_some_and(|e| e.flags & conn_flags::CLOSE_REPORTED != 0);
             let old = self.inbound.get(&slot).map(|i| i.client_isn);
             match old {
                 Some(client_isn) if closed => self.forget(ConnId { key, client_isn }),
@@ -748,12 +741,12 @@ impl Engine {
         }
         let entry = Conn::new_be(*r.fe_service.ip(), syn_fields.seq, monotonic_ns());
         // NOEXIST: a tuple this node already tracks (as FE or BE) is a collision, never merged.
-        if self.conns.insert(key, entry, NOEXIST).is_err() {
+        if self.conns.insert(key, entry, Insert::New).is_err() {
             return Err(RefuseReason::Collision);
         }
         let mut syn = r.syn;
         if rewrite_dst_addr(&mut syn, self.my_addr).is_err() {
-            let _ = self.conns.remove(&key);
+            self.conns.remove(&key);
             return Err(RefuseReason::Malformed);
         }
         let deadline =
@@ -816,15 +809,15 @@ impl Engine {
             Some((be_tsval, _)) => be_tsval.wrapping_sub(inbound.fe_tsval),
             None => 0,
         };
-        let mut entry = match self.conns.get(&key, 0) {
-            Ok(entry) => entry,
-            Err(_) => return self.refuse_inbound(slot, RefuseReason::Internal, true),
+        let mut entry = match self.conns.get(&key) {
+            Some(entry) => entry,
+            None => return self.refuse_inbound(slot, RefuseReason::Internal, true),
         };
         entry.state = ConnState::BeReplayed as u8;
         entry.local_isn = synack.seq;
         entry.seq_delta = seq_delta;
         entry.ts_delta = ts_delta;
-        if self.conns.insert(key, entry, 0).is_err() {
+        if self.conns.insert(key, entry, Insert::Any).is_err() {
             return self.refuse_inbound(slot, RefuseReason::Internal, true);
         }
         let translation = Translation {
@@ -892,7 +885,7 @@ impl Engine {
         if reset {
             self.reset_local(&inbound.key, inbound.client_isn);
         }
-        let _ = self.conns.remove(&inbound.key);
+        self.conns.remove(&inbound.key);
         self.metrics
             .refused
             .get_or_create(&Reason::new(refuse_label(reason)))
@@ -947,9 +940,9 @@ impl Engine {
             Ok(Some(state)) => {
                 if state == sockdiag::tcp_state::ESTABLISHED {
                     // Not closed after all: let a later real close be reported.
-                    if let Ok(mut entry) = self.conns.get(&conn.key, 0) {
+                    if let Some(mut entry) = self.conns.get(&conn.key) {
                         entry.flags &= !(conn_flags::RST | conn_flags::CLOSE_REPORTED);
-                        let _ = self.conns.insert(conn.key, entry, EXIST);
+                        let _ = self.conns.insert(conn.key, entry, Insert::Existing);
                     }
                     return;
                 }
@@ -973,10 +966,10 @@ impl Engine {
         let ConnId { key, client_isn } = conn;
         if self
             .conns
-            .get(&key, 0)
-            .is_ok_and(|e| e.client_isn == client_isn)
+            .get(&key)
+            .is_some_and(|e| e.client_isn == client_isn)
         {
-            let _ = self.conns.remove(&key);
+            self.conns.remove(&key);
         }
         if let Some(slot) = self.inbound_by_key.get(&key).copied()
             && self
@@ -1023,8 +1016,7 @@ impl Engine {
         let mut count = 0i64;
         let mut doomed = Vec::new();
         let mut to_check = Vec::new();
-        for item in self.conns.iter() {
-            let Ok((key, conn)) = item else { continue };
+        for (key, conn) in self.conns.entries() {
             count += 1;
             let age = now_ns.saturating_sub(conn.last_seen_ns);
             let stale = match (conn.role(), conn.state()) {
@@ -1177,3 +1169,6 @@ fn replay_segments(held: &Held, dst: Ipv4Addr, mtu: usize) -> Vec<Vec<u8>> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests;

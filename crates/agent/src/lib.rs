@@ -16,6 +16,7 @@ pub mod config;
 pub mod engine;
 pub mod hold;
 pub mod inject;
+pub mod kernel;
 pub mod mesh;
 pub mod metrics;
 pub mod sockdiag;
@@ -177,7 +178,12 @@ pub async fn run(
         })?;
     tracing::info!(node = %config.node.name, interface = %config.node.interface, policy = %config.policy.kind, "baton node running");
 
-    let mut engine = Engine::new(config, conns, inject, diag, mesh, load, metrics);
+    let kernel = kernel::Kernel {
+        conns: Box::new(conns),
+        inject: Box::new(inject),
+        tcp: Box::new(diag),
+    };
+    let mut engine = Engine::new(config, kernel, mesh, load, metrics);
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let mut confirm_tick = tokio::time::interval(Duration::from_millis(1));
     confirm_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

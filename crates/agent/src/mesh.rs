@@ -52,6 +52,12 @@ pub struct MeshSender {
 }
 
 impl MeshSender {
+    /// A sender over the given per-peer queues (`None` for this node itself); `start` builds the
+    /// real one, tests read the queues directly.
+    pub fn new(outbound: Vec<Option<mpsc::Sender<Message>>>) -> Self {
+        MeshSender { outbound }
+    }
+
     /// Queues `message` for `peer`'s outbound connection; false if it had to be dropped.
     pub fn send(&self, peer: usize, message: Message) -> bool {
         match self.outbound.get(peer).and_then(|s| s.as_ref()) {
@@ -124,7 +130,7 @@ pub async fn start(
             shutdown.clone(),
         ));
     }
-    Ok(MeshSender { outbound })
+    Ok(MeshSender::new(outbound))
 }
 
 fn reject(metrics: &Metrics, e: &ProtoError) {
