@@ -9,7 +9,7 @@ out=baton.bpf.o
 check=0
 [ "${1:-}" = "--check" ] && check=1 && out=$(mktemp --suffix=.bpf.o)
 arch_inc=/usr/include/$(uname -m)-linux-gnu
-clang -O2 -g -target bpf -Wall -Werror -I"$arch_inc" -fdebug-prefix-map="$PWD"=. \
+clang -O2 -g -target bpf -mcpu=v3 -Wall -Werror -I"$arch_inc" -fdebug-prefix-map="$PWD"=. \
     -c c/baton.c -o "$out"
 llvm-strip -g "$out"  # keep BTF (maps need it), drop DWARF
 if [ $check = 1 ]; then

@@ -635,6 +635,12 @@ impl Runner {
 
     /// Sets up the maps for `case`, runs it `repeat` times, returns what the last run did.
     pub fn run(&mut self, case: &Case, repeat: u32) -> Result<Outcome, String> {
+        self.prepare(case)?;
+        self.execute(case, repeat)
+    }
+
+    /// The maps as `case` wants them: node config, an empty table but for its entry, no events.
+    pub fn prepare(&mut self, case: &Case) -> Result<(), String> {
         self.datapath
             .set_node_config(&NodeConfig::new(
                 case.node,
@@ -652,6 +658,23 @@ impl Runner {
                 .insert(case.key(), entry, 0)
                 .map_err(|e| e.to_string())?;
         }
+        Ok(())
+    }
+
+    /// Fills the conn table with `n` entries of other connections (a SYN flood's aftermath).
+    pub fn fill_table(&mut self, n: u32) -> Result<(), String> {
+        for i in 0..n {
+            let client = SocketAddrV4::new(Ipv4Addr::from(0xc612_0000 | (i >> 16)), i as u16);
+            let key = ConnKey::new(client, SocketAddrV4::new(FE, SERVICE_PORT));
+            self.conns
+                .insert(key, fe_entry(ConnState::FeSyn), 0)
+                .map_err(|e| format!("entry {i}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Runs `case` on the maps as they are.
+    pub fn execute(&mut self, case: &Case, repeat: u32) -> Result<Outcome, String> {
         let name = match case.hook {
             Hook::Ingress => INGRESS_PROGRAM,
             Hook::Egress => EGRESS_PROGRAM,

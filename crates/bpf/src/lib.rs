@@ -110,11 +110,11 @@ impl ConnState {
 
 /// `conn.flags` bits.
 pub mod conn_flags {
-    pub const CLIENT_FIN: u8 = 0x01;
-    pub const SERVER_FIN: u8 = 0x02;
-    pub const RST: u8 = 0x04;
-    pub const CLOSE_REPORTED: u8 = 0x08;
-    pub const SYNACK_SEEN: u8 = 0x10;
+    pub const CLIENT_FIN: u32 = 0x01;
+    pub const SERVER_FIN: u32 = 0x02;
+    pub const RST: u32 = 0x04;
+    pub const CLOSE_REPORTED: u32 = 0x08;
+    pub const SYNACK_SEEN: u32 = 0x10;
 }
 
 /// Longest TCP options area.
@@ -126,10 +126,9 @@ pub const TCP_OPTS_MAX: usize = 40;
 pub struct Conn {
     pub role: u8,
     pub state: u8,
-    pub flags: u8,
     pub syn_opts_len: u8,
     pub synack_opts_len: u8,
-    pub pad0: [u8; 3],
+    pub flags: u32,
     pub client_isn: u32,
     pub local_isn: u32,
     pub synack_tsval: u32,

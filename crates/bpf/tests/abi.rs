@@ -114,11 +114,11 @@ fn conn_flags_match() {
     check(
         "conn.h",
         &[
-            ("CONN_CLIENT_FIN", CLIENT_FIN.into()),
-            ("CONN_SERVER_FIN", SERVER_FIN.into()),
-            ("CONN_RST", RST.into()),
-            ("CONN_CLOSE_REPORTED", CLOSE_REPORTED.into()),
+            ("CONN_CLIENT_FIN", CLIENT_FIN),
+            ("CONN_SERVER_FIN", SERVER_FIN),
+            ("CONN_RST", RST),
+            ("CONN_CLOSE_REPORTED", CLOSE_REPORTED),
         ],
     );
-    check("fe.h", &[("CONN_SYNACK_SEEN", SYNACK_SEEN.into())]);
+    check("fe.h", &[("CONN_SYNACK_SEEN", SYNACK_SEEN)]);
 }

@@ -678,3 +678,26 @@ fn a_close_counts_only_once_the_local_tcp_agrees() {
     ));
     assert!(n2.table.get(&key).is_none());
 }
+
+#[test]
+fn a_head_in_too_many_pieces_is_served_locally() {
+    let mut n1 = node(0, PolicyKind::Hash);
+    let key = key_at(N1);
+    n1.table.0.lock().unwrap().insert(key, held_entry());
+    let head = request(&target_for(1));
+    // One byte per segment: the hold limit (32 segments) comes before the end of the head.
+    for (i, byte) in head.iter().enumerate().take(40) {
+        let segment = client_segment(N1, i as u32, TcpFlags::ACK | TcpFlags::PSH, &[*byte]);
+        n1.engine.on_datapath(held(key, &segment));
+    }
+    let sent = n1.sent.take();
+    assert!(!sent.is_empty(), "released");
+    assert_eq!(
+        sent[0].payload,
+        head[..32].to_vec(),
+        "the bytes held so far go to the local TCP"
+    );
+    assert_eq!(fallbacks(&n1.metrics, "too_many_segments"), 1);
+    assert!(n1.to_peer.try_recv().is_err());
+    assert!(n1.table.get(&key).is_none());
+}

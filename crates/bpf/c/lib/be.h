@@ -18,18 +18,21 @@
 #include "parse.h"
 #include "translate.h"
 
-__always void be_note_close(struct conn *c, const struct conn_key *key, __u8 fin_flag, __u8 tcp_flags)
+__always void be_note_close(struct conn *c, const struct conn_key *key, __u32 fin_flag, __u8 tcp_flags)
 {
+	__u32 bits = 0;
 	if (tcp_flags & TCPF_FIN)
-		c->flags |= fin_flag;
+		bits |= fin_flag;
 	if (tcp_flags & TCPF_RST)
-		c->flags |= CONN_RST;
-	__u8 closed = (c->flags & CONN_RST) ||
-		      (c->flags & (CONN_CLIENT_FIN | CONN_SERVER_FIN)) == (CONN_CLIENT_FIN | CONN_SERVER_FIN);
-	if (closed && !(c->flags & CONN_CLOSE_REPORTED)) {
-		c->flags |= CONN_CLOSE_REPORTED;
+		bits |= CONN_RST;
+	if (!bits)
+		return;
+	__u32 flags = conn_set_flags(c, bits) | bits;
+	__u8 closed = (flags & CONN_RST) ||
+		      (flags & (CONN_CLIENT_FIN | CONN_SERVER_FIN)) == (CONN_CLIENT_FIN | CONN_SERVER_FIN);
+	/* Exactly one CPU wins the CLOSE_REPORTED bit, and that one reports. */
+	if (closed && !(conn_set_flags(c, CONN_CLOSE_REPORTED) & CONN_CLOSE_REPORTED))
 		emit_notice(EV_CLOSED, key);
-	}
 }
 
 __always int be_ingress(struct __sk_buff *skb, const struct pkt *p, const struct conn_key *key,

@@ -32,7 +32,8 @@ enum conn_state {
 	BE_ESTABLISHED = 12, /* translating both ways */
 };
 
-/* conn.flags */
+/* conn.flags. Set with conn_set_flags(): both directions of a connection can be in flight at
+ * once on different CPUs, and a lost bit would lose a close. */
 #define CONN_CLIENT_FIN 0x01
 #define CONN_SERVER_FIN 0x02
 #define CONN_RST 0x04
@@ -41,10 +42,9 @@ enum conn_state {
 struct conn {
 	__u8 role;
 	__u8 state;
-	__u8 flags;
 	__u8 syn_opts_len;
 	__u8 synack_opts_len;
-	__u8 pad0[3];
+	__u32 flags;         /* CONN_*; ingress and egress run on different CPUs: set atomically */
 	__u32 client_isn;    /* the client's initial sequence number */
 	__u32 local_isn;     /* FE: ISN of this node's SYN-ACK; BE: ISN of the server's SYN-ACK */
 	__u32 synack_tsval;  /* FE: TSval of the last SYN-ACK passed to the client */
@@ -88,6 +88,12 @@ struct {
 	__type(key, __u32);
 	__type(value, struct node_config);
 } config SEC(".maps");
+
+/* Sets `bits` in c->flags atomically; returns the flags from before. */
+__always __u32 conn_set_flags(struct conn *c, __u32 bits)
+{
+	return __sync_fetch_and_or(&c->flags, bits);
+}
 
 __always int is_service_port(const struct node_config *cfg, __be16 port)
 {

@@ -102,9 +102,9 @@ __always int fe_ingress(struct __sk_buff *skb, const struct pkt *p, const struct
 			return TC_ACT_OK;
 		}
 		if (p->flags & TCPF_FIN)
-			c->flags |= CONN_CLIENT_FIN;
+			conn_set_flags(c, CONN_CLIENT_FIN);
 		if (p->flags & TCPF_RST)
-			c->flags |= CONN_RST;
+			conn_set_flags(c, CONN_RST);
 		c->packets++;
 		c->bytes += skb->len;
 		stat_add(STAT_FORWARD_PACKETS, 1);
@@ -132,7 +132,7 @@ __always int fe_egress(struct __sk_buff *skb, const struct pkt *p, struct conn *
 			}
 			if (!load_bytes_var(skb, p->opts_off, c->synack_opts, p->opts_len, TCP_OPTS_MAX))
 				c->synack_opts_len = p->opts_len;
-			c->flags |= CONN_SYNACK_SEEN;
+			conn_set_flags(c, CONN_SYNACK_SEEN);
 		}
 		return TC_ACT_OK;
 	}
