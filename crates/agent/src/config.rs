@@ -26,7 +26,7 @@ use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 
-use baton_policy::PolicyKind;
+use baton_policy::{PolicyKind, PolicyParams};
 use serde::{Deserialize, Serialize};
 
 /// The smallest cluster key accepted, in bytes: the key authenticates every control message.
@@ -95,6 +95,9 @@ pub struct Member {
 pub struct PolicySection {
     #[serde(default)]
     pub kind: PolicyKind,
+    /// Tunables of `bounded-hash`, `lard` and `lard-r` (`[policy.params]`), with defaults.
+    #[serde(default)]
+    pub params: PolicyParams,
 }
 
 /// Bounds on what a node holds while it decides, and on how long state may live.
@@ -203,6 +206,16 @@ impl NodeConfig {
                 "node {} ({}) is not among cluster.members",
                 self.node.name, self.node.address
             ));
+        }
+        let params = &self.policy.params;
+        if params.balance_factor < 100 {
+            return invalid(
+                "policy.params.balance_factor must be at least 100 (percent of the mean load)"
+                    .into(),
+            );
+        }
+        if params.lard_low >= params.lard_high {
+            return invalid("policy.params.lard_low must be below lard_high".into());
         }
         if self.limits.head_bytes == 0 || self.limits.hold_segments == 0 {
             return invalid("limits.head_bytes and limits.hold_segments must be positive".into());

@@ -46,6 +46,8 @@ const LOCAL_CHUNK: usize = 32 * 1024;
 const WIRE_MTU: usize = 1500;
 /// How long late held packets keep following a released connection.
 const RELEASED_MEMORY: Duration = Duration::from_secs(5);
+/// How often this node counts its load (and so how fresh its heartbeats are).
+const LOAD_REFRESH: Duration = Duration::from_millis(100);
 /// How long the BE waits for its TCP to establish a replayed handshake.
 const CONFIRM_WAIT: Duration = Duration::from_millis(200);
 /// A BE connection idle this long is checked against the local TCP (is it still there?).
@@ -158,6 +160,10 @@ pub struct Engine {
     closing: Vec<(Instant, ConnId)>,
     next_id: u64,
     last_gc: Instant,
+    /// The origin of the policies' clock (`ClusterView::now_ms`).
+    started: Instant,
+    /// When this node's load was last counted.
+    load_counted: Instant,
 }
 
 impl Engine {
@@ -188,7 +194,7 @@ impl Engine {
         Engine {
             me,
             my_addr: config.node.address,
-            policy: baton_policy::build(config.policy.kind),
+            policy: baton_policy::build(config.policy.kind, &config.policy.params),
             config,
             conns: kernel.conns,
             inject: kernel.inject,
@@ -210,6 +216,8 @@ impl Engine {
             // Ids are unique per FE; the high bits keep two restarts of one node apart.
             next_id: (u64::from(rand::random::<u32>()) << 32) | 1,
             last_gc: Instant::now(),
+            started: Instant::now(),
+            load_counted: Instant::now(),
         }
     }
 
@@ -386,12 +394,25 @@ impl Engine {
             self.last_gc = now;
             self.collect_garbage();
         }
+        if now.duration_since(self.load_counted) >= LOAD_REFRESH {
+            self.load_counted = now;
+            self.count_load();
+        }
         self.metrics.held.set(self.held.len() as i64);
         self.metrics.handed_in_active.set(self.inbound.len() as i64);
-        self.load.store(
-            (self.inbound.len() + self.held.len()) as u32,
-            Ordering::Relaxed,
-        );
+    }
+
+    /// This node's load: the connections its TCP serves (local and handed in), as the policies
+    /// see it here and as the heartbeats report it to the peers.
+    fn count_load(&mut self) {
+        match self.diag.established(&self.config.cluster.service_ports) {
+            Ok(count) => {
+                self.peers[self.me].load = count;
+                self.load.store(count, Ordering::Relaxed);
+                self.metrics.load.set(i64::from(count));
+            }
+            Err(e) => tracing::warn!("sock_diag: {e}"),
+        }
     }
 
     /// Shutdown: every held connection is served locally, so none is lost.
@@ -525,6 +546,7 @@ impl Engine {
         let view = ClusterView {
             self_index: self.me,
             nodes: &nodes,
+            now_ms: self.started.elapsed().as_millis() as u64,
         };
         let request = RequestInfo {
             method: &head.method,
@@ -532,6 +554,11 @@ impl Engine {
             host: head.host.as_deref(),
         };
         let choice = self.policy.choose(&request, &view);
+        // Count the assignment at once: until the next report, a burst must not all land on the
+        // node that looked idlest.
+        if let Some(peer) = self.peers.get_mut(choice) {
+            peer.load = peer.load.saturating_add(1);
+        }
         if choice == self.me || choice >= self.peers.len() {
             return self.release_local(key, "policy");
         }

@@ -50,6 +50,8 @@ pub trait TcpStates: Send {
         local: SocketAddrV4,
         remote: SocketAddrV4,
     ) -> Result<Option<u8>, SockDiagError>;
+    /// Established connections on the local ports `ports` (the node's load).
+    fn established(&mut self, ports: &[u16]) -> Result<u32, SockDiagError>;
 }
 
 impl ConnTableOps for ConnTable {
@@ -80,6 +82,9 @@ impl TcpStates for SockDiag {
         remote: SocketAddrV4,
     ) -> Result<Option<u8>, SockDiagError> {
         SockDiag::tcp_state(self, local, remote)
+    }
+    fn established(&mut self, ports: &[u16]) -> Result<u32, SockDiagError> {
+        SockDiag::established(self, ports)
     }
 }
 

@@ -63,6 +63,8 @@ pub struct Metrics {
     pub conn_entries: Gauge,
     pub held: Gauge,
     pub handed_in_active: Gauge,
+    /// Established connections on the service ports: what this node reports as its load.
+    pub load: Gauge,
 }
 
 impl Metrics {
@@ -157,6 +159,11 @@ impl Metrics {
             "handed_in_active",
             "Handed-in connections being served",
             self.handed_in_active.clone(),
+        );
+        r.register(
+            "load",
+            "Established connections on the service ports (this node's load)",
+            self.load.clone(),
         );
         r
     }

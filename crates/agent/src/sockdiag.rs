@@ -4,7 +4,9 @@
 
 use std::net::{IpAddr, SocketAddrV4};
 
-use netlink_packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
 use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_packet_sock_diag::constants::{AF_INET, IPPROTO_TCP};
 use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
@@ -95,6 +97,57 @@ impl SockDiag {
     }
 }
 
+impl SockDiag {
+    /// How many established TCP connections have their local port in `ports`: the connections
+    /// this node is serving, locally accepted and handed in alike (its load).
+    pub fn established(&mut self, ports: &[u16]) -> Result<u32, SockDiagError> {
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        let mut request = NetlinkMessage::new(
+            header,
+            SockDiagMessage::InetRequest(InetRequest {
+                family: AF_INET,
+                protocol: IPPROTO_TCP,
+                extensions: ExtensionFlags::empty(),
+                states: StateFlags::ESTABLISHED,
+                socket_id: SocketId::new_v4(),
+            })
+            .into(),
+        );
+        request.finalize();
+        let mut out = vec![0; request.buffer_len()];
+        request.serialize(&mut out);
+        self.socket.send(&out, 0).map_err(SockDiagError::Io)?;
+        let mut count = 0;
+        loop {
+            let n = self
+                .socket
+                .recv(&mut &mut self.buf[..], 0)
+                .map_err(SockDiagError::Io)?;
+            let mut offset = 0;
+            while offset < n {
+                let message = NetlinkMessage::<SockDiagMessage>::deserialize(&self.buf[offset..n])
+                    .map_err(|e| SockDiagError::Answer(e.to_string()))?;
+                let len = message.header.length as usize;
+                match message.payload {
+                    NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r))
+                        if ports.contains(&r.header.socket_id.source_port) =>
+                    {
+                        count += 1;
+                    }
+                    NetlinkPayload::Done(_) => return Ok(count),
+                    NetlinkPayload::Error(e) => return Err(SockDiagError::Io(e.to_io())),
+                    _ => {}
+                }
+                if len == 0 {
+                    break;
+                }
+                offset += len;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +176,7 @@ mod tests {
         );
         let nobody = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1);
         assert_eq!(diag.tcp_state(local, nobody).unwrap(), None);
+        assert!(diag.established(&[local.port()]).unwrap() >= 1);
         drop(client);
     }
 }

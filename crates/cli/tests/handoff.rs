@@ -770,3 +770,29 @@ fn a_forged_reset_does_not_end_a_handed_off_connection() {
         );
     }
 }
+
+#[test]
+fn locality_policies_keep_a_target_on_one_node_while_loads_are_low() {
+    // Requests one after another, each once the load reports (every 100 ms) have caught up with
+    // the previous one: the cluster is idle, so the target must not move.
+    for policy in [PolicyKind::Lard, PolicyKind::BoundedHash] {
+        let lab = lab("lp", 3, ServerKind::Static, policy);
+        for (entry, target) in [
+            (1, "/f/1k?obj=a"),
+            (2, "/f/100k?obj=b"),
+            (3, "/index.html?obj=c"),
+        ] {
+            let servers: std::collections::HashSet<String> = (0..5)
+                .map(|_| {
+                    std::thread::sleep(Duration::from_millis(200));
+                    curl_get(&lab, entry, target).0
+                })
+                .collect();
+            assert_eq!(
+                servers.len(),
+                1,
+                "{policy}: {target} via n{entry} was served by {servers:?}"
+            );
+        }
+    }
+}

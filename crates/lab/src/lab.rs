@@ -169,6 +169,7 @@ pub fn target_hashed_to(path: &str, node: usize, nodes: usize) -> String {
     let view = ClusterView {
         self_index: 0,
         nodes: &states,
+        now_ms: 0,
     };
     let mut policy = baton_policy::Hash;
     (0..100_000)

@@ -10,15 +10,27 @@
 //! - given a malformed view (`self_index` out of range, e.g. an empty node list) it returns
 //!   `self_index` unchanged, which the caller must treat as "serve locally".
 //!
-//! Policies: [`Local`] (no distribution), [`RoundRobin`] (content-blind), [`Hash`](struct@Hash) (rendezvous
-//! hashing of the request target, so that every node of the cluster sends the same target to the
-//! same node and its cache stays hot). Build one by name with [`build`].
+//! Policies: [`Local`] (no distribution), [`RoundRobin`] and [`LeastConn`] (content-blind),
+//! [`Hash`](struct@Hash) (rendezvous hashing of the request target, so that every node of the
+//! cluster sends the same target to the same node and its cache stays hot), [`BoundedHash`]
+//! (consistent hashing with bounded loads), [`Lard`] and [`LardR`] (locality-aware request
+//! distribution, Pai et al., ASPLOS 1998). Build one by name with [`build`].
+//!
+//! Loads are active connections, as the view reports them; time (`ClusterView::now_ms`, any
+//! monotonic clock in ms) only matters to LARD/R. Both come from the caller, so the same code runs
+//! in a live node and in a simulation.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+mod bounded;
+mod lard;
+
+pub use bounded::BoundedHash;
+pub use lard::{Lard, LardR};
 
 /// Which policy a node runs, as named in configuration and on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -28,10 +40,22 @@ pub enum PolicyKind {
     RoundRobin,
     #[default]
     Hash,
+    LeastConn,
+    BoundedHash,
+    Lard,
+    LardR,
 }
 
 impl PolicyKind {
-    pub const ALL: [PolicyKind; 3] = [PolicyKind::Local, PolicyKind::RoundRobin, PolicyKind::Hash];
+    pub const ALL: [PolicyKind; 7] = [
+        PolicyKind::Local,
+        PolicyKind::RoundRobin,
+        PolicyKind::Hash,
+        PolicyKind::LeastConn,
+        PolicyKind::BoundedHash,
+        PolicyKind::Lard,
+        PolicyKind::LardR,
+    ];
 
     /// The kebab-case name used in configuration files and on the command line.
     pub fn as_str(self) -> &'static str {
@@ -39,6 +63,36 @@ impl PolicyKind {
             PolicyKind::Local => "local",
             PolicyKind::RoundRobin => "round-robin",
             PolicyKind::Hash => "hash",
+            PolicyKind::LeastConn => "least-conn",
+            PolicyKind::BoundedHash => "bounded-hash",
+            PolicyKind::Lard => "lard",
+            PolicyKind::LardR => "lard-r",
+        }
+    }
+}
+
+/// The tunables of the policies that have any; every field has the documented default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyParams {
+    /// `bounded-hash`: no node is assigned more than this percentage of the mean load (HAProxy's
+    /// `hash-balance-factor`; 125 = 1.25 times the mean). At least 100.
+    pub balance_factor: u32,
+    /// `lard`, `lard-r`: a node below this load counts as lightly loaded (T_low; the paper: 25).
+    pub lard_low: u32,
+    /// `lard`, `lard-r`: a node above this load counts as loaded (T_high; the paper: 65).
+    pub lard_high: u32,
+    /// `lard-r`: a target's server set shrinks after this long without changing (the paper: 20 s).
+    pub lard_r_quiet_ms: u64,
+}
+
+impl Default for PolicyParams {
+    fn default() -> Self {
+        PolicyParams {
+            balance_factor: 125,
+            lard_low: 25,
+            lard_high: 65,
+            lard_r_quiet_ms: 20_000,
         }
     }
 }
@@ -51,7 +105,9 @@ impl fmt::Display for PolicyKind {
 
 /// A policy name that is not one of [`PolicyKind::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("unknown policy {0:?} (expected one of: local, round-robin, hash)")]
+#[error(
+    "unknown policy {0:?} (expected one of: local, round-robin, hash, least-conn, bounded-hash, lard, lard-r)"
+)]
 pub struct UnknownPolicy(pub String);
 
 impl FromStr for PolicyKind {
@@ -81,6 +137,8 @@ pub struct ClusterView<'a> {
     /// Index of the deciding node in `nodes`.
     pub self_index: usize,
     pub nodes: &'a [NodeState],
+    /// Now, in ms on any monotonic clock (a live node's, or a simulation's).
+    pub now_ms: u64,
 }
 
 impl ClusterView<'_> {
@@ -99,6 +157,18 @@ impl ClusterView<'_> {
 
     fn is_malformed(&self) -> bool {
         self.self_index >= self.nodes.len()
+    }
+
+    /// The eligible node with the least load; ties go to self (no handoff), then to the first.
+    pub fn least_loaded(&self) -> usize {
+        self.eligible()
+            .min_by_key(|&(index, node)| (node.load, index != self.self_index, index))
+            .map_or(self.self_index, |(index, _)| index)
+    }
+
+    /// Whether some eligible node carries less than `load`.
+    fn any_below(&self, load: u32) -> bool {
+        self.eligible().any(|(_, node)| node.load < load)
     }
 }
 
@@ -119,11 +189,15 @@ pub trait Policy: Send {
 }
 
 /// Builds the policy named by `kind`, in its initial state.
-pub fn build(kind: PolicyKind) -> Box<dyn Policy> {
+pub fn build(kind: PolicyKind, params: &PolicyParams) -> Box<dyn Policy> {
     match kind {
         PolicyKind::Local => Box::new(Local),
         PolicyKind::RoundRobin => Box::new(RoundRobin::default()),
         PolicyKind::Hash => Box::new(Hash),
+        PolicyKind::LeastConn => Box::new(LeastConn),
+        PolicyKind::BoundedHash => Box::new(BoundedHash::new(params.balance_factor)),
+        PolicyKind::Lard => Box::new(Lard::new(params)),
+        PolicyKind::LardR => Box::new(LardR::new(params)),
     }
 }
 
@@ -170,6 +244,23 @@ impl Policy for RoundRobin {
             .unwrap_or(view.self_index);
         self.last = Some(chosen);
         chosen
+    }
+}
+
+/// Content-blind: the eligible node with the fewest active connections.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LeastConn;
+
+impl Policy for LeastConn {
+    fn name(&self) -> &'static str {
+        PolicyKind::LeastConn.as_str()
+    }
+
+    fn choose(&mut self, _request: &RequestInfo, view: &ClusterView) -> usize {
+        if view.is_malformed() {
+            return view.self_index;
+        }
+        view.least_loaded()
     }
 }
 
@@ -220,18 +311,18 @@ pub fn rendezvous_score(node_name: &str, target: &str) -> u64 {
     splitmix64_finalize(fnv1a64(hash, target.as_bytes()))
 }
 
-const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+pub(crate) const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 /// 64-bit FNV-1a, continuing from `hash` (start from `FNV_OFFSET_BASIS`).
-fn fnv1a64(hash: u64, bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a64(hash: u64, bytes: &[u8]) -> u64 {
     bytes.iter().fold(hash, |hash, &byte| {
         (hash ^ u64::from(byte)).wrapping_mul(FNV_PRIME)
     })
 }
 
 /// The output function of splitmix64 (Steele, Lea, Flood 2014): a bijective 64-bit mixer.
-fn splitmix64_finalize(mut z: u64) -> u64 {
+pub(crate) fn splitmix64_finalize(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)

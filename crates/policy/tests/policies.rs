@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use baton_policy::{
-    ClusterView, Hash, Local, NodeState, Policy, PolicyKind, RequestInfo, RoundRobin, build,
-    rendezvous_score,
+    ClusterView, Hash, Local, NodeState, Policy, PolicyKind, PolicyParams, RequestInfo, RoundRobin,
+    build, rendezvous_score,
 };
 use proptest::prelude::*;
 
@@ -39,7 +39,11 @@ fn hash_assignment<'n>(
     nodes: &'n [NodeState],
     self_index: usize,
 ) -> Vec<&'n str> {
-    let view = ClusterView { self_index, nodes };
+    let view = ClusterView {
+        self_index,
+        nodes,
+        now_ms: 0,
+    };
     let mut policy = Hash;
     targets
         .iter()
@@ -56,7 +60,7 @@ fn policy_kind_names_round_trip() {
     ] {
         assert_eq!(kind.to_string(), name);
         assert_eq!(name.parse::<PolicyKind>(), Ok(kind));
-        assert_eq!(build(kind).name(), name);
+        assert_eq!(build(kind, &PolicyParams::default()).name(), name);
     }
     assert_eq!(PolicyKind::default(), PolicyKind::Hash);
     let error = "roundrobin".parse::<PolicyKind>().unwrap_err();
@@ -76,6 +80,7 @@ fn local_always_chooses_self() {
         let view = ClusterView {
             self_index,
             nodes: &cluster,
+            now_ms: 0,
         };
         for target in ["/", "/a", "/b?c"] {
             assert_eq!(policy.choose(&get(target), &view), self_index);
@@ -93,6 +98,7 @@ fn round_robin_visits_every_up_node_equally() {
     let view = ClusterView {
         self_index: 4,
         nodes: &cluster,
+        now_ms: 0,
     };
     let mut policy = RoundRobin::default();
     let eligible = [0, 2, 4];
@@ -129,6 +135,7 @@ fn round_robin_rotation_continues_fairly_when_membership_changes() {
             &ClusterView {
                 self_index: 0,
                 nodes: cluster,
+                now_ms: 0,
             },
         )
     };
@@ -155,10 +162,11 @@ fn hash_is_deterministic_across_instances_and_deciding_nodes() {
     for self_index in 1..cluster.len() {
         assert_eq!(hash_assignment(&targets, &cluster, self_index), reference);
     }
-    let mut boxed = build(PolicyKind::Hash);
+    let mut boxed = build(PolicyKind::Hash, &PolicyParams::default());
     let view = ClusterView {
         self_index: 3,
         nodes: &cluster,
+        now_ms: 0,
     };
     for (target, expected) in targets.iter().zip(&reference).take(100) {
         let chosen = boxed.choose(&get(target), &view);
@@ -210,6 +218,7 @@ fn hash_skips_down_nodes_but_never_self() {
     let view = ClusterView {
         self_index: 2,
         nodes: &cluster,
+        now_ms: 0,
     };
     let mut policy = Hash;
     for target in targets(3).iter().take(200) {
@@ -246,16 +255,18 @@ fn hash_spreads_targets_evenly() {
 #[test]
 fn malformed_views_fall_back_to_self_index() {
     let empty: [NodeState; 0] = [];
-    for mut policy in PolicyKind::ALL.map(build) {
+    for mut policy in PolicyKind::ALL.map(|kind| build(kind, &PolicyParams::default())) {
         let view = ClusterView {
             self_index: 0,
             nodes: &empty,
+            now_ms: 0,
         };
         assert_eq!(policy.choose(&get("/"), &view), 0, "{}", policy.name());
         let cluster = named(2);
         let view = ClusterView {
             self_index: 5,
             nodes: &cluster,
+            now_ms: 0,
         };
         assert_eq!(policy.choose(&get("/"), &view), 5, "{}", policy.name());
     }
@@ -284,8 +295,8 @@ fn cluster_strategy() -> impl Strategy<Value = (Vec<NodeState>, usize)> {
 proptest! {
     #[test]
     fn every_policy_returns_an_eligible_node((cluster, self_index) in cluster_strategy(), target in ".{0,40}") {
-        let view = ClusterView { self_index, nodes: &cluster };
-        for mut policy in PolicyKind::ALL.map(build) {
+        let view = ClusterView { self_index, nodes: &cluster, now_ms: 0 };
+        for mut policy in PolicyKind::ALL.map(|kind| build(kind, &PolicyParams::default())) {
             for _ in 0..cluster.len() + 1 {
                 let chosen = policy.choose(&get(&target), &view);
                 prop_assert!(chosen < cluster.len());
@@ -298,8 +309,8 @@ proptest! {
     fn arbitrary_views_never_panic(self_index in 0usize..20, up in proptest::collection::vec(any::<bool>(), 0..10), target in ".*") {
         let cluster: Vec<NodeState> = up.iter().enumerate()
             .map(|(i, &up)| NodeState { name: format!("n{i}"), up, load: 0 }).collect();
-        let view = ClusterView { self_index, nodes: &cluster };
-        for mut policy in PolicyKind::ALL.map(build) {
+        let view = ClusterView { self_index, nodes: &cluster, now_ms: 0 };
+        for mut policy in PolicyKind::ALL.map(|kind| build(kind, &PolicyParams::default())) {
             let _ = policy.choose(&RequestInfo { method: "", target: &target, host: None }, &view);
         }
     }

@@ -106,6 +106,13 @@ impl TcpStates for Tcp {
     ) -> Result<Option<u8>, SockDiagError> {
         Ok(self.0.lock().unwrap().get(&(local, remote)).copied())
     }
+    fn established(&mut self, ports: &[u16]) -> Result<u32, SockDiagError> {
+        let states = self.0.lock().unwrap();
+        let serving = states.iter().filter(|((local, _), state)| {
+            **state == tcp_state::ESTABLISHED && ports.contains(&local.port())
+        });
+        Ok(serving.count() as u32)
+    }
 }
 
 struct Node {
@@ -265,6 +272,7 @@ fn target_for(want: usize) -> String {
     let view = ClusterView {
         self_index: 0,
         nodes: &nodes,
+        now_ms: 0,
     };
     (0..10_000)
         .map(|k| format!("/f/1k?k={k}"))
