@@ -26,7 +26,7 @@ use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 
-use baton_policy::{PolicyKind, PolicyParams};
+use baton_policy::{PolicyKind, PolicyParams, Rule};
 use serde::{Deserialize, Serialize};
 
 /// The smallest cluster key accepted, in bytes: the key authenticates every control message.
@@ -98,6 +98,12 @@ pub struct PolicySection {
     /// Tunables of `bounded-hash`, `lard` and `lard-r` (`[policy.params]`), with defaults.
     #[serde(default)]
     pub params: PolicyParams,
+    /// Content rules (`[[policy.rules]]`): path prefix, extension or Host -> a group of nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule>,
+    /// The cookie whose value picks the node (session affinity); none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity_cookie: Option<String>,
 }
 
 /// Bounds on what a node holds while it decides, and on how long state may live.
@@ -207,6 +213,16 @@ impl NodeConfig {
                 self.node.name, self.node.address
             ));
         }
+        let names: Vec<String> = self
+            .cluster
+            .members
+            .iter()
+            .map(|m| m.name.clone())
+            .collect();
+        for (position, rule) in self.policy.rules.iter().enumerate() {
+            rule.validate(position, &names)
+                .map_err(|e| ConfigError::Invalid(format!("policy.rules: {e}")))?;
+        }
         let params = &self.policy.params;
         if params.balance_factor < 100 {
             return invalid(
@@ -268,6 +284,22 @@ kind = "hash"
     fn round_trips_through_toml() {
         let c = NodeConfig::from_toml(MINIMAL).unwrap();
         assert_eq!(NodeConfig::from_toml(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn rules_and_affinity_parse_and_are_checked() {
+        let with_rules = format!(
+            "{MINIMAL}\naffinity_cookie = \"SRV\"\n[[policy.rules]]\npath_prefix = \"/static/\"\ngroup = [\"n2\"]\npolicy = \"round-robin\"\n"
+        );
+        let c = NodeConfig::from_toml(&with_rules).unwrap();
+        assert_eq!(c.policy.rules.len(), 1);
+        assert_eq!(c.policy.affinity_cookie.as_deref(), Some("SRV"));
+        assert_eq!(NodeConfig::from_toml(&c.to_toml()).unwrap(), c);
+        let bad = with_rules.replace("group = [\"n2\"]", "group = [\"n7\"]");
+        assert!(matches!(
+            NodeConfig::from_toml(&bad),
+            Err(ConfigError::Invalid(_))
+        ));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use baton_bpf::{Conn, ConnKey, ConnRole, ConnState, Event, EventKind, conn_flags};
 use baton_http::{Limits as HeadLimits, Sniff};
-use baton_policy::{ClusterView, NodeState, Policy, RequestInfo};
+use baton_policy::{ClusterView, NodeState, RequestInfo, RoutedRequest, Router};
 use baton_proto::{HandoffRequest, Message, RefuseReason};
 use baton_wire::{
     SynOptions, TcpFlags, TcpPacketBuilder, Translation, parse_options, rewrite_dst_addr,
@@ -137,7 +137,7 @@ pub struct Engine {
     conns: Box<dyn ConnTableOps>,
     inject: Box<dyn PacketSink>,
     diag: Box<dyn TcpStates>,
-    policy: Box<dyn Policy>,
+    router: Router,
     peers: Vec<Peer>,
     mesh: MeshSender,
     load: Arc<AtomicU32>,
@@ -194,7 +194,12 @@ impl Engine {
         Engine {
             me,
             my_addr: config.node.address,
-            policy: baton_policy::build(config.policy.kind, &config.policy.params),
+            router: Router::new(
+                config.policy.kind,
+                &config.policy.params,
+                &config.policy.rules,
+                config.policy.affinity_cookie.clone(),
+            ),
             config,
             conns: kernel.conns,
             inject: kernel.inject,
@@ -553,7 +558,13 @@ impl Engine {
             target: &head.target,
             host: head.host.as_deref(),
         };
-        let choice = self.policy.choose(&request, &view);
+        let choice = self.router.route(
+            &RoutedRequest {
+                info: request,
+                cookies: &head.cookies,
+            },
+            &view,
+        );
         // Count the assignment at once: until the next report, a burst must not all land on the
         // node that looked idlest.
         if let Some(peer) = self.peers.get_mut(choice) {

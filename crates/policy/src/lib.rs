@@ -28,9 +28,11 @@ use thiserror::Error;
 
 mod bounded;
 mod lard;
+pub mod router;
 
 pub use bounded::BoundedHash;
 pub use lard::{Lard, LardR};
+pub use router::{RoutedRequest, Router, Rule};
 
 /// Which policy a node runs, as named in configuration and on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
