@@ -146,5 +146,7 @@ fn main() {
     row("policy local", &lab);
     lab.restart_agents(PolicyKind::RoundRobin).unwrap();
     row("policy round-robin", &lab);
+    lab.restart_agents(PolicyKind::LeastConn).unwrap();
+    row("policy least-conn", &lab);
     lab.down().unwrap();
 }
