@@ -1,7 +1,7 @@
 //! The handoff engine: the single owner of every connection's agent-side state.
 //!
 //! It owns the datapath's conn table, the held connections (FE), the handed-in connections (BE),
-//! the policy and the view of the cluster, and reacts to three inputs: datapath events (held
+//! the router (content rules and policy) and the view of the cluster, and reacts to three inputs: datapath events (held
 //! packets, the BE server's SYN-ACK, closes), control messages from peers, and a clock tick.
 //!
 //! FE (DESIGN §3 steps 2-5, 7): held packets are reassembled into the client's byte stream until
@@ -13,8 +13,10 @@
 //!
 //! BE (steps 6, 8, 9): a handoff request becomes a translating entry and a replayed SYN; the local
 //! server's SYN-ACK (caught by the datapath) gives the sequence and timestamp offsets, the options
-//! are checked against the FE's, the ACK is replayed translated, and the FE is told. Closes are
-//! reported to the FE; every entry is removed after a linger or an idle timeout.
+//! are checked against the FE's, the ACK is replayed translated, and once the local TCP reports the
+//! connection established the FE is told. Closes the datapath sees are confirmed with the local
+//! TCP, then reported to the FE; every entry is removed after a linger (or, at the FE, an idle
+//! timeout).
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -145,8 +147,9 @@ pub struct Engine {
     head_limits: HeadLimits,
     held: HashMap<ConnKey, Held>,
     released: HashMap<ConnKey, (Released, u32, Instant)>,
-    /// FE: handoff id -> (connection, BE) for connections handed out, until closed.
+    /// FE: handoff id -> connection offered to a peer, until it answers or times out.
     pending: HashMap<u64, ConnKey>,
+    /// FE: handoff id -> (BE, connection) for connections handed out, until closed.
     outbound: HashMap<u64, (usize, ConnId)>,
     /// BE: (peer, id) -> connection handed in.
     inbound: HashMap<(usize, u64), Inbound>,
@@ -315,9 +318,7 @@ impl Engine {
 
     /// Whether a replayed handshake awaits confirmation (the caller then ticks faster).
     pub fn confirming(&self) -> bool {
-        self.inbound
-            .values()
-            .any(|i| matches!(i.phase, InboundPhase::Confirming { .. }))
+        !self.confirming.is_empty()
     }
 
     /// Called every millisecond while [`Engine::confirming`]: the local TCP usually takes the
