@@ -357,23 +357,8 @@ impl Engine {
             .filter(|(_, i)| matches!(i.phase, InboundPhase::AwaitingSynAck { deadline } if deadline <= now))
             .map(|(k, _)| *k)
             .collect();
-        for k in stale {
-            if let Some(inbound) = self.inbound.remove(&k) {
-                self.inbound_by_key.remove(&inbound.key);
-                self.reset_local(&inbound.key, inbound.client_isn);
-                self.conns.remove(&inbound.key);
-                self.metrics
-                    .refused
-                    .get_or_create(&Reason::new("timeout"))
-                    .inc();
-                self.mesh.send(
-                    inbound.peer,
-                    Message::HandoffRefused {
-                        id: inbound.id,
-                        reason: RefuseReason::Timeout,
-                    },
-                );
-            }
+        for slot in stale {
+            self.refuse_inbound(slot, RefuseReason::Timeout, true);
         }
         let due: Vec<ConnId> = self
             .expiries
