@@ -1,4 +1,5 @@
-//! The `baton` command: the node agent, the lab, and the static file server the lab runs.
+//! The `baton` command: the node agent, the lab, the static file server the lab runs, and the
+//! cluster simulator.
 //! `anyhow` lives only here, at the binary's edge; the libraries return typed errors.
 
 use std::path::PathBuf;
@@ -30,6 +31,8 @@ enum Command {
     Lab(baton_lab::cli::LabCommand),
     /// Serve a directory over HTTP/1.1 (the lab's `static` server).
     ServeStatic(baton_lab::static_server::ServeArgs),
+    /// Simulate a cluster under a trace with the real policies: throughput, hit ratio, imbalance.
+    Sim(baton_sim::cli::SimArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,5 +52,6 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Lab(cmd) => baton_lab::cli::run(cmd),
         Command::ServeStatic(args) => baton_lab::static_server::run(args).context("serve-static"),
+        Command::Sim(args) => baton_sim::cli::run(args),
     }
 }
