@@ -50,6 +50,8 @@ const WIRE_MTU: usize = 1500;
 const RELEASED_MEMORY: Duration = Duration::from_secs(5);
 /// How often this node counts its load (and so how fresh its heartbeats are).
 const LOAD_REFRESH: Duration = Duration::from_millis(100);
+/// A load change larger than this (or a quarter of the last report) is reported at once.
+const BIG_LOAD_CHANGE: u32 = 8;
 /// How long the BE waits for its TCP to establish a replayed handshake.
 const CONFIRM_WAIT: Duration = Duration::from_millis(200);
 /// A BE connection idle this long is checked against the local TCP (is it still there?).
@@ -399,8 +401,21 @@ impl Engine {
         match self.diag.established(&self.config.cluster.service_ports) {
             Ok(count) => {
                 self.peers[self.me].load = count;
-                self.load.store(count, Ordering::Relaxed);
+                let reported = self.load.swap(count, Ordering::Relaxed);
                 self.metrics.load.set(i64::from(count));
+                // A big change is told at once rather than at the next heartbeat.
+                if count.abs_diff(reported) > BIG_LOAD_CHANGE.max(reported / 4) {
+                    let sent_at_ms = crate::mesh::now_ms();
+                    for peer in (0..self.peers.len()).filter(|&p| p != self.me) {
+                        self.mesh.send(
+                            peer,
+                            Message::Heartbeat {
+                                load: count,
+                                sent_at_ms,
+                            },
+                        );
+                    }
+                }
             }
             Err(e) => tracing::warn!("sock_diag: {e}"),
         }

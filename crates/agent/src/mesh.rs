@@ -83,7 +83,7 @@ fn nonce() -> [u8; 16] {
     rand::random()
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -709,3 +709,28 @@ fn a_head_in_too_many_pieces_is_served_locally() {
     assert!(n1.to_peer.try_recv().is_err());
     assert!(n1.table.get(&key).is_none());
 }
+
+#[test]
+fn load_is_counted_from_the_local_tcp_and_big_changes_are_told_at_once() {
+    let mut n1 = node(0, PolicyKind::LeastConn);
+    {
+        let mut states = n1.tcp.0.lock().unwrap();
+        for port in 0..20u16 {
+            let remote = SocketAddrV4::new(CLIENT, 50_000 + port);
+            states.insert((SocketAddrV4::new(N1, 80), remote), tcp_state::ESTABLISHED);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(120));
+    n1.engine.on_tick();
+    assert_eq!(n1.metrics.load.get(), 20);
+    assert!(matches!(
+        n1.to_peer.try_recv(),
+        Ok(Message::Heartbeat { load: 20, .. })
+    ));
+    // n1 now looks busier than n2 (load 0): least-conn hands the next request over.
+    hold(&mut n1, &request("/anything"));
+    assert!(matches!(
+        n1.to_peer.try_recv(),
+        Ok(Message::HandoffRequest(_))
+    ));
+}
