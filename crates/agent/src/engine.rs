@@ -362,24 +362,10 @@ impl Engine {
         for slot in stale {
             self.refuse_inbound(slot, RefuseReason::Timeout, true);
         }
-        let due: Vec<ConnId> = self
-            .expiries
-            .iter()
-            .filter(|(t, _)| *t <= now)
-            .map(|(_, c)| *c)
-            .collect();
-        self.expiries.retain(|(t, _)| *t > now);
-        for conn in due {
+        for conn in take_due(&mut self.expiries, now) {
             self.forget(conn);
         }
-        let closed: Vec<ConnId> = self
-            .closing
-            .iter()
-            .filter(|(t, _)| *t <= now)
-            .map(|(_, c)| *c)
-            .collect();
-        self.closing.retain(|(t, _)| *t > now);
-        for conn in closed {
+        for conn in take_due(&mut self.closing, now) {
             self.confirm_closed(conn);
         }
         self.released.retain(|_, (_, _, until)| *until > now);
@@ -1128,6 +1114,17 @@ fn refuse_label(reason: RefuseReason) -> &'static str {
         RefuseReason::Internal => "internal",
         RefuseReason::Malformed => "malformed",
     }
+}
+
+/// Removes and returns the connections whose time has come.
+fn take_due(list: &mut Vec<(Instant, ConnId)>, now: Instant) -> Vec<ConnId> {
+    let due = list
+        .iter()
+        .filter(|(t, _)| *t <= now)
+        .map(|(_, c)| *c)
+        .collect();
+    list.retain(|(t, _)| *t > now);
+    due
 }
 
 /// Recomputes the IPv4 and TCP checksums of a complete packet in place (no-op on anything else).

@@ -63,23 +63,8 @@ impl SockDiag {
         socket_id.destination_address = IpAddr::V4(*remote.ip());
         socket_id.destination_port = remote.port();
         socket_id.cookie = [0xff; 8]; // INET_DIAG_NOCOOKIE: match on the tuple alone
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST; // no DUMP: an exact lookup
-        let mut request = NetlinkMessage::new(
-            header,
-            SockDiagMessage::InetRequest(InetRequest {
-                family: AF_INET,
-                protocol: IPPROTO_TCP,
-                extensions: ExtensionFlags::empty(),
-                states: StateFlags::all(),
-                socket_id,
-            })
-            .into(),
-        );
-        request.finalize();
-        let mut out = vec![0; request.buffer_len()];
-        request.serialize(&mut out);
-        self.socket.send(&out, 0).map_err(SockDiagError::Io)?;
+        // No DUMP flag: an exact lookup.
+        self.send_request(NLM_F_REQUEST, StateFlags::all(), socket_id)?;
         let n = self
             .socket
             .recv(&mut &mut self.buf[..], 0)
@@ -98,19 +83,23 @@ impl SockDiag {
 }
 
 impl SockDiag {
-    /// How many established TCP connections have their local port in `ports`: the connections
-    /// this node is serving, locally accepted and handed in alike (its load).
-    pub fn established(&mut self, ports: &[u16]) -> Result<u32, SockDiagError> {
+    /// Sends one INET_DIAG request about TCP over IPv4.
+    fn send_request(
+        &mut self,
+        flags: u16,
+        states: StateFlags,
+        socket_id: SocketId,
+    ) -> Result<(), SockDiagError> {
         let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        header.flags = flags;
         let mut request = NetlinkMessage::new(
             header,
             SockDiagMessage::InetRequest(InetRequest {
                 family: AF_INET,
                 protocol: IPPROTO_TCP,
                 extensions: ExtensionFlags::empty(),
-                states: StateFlags::ESTABLISHED,
-                socket_id: SocketId::new_v4(),
+                states,
+                socket_id,
             })
             .into(),
         );
@@ -118,6 +107,17 @@ impl SockDiag {
         let mut out = vec![0; request.buffer_len()];
         request.serialize(&mut out);
         self.socket.send(&out, 0).map_err(SockDiagError::Io)?;
+        Ok(())
+    }
+
+    /// How many established TCP connections have their local port in `ports`: the connections
+    /// this node is serving, locally accepted and handed in alike (its load).
+    pub fn established(&mut self, ports: &[u16]) -> Result<u32, SockDiagError> {
+        self.send_request(
+            NLM_F_REQUEST | NLM_F_DUMP,
+            StateFlags::ESTABLISHED,
+            SocketId::new_v4(),
+        )?;
         let mut count = 0;
         loop {
             let n = self

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use aya::programs::{TestRun, TestRunOptions};
 use baton_wire::{
-    Ipv4Packet, SackBlocks, TcpFlags, TcpOption, TcpPacketBuilder, TcpSegment, Translation,
-    rewrite_dst_addr, rewrite_src_addr, translate_to_client, translate_to_server,
+    Ipv4Packet, SackBlocks, SynOptions, TcpFlags, TcpOption, TcpPacketBuilder, TcpSegment,
+    Translation, rewrite_dst_addr, rewrite_src_addr, translate_to_client, translate_to_server,
 };
 
 use crate::datapath::{ConnTable, EventRing};
@@ -101,13 +101,14 @@ fn ts(tsval: u32, tsecr: u32) -> Vec<TcpOption> {
 }
 
 fn linux_syn_options(tsval: u32, tsecr: u32) -> Vec<TcpOption> {
-    vec![
-        TcpOption::Mss(1460),
-        TcpOption::SackPermitted,
-        TcpOption::Timestamps { tsval, tsecr },
-        TcpOption::NoOp,
-        TcpOption::WindowScale(7),
-    ]
+    // MSS, SACK permitted, timestamps, window scale: what Linux puts in a SYN.
+    SynOptions {
+        mss: Some(1460),
+        window_scale: Some(7),
+        sack_permitted: true,
+        timestamps: Some((tsval, tsecr)),
+    }
+    .to_options()
 }
 
 fn fe_entry(state: ConnState) -> Conn {

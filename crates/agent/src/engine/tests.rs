@@ -201,13 +201,14 @@ fn options(list: &[TcpOption]) -> ([u8; 40], u8) {
 }
 
 fn syn_options(tsval: u32, tsecr: u32) -> Vec<TcpOption> {
-    vec![
-        TcpOption::Mss(1460),
-        TcpOption::SackPermitted,
-        TcpOption::Timestamps { tsval, tsecr },
-        TcpOption::NoOp,
-        TcpOption::WindowScale(7),
-    ]
+    // MSS, SACK permitted, timestamps, window scale: what Linux puts in a SYN.
+    SynOptions {
+        mss: Some(1460),
+        window_scale: Some(7),
+        sack_permitted: true,
+        timestamps: Some((tsval, tsecr)),
+    }
+    .to_options()
 }
 
 /// The FE's entry for a connection whose handshake the datapath is holding.
