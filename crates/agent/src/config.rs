@@ -224,9 +224,9 @@ impl NodeConfig {
                 .map_err(|e| ConfigError::Invalid(format!("policy.rules: {e}")))?;
         }
         let params = &self.policy.params;
-        if params.balance_factor < 100 {
+        if !(100..=10_000).contains(&params.balance_factor) {
             return invalid(
-                "policy.params.balance_factor must be at least 100 (percent of the mean load)"
+                "policy.params.balance_factor must be 100..=10000 (percent of the mean load)"
                     .into(),
             );
         }

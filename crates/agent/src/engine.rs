@@ -403,7 +403,11 @@ impl Engine {
                     }
                 }
             }
-            Err(e) => tracing::warn!("sock_diag: {e}"),
+            Err(e) => {
+                // No fresh count: fall back to the last one rather than let the bumps pile up.
+                self.peers[self.me].load = self.load.load(Ordering::Relaxed);
+                tracing::warn!("sock_diag: {e}");
+            }
         }
     }
 
@@ -552,11 +556,6 @@ impl Engine {
             },
             &view,
         );
-        // Count the assignment at once: until the next report, a burst must not all land on the
-        // node that looked idlest.
-        if let Some(peer) = self.peers.get_mut(choice) {
-            peer.load = peer.load.saturating_add(1);
-        }
         if choice == self.me || choice >= self.peers.len() {
             return self.release_local(key, "policy");
         }
@@ -579,6 +578,9 @@ impl Engine {
             });
         }
         self.pending.insert(id, key);
+        // Count the assignment at once: until the next report, a burst must not all land on the
+        // node that looked idlest. (A handoff that fails moves the count to this node.)
+        self.peers[choice].load = self.peers[choice].load.saturating_add(1);
     }
 
     /// The handoff request for a held connection: its SYN and handshake ACK rebuilt from what the
@@ -690,7 +692,9 @@ impl Engine {
         };
         if let Some(a) = &held.awaiting {
             self.pending.remove(&a.id);
+            self.peers[a.peer].load = self.peers[a.peer].load.saturating_sub(1);
         }
+        self.peers[self.me].load = self.peers[self.me].load.saturating_add(1);
         self.conns.remove(&key);
         if let Some(ack) = &held.handshake_ack {
             self.send(ack);

@@ -42,7 +42,9 @@ impl BoundedHash {
 
     /// The cap for `n` eligible nodes carrying `total`, counting the request being placed.
     pub fn cap(&self, total: u64, n: u64) -> u64 {
-        (self.factor * (total + 1)).div_ceil(100 * n.max(1))
+        self.factor
+            .saturating_mul(total.saturating_add(1))
+            .div_ceil(100 * n.max(1))
     }
 
     fn ring_for(&mut self, view: &ClusterView) {

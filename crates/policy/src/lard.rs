@@ -13,8 +13,25 @@ use std::collections::HashMap;
 
 use crate::{ClusterView, Policy, PolicyKind, PolicyParams, RequestInfo};
 
-/// Targets remembered at most; beyond, the table starts afresh (a bound against hostile targets).
+/// Targets remembered at most (a bound against hostile targets); beyond, one is forgotten for
+/// each new one.
 const MAX_TARGETS: usize = 1 << 20;
+
+/// Targets are remembered by a 64-bit hash, so a table entry costs the same whatever the target's
+/// length; a collision only costs locality.
+fn target_key(target: &str) -> u64 {
+    crate::splitmix64_finalize(crate::fnv1a64(crate::FNV_OFFSET_BASIS, target.as_bytes()))
+}
+
+/// Makes room for one more entry when `table` is full, forgetting an arbitrary one.
+fn make_room<V>(table: &mut HashMap<u64, V>, key: u64) {
+    if table.len() >= MAX_TARGETS
+        && !table.contains_key(&key)
+        && let Some(victim) = table.keys().next().copied()
+    {
+        table.remove(&victim);
+    }
+}
 
 fn index_of(view: &ClusterView, name: &str) -> Option<usize> {
     view.nodes
@@ -32,7 +49,7 @@ fn overloaded(load: u32, view: &ClusterView, low: u32, high: u32) -> bool {
 pub struct Lard {
     low: u32,
     high: u32,
-    server: HashMap<String, String>,
+    server: HashMap<u64, String>,
 }
 
 impl Lard {
@@ -54,21 +71,16 @@ impl Policy for Lard {
         if view.is_malformed() {
             return view.self_index;
         }
-        let current = self
-            .server
-            .get(request.target)
-            .and_then(|name| index_of(view, name));
+        let key = target_key(request.target);
+        let current = self.server.get(&key).and_then(|name| index_of(view, name));
         if let Some(index) = current
             && !overloaded(view.nodes[index].load, view, self.low, self.high)
         {
             return index;
         }
         let chosen = view.least_loaded();
-        if self.server.len() >= MAX_TARGETS && current.is_none() {
-            self.server.clear();
-        }
-        self.server
-            .insert(request.target.to_owned(), view.nodes[chosen].name.clone());
+        make_room(&mut self.server, key);
+        self.server.insert(key, view.nodes[chosen].name.clone());
         chosen
     }
 }
@@ -84,7 +96,7 @@ pub struct LardR {
     low: u32,
     high: u32,
     quiet_ms: u64,
-    sets: HashMap<String, ServerSet>,
+    sets: HashMap<u64, ServerSet>,
 }
 
 impl LardR {
@@ -100,7 +112,7 @@ impl LardR {
     /// The names in `target`'s server set, for tests and introspection.
     pub fn server_set(&self, target: &str) -> Vec<String> {
         self.sets
-            .get(target)
+            .get(&target_key(target))
             .map(|s| s.names.clone())
             .unwrap_or_default()
     }
@@ -115,17 +127,13 @@ impl Policy for LardR {
         if view.is_malformed() {
             return view.self_index;
         }
-        if self.sets.len() >= MAX_TARGETS && !self.sets.contains_key(request.target) {
-            self.sets.clear();
-        }
+        let key = target_key(request.target);
+        make_room(&mut self.sets, key);
         let now = view.now_ms;
-        let set = self
-            .sets
-            .entry(request.target.to_owned())
-            .or_insert_with(|| ServerSet {
-                names: Vec::new(),
-                last_change_ms: now,
-            });
+        let set = self.sets.entry(key).or_insert_with(|| ServerSet {
+            names: Vec::new(),
+            last_change_ms: now,
+        });
         // Members that are down no longer serve the target.
         let before = set.names.len();
         set.names.retain(|name| index_of(view, name).is_some());

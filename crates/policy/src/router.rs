@@ -1,10 +1,10 @@
 //! Content rules and cookie affinity in front of the policies.
 //!
-//! A [`Router`] decides in this order: a request carrying the affinity cookie goes to the node the
-//! cookie's value names (or, if the value names no eligible node, to the node the value hashes to,
-//! so a session stays put); a request matching a [`Rule`] (path prefix, file extension or Host) is
-//! decided by that rule's policy among the rule's group of nodes; everything else by the default
-//! policy among all nodes. Rules are tried in order; the first match wins. A group with no
+//! A [`Router`] decides in this order: a request matching a [`Rule`] (path prefix, file extension
+//! or Host) stays within the rule's group of nodes, everything else may go to any node; among
+//! those, a request carrying the affinity cookie goes to the node the cookie's value names (or, if
+//! it names none of them, to the one the value hashes to, so a session stays put), and any other
+//! request is decided by the rule's policy, or the default policy. Rules are tried in order; the first match wins. A group with no
 //! eligible node sends the request to this node (local service is always the fallback).
 
 use serde::{Deserialize, Serialize};
@@ -133,38 +133,39 @@ impl Router {
         if view.self_index >= view.nodes.len() {
             return view.self_index;
         }
-        if let Some(node) = self.by_cookie(request, view) {
-            return node;
-        }
+        let cookie = self.affinity_cookie.as_deref().and_then(|name| {
+            request
+                .cookies
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        });
         match self
             .groups
             .iter_mut()
             .find(|g| g.rule.matches(&request.info))
         {
-            Some(group) => within_group(group, &request.info, view),
-            None => self.default.choose(&request.info, view),
+            Some(group) => cookie
+                .and_then(|value| by_cookie(value, view, Some(&group.rule.group)))
+                .unwrap_or_else(|| within_group(group, &request.info, view)),
+            None => cookie
+                .and_then(|value| by_cookie(value, view, None))
+                .unwrap_or_else(|| self.default.choose(&request.info, view)),
         }
     }
+}
 
-    fn by_cookie(&self, request: &RoutedRequest, view: &ClusterView) -> Option<usize> {
-        let name = self.affinity_cookie.as_deref()?;
-        let value = request
-            .cookies
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())?;
-        if let Some(index) = view
-            .nodes
-            .iter()
-            .position(|n| n.name == value)
-            .filter(|&i| view.is_eligible(i))
-        {
-            return Some(index);
-        }
-        view.eligible()
-            .max_by_key(|(_, node)| (rendezvous_score(&node.name, value), &node.name))
-            .map(|(i, _)| i)
+/// The node an affinity cookie's value picks among the eligible nodes (of `group`, if given): the
+/// node it names, or else the one it hashes to, so a session stays put.
+fn by_cookie(value: &str, view: &ClusterView, group: Option<&[String]>) -> Option<usize> {
+    let in_group = |name: &String| group.is_none_or(|g| g.contains(name));
+    let candidates = || view.eligible().filter(|(_, node)| in_group(&node.name));
+    if let Some((index, _)) = candidates().find(|(_, node)| node.name == value) {
+        return Some(index);
     }
+    candidates()
+        .max_by_key(|(_, node)| (rendezvous_score(&node.name, value), &node.name))
+        .map(|(index, _)| index)
 }
 
 /// Runs the group's policy on a view of the group's members only, and maps its answer back.

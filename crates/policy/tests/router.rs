@@ -166,3 +166,38 @@ fn rules_are_validated_against_the_members() {
     two.host = Some("h".into());
     assert_eq!(two.validate(3, &members), Err(RuleError::Matchers(3)));
 }
+
+#[test]
+fn the_affinity_cookie_stays_within_a_rules_group() {
+    let rules = [rule("prefix", "/cgi/", &["n2", "n3"])];
+    let mut router = Router::new(
+        PolicyKind::Hash,
+        &PolicyParams::default(),
+        &rules,
+        Some("SRV".into()),
+    );
+    let nodes = cluster(&[true, true, true]);
+    let to_n1 = [("SRV".to_string(), "n1".to_string())];
+    let chosen = route(&mut router, "/cgi/run", None, &to_n1, &nodes);
+    assert!(
+        chosen == 1 || chosen == 2,
+        "a cookie cannot take /cgi/ out of its group (got n{})",
+        chosen + 1
+    );
+    assert_eq!(
+        route(&mut router, "/cgi/run", None, &to_n1, &nodes),
+        chosen,
+        "and it stays put"
+    );
+    let to_n3 = [("SRV".to_string(), "n3".to_string())];
+    assert_eq!(
+        route(&mut router, "/cgi/run", None, &to_n3, &nodes),
+        2,
+        "a member it names is honoured"
+    );
+    assert_eq!(
+        route(&mut router, "/other", None, &to_n1, &nodes),
+        0,
+        "outside rules it names any node"
+    );
+}

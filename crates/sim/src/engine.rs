@@ -16,10 +16,10 @@
 //!   with a global view. It is the same code a live node runs ([`baton_policy`]). The view it
 //!   sees: every node up, named `node-0`, `node-1`, ...; `load` = connections handed to the node
 //!   and not yet closed (served or waiting in its accept queue: what a front end that counts its
-//!   handoffs knows); `now_ms` = simulated time; `self_index` = 0, node 0 playing the
-//!   distributor. Exception: `local` (no distribution) with a fixed self would send everything to
-//!   node 0, so for it every request arrives at a uniformly random node (round-robin DNS, drawn
-//!   from the seed) and that node is `self_index`.
+//!   handoffs knows); `now_ms` = simulated time. Every request arrives at a uniformly random node
+//!   (round-robin DNS, drawn from the seed), which is `self_index`: `local` then serves it there,
+//!   and the policies' tie-break in favour of the deciding node spreads ties instead of sending
+//!   them all to one node.
 //! - **Clients.** Closed loop, as in the LARD paper: a fixed number of clients, each issuing the
 //!   next request of the trace as soon as its previous one completes, with no think time, so
 //!   throughput is what the cluster can serve. Or open loop: Poisson arrivals at a fixed rate
@@ -252,7 +252,6 @@ impl NodeSim {
 struct Simulation<'a> {
     workload: &'a Workload,
     policy: &'a mut dyn Policy,
-    arrive_at_random_node: bool,
     cost: CostModel,
     max_connections: u32,
     open_loop_rate: Option<f64>,
@@ -276,7 +275,6 @@ struct Simulation<'a> {
 impl<'a> Simulation<'a> {
     fn new(workload: &'a Workload, policy: &'a mut dyn Policy, config: &SimConfig) -> Self {
         let cluster = &config.cluster;
-        let arrive_at_random_node = policy.name() == PolicyKind::Local.as_str();
         let open_loop_rate = match config.clients {
             ClientModel::Open {
                 requests_per_second,
@@ -286,7 +284,6 @@ impl<'a> Simulation<'a> {
         Simulation {
             workload,
             policy,
-            arrive_at_random_node,
             cost: cluster.cost,
             max_connections: cluster.max_connections_per_node,
             open_loop_rate,
@@ -362,11 +359,7 @@ impl<'a> Simulation<'a> {
         if request == self.warmup {
             self.measure_from_ns = now;
         }
-        let self_index = if self.arrive_at_random_node {
-            self.rng.gen_range(0..self.nodes.len())
-        } else {
-            0
-        };
+        let self_index = self.rng.gen_range(0..self.nodes.len());
         let view = ClusterView {
             self_index,
             nodes: &self.view,
@@ -674,12 +667,18 @@ mod tests {
         let report = simulate_policy(&workload, &mut recorder, &config).unwrap();
         assert_eq!(report.policy, "recorder");
         let seen = &recorder.seen;
+        // Every request arrives at a random node, which is the deciding one.
+        assert!(seen.iter().all(|(self_index, _, _)| *self_index < 2));
+        let views: Vec<(Vec<u32>, u64)> = seen
+            .iter()
+            .map(|(_, loads, t)| (loads.clone(), *t))
+            .collect();
         // Three clients start at once; node 1 serves one and queues two, and all three count.
-        assert_eq!(seen[0], (0, vec![0, 0], 0));
-        assert_eq!(seen[1], (0, vec![0, 1], 0));
-        assert_eq!(seen[2], (0, vec![0, 2], 0));
+        assert_eq!(views[0], (vec![0, 0], 0));
+        assert_eq!(views[1], (vec![0, 1], 0));
+        assert_eq!(views[2], (vec![0, 2], 0));
         // The fourth request comes when the first (a miss) is done: two left on node 1.
-        assert_eq!(seen[3], (0, vec![0, 2], MISS_8KB_US / 1_000));
+        assert_eq!(views[3], (vec![0, 2], MISS_8KB_US / 1_000));
         assert_eq!(report.per_node[1].requests, 4);
     }
 
