@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 
 use baton_bpf::{Conn, ConnKey, ConnRole, ConnState, Event, EventKind, conn_flags};
 use baton_http::{Limits as HeadLimits, Sniff};
-use baton_policy::{ClusterView, NodeState, RequestInfo, RoutedRequest, Router};
+use baton_policy::{
+    BoundedHash, ClusterView, NodeState, Policy, PolicyKind, RequestInfo, RoutedRequest, Router,
+};
 use baton_proto::{HandoffRequest, Message, RefuseReason};
 use baton_wire::{
     SynOptions, TcpFlags, TcpPacketBuilder, Translation, parse_options, rewrite_dst_addr,
@@ -88,7 +90,15 @@ struct Held {
     template: Option<TcpPacketBuilder>,
     segments: usize,
     deadline: Instant,
+    /// A question to the LARD dispatcher, while it is out.
+    dispatch: Option<Dispatch>,
     awaiting: Option<Awaiting>,
+}
+
+struct Dispatch {
+    id: u64,
+    target: String,
+    deadline: Instant,
 }
 
 struct Awaiting {
@@ -142,6 +152,12 @@ pub struct Engine {
     inject: Box<dyn PacketSink>,
     diag: Box<dyn TcpStates>,
     router: Router,
+    /// Whether the default policy keeps one table for the cluster at a dispatcher (LARD).
+    dispatching: bool,
+    /// What decides when the dispatcher does not answer in time.
+    fallback: BoundedHash,
+    /// Dispatcher questions out: id -> held connection.
+    dispatching_ids: HashMap<u64, ConnKey>,
     peers: Vec<Peer>,
     mesh: MeshSender,
     load: Arc<AtomicU32>,
@@ -205,6 +221,9 @@ impl Engine {
                 &config.policy.rules,
                 config.policy.affinity_cookie.clone(),
             ),
+            dispatching: matches!(config.policy.kind, PolicyKind::Lard | PolicyKind::LardR),
+            fallback: BoundedHash::new(config.policy.params.balance_factor),
+            dispatching_ids: HashMap::new(),
             config,
             conns: kernel.conns,
             inject: kernel.inject,
@@ -294,6 +313,8 @@ impl Engine {
                 }
             }
             Message::HandoffAccepted { id } => self.on_accepted(peer, id),
+            Message::DispatchQuery { id, target } => self.on_dispatch_query(peer, id, &target),
+            Message::DispatchAnswer { id, node } => self.on_dispatch_answer(peer, id, node),
             Message::HandoffRefused { id, reason } => {
                 if self.awaiting_peer(id) == Some(peer)
                     && let Some(key) = self.pending.remove(&id)
@@ -337,12 +358,17 @@ impl Engine {
         let now = Instant::now();
         let mut timed_out = Vec::new();
         let mut hold_expired = Vec::new();
+        let mut dispatch_late = Vec::new();
         for (key, held) in &self.held {
-            match &held.awaiting {
-                Some(a) if a.deadline <= now => timed_out.push((*key, a.peer, a.id)),
-                None if held.deadline <= now => hold_expired.push(*key),
+            match (&held.awaiting, &held.dispatch) {
+                (Some(a), _) if a.deadline <= now => timed_out.push((*key, a.peer, a.id)),
+                (None, Some(d)) if d.deadline <= now => dispatch_late.push(*key),
+                (None, None) if held.deadline <= now => hold_expired.push(*key),
                 _ => {}
             }
+        }
+        for key in dispatch_late {
+            self.dispatch_timed_out(key);
         }
         for (key, peer, id) in timed_out {
             self.mesh.send(peer, Message::HandoffAbort { id });
@@ -480,6 +506,7 @@ impl Engine {
                     template: None,
                     segments: 0,
                     deadline,
+                    dispatch: None,
                     awaiting: None,
                 },
             );
@@ -509,7 +536,7 @@ impl Engine {
         let mut template = segment;
         template.payload.clear();
         held.template = Some(template);
-        if held.awaiting.is_none() {
+        if held.awaiting.is_none() && held.dispatch.is_none() {
             self.try_decide(key);
         }
     }
@@ -531,31 +558,82 @@ impl Engine {
                 return;
             }
         };
-        let now = Instant::now();
-        let nodes: Vec<NodeState> = (0..self.peers.len())
-            .map(|i| NodeState {
-                name: self.peers[i].name.clone(),
-                up: self.peer_up(i, now),
-                load: self.peers[i].load,
-            })
-            .collect();
-        let view = ClusterView {
-            self_index: self.me,
-            nodes: &nodes,
-            now_ms: self.started.elapsed().as_millis() as u64,
-        };
+        let nodes = self.node_states();
+        let view = self.view(&nodes);
         let request = RequestInfo {
             method: &head.method,
             target: &head.target,
             host: head.host.as_deref(),
         };
-        let choice = self.router.route(
-            &RoutedRequest {
-                info: request,
-                cookies: &head.cookies,
-            },
-            &view,
-        );
+        let routed = RoutedRequest {
+            info: request,
+            cookies: &head.cookies,
+        };
+        if let Some(choice) = self.router.route_fixed(&routed, &view) {
+            return self.decide(key, choice);
+        }
+        let dispatcher = self.dispatcher();
+        if self.dispatching && dispatcher != self.me {
+            // LARD keeps one table for the cluster, at the dispatcher: ask it.
+            let id = self.next_id;
+            self.next_id = self.next_id.wrapping_add(1);
+            let query = Message::DispatchQuery {
+                id,
+                target: head.target.clone(),
+            };
+            if self.mesh.send(dispatcher, query) {
+                let deadline =
+                    Instant::now() + Duration::from_millis(self.config.limits.dispatch_timeout_ms);
+                if let Some(held) = self.held.get_mut(&key) {
+                    held.dispatch = Some(Dispatch {
+                        id,
+                        target: head.target.clone(),
+                        deadline,
+                    });
+                }
+                self.dispatching_ids.insert(id, key);
+                return;
+            }
+            let choice = self.fallback.choose(&request, &view);
+            self.metrics.dispatch_fallbacks.inc();
+            return self.decide(key, choice);
+        }
+        let choice = self.router.choose_default(&request, &view);
+        self.decide(key, choice)
+    }
+
+    /// The cluster as the policies see it from here, now.
+    fn node_states(&self) -> Vec<NodeState> {
+        let now = Instant::now();
+        (0..self.peers.len())
+            .map(|i| NodeState {
+                name: self.peers[i].name.clone(),
+                up: self.peer_up(i, now),
+                load: self.peers[i].load,
+            })
+            .collect()
+    }
+
+    fn view<'a>(&self, nodes: &'a [NodeState]) -> ClusterView<'a> {
+        ClusterView {
+            self_index: self.me,
+            nodes,
+            now_ms: self.started.elapsed().as_millis() as u64,
+        }
+    }
+
+    /// The node that keeps the cluster's LARD table: the first live member in configuration
+    /// order, so every node agrees without an election, and the next one takes over when it dies.
+    fn dispatcher(&self) -> usize {
+        let now = Instant::now();
+        (0..self.peers.len())
+            .find(|&i| self.peer_up(i, now))
+            .unwrap_or(self.me)
+    }
+
+    /// Serves a held connection at `choice`: locally, or offered to that peer.
+    fn decide(&mut self, key: ConnKey, choice: usize) {
+        let now = Instant::now();
         if choice == self.me || choice >= self.peers.len() {
             return self.release_local(key, "policy");
         }
@@ -581,6 +659,57 @@ impl Engine {
         // Count the assignment at once: until the next report, a burst must not all land on the
         // node that looked idlest. (A handoff that fails moves the count to this node.)
         self.peers[choice].load = self.peers[choice].load.saturating_add(1);
+    }
+
+    /// The dispatcher's answer for a held connection.
+    fn on_dispatch_answer(&mut self, peer: usize, id: u64, node: u16) {
+        let Some(key) = self.dispatching_ids.get(&id).copied() else {
+            return; // too late: the fallback decided already
+        };
+        if peer != self.dispatcher() {
+            return;
+        }
+        self.dispatching_ids.remove(&id);
+        if let Some(held) = self.held.get_mut(&key) {
+            held.dispatch = None;
+        }
+        self.decide(key, usize::from(node));
+    }
+
+    /// As the dispatcher: decide for a peer with the cluster's one LARD table.
+    fn on_dispatch_query(&mut self, peer: usize, id: u64, target: &str) {
+        let nodes = self.node_states();
+        let view = self.view(&nodes);
+        let request = RequestInfo {
+            method: "GET",
+            target,
+            host: None,
+        };
+        let choice = self.router.choose_default(&request, &view);
+        if let Some(chosen) = self.peers.get_mut(choice) {
+            chosen.load = chosen.load.saturating_add(1);
+        }
+        self.metrics.dispatch_answers.inc();
+        let node = u16::try_from(choice).unwrap_or(u16::MAX);
+        self.mesh.send(peer, Message::DispatchAnswer { id, node });
+    }
+
+    /// A dispatcher that did not answer in time: decide with bounded-load hashing instead.
+    fn dispatch_timed_out(&mut self, key: ConnKey) {
+        let Some(dispatch) = self.held.get_mut(&key).and_then(|h| h.dispatch.take()) else {
+            return;
+        };
+        self.dispatching_ids.remove(&dispatch.id);
+        let nodes = self.node_states();
+        let view = self.view(&nodes);
+        let request = RequestInfo {
+            method: "GET",
+            target: &dispatch.target,
+            host: None,
+        };
+        let choice = self.fallback.choose(&request, &view);
+        self.metrics.dispatch_fallbacks.inc();
+        self.decide(key, choice);
     }
 
     /// The handoff request for a held connection: its SYN and handshake ACK rebuilt from what the
@@ -693,6 +822,9 @@ impl Engine {
         if let Some(a) = &held.awaiting {
             self.pending.remove(&a.id);
             self.peers[a.peer].load = self.peers[a.peer].load.saturating_sub(1);
+        }
+        if let Some(d) = &held.dispatch {
+            self.dispatching_ids.remove(&d.id);
         }
         self.peers[self.me].load = self.peers[self.me].load.saturating_add(1);
         self.conns.remove(&key);

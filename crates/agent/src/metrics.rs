@@ -65,6 +65,10 @@ pub struct Metrics {
     pub handed_in_active: Gauge,
     /// Established connections on the service ports: what this node reports as its load.
     pub load: Gauge,
+    /// As the LARD dispatcher: decisions made for peers.
+    pub dispatch_answers: Counter,
+    /// Decisions made by the bounded-hash fallback because the dispatcher was silent.
+    pub dispatch_fallbacks: Counter,
 }
 
 impl Metrics {
@@ -164,6 +168,16 @@ impl Metrics {
             "load",
             "Established connections on the service ports (this node's load)",
             self.load.clone(),
+        );
+        r.register(
+            "dispatch_answers",
+            "LARD decisions this node made for peers as the dispatcher",
+            self.dispatch_answers.clone(),
+        );
+        r.register(
+            "dispatch_fallbacks",
+            "Decisions made by bounded-hash because the LARD dispatcher did not answer in time",
+            self.dispatch_fallbacks.clone(),
         );
         r
     }

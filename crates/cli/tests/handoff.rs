@@ -774,16 +774,14 @@ fn a_forged_reset_does_not_end_a_handed_off_connection() {
 #[test]
 fn locality_policies_keep_a_target_on_one_node_while_loads_are_low() {
     // Requests one after another, each once the load reports (every 100 ms) have caught up with
-    // the previous one: the cluster is idle, so the target must not move.
+    // the previous one: the cluster is idle, so the target must not move, whichever node the
+    // client reaches (LARD: one table at the dispatcher; bounded-hash: one ring everywhere).
     for policy in [PolicyKind::Lard, PolicyKind::BoundedHash] {
         let lab = lab("lp", 3, ServerKind::Static, policy);
-        for (entry, target) in [
-            (1, "/f/1k?obj=a"),
-            (2, "/f/100k?obj=b"),
-            (3, "/index.html?obj=c"),
-        ] {
-            let servers: std::collections::HashSet<String> = (0..5)
-                .map(|_| {
+        for target in ["/f/1k?obj=a", "/f/100k?obj=b", "/index.html?obj=c"] {
+            let servers: std::collections::HashSet<String> = [1, 2, 3, 1, 2, 3]
+                .into_iter()
+                .map(|entry| {
                     std::thread::sleep(Duration::from_millis(200));
                     curl_get(&lab, entry, target).0
                 })
@@ -791,8 +789,48 @@ fn locality_policies_keep_a_target_on_one_node_while_loads_are_low() {
             assert_eq!(
                 servers.len(),
                 1,
-                "{policy}: {target} via n{entry} was served by {servers:?}"
+                "{policy}: {target} was served by {servers:?}"
+            );
+        }
+        if policy == PolicyKind::Lard {
+            let answers: f64 = (1..=3)
+                .map(|i| metric(&lab, i, "baton_dispatch_answers_total"))
+                .sum();
+            assert!(
+                answers >= 8.0,
+                "the dispatcher decided for the others ({answers})"
             );
         }
     }
+}
+
+#[test]
+fn a_new_lard_dispatcher_takes_over_when_the_first_is_gone() {
+    let mut lab = lab("dt", 3, ServerKind::Static, PolicyKind::Lard);
+    let target = "/f/1k?obj=takeover";
+    assert_eq!(
+        curl_get(&lab, 2, target).1,
+        expected_sha256("/f/1k").unwrap()
+    );
+    lab.stop_agent(1).expect("stop n1's agent (the dispatcher)");
+    wait_for(
+        || {
+            metric(&lab, 2, "baton_mesh_peers_up") == 1.0
+                && metric(&lab, 3, "baton_mesh_peers_up") == 1.0
+        },
+        "n2 and n3 to see n1 gone",
+    );
+    let before = metric(&lab, 2, "baton_dispatch_answers_total");
+    let mut servers = std::collections::HashSet::new();
+    for entry in [3, 2, 3, 2] {
+        std::thread::sleep(Duration::from_millis(200));
+        let (by, sha) = curl_get(&lab, entry, target);
+        assert_eq!(sha, expected_sha256("/f/1k").unwrap());
+        servers.insert(by);
+    }
+    assert_eq!(servers.len(), 1, "one table again, now at n2: {servers:?}");
+    assert!(
+        metric(&lab, 2, "baton_dispatch_answers_total") > before,
+        "n2 answers for n3 now"
+    );
 }

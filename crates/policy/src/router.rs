@@ -130,8 +130,15 @@ impl Router {
 
     /// The index in `view.nodes` of the node that should serve `request`.
     pub fn route(&mut self, request: &RoutedRequest, view: &ClusterView) -> usize {
+        self.route_fixed(request, view)
+            .unwrap_or_else(|| self.choose_default(&request.info, view))
+    }
+
+    /// The node a rule or the affinity cookie decides, or `None` when the default policy does
+    /// (a caller may then ask a cluster-wide decision maker instead: the LARD dispatcher).
+    pub fn route_fixed(&mut self, request: &RoutedRequest, view: &ClusterView) -> Option<usize> {
         if view.self_index >= view.nodes.len() {
-            return view.self_index;
+            return Some(view.self_index);
         }
         let cookie = self.affinity_cookie.as_deref().and_then(|name| {
             request
@@ -145,13 +152,18 @@ impl Router {
             .iter_mut()
             .find(|g| g.rule.matches(&request.info))
         {
-            Some(group) => cookie
-                .and_then(|value| by_cookie(value, view, Some(&group.rule.group)))
-                .unwrap_or_else(|| within_group(group, &request.info, view)),
-            None => cookie
-                .and_then(|value| by_cookie(value, view, None))
-                .unwrap_or_else(|| self.default.choose(&request.info, view)),
+            Some(group) => Some(
+                cookie
+                    .and_then(|value| by_cookie(value, view, Some(&group.rule.group)))
+                    .unwrap_or_else(|| within_group(group, &request.info, view)),
+            ),
+            None => cookie.and_then(|value| by_cookie(value, view, None)),
         }
+    }
+
+    /// The default policy's choice over the whole cluster.
+    pub fn choose_default(&mut self, request: &RequestInfo, view: &ClusterView) -> usize {
+        self.default.choose(request, view)
     }
 }
 

@@ -42,6 +42,8 @@ pub mod kind {
     pub const HANDOFF_REFUSED: u8 = 0x12;
     pub const HANDOFF_ABORT: u8 = 0x13;
     pub const CONN_CLOSED: u8 = 0x14;
+    pub const DISPATCH_QUERY: u8 = 0x15;
+    pub const DISPATCH_ANSWER: u8 = 0x16;
     pub const HEARTBEAT: u8 = 0x20;
 }
 

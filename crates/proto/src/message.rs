@@ -14,6 +14,12 @@
 //! HandoffRefused (0x12)
 //!   0   8  id
 //!   8   1  reason code (RefuseReason)
+//! DispatchQuery (0x15)
+//!   0   8  id
+//!   8   2  n = target length, then n bytes: the request target (UTF-8)
+//! DispatchAnswer (0x16)
+//!   0   8  id
+//!   8   2  the chosen node's index in the cluster's member list
 //! Heartbeat (0x20)
 //!   0   4  load
 //!   4   8  sent_at_ms
@@ -104,6 +110,10 @@ pub enum Message {
     HandoffAbort { id: u64 },
     /// BE -> FE: the handed-off connection is gone; free its entry.
     ConnClosed { id: u64 },
+    /// Node -> dispatcher: which node serves this target? (LARD with one table for the cluster)
+    DispatchQuery { id: u64, target: String },
+    /// Dispatcher -> node: the member (by index in the configured member list) that serves it.
+    DispatchAnswer { id: u64, node: u16 },
     /// Periodic liveness and load report.
     Heartbeat { load: u32, sent_at_ms: u64 },
 }
@@ -117,6 +127,8 @@ impl Message {
             Message::HandoffRefused { .. } => kind::HANDOFF_REFUSED,
             Message::HandoffAbort { .. } => kind::HANDOFF_ABORT,
             Message::ConnClosed { .. } => kind::CONN_CLOSED,
+            Message::DispatchQuery { .. } => kind::DISPATCH_QUERY,
+            Message::DispatchAnswer { .. } => kind::DISPATCH_ANSWER,
             Message::Heartbeat { .. } => kind::HEARTBEAT,
         }
     }
@@ -158,6 +170,16 @@ impl Message {
             Message::HandoffRefused { id, reason } => {
                 out.extend_from_slice(&id.to_be_bytes());
                 out.push(reason.code());
+            }
+            Message::DispatchQuery { id, target } => {
+                let len: u16 = checked_len("target", target.as_bytes(), MAX_PACKET_LEN)?;
+                out.extend_from_slice(&id.to_be_bytes());
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(target.as_bytes());
+            }
+            Message::DispatchAnswer { id, node } => {
+                out.extend_from_slice(&id.to_be_bytes());
+                out.extend_from_slice(&node.to_be_bytes());
             }
             Message::Heartbeat { load, sent_at_ms } => {
                 out.extend_from_slice(&load.to_be_bytes());
@@ -205,6 +227,18 @@ impl Message {
             },
             kind::HANDOFF_ABORT => Message::HandoffAbort { id: reader.u64()? },
             kind::CONN_CLOSED => Message::ConnClosed { id: reader.u64()? },
+            kind::DISPATCH_QUERY => {
+                let id = reader.u64()?;
+                let len = usize::from(reader.u16()?);
+                let target = std::str::from_utf8(reader.bytes(len)?)
+                    .map_err(|_| ProtoError::Malformed("target is not UTF-8"))?
+                    .to_owned();
+                Message::DispatchQuery { id, target }
+            }
+            kind::DISPATCH_ANSWER => Message::DispatchAnswer {
+                id: reader.u64()?,
+                node: reader.u16()?,
+            },
             kind::HEARTBEAT => Message::Heartbeat {
                 load: reader.u32()?,
                 sent_at_ms: reader.u64()?,

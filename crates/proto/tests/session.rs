@@ -53,6 +53,11 @@ fn sample_messages() -> Vec<Message> {
         Message::HandoffAccepted { id: 7 },
         Message::HandoffAbort { id: u64::MAX },
         Message::ConnClosed { id: 0 },
+        Message::DispatchQuery {
+            id: 9,
+            target: "/img/a.jpg?size=2".into(),
+        },
+        Message::DispatchAnswer { id: 9, node: 3 },
         Message::Heartbeat {
             load: 3,
             sent_at_ms: 1_700_000_000_000,
@@ -98,6 +103,9 @@ fn message_strategy() -> impl Strategy<Value = Message> {
         )
             .prop_map(|(id, reason)| Message::HandoffRefused { id, reason }),
         any::<u64>().prop_map(|id| Message::HandoffAbort { id }),
+        (any::<u64>(), "\\PC{0,200}")
+            .prop_map(|(id, target)| Message::DispatchQuery { id, target }),
+        (any::<u64>(), any::<u16>()).prop_map(|(id, node)| Message::DispatchAnswer { id, node }),
         any::<u64>().prop_map(|id| Message::ConnClosed { id }),
         (any::<u32>(), any::<u64>())
             .prop_map(|(load, sent_at_ms)| Message::Heartbeat { load, sent_at_ms }),

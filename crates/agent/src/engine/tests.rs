@@ -141,6 +141,7 @@ kind = "{policy}"
 [limits]
 hold_ms = 40
 handoff_timeout_ms = 40
+dispatch_timeout_ms = 30
 close_linger_ms = 10
 "#
     ))
@@ -734,4 +735,121 @@ fn load_is_counted_from_the_local_tcp_and_big_changes_are_told_at_once() {
         n1.to_peer.try_recv(),
         Ok(Message::HandoffRequest(_))
     ));
+}
+
+/// Node `me` holds a connection to its own address with `head`.
+fn hold_at(node: &mut Node, address: Ipv4Addr, head: &[u8]) -> ConnKey {
+    let key = key_at(address);
+    node.table.0.lock().unwrap().insert(key, held_entry());
+    node.engine
+        .on_datapath(held(key, &client_segment(address, 0, TcpFlags::ACK, b"")));
+    node.engine.on_datapath(held(
+        key,
+        &client_segment(address, 0, TcpFlags::ACK | TcpFlags::PSH, head),
+    ));
+    key
+}
+
+#[test]
+fn lard_asks_the_dispatcher_and_follows_its_answer() {
+    // n2 is not the dispatcher (n1, the first live member, is): it asks, then does as told.
+    let mut n2 = node(1, PolicyKind::Lard);
+    hold_at(&mut n2, N2, &request("/hot/item"));
+    let Ok(Message::DispatchQuery { id, target }) = n2.to_peer.try_recv() else {
+        panic!("no question to the dispatcher")
+    };
+    assert_eq!(target, "/hot/item");
+    assert!(
+        n2.sent.take().is_empty(),
+        "nothing is decided before the answer"
+    );
+    n2.engine.on_mesh(MeshEvent::Message {
+        peer: 0,
+        message: Message::DispatchAnswer { id, node: 0 },
+    });
+    assert!(
+        matches!(n2.to_peer.try_recv(), Ok(Message::HandoffRequest(_))),
+        "handed to n1 as the dispatcher said"
+    );
+
+    let mut n2 = node(1, PolicyKind::Lard);
+    hold_at(&mut n2, N2, &request("/cold/item"));
+    let Ok(Message::DispatchQuery { id, .. }) = n2.to_peer.try_recv() else {
+        panic!()
+    };
+    n2.engine.on_mesh(MeshEvent::Message {
+        peer: 0,
+        message: Message::DispatchAnswer { id, node: 1 },
+    });
+    assert_eq!(
+        n2.sent.take().len(),
+        2,
+        "served here as the dispatcher said"
+    );
+}
+
+#[test]
+fn a_silent_dispatcher_leaves_the_decision_to_bounded_hash() {
+    let mut n2 = node(1, PolicyKind::Lard);
+    hold_at(&mut n2, N2, &request("/x"));
+    let Ok(Message::DispatchQuery { id, .. }) = n2.to_peer.try_recv() else {
+        panic!("no question")
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    n2.engine.on_tick();
+    assert_eq!(n2.metrics.dispatch_fallbacks.get(), 1);
+    let served_here = !n2.sent.take().is_empty();
+    let handed = matches!(n2.to_peer.try_recv(), Ok(Message::HandoffRequest(_)));
+    assert!(
+        served_here != handed,
+        "the connection is decided, once, without the dispatcher"
+    );
+    // A late answer changes nothing.
+    n2.engine.on_mesh(MeshEvent::Message {
+        peer: 0,
+        message: Message::DispatchAnswer { id, node: 0 },
+    });
+    assert!(n2.sent.take().is_empty() && n2.to_peer.try_recv().is_err());
+
+    // With the dispatcher down, the next live member (here n2 itself) keeps the table.
+    let mut n2 = node(1, PolicyKind::Lard);
+    n2.engine.on_mesh(MeshEvent::PeerDown { peer: 0 });
+    hold_at(&mut n2, N2, &request("/y"));
+    assert!(
+        n2.to_peer.try_recv().is_err(),
+        "no question: n2 is the dispatcher now"
+    );
+    assert_eq!(n2.sent.take().len(), 2);
+}
+
+#[test]
+fn the_dispatcher_answers_from_one_table() {
+    let mut n1 = node(0, PolicyKind::Lard);
+    let mut answers = Vec::new();
+    for id in 0..3 {
+        n1.engine.on_mesh(MeshEvent::Message {
+            peer: 1,
+            message: Message::DispatchQuery {
+                id,
+                target: "/same".into(),
+            },
+        });
+        let Ok(Message::DispatchAnswer { id: answered, node }) = n1.to_peer.try_recv() else {
+            panic!("no answer")
+        };
+        assert_eq!(answered, id);
+        answers.push(node);
+    }
+    assert!(
+        answers.iter().all(|&n| n == answers[0]),
+        "one target, one node: {answers:?}"
+    );
+    assert_eq!(n1.metrics.dispatch_answers.get(), 3);
+    // Its own connections need no question, and follow the same table.
+    hold_at(&mut n1, N1, &request("/same"));
+    match n1.to_peer.try_recv() {
+        Ok(Message::HandoffRequest(_)) => assert_eq!(answers[0], 1),
+        Err(_) => assert_eq!((answers[0], n1.sent.take().len()), (0, 2)),
+        Ok(other) => panic!("the dispatcher asked or sent {other:?}"),
+    }
 }
