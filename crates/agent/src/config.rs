@@ -120,6 +120,8 @@ pub struct Limits {
     pub handoff_timeout_ms: u64,
     /// Longest wait for the LARD dispatcher's decision before bounded-hash decides instead.
     pub dispatch_timeout_ms: u64,
+    /// On stop, longest wait for connections in flight (held, handed in, forwarded) to finish.
+    pub drain_timeout_ms: u64,
     /// A forwarding or translating entry with no packet for this long is removed.
     pub idle_timeout_s: u64,
     /// How long an entry lingers after both sides closed (late retransmissions still translate).
@@ -136,6 +138,7 @@ impl Default for Limits {
             hold_ms: 2000,
             handoff_timeout_ms: 1000,
             dispatch_timeout_ms: 50,
+            drain_timeout_ms: 3000,
             idle_timeout_s: 600,
             close_linger_ms: 2000,
             heartbeat_ms: 100,

@@ -78,6 +78,8 @@ struct Peer {
     outbound_up: bool,
     last_heard: Option<Instant>,
     load: u32,
+    /// It said it is stopping: it takes nothing new.
+    draining: bool,
 }
 
 /// FE: a connection held while the agent decides.
@@ -154,6 +156,8 @@ pub struct Engine {
     router: Router,
     /// Whether the default policy keeps one table for the cluster at a dispatcher (LARD).
     dispatching: bool,
+    /// This node is stopping gracefully.
+    draining: bool,
     /// What decides when the dispatcher does not answer in time.
     fallback: BoundedHash,
     /// Dispatcher questions out: id -> held connection.
@@ -206,6 +210,7 @@ impl Engine {
                 outbound_up: false,
                 last_heard: None,
                 load: 0,
+                draining: false,
             })
             .collect();
         let head_limits = HeadLimits {
@@ -222,6 +227,7 @@ impl Engine {
                 config.policy.affinity_cookie.clone(),
             ),
             dispatching: matches!(config.policy.kind, PolicyKind::Lard | PolicyKind::LardR),
+            draining: false,
             fallback: BoundedHash::new(config.policy.params.balance_factor),
             dispatching_ids: HashMap::new(),
             config,
@@ -255,6 +261,9 @@ impl Engine {
             return true;
         }
         let p = &self.peers[peer];
+        if p.draining {
+            return false;
+        }
         let fresh = self.config.limits.heartbeat_ms.saturating_mul(5).max(500);
         p.outbound_up
             && p.last_heard
@@ -274,7 +283,11 @@ impl Engine {
     pub fn on_mesh(&mut self, event: MeshEvent) {
         let now = Instant::now();
         match event {
-            MeshEvent::PeerUp { peer } => self.peers[peer].outbound_up = true,
+            MeshEvent::PeerUp { peer } => {
+                // A (re)connected peer is a fresh agent.
+                self.peers[peer].outbound_up = true;
+                self.peers[peer].draining = false;
+            }
             MeshEvent::PeerDown { peer } => {
                 self.peers[peer].outbound_up = false;
                 let stranded: Vec<ConnKey> = self
@@ -314,6 +327,10 @@ impl Engine {
             }
             Message::HandoffAccepted { id } => self.on_accepted(peer, id),
             Message::DispatchQuery { id, target } => self.on_dispatch_query(peer, id, &target),
+            Message::Draining => {
+                self.peers[peer].draining = true;
+                tracing::info!(peer = %self.peers[peer].name, "peer is draining");
+            }
             Message::DispatchAnswer { id, node } => self.on_dispatch_answer(peer, id, node),
             Message::HandoffRefused { id, reason } => {
                 if self.awaiting_peer(id) == Some(peer)
@@ -337,6 +354,10 @@ impl Engine {
                 }
             }
         }
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
     }
 
     /// Whether a replayed handshake awaits confirmation (the caller then ticks faster).
@@ -623,12 +644,31 @@ impl Engine {
     }
 
     /// The node that keeps the cluster's LARD table: the first live member in configuration
-    /// order, so every node agrees without an election, and the next one takes over when it dies.
+    /// order, so every node agrees without an election, and the next one takes over when it dies
+    /// or drains.
     fn dispatcher(&self) -> usize {
         let now = Instant::now();
         (0..self.peers.len())
-            .find(|&i| self.peer_up(i, now))
+            .find(|&i| self.peer_up(i, now) && !(i == self.me && self.draining))
             .unwrap_or(self.me)
+    }
+
+    /// Starts a graceful stop: peers are told to choose this node for nothing new (the caller
+    /// also stops the datapath from holding new connections). What is in flight goes on.
+    pub fn begin_drain(&mut self) {
+        self.draining = true;
+        for peer in (0..self.peers.len()).filter(|&p| p != self.me) {
+            self.mesh.send(peer, Message::Draining);
+        }
+    }
+
+    /// Whether nothing of this node's is in flight any more: no held connection, no handoff
+    /// pending, no connection handed in or forwarded out still open.
+    pub fn drained(&self) -> bool {
+        self.held.is_empty()
+            && self.pending.is_empty()
+            && self.inbound.is_empty()
+            && self.outbound.is_empty()
     }
 
     /// Serves a held connection at `choice`: locally, or offered to that peer.
@@ -855,6 +895,9 @@ impl Engine {
     // ----- BE -----------------------------------------------------------------------------
 
     fn on_handoff_request(&mut self, peer: usize, r: HandoffRequest) -> Result<(), RefuseReason> {
+        if self.draining {
+            return Err(RefuseReason::Overloaded);
+        }
         if *r.fe_service.ip() != self.peers[peer].addr
             || !self
                 .config

@@ -8,7 +8,10 @@
 //! - the **mesh** (`mesh`): the control connections; it passes messages both ways;
 //! - the **metrics server** (`metrics`): the datapath's counters, read at scrape time.
 //!
-//! Shutdown is a `watch` channel passed in, so every task can be stopped from a test. On shutdown
+//! Shutdown is a `watch` channel passed in, so every task can be stopped from a test. It starts a
+//! drain: peers are told to choose this node for nothing new, the datapath stops holding new
+//! connections, and what is in flight (held, handed in, forwarded) finishes, up to
+//! `limits.drain_timeout_ms`. Then
 //! held connections are served locally and the datapath is detached (its TCX links are owned by
 //! this process and go with it).
 
@@ -98,6 +101,8 @@ pub async fn run(
     config: NodeConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
+    // The tasks stop on `tasks_stop`, after the drain that `shutdown` starts.
+    let (tasks_stop_tx, tasks_stop) = watch::channel(false);
     let ports = &config.cluster.service_ports;
     if ports.len() > baton_bpf::SERVICE_PORTS_MAX {
         return Err(AgentError::TooManyPorts(ports.len()));
@@ -140,7 +145,7 @@ pub async fn run(
         mesh_tx,
         load.clone(),
         metrics.clone(),
-        shutdown.clone(),
+        tasks_stop.clone(),
     )
     .await?;
 
@@ -149,7 +154,7 @@ pub async fn run(
             addr,
             metrics.clone(),
             DatapathCounters::new(counters),
-            shutdown.clone(),
+            tasks_stop.clone(),
         );
         tokio::spawn(async move {
             if let Err(e) = server.await {
@@ -187,15 +192,34 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let mut confirm_tick = tokio::time::interval(Duration::from_millis(1));
     confirm_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
-            _ = shutdown.changed() => break,
+            _ = shutdown.changed(), if drain_deadline.is_none() => {
+                // Graceful stop: nothing new is held or offered here; what is in flight finishes.
+                engine.begin_drain();
+                let ports = &engine.config().cluster.service_ports;
+                let address = engine.config().node.address;
+                if let Err(e) = datapath.set_node_config(&baton_bpf::NodeConfig::new(address, ports, false)) {
+                    tracing::warn!("stop holding new connections: {e}");
+                }
+                let timeout = Duration::from_millis(engine.config().limits.drain_timeout_ms);
+                drain_deadline = Some(tokio::time::Instant::now() + timeout);
+                tracing::info!("draining");
+            }
             Some(event) = event_rx.recv() => engine.on_datapath(event),
             Some(event) = mesh_rx.recv() => engine.on_mesh(event),
             _ = confirm_tick.tick(), if engine.confirming() => engine.on_confirm_tick(),
-            _ = tick.tick() => engine.on_tick(),
+            _ = tick.tick() => {
+                engine.on_tick();
+                if let Some(deadline) = drain_deadline
+                    && (engine.drained() || tokio::time::Instant::now() >= deadline) {
+                        break;
+                    }
+            }
         }
     }
+    let _ = tasks_stop_tx.send(true);
     // Detach first so nothing new is held, then serve what is held locally.
     drop(datapath);
     while let Ok(event) = event_rx.try_recv() {

@@ -834,3 +834,62 @@ fn a_new_lard_dispatcher_takes_over_when_the_first_is_gone() {
         "n2 answers for n3 now"
     );
 }
+
+#[test]
+fn stopping_the_lard_dispatcher_mid_workload_fails_no_request() {
+    // wrk, a new connection per request, against n2 and n3 while n1 (the dispatcher, and a
+    // serving node) stops: it drains (tells its peers, takes nothing new, finishes what it has),
+    // n2 takes over the table, and no request fails.
+    let mut lab = lab("df", 3, ServerKind::Static, PolicyKind::Lard);
+    let runs: Vec<_> = [2, 3]
+        .into_iter()
+        .map(|i| {
+            let url = url(&lab, i, "/f/1k");
+            baton_lab::lab::exec_command(
+                lab.name(),
+                "client",
+                &[
+                    "wrk",
+                    "-t1",
+                    "-c4",
+                    "-d6s",
+                    "-H",
+                    "Connection: close",
+                    url.as_str(),
+                ],
+            )
+            .unwrap()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn wrk")
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let answered_before = metric(&lab, 1, "baton_dispatch_answers_total");
+    lab.stop_agent(1).expect("stop n1's agent");
+    for (i, run) in runs.into_iter().enumerate() {
+        let out = run.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "wrk against n{}: {text}", i + 2);
+        assert!(text.contains("requests in"), "{text}");
+        assert!(
+            !text.contains("Non-2xx"),
+            "wrk against n{} saw non-2xx responses:\n{text}",
+            i + 2
+        );
+        assert!(
+            !text.contains("Socket errors"),
+            "wrk against n{} saw socket errors:\n{text}",
+            i + 2
+        );
+    }
+    assert!(
+        answered_before > 0.0,
+        "n1 was the dispatcher before it stopped"
+    );
+    assert!(
+        metric(&lab, 2, "baton_dispatch_answers_total") > 0.0,
+        "n2 took over"
+    );
+}

@@ -44,6 +44,7 @@ pub mod kind {
     pub const CONN_CLOSED: u8 = 0x14;
     pub const DISPATCH_QUERY: u8 = 0x15;
     pub const DISPATCH_ANSWER: u8 = 0x16;
+    pub const DRAINING: u8 = 0x17;
     pub const HEARTBEAT: u8 = 0x20;
 }
 

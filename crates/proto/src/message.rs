@@ -20,6 +20,8 @@
 //! DispatchAnswer (0x16)
 //!   0   8  id
 //!   8   2  the chosen node's index in the cluster's member list
+//! Draining (0x17)
+//!   (empty)
 //! Heartbeat (0x20)
 //!   0   4  load
 //!   4   8  sent_at_ms
@@ -114,6 +116,8 @@ pub enum Message {
     DispatchQuery { id: u64, target: String },
     /// Dispatcher -> node: the member (by index in the configured member list) that serves it.
     DispatchAnswer { id: u64, node: u16 },
+    /// The sender is stopping: choose it for nothing new (it finishes what it has, then leaves).
+    Draining,
     /// Periodic liveness and load report.
     Heartbeat { load: u32, sent_at_ms: u64 },
 }
@@ -129,6 +133,7 @@ impl Message {
             Message::ConnClosed { .. } => kind::CONN_CLOSED,
             Message::DispatchQuery { .. } => kind::DISPATCH_QUERY,
             Message::DispatchAnswer { .. } => kind::DISPATCH_ANSWER,
+            Message::Draining => kind::DRAINING,
             Message::Heartbeat { .. } => kind::HEARTBEAT,
         }
     }
@@ -181,6 +186,7 @@ impl Message {
                 out.extend_from_slice(&id.to_be_bytes());
                 out.extend_from_slice(&node.to_be_bytes());
             }
+            Message::Draining => {}
             Message::Heartbeat { load, sent_at_ms } => {
                 out.extend_from_slice(&load.to_be_bytes());
                 out.extend_from_slice(&sent_at_ms.to_be_bytes());
@@ -239,6 +245,7 @@ impl Message {
                 id: reader.u64()?,
                 node: reader.u16()?,
             },
+            kind::DRAINING => Message::Draining,
             kind::HEARTBEAT => Message::Heartbeat {
                 load: reader.u32()?,
                 sent_at_ms: reader.u64()?,

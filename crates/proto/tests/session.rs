@@ -58,6 +58,7 @@ fn sample_messages() -> Vec<Message> {
             target: "/img/a.jpg?size=2".into(),
         },
         Message::DispatchAnswer { id: 9, node: 3 },
+        Message::Draining,
         Message::Heartbeat {
             load: 3,
             sent_at_ms: 1_700_000_000_000,

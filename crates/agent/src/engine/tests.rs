@@ -853,3 +853,40 @@ fn the_dispatcher_answers_from_one_table() {
         Ok(other) => panic!("the dispatcher asked or sent {other:?}"),
     }
 }
+
+#[test]
+fn a_draining_node_takes_nothing_new_and_says_so() {
+    // n1 drains: it tells n2, refuses handoffs, and stops being the dispatcher.
+    let mut n1 = node(0, PolicyKind::Lard);
+    assert!(n1.engine.drained());
+    n1.engine.begin_drain();
+    assert!(matches!(n1.to_peer.try_recv(), Ok(Message::Draining)));
+    n1.engine.on_mesh(MeshEvent::Message {
+        peer: 1,
+        message: Message::HandoffRequest(handoff_request(8)),
+    });
+    assert!(matches!(
+        n1.to_peer.try_recv(),
+        Ok(Message::HandoffRefused {
+            id: 8,
+            reason: RefuseReason::Overloaded
+        })
+    ));
+
+    // n2 hears it: n1 is neither chosen nor asked any more; n2 keeps the table itself.
+    let mut n2 = node(1, PolicyKind::Lard);
+    n2.engine.on_mesh(MeshEvent::Message {
+        peer: 0,
+        message: Message::Draining,
+    });
+    assert_eq!(n2.engine.dispatcher(), 1);
+    hold_at(&mut n2, N2, &request("/z"));
+    assert!(
+        n2.to_peer.try_recv().is_err(),
+        "no question to a draining dispatcher, no handoff to it"
+    );
+    assert_eq!(n2.sent.take().len(), 2, "served here");
+    // Until it comes back as a new agent.
+    n2.engine.on_mesh(MeshEvent::PeerUp { peer: 0 });
+    assert_eq!(n2.engine.dispatcher(), 0);
+}
