@@ -293,6 +293,18 @@ kind = "hash"
     }
 
     #[test]
+    fn the_readme_example_is_a_valid_configuration() {
+        let readme = include_str!("../../../README.md");
+        let start =
+            readme.find("```toml\n").expect("README has a TOML example") + "```toml\n".len();
+        let end = start + readme[start..].find("```").expect("the example ends");
+        let config = NodeConfig::from_toml(&readme[start..end])
+            .expect("the README's example parses and validates");
+        assert_eq!(config.node.name, "n1");
+        assert_eq!(config.policy.rules.len(), 1);
+    }
+
+    #[test]
     fn rules_and_affinity_parse_and_are_checked() {
         let with_rules = format!(
             "{MINIMAL}\naffinity_cookie = \"SRV\"\n[[policy.rules]]\npath_prefix = \"/static/\"\ngroup = [\"n2\"]\npolicy = \"round-robin\"\n"
