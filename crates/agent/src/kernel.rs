@@ -1,14 +1,17 @@
-//! What the engine asks of the kernel, as three small traits: the datapath's conn table, packet
-//! injection, and the local TCP's view of a connection. The agent runs with the real ones
-//! ([`ConnTable`], [`Injector`], [`SockDiag`]); the engine's unit tests run with in-memory ones.
+//! What the engine asks of the kernel, as four small traits: the datapath's conn table and its
+//! configuration, packet injection, and the local TCP's view of connections. The agent runs with
+//! the real ones ([`ConnTable`], [`ConfigMap`], [`Injector`], [`SockDiag`]); the engine's unit
+//! tests run with in-memory ones.
 
 use std::net::SocketAddrV4;
 
-use baton_bpf::datapath::ConnTable;
-use baton_bpf::{Conn, ConnKey};
+use std::net::Ipv4Addr;
+
+use baton_bpf::datapath::{ConfigMap, ConnTable};
+use baton_bpf::{Conn, ConnKey, NodeConfig};
 
 use crate::inject::{InjectError, Injector};
-use crate::sockdiag::{SockDiag, SockDiagError};
+use crate::sockdiag::{ServiceSockets, SockDiag, SockDiagError};
 
 /// How an insertion treats an existing entry (BPF_ANY, BPF_NOEXIST, BPF_EXIST).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,8 +53,18 @@ pub trait TcpStates: Send {
         local: SocketAddrV4,
         remote: SocketAddrV4,
     ) -> Result<Option<u8>, SockDiagError>;
-    /// Established connections on the local ports `ports` (the node's load).
-    fn established(&mut self, ports: &[u16]) -> Result<u32, SockDiagError>;
+    /// The established connections on `addr`'s `ports` (the node's load), and whether each of
+    /// them has a listener.
+    fn service_sockets(
+        &mut self,
+        addr: Ipv4Addr,
+        ports: &[u16],
+    ) -> Result<ServiceSockets, SockDiagError>;
+}
+
+pub trait DatapathConfig: Send {
+    /// Replaces the datapath's node configuration.
+    fn write(&mut self, config: &NodeConfig) -> Result<(), String>;
 }
 
 impl ConnTableOps for ConnTable {
@@ -83,14 +96,25 @@ impl TcpStates for SockDiag {
     ) -> Result<Option<u8>, SockDiagError> {
         SockDiag::tcp_state(self, local, remote)
     }
-    fn established(&mut self, ports: &[u16]) -> Result<u32, SockDiagError> {
-        SockDiag::established(self, ports)
+    fn service_sockets(
+        &mut self,
+        addr: Ipv4Addr,
+        ports: &[u16],
+    ) -> Result<ServiceSockets, SockDiagError> {
+        SockDiag::service_sockets(self, addr, ports)
+    }
+}
+
+impl DatapathConfig for ConfigMap {
+    fn write(&mut self, config: &NodeConfig) -> Result<(), String> {
+        self.set(0, config, 0).map_err(|e| e.to_string())
     }
 }
 
 /// The kernel as the engine sees it.
 pub struct Kernel {
     pub conns: Box<dyn ConnTableOps>,
+    pub datapath: Box<dyn DatapathConfig>,
     pub inject: Box<dyn PacketSink>,
     pub tcp: Box<dyn TcpStates>,
 }

@@ -1,19 +1,24 @@
 //! The baton node agent (`baton node`): it attaches the eBPF datapath to the cluster interface,
 //! joins the control mesh, and runs the handoff engine and the metrics endpoint until shutdown.
 //!
-//! Tasks and what each owns:
-//! - the **engine** (`engine`): the conn table, held and handed-in connections, the policy, the
-//!   view of the peers; it is the only task that changes connection state;
-//! - the **event reader**: the datapath's ring buffer; it parses records and passes them on;
-//! - the **mesh** (`mesh`): the control connections; it passes messages both ways;
-//! - the **metrics server** (`metrics`): the datapath's counters, read at scrape time.
+//! Layout:
+//! - [`engine`]: the single owner of connection state, laid out by phase (`engine::fe`,
+//!   `engine::be`), with the cluster view and every deadline;
+//! - [`mesh`]: the control connections to the peers, passing messages both ways;
+//! - [`kernel`]: what the engine asks of the kernel, as traits; [`inject`] and [`sockdiag`] are
+//!   the real packet injection and TCP lookups, [`hold`] reassembles held streams;
+//! - [`metrics`]: the Prometheus endpoint; [`config`]: the configuration file.
+//!
+//! One task, the event loop of [`run`], owns the engine and feeds it everything it waits for:
+//! datapath events as soon as the ring wakes it (and again right after each input, since a
+//! replayed packet's answer is often on the ring before the injecting call returns), control
+//! messages, and its next deadline. Nothing on a connection's path waits for a tick.
 //!
 //! Shutdown is a `watch` channel passed in, so every task can be stopped from a test. It starts a
 //! drain: peers are told to choose this node for nothing new, the datapath stops holding new
 //! connections, and what is in flight (held, handed in, forwarded) finishes, up to
-//! `limits.drain_timeout_ms`. Then
-//! held connections are served locally and the datapath is detached (its TCX links are owned by
-//! this process and go with it).
+//! `limits.drain_timeout_ms`. Then held connections are served locally and the datapath is
+//! detached (its TCX links are owned by this process and go with it).
 
 pub mod config;
 pub mod engine;
@@ -26,8 +31,7 @@ pub mod sockdiag;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU32;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use baton_bpf::datapath::EventRing;
 use baton_bpf::{Datapath, DatapathError, Event};
@@ -37,7 +41,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::NodeConfig;
 use crate::engine::Engine;
 use crate::inject::{InjectError, Injector};
-use crate::mesh::{MeshConfig, MeshError, PeerAddr};
+use crate::mesh::{LoadReport, MeshConfig, MeshError, PeerAddr};
 use crate::metrics::{DatapathCounters, Metrics, MetricsError};
 use crate::sockdiag::{SockDiag, SockDiagError};
 
@@ -76,8 +80,9 @@ impl From<DatapathError> for AgentError {
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub fn run_until_signal(config: NodeConfig) -> Result<(), AgentError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the engine's loop and the mesh's tasks hand each other messages without
+    // crossing CPUs, and an idle agent has one thread to wake.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(AgentError::Runtime)?;
@@ -108,20 +113,14 @@ pub async fn run(
         return Err(AgentError::TooManyPorts(ports.len()));
     }
     let mut datapath = Datapath::load()?;
-    let distribute =
-        config.policy.kind != baton_policy::PolicyKind::Local && config.cluster.members.len() > 1;
-    datapath.set_node_config(&baton_bpf::NodeConfig::new(
-        config.node.address,
-        ports,
-        distribute,
-    ))?;
     let conns = datapath.take_conns()?;
+    let datapath_config = datapath.take_config()?;
     let ring = datapath.take_events()?;
     let counters = datapath.take_counters()?;
     let inject = Injector::new()?;
     let diag = SockDiag::new()?;
     let metrics = Metrics::default();
-    let load = Arc::new(AtomicU32::new(0));
+    let report = Arc::new(LoadReport::default());
 
     let (mesh_tx, mut mesh_rx) = mpsc::channel(4096);
     let members: Vec<PeerAddr> = config
@@ -141,9 +140,10 @@ pub async fn run(
             members,
             key: config.cluster.key.as_bytes().to_vec(),
             heartbeat: Duration::from_millis(config.limits.heartbeat_ms),
+            offer_ttl: Duration::from_millis(config.limits.handoff_timeout_ms / 4),
         },
         mesh_tx,
-        load.clone(),
+        report.clone(),
         metrics.clone(),
         tasks_stop.clone(),
     )
@@ -163,98 +163,89 @@ pub async fn run(
         });
     }
 
-    let (event_tx, mut event_rx) = mpsc::channel(65536);
     // SAFETY: the ring's fd is owned by `ring`, which the AsyncFd owns until it is dropped, so
     // the descriptor stays valid and is not reused while registered.
-    let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| AgentError::Ring(e.into()))?;
-    tokio::spawn(read_events(
-        ring,
-        event_tx,
-        metrics.clone(),
-        shutdown.clone(),
-    ));
-
-    // Attach last: from here on connections are held, and the engine below is ready for them.
-    datapath
-        .attach(&config.node.interface)
-        .map_err(|source| AgentError::Attach {
-            interface: config.node.interface.clone(),
-            source: Box::new(source),
-        })?;
-    tracing::info!(node = %config.node.name, interface = %config.node.interface, policy = %config.policy.kind, "baton node running");
-
+    let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| AgentError::Ring(e.into()))?;
+    let interface = config.node.interface.clone();
+    let (name, policy) = (config.node.name.clone(), config.policy.kind);
     let kernel = kernel::Kernel {
         conns: Box::new(conns),
+        datapath: Box::new(datapath_config),
         inject: Box::new(inject),
         tcp: Box::new(diag),
     };
-    let mut engine = Engine::new(config, kernel, mesh, load, metrics);
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    let mut confirm_tick = tokio::time::interval(Duration::from_millis(1));
-    confirm_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    // The engine writes the datapath's configuration before anything is attached.
+    let mut engine = Engine::new(
+        config,
+        kernel,
+        mesh,
+        report,
+        metrics.clone(),
+        Instant::now(),
+    );
+
+    // Attach last: from here on connections are held, and the engine is ready for them.
+    datapath
+        .attach(&interface)
+        .map_err(|source| AgentError::Attach {
+            interface: interface.clone(),
+            source: Box::new(source),
+        })?;
+    tracing::info!(node = %name, %interface, %policy, "baton node running");
+
+    let mut drain_deadline: Option<Instant> = None;
     loop {
+        let next = engine.next_deadline();
         tokio::select! {
             _ = shutdown.changed(), if drain_deadline.is_none() => {
                 // Graceful stop: nothing new is held or offered here; what is in flight finishes.
-                engine.begin_drain();
-                let ports = &engine.config().cluster.service_ports;
-                let address = engine.config().node.address;
-                if let Err(e) = datapath.set_node_config(&baton_bpf::NodeConfig::new(address, ports, false)) {
-                    tracing::warn!("stop holding new connections: {e}");
-                }
+                let now = Instant::now();
+                engine.begin_drain(now);
                 let timeout = Duration::from_millis(engine.config().limits.drain_timeout_ms);
-                drain_deadline = Some(tokio::time::Instant::now() + timeout);
+                drain_deadline = Some(now + timeout);
                 tracing::info!("draining");
             }
-            Some(event) = event_rx.recv() => engine.on_datapath(event),
-            Some(event) = mesh_rx.recv() => engine.on_mesh(event),
-            _ = confirm_tick.tick(), if engine.confirming() => engine.on_confirm_tick(),
-            _ = tick.tick() => {
-                engine.on_tick();
-                if let Some(deadline) = drain_deadline
-                    && (engine.drained() || tokio::time::Instant::now() >= deadline) {
-                        break;
-                    }
-            }
+            ready = ring.readable_mut() => match ready {
+                Ok(mut guard) => guard.clear_ready(),
+                Err(e) => tracing::warn!("event ring: {e}"),
+            },
+            Some(event) = mesh_rx.recv() => engine.on_mesh(event, Instant::now()),
+            _ = sleep_until(next) => engine.on_timers(Instant::now()),
+            _ = sleep_until(drain_deadline) => break,
+        }
+        read_ring(ring.get_mut(), &mut engine, &metrics);
+        if drain_deadline.is_some() && engine.drained() {
+            break;
         }
     }
     let _ = tasks_stop_tx.send(true);
     // Detach first so nothing new is held, then serve what is held locally.
     drop(datapath);
-    while let Ok(event) = event_rx.try_recv() {
-        engine.on_datapath(event);
-    }
-    engine.release_all();
+    read_ring(ring.get_mut(), &mut engine, &metrics);
+    engine.release_all(Instant::now());
     tracing::info!("baton node stopped");
     Ok(())
 }
 
-async fn read_events(
-    mut ring: AsyncFd<EventRing>,
-    events: mpsc::Sender<Event>,
-    metrics: Metrics,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let mut guard = tokio::select! {
-            _ = shutdown.changed() => return,
-            ready = ring.readable_mut() => match ready { Ok(g) => g, Err(_) => return },
-        };
-        let ring = guard.get_inner_mut();
-        while let Some(record) = ring.next() {
-            match Event::parse(&record) {
-                Ok(event) => {
-                    if events.send(event).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    metrics.malformed_events.inc();
-                    tracing::warn!("datapath event: {e}");
-                }
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Feeds the engine every event on the ring.
+fn read_ring(ring: &mut EventRing, engine: &mut Engine, metrics: &Metrics) {
+    while let Some(record) = ring.next() {
+        let event = Event::parse(&record);
+        drop(record);
+        match event {
+            Ok(event) => engine.on_datapath(event, Instant::now()),
+            Err(e) => {
+                metrics.malformed_events.inc();
+                tracing::warn!("datapath event: {e}");
             }
         }
-        guard.clear_ready();
     }
 }

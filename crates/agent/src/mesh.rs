@@ -8,13 +8,15 @@
 //!
 //! Contract: the mesh tells the engine [`MeshEvent::PeerUp`] / [`MeshEvent::PeerDown`] for its
 //! outbound connections and delivers every authenticated message as [`MeshEvent::Message`]. A
-//! message handed to [`MeshSender::send`] while the peer is down is dropped (the engine's timeouts
-//! cover it). Dialing retries with exponential backoff (100 ms doubling to 2 s).
+//! message handed to [`MeshSender::send`] while the peer is down waits for the connection to come
+//! back, except offers and dispatcher questions older than `MeshConfig::offer_ttl`: those are
+//! dropped unsent (their FE has moved on; a late offer must never go live). Dialing retries with
+//! exponential backoff (100 ms doubling to 2 s).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use baton_proto::{Event as ProtoEvent, Message, ProtoError, Session};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,23 +47,71 @@ pub enum MeshError {
     },
 }
 
+/// What this node reports in its heartbeats: its load and whether its server listens. The
+/// engine writes it, the mesh reads it.
+#[derive(Debug)]
+pub struct LoadReport {
+    load: AtomicU32,
+    serving: AtomicBool,
+}
+
+impl Default for LoadReport {
+    fn default() -> Self {
+        LoadReport {
+            load: AtomicU32::new(0),
+            serving: AtomicBool::new(true),
+        }
+    }
+}
+
+impl LoadReport {
+    pub fn load(&self) -> u32 {
+        self.load.load(Ordering::Relaxed)
+    }
+
+    /// Sets the load; returns the one reported before.
+    pub fn set_load(&self, load: u32) -> u32 {
+        self.load.swap(load, Ordering::Relaxed)
+    }
+
+    pub fn serving(&self) -> bool {
+        self.serving.load(Ordering::Relaxed)
+    }
+
+    /// Sets whether the server listens; returns whether that changed.
+    pub fn set_serving(&self, serving: bool) -> bool {
+        self.serving.swap(serving, Ordering::Relaxed) != serving
+    }
+
+    pub fn heartbeat(&self) -> Message {
+        Message::Heartbeat {
+            load: self.load(),
+            sent_at_ms: now_ms(),
+            serving: self.serving(),
+        }
+    }
+}
+
+/// A message waiting for its peer's connection, and since when.
+type Queued = (Instant, Message);
+
 /// The engine's handle for sending to peers (index = member index; own index unused).
 #[derive(Clone)]
 pub struct MeshSender {
-    outbound: Vec<Option<mpsc::Sender<Message>>>,
+    outbound: Vec<Option<mpsc::Sender<Queued>>>,
 }
 
 impl MeshSender {
     /// A sender over the given per-peer queues (`None` for this node itself); `start` builds the
     /// real one, tests read the queues directly.
-    pub fn new(outbound: Vec<Option<mpsc::Sender<Message>>>) -> Self {
+    pub fn new(outbound: Vec<Option<mpsc::Sender<Queued>>>) -> Self {
         MeshSender { outbound }
     }
 
     /// Queues `message` for `peer`'s outbound connection; false if it had to be dropped.
     pub fn send(&self, peer: usize, message: Message) -> bool {
         match self.outbound.get(peer).and_then(|s| s.as_ref()) {
-            Some(tx) => tx.try_send(message).is_ok(),
+            Some(tx) => tx.try_send((Instant::now(), message)).is_ok(),
             None => false,
         }
     }
@@ -74,6 +124,8 @@ pub struct MeshConfig {
     pub members: Vec<PeerAddr>,
     pub key: Vec<u8>,
     pub heartbeat: Duration,
+    /// Offers and dispatcher questions older than this are dropped unsent.
+    pub offer_ttl: Duration,
 }
 
 /// Longest wait for the peer's side of the session handshake, either way.
@@ -94,7 +146,7 @@ pub(crate) fn now_ms() -> u64 {
 pub async fn start(
     config: MeshConfig,
     events: mpsc::Sender<MeshEvent>,
-    load: Arc<AtomicU32>,
+    report: Arc<LoadReport>,
     metrics: Metrics,
     shutdown: watch::Receiver<bool>,
 ) -> Result<MeshSender, MeshError> {
@@ -125,7 +177,7 @@ pub async fn start(
             config.clone(),
             rx,
             events.clone(),
-            load.clone(),
+            report.clone(),
             metrics.clone(),
             shutdown.clone(),
         ));
@@ -239,9 +291,9 @@ async fn inbound(
 async fn dial_loop(
     peer: usize,
     config: Arc<MeshConfig>,
-    mut outgoing: mpsc::Receiver<Message>,
+    mut outgoing: mpsc::Receiver<Queued>,
     events: mpsc::Sender<MeshEvent>,
-    load: Arc<AtomicU32>,
+    report: Arc<LoadReport>,
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -260,7 +312,7 @@ async fn dial_loop(
                     session,
                     &config,
                     &mut outgoing,
-                    &load,
+                    &report,
                     &metrics,
                     &mut shutdown,
                 )
@@ -319,8 +371,8 @@ async fn serve_outbound(
     mut stream: TcpStream,
     mut session: Session,
     config: &MeshConfig,
-    outgoing: &mut mpsc::Receiver<Message>,
-    load: &AtomicU32,
+    outgoing: &mut mpsc::Receiver<Queued>,
+    report: &LoadReport,
     metrics: &Metrics,
     shutdown: &mut watch::Receiver<bool>,
 ) -> String {
@@ -329,8 +381,12 @@ async fn serve_outbound(
     loop {
         let message = tokio::select! {
             _ = shutdown.changed() => return "shutdown".into(),
-            m = outgoing.recv() => match m { Some(m) => m, None => return "engine gone".into() },
-            _ = heartbeat.tick() => Message::Heartbeat { load: load.load(Ordering::Relaxed), sent_at_ms: now_ms() },
+            m = outgoing.recv() => match m {
+                Some((queued, m)) if is_offer(&m) && queued.elapsed() > config.offer_ttl => continue,
+                Some((_, m)) => m,
+                None => return "engine gone".into(),
+            },
+            _ = heartbeat.tick() => report.heartbeat(),
             read = stream.read(&mut buf) => match read {
                 Ok(0) => return "closed by peer".into(),
                 Err(e) => return format!("read: {e}"),
@@ -349,6 +405,15 @@ async fn serve_outbound(
             return format!("write: {e}");
         }
     }
+}
+
+/// Messages that must not arrive late: an offer could go live after its FE served the connection
+/// itself, a dispatcher's answer would come after the fallback decided.
+fn is_offer(message: &Message) -> bool {
+    matches!(
+        message,
+        Message::HandoffRequest(_) | Message::DispatchQuery { .. }
+    )
 }
 
 /// The member list as mesh addresses.

@@ -1,8 +1,9 @@
-//! What the local TCP stack says about one connection, by an exact `sock_diag` (INET_DIAG)
-//! lookup: the BE asks it before replaying a handshake (is the tuple in use?), after replaying it
-//! (did the server's TCP establish it?), and before forgetting an idle entry (is it still alive?).
+//! What the local TCP stack says, by `sock_diag` (INET_DIAG): about one connection, by an exact
+//! lookup (the BE asks before replaying a handshake: is the tuple in use? and before forgetting a
+//! closed or idle entry: is it over?), and about the service ports, by a dump (how many
+//! connections this node serves, and whether its server listens).
 
-use std::net::{IpAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
 use netlink_packet_core::{
     NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
@@ -30,6 +31,15 @@ pub enum SockDiagError {
     Io(std::io::Error),
     #[error("sock_diag answer: {0}")]
     Answer(String),
+}
+
+/// What the local TCP has on the service ports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceSockets {
+    /// Established connections: the connections this node serves, local and handed in (its load).
+    pub established: u32,
+    /// Every service port has a listener on the service address (or on every address).
+    pub listening: bool,
 }
 
 pub struct SockDiag {
@@ -110,15 +120,19 @@ impl SockDiag {
         Ok(())
     }
 
-    /// How many established TCP connections have their local port in `ports`: the connections
-    /// this node is serving, locally accepted and handed in alike (its load).
-    pub fn established(&mut self, ports: &[u16]) -> Result<u32, SockDiagError> {
+    /// The established connections and listeners on `addr`'s `ports`, in one dump.
+    pub fn service_sockets(
+        &mut self,
+        addr: Ipv4Addr,
+        ports: &[u16],
+    ) -> Result<ServiceSockets, SockDiagError> {
         self.send_request(
             NLM_F_REQUEST | NLM_F_DUMP,
-            StateFlags::ESTABLISHED,
+            StateFlags::ESTABLISHED | StateFlags::LISTEN,
             SocketId::new_v4(),
         )?;
-        let mut count = 0;
+        let mut established = 0;
+        let mut listening = vec![false; ports.len()];
         loop {
             let n = self
                 .socket
@@ -130,12 +144,24 @@ impl SockDiag {
                     .map_err(|e| SockDiagError::Answer(e.to_string()))?;
                 let len = message.header.length as usize;
                 match message.payload {
-                    NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r))
-                        if ports.contains(&r.header.socket_id.source_port) =>
-                    {
-                        count += 1;
+                    NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                        let id = &r.header.socket_id;
+                        let on_addr = id.source_address == IpAddr::V4(addr)
+                            || id.source_address == IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+                        match ports.iter().position(|&p| p == id.source_port) {
+                            Some(port) if r.header.state == tcp_state::LISTEN && on_addr => {
+                                listening[port] = true
+                            }
+                            Some(_) if r.header.state == tcp_state::ESTABLISHED => established += 1,
+                            _ => {}
+                        }
                     }
-                    NetlinkPayload::Done(_) => return Ok(count),
+                    NetlinkPayload::Done(_) => {
+                        return Ok(ServiceSockets {
+                            established,
+                            listening: listening.iter().all(|&l| l),
+                        });
+                    }
                     NetlinkPayload::Error(e) => return Err(SockDiagError::Io(e.to_io())),
                     _ => {}
                 }
@@ -176,7 +202,12 @@ mod tests {
         );
         let nobody = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1);
         assert_eq!(diag.tcp_state(local, nobody).unwrap(), None);
-        assert!(diag.established(&[local.port()]).unwrap() >= 1);
+        let sockets = diag.service_sockets(*local.ip(), &[local.port()]).unwrap();
+        assert!(sockets.established >= 1);
+        assert!(sockets.listening);
+        drop(listener);
+        let sockets = diag.service_sockets(*local.ip(), &[local.port()]).unwrap();
+        assert!(!sockets.listening, "the listener is gone");
         drop(client);
     }
 }

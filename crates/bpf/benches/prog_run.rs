@@ -14,22 +14,25 @@ fn main() {
         "BPF_PROG_TEST_RUN, {samples} samples per case (each includes ~2 clock reads of overhead)"
     );
     println!("{:<52} {:>8} {:>8}", "case", "p50 ns", "p99 ns");
-    for case in baton_bpf::cases::all() {
-        let mut ns = Vec::with_capacity(samples);
-        for _ in 0..samples {
-            match runner.run(&case, 1) {
-                Ok(outcome) => ns.push(outcome.duration.as_nanos() as u64),
-                Err(e) => {
-                    println!("{:<52} error: {e}", case.name);
-                    break;
+    for table in baton_bpf::cases::tables() {
+        println!("{}", table.name);
+        for case in table.cases {
+            let mut ns = Vec::with_capacity(samples);
+            for _ in 0..samples {
+                match runner.run(&case, 1) {
+                    Ok(outcome) => ns.push(outcome.duration.as_nanos() as u64),
+                    Err(e) => {
+                        println!("{:<52} error: {e}", case.name);
+                        break;
+                    }
                 }
             }
+            if ns.is_empty() {
+                continue;
+            }
+            ns.sort_unstable();
+            let pick = |q: f64| ns[((ns.len() - 1) as f64 * q) as usize];
+            println!("  {:<50} {:>8} {:>8}", case.name, pick(0.5), pick(0.99));
         }
-        if ns.is_empty() {
-            continue;
-        }
-        ns.sort_unstable();
-        let pick = |q: f64| ns[((ns.len() - 1) as f64 * q) as usize];
-        println!("{:<52} {:>8} {:>8}", case.name, pick(0.5), pick(0.99));
     }
 }

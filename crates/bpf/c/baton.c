@@ -7,8 +7,8 @@
 #include "lib/common.h"
 #include "lib/be.h"
 #include "lib/conn.h"
-#include "lib/events.h"
 #include "lib/fe.h"
+#include "lib/maps.h"
 #include "lib/parse.h"
 
 SEC("classifier")
@@ -36,7 +36,7 @@ int baton_ingress(struct __sk_buff *skb)
 	}
 	c->last_seen_ns = bpf_ktime_get_ns();
 	if (c->role == ROLE_FE)
-		return fe_ingress(skb, &p, &key, c);
+		return fe_ingress(skb, cfg, &p, &key, c);
 	return be_ingress(skb, &p, &key, c);
 }
 

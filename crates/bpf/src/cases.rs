@@ -16,8 +16,8 @@ use baton_wire::{
 
 use crate::datapath::{ConnTable, EventRing};
 use crate::{
-    Conn, ConnKey, ConnRole, ConnState, Datapath, DatapathError, EGRESS_PROGRAM, Event, EventKind,
-    INGRESS_PROGRAM, NodeConfig, conn_flags,
+    Conn, ConnKey, ConnRole, ConnState, Datapath, DatapathError, DpNode, EGRESS_PROGRAM, Event,
+    EventKind, INGRESS_PROGRAM, NodeConfig, conn_flags,
 };
 
 pub const TC_ACT_OK: u32 = 0;
@@ -49,9 +49,8 @@ type EntryCheck = Box<dyn Fn(Option<&Conn>) -> Result<(), String>>;
 pub struct Case {
     pub name: &'static str,
     pub hook: Hook,
-    /// The node's service address (config map).
-    pub node: Ipv4Addr,
-    pub distribute: bool,
+    /// The node's configuration (config map); its service address is the case's node.
+    pub config: NodeConfig,
     /// Conn table content before the packet.
     pub entry: Option<Conn>,
     /// Ethernet frame in.
@@ -66,12 +65,76 @@ pub struct Case {
 }
 
 impl Case {
+    pub fn node(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.config.service_addr)
+    }
+
     pub fn key(&self) -> ConnKey {
         ConnKey::new(
             SocketAddrV4::new(CLIENT, CLIENT_PORT),
-            SocketAddrV4::new(self.node, SERVICE_PORT),
+            SocketAddrV4::new(self.node(), SERVICE_PORT),
         )
     }
+}
+
+/// The cases of one concern of the datapath.
+pub struct Table {
+    pub name: &'static str,
+    pub cases: Vec<Case>,
+}
+
+/// A node that distributes, deciding nothing alone.
+fn distributing(node: Ipv4Addr) -> NodeConfig {
+    NodeConfig::new(node, &[SERVICE_PORT], true)
+}
+
+/// The FE of a two-node cluster (n1 = FE, n2 = BE) whose datapath runs the hash policy.
+pub fn hashing_fe() -> NodeConfig {
+    let mut config = distributing(FE);
+    let names = ["n1", "n2"];
+    let ranks = baton_policy::name_ranks(&names);
+    let nodes: Vec<DpNode> = names
+        .iter()
+        .zip(ranks)
+        .map(|(name, rank)| DpNode {
+            hash_seed: baton_policy::rendezvous_seed(name),
+            eligible: 1,
+            rank: rank as u8,
+            pad: [0; 6],
+        })
+        .collect();
+    config.set_hash_nodes(0, &nodes);
+    config
+}
+
+/// A target that the agent's hash policy, in the cluster of [`hashing_fe`], gives to `node`
+/// (0 = n1, 1 = n2): the oracle for the datapath's own decision.
+pub fn target_hashed_to(node: usize) -> String {
+    use baton_policy::{ClusterView, NodeState, Policy, RequestInfo};
+    let nodes: Vec<NodeState> = ["n1", "n2"]
+        .iter()
+        .map(|name| NodeState {
+            name: name.to_string(),
+            up: true,
+            load: 0,
+        })
+        .collect();
+    let view = ClusterView {
+        self_index: 0,
+        nodes: &nodes,
+        now_ms: 0,
+    };
+    (0..)
+        .map(|i| format!("/f/{i}?k=v"))
+        .find(|target| {
+            let request = RequestInfo {
+                method: "GET",
+                target,
+                host: None,
+            };
+            baton_policy::Hash.choose(&request, &view) == node
+        })
+        .expect("some target hashes to each node")
 }
 
 fn frame(ip: &[u8]) -> Vec<u8> {
@@ -173,13 +236,17 @@ fn expect_state(state: ConnState) -> EntryCheck {
 
 /// A client data segment from the FE-side view: ack in the FE's space, echoing the FE's clock.
 fn client_request(to: Ipv4Addr) -> TcpPacketBuilder {
+    client_request_for(to, "/f/1k")
+}
+
+fn client_request_for(to: Ipv4Addr, target: &str) -> TcpPacketBuilder {
     let mut p = from_client(to);
     p.seq = CLIENT_ISN.wrapping_add(1);
     p.ack = FE_ISN.wrapping_add(1);
     p.flags = TcpFlags::ACK | TcpFlags::PSH;
     p.window = 502;
     p.options = ts(CLIENT_TSVAL + 5, FE_TSVAL.wrapping_add(40));
-    p.payload = b"GET /f/1k HTTP/1.1\r\nHost: baton\r\n\r\n".to_vec();
+    p.payload = format!("GET {target} HTTP/1.1\r\nHost: baton\r\n\r\n").into_bytes();
     p
 }
 
@@ -189,229 +256,509 @@ fn rewritten(input: &[u8], f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     frame(&ip)
 }
 
-/// Every case, in the order the datapath meets them in one connection's life.
-pub fn all() -> Vec<Case> {
-    let mut cases = Vec::new();
+/// Every table, in the order the datapath meets them in one connection's life.
+pub fn tables() -> Vec<Table> {
+    vec![
+        Table {
+            name: "fe_handshake",
+            cases: fe_handshake(),
+        },
+        Table {
+            name: "fe_hold",
+            cases: fe_hold(),
+        },
+        Table {
+            name: "fe_decide",
+            cases: fe_decide(),
+        },
+        Table {
+            name: "fe_forward",
+            cases: fe_forward(),
+        },
+        Table {
+            name: "be_replay",
+            cases: be_replay(),
+        },
+        Table {
+            name: "be_translate",
+            cases: be_translate(),
+        },
+        Table {
+            name: "be_close",
+            cases: be_close(),
+        },
+        Table {
+            name: "not_ours",
+            cases: not_ours(),
+        },
+    ]
+}
 
-    // --- FE: SYN / SYN-ACK / handshake ACK -----------------------------------------------
+/// Every case of every table.
+pub fn all() -> Vec<Case> {
+    tables().into_iter().flat_map(|t| t.cases).collect()
+}
+
+fn client_syn() -> Vec<u8> {
     let mut syn = from_client(FE);
     syn.seq = CLIENT_ISN;
-    syn.flags = TcpFlags::SYN;
+    syn.flags = TcpFlags::SYN | TcpFlags::ECE | TcpFlags::CWR;
     syn.window = 64240;
     syn.options = linux_syn_options(CLIENT_TSVAL, 0);
-    let syn = frame(&syn.build());
-    cases.push(Case {
-        name: "fe_syn_creates_entry",
-        hook: Hook::Ingress,
-        node: FE,
-        distribute: true,
-        entry: None,
-        input: syn.clone(),
-        verdict: TC_ACT_OK,
-        output: syn.clone(),
-        entry_after: Box::new(|c| {
-            let c = c.ok_or("no entry created")?;
-            let mut want = Vec::new();
-            baton_wire::emit_options(&linux_syn_options(CLIENT_TSVAL, 0), &mut want);
-            if c.state() != Some(ConnState::FeSyn)
-                || c.client_isn != CLIENT_ISN
-                || c.syn_window != 64240
-            {
-                return Err(format!("bad SYN entry {c:?}"));
-            }
-            if c.syn_options() != want.as_slice() {
-                return Err(format!("SYN options {:?} != {want:?}", c.syn_options()));
-            }
-            Ok(())
-        }),
-        event: None,
-    });
-    cases.push(Case {
-        name: "fe_syn_not_distributing_passes_untracked",
-        hook: Hook::Ingress,
-        node: FE,
-        distribute: false,
-        entry: None,
-        input: syn.clone(),
-        verdict: TC_ACT_OK,
-        output: syn.clone(),
-        entry_after: expect_absent(),
-        event: None,
-    });
+    frame(&syn.build())
+}
 
+fn fe_synack() -> Vec<u8> {
     let mut synack = to_client(FE);
     synack.seq = FE_ISN;
     synack.ack = CLIENT_ISN.wrapping_add(1);
-    synack.flags = TcpFlags::SYN | TcpFlags::ACK;
+    synack.flags = TcpFlags::SYN | TcpFlags::ACK | TcpFlags::ECE;
     synack.window = 65160;
     synack.options = linux_syn_options(FE_TSVAL, CLIENT_TSVAL);
-    let synack = frame(&synack.build());
-    let mut fresh = fe_entry(ConnState::FeSyn);
-    fresh.flags = 0;
-    fresh.local_isn = 0;
-    fresh.synack_tsval = 0;
-    fresh.synack_opts_len = 0;
-    cases.push(Case {
-        name: "fe_synack_recorded",
-        hook: Hook::Egress,
-        node: FE,
-        distribute: true,
-        entry: Some(fresh),
-        input: synack.clone(),
-        verdict: TC_ACT_OK,
-        output: synack.clone(),
-        entry_after: Box::new(|c| {
-            let c = c.ok_or("entry vanished")?;
-            let want = fe_entry(ConnState::FeSyn);
-            if c.local_isn != FE_ISN
-                || c.synack_tsval != FE_TSVAL
-                || c.flags & conn_flags::SYNACK_SEEN == 0
-            {
-                return Err(format!("SYN-ACK not recorded: {c:?}"));
-            }
-            if c.synack_options() != want.synack_options() {
-                return Err("SYN-ACK options not recorded".into());
-            }
-            Ok(())
-        }),
-        event: None,
-    });
+    frame(&synack.build())
+}
 
+fn handshake_ack() -> Vec<u8> {
     let mut hs_ack = from_client(FE);
     hs_ack.seq = CLIENT_ISN.wrapping_add(1);
     hs_ack.ack = FE_ISN.wrapping_add(1);
     hs_ack.flags = TcpFlags::ACK;
     hs_ack.window = 502;
     hs_ack.options = ts(CLIENT_TSVAL + 1, FE_TSVAL);
-    let hs_ack = frame(&hs_ack.build());
-    cases.push(Case {
-        name: "fe_handshake_ack_held",
-        hook: Hook::Ingress,
-        node: FE,
-        distribute: true,
-        entry: Some(fe_entry(ConnState::FeSyn)),
-        input: hs_ack.clone(),
-        verdict: TC_ACT_SHOT,
-        output: hs_ack.clone(),
-        entry_after: expect_state(ConnState::FeHold),
-        event: Some(EventKind::HeldPacket),
-    });
-    let mut wrong_ack = hs_ack.clone();
-    {
-        let mut ip = wrong_ack[14..].to_vec();
-        let mut b = TcpPacketBuilder::parse(&ip).unwrap();
-        b.ack = FE_ISN.wrapping_add(7);
-        ip = b.build();
-        wrong_ack = frame(&ip);
-    }
-    cases.push(Case {
-        name: "fe_ack_of_something_else_passes",
-        hook: Hook::Ingress,
-        node: FE,
-        distribute: true,
-        entry: Some(fe_entry(ConnState::FeSyn)),
-        input: wrong_ack.clone(),
-        verdict: TC_ACT_OK,
-        output: wrong_ack,
-        entry_after: expect_state(ConnState::FeSyn),
-        event: None,
-    });
+    frame(&hs_ack.build())
+}
 
-    // --- FE: holding ------------------------------------------------------------------------
+/// An FE entry whose first held packet already went to the agent.
+fn agent_holds() -> Conn {
+    let mut c = fe_entry(ConnState::FeHold);
+    c.flags |= conn_flags::AGENT_HOLDS;
+    c
+}
+
+fn expect_flags(state: ConnState, flags: u32) -> EntryCheck {
+    Box::new(move |c| match c {
+        Some(c) if c.state() == Some(state) && c.flags & flags == flags => Ok(()),
+        other => Err(format!(
+            "expected entry in {state:?} with flags {flags:#x}, found {other:?}"
+        )),
+    })
+}
+
+fn fe_handshake() -> Vec<Case> {
+    let syn = client_syn();
+    let synack = fe_synack();
+    let hs_ack = handshake_ack();
+    let mut fresh = fe_entry(ConnState::FeSyn);
+    fresh.flags = 0;
+    fresh.local_isn = 0;
+    fresh.synack_tsval = 0;
+    fresh.synack_opts_len = 0;
+    let mut wrong_ack = TcpPacketBuilder::parse(&hs_ack[14..]).unwrap();
+    wrong_ack.ack = FE_ISN.wrapping_add(7);
+    let wrong_ack = frame(&wrong_ack.build());
     let request = frame(&client_request(FE).build());
-    cases.push(Case {
-        name: "fe_data_held",
-        hook: Hook::Ingress,
-        node: FE,
-        distribute: true,
-        entry: Some(fe_entry(ConnState::FeHold)),
-        input: request.clone(),
-        verdict: TC_ACT_SHOT,
-        output: request.clone(),
-        entry_after: expect_state(ConnState::FeHold),
-        event: Some(EventKind::HeldPacket),
-    });
+    vec![
+        Case {
+            name: "fe_syn_creates_entry",
+            hook: Hook::Ingress,
+            config: distributing(FE),
+            entry: None,
+            input: syn.clone(),
+            verdict: TC_ACT_OK,
+            output: syn.clone(),
+            entry_after: Box::new(|c| {
+                let c = c.ok_or("no entry created")?;
+                let mut want = Vec::new();
+                baton_wire::emit_options(&linux_syn_options(CLIENT_TSVAL, 0), &mut want);
+                let ecn = TcpFlags::ECE.bits() | TcpFlags::CWR.bits();
+                if c.state() != Some(ConnState::FeSyn)
+                    || c.client_isn != CLIENT_ISN
+                    || c.syn_window != 64240
+                    || c.syn_tcp_flags & ecn != ecn
+                {
+                    return Err(format!("bad SYN entry {c:?}"));
+                }
+                if c.syn_options() != want.as_slice() {
+                    return Err(format!("SYN options {:?} != {want:?}", c.syn_options()));
+                }
+                Ok(())
+            }),
+            event: None,
+        },
+        Case {
+            name: "fe_syn_not_distributing_passes_untracked",
+            hook: Hook::Ingress,
+            config: NodeConfig::new(FE, &[SERVICE_PORT], false),
+            entry: None,
+            input: syn.clone(),
+            verdict: TC_ACT_OK,
+            output: syn,
+            entry_after: expect_absent(),
+            event: None,
+        },
+        Case {
+            name: "fe_synack_recorded",
+            hook: Hook::Egress,
+            config: distributing(FE),
+            entry: Some(fresh),
+            input: synack.clone(),
+            verdict: TC_ACT_OK,
+            output: synack,
+            entry_after: Box::new(|c| {
+                let c = c.ok_or("entry vanished")?;
+                let want = fe_entry(ConnState::FeSyn);
+                if c.local_isn != FE_ISN
+                    || c.synack_tsval != FE_TSVAL
+                    || c.flags & conn_flags::SYNACK_SEEN == 0
+                    || c.synack_tcp_flags & TcpFlags::ECE.bits() == 0
+                {
+                    return Err(format!("SYN-ACK not recorded: {c:?}"));
+                }
+                if c.synack_options() != want.synack_options() {
+                    return Err("SYN-ACK options not recorded".into());
+                }
+                Ok(())
+            }),
+            event: None,
+        },
+        // The bare ACK never reaches our TCP, nor the agent: the data segment completes it.
+        Case {
+            name: "fe_handshake_ack_absorbed",
+            hook: Hook::Ingress,
+            config: distributing(FE),
+            entry: Some(fe_entry(ConnState::FeSyn)),
+            input: hs_ack.clone(),
+            verdict: TC_ACT_SHOT,
+            output: hs_ack,
+            entry_after: expect_state(ConnState::FeHold),
+            event: None,
+        },
+        // The bare ACK was lost: the first data segment carries the ACK, and is held.
+        Case {
+            name: "fe_data_completing_the_handshake_held",
+            hook: Hook::Ingress,
+            config: distributing(FE),
+            entry: Some(fe_entry(ConnState::FeSyn)),
+            input: request.clone(),
+            verdict: TC_ACT_SHOT,
+            output: request,
+            entry_after: expect_flags(ConnState::FeHold, conn_flags::AGENT_HOLDS),
+            event: Some(EventKind::HeldPacket),
+        },
+        Case {
+            name: "fe_ack_of_something_else_passes",
+            hook: Hook::Ingress,
+            config: distributing(FE),
+            entry: Some(fe_entry(ConnState::FeSyn)),
+            input: wrong_ack.clone(),
+            verdict: TC_ACT_OK,
+            output: wrong_ack,
+            entry_after: expect_state(ConnState::FeSyn),
+            event: None,
+        },
+    ]
+}
+
+fn fe_hold() -> Vec<Case> {
+    let request = frame(&client_request(FE).build());
+    let hs_ack = handshake_ack();
     let mut rst = from_client(FE);
     rst.seq = CLIENT_ISN.wrapping_add(1);
     rst.flags = TcpFlags::RST;
     let rst = frame(&rst.build());
-    cases.push(Case {
-        name: "fe_client_rst_while_held_forgets_and_passes",
-        hook: Hook::Ingress,
-        node: FE,
-        distribute: true,
-        entry: Some(fe_entry(ConnState::FeHold)),
-        input: rst.clone(),
-        verdict: TC_ACT_OK,
-        output: rst,
-        entry_after: expect_absent(),
-        event: Some(EventKind::HeldPacket),
-    });
-    cases.push(Case {
-        name: "fe_synack_retransmit_passes_while_held",
-        hook: Hook::Egress,
-        node: FE,
-        distribute: true,
-        entry: Some(fe_entry(ConnState::FeHold)),
-        input: synack.clone(),
-        verdict: TC_ACT_OK,
-        output: synack.clone(),
-        entry_after: expect_state(ConnState::FeHold),
-        event: None,
-    });
+    let synack = fe_synack();
+    vec![
+        Case {
+            name: "fe_first_data_held",
+            hook: Hook::Ingress,
+            config: distributing(FE),
+            entry: Some(fe_entry(ConnState::FeHold)),
+            input: request.clone(),
+            verdict: TC_ACT_SHOT,
+            output: request,
+            entry_after: expect_flags(ConnState::FeHold, conn_flags::AGENT_HOLDS),
+            event: Some(EventKind::HeldPacket),
+        },
+        Case {
+            name: "fe_duplicate_handshake_ack_absorbed",
+            hook: Hook::Ingress,
+            config: distributing(FE),
+            entry: Some(fe_entry(ConnState::FeHold)),
+            input: hs_ack.clone(),
+            verdict: TC_ACT_SHOT,
+            output: hs_ack.clone(),
+            entry_after: expect_state(ConnState::FeHold),
+            event: None,
+        },
+        // Once the agent holds the connection, it sees every packet.
+        Case {
+            name: "fe_ack_held_once_the_agent_holds",
+            hook: Hook::Ingress,
+            config: distributing(FE),
+            entry: Some(agent_holds()),
+            input: hs_ack.clone(),
+            verdict: TC_ACT_SHOT,
+            output: hs_ack,
+            entry_after: expect_state(ConnState::FeHold),
+            event: Some(EventKind::HeldPacket),
+        },
+        Case {
+            name: "fe_client_rst_while_held_forgets_and_passes",
+            hook: Hook::Ingress,
+            config: distributing(FE),
+            entry: Some(agent_holds()),
+            input: rst.clone(),
+            verdict: TC_ACT_OK,
+            output: rst.clone(),
+            entry_after: expect_absent(),
+            event: Some(EventKind::HeldPacket),
+        },
+        Case {
+            name: "fe_client_rst_before_any_data_forgets_quietly",
+            hook: Hook::Ingress,
+            config: distributing(FE),
+            entry: Some(fe_entry(ConnState::FeHold)),
+            input: rst.clone(),
+            verdict: TC_ACT_OK,
+            output: rst,
+            entry_after: expect_absent(),
+            event: None,
+        },
+        Case {
+            name: "fe_synack_retransmit_passes_while_held",
+            hook: Hook::Egress,
+            config: distributing(FE),
+            entry: Some(agent_holds()),
+            input: synack.clone(),
+            verdict: TC_ACT_OK,
+            output: synack,
+            entry_after: expect_state(ConnState::FeHold),
+            event: None,
+        },
+    ]
+}
 
-    // --- FE: forwarding -----------------------------------------------------------------------
+fn fe_decide() -> Vec<Case> {
+    let here = frame(&client_request_for(FE, &target_hashed_to(0)).build());
+    let there = frame(&client_request_for(FE, &target_hashed_to(1)).build());
+    let mut no_line = client_request(FE);
+    no_line.payload = b"GET /a-request-line-cut-short".to_vec();
+    let no_line = frame(&no_line.build());
+    let mut only_n1 = hashing_fe();
+    only_n1.nodes[1].eligible = 0;
+    vec![
+        // The hash policy gives the target to this node: our TCP gets the segment, which completes
+        // the handshake, and the connection is forgotten. No agent, no copy.
+        Case {
+            name: "fe_hash_local_target_released_at_once",
+            hook: Hook::Ingress,
+            config: hashing_fe(),
+            entry: Some(fe_entry(ConnState::FeHold)),
+            input: here.clone(),
+            verdict: TC_ACT_OK,
+            output: here,
+            entry_after: expect_absent(),
+            event: None,
+        },
+        Case {
+            name: "fe_hash_remote_target_held",
+            hook: Hook::Ingress,
+            config: hashing_fe(),
+            entry: Some(fe_entry(ConnState::FeHold)),
+            input: there.clone(),
+            verdict: TC_ACT_SHOT,
+            output: there.clone(),
+            entry_after: expect_flags(ConnState::FeHold, conn_flags::AGENT_HOLDS),
+            event: Some(EventKind::HeldPacket),
+        },
+        // With the peer down, every target is this node's.
+        Case {
+            name: "fe_hash_peer_down_released_at_once",
+            hook: Hook::Ingress,
+            config: only_n1,
+            entry: Some(fe_entry(ConnState::FeHold)),
+            input: there.clone(),
+            verdict: TC_ACT_OK,
+            output: there,
+            entry_after: expect_absent(),
+            event: None,
+        },
+        Case {
+            name: "fe_hash_without_a_request_line_held",
+            hook: Hook::Ingress,
+            config: hashing_fe(),
+            entry: Some(fe_entry(ConnState::FeHold)),
+            input: no_line.clone(),
+            verdict: TC_ACT_SHOT,
+            output: no_line,
+            entry_after: expect_flags(ConnState::FeHold, conn_flags::AGENT_HOLDS),
+            event: Some(EventKind::HeldPacket),
+        },
+    ]
+}
+
+fn fe_forward() -> Vec<Case> {
+    let request = frame(&client_request(FE).build());
     let fwd_out = rewritten(&request, |ip| rewrite_dst_addr(ip, BE).unwrap());
-    cases.push(Case {
-        name: "fe_forward_rewrites_daddr_and_redirects",
-        hook: Hook::Ingress,
-        node: FE,
-        distribute: true,
-        entry: Some(fe_entry(ConnState::FeForward)),
-        input: request.clone(),
-        verdict: TC_ACT_REDIRECT,
-        output: fwd_out,
-        entry_after: expect_state(ConnState::FeForward),
-        event: None,
-    });
     let mut fe_own = to_client(FE);
     fe_own.seq = FE_ISN.wrapping_add(1);
     fe_own.flags = TcpFlags::RST;
     let fe_own = frame(&fe_own.build());
-    cases.push(Case {
-        name: "fe_own_tcp_silenced_when_forwarding",
-        hook: Hook::Egress,
-        node: FE,
-        distribute: true,
-        entry: Some(fe_entry(ConnState::FeForward)),
-        input: fe_own.clone(),
-        verdict: TC_ACT_SHOT,
-        output: fe_own,
-        entry_after: expect_state(ConnState::FeForward),
-        event: None,
-    });
+    let synack = fe_synack();
+    vec![
+        Case {
+            name: "fe_forward_rewrites_daddr_and_redirects",
+            hook: Hook::Ingress,
+            config: distributing(FE),
+            entry: Some(fe_entry(ConnState::FeForward)),
+            input: request,
+            verdict: TC_ACT_REDIRECT,
+            output: fwd_out,
+            entry_after: expect_state(ConnState::FeForward),
+            event: None,
+        },
+        Case {
+            name: "fe_own_tcp_silenced_when_forwarding",
+            hook: Hook::Egress,
+            config: distributing(FE),
+            entry: Some(fe_entry(ConnState::FeForward)),
+            input: fe_own.clone(),
+            verdict: TC_ACT_SHOT,
+            output: fe_own,
+            entry_after: expect_state(ConnState::FeForward),
+            event: None,
+        },
+        // While the offer is out our TCP keeps its half-open side, for a refusal to fall back to.
+        Case {
+            name: "fe_synack_retransmit_passes_while_offered",
+            hook: Hook::Egress,
+            config: distributing(FE),
+            entry: Some(fe_entry(ConnState::FeForward)),
+            input: synack.clone(),
+            verdict: TC_ACT_OK,
+            output: synack,
+            entry_after: expect_state(ConnState::FeForward),
+            event: None,
+        },
+    ]
+}
 
-    // --- BE: replay ---------------------------------------------------------------------------
+/// A BE entry whose request is replayed, allowed to go live until `deadline_ns`.
+fn replayed(deadline_ns: u64) -> Conn {
+    let mut c = be_entry(ConnState::BeReplayed);
+    c.live_deadline_ns = deadline_ns;
+    c
+}
+
+/// The server's answer to the replayed request: its ACK, in its own spaces.
+fn server_ack() -> Vec<u8> {
+    let mut ack = to_client(BE);
+    ack.seq = BE_ISN.wrapping_add(1);
+    ack.ack = CLIENT_ISN.wrapping_add(1 + 35);
+    ack.flags = TcpFlags::ACK;
+    ack.window = 509;
+    ack.options = ts(BE_TSVAL + 2, CLIENT_TSVAL + 5);
+    frame(&ack.build())
+}
+
+fn be_synack() -> Vec<u8> {
     let mut be_synack = to_client(BE);
     be_synack.seq = BE_ISN;
     be_synack.ack = CLIENT_ISN.wrapping_add(1);
     be_synack.flags = TcpFlags::SYN | TcpFlags::ACK;
     be_synack.options = linux_syn_options(BE_TSVAL, CLIENT_TSVAL);
-    let be_synack = frame(&be_synack.build());
-    cases.push(Case {
-        name: "be_synack_to_agent_and_dropped",
-        hook: Hook::Egress,
-        node: BE,
-        distribute: true,
-        entry: Some(be_entry(ConnState::BeSynSent)),
-        input: be_synack.clone(),
-        verdict: TC_ACT_SHOT,
-        output: be_synack,
-        entry_after: expect_state(ConnState::BeSynSent),
-        event: Some(EventKind::BeSynAck),
-    });
+    frame(&be_synack.build())
+}
 
-    // --- BE: translating ----------------------------------------------------------------------
+fn to_client_translated(input: &[u8]) -> Vec<u8> {
+    let t = translation();
+    rewritten(input, |ip| {
+        translate_to_client(ip, &t).unwrap();
+        rewrite_src_addr(ip, FE).unwrap();
+    })
+}
+
+fn be_replay() -> Vec<Case> {
+    let t = translation();
+    let synack = be_synack();
+    let be_request = frame(&client_request(BE).build());
+    let ack = server_ack();
+    vec![
+        Case {
+            name: "be_synack_to_agent_and_dropped",
+            hook: Hook::Egress,
+            config: distributing(BE),
+            entry: Some(be_entry(ConnState::BeSynSent)),
+            input: synack.clone(),
+            verdict: TC_ACT_SHOT,
+            output: synack.clone(),
+            entry_after: expect_state(ConnState::BeSynSent),
+            event: Some(EventKind::BeSynAck),
+        },
+        // The FE forwards from the moment it offers; before the replay our TCP cannot read it.
+        Case {
+            name: "be_client_packet_before_the_replay_dropped",
+            hook: Hook::Ingress,
+            config: distributing(BE),
+            entry: Some(be_entry(ConnState::BeSynSent)),
+            input: be_request.clone(),
+            verdict: TC_ACT_SHOT,
+            output: be_request.clone(),
+            entry_after: expect_state(ConnState::BeSynSent),
+            event: None,
+        },
+        Case {
+            name: "be_client_packet_after_the_replay_translated",
+            hook: Hook::Ingress,
+            config: distributing(BE),
+            entry: Some(replayed(u64::MAX)),
+            input: be_request.clone(),
+            verdict: TC_ACT_OK,
+            output: rewritten(&be_request, |ip| translate_to_server(ip, &t).unwrap()),
+            entry_after: expect_state(ConnState::BeReplayed),
+            event: None,
+        },
+        // What the server's TCP says first proves it took the connection: it goes to the client.
+        Case {
+            name: "be_server_speaks_the_connection_goes_live",
+            hook: Hook::Egress,
+            config: distributing(BE),
+            entry: Some(replayed(u64::MAX)),
+            input: ack.clone(),
+            verdict: TC_ACT_OK,
+            output: to_client_translated(&ack),
+            entry_after: expect_flags(ConnState::BeEstablished, conn_flags::LIVE_REPORTED),
+            event: Some(EventKind::BeLive),
+        },
+        // After its deadline the agent has refused the handoff: nothing may reach the client.
+        Case {
+            name: "be_server_after_the_deadline_dropped",
+            hook: Hook::Egress,
+            config: distributing(BE),
+            entry: Some(replayed(1)),
+            input: ack.clone(),
+            verdict: TC_ACT_SHOT,
+            output: ack,
+            entry_after: expect_state(ConnState::BeReplayed),
+            event: None,
+        },
+        // The server's TCP did not take the replayed request: it asks again, the agent replays again.
+        Case {
+            name: "be_synack_retransmit_after_the_replay_to_agent",
+            hook: Hook::Egress,
+            config: distributing(BE),
+            entry: Some(replayed(u64::MAX)),
+            input: synack.clone(),
+            verdict: TC_ACT_SHOT,
+            output: synack,
+            entry_after: expect_state(ConnState::BeReplayed),
+            event: Some(EventKind::BeSynAck),
+        },
+    ]
+}
+
+fn be_translate() -> Vec<Case> {
+    let t = translation();
     // Client -> BE with SACK: ack, both edges of every block, TSecr move into the BE's spaces.
     let mut sack = client_request(BE);
     sack.payload.clear();
@@ -435,32 +782,6 @@ pub fn all() -> Vec<Case> {
         ),
     ];
     let sack = frame(&sack.build());
-    let t = translation();
-    cases.push(Case {
-        name: "be_to_server_translates_ack_sack_tsecr",
-        hook: Hook::Ingress,
-        node: BE,
-        distribute: true,
-        entry: Some(be_entry(ConnState::BeEstablished)),
-        input: sack.clone(),
-        verdict: TC_ACT_OK,
-        output: rewritten(&sack, |ip| translate_to_server(ip, &t).unwrap()),
-        entry_after: expect_state(ConnState::BeEstablished),
-        event: None,
-    });
-    let be_request = frame(&client_request(BE).build());
-    cases.push(Case {
-        name: "be_first_forwarded_packet_establishes",
-        hook: Hook::Ingress,
-        node: BE,
-        distribute: true,
-        entry: Some(be_entry(ConnState::BeReplayed)),
-        input: be_request.clone(),
-        verdict: TC_ACT_OK,
-        output: rewritten(&be_request, |ip| translate_to_server(ip, &t).unwrap()),
-        entry_after: expect_state(ConnState::BeEstablished),
-        event: None,
-    });
     // Options laid out without padding put TSecr at an odd offset: the checksum must still hold.
     let mut odd = client_request(BE);
     odd.options = vec![
@@ -471,19 +792,61 @@ pub fn all() -> Vec<Case> {
         },
     ];
     let odd = frame(&odd.build());
-    cases.push(Case {
-        name: "be_to_server_odd_offset_timestamps",
-        hook: Hook::Ingress,
-        node: BE,
-        distribute: true,
-        entry: Some(be_entry(ConnState::BeEstablished)),
-        input: odd.clone(),
-        verdict: TC_ACT_OK,
-        output: rewritten(&odd, |ip| translate_to_server(ip, &t).unwrap()),
-        entry_after: expect_state(ConnState::BeEstablished),
-        event: None,
-    });
+    let response = frame(&server_response().build());
+    let mut be_syn = from_client(BE);
+    be_syn.seq = 12345;
+    be_syn.flags = TcpFlags::SYN;
+    be_syn.options = linux_syn_options(CLIENT_TSVAL + 100, 0);
+    let be_syn = frame(&be_syn.build());
+    vec![
+        Case {
+            name: "be_to_server_translates_ack_sack_tsecr",
+            hook: Hook::Ingress,
+            config: distributing(BE),
+            entry: Some(be_entry(ConnState::BeEstablished)),
+            input: sack.clone(),
+            verdict: TC_ACT_OK,
+            output: rewritten(&sack, |ip| translate_to_server(ip, &t).unwrap()),
+            entry_after: expect_state(ConnState::BeEstablished),
+            event: None,
+        },
+        Case {
+            name: "be_to_server_odd_offset_timestamps",
+            hook: Hook::Ingress,
+            config: distributing(BE),
+            entry: Some(be_entry(ConnState::BeEstablished)),
+            input: odd.clone(),
+            verdict: TC_ACT_OK,
+            output: rewritten(&odd, |ip| translate_to_server(ip, &t).unwrap()),
+            entry_after: expect_state(ConnState::BeEstablished),
+            event: None,
+        },
+        Case {
+            name: "be_to_client_translates_saddr_seq_tsval",
+            hook: Hook::Egress,
+            config: distributing(BE),
+            entry: Some(be_entry(ConnState::BeEstablished)),
+            input: response.clone(),
+            verdict: TC_ACT_OK,
+            output: to_client_translated(&response),
+            entry_after: expect_state(ConnState::BeEstablished),
+            event: None,
+        },
+        Case {
+            name: "be_tuple_collision_syn_dropped",
+            hook: Hook::Ingress,
+            config: distributing(BE),
+            entry: Some(be_entry(ConnState::BeEstablished)),
+            input: be_syn.clone(),
+            verdict: TC_ACT_SHOT,
+            output: be_syn,
+            entry_after: expect_state(ConnState::BeEstablished),
+            event: None,
+        },
+    ]
+}
 
+fn server_response() -> TcpPacketBuilder {
     let mut response = to_client(BE);
     response.seq = BE_ISN.wrapping_add(1);
     response.ack = CLIENT_ISN.wrapping_add(1 + 35);
@@ -491,119 +854,67 @@ pub fn all() -> Vec<Case> {
     response.window = 509;
     response.options = ts(BE_TSVAL + 30, CLIENT_TSVAL + 5);
     response.payload = vec![0x5a; 1200];
-    let response = frame(&response.build());
-    cases.push(Case {
-        name: "be_to_client_translates_saddr_seq_tsval",
-        hook: Hook::Egress,
-        node: BE,
-        distribute: true,
-        entry: Some(be_entry(ConnState::BeEstablished)),
-        input: response.clone(),
-        verdict: TC_ACT_OK,
-        output: rewritten(&response, |ip| {
-            translate_to_client(ip, &t).unwrap();
-            rewrite_src_addr(ip, FE).unwrap();
-        }),
-        entry_after: expect_state(ConnState::BeEstablished),
-        event: None,
-    });
-    cases.push(Case {
-        name: "be_nothing_reaches_client_before_fe_commits",
-        hook: Hook::Egress,
-        node: BE,
-        distribute: true,
-        entry: Some(be_entry(ConnState::BeReplayed)),
-        input: response.clone(),
-        verdict: TC_ACT_SHOT,
-        output: response.clone(),
-        entry_after: expect_state(ConnState::BeReplayed),
-        event: None,
-    });
-    let mut be_syn = from_client(BE);
-    be_syn.seq = 12345;
-    be_syn.flags = TcpFlags::SYN;
-    be_syn.options = linux_syn_options(CLIENT_TSVAL + 100, 0);
-    let be_syn = frame(&be_syn.build());
-    cases.push(Case {
-        name: "be_tuple_collision_syn_dropped",
-        hook: Hook::Ingress,
-        node: BE,
-        distribute: true,
-        entry: Some(be_entry(ConnState::BeEstablished)),
-        input: be_syn.clone(),
-        verdict: TC_ACT_SHOT,
-        output: be_syn,
-        entry_after: expect_state(ConnState::BeEstablished),
-        event: None,
-    });
+    response
+}
 
-    // --- BE: termination ----------------------------------------------------------------------
-    let mut server_fin = TcpPacketBuilder::parse(&response[14..]).unwrap();
+fn be_close() -> Vec<Case> {
+    let mut server_fin = server_response();
     server_fin.flags = TcpFlags::ACK | TcpFlags::FIN;
     server_fin.payload.clear();
     let server_fin = frame(&server_fin.build());
     let mut half_closed = be_entry(ConnState::BeEstablished);
     half_closed.flags = conn_flags::CLIENT_FIN;
-    cases.push(Case {
+    vec![Case {
         name: "be_second_fin_reports_close",
         hook: Hook::Egress,
-        node: BE,
-        distribute: true,
+        config: distributing(BE),
         entry: Some(half_closed),
         input: server_fin.clone(),
         verdict: TC_ACT_OK,
-        output: rewritten(&server_fin, |ip| {
-            translate_to_client(ip, &t).unwrap();
-            rewrite_src_addr(ip, FE).unwrap();
-        }),
-        entry_after: Box::new(|c| {
-            let c = c.ok_or("entry vanished")?;
-            let want = conn_flags::CLIENT_FIN | conn_flags::SERVER_FIN | conn_flags::CLOSE_REPORTED;
-            if c.flags & want != want {
-                return Err(format!("flags {:#x}, want {want:#x}", c.flags));
-            }
-            Ok(())
-        }),
+        output: to_client_translated(&server_fin),
+        entry_after: expect_flags(
+            ConnState::BeEstablished,
+            conn_flags::CLIENT_FIN | conn_flags::SERVER_FIN | conn_flags::CLOSE_REPORTED,
+        ),
         event: Some(EventKind::Closed),
-    });
+    }]
+}
 
-    // --- not ours -----------------------------------------------------------------------------
+fn not_ours() -> Vec<Case> {
     let mut other_port = from_client(FE);
     other_port.dst_port = 8080;
     other_port.flags = TcpFlags::SYN;
     let other_port = frame(&other_port.build());
-    cases.push(Case {
-        name: "other_port_untouched",
-        hook: Hook::Ingress,
-        node: FE,
-        distribute: true,
-        entry: None,
-        input: other_port.clone(),
-        verdict: TC_ACT_OK,
-        output: other_port,
-        entry_after: expect_absent(),
-        event: None,
-    });
-    let mut truncated = syn.clone();
+    let mut truncated = client_syn();
     truncated.truncate(14 + 20 + 10);
     truncated[16..18].copy_from_slice(&30u16.to_be_bytes());
     Ipv4Packet::new_checked(&mut truncated[14..])
         .expect("30-byte IPv4 packet")
         .fill_checksum();
-    cases.push(Case {
-        name: "truncated_tcp_header_untouched",
-        hook: Hook::Ingress,
-        node: FE,
-        distribute: true,
-        entry: None,
-        input: truncated.clone(),
-        verdict: TC_ACT_OK,
-        output: truncated,
-        entry_after: expect_absent(),
-        event: None,
-    });
-
-    cases
+    vec![
+        Case {
+            name: "other_port_untouched",
+            hook: Hook::Ingress,
+            config: distributing(FE),
+            entry: None,
+            input: other_port.clone(),
+            verdict: TC_ACT_OK,
+            output: other_port,
+            entry_after: expect_absent(),
+            event: None,
+        },
+        Case {
+            name: "truncated_tcp_header_untouched",
+            hook: Hook::Ingress,
+            config: distributing(FE),
+            entry: None,
+            input: truncated.clone(),
+            verdict: TC_ACT_OK,
+            output: truncated,
+            entry_after: expect_absent(),
+            event: None,
+        },
+    ]
 }
 
 /// A loaded datapath with its maps at hand, for running cases.
@@ -643,11 +954,7 @@ impl Runner {
     /// The maps as `case` wants them: node config, an empty table but for its entry, no events.
     pub fn prepare(&mut self, case: &Case) -> Result<(), String> {
         self.datapath
-            .set_node_config(&NodeConfig::new(
-                case.node,
-                &[SERVICE_PORT],
-                case.distribute,
-            ))
+            .set_node_config(&case.config)
             .map_err(|e| e.to_string())?;
         let keys: Vec<ConnKey> = self.conns.keys().filter_map(Result::ok).collect();
         for k in keys {
@@ -743,7 +1050,9 @@ pub fn check(case: &Case, outcome: &Outcome) -> Result<(), String> {
                     event.key,
                     case.key()
                 ));
-            } else if kind != EventKind::Closed && event.packet != case.input[14..] {
+            } else if !matches!(kind, EventKind::Closed | EventKind::BeLive)
+                && event.packet != case.input[14..]
+            {
                 problems.push("event does not carry the input packet".into());
             }
         }

@@ -4,8 +4,8 @@
 //! attaches nothing. [`Datapath::attach`] attaches ingress and egress to one interface with TCX
 //! links owned by this process: when the `Datapath` is dropped (clean stop or crash) the kernel
 //! detaches them, leaving no qdisc, filter or pinned object behind. The maps are taken out by
-//! their single owners (`take_*`): the agent's engine owns the conn table, its event reader the
-//! ring, its metrics the counters.
+//! their single owners (`take_*`): the agent's engine owns the conn table and the configuration,
+//! its event loop the ring, its metrics the counters.
 
 use aya::Ebpf;
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf};
@@ -37,6 +37,7 @@ pub enum DatapathError {
 }
 
 pub type ConnTable = HashMap<MapData, ConnKey, Conn>;
+pub type ConfigMap = Array<MapData, NodeConfig>;
 pub type EventRing = RingBuf<MapData>;
 
 /// The programs' counters, summed over CPUs on read.
@@ -126,6 +127,18 @@ impl Datapath {
             .ok_or(DatapathError::MissingMap(CONNS_MAP))?;
         HashMap::try_from(map).map_err(|source| DatapathError::Map {
             name: CONNS_MAP,
+            source,
+        })
+    }
+
+    /// The node configuration map, for an owner that rewrites it as the cluster changes.
+    pub fn take_config(&mut self) -> Result<ConfigMap, DatapathError> {
+        let map = self
+            .ebpf
+            .take_map(CONFIG_MAP)
+            .ok_or(DatapathError::MissingMap(CONFIG_MAP))?;
+        Array::try_from(map).map_err(|source| DatapathError::Map {
+            name: CONFIG_MAP,
             source,
         })
     }

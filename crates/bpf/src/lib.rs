@@ -25,6 +25,7 @@ pub const EGRESS_PROGRAM: &str = "baton_egress";
 
 /// Map names in the object.
 pub const CONNS_MAP: &str = "conns";
+pub const HEAD_SCRATCH_MAP: &str = "head_scratch";
 pub const CONFIG_MAP: &str = "config";
 pub const EVENTS_MAP: &str = "events";
 pub const STATS_MAP: &str = "stats";
@@ -108,14 +109,33 @@ impl ConnState {
     }
 }
 
-/// `conn.flags` bits.
+/// `conn.flags` bits. The datapath alone writes them.
 pub mod conn_flags {
     pub const CLIENT_FIN: u32 = 0x01;
     pub const SERVER_FIN: u32 = 0x02;
     pub const RST: u32 = 0x04;
     pub const CLOSE_REPORTED: u32 = 0x08;
     pub const SYNACK_SEEN: u32 = 0x10;
+    pub const AGENT_HOLDS: u32 = 0x20;
+    pub const LIVE_REPORTED: u32 = 0x40;
 }
+
+/// The datapath's sizes (`c/lib/sizes.h`).
+pub mod sizes {
+    pub const CONNS_MAX: u32 = 65536;
+    pub const SERVICE_PORTS_MAX: usize = 8;
+    pub const DP_NODES_MAX: usize = 16;
+    pub const EVENT_CAPTURE_MAX: usize = 10240;
+    pub const EVENTS_RING_BYTES: u32 = 4 << 20;
+    pub const HEAD_SCAN_MAX: usize = 512;
+    pub const METHOD_MAX: usize = 16;
+}
+
+pub use sizes::{DP_NODES_MAX, SERVICE_PORTS_MAX};
+
+/// The version of the maps' layouts (`struct conn`, `struct node_config`, the event header): it
+/// changes whenever one of them does.
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Longest TCP options area.
 pub const TCP_OPTS_MAX: usize = 40;
@@ -133,13 +153,15 @@ pub struct Conn {
     pub local_isn: u32,
     pub synack_tsval: u32,
     pub syn_window: u16,
-    pub pad1: u16,
+    pub syn_tcp_flags: u8,
+    pub synack_tcp_flags: u8,
     pub peer_addr: [u8; 4],
     pub seq_delta: u32,
     pub ts_delta: u32,
-    pub pad2: u32,
+    pub pad: u32,
     pub created_ns: u64,
     pub last_seen_ns: u64,
+    pub live_deadline_ns: u64,
     pub packets: u64,
     pub bytes: u64,
     pub syn_opts: [u8; TCP_OPTS_MAX],
@@ -187,24 +209,50 @@ impl Conn {
     }
 }
 
-/// Mirrors `struct node_config`.
-pub const SERVICE_PORTS_MAX: usize = 8;
+/// Mirrors `enum decide_mode`: what the datapath may decide without the agent.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DecideMode {
+    /// Every held connection goes to the agent.
+    #[default]
+    Agent = 0,
+    /// The hash policy: a target that hashes to this node is released to it at once.
+    Hash = 1,
+}
 
+/// Mirrors `struct dp_node`: one member as the datapath's hash policy sees it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DpNode {
+    /// FNV-1a 64 state after the node's name and the 0xff separator.
+    pub hash_seed: u64,
+    pub eligible: u8,
+    /// The name's place among the members' names, sorted: ties go to the greatest.
+    pub rank: u8,
+    pub pad: [u8; 6],
+}
+
+/// Mirrors `struct node_config`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NodeConfig {
     pub service_addr: [u8; 4],
     pub distribute: u8,
     pub nports: u8,
-    pub pad: u16,
+    pub decide: u8,
+    pub self_index: u8,
     pub ports: [[u8; 2]; SERVICE_PORTS_MAX],
+    pub nnodes: u8,
+    pub pad: [u8; 7],
+    pub nodes: [DpNode; DP_NODES_MAX],
 }
 
 // SAFETY: repr(C), explicit padding, all integers.
 unsafe impl Pod for NodeConfig {}
 
 impl NodeConfig {
-    /// At most [`SERVICE_PORTS_MAX`] ports are taken; the caller validates the count.
+    /// At most [`SERVICE_PORTS_MAX`] ports are taken; the caller validates the count. The
+    /// datapath decides nothing alone until [`NodeConfig::set_hash_nodes`].
     pub fn new(service_addr: Ipv4Addr, ports: &[u16], distribute: bool) -> Self {
         let mut c = NodeConfig {
             service_addr: service_addr.octets(),
@@ -217,6 +265,21 @@ impl NodeConfig {
         }
         c
     }
+
+    /// Lets the datapath run the hash policy over `nodes` (at most [`DP_NODES_MAX`], else it
+    /// decides nothing), this node being `self_index`.
+    pub fn set_hash_nodes(&mut self, self_index: usize, nodes: &[DpNode]) {
+        if nodes.len() > DP_NODES_MAX || self_index >= nodes.len() {
+            self.decide = DecideMode::Agent as u8;
+            self.nnodes = 0;
+            return;
+        }
+        self.decide = DecideMode::Hash as u8;
+        self.self_index = self_index as u8;
+        self.nnodes = nodes.len() as u8;
+        self.nodes = [DpNode::default(); DP_NODES_MAX];
+        self.nodes[..nodes.len()].copy_from_slice(nodes);
+    }
 }
 
 /// Mirrors `enum event_kind`.
@@ -226,6 +289,7 @@ pub enum EventKind {
     HeldPacket = 1,
     BeSynAck = 2,
     Closed = 3,
+    BeLive = 4,
 }
 
 /// Mirrors `struct event_hdr`; the captured packet bytes follow it in the ring record.
@@ -276,6 +340,7 @@ impl Event {
             1 => EventKind::HeldPacket,
             2 => EventKind::BeSynAck,
             3 => EventKind::Closed,
+            4 => EventKind::BeLive,
             k => return Err(EventError::UnknownKind(k)),
         };
         let body = &record[HDR..];
@@ -308,10 +373,11 @@ pub enum DropReason {
     TupleCollision = 6,
     EventLost = 7,
     RedirectFailed = 8,
+    BeLate = 9,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::Held,
         DropReason::SynAckHidden,
         DropReason::FeSilenced,
@@ -320,6 +386,7 @@ impl DropReason {
         DropReason::TupleCollision,
         DropReason::EventLost,
         DropReason::RedirectFailed,
+        DropReason::BeLate,
     ];
     pub fn label(self) -> &'static str {
         match self {
@@ -331,6 +398,7 @@ impl DropReason {
             DropReason::TupleCollision => "tuple_collision",
             DropReason::EventLost => "event_lost",
             DropReason::RedirectFailed => "redirect_failed",
+            DropReason::BeLate => "be_late",
         }
     }
 }
@@ -350,10 +418,13 @@ pub enum Stat {
     ClientBytesSent = 8,
     Events = 9,
     Malformed = 10,
+    HandshakeAbsorbed = 11,
+    DecidedLocal = 12,
+    BeLive = 13,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 14;
 }
 
 #[cfg(test)]
@@ -364,8 +435,8 @@ mod tests {
     #[test]
     fn layouts_match_the_c_structs() {
         assert_eq!(size_of::<ConnKey>(), 12);
-        assert_eq!(size_of::<Conn>(), 152);
-        assert_eq!(size_of::<NodeConfig>(), 24);
+        assert_eq!(size_of::<Conn>(), 160);
+        assert_eq!(size_of::<NodeConfig>(), 32 + 16 * DP_NODES_MAX);
         assert_eq!(size_of::<EventHeader>(), 40);
     }
 

@@ -52,6 +52,7 @@ fn drop_reasons_match() {
         ("DROP_TUPLE_COLLISION", DropReason::TupleCollision),
         ("DROP_EVENT_LOST", DropReason::EventLost),
         ("DROP_REDIRECT_FAILED", DropReason::RedirectFailed),
+        ("DROP_BE_LATE", DropReason::BeLate),
     ];
     assert_eq!(names.len(), DropReason::ALL.len());
     let pairs: Vec<(&str, u32)> = names.iter().map(|(n, r)| (*n, *r as u32)).collect();
@@ -78,6 +79,9 @@ fn stats_match() {
             ("STAT_CLIENT_BYTES_SENT", Stat::ClientBytesSent as u32),
             ("STAT_EVENTS", Stat::Events as u32),
             ("STAT_MALFORMED", Stat::Malformed as u32),
+            ("STAT_HANDSHAKE_ABSORBED", Stat::HandshakeAbsorbed as u32),
+            ("STAT_DECIDED_LOCAL", Stat::DecidedLocal as u32),
+            ("STAT_BE_LIVE", Stat::BeLive as u32),
             ("STAT_MAX", Stat::COUNT),
         ],
     );
@@ -91,6 +95,7 @@ fn event_kinds_and_states_match() {
             ("EV_HELD_PACKET", EventKind::HeldPacket as u32),
             ("EV_BE_SYNACK", EventKind::BeSynAck as u32),
             ("EV_CLOSED", EventKind::Closed as u32),
+            ("EV_BE_LIVE", EventKind::BeLive as u32),
         ],
     );
     check(
@@ -104,6 +109,8 @@ fn event_kinds_and_states_match() {
             ("BE_ESTABLISHED", ConnState::BeEstablished as u32),
             ("ROLE_FE", baton_bpf::ConnRole::Fe as u32),
             ("ROLE_BE", baton_bpf::ConnRole::Be as u32),
+            ("DECIDE_AGENT", baton_bpf::DecideMode::Agent as u32),
+            ("DECIDE_HASH", baton_bpf::DecideMode::Hash as u32),
         ],
     );
 }
@@ -118,7 +125,30 @@ fn conn_flags_match() {
             ("CONN_SERVER_FIN", SERVER_FIN),
             ("CONN_RST", RST),
             ("CONN_CLOSE_REPORTED", CLOSE_REPORTED),
+            ("CONN_SYNACK_SEEN", SYNACK_SEEN),
+            ("CONN_AGENT_HOLDS", AGENT_HOLDS),
+            ("CONN_LIVE_REPORTED", LIVE_REPORTED),
         ],
     );
-    check("fe.h", &[("CONN_SYNACK_SEEN", SYNACK_SEEN)]);
+}
+
+#[test]
+fn sizes_match() {
+    use baton_bpf::sizes::*;
+    check(
+        "sizes.h",
+        &[
+            ("CONNS_MAX", CONNS_MAX),
+            ("SERVICE_PORTS_MAX", SERVICE_PORTS_MAX as u32),
+            ("DP_NODES_MAX", DP_NODES_MAX as u32),
+            ("EVENT_CAPTURE_MAX", EVENT_CAPTURE_MAX as u32),
+            ("HEAD_SCAN_MAX", HEAD_SCAN_MAX as u32),
+            ("METHOD_MAX", METHOD_MAX as u32),
+        ],
+    );
+    // `(4 << 20)` is an expression the simple reader above does not evaluate.
+    let path = format!("{}/c/lib/sizes.h", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains("#define EVENTS_RING_BYTES (4 << 20)"));
+    assert_eq!(EVENTS_RING_BYTES, 4 << 20);
 }

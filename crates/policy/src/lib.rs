@@ -308,9 +308,32 @@ impl Policy for Hash {
 /// every input bit over the whole word before scores are compared. The separator, 0xff, never
 /// occurs in UTF-8, so ("ab", "c") and ("a", "bc") hash differently.
 pub fn rendezvous_score(node_name: &str, target: &str) -> u64 {
-    let hash = fnv1a64(FNV_OFFSET_BASIS, node_name.as_bytes());
-    let hash = fnv1a64(hash, &[0xff]);
-    splitmix64_finalize(fnv1a64(hash, target.as_bytes()))
+    rendezvous_score_from_seed(rendezvous_seed(node_name), target.as_bytes())
+}
+
+/// The FNV-1a state after `node_name` and the separator: what [`rendezvous_score`] continues
+/// from. The datapath, which hashes targets itself, gets one per node from the agent.
+pub fn rendezvous_seed(node_name: &str) -> u64 {
+    fnv1a64(fnv1a64(FNV_OFFSET_BASIS, node_name.as_bytes()), &[0xff])
+}
+
+/// [`rendezvous_score`] from a node's [`rendezvous_seed`].
+pub fn rendezvous_score_from_seed(seed: u64, target: &[u8]) -> u64 {
+    splitmix64_finalize(fnv1a64(seed, target))
+}
+
+/// Each node's rank among the names in `names` sorted (0 for the least): [`Hash`](struct@Hash)
+/// breaks a tie between scores in favour of the greater name, which is the greater rank.
+pub fn name_ranks<S: AsRef<str>>(names: &[S]) -> Vec<usize> {
+    names
+        .iter()
+        .map(|name| {
+            names
+                .iter()
+                .filter(|other| other.as_ref() < name.as_ref())
+                .count()
+        })
+        .collect()
 }
 
 pub(crate) const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;

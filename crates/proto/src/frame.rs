@@ -3,7 +3,7 @@
 //! ```text
 //! offset  size  field
 //! 0       2     magic "BT"
-//! 2       1     version (1)
+//! 2       1     version (2)
 //! 3       1     kind (see [`kind`])
 //! 4       4     payload length, at most MAX_PAYLOAD_LEN
 //! 8       8     counter
@@ -20,7 +20,7 @@ pub(crate) type HmacSha256 = Hmac<Sha256>;
 
 pub const MAGIC: [u8; 2] = *b"BT";
 /// The frame format and protocol version this crate speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 pub const MAGIC_OFFSET: usize = 0;
 pub const VERSION_OFFSET: usize = 2;

@@ -7,8 +7,11 @@
 //!   14  4  FE service IPv4 address   18  2  FE service port
 //!   20  4  fe_isn                    24  4  fe_tsval
 //!   28  1  n = options length (<= 40), then n bytes of raw TCP options
+//!   ..  1  flags: 0x01 the FE's SYN-ACK agreed to ECN, 0x02 the client's FIN follows the data
 //!   ..  2  m = SYN length, then m bytes: the client's SYN, a whole IPv4 packet
-//!   ..  2  k = ACK length, then k bytes: the client's ACK, a whole IPv4 packet
+//!   ..  2  k = segment length, then k bytes: the client's latest segment headers, a whole IPv4
+//!          packet without payload (the template of what the BE replays)
+//!   ..  4  d = data length, then d bytes: the client's stream from its first byte
 //! HandoffAccepted (0x11), HandoffAbort (0x13), ConnClosed (0x14)
 //!   0   8  id
 //! HandoffRefused (0x12)
@@ -25,6 +28,7 @@
 //! Heartbeat (0x20)
 //!   0   4  load
 //!   4   8  sent_at_ms
+//!   12  1  flags: 0x01 the sender's server listens on every service port
 //! ```
 //!
 //! Decoding is strict (every byte accounted for), so each message has exactly one encoding.
@@ -38,6 +42,12 @@ use crate::frame::kind;
 pub const MAX_TCP_OPTIONS_LEN: usize = 40;
 /// Longest packet carried in a HandoffRequest (the IPv4 total-length limit).
 pub const MAX_PACKET_LEN: usize = u16::MAX as usize;
+/// Longest client stream carried in a HandoffRequest (what fits a frame with the rest).
+pub const MAX_HANDOFF_DATA_LEN: usize = 64 * 1024;
+
+const HANDOFF_FE_ECN: u8 = 0x01;
+const HANDOFF_CLIENT_FIN: u8 = 0x02;
+const HEARTBEAT_SERVING: u8 = 0x01;
 
 /// Why a BE refused a handoff. Codes are part of the wire format and never renumbered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,20 +62,36 @@ pub enum RefuseReason {
     Internal = 5,
     /// The request could not be used (e.g. the packets do not parse).
     Malformed = 6,
+    /// Nothing listens on the service port at the BE (its TCP answered the SYN with a RST).
+    NoListener = 7,
 }
 
 impl RefuseReason {
-    pub const ALL: [RefuseReason; 6] = [
+    pub const ALL: [RefuseReason; 7] = [
         RefuseReason::Collision,
         RefuseReason::OptionMismatch,
         RefuseReason::Overloaded,
         RefuseReason::Timeout,
         RefuseReason::Internal,
         RefuseReason::Malformed,
+        RefuseReason::NoListener,
     ];
 
     pub fn code(self) -> u8 {
         self as u8
+    }
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            RefuseReason::Collision => "collision",
+            RefuseReason::OptionMismatch => "option_mismatch",
+            RefuseReason::Overloaded => "overloaded",
+            RefuseReason::Timeout => "timeout",
+            RefuseReason::Internal => "internal",
+            RefuseReason::Malformed => "malformed",
+            RefuseReason::NoListener => "no_listener",
+        }
     }
 }
 
@@ -80,7 +106,8 @@ impl TryFrom<u8> for RefuseReason {
     }
 }
 
-/// FE -> BE: take over this client connection (what the BE needs to replay its handshake).
+/// FE -> BE: take over this client connection: what the BE needs to replay its handshake and the
+/// request in one pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandoffRequest {
     pub id: u64,
@@ -93,10 +120,17 @@ pub struct HandoffRequest {
     pub fe_tsval: u32,
     /// Raw TCP options of the FE's SYN-ACK (at most 40 bytes).
     pub fe_synack_options: Vec<u8>,
+    /// The FE's SYN-ACK agreed to ECN (it carried ECE).
+    pub fe_ecn: bool,
     /// The client's SYN, a whole IPv4 packet (opaque here).
     pub syn: Vec<u8>,
-    /// The client's ACK, a whole IPv4 packet (opaque here).
-    pub ack: Vec<u8>,
+    /// The headers of the client's latest segment, a whole IPv4 packet without payload (opaque
+    /// here): the template of the segments the BE replays.
+    pub segment: Vec<u8>,
+    /// The client's stream from its first byte: the request head and whatever followed it.
+    pub data: Vec<u8>,
+    /// The client's FIN follows `data`.
+    pub fin: bool,
 }
 
 /// A message between node agents, after the handshake.
@@ -118,8 +152,13 @@ pub enum Message {
     DispatchAnswer { id: u64, node: u16 },
     /// The sender is stopping: choose it for nothing new (it finishes what it has, then leaves).
     Draining,
-    /// Periodic liveness and load report.
-    Heartbeat { load: u32, sent_at_ms: u64 },
+    /// Periodic liveness and load report; `serving`: the sender's server listens on every
+    /// service port (a node whose server is gone is not chosen).
+    Heartbeat {
+        load: u32,
+        sent_at_ms: u64,
+        serving: bool,
+    },
 }
 
 impl Message {
@@ -149,14 +188,18 @@ impl Message {
                 fe_isn,
                 fe_tsval,
                 fe_synack_options,
+                fe_ecn,
                 syn,
-                ack,
+                segment,
+                data,
+                fin,
             }) => {
                 let options_len: u8 =
                     checked_len("fe_synack_options", fe_synack_options, MAX_TCP_OPTIONS_LEN)?;
                 let syn_len: u16 = checked_len("syn", syn, MAX_PACKET_LEN)?;
-                let ack_len: u16 = checked_len("ack", ack, MAX_PACKET_LEN)?;
-                out.reserve(33 + fe_synack_options.len() + syn.len() + ack.len());
+                let segment_len: u16 = checked_len("segment", segment, MAX_PACKET_LEN)?;
+                let data_len: u32 = checked_len("data", data, MAX_HANDOFF_DATA_LEN)?;
+                out.reserve(40 + fe_synack_options.len() + syn.len() + segment.len() + data.len());
                 out.extend_from_slice(&id.to_be_bytes());
                 put_addr(&mut out, client);
                 put_addr(&mut out, fe_service);
@@ -164,10 +207,20 @@ impl Message {
                 out.extend_from_slice(&fe_tsval.to_be_bytes());
                 out.push(options_len);
                 out.extend_from_slice(fe_synack_options);
+                let mut flags = 0;
+                if *fe_ecn {
+                    flags |= HANDOFF_FE_ECN;
+                }
+                if *fin {
+                    flags |= HANDOFF_CLIENT_FIN;
+                }
+                out.push(flags);
                 out.extend_from_slice(&syn_len.to_be_bytes());
                 out.extend_from_slice(syn);
-                out.extend_from_slice(&ack_len.to_be_bytes());
-                out.extend_from_slice(ack);
+                out.extend_from_slice(&segment_len.to_be_bytes());
+                out.extend_from_slice(segment);
+                out.extend_from_slice(&data_len.to_be_bytes());
+                out.extend_from_slice(data);
             }
             Message::HandoffAccepted { id }
             | Message::HandoffAbort { id }
@@ -187,9 +240,14 @@ impl Message {
                 out.extend_from_slice(&node.to_be_bytes());
             }
             Message::Draining => {}
-            Message::Heartbeat { load, sent_at_ms } => {
+            Message::Heartbeat {
+                load,
+                sent_at_ms,
+                serving,
+            } => {
                 out.extend_from_slice(&load.to_be_bytes());
                 out.extend_from_slice(&sent_at_ms.to_be_bytes());
+                out.push(if *serving { HEARTBEAT_SERVING } else { 0 });
             }
         }
         Ok(out)
@@ -211,10 +269,19 @@ impl Message {
                     return Err(ProtoError::Malformed("TCP options longer than 40 bytes"));
                 }
                 let fe_synack_options = reader.bytes(options_len)?.to_vec();
+                let flags = reader.u8()?;
+                if flags & !(HANDOFF_FE_ECN | HANDOFF_CLIENT_FIN) != 0 {
+                    return Err(ProtoError::Malformed("unknown handoff flags"));
+                }
                 let syn_len = usize::from(reader.u16()?);
                 let syn = reader.bytes(syn_len)?.to_vec();
-                let ack_len = usize::from(reader.u16()?);
-                let ack = reader.bytes(ack_len)?.to_vec();
+                let segment_len = usize::from(reader.u16()?);
+                let segment = reader.bytes(segment_len)?.to_vec();
+                let data_len = reader.u32()? as usize;
+                if data_len > MAX_HANDOFF_DATA_LEN {
+                    return Err(ProtoError::Malformed("handoff data longer than its limit"));
+                }
+                let data = reader.bytes(data_len)?.to_vec();
                 Message::HandoffRequest(HandoffRequest {
                     id,
                     client,
@@ -222,8 +289,11 @@ impl Message {
                     fe_isn,
                     fe_tsval,
                     fe_synack_options,
+                    fe_ecn: flags & HANDOFF_FE_ECN != 0,
                     syn,
-                    ack,
+                    segment,
+                    data,
+                    fin: flags & HANDOFF_CLIENT_FIN != 0,
                 })
             }
             kind::HANDOFF_ACCEPTED => Message::HandoffAccepted { id: reader.u64()? },
@@ -246,10 +316,19 @@ impl Message {
                 node: reader.u16()?,
             },
             kind::DRAINING => Message::Draining,
-            kind::HEARTBEAT => Message::Heartbeat {
-                load: reader.u32()?,
-                sent_at_ms: reader.u64()?,
-            },
+            kind::HEARTBEAT => {
+                let load = reader.u32()?;
+                let sent_at_ms = reader.u64()?;
+                let flags = reader.u8()?;
+                if flags & !HEARTBEAT_SERVING != 0 {
+                    return Err(ProtoError::Malformed("unknown heartbeat flags"));
+                }
+                Message::Heartbeat {
+                    load,
+                    sent_at_ms,
+                    serving: flags & HEARTBEAT_SERVING != 0,
+                }
+            }
             unknown => return Err(ProtoError::UnknownKind(unknown)),
         };
         reader.finish()?;

@@ -47,8 +47,11 @@ fn sample_messages() -> Vec<Message> {
             fe_synack_options: vec![
                 2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
             ],
+            fe_ecn: true,
             syn: vec![0x45; 60],
-            ack: vec![0x45; 52],
+            segment: vec![0x45; 52],
+            data: b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+            fin: false,
         }),
         Message::HandoffAccepted { id: 7 },
         Message::HandoffAbort { id: u64::MAX },
@@ -62,6 +65,7 @@ fn sample_messages() -> Vec<Message> {
         Message::Heartbeat {
             load: 3,
             sent_at_ms: 1_700_000_000_000,
+            serving: true,
         },
     ];
     messages.extend(RefuseReason::ALL.map(|reason| Message::HandoffRefused { id: 9, reason }));
@@ -80,11 +84,20 @@ fn message_strategy() -> impl Strategy<Value = Message> {
             any::<u32>(),
             any::<u32>(),
             bytes(MAX_TCP_OPTIONS_LEN),
-            bytes(200),
-            bytes(200)
+            (any::<bool>(), any::<bool>()),
+            (bytes(200), bytes(200), bytes(300))
         )
             .prop_map(
-                |(id, client, fe_service, fe_isn, fe_tsval, fe_synack_options, syn, ack)| {
+                |(
+                    id,
+                    client,
+                    fe_service,
+                    fe_isn,
+                    fe_tsval,
+                    fe_synack_options,
+                    (fe_ecn, fin),
+                    (syn, segment, data),
+                )| {
                     Message::HandoffRequest(HandoffRequest {
                         id,
                         client,
@@ -92,8 +105,11 @@ fn message_strategy() -> impl Strategy<Value = Message> {
                         fe_isn,
                         fe_tsval,
                         fe_synack_options,
+                        fe_ecn,
                         syn,
-                        ack,
+                        segment,
+                        data,
+                        fin,
                     })
                 }
             ),
@@ -108,8 +124,13 @@ fn message_strategy() -> impl Strategy<Value = Message> {
             .prop_map(|(id, target)| Message::DispatchQuery { id, target }),
         (any::<u64>(), any::<u16>()).prop_map(|(id, node)| Message::DispatchAnswer { id, node }),
         any::<u64>().prop_map(|id| Message::ConnClosed { id }),
-        (any::<u32>(), any::<u64>())
-            .prop_map(|(load, sent_at_ms)| Message::Heartbeat { load, sent_at_ms }),
+        (any::<u32>(), any::<u64>(), any::<bool>()).prop_map(|(load, sent_at_ms, serving)| {
+            Message::Heartbeat {
+                load,
+                sent_at_ms,
+                serving,
+            }
+        }),
     ]
 }
 
@@ -400,13 +421,15 @@ fn largest_packets_fit_in_one_frame() {
     let mut request = sample_messages().remove(0);
     if let Message::HandoffRequest(HandoffRequest {
         syn,
-        ack,
+        segment,
+        data,
         fe_synack_options,
         ..
     }) = &mut request
     {
         *syn = vec![0x45; usize::from(u16::MAX)];
-        *ack = vec![0x45; usize::from(u16::MAX)];
+        *segment = vec![0x45; usize::from(u16::MAX)];
+        *data = vec![b'x'; baton_proto::MAX_HANDOFF_DATA_LEN];
         *fe_synack_options = vec![1; MAX_TCP_OPTIONS_LEN];
     }
     let bytes = dialer.encode(&request).unwrap();
@@ -441,7 +464,7 @@ fn junk_is_rejected_at_the_first_wrong_byte() {
     assert_eq!(acceptor.feed(b"G"), Err(ProtoError::BadMagic));
     let mut acceptor = Session::acceptor(KEY, "a", ACCEPTOR_NONCE).unwrap();
     assert_eq!(acceptor.feed(b"BT"), Ok(vec![]));
-    assert_eq!(acceptor.feed(&[2]), Err(ProtoError::Version(2)));
+    assert_eq!(acceptor.feed(&[1]), Err(ProtoError::Version(1)));
 }
 
 /// Seals a dialer-to-acceptor frame by the documented derivation, independently of the crate,
@@ -462,7 +485,7 @@ fn seal_with_session_key(
     let session_key = derive.finalize().into_bytes();
     let mut frame = Vec::new();
     frame.extend_from_slice(b"BT");
-    frame.push(1);
+    frame.push(2);
     frame.push(kind);
     frame.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
     frame.extend_from_slice(&counter.to_be_bytes());
@@ -534,7 +557,11 @@ fn authentic_but_malformed_payloads_are_malformed() {
         (frame::kind::HANDOFF_ACCEPTED, &[0; 7]),
         (frame::kind::HANDOFF_ACCEPTED, &[0; 9]),
         (frame::kind::HANDOFF_REFUSED, &[0; 9]),
-        (frame::kind::HANDOFF_REFUSED, &[0, 0, 0, 0, 0, 0, 0, 0, 7]),
+        (frame::kind::HANDOFF_REFUSED, &[0, 0, 0, 0, 0, 0, 0, 0, 8]),
+        (
+            frame::kind::HEARTBEAT,
+            &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+        ),
         (frame::kind::HEARTBEAT, &[0; 11]),
     ];
     for &(kind, payload) in cases {
@@ -552,8 +579,8 @@ fn authentic_but_malformed_payloads_are_malformed() {
 #[test]
 fn refuse_reason_codes_are_fixed() {
     let codes: Vec<u8> = RefuseReason::ALL.iter().map(|r| r.code()).collect();
-    assert_eq!(codes, [1, 2, 3, 4, 5, 6]);
-    for code in [0u8, 7, 255] {
+    assert_eq!(codes, [1, 2, 3, 4, 5, 6, 7]);
+    for code in [0u8, 8, 255] {
         assert_eq!(
             RefuseReason::try_from(code),
             Err(ProtoError::UnknownRefuseReason(code))
@@ -589,24 +616,25 @@ fn header_layout_is_as_documented() {
         .encode(&Message::Heartbeat {
             load: 1,
             sent_at_ms: 2,
+            serving: true,
         })
         .unwrap();
     assert_eq!(&bytes[frame::MAGIC_OFFSET..frame::MAGIC_OFFSET + 2], b"BT");
-    assert_eq!(bytes[frame::VERSION_OFFSET], 1);
+    assert_eq!(bytes[frame::VERSION_OFFSET], 2);
     assert_eq!(bytes[frame::KIND_OFFSET], frame::kind::HEARTBEAT);
     assert_eq!(
         &bytes[frame::LENGTH_OFFSET..frame::COUNTER_OFFSET],
-        &12u32.to_be_bytes()
+        &13u32.to_be_bytes()
     );
     assert_eq!(
         &bytes[frame::COUNTER_OFFSET..HEADER_LEN],
         &1u64.to_be_bytes()
     );
     assert_eq!(
-        &bytes[HEADER_LEN..HEADER_LEN + 12],
-        &[0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2]
+        &bytes[HEADER_LEN..HEADER_LEN + 13],
+        &[0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 1]
     );
-    assert_eq!(bytes.len(), HEADER_LEN + 12 + TAG_LEN);
+    assert_eq!(bytes.len(), HEADER_LEN + 13 + TAG_LEN);
 }
 
 /// Feeds a corrupted frame; it must fail as a non-authentic frame. A corrupted length may first
@@ -735,7 +763,7 @@ proptest! {
     fn arbitrary_frames_with_valid_headers_never_panic(kind in any::<u8>(), counter in any::<u64>(), payload in proptest::collection::vec(any::<u8>(), 0..128), tag in any::<[u8; 16]>()) {
         let mut frame = Vec::new();
         frame.extend_from_slice(b"BT");
-        frame.push(1);
+        frame.push(frame::VERSION);
         frame.push(kind);
         frame.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
         frame.extend_from_slice(&counter.to_be_bytes());

@@ -1,14 +1,14 @@
-//! The engine's decisions, driven by hand: datapath events, control messages and ticks go in; the
-//! conn table, the injected packets and the messages to peers are checked. The kernel is replaced
-//! by in-memory tables (the real one is exercised end to end in `crates/cli/tests`).
+//! The engine's decisions, driven by hand: datapath events, control messages and time go in; the
+//! conn table, the datapath's configuration, the injected packets and the messages to peers are
+//! checked. The kernel is replaced by in-memory tables (the real one is exercised end to end in
+//! `crates/cli/tests`); time is passed in, so nothing here sleeps.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use baton_bpf::{Conn, ConnKey, ConnRole, ConnState, Event, EventKind};
+use baton_bpf::{Conn, ConnKey, ConnRole, ConnState, DecideMode, Event, EventKind};
 use baton_policy::PolicyKind;
 use baton_proto::{HandoffRequest, Message, RefuseReason};
 use baton_wire::{
@@ -19,10 +19,10 @@ use tokio::sync::mpsc;
 use super::Engine;
 use crate::config::NodeConfig;
 use crate::inject::InjectError;
-use crate::kernel::{ConnTableOps, Insert, Kernel, PacketSink, TcpStates};
-use crate::mesh::{MeshEvent, MeshSender};
+use crate::kernel::{ConnTableOps, DatapathConfig, Insert, Kernel, PacketSink, TcpStates};
+use crate::mesh::{LoadReport, MeshEvent, MeshSender};
 use crate::metrics::Metrics;
-use crate::sockdiag::{SockDiagError, tcp_state};
+use crate::sockdiag::{ServiceSockets, SockDiagError, tcp_state};
 
 const N1: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const N2: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -33,6 +33,10 @@ const FE_ISN: u32 = 0x1000_0000;
 const FE_TSVAL: u32 = 5_000;
 const BE_ISN: u32 = 0x2000_0000;
 const BE_TSVAL: u32 = 9_000_000;
+/// The test configuration's `handoff_timeout_ms`, `hold_ms`, `close_linger_ms`.
+const HANDOFF_TIMEOUT: Duration = Duration::from_millis(40);
+const HOLD: Duration = Duration::from_millis(40);
+const LINGER: Duration = Duration::from_millis(10);
 
 #[derive(Clone, Default)]
 struct Table(Arc<Mutex<HashMap<ConnKey, Conn>>>);
@@ -95,8 +99,33 @@ impl Sent {
     }
 }
 
-#[derive(Clone, Default)]
-struct Tcp(Arc<Mutex<HashMap<(SocketAddrV4, SocketAddrV4), u8>>>);
+/// The local TCP: connection states by (local, remote), and whether the server listens.
+struct LocalTcp {
+    states: HashMap<(SocketAddrV4, SocketAddrV4), u8>,
+    listening: bool,
+}
+
+#[derive(Clone)]
+struct Tcp(Arc<Mutex<LocalTcp>>);
+
+impl Default for Tcp {
+    fn default() -> Self {
+        Tcp(Arc::new(Mutex::new(LocalTcp {
+            states: HashMap::new(),
+            listening: true,
+        })))
+    }
+}
+
+impl Tcp {
+    fn set(&self, key: &ConnKey, state: u8) {
+        self.0
+            .lock()
+            .unwrap()
+            .states
+            .insert((key.local(), key.client()), state);
+    }
+}
 
 impl TcpStates for Tcp {
     fn tcp_state(
@@ -104,14 +133,40 @@ impl TcpStates for Tcp {
         local: SocketAddrV4,
         remote: SocketAddrV4,
     ) -> Result<Option<u8>, SockDiagError> {
-        Ok(self.0.lock().unwrap().get(&(local, remote)).copied())
+        Ok(self.0.lock().unwrap().states.get(&(local, remote)).copied())
     }
-    fn established(&mut self, ports: &[u16]) -> Result<u32, SockDiagError> {
-        let states = self.0.lock().unwrap();
-        let serving = states.iter().filter(|((local, _), state)| {
-            **state == tcp_state::ESTABLISHED && ports.contains(&local.port())
+    fn service_sockets(
+        &mut self,
+        addr: Ipv4Addr,
+        ports: &[u16],
+    ) -> Result<ServiceSockets, SockDiagError> {
+        let tcp = self.0.lock().unwrap();
+        let established = tcp.states.iter().filter(|((local, _), state)| {
+            **state == tcp_state::ESTABLISHED
+                && *local.ip() == addr
+                && ports.contains(&local.port())
         });
-        Ok(serving.count() as u32)
+        Ok(ServiceSockets {
+            established: established.count() as u32,
+            listening: tcp.listening,
+        })
+    }
+}
+
+/// The datapath's configuration as last written.
+#[derive(Clone, Default)]
+struct Written(Arc<Mutex<Option<baton_bpf::NodeConfig>>>);
+
+impl DatapathConfig for Written {
+    fn write(&mut self, config: &baton_bpf::NodeConfig) -> Result<(), String> {
+        *self.0.lock().unwrap() = Some(*config);
+        Ok(())
+    }
+}
+
+impl Written {
+    fn get(&self) -> baton_bpf::NodeConfig {
+        self.0.lock().unwrap().expect("written at start")
     }
 }
 
@@ -120,14 +175,49 @@ struct Node {
     table: Table,
     sent: Sent,
     tcp: Tcp,
-    to_peer: mpsc::Receiver<Message>,
+    written: Written,
+    report: Arc<LoadReport>,
+    to_peer: mpsc::Receiver<(Instant, Message)>,
     metrics: Metrics,
+    /// The engine's clock: tests move it forward by hand.
+    now: Instant,
 }
 
-fn config(me: usize, policy: PolicyKind) -> NodeConfig {
+impl Node {
+    fn datapath(&mut self, event: Event) {
+        self.engine.on_datapath(event, self.now);
+    }
+    fn hear(&mut self, message: Message) {
+        let peer = 1 - self.engine.cluster.me;
+        self.engine
+            .on_mesh(MeshEvent::Message { peer, message }, self.now);
+    }
+    fn mesh(&mut self, event: MeshEvent) {
+        self.engine.on_mesh(event, self.now);
+    }
+    /// Moves the clock on by `by` and runs what is due.
+    fn wait(&mut self, by: Duration) {
+        self.now += by;
+        self.engine.on_timers(self.now);
+    }
+    fn sent_to_peer(&mut self) -> Option<Message> {
+        self.to_peer.try_recv().ok().map(|(_, m)| m)
+    }
+    /// The next message to the peer that is not a heartbeat.
+    fn next_to_peer(&mut self) -> Option<Message> {
+        loop {
+            match self.sent_to_peer()? {
+                Message::Heartbeat { .. } => continue,
+                m => return Some(m),
+            }
+        }
+    }
+}
+
+fn config_text(me: usize, policy: PolicyKind, extra: &str) -> String {
     let name = format!("n{}", me + 1);
     let address = [N1, N2][me];
-    NodeConfig::from_toml(&format!(
+    format!(
         r#"
 [node]
 name = "{name}"
@@ -138,52 +228,67 @@ key = "0123456789abcdef0123456789abcdef"
 members = [{{ name = "n1", address = "198.18.0.1" }}, {{ name = "n2", address = "198.18.0.2" }}]
 [policy]
 kind = "{policy}"
+{extra}
 [limits]
 hold_ms = 40
 handoff_timeout_ms = 40
 dispatch_timeout_ms = 30
 close_linger_ms = 10
 "#
-    ))
-    .unwrap()
+    )
 }
 
 /// Node `me` (0 = n1, 1 = n2) of a two-node cluster whose peer is up.
 fn node(me: usize, policy: PolicyKind) -> Node {
-    let (table, sent, tcp) = (Table::default(), Sent::default(), Tcp::default());
+    node_with(me, policy, "")
+}
+
+fn node_with(me: usize, policy: PolicyKind, extra: &str) -> Node {
+    let config = NodeConfig::from_toml(&config_text(me, policy, extra)).unwrap();
+    let (table, sent, tcp, written) = (
+        Table::default(),
+        Sent::default(),
+        Tcp::default(),
+        Written::default(),
+    );
     let (tx, to_peer) = mpsc::channel(64);
     let mut outbound = vec![None, None];
     outbound[1 - me] = Some(tx);
     let metrics = Metrics::default();
+    let report = Arc::new(LoadReport::default());
     let kernel = Kernel {
         conns: Box::new(table.clone()),
+        datapath: Box::new(written.clone()),
         inject: Box::new(sent.clone()),
         tcp: Box::new(tcp.clone()),
     };
-    let mut engine = Engine::new(
-        config(me, policy),
+    let now = Instant::now();
+    let engine = Engine::new(
+        config,
         kernel,
         MeshSender::new(outbound),
-        Arc::new(AtomicU32::new(0)),
+        report.clone(),
         metrics.clone(),
+        now,
     );
-    let peer = 1 - me;
-    engine.on_mesh(MeshEvent::PeerUp { peer });
-    engine.on_mesh(MeshEvent::Message {
-        peer,
-        message: Message::Heartbeat {
-            load: 0,
-            sent_at_ms: 0,
-        },
-    });
-    Node {
+    let mut node = Node {
         engine,
         table,
         sent,
         tcp,
+        written,
+        report,
         to_peer,
         metrics,
-    }
+        now,
+    };
+    node.mesh(MeshEvent::PeerUp { peer: 1 - me });
+    node.hear(Message::Heartbeat {
+        load: 0,
+        sent_at_ms: 0,
+        serving: true,
+    });
+    node
 }
 
 fn key_at(node: Ipv4Addr) -> ConnKey {
@@ -212,7 +317,8 @@ fn syn_options(tsval: u32, tsecr: u32) -> Vec<TcpOption> {
     .to_options()
 }
 
-/// The FE's entry for a connection whose handshake the datapath is holding.
+/// The FE's entry for a connection whose handshake the datapath is holding (the client asked for
+/// ECN, and we agreed).
 fn held_entry() -> Conn {
     let (syn_opts, syn_opts_len) = options(&syn_options(100, 0));
     let (synack_opts, synack_opts_len) = options(&syn_options(FE_TSVAL, 100));
@@ -223,6 +329,8 @@ fn held_entry() -> Conn {
         local_isn: FE_ISN,
         synack_tsval: FE_TSVAL,
         syn_window: 64240,
+        syn_tcp_flags: (TcpFlags::SYN | TcpFlags::ECE | TcpFlags::CWR).bits(),
+        synack_tcp_flags: (TcpFlags::SYN | TcpFlags::ACK | TcpFlags::ECE).bits(),
         syn_opts,
         syn_opts_len,
         synack_opts,
@@ -249,14 +357,24 @@ fn client_segment(to: Ipv4Addr, offset: u32, flags: TcpFlags, payload: &[u8]) ->
     p
 }
 
-fn held(key: ConnKey, packet: &TcpPacketBuilder) -> Event {
+fn event(kind: EventKind, key: ConnKey, packet: &TcpPacketBuilder) -> Event {
     let bytes = packet.build();
     Event {
-        kind: EventKind::HeldPacket,
+        kind,
         key,
         pkt_len: bytes.len() as u32,
         ts_ns: 0,
         packet: bytes,
+    }
+}
+
+fn notice(kind: EventKind, key: ConnKey) -> Event {
+    Event {
+        kind,
+        key,
+        pkt_len: 0,
+        ts_ns: 0,
+        packet: Vec::new(),
     }
 }
 
@@ -295,17 +413,26 @@ fn request(target: &str) -> Vec<u8> {
     format!("GET {target} HTTP/1.1\r\nHost: baton\r\n\r\n").into_bytes()
 }
 
-/// n1 holds a connection, gets the handshake ACK and `head`.
-fn hold(n1: &mut Node, head: &[u8]) -> ConnKey {
-    let key = key_at(N1);
-    n1.table.0.lock().unwrap().insert(key, held_entry());
-    n1.engine
-        .on_datapath(held(key, &client_segment(N1, 0, TcpFlags::ACK, b"")));
-    n1.engine.on_datapath(held(
-        key,
-        &client_segment(N1, 0, TcpFlags::ACK | TcpFlags::PSH, head),
-    ));
+/// `node` holds a connection to `address` (the datapath absorbed the bare ACK) and gets `head`.
+fn hold_at(node: &mut Node, address: Ipv4Addr, head: &[u8]) -> ConnKey {
+    hold_from(node, CLIENT_PORT, address, head)
+}
+
+/// The same from another client port.
+fn hold_from(node: &mut Node, port: u16, address: Ipv4Addr, head: &[u8]) -> ConnKey {
+    let key = ConnKey::new(
+        SocketAddrV4::new(CLIENT, port),
+        SocketAddrV4::new(address, 80),
+    );
+    node.table.0.lock().unwrap().insert(key, held_entry());
+    let mut data = client_segment(address, 0, TcpFlags::ACK | TcpFlags::PSH, head);
+    data.src_port = port;
+    node.datapath(event(EventKind::HeldPacket, key, &data));
     key
+}
+
+fn hold(n1: &mut Node, head: &[u8]) -> ConnKey {
+    hold_at(n1, N1, head)
 }
 
 fn fallbacks(m: &Metrics, reason: &str) -> u64 {
@@ -314,41 +441,51 @@ fn fallbacks(m: &Metrics, reason: &str) -> u64 {
         .get()
 }
 
+fn refused(m: &Metrics, reason: &str) -> u64 {
+    m.refused
+        .get_or_create(&crate::metrics::Reason::new(reason))
+        .get()
+}
+
 #[test]
-fn local_decision_replays_the_handshake_and_request_into_the_local_tcp() {
-    let mut n1 = node(0, PolicyKind::Hash);
-    let head = request(&target_for(0));
+fn a_local_decision_replays_the_request_into_the_local_tcp() {
+    let mut n1 = node(0, PolicyKind::RoundRobin);
+    n1.engine.cluster.peers[1].serving = false; // round-robin: only n1 is left to choose
+    let head = request("/f/1k");
     let key = hold(&mut n1, &head);
     assert!(
         n1.table.get(&key).is_none(),
         "a local connection leaves the table"
     );
     let sent = n1.sent.take();
-    assert_eq!(sent.len(), 2, "{sent:?}");
-    let (ack, data) = (&sent[0], &sent[1]);
-    assert_eq!(
-        (ack.dst, ack.flags, ack.seq, ack.ack),
-        (N1, TcpFlags::ACK, CLIENT_ISN.wrapping_add(1), FE_ISN + 1)
-    );
+    assert_eq!(sent.len(), 1, "one segment: {sent:?}");
+    let data = &sent[0];
     assert_eq!(
         (data.dst, data.seq, data.ack),
         (N1, CLIENT_ISN.wrapping_add(1), FE_ISN + 1)
     );
+    assert!(
+        data.flags.contains(TcpFlags::ACK),
+        "the data segment completes the handshake itself"
+    );
     assert_eq!(data.payload, head);
     assert_eq!(n1.metrics.local.get(), 1);
-    assert!(n1.to_peer.try_recv().is_err(), "nothing goes to the peer");
+    assert!(n1.next_to_peer().is_none(), "nothing goes to the peer");
 }
 
 #[test]
-fn remote_decision_offers_then_forwards() {
+fn a_remote_decision_forwards_at_once_and_offers_the_request() {
     let mut n1 = node(0, PolicyKind::Hash);
     let head = request(&target_for(1));
     let key = hold(&mut n1, &head);
-    assert!(
-        n1.sent.take().is_empty(),
-        "nothing is released while the peer decides"
+    let entry = n1.table.get(&key).unwrap();
+    assert_eq!(
+        (entry.state(), entry.peer_addr),
+        (Some(ConnState::FeForward), N2.octets()),
+        "the client's packets follow the offer"
     );
-    let Ok(Message::HandoffRequest(r)) = n1.to_peer.try_recv() else {
+    assert!(n1.sent.take().is_empty(), "nothing is released locally");
+    let Some(Message::HandoffRequest(r)) = n1.next_to_peer() else {
         panic!("no handoff request")
     };
     assert_eq!((r.client, r.fe_service), (key.client(), key.local()));
@@ -357,28 +494,31 @@ fn remote_decision_offers_then_forwards() {
         (FE_ISN, FE_TSVAL),
         "fe_tsval is the TSval the client echoed"
     );
+    assert_eq!(r.data, head, "the request travels with the offer");
+    assert!(!r.fin && r.fe_ecn);
     let syn = TcpPacketBuilder::parse(&r.syn).unwrap();
     assert_eq!(
         (syn.seq, syn.flags, syn.window),
-        (CLIENT_ISN, TcpFlags::SYN, 64240)
+        (
+            CLIENT_ISN,
+            TcpFlags::SYN | TcpFlags::ECE | TcpFlags::CWR,
+            64240
+        ),
+        "the SYN asks for ECN as the client's did"
     );
     assert_eq!(
         SynOptions::from_options(&syn.options),
         SynOptions::from_options(&syn_options(100, 0))
     );
-    assert_eq!(TcpPacketBuilder::parse(&r.ack).unwrap().ack, FE_ISN + 1);
-
-    n1.engine.on_mesh(MeshEvent::Message {
-        peer: 1,
-        message: Message::HandoffAccepted { id: r.id },
-    });
-    let entry = n1.table.get(&key).unwrap();
+    let segment = TcpPacketBuilder::parse(&r.segment).unwrap();
     assert_eq!(
-        (entry.state(), entry.peer_addr),
-        (Some(ConnState::FeForward), N2.octets())
+        (segment.seq, segment.ack, segment.payload.len()),
+        (CLIENT_ISN.wrapping_add(1), FE_ISN + 1, 0)
     );
+
+    n1.hear(Message::HandoffAccepted { id: r.id });
     let sent = n1.sent.take();
-    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(
         (sent[0].dst, sent[0].flags, sent[0].seq),
         (N1, TcpFlags::RST, CLIENT_ISN.wrapping_add(1)),
@@ -388,100 +528,146 @@ fn remote_decision_offers_then_forwards() {
         sent[0].options.is_empty(),
         "a RST without timestamps skips PAWS"
     );
-    assert_eq!(
-        (sent[1].dst, &sent[1].payload),
-        (N2, &head),
-        "the request follows to the BE"
-    );
     assert_eq!(n1.metrics.handoffs_out.get(), 1);
 
     // A late copy of a held segment follows the connection to the BE.
-    n1.engine.on_datapath(held(
-        key,
-        &client_segment(N1, 0, TcpFlags::ACK | TcpFlags::PSH, &head),
-    ));
+    let late = client_segment(N1, 0, TcpFlags::ACK | TcpFlags::PSH, &head);
+    n1.datapath(event(EventKind::HeldPacket, key, &late));
     assert_eq!(n1.sent.take()[0].dst, N2);
+
+    // The BE reports the close: the entry goes after the linger.
+    n1.hear(Message::ConnClosed { id: r.id });
+    assert!(n1.table.get(&key).is_some());
+    n1.wait(LINGER);
+    assert!(n1.table.get(&key).is_none());
+    assert!(n1.engine.drained());
 }
 
 #[test]
-fn refusal_timeout_and_slow_heads_are_served_locally() {
+fn refused_and_unanswered_offers_are_served_locally() {
     let mut n1 = node(0, PolicyKind::Hash);
     let head = request(&target_for(1));
-    hold(&mut n1, &head);
-    let Ok(Message::HandoffRequest(r)) = n1.to_peer.try_recv() else {
+    let key = hold(&mut n1, &head);
+    let Some(Message::HandoffRequest(r)) = n1.next_to_peer() else {
         panic!()
     };
     // A refusal from the wrong peer is ignored; from the right one it means local service.
-    n1.engine.on_mesh(MeshEvent::Message {
-        peer: 0,
-        message: Message::HandoffRefused {
-            id: r.id,
-            reason: RefuseReason::Collision,
+    n1.engine.on_mesh(
+        MeshEvent::Message {
+            peer: 0,
+            message: Message::HandoffRefused {
+                id: r.id,
+                reason: RefuseReason::Collision,
+            },
         },
-    });
+        n1.now,
+    );
     assert!(n1.sent.take().is_empty());
-    n1.engine.on_mesh(MeshEvent::Message {
-        peer: 1,
-        message: Message::HandoffRefused {
-            id: r.id,
-            reason: RefuseReason::Collision,
-        },
+    n1.hear(Message::HandoffRefused {
+        id: r.id,
+        reason: RefuseReason::Collision,
     });
-    assert_eq!(n1.sent.take()[1].payload, head);
+    let sent = n1.sent.take();
+    assert_eq!((sent.len(), &sent[0].payload), (1, &head));
+    assert!(n1.table.get(&key).is_none(), "forwarding stops");
     assert_eq!(fallbacks(&n1.metrics, "refused_collision"), 1);
 
+    // No answer within handoff_timeout_ms: served here, and the peer is told to drop its side.
     let mut n1 = node(0, PolicyKind::Hash);
     hold(&mut n1, &head);
-    let Ok(Message::HandoffRequest(r)) = n1.to_peer.try_recv() else {
+    let Some(Message::HandoffRequest(r)) = n1.next_to_peer() else {
         panic!()
     };
-    std::thread::sleep(Duration::from_millis(60));
-    n1.engine.on_tick();
-    assert!(matches!(n1.to_peer.try_recv(), Ok(Message::HandoffAbort { id }) if id == r.id));
-    assert_eq!(n1.sent.take()[1].payload, head);
+    n1.wait(HANDOFF_TIMEOUT / 2);
+    assert!(
+        n1.sent.take().is_empty(),
+        "the peer may still be going live"
+    );
+    n1.wait(HANDOFF_TIMEOUT / 2);
+    assert!(matches!(n1.next_to_peer(), Some(Message::HandoffAbort { id }) if id == r.id));
+    assert_eq!(n1.sent.take()[0].payload, head);
     assert_eq!(fallbacks(&n1.metrics, "timeout"), 1);
-    // Too late: the answer gets an abort, nothing else happens.
-    n1.engine.on_mesh(MeshEvent::Message {
-        peer: 1,
-        message: Message::HandoffAccepted { id: r.id },
-    });
+    // Too late: the answer gets another abort, nothing else happens.
+    n1.hear(Message::HandoffAccepted { id: r.id });
     assert!(matches!(
-        n1.to_peer.try_recv(),
-        Ok(Message::HandoffAbort { .. })
+        n1.next_to_peer(),
+        Some(Message::HandoffAbort { .. })
     ));
     assert!(n1.sent.take().is_empty());
 
+    // A head that does not complete in time: what arrived is replayed, the client sends the rest.
     let mut n1 = node(0, PolicyKind::Hash);
     let partial = &head[..10];
     hold(&mut n1, partial);
-    std::thread::sleep(Duration::from_millis(60));
-    n1.engine.on_tick();
-    assert_eq!(
-        n1.sent.take()[1].payload,
-        partial,
-        "what arrived is replayed; the client sends the rest"
-    );
+    n1.wait(HOLD);
+    assert_eq!(n1.sent.take()[0].payload, partial);
     assert_eq!(fallbacks(&n1.metrics, "hold_timeout"), 1);
 }
 
 #[test]
-fn a_peer_that_goes_down_is_not_waited_for() {
-    let mut n1 = node(0, PolicyKind::Hash);
+fn a_peer_that_is_down_or_has_no_server_is_not_chosen() {
     let head = request(&target_for(1));
+    let mut n1 = node(0, PolicyKind::Hash);
+    n1.mesh(MeshEvent::PeerDown { peer: 1 });
     hold(&mut n1, &head);
-    assert!(matches!(
-        n1.to_peer.try_recv(),
-        Ok(Message::HandoffRequest(_))
-    ));
-    n1.engine.on_mesh(MeshEvent::PeerDown { peer: 1 });
-    assert_eq!(n1.sent.take()[1].payload, head);
-    assert_eq!(fallbacks(&n1.metrics, "peer_down"), 1);
-    // And it is not chosen while down.
-    let mut n1b = node(0, PolicyKind::Hash);
-    n1b.engine.on_mesh(MeshEvent::PeerDown { peer: 1 });
-    hold(&mut n1b, &head);
-    assert!(n1b.to_peer.try_recv().is_err());
-    assert_eq!(n1b.sent.take().len(), 2);
+    assert!(n1.next_to_peer().is_none());
+    assert_eq!(n1.sent.take().len(), 1, "served here");
+    assert_eq!(n1.written.get().nodes[1].eligible, 0, "nor by the datapath");
+
+    // A refusal for want of a listener: not chosen again until its heartbeat says it listens.
+    let mut n1 = node(0, PolicyKind::Hash);
+    hold(&mut n1, &head);
+    let Some(Message::HandoffRequest(r)) = n1.next_to_peer() else {
+        panic!()
+    };
+    n1.hear(Message::HandoffRefused {
+        id: r.id,
+        reason: RefuseReason::NoListener,
+    });
+    assert_eq!(fallbacks(&n1.metrics, "refused_no_listener"), 1);
+    assert_eq!(n1.written.get().nodes[1].eligible, 0);
+    n1.sent.take();
+    let key = hold_from(&mut n1, CLIENT_PORT + 1, N1, &head);
+    assert!(n1.next_to_peer().is_none(), "not offered again");
+    assert!(n1.table.get(&key).is_none());
+    n1.hear(Message::Heartbeat {
+        load: 0,
+        sent_at_ms: 1,
+        serving: true,
+    });
+    assert_eq!(n1.written.get().nodes[1].eligible, 1, "back");
+}
+
+#[test]
+fn the_datapath_runs_the_hash_policy_only_where_it_decides_alike() {
+    let n1 = node(0, PolicyKind::Hash);
+    let config = n1.written.get();
+    assert_eq!(config.decide, DecideMode::Hash as u8);
+    assert_eq!(
+        (config.self_index, config.nnodes, config.distribute),
+        (0, 2, 1)
+    );
+    assert_eq!(
+        config.nodes[1].hash_seed,
+        baton_policy::rendezvous_seed("n2")
+    );
+    for (policy, extra) in [
+        (PolicyKind::RoundRobin, ""),
+        (PolicyKind::Hash, "affinity_cookie = \"SRV\""),
+        (
+            PolicyKind::Hash,
+            "[[policy.rules]]\npath_prefix = \"/s/\"\ngroup = [\"n2\"]",
+        ),
+    ] {
+        let n1 = node_with(0, policy, extra);
+        assert_eq!(
+            n1.written.get().decide,
+            DecideMode::Agent as u8,
+            "{policy} {extra}"
+        );
+    }
+    let n1 = node(0, PolicyKind::Local);
+    assert_eq!(n1.written.get().distribute, 0);
 }
 
 /// What n1 sends n2 for the held connection above.
@@ -498,35 +684,38 @@ fn handoff_request(id: u64) -> HandoffRequest {
         fe_isn: FE_ISN,
         fe_tsval: FE_TSVAL,
         fe_synack_options: opts[..usize::from(len)].to_vec(),
+        fe_ecn: false,
         syn: syn.build(),
-        ack: client_segment(N1, 0, TcpFlags::ACK, b"").build(),
+        segment: client_segment(N1, 0, TcpFlags::ACK, b"").build(),
+        data: request("/f/1k"),
+        fin: false,
     }
 }
 
-fn be_synack(options: Vec<TcpOption>) -> Event {
+fn be_answer(flags: TcpFlags, options: Vec<TcpOption>) -> Event {
     let mut p = TcpPacketBuilder::new(N2, 80, CLIENT, CLIENT_PORT);
     p.seq = BE_ISN;
     p.ack = CLIENT_ISN.wrapping_add(1);
-    p.flags = TcpFlags::SYN | TcpFlags::ACK;
+    p.flags = flags;
     p.options = options;
-    let bytes = p.build();
-    Event {
-        kind: EventKind::BeSynAck,
-        key: key_at(N2),
-        pkt_len: bytes.len() as u32,
-        ts_ns: 0,
-        packet: bytes,
-    }
+    event(EventKind::BeSynAck, key_at(N2), &p)
+}
+
+fn be_synack() -> Event {
+    be_answer(TcpFlags::SYN | TcpFlags::ACK, syn_options(BE_TSVAL, 100))
+}
+
+/// n2 with the offer of [`handoff_request`] (id `id`) replayed up to its SYN.
+fn offered(id: u64) -> Node {
+    let mut n2 = node(1, PolicyKind::Hash);
+    n2.hear(Message::HandoffRequest(handoff_request(id)));
+    n2
 }
 
 #[test]
-fn be_replays_the_handshake_translated_and_accepts_once_established() {
-    let mut n2 = node(1, PolicyKind::Hash);
+fn the_be_replays_syn_then_request_and_accepts_once_live() {
+    let mut n2 = offered(7);
     let key = key_at(N2);
-    n2.engine.on_mesh(MeshEvent::Message {
-        peer: 0,
-        message: Message::HandoffRequest(handoff_request(7)),
-    });
     let entry = n2.table.get(&key).expect("a BE entry before the replay");
     assert_eq!(
         (entry.role(), entry.state(), entry.peer_addr),
@@ -534,62 +723,91 @@ fn be_replays_the_handshake_translated_and_accepts_once_established() {
     );
     let sent = n2.sent.take();
     assert_eq!(
-        (sent[0].dst, sent[0].flags, sent[0].seq),
-        (N2, TcpFlags::SYN, CLIENT_ISN),
+        (sent.len(), sent[0].dst, sent[0].flags, sent[0].seq),
+        (1, N2, TcpFlags::SYN, CLIENT_ISN),
         "the SYN, readdressed to this node"
     );
 
-    n2.tcp
-        .0
-        .lock()
-        .unwrap()
-        .insert((key.local(), key.client()), tcp_state::ESTABLISHED);
-    n2.engine.on_datapath(be_synack(syn_options(BE_TSVAL, 100)));
+    n2.datapath(be_synack());
     let entry = n2.table.get(&key).unwrap();
     assert_eq!(entry.state(), Some(ConnState::BeReplayed));
     assert_eq!(
         (entry.seq_delta, entry.ts_delta),
         (BE_ISN.wrapping_sub(FE_ISN), BE_TSVAL.wrapping_sub(FE_TSVAL))
     );
-    let ack = &n2.sent.take()[0];
+    assert!(entry.live_deadline_ns > super::monotonic_ns());
+    let sent = n2.sent.take();
+    assert_eq!(sent.len(), 1, "one pass: the request goes in with the ACK");
+    let data = &sent[0];
     assert_eq!(
-        (ack.dst, ack.ack),
-        (N2, BE_ISN + 1),
-        "the ACK acknowledges our own SYN-ACK"
+        (data.dst, data.seq, data.ack, data.flags),
+        (
+            N2,
+            CLIENT_ISN.wrapping_add(1),
+            BE_ISN + 1,
+            TcpFlags::ACK | TcpFlags::PSH
+        ),
+        "it acknowledges our own SYN-ACK"
     );
-    let echoed = ack.options.iter().find_map(|o| match o {
+    assert_eq!(data.payload, request("/f/1k"));
+    let echoed = data.options.iter().find_map(|o| match o {
         TcpOption::Timestamps { tsecr, .. } => Some(*tsecr),
         _ => None,
     });
     assert_eq!(echoed, Some(BE_TSVAL), "and echoes our own SYN-ACK's TSval");
+    assert!(
+        n2.next_to_peer().is_none(),
+        "not accepted before it is live"
+    );
+
+    // Our TCP asks again (the request did not take): it is replayed again.
+    n2.datapath(be_synack());
+    assert_eq!(n2.sent.take().len(), 1);
+
+    n2.datapath(notice(EventKind::BeLive, key));
     assert!(matches!(
-        n2.to_peer.try_recv(),
-        Ok(Message::HandoffAccepted { id: 7 })
+        n2.next_to_peer(),
+        Some(Message::HandoffAccepted { id: 7 })
     ));
     assert_eq!(n2.metrics.handoffs_in.get(), 1);
+    // Its deadline passes: nothing changes for a live connection.
+    n2.wait(HANDOFF_TIMEOUT);
+    assert!(n2.table.get(&key).is_some() && n2.next_to_peer().is_none());
 }
 
 #[test]
-fn be_refuses_what_it_cannot_take_and_cleans_up() {
-    // The local TCP never establishes the replay: refused, reset, forgotten.
-    let mut n2 = node(1, PolicyKind::Hash);
+fn client_data_forwarded_before_the_replay_joins_the_request() {
+    let mut n2 = offered(9);
     let key = key_at(N2);
-    n2.engine.on_mesh(MeshEvent::Message {
-        peer: 0,
-        message: Message::HandoffRequest(handoff_request(1)),
-    });
-    n2.engine.on_datapath(be_synack(syn_options(BE_TSVAL, 100)));
-    assert!(
-        n2.to_peer.try_recv().is_err(),
-        "not accepted before the local TCP confirms"
-    );
-    std::thread::sleep(Duration::from_millis(250));
-    n2.engine.on_tick();
+    n2.sent.take();
+    let head = request("/f/1k");
+    let mut body = client_segment(N2, head.len() as u32, TcpFlags::ACK, b"more bytes");
+    body.ack = FE_ISN + 1;
+    n2.datapath(event(EventKind::HeldPacket, key, &body));
+    assert!(n2.sent.take().is_empty(), "held until the replay");
+    n2.datapath(be_synack());
+    let sent = n2.sent.take();
+    let replayed: Vec<u8> = sent.iter().flat_map(|s| s.payload.clone()).collect();
+    assert_eq!(replayed, [head.as_slice(), b"more bytes"].concat());
+    // One held just before the replay and read just after goes in on its own, translated.
+    n2.datapath(event(EventKind::HeldPacket, key, &body));
+    let late = n2.sent.take();
+    assert_eq!((late.len(), late[0].ack), (1, BE_ISN + 1));
+}
+
+#[test]
+fn the_be_refuses_what_it_cannot_take_and_cleans_up() {
+    let key = key_at(N2);
+    // Not live by the deadline: refused, reset, forgotten, and the datapath stops it too.
+    let mut n2 = offered(1);
+    n2.datapath(be_synack());
+    n2.sent.take();
+    n2.wait(HANDOFF_TIMEOUT / 2 + Duration::from_millis(10));
     assert!(matches!(
-        n2.to_peer.try_recv(),
-        Ok(Message::HandoffRefused {
+        n2.next_to_peer(),
+        Some(Message::HandoffRefused {
             id: 1,
-            reason: RefuseReason::Internal
+            reason: RefuseReason::Timeout
         })
     ));
     assert!(n2.table.get(&key).is_none());
@@ -601,92 +819,97 @@ fn be_refuses_what_it_cannot_take_and_cleans_up() {
     );
 
     // Options that differ from the FE's: refused at once.
-    let mut n2 = node(1, PolicyKind::Hash);
-    n2.engine.on_mesh(MeshEvent::Message {
-        peer: 0,
-        message: Message::HandoffRequest(handoff_request(2)),
-    });
+    let mut n2 = offered(2);
     let mut other = syn_options(BE_TSVAL, 100);
     other[4] = TcpOption::WindowScale(9);
-    n2.engine.on_datapath(be_synack(other));
+    n2.datapath(be_answer(TcpFlags::SYN | TcpFlags::ACK, other));
     assert!(matches!(
-        n2.to_peer.try_recv(),
-        Ok(Message::HandoffRefused {
+        n2.next_to_peer(),
+        Some(Message::HandoffRefused {
             id: 2,
             reason: RefuseReason::OptionMismatch
         })
     ));
     assert!(n2.table.get(&key).is_none());
 
+    // ECN agreed by our TCP but not by the FE's: refused the same way.
+    let mut n2 = offered(3);
+    n2.datapath(be_answer(
+        TcpFlags::SYN | TcpFlags::ACK | TcpFlags::ECE,
+        syn_options(BE_TSVAL, 100),
+    ));
+    assert_eq!(refused(&n2.metrics, "option_mismatch"), 1);
+
+    // The SYN is answered by a RST: nothing listens here, and the heartbeats say so at once.
+    let mut n2 = offered(4);
+    n2.datapath(be_answer(TcpFlags::RST | TcpFlags::ACK, vec![]));
+    assert!(matches!(
+        n2.next_to_peer(),
+        Some(Message::HandoffRefused {
+            id: 4,
+            reason: RefuseReason::NoListener
+        })
+    ));
+    assert!(!n2.report.serving());
+    assert!(n2.table.get(&key).is_none());
+
+    // Anything else answering the SYN means the tuple is in use here.
+    let mut n2 = offered(5);
+    n2.datapath(be_answer(TcpFlags::ACK, vec![]));
+    assert_eq!(refused(&n2.metrics, "collision"), 1);
+
     // The tuple is in use by the local TCP: refused before anything is replayed.
     let mut n2 = node(1, PolicyKind::Hash);
-    n2.tcp
-        .0
-        .lock()
-        .unwrap()
-        .insert((key.local(), key.client()), tcp_state::ESTABLISHED);
-    n2.engine.on_mesh(MeshEvent::Message {
-        peer: 0,
-        message: Message::HandoffRequest(handoff_request(3)),
-    });
+    n2.tcp.set(&key, tcp_state::ESTABLISHED);
+    n2.hear(Message::HandoffRequest(handoff_request(6)));
     assert!(matches!(
-        n2.to_peer.try_recv(),
-        Ok(Message::HandoffRefused {
-            id: 3,
+        n2.next_to_peer(),
+        Some(Message::HandoffRefused {
+            id: 6,
             reason: RefuseReason::Collision
         })
     ));
     assert!(n2.sent.take().is_empty() && n2.table.get(&key).is_none());
+
+    // The FE withdraws its offer: whatever the phase, our side is reset and forgotten.
+    let mut n2 = offered(8);
+    n2.datapath(be_synack());
+    n2.datapath(notice(EventKind::BeLive, key));
+    n2.sent.take();
+    n2.hear(Message::HandoffAbort { id: 8 });
+    assert!(n2.table.get(&key).is_none());
+    assert_eq!(n2.sent.take()[0].flags, TcpFlags::RST);
+    assert!(n2.engine.drained());
 }
 
 #[test]
 fn a_close_counts_only_once_the_local_tcp_agrees() {
-    let mut n2 = node(1, PolicyKind::Hash);
+    let mut n2 = offered(4);
     let key = key_at(N2);
-    let established = (key.local(), key.client());
-    n2.engine.on_mesh(MeshEvent::Message {
-        peer: 0,
-        message: Message::HandoffRequest(handoff_request(4)),
-    });
-    n2.tcp
-        .0
-        .lock()
-        .unwrap()
-        .insert(established, tcp_state::ESTABLISHED);
-    n2.engine.on_datapath(be_synack(syn_options(BE_TSVAL, 100)));
+    n2.datapath(be_synack());
+    n2.datapath(notice(EventKind::BeLive, key));
     assert!(matches!(
-        n2.to_peer.try_recv(),
-        Ok(Message::HandoffAccepted { id: 4 })
+        n2.next_to_peer(),
+        Some(Message::HandoffAccepted { id: 4 })
     ));
+    n2.tcp.set(&key, tcp_state::ESTABLISHED);
 
     // The datapath saw a RST the local TCP ignored (out of window): nothing is torn down.
-    let closed = Event {
-        kind: EventKind::Closed,
-        key,
-        pkt_len: 0,
-        ts_ns: 0,
-        packet: Vec::new(),
-    };
-    n2.engine.on_datapath(closed.clone());
-    std::thread::sleep(Duration::from_millis(20));
-    n2.engine.on_tick();
+    n2.datapath(notice(EventKind::Closed, key));
+    n2.wait(LINGER);
     assert!(n2.table.get(&key).is_some());
-    assert!(n2.to_peer.try_recv().is_err());
+    assert!(n2.next_to_peer().is_none());
 
     // A real close: the FE is told and the entry goes.
-    n2.tcp
-        .0
-        .lock()
-        .unwrap()
-        .insert(established, tcp_state::TIME_WAIT);
-    n2.engine.on_datapath(closed);
-    std::thread::sleep(Duration::from_millis(20));
-    n2.engine.on_tick();
+    n2.tcp.set(&key, tcp_state::TIME_WAIT);
+    n2.datapath(notice(EventKind::Closed, key));
+    n2.wait(LINGER);
     assert!(matches!(
-        n2.to_peer.try_recv(),
-        Ok(Message::ConnClosed { id: 4 })
+        n2.next_to_peer(),
+        Some(Message::ConnClosed { id: 4 })
     ));
     assert!(n2.table.get(&key).is_none());
+    assert!(n2.engine.drained());
 }
 
 #[test]
@@ -698,7 +921,7 @@ fn a_head_in_too_many_pieces_is_served_locally() {
     // One byte per segment: the hold limit (32 segments) comes before the end of the head.
     for (i, byte) in head.iter().enumerate().take(40) {
         let segment = client_segment(N1, i as u32, TcpFlags::ACK | TcpFlags::PSH, &[*byte]);
-        n1.engine.on_datapath(held(key, &segment));
+        n1.datapath(event(EventKind::HeldPacket, key, &segment));
     }
     let sent = n1.sent.take();
     assert!(!sent.is_empty(), "released");
@@ -708,46 +931,36 @@ fn a_head_in_too_many_pieces_is_served_locally() {
         "the bytes held so far go to the local TCP"
     );
     assert_eq!(fallbacks(&n1.metrics, "too_many_segments"), 1);
-    assert!(n1.to_peer.try_recv().is_err());
+    assert!(n1.next_to_peer().is_none());
     assert!(n1.table.get(&key).is_none());
 }
 
 #[test]
 fn load_is_counted_from_the_local_tcp_and_big_changes_are_told_at_once() {
     let mut n1 = node(0, PolicyKind::LeastConn);
-    {
-        let mut states = n1.tcp.0.lock().unwrap();
-        for port in 0..20u16 {
-            let remote = SocketAddrV4::new(CLIENT, 50_000 + port);
-            states.insert((SocketAddrV4::new(N1, 80), remote), tcp_state::ESTABLISHED);
-        }
+    for port in 0..20u16 {
+        let remote = SocketAddrV4::new(CLIENT, 50_000 + port);
+        n1.tcp.set(
+            &ConnKey::new(remote, SocketAddrV4::new(N1, 80)),
+            tcp_state::ESTABLISHED,
+        );
     }
-    std::thread::sleep(Duration::from_millis(120));
-    n1.engine.on_tick();
+    n1.wait(Duration::from_millis(100));
     assert_eq!(n1.metrics.load.get(), 20);
     assert!(matches!(
-        n1.to_peer.try_recv(),
-        Ok(Message::Heartbeat { load: 20, .. })
+        n1.sent_to_peer(),
+        Some(Message::Heartbeat { load: 20, .. })
     ));
     // n1 now looks busier than n2 (load 0): least-conn hands the next request over.
     hold(&mut n1, &request("/anything"));
     assert!(matches!(
-        n1.to_peer.try_recv(),
-        Ok(Message::HandoffRequest(_))
+        n1.next_to_peer(),
+        Some(Message::HandoffRequest(_))
     ));
-}
-
-/// Node `me` holds a connection to its own address with `head`.
-fn hold_at(node: &mut Node, address: Ipv4Addr, head: &[u8]) -> ConnKey {
-    let key = key_at(address);
-    node.table.0.lock().unwrap().insert(key, held_entry());
-    node.engine
-        .on_datapath(held(key, &client_segment(address, 0, TcpFlags::ACK, b"")));
-    node.engine.on_datapath(held(
-        key,
-        &client_segment(address, 0, TcpFlags::ACK | TcpFlags::PSH, head),
-    ));
-    key
+    // Its server stops listening: the next heartbeat says so.
+    n1.tcp.0.lock().unwrap().listening = false;
+    n1.wait(Duration::from_millis(100));
+    assert!(!n1.report.serving());
 }
 
 #[test]
@@ -755,7 +968,7 @@ fn lard_asks_the_dispatcher_and_follows_its_answer() {
     // n2 is not the dispatcher (n1, the first live member, is): it asks, then does as told.
     let mut n2 = node(1, PolicyKind::Lard);
     hold_at(&mut n2, N2, &request("/hot/item"));
-    let Ok(Message::DispatchQuery { id, target }) = n2.to_peer.try_recv() else {
+    let Some(Message::DispatchQuery { id, target }) = n2.next_to_peer() else {
         panic!("no question to the dispatcher")
     };
     assert_eq!(target, "/hot/item");
@@ -763,27 +976,21 @@ fn lard_asks_the_dispatcher_and_follows_its_answer() {
         n2.sent.take().is_empty(),
         "nothing is decided before the answer"
     );
-    n2.engine.on_mesh(MeshEvent::Message {
-        peer: 0,
-        message: Message::DispatchAnswer { id, node: 0 },
-    });
+    n2.hear(Message::DispatchAnswer { id, node: 0 });
     assert!(
-        matches!(n2.to_peer.try_recv(), Ok(Message::HandoffRequest(_))),
+        matches!(n2.next_to_peer(), Some(Message::HandoffRequest(_))),
         "handed to n1 as the dispatcher said"
     );
 
     let mut n2 = node(1, PolicyKind::Lard);
     hold_at(&mut n2, N2, &request("/cold/item"));
-    let Ok(Message::DispatchQuery { id, .. }) = n2.to_peer.try_recv() else {
+    let Some(Message::DispatchQuery { id, .. }) = n2.next_to_peer() else {
         panic!()
     };
-    n2.engine.on_mesh(MeshEvent::Message {
-        peer: 0,
-        message: Message::DispatchAnswer { id, node: 1 },
-    });
+    n2.hear(Message::DispatchAnswer { id, node: 1 });
     assert_eq!(
         n2.sent.take().len(),
-        2,
+        1,
         "served here as the dispatcher said"
     );
 }
@@ -792,34 +999,30 @@ fn lard_asks_the_dispatcher_and_follows_its_answer() {
 fn a_silent_dispatcher_leaves_the_decision_to_bounded_hash() {
     let mut n2 = node(1, PolicyKind::Lard);
     hold_at(&mut n2, N2, &request("/x"));
-    let Ok(Message::DispatchQuery { id, .. }) = n2.to_peer.try_recv() else {
+    let Some(Message::DispatchQuery { id, .. }) = n2.next_to_peer() else {
         panic!("no question")
     };
-    std::thread::sleep(Duration::from_millis(50));
-    n2.engine.on_tick();
+    n2.wait(Duration::from_millis(30));
     assert_eq!(n2.metrics.dispatch_fallbacks.get(), 1);
     let served_here = !n2.sent.take().is_empty();
-    let handed = matches!(n2.to_peer.try_recv(), Ok(Message::HandoffRequest(_)));
+    let handed = matches!(n2.next_to_peer(), Some(Message::HandoffRequest(_)));
     assert!(
         served_here != handed,
         "the connection is decided, once, without the dispatcher"
     );
     // A late answer changes nothing.
-    n2.engine.on_mesh(MeshEvent::Message {
-        peer: 0,
-        message: Message::DispatchAnswer { id, node: 0 },
-    });
-    assert!(n2.sent.take().is_empty() && n2.to_peer.try_recv().is_err());
+    n2.hear(Message::DispatchAnswer { id, node: 0 });
+    assert!(n2.sent.take().is_empty() && n2.next_to_peer().is_none());
 
     // With the dispatcher down, the next live member (here n2 itself) keeps the table.
     let mut n2 = node(1, PolicyKind::Lard);
-    n2.engine.on_mesh(MeshEvent::PeerDown { peer: 0 });
+    n2.mesh(MeshEvent::PeerDown { peer: 0 });
     hold_at(&mut n2, N2, &request("/y"));
     assert!(
-        n2.to_peer.try_recv().is_err(),
+        n2.next_to_peer().is_none(),
         "no question: n2 is the dispatcher now"
     );
-    assert_eq!(n2.sent.take().len(), 2);
+    assert_eq!(n2.sent.take().len(), 1);
 }
 
 #[test]
@@ -827,14 +1030,11 @@ fn the_dispatcher_answers_from_one_table() {
     let mut n1 = node(0, PolicyKind::Lard);
     let mut answers = Vec::new();
     for id in 0..3 {
-        n1.engine.on_mesh(MeshEvent::Message {
-            peer: 1,
-            message: Message::DispatchQuery {
-                id,
-                target: "/same".into(),
-            },
+        n1.hear(Message::DispatchQuery {
+            id,
+            target: "/same".into(),
         });
-        let Ok(Message::DispatchAnswer { id: answered, node }) = n1.to_peer.try_recv() else {
+        let Some(Message::DispatchAnswer { id: answered, node }) = n1.next_to_peer() else {
             panic!("no answer")
         };
         assert_eq!(answered, id);
@@ -847,27 +1047,25 @@ fn the_dispatcher_answers_from_one_table() {
     assert_eq!(n1.metrics.dispatch_answers.get(), 3);
     // Its own connections need no question, and follow the same table.
     hold_at(&mut n1, N1, &request("/same"));
-    match n1.to_peer.try_recv() {
-        Ok(Message::HandoffRequest(_)) => assert_eq!(answers[0], 1),
-        Err(_) => assert_eq!((answers[0], n1.sent.take().len()), (0, 2)),
-        Ok(other) => panic!("the dispatcher asked or sent {other:?}"),
+    match n1.next_to_peer() {
+        Some(Message::HandoffRequest(_)) => assert_eq!(answers[0], 1),
+        None => assert_eq!((answers[0], n1.sent.take().len()), (0, 1)),
+        Some(other) => panic!("the dispatcher asked or sent {other:?}"),
     }
 }
 
 #[test]
 fn a_draining_node_takes_nothing_new_and_says_so() {
-    // n1 drains: it tells n2, refuses handoffs, and stops being the dispatcher.
+    // n1 drains: it tells n2, stops holding, refuses handoffs, and stops being the dispatcher.
     let mut n1 = node(0, PolicyKind::Lard);
     assert!(n1.engine.drained());
-    n1.engine.begin_drain();
-    assert!(matches!(n1.to_peer.try_recv(), Ok(Message::Draining)));
-    n1.engine.on_mesh(MeshEvent::Message {
-        peer: 1,
-        message: Message::HandoffRequest(handoff_request(8)),
-    });
+    n1.engine.begin_drain(n1.now);
+    assert!(matches!(n1.next_to_peer(), Some(Message::Draining)));
+    assert_eq!(n1.written.get().distribute, 0);
+    n1.hear(Message::HandoffRequest(handoff_request(8)));
     assert!(matches!(
-        n1.to_peer.try_recv(),
-        Ok(Message::HandoffRefused {
+        n1.next_to_peer(),
+        Some(Message::HandoffRefused {
             id: 8,
             reason: RefuseReason::Overloaded
         })
@@ -875,18 +1073,30 @@ fn a_draining_node_takes_nothing_new_and_says_so() {
 
     // n2 hears it: n1 is neither chosen nor asked any more; n2 keeps the table itself.
     let mut n2 = node(1, PolicyKind::Lard);
-    n2.engine.on_mesh(MeshEvent::Message {
-        peer: 0,
-        message: Message::Draining,
-    });
-    assert_eq!(n2.engine.dispatcher(), 1);
+    n2.hear(Message::Draining);
+    assert_eq!(n2.engine.cluster.dispatcher(n2.now), 1);
     hold_at(&mut n2, N2, &request("/z"));
     assert!(
-        n2.to_peer.try_recv().is_err(),
+        n2.next_to_peer().is_none(),
         "no question to a draining dispatcher, no handoff to it"
     );
-    assert_eq!(n2.sent.take().len(), 2, "served here");
+    assert_eq!(n2.sent.take().len(), 1, "served here");
     // Until it comes back as a new agent.
-    n2.engine.on_mesh(MeshEvent::PeerUp { peer: 0 });
-    assert_eq!(n2.engine.dispatcher(), 0);
+    n2.mesh(MeshEvent::PeerUp { peer: 0 });
+    assert_eq!(n2.engine.cluster.dispatcher(n2.now), 0);
+}
+
+#[test]
+fn connections_that_never_sent_data_are_let_go_to_the_local_tcp() {
+    // The datapath absorbed the handshake ACK and nothing followed: after hold_ms, garbage
+    // collection forgets the entry, so the client's next packet completes the handshake locally.
+    let mut n1 = node(0, PolicyKind::Hash);
+    let key = key_at(N1);
+    let mut entry = held_entry();
+    entry.last_seen_ns = super::monotonic_ns() - 2 * HOLD.as_nanos() as u64;
+    n1.table.0.lock().unwrap().insert(key, entry);
+    for _ in 0..10 {
+        n1.wait(Duration::from_millis(100));
+    }
+    assert!(n1.table.get(&key).is_none());
 }

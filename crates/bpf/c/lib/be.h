@@ -1,12 +1,18 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* The BE side: the node serving a connection that another node accepted (DESIGN §3 steps 6, 8, 9).
+/* The BE side: the node serving a connection that another node accepted.
  *
- *   egress  BE_SYN_SENT    -> the server's answer to the replayed SYN goes to the agent, dropped
- *                             (TCP ignores a failed first SYN-ACK; the agent answers long before a
- *                             retransmission, whose failure would end the half-open connection)
- *                             (a SYN-ACK: learn ISN/TSval; anything else: the tuple is in use)
- *   egress  BE_REPLAYED    -> dropped: nothing may reach the client before the FE forwards
- *   ingress BE_REPLAYED    -> the first forwarded packet proves the FE committed: BE_ESTABLISHED
+ *   egress  BE_SYN_SENT    -> the server's answer to the replayed SYN goes to the agent, dropped:
+ *                             a SYN-ACK gives the agent ISN and TSval; a RST means no listener;
+ *                             anything else means the tuple is in use here
+ *   ingress BE_SYN_SENT    -> dropped: the server's TCP cannot read the client's numbers yet
+ *   agent                  -> BE_REPLAYED with the offsets; it replays the request (the data segment
+ *                             carries the handshake ACK, so servers that defer accept take it too)
+ *   egress  BE_REPLAYED    -> a SYN-ACK retransmission or a RST goes to the agent, dropped. Anything
+ *                             else proves the server's TCP has the connection: BE_ESTABLISHED,
+ *                             EV_BE_LIVE once, and the packet goes to the client. Only before
+ *                             live_deadline_ns: after it the agent has given up (and tells the FE),
+ *                             so the connection must never reach the client
+ *   ingress BE_REPLAYED    -> translated (the FE forwards from the moment it offers)
  *   ingress BE_ESTABLISHED -> ack, SACK edges, TSecr into the server's spaces
  *   egress  BE_ESTABLISHED -> saddr := FE, seq and TSval into the client's view; sent directly
  *   a client SYN for a handed-in tuple is a tuple collision: dropped, never merged
@@ -14,7 +20,7 @@
  */
 #pragma once
 #include "conn.h"
-#include "events.h"
+#include "maps.h"
 #include "parse.h"
 #include "translate.h"
 
@@ -40,9 +46,7 @@ __always int be_ingress(struct __sk_buff *skb, const struct pkt *p, const struct
 {
 	if ((p->flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN)
 		return drop(DROP_TUPLE_COLLISION);
-	if (c->state == BE_REPLAYED)
-		c->state = BE_ESTABLISHED;
-	if (c->state != BE_ESTABLISHED)
+	if (c->state != BE_ESTABLISHED && c->state != BE_REPLAYED)
 		return drop(DROP_BE_NOT_READY);
 	be_note_close(c, key, CONN_CLIENT_FIN, p->flags);
 	c->packets++;
@@ -52,12 +56,36 @@ __always int be_ingress(struct __sk_buff *skb, const struct pkt *p, const struct
 	return TC_ACT_OK;
 }
 
+/* The server's TCP spoke on a replayed connection: it has it. Returns 0 if it may go on to the
+ * client, or a verdict. */
+__always int be_go_live(struct __sk_buff *skb, const struct pkt *p, const struct conn_key *key,
+			struct conn *c)
+{
+	if (p->flags & (TCPF_SYN | TCPF_RST)) {
+		emit_packet(skb, EV_BE_SYNACK, key);
+		return drop(DROP_BE_SYNACK);
+	}
+	if (bpf_ktime_get_ns() >= c->live_deadline_ns)
+		return drop(DROP_BE_LATE);
+	c->state = BE_ESTABLISHED;
+	if (!(conn_set_flags(c, CONN_LIVE_REPORTED) & CONN_LIVE_REPORTED)) {
+		emit_notice(EV_BE_LIVE, key);
+		stat_add(STAT_BE_LIVE, 1);
+	}
+	return 0;
+}
+
 __always int be_egress(struct __sk_buff *skb, const struct pkt *p, const struct conn_key *key,
 		       struct conn *c)
 {
 	if (c->state == BE_SYN_SENT) {
 		emit_packet(skb, EV_BE_SYNACK, key);
 		return drop(DROP_BE_SYNACK);
+	}
+	if (c->state == BE_REPLAYED) {
+		int verdict = be_go_live(skb, p, key, c);
+		if (verdict)
+			return verdict;
 	}
 	if (c->state != BE_ESTABLISHED)
 		return drop(DROP_BE_NOT_READY);

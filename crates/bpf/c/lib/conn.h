@@ -1,11 +1,14 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* The connection table: one entry per client connection that baton is holding, forwarding (as FE)
- * or translating (as BE). Connections served locally have no entry: they cost one failed lookup.
+/* The connection table's types: one entry per client connection that baton is holding, forwarding
+ * (as FE) or translating (as BE). Connections served locally have no entry: they cost one failed
+ * lookup. And the node's configuration, as the agent writes it.
  *
- * Layouts are ABI with the agent (`baton_bpf::ConnKey`, `baton_bpf::Conn`): append only.
+ * Layouts are ABI with the agent (`baton_bpf::ConnKey`, `Conn`, `NodeConfig`): a change of layout
+ * changes `baton_bpf::LAYOUT_VERSION`.
  */
 #pragma once
 #include "common.h"
+#include "sizes.h"
 
 /* The connection as this node's TCP sees it: the client's address and port, and this node's
  * service address and port. The same key is used at the FE and at the BE (where local = BE). */
@@ -24,70 +27,78 @@ enum conn_role {
 enum conn_state {
 	/* FE */
 	FE_SYN = 1,     /* SYN seen and passed; waiting for the client's handshake ACK */
-	FE_HOLD = 2,    /* handshake done at the client; its packets are held for the agent */
-	FE_FORWARD = 3, /* handed off: client packets are rewritten to peer_addr and redirected */
+	FE_HOLD = 2,    /* handshake done at the client; its packets are held (our TCP stays in SYN-RECV) */
+	FE_FORWARD = 3, /* offered or handed off: client packets are rewritten to peer_addr and redirected */
 	/* BE */
-	BE_SYN_SENT = 10,    /* agent replayed the SYN; the server's SYN-ACK goes to the agent */
-	BE_REPLAYED = 11,    /* agent replayed the ACK; waiting for the first forwarded packet */
-	BE_ESTABLISHED = 12, /* translating both ways */
+	BE_SYN_SENT = 10,    /* agent replayed the SYN; the server's answer goes to the agent */
+	BE_REPLAYED = 11,    /* agent replayed the request; the server's TCP has not spoken yet */
+	BE_ESTABLISHED = 12, /* the server's TCP took the connection: translating both ways */
 };
 
 /* conn.flags. Set with conn_set_flags(): both directions of a connection can be in flight at
- * once on different CPUs, and a lost bit would lose a close. */
+ * once on different CPUs, and a lost bit would lose a close. The agent never writes flags. */
 #define CONN_CLIENT_FIN 0x01
 #define CONN_SERVER_FIN 0x02
 #define CONN_RST 0x04
 #define CONN_CLOSE_REPORTED 0x08
+#define CONN_SYNACK_SEEN 0x10  /* FE: our SYN-ACK has gone out, local_isn is valid */
+#define CONN_AGENT_HOLDS 0x20  /* FE: a held packet went to the agent, which now decides */
+#define CONN_LIVE_REPORTED 0x40 /* BE: EV_BE_LIVE sent */
 
 struct conn {
 	__u8 role;
 	__u8 state;
 	__u8 syn_opts_len;
 	__u8 synack_opts_len;
-	__u32 flags;         /* CONN_*; ingress and egress run on different CPUs: set atomically */
+	__u32 flags;         /* CONN_*; written by the datapath only, atomically */
 	__u32 client_isn;    /* the client's initial sequence number */
 	__u32 local_isn;     /* FE: ISN of this node's SYN-ACK; BE: ISN of the server's SYN-ACK */
 	__u32 synack_tsval;  /* FE: TSval of the last SYN-ACK passed to the client */
 	__u16 syn_window;    /* window field of the client's SYN */
-	__u16 pad1;
+	__u8 syn_tcp_flags;    /* FE: the client SYN's flag byte (ECE|CWR: it asks for ECN) */
+	__u8 synack_tcp_flags; /* FE: our SYN-ACK's flag byte (ECE: we agreed to ECN) */
 	__be32 peer_addr;    /* FE: the BE that serves it; BE: the FE's service address */
 	__u32 seq_delta;     /* BE: server seq = client-visible seq + seq_delta */
 	__u32 ts_delta;      /* BE: server TS clock = client-visible TS clock + ts_delta */
-	__u32 pad2;
+	__u32 pad;
 	__u64 created_ns;
 	__u64 last_seen_ns;
+	__u64 live_deadline_ns; /* BE: the server's TCP may go live (reach the client) only before this */
 	__u64 packets;
 	__u64 bytes;
 	__u8 syn_opts[TCP_OPTS_MAX];    /* FE: the client's SYN options, for replay at the BE */
 	__u8 synack_opts[TCP_OPTS_MAX]; /* FE: this node's SYN-ACK options, for the BE's option check */
 };
 
-/* Why: the per-connection state of every held, forwarded or translated connection. Bounded so a
- * SYN flood cannot grow it; when full, new connections pass untracked and are served locally. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct conn_key);
-	__type(value, struct conn);
-} conns SEC(".maps");
-
-/* Why: what the agent tells the programs: this node's service address and ports, whether to
- * distribute at all. One element, written by the agent at start. */
-#define SERVICE_PORTS_MAX 8
-struct node_config {
-	__be32 service_addr;
-	__u8 distribute;      /* 0: never hold (policy local, or a single node) */
-	__u8 nports;
-	__u16 pad;
-	__be16 ports[SERVICE_PORTS_MAX];
+/* How the datapath may decide a connection itself (node_config.decide). */
+enum decide_mode {
+	DECIDE_AGENT = 0, /* every held connection goes to the agent */
+	DECIDE_HASH = 1,  /* the hash policy: a target that hashes to this node is released at once */
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct node_config);
-} config SEC(".maps");
+/* One member as the datapath's hash policy sees it (the agent's `Hash` policy, mirrored). */
+struct dp_node {
+	__u64 hash_seed; /* FNV-1a 64 state after the node's name and the 0xff separator */
+	__u8 eligible;   /* up, or this node: the policy may choose it */
+	__u8 rank;       /* the name's place among the members' names sorted: ties go to the greatest */
+	__u8 pad[6];
+};
+
+/* What the agent tells the programs: this node's service address and ports, whether to distribute
+ * at all, and what the datapath may decide alone. Written by the agent at start and when the
+ * cluster changes; a torn read sees old or new eligibility, both safe, since the datapath only ever
+ * decides "local". */
+struct node_config {
+	__be32 service_addr;
+	__u8 distribute;      /* 0: never hold (policy local, a single node, or draining) */
+	__u8 nports;
+	__u8 decide;          /* enum decide_mode */
+	__u8 self_index;      /* this node's index in nodes[] */
+	__be16 ports[SERVICE_PORTS_MAX];
+	__u8 nnodes;
+	__u8 pad[7];
+	struct dp_node nodes[DP_NODES_MAX];
+};
 
 /* Sets `bits` in c->flags atomically; returns the flags from before. */
 __always __u32 conn_set_flags(struct conn *c, __u32 bits)
@@ -105,10 +116,4 @@ __always int is_service_port(const struct node_config *cfg, __be16 port)
 			return 1;
 	}
 	return 0;
-}
-
-__always struct node_config *node_config(void)
-{
-	__u32 zero = 0;
-	return bpf_map_lookup_elem(&config, &zero);
 }

@@ -1,26 +1,30 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* The FE side: the node that accepted the client's connection (DESIGN §3 steps 1, 2, 5, 7).
+/* The FE side: the node that accepted the client's connection.
  *
- *   ingress SYN            -> entry FE_SYN (client ISN, SYN options kept for a replay), pass
- *   egress  SYN-ACK        -> record our ISN, TSval and options, pass
- *   ingress handshake ACK  -> FE_HOLD: copy to the agent and drop, so our TCP stays in SYN-RECV
- *                             and the server never sees the connection until the agent decides
- *   ingress in FE_HOLD     -> copy to the agent and drop (RST: forget and pass, it kills SYN-RECV)
- *   ingress in FE_FORWARD  -> daddr := BE, redirect out toward the BE
- *   egress  in HOLD/FORWARD-> our TCP has no say: dropped, except SYN-ACK retransmissions while
- *                             held (a failed one would make our TCP drop the half-open connection)
+ *   ingress SYN             -> entry FE_SYN (client ISN, SYN flags and options kept for a replay), pass
+ *   egress  SYN-ACK         -> record our ISN, TSval, flags and options, pass
+ *   ingress handshake ACK   -> FE_HOLD. A bare ACK is absorbed: our TCP stays in SYN-RECV, so the
+ *                              server never sees the connection; the client's first data segment
+ *                              carries the same ACK and completes the handshake wherever it goes
+ *   ingress first data      -> decided here when the policy allows it (decide.h): entry deleted and
+ *                              the segment passed to our TCP, which completes the handshake with it.
+ *                              Otherwise held
+ *   ingress held            -> copied to the agent and dropped (RST: forget and pass, it ends SYN-RECV)
+ *   ingress in FE_FORWARD   -> daddr := BE, redirect out toward the BE
+ *   egress  in HOLD/FORWARD -> our TCP has no say: dropped, but for SYN-ACK retransmissions (a failed
+ *                              one would make our TCP drop the half-open connection that a refused
+ *                              offer falls back to; once the BE has it, the agent resets that side)
  *
- * The agent moves FE_HOLD -> FE_FORWARD (handoff accepted) or deletes the entry (served locally).
+ * The agent moves FE_HOLD -> FE_FORWARD when it offers the connection to a peer (the client's
+ * packets follow the offer), or deletes the entry when the connection is served here.
  */
 #pragma once
 #include "conn.h"
-#include "events.h"
+#include "decide.h"
+#include "maps.h"
 #include "options.h"
 #include "parse.h"
 #include "translate.h"
-
-/* conn.flags bit private to the FE: our SYN-ACK has gone out, local_isn is valid. */
-#define CONN_SYNACK_SEEN 0x10
 
 __always void fe_init(struct __sk_buff *skb, const struct pkt *p, struct conn *c, __u64 now)
 {
@@ -28,6 +32,7 @@ __always void fe_init(struct __sk_buff *skb, const struct pkt *p, struct conn *c
 	c->role = ROLE_FE;
 	c->state = FE_SYN;
 	c->client_isn = p->seq;
+	c->syn_tcp_flags = p->flags;
 	c->created_ns = now;
 	c->last_seen_ns = now;
 	void *data = (void *)(long)skb->data;
@@ -64,8 +69,27 @@ __always int fe_hold(struct __sk_buff *skb, const struct conn_key *key)
 	return drop(DROP_HELD);
 }
 
-__always int fe_ingress(struct __sk_buff *skb, const struct pkt *p, const struct conn_key *key,
-			struct conn *c)
+/* A held connection's packet before the agent has seen any: the bare handshake ACK (and its
+ * duplicates) is absorbed, the first data segment may be decided here, anything else goes to the
+ * agent, which decides from then on. */
+__always int fe_first_content(struct __sk_buff *skb, const struct node_config *cfg,
+			      const struct pkt *p, const struct conn_key *key, struct conn *c)
+{
+	if (!p->payload_len && !(p->flags & (TCPF_FIN | TCPF_SYN))) {
+		stat_add(STAT_HANDSHAKE_ABSORBED, 1);
+		return TC_ACT_SHOT;
+	}
+	if (p->payload_len && p->seq == c->client_isn + 1 && decide_local(skb, cfg, p)) {
+		bpf_map_delete_elem(&conns, key);
+		stat_add(STAT_DECIDED_LOCAL, 1);
+		return TC_ACT_OK;
+	}
+	conn_set_flags(c, CONN_AGENT_HOLDS);
+	return fe_hold(skb, key);
+}
+
+__always int fe_ingress(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p,
+			const struct conn_key *key, struct conn *c)
 {
 	__u8 syn_only = (p->flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
 
@@ -85,14 +109,17 @@ __always int fe_ingress(struct __sk_buff *skb, const struct pkt *p, const struct
 		    p->ack_seq != c->local_isn + 1)
 			return TC_ACT_OK;
 		c->state = FE_HOLD;
-		return fe_hold(skb, key);
+		return fe_first_content(skb, cfg, p, key, c);
 	case FE_HOLD:
 		if (p->flags & TCPF_RST) {
 			/* The client gave up: the RST also ends our SYN-RECV; tell the agent, forget. */
-			emit_packet(skb, EV_HELD_PACKET, key);
+			if (c->flags & CONN_AGENT_HOLDS)
+				emit_packet(skb, EV_HELD_PACKET, key);
 			bpf_map_delete_elem(&conns, key);
 			return TC_ACT_OK;
 		}
+		if (!(c->flags & CONN_AGENT_HOLDS))
+			return fe_first_content(skb, cfg, p, key, c);
 		return fe_hold(skb, key);
 	case FE_FORWARD:
 		if (syn_only && (c->flags & (CONN_CLIENT_FIN | CONN_RST))) {
@@ -125,6 +152,7 @@ __always int fe_egress(struct __sk_buff *skb, const struct pkt *p, struct conn *
 			struct tcp_opts o;
 			find_opts(skb, p, &o);
 			c->local_isn = p->seq;
+			c->synack_tcp_flags = p->flags;
 			if (o.ts_off >= 0) {
 				__be32 tsval;
 				if (!bpf_skb_load_bytes(skb, p->opts_off + o.ts_off, &tsval, 4))
@@ -136,11 +164,11 @@ __always int fe_egress(struct __sk_buff *skb, const struct pkt *p, struct conn *
 		}
 		return TC_ACT_OK;
 	}
-	/* Held: our TCP may retransmit its SYN-ACK. It must go out: a failed retransmission makes TCP
-	 * drop the half-open connection we are holding. The client answers it with a duplicate ACK,
-	 * which is held like the rest. */
-	if (c->state == FE_HOLD && synack)
+	/* Held or offered: our TCP may retransmit its SYN-ACK. It must go out: a failed retransmission
+	 * makes TCP drop the half-open connection that a local release needs. The client answers it
+	 * with a duplicate ACK, which is held or forwarded like the rest. */
+	if (synack)
 		return TC_ACT_OK;
 	/* Otherwise our TCP has no say: the client's connection is held or lives at another node. */
-	return drop(synack ? DROP_SYNACK_HIDDEN : DROP_FE_SILENCED);
+	return drop(DROP_FE_SILENCED);
 }

@@ -15,7 +15,8 @@ enum drop_reason {
 	DROP_TUPLE_COLLISION = 6, /* a new SYN for a tuple that a handed-in connection uses */
 	DROP_EVENT_LOST = 7,      /* held packet could not be copied to the agent (ring full): client retransmits */
 	DROP_REDIRECT_FAILED = 8, /* forwarding redirect was refused */
-	DROP_REASON_MAX = 9,
+	DROP_BE_LATE = 9,         /* server packet of a replayed connection after its deadline to go live */
+	DROP_REASON_MAX = 10,
 };
 
 enum stat {
@@ -30,5 +31,8 @@ enum stat {
 	STAT_CLIENT_BYTES_SENT = 8, /* every byte this node sent to clients from a service port */
 	STAT_EVENTS = 9,            /* events written to the ring */
 	STAT_MALFORMED = 10,        /* unparseable TCP/IP headers on a service port (passed untouched) */
-	STAT_MAX = 11,
+	STAT_HANDSHAKE_ABSORBED = 11, /* FE: bare handshake ACKs kept from our TCP (the data completes it) */
+	STAT_DECIDED_LOCAL = 12,    /* FE: connections the datapath itself released to the local server */
+	STAT_BE_LIVE = 13,          /* BE: replayed connections that went live */
+	STAT_MAX = 14,
 };

@@ -1,0 +1,451 @@
+//! BE: the node serving a connection that a peer accepted.
+//!
+//! An offer becomes an [`Inbound`], one map entry for its whole life:
+//!
+//! - **SynSent**: a translating entry is created (a tuple already in use here is refused) and the
+//!   client's SYN is replayed into our TCP; the datapath hands its answer to us. Client packets the
+//!   FE forwards meanwhile are held by the datapath and join the request.
+//! - **Replayed**: our TCP answered with a SYN-ACK whose options match the FE's (else: refused);
+//!   the offsets are written to the entry and the request is replayed, its first segment carrying
+//!   the handshake ACK. The datapath waits for our TCP to speak.
+//! - **Live**: it spoke (the datapath saw it and let it through): the FE is told Accepted. Until
+//!   the offer's deadline only: after it, the datapath lets nothing through and we refuse, so the
+//!   FE can serve the connection itself. (An abort from the FE ends a connection in any phase.)
+//! - **Closing**: the datapath saw both FINs or a RST; after a linger the local TCP confirms it
+//!   (a forged RST changes nothing), the FE is told, and every trace goes.
+
+use std::collections::HashMap;
+use std::net::SocketAddrV4;
+use std::time::{Duration, Instant};
+
+use baton_bpf::{Conn, ConnKey, ConnState, Event};
+use baton_proto::{HandoffRequest, Message, RefuseReason};
+use baton_wire::{
+    SynOptions, TcpFlags, TcpPacketBuilder, Translation, rewrite_dst_addr, translate_to_server,
+};
+
+use super::fe::LOCAL_CHUNK;
+use super::packets;
+use super::timers::{ConnId, Timer};
+use super::{Engine, monotonic_ns};
+use crate::hold::StreamAssembler;
+use crate::kernel::Insert;
+use crate::metrics::Reason;
+use crate::sockdiag::tcp_state;
+
+/// How long after the offer's deadline the agent decides, so that the datapath (which checks the
+/// deadline itself) has long stopped letting the connection through.
+const LIVE_MARGIN: Duration = Duration::from_millis(10);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BePhase {
+    SynSent,
+    Replayed,
+    Live,
+    Closing,
+}
+
+pub(super) struct Inbound {
+    peer: usize,
+    id: u64,
+    client_isn: u32,
+    fe_isn: u32,
+    fe_tsval: u32,
+    fe_options: SynOptions,
+    fe_ecn: bool,
+    /// The client's segment headers, addressed to this node: the template of the replay.
+    template: TcpPacketBuilder,
+    /// The request, and whatever the client sent after it before the replay.
+    stream: StreamAssembler,
+    /// The offsets, once our TCP answered.
+    translation: Option<Translation>,
+    /// It must be live by then.
+    deadline: Instant,
+    phase: BePhase,
+}
+
+impl Inbound {
+    fn conn(&self, key: ConnKey) -> ConnId {
+        ConnId {
+            key,
+            client_isn: self.client_isn,
+        }
+    }
+}
+
+#[derive(Default)]
+pub(super) struct BeState {
+    conns: HashMap<ConnKey, Inbound>,
+    by_handoff: HashMap<(usize, u64), ConnKey>,
+}
+
+impl BeState {
+    pub fn has(&self, key: &ConnKey) -> bool {
+        self.conns.contains_key(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    fn get(&self, conn: ConnId) -> Option<&Inbound> {
+        self.conns
+            .get(&conn.key)
+            .filter(|i| i.client_isn == conn.client_isn)
+    }
+
+    fn remove(&mut self, key: &ConnKey) -> Option<Inbound> {
+        let inbound = self.conns.remove(key)?;
+        self.by_handoff.remove(&(inbound.peer, inbound.id));
+        Some(inbound)
+    }
+}
+
+impl Engine {
+    pub(super) fn on_handoff_request(&mut self, peer: usize, r: HandoffRequest, now: Instant) {
+        let id = r.id;
+        if let Err(reason) = self.take_handoff(peer, r, now) {
+            self.count_refusal(reason);
+            self.mesh.send(peer, Message::HandoffRefused { id, reason });
+        }
+    }
+
+    fn take_handoff(
+        &mut self,
+        peer: usize,
+        r: HandoffRequest,
+        now: Instant,
+    ) -> Result<(), RefuseReason> {
+        if self.cluster.draining {
+            return Err(RefuseReason::Overloaded);
+        }
+        if !self.report.serving() {
+            return Err(RefuseReason::NoListener);
+        }
+        if *r.fe_service.ip() != self.cluster.peers[peer].addr
+            || !self
+                .config
+                .cluster
+                .service_ports
+                .contains(&r.fe_service.port())
+        {
+            return Err(RefuseReason::Malformed);
+        }
+        let fe_options =
+            SynOptions::parse(&r.fe_synack_options).map_err(|_| RefuseReason::Malformed)?;
+        let syn_fields = TcpPacketBuilder::parse(&r.syn).map_err(|_| RefuseReason::Malformed)?;
+        let mut template =
+            TcpPacketBuilder::parse(&r.segment).map_err(|_| RefuseReason::Malformed)?;
+        let from_client =
+            |p: &TcpPacketBuilder| p.src == *r.client.ip() && p.src_port == r.client.port();
+        if !syn_fields.flags.contains(TcpFlags::SYN)
+            || !from_client(&syn_fields)
+            || !from_client(&template)
+        {
+            return Err(RefuseReason::Malformed);
+        }
+        let key = ConnKey::new(
+            r.client,
+            SocketAddrV4::new(self.my_addr, r.fe_service.port()),
+        );
+        if let Some(old) = self.be.conns.get(&key) {
+            // The client reused its port: the old connection may still linger. Replace it only if
+            // that connection is over; a live one is a true collision.
+            if old.phase != BePhase::Closing {
+                return Err(RefuseReason::Collision);
+            }
+            let old = old.conn(key);
+            self.forget_inbound(old);
+        }
+        // A connection of the local TCP on this tuple (other than one in TIME_WAIT, which a new
+        // SYN may legitimately reuse) is a collision: refuse before touching it.
+        match self.tcp.tcp_state(key.local(), r.client) {
+            Ok(None | Some(tcp_state::TIME_WAIT)) => {}
+            Ok(Some(_)) => return Err(RefuseReason::Collision),
+            Err(e) => {
+                tracing::warn!("sock_diag: {e}");
+                return Err(RefuseReason::Internal);
+            }
+        }
+        let entry = Conn::new_be(*r.fe_service.ip(), syn_fields.seq, monotonic_ns());
+        // NOEXIST: a tuple this node already tracks (as FE or BE) is a collision, never merged.
+        if self.conns.insert(key, entry, Insert::New).is_err() {
+            return Err(RefuseReason::Collision);
+        }
+        let mut syn = r.syn;
+        if rewrite_dst_addr(&mut syn, self.my_addr).is_err() {
+            self.conns.remove(&key);
+            return Err(RefuseReason::Malformed);
+        }
+        template.dst = self.my_addr;
+        template.payload.clear();
+        let base = syn_fields.seq.wrapping_add(1);
+        let mut stream = StreamAssembler::new(base, baton_proto::MAX_HANDOFF_DATA_LEN);
+        stream.add(base, &r.data, r.fin);
+        let deadline = now + Duration::from_millis(self.config.limits.handoff_timeout_ms / 2);
+        let inbound = Inbound {
+            peer,
+            id: r.id,
+            client_isn: syn_fields.seq,
+            fe_isn: r.fe_isn,
+            fe_tsval: r.fe_tsval,
+            fe_options,
+            fe_ecn: r.fe_ecn,
+            template,
+            stream,
+            translation: None,
+            deadline,
+            phase: BePhase::SynSent,
+        };
+        self.timers
+            .at(deadline + LIVE_MARGIN, Timer::Live(inbound.conn(key)));
+        self.be.by_handoff.insert((peer, r.id), key);
+        self.be.conns.insert(key, inbound);
+        self.send(&syn);
+        Ok(())
+    }
+
+    /// Our TCP's answer to the replayed SYN (or, after the replay, a SYN-ACK again or a RST).
+    pub(super) fn on_be_answer(&mut self, event: Event, now: Instant) {
+        let key = event.key;
+        let Some(inbound) = self.be.conns.get(&key) else {
+            return;
+        };
+        let answer = packets::parse_captured(&event.packet, event.pkt_len);
+        let answers_our_syn = |s: &TcpPacketBuilder| {
+            s.flags.contains(TcpFlags::ACK) && s.ack == inbound.client_isn.wrapping_add(1)
+        };
+        let synack = answer
+            .as_ref()
+            .filter(|s| answers_our_syn(s) && s.flags.contains(TcpFlags::SYN));
+        match inbound.phase {
+            BePhase::SynSent => {}
+            // It asks again: the request did not take (a full accept queue): replay it again.
+            BePhase::Replayed if synack.is_some() => return self.replay_request(key),
+            BePhase::Replayed => return self.refuse_inbound(key, RefuseReason::Internal, false),
+            BePhase::Live | BePhase::Closing => return,
+        }
+        let Some(synack) = synack else {
+            let no_listener = answer
+                .as_ref()
+                .is_some_and(|s| answers_our_syn(s) && s.flags.contains(TcpFlags::RST));
+            if no_listener {
+                // Nothing listens here: say so in heartbeats at once, not at the next count.
+                self.report.set_serving(false);
+                return self.refuse_inbound(key, RefuseReason::NoListener, false);
+            }
+            // Our TCP answered the SYN with something else: the tuple is in use here.
+            return self.refuse_inbound(key, RefuseReason::Collision, false);
+        };
+        let Some(be_options) = packets::syn_options(&event.packet) else {
+            return self.refuse_inbound(key, RefuseReason::Malformed, true);
+        };
+        if let Some(mismatch) = inbound.fe_options.negotiated_mismatch(&be_options) {
+            tracing::info!(%key, "refusing handoff: {mismatch}");
+            return self.refuse_inbound(key, RefuseReason::OptionMismatch, true);
+        }
+        if synack.flags.contains(TcpFlags::ECE) != inbound.fe_ecn {
+            tracing::info!(%key, fe_ecn = inbound.fe_ecn, "refusing handoff: ECN differs");
+            return self.refuse_inbound(key, RefuseReason::OptionMismatch, true);
+        }
+        let translation = Translation {
+            seq_delta: synack.seq.wrapping_sub(inbound.fe_isn),
+            ts_delta: match be_options.timestamps {
+                Some((be_tsval, _)) => be_tsval.wrapping_sub(inbound.fe_tsval),
+                None => 0,
+            },
+        };
+        let Some(mut entry) = self.conns.get(&key) else {
+            return self.refuse_inbound(key, RefuseReason::Internal, true);
+        };
+        entry.state = ConnState::BeReplayed as u8;
+        entry.local_isn = synack.seq;
+        entry.seq_delta = translation.seq_delta;
+        entry.ts_delta = translation.ts_delta;
+        let left = inbound.deadline.saturating_duration_since(now);
+        entry.live_deadline_ns = monotonic_ns() + left.as_nanos() as u64;
+        // Nothing but the agent writes a BE entry before it is replayed: the whole entry is ours.
+        if self.conns.insert(key, entry, Insert::Existing).is_err() {
+            return self.refuse_inbound(key, RefuseReason::Internal, true);
+        }
+        if let Some(inbound) = self.be.conns.get_mut(&key) {
+            inbound.translation = Some(translation);
+            inbound.phase = BePhase::Replayed;
+        }
+        self.replay_request(key);
+    }
+
+    /// The request (and what followed it) into our TCP, translated into its sequence space.
+    fn replay_request(&mut self, key: ConnKey) {
+        let Some(inbound) = self.be.conns.get(&key) else {
+            return;
+        };
+        let Some(translation) = inbound.translation else {
+            return;
+        };
+        let segments = packets::client_segments(
+            &inbound.template,
+            self.my_addr,
+            inbound.stream.base(),
+            inbound.fe_isn.wrapping_add(1),
+            inbound.stream.contiguous(),
+            inbound.stream.finished(),
+            LOCAL_CHUNK + 100,
+        );
+        for mut packet in segments {
+            if translate_to_server(&mut packet, &translation).is_ok() {
+                self.send(&packet);
+            }
+        }
+    }
+
+    /// A client packet the FE forwarded before our TCP could read it: the datapath held it.
+    pub(super) fn on_be_held_packet(&mut self, event: Event) {
+        let Some(inbound) = self.be.conns.get_mut(&event.key) else {
+            return;
+        };
+        match inbound.translation {
+            // Before the replay it joins the request.
+            None => {
+                if let Some(s) = packets::parse_captured(&event.packet, event.pkt_len) {
+                    let fin = s.flags.contains(TcpFlags::FIN);
+                    inbound.stream.add(s.seq, &s.payload, fin);
+                }
+            }
+            // Held just before the replay, read just after: it goes in on its own.
+            Some(translation) => {
+                let mut packet = event.packet;
+                if packet.len() == event.pkt_len as usize
+                    && rewrite_dst_addr(&mut packet, self.my_addr).is_ok()
+                    && translate_to_server(&mut packet, &translation).is_ok()
+                {
+                    self.send(&packet);
+                }
+            }
+        }
+    }
+
+    /// The datapath let the replayed connection through: it is ours.
+    pub(super) fn on_be_live(&mut self, key: ConnKey) {
+        let Some(inbound) = self.be.conns.get_mut(&key) else {
+            return;
+        };
+        if inbound.phase != BePhase::Replayed {
+            return;
+        }
+        inbound.phase = BePhase::Live;
+        let (peer, id) = (inbound.peer, inbound.id);
+        self.mesh.send(peer, Message::HandoffAccepted { id });
+        self.metrics.handoffs_in.inc();
+    }
+
+    /// The offer's deadline (and a margin) passed: live by now, or refused for good.
+    pub(super) fn live_deadline(&mut self, conn: ConnId) {
+        let Some(inbound) = self.be.get(conn) else {
+            return;
+        };
+        if !matches!(inbound.phase, BePhase::SynSent | BePhase::Replayed) {
+            return;
+        }
+        // The notice may still be on its way through the ring.
+        if self
+            .conns
+            .get(&conn.key)
+            .is_some_and(|e| e.state() == Some(ConnState::BeEstablished))
+        {
+            return self.on_be_live(conn.key);
+        }
+        tracing::info!(key = %conn.key, phase = ?inbound.phase, "replayed connection not live in time");
+        self.refuse_inbound(conn.key, RefuseReason::Timeout, true);
+    }
+
+    /// The FE withdrew its offer (it serves the connection itself, or gave up on it).
+    pub(super) fn on_abort(&mut self, peer: usize, id: u64) {
+        if let Some(key) = self.be.by_handoff.get(&(peer, id)).copied()
+            && let Some(inbound) = self.be.remove(&key)
+        {
+            self.reset_local(inbound.conn(key));
+            self.conns.remove(&key);
+        }
+    }
+
+    fn refuse_inbound(&mut self, key: ConnKey, reason: RefuseReason, reset: bool) {
+        let Some(inbound) = self.be.remove(&key) else {
+            return;
+        };
+        if reset {
+            self.reset_local(inbound.conn(key));
+        }
+        self.conns.remove(&key);
+        self.count_refusal(reason);
+        self.mesh.send(
+            inbound.peer,
+            Message::HandoffRefused {
+                id: inbound.id,
+                reason,
+            },
+        );
+    }
+
+    fn count_refusal(&self, reason: RefuseReason) {
+        self.metrics
+            .refused
+            .get_or_create(&Reason::new(reason.label()))
+            .inc();
+    }
+
+    /// The datapath saw both FINs or a RST. The local TCP has the last word (a RST outside the
+    /// window is ignored by TCP but not by the datapath), so the close is confirmed after a linger.
+    pub(super) fn on_closed(&mut self, key: ConnKey, now: Instant) {
+        let Some(inbound) = self.be.conns.get_mut(&key) else {
+            return;
+        };
+        if inbound.phase != BePhase::Live {
+            return;
+        }
+        inbound.phase = BePhase::Closing;
+        let conn = inbound.conn(key);
+        let linger = Duration::from_millis(self.config.limits.close_linger_ms);
+        self.timers.at(now + linger, Timer::Closed(conn));
+    }
+
+    /// A linger after a close: if the local TCP is done with the connection, tell the FE and
+    /// forget it; if it is still open (a forged RST, a slow close), look again later.
+    pub(super) fn confirm_closed(&mut self, conn: ConnId, now: Instant) {
+        if self.be.get(conn).map(|i| i.phase) != Some(BePhase::Closing) {
+            return;
+        }
+        match self.tcp.tcp_state(conn.key.local(), conn.key.client()) {
+            Ok(None | Some(tcp_state::TIME_WAIT | tcp_state::CLOSE)) => self.closed_at_be(conn),
+            Ok(Some(tcp_state::ESTABLISHED)) => {
+                // Not closed after all. The datapath reports a close once, so the real one is
+                // found by the idle check (garbage collection) instead.
+                if let Some(inbound) = self.be.conns.get_mut(&conn.key) {
+                    inbound.phase = BePhase::Live;
+                }
+            }
+            Ok(Some(_)) => {
+                let linger = Duration::from_millis(self.config.limits.close_linger_ms);
+                self.timers.at(now + linger, Timer::Closed(conn));
+            }
+            Err(e) => tracing::warn!("sock_diag: {e}"),
+        }
+    }
+
+    /// The local TCP is done with a handed-in connection: the FE is told, every trace goes.
+    pub(super) fn closed_at_be(&mut self, conn: ConnId) {
+        if let Some(inbound) = self.be.get(conn) {
+            self.mesh
+                .send(inbound.peer, Message::ConnClosed { id: inbound.id });
+        }
+        self.forget_inbound(conn);
+    }
+
+    /// Removes every trace of a handed-in connection, and only of that one.
+    fn forget_inbound(&mut self, conn: ConnId) {
+        self.remove_entry(conn);
+        if self.be.get(conn).is_some() {
+            self.be.remove(&conn.key);
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The cluster as this node sees it: every member, whether it may be chosen, its load. The engine
+//! is its one writer (mesh events, heartbeats, this node's own count); the policies read it as a
+//! [`ClusterView`], the datapath as the hash table of [`Cluster::datapath_nodes`].
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use baton_bpf::DpNode;
+use baton_policy::{ClusterView, NodeState};
+
+use crate::config::NodeConfig;
+
+/// One member of the cluster.
+pub(super) struct Peer {
+    pub name: String,
+    pub addr: Ipv4Addr,
+    /// Our control connection to it is up.
+    pub outbound_up: bool,
+    pub last_heard: Option<Instant>,
+    /// Active connections it serves, as last reported (plus what we assigned it since).
+    pub load: u32,
+    /// It said it is stopping: it takes nothing new.
+    pub draining: bool,
+    /// Its server listens (its heartbeats say so; a refusal for want of a listener says not).
+    pub serving: bool,
+}
+
+pub(super) struct Cluster {
+    pub peers: Vec<Peer>,
+    /// This node's index in `peers`.
+    pub me: usize,
+    /// How long a peer stays up without being heard.
+    fresh_for: Duration,
+    /// The origin of the policies' clock (`ClusterView::now_ms`).
+    started: Instant,
+    /// This node's own state, as it counts it (and reports it in heartbeats).
+    pub draining: bool,
+}
+
+impl Cluster {
+    pub fn new(config: &NodeConfig, now: Instant) -> Self {
+        let peers = config
+            .cluster
+            .members
+            .iter()
+            .map(|m| Peer {
+                name: m.name.clone(),
+                addr: m.address,
+                outbound_up: false,
+                last_heard: None,
+                load: 0,
+                draining: false,
+                serving: true,
+            })
+            .collect();
+        Cluster {
+            peers,
+            me: config.self_index(),
+            fresh_for: Duration::from_millis(config.limits.heartbeat_ms.saturating_mul(5).max(500)),
+            started: now,
+            draining: false,
+        }
+    }
+
+    /// Whether `peer` may be chosen now (this node always may: it is the fallback).
+    pub fn is_up(&self, peer: usize, now: Instant) -> bool {
+        if peer == self.me {
+            return true;
+        }
+        let Some(p) = self.peers.get(peer) else {
+            return false;
+        };
+        p.outbound_up
+            && !p.draining
+            && p.serving
+            && p.last_heard
+                .is_some_and(|t| now.saturating_duration_since(t) < self.fresh_for)
+    }
+
+    pub fn others(&self) -> impl Iterator<Item = usize> + use<> {
+        let me = self.me;
+        (0..self.peers.len()).filter(move |&p| p != me)
+    }
+
+    pub fn up_count(&self, now: Instant) -> usize {
+        self.others().filter(|&p| self.is_up(p, now)).count()
+    }
+
+    /// The cluster as the policies see it from here, now.
+    pub fn node_states(&self, now: Instant) -> Vec<NodeState> {
+        self.peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| NodeState {
+                name: p.name.clone(),
+                up: self.is_up(i, now),
+                load: p.load,
+            })
+            .collect()
+    }
+
+    pub fn view<'a>(&self, nodes: &'a [NodeState], now: Instant) -> ClusterView<'a> {
+        ClusterView {
+            self_index: self.me,
+            nodes,
+            now_ms: now.saturating_duration_since(self.started).as_millis() as u64,
+        }
+    }
+
+    /// The node that keeps the cluster's LARD table: the first live member in configuration
+    /// order, so every node agrees without an election, and the next one takes over when it dies
+    /// or drains.
+    pub fn dispatcher(&self, now: Instant) -> usize {
+        (0..self.peers.len())
+            .find(|&i| self.is_up(i, now) && !(i == self.me && self.draining))
+            .unwrap_or(self.me)
+    }
+
+    /// Counts an assignment to `peer` at once: until its next report, a burst must not all land
+    /// on the node that looked idlest.
+    pub fn assign(&mut self, peer: usize) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.load = p.load.saturating_add(1);
+        }
+    }
+
+    /// A handoff to `peer` failed and the connection is served here: its count moves home.
+    pub fn unassign(&mut self, peer: usize) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.load = p.load.saturating_sub(1);
+        }
+        self.assign(self.me);
+    }
+
+    /// Every member as the datapath's hash policy sees it: the same names, order and
+    /// eligibility as [`Cluster::node_states`], so it decides as `baton_policy::Hash` would.
+    pub fn datapath_nodes(&self, now: Instant) -> Vec<DpNode> {
+        let names: Vec<&str> = self.peers.iter().map(|p| p.name.as_str()).collect();
+        let ranks = baton_policy::name_ranks(&names);
+        self.peers
+            .iter()
+            .zip(ranks)
+            .enumerate()
+            .map(|(i, (p, rank))| DpNode {
+                hash_seed: baton_policy::rendezvous_seed(&p.name),
+                eligible: u8::from(self.is_up(i, now)),
+                rank: u8::try_from(rank).unwrap_or(u8::MAX),
+                pad: [0; 6],
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,624 @@
+//! FE: the node that accepted the client's connection.
+//!
+//! A connection the datapath could not decide alone reaches the agent as held packets. Its
+//! [`FeConn`] then goes through these phases, one map entry for its whole life:
+//!
+//! - **Held**: the client's bytes are reassembled until the request head is complete; the router
+//!   decides (the LARD dispatcher may be asked first). A slow, malformed, oversized or
+//!   over-segmented head is served here.
+//! - **Offered** to a peer: the datapath forwards the client's packets to it from now on; the
+//!   offer carries the request. The peer answers Accepted or Refused; a refused connection, or one
+//!   unanswered after `handoff_timeout_ms`, is served here from the held bytes (our TCP still has
+//!   its half-open side).
+//! - **Forwarded**: the peer has it; our half-open side is reset; the entry goes a linger after
+//!   the peer reports the close.
+//! - **Local**: served here (entry deleted, held bytes replayed into our TCP); packets the ring
+//!   still delivers follow it for a while.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use baton_bpf::{Conn, ConnKey, ConnState, Event};
+use baton_http::{InvalidReason, Sniff};
+use baton_policy::{Policy, RequestInfo, RoutedRequest};
+use baton_proto::{HandoffRequest, Message, RefuseReason};
+use baton_wire::{TcpFlags, TcpPacketBuilder, rewrite_dst_addr};
+
+use super::packets;
+use super::timers::{ConnId, Timer};
+use super::{Decision, Engine};
+use crate::hold::StreamAssembler;
+use crate::kernel::Insert;
+use crate::metrics::Reason;
+
+/// How much of a held connection's stream the FE keeps (bytes beyond are retransmitted by the
+/// client); it all fits one handoff request.
+const STREAM_CAPACITY: usize = baton_proto::MAX_HANDOFF_DATA_LEN;
+/// Largest payload of one replayed packet into the local stack (the loopback MTU is 64 KiB).
+pub(super) const LOCAL_CHUNK: usize = 32 * 1024;
+/// How long late held packets keep following a connection served here.
+const LOCAL_MEMORY: Duration = Duration::from_secs(5);
+
+/// Why a connection was served here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalReason {
+    /// The policy chose this node: not a fallback.
+    Policy,
+    /// The chosen peer is down, or its control connection would not take the offer.
+    PeerDown,
+    /// The peer did not answer the offer in time.
+    Timeout,
+    Refused(RefuseReason),
+    /// The request head did not complete within `hold_ms`.
+    HoldTimeout,
+    TooManySegments,
+    /// The client closed before its request head was complete.
+    IncompleteHead,
+    BadHead(InvalidReason),
+    Internal,
+    Shutdown,
+}
+
+impl LocalReason {
+    /// The metric label (`baton_handoff_fallbacks_total{reason}`).
+    pub fn label(self) -> &'static str {
+        match self {
+            LocalReason::Policy => "policy",
+            LocalReason::PeerDown => "peer_down",
+            LocalReason::Timeout => "timeout",
+            LocalReason::Refused(r) => match r {
+                RefuseReason::Collision => "refused_collision",
+                RefuseReason::OptionMismatch => "refused_option_mismatch",
+                RefuseReason::Overloaded => "refused_overloaded",
+                RefuseReason::Timeout => "refused_timeout",
+                RefuseReason::Internal => "refused_internal",
+                RefuseReason::Malformed => "refused_malformed",
+                RefuseReason::NoListener => "refused_no_listener",
+            },
+            LocalReason::HoldTimeout => "hold_timeout",
+            LocalReason::TooManySegments => "too_many_segments",
+            LocalReason::IncompleteHead => "incomplete_head",
+            LocalReason::BadHead(r) => r.as_str(),
+            LocalReason::Internal => "internal",
+            LocalReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// What the FE keeps of a connection it has not yet placed.
+pub(super) struct Held {
+    /// The datapath's entry when holding began: ISNs, the SYN's and SYN-ACK's options and flags.
+    entry: Conn,
+    stream: StreamAssembler,
+    /// Headers of the latest client segment: the template of every segment replayed from it.
+    template: Option<TcpPacketBuilder>,
+    segments: usize,
+    /// A question to the LARD dispatcher, while it is out: its id and the target.
+    asking: Option<(u64, String)>,
+}
+
+pub(super) enum FePhase {
+    Held(Held),
+    Offered { held: Held, peer: usize, id: u64 },
+    Forwarded { peer: usize, id: u64 },
+    Local,
+}
+
+pub(super) struct FeConn {
+    client_isn: u32,
+    phase: FePhase,
+}
+
+#[derive(Default)]
+pub(super) struct FeState {
+    conns: HashMap<ConnKey, FeConn>,
+    /// Offered and forwarded connections by handoff id.
+    handoffs: HashMap<u64, ConnKey>,
+    /// Questions out to the LARD dispatcher by id.
+    asks: HashMap<u64, ConnKey>,
+}
+
+impl FeState {
+    /// Whether the agent has a record of `key` (held, offered, forwarded or recently local).
+    pub fn knows(&self, key: &ConnKey) -> bool {
+        self.conns.contains_key(key)
+    }
+
+    /// Connections held, offered or forwarded: what a drain waits for.
+    pub fn in_flight(&self) -> usize {
+        self.conns
+            .values()
+            .filter(|c| !matches!(c.phase, FePhase::Local))
+            .count()
+    }
+
+    /// Connections not yet placed (held or offered).
+    pub fn undecided(&self) -> Vec<ConnKey> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| matches!(c.phase, FePhase::Held(_) | FePhase::Offered { .. }))
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    fn get(&self, conn: ConnId) -> Option<&FeConn> {
+        self.conns
+            .get(&conn.key)
+            .filter(|c| c.client_isn == conn.client_isn)
+    }
+
+    /// Forgets `conn` (whatever its phase) and its indexes.
+    pub fn forget(&mut self, conn: ConnId) -> Option<FePhase> {
+        self.get(conn)?;
+        let FeConn { phase, .. } = self.conns.remove(&conn.key)?;
+        match &phase {
+            FePhase::Held(held) => {
+                if let Some((id, _)) = &held.asking {
+                    self.asks.remove(id);
+                }
+            }
+            FePhase::Offered { id, .. } | FePhase::Forwarded { id, .. } => {
+                self.handoffs.remove(id);
+            }
+            FePhase::Local => {}
+        }
+        Some(phase)
+    }
+
+    pub fn forget_local(&mut self, conn: ConnId) {
+        if matches!(self.get(conn).map(|c| &c.phase), Some(FePhase::Local)) {
+            self.conns.remove(&conn.key);
+        }
+    }
+
+    fn held_mut(&mut self, key: &ConnKey) -> Option<&mut Held> {
+        match &mut self.conns.get_mut(key)?.phase {
+            FePhase::Held(held) => Some(held),
+            _ => None,
+        }
+    }
+
+    /// The offer `id`, if it is still out to `peer`.
+    fn offer(&self, id: u64, peer: usize) -> Option<ConnKey> {
+        let key = *self.handoffs.get(&id)?;
+        match self.conns.get(&key)?.phase {
+            FePhase::Offered { peer: p, id: i, .. } if p == peer && i == id => Some(key),
+            _ => None,
+        }
+    }
+}
+
+impl Engine {
+    pub(super) fn on_held_packet(&mut self, event: Event, now: Instant) {
+        let key = event.key;
+        let Some(segment) = packets::parse_captured(&event.packet, event.pkt_len) else {
+            self.metrics.malformed_events.inc();
+            return;
+        };
+        let mut packet = event.packet;
+        packets::fill_checksums(&mut packet);
+        if let Some(conn) = self.fe.conns.get(&key) {
+            let late_to = match conn.phase {
+                FePhase::Held(_) => None,
+                FePhase::Local => Some(self.my_addr),
+                FePhase::Offered { peer, .. } | FePhase::Forwarded { peer, .. } => {
+                    Some(self.cluster.peers[peer].addr)
+                }
+            };
+            if let Some(to) = late_to {
+                // Copied before the connection was placed: it follows it. Unless the datapath now
+                // holds another connection on the port (the client reused it).
+                let isn = conn.client_isn;
+                if self.conns.get(&key).is_none_or(|e| e.client_isn == isn) {
+                    if to == self.my_addr || rewrite_dst_addr(&mut packet, to).is_ok() {
+                        self.send(&packet);
+                    }
+                    return;
+                }
+                self.fe.forget(ConnId {
+                    key,
+                    client_isn: isn,
+                });
+            }
+        }
+        if segment.flags.contains(TcpFlags::RST) {
+            // The datapath already forgot the entry and let the RST end our half-open side.
+            if let Some(isn) = self.fe.conns.get(&key).map(|c| c.client_isn) {
+                self.fe.forget(ConnId {
+                    key,
+                    client_isn: isn,
+                });
+            }
+            return;
+        }
+        if !self.fe.conns.contains_key(&key) && !self.start_holding(key, now) {
+            // No hold on record (entry expired or removed): the local TCP takes it.
+            self.send(&packet);
+            return;
+        }
+        let Some(held) = self.fe.held_mut(&key) else {
+            return;
+        };
+        if segment.flags.contains(TcpFlags::SYN) {
+            return;
+        }
+        held.stream.add(
+            segment.seq,
+            &segment.payload,
+            segment.flags.contains(TcpFlags::FIN),
+        );
+        held.segments += 1;
+        let mut template = segment;
+        template.payload.clear();
+        held.template = Some(template);
+        if held.asking.is_none() {
+            self.try_decide(key, now);
+        }
+    }
+
+    /// Starts holding `key` if the datapath holds it. False if it does not.
+    fn start_holding(&mut self, key: ConnKey, now: Instant) -> bool {
+        let entry = match self.conns.get(&key) {
+            Some(entry) if entry.state() == Some(ConnState::FeHold) => entry,
+            _ => return false,
+        };
+        let conn = ConnId {
+            key,
+            client_isn: entry.client_isn,
+        };
+        let held = Held {
+            entry,
+            stream: StreamAssembler::new(entry.client_isn.wrapping_add(1), STREAM_CAPACITY),
+            template: None,
+            segments: 0,
+            asking: None,
+        };
+        self.fe.conns.insert(
+            key,
+            FeConn {
+                client_isn: entry.client_isn,
+                phase: FePhase::Held(held),
+            },
+        );
+        let hold = Duration::from_millis(self.config.limits.hold_ms);
+        self.timers.at(now + hold, Timer::Hold(conn));
+        true
+    }
+
+    fn try_decide(&mut self, key: ConnKey, now: Instant) {
+        let Some(FePhase::Held(held)) = self.fe.conns.get(&key).map(|c| &c.phase) else {
+            return;
+        };
+        let head = match baton_http::sniff(held.stream.contiguous(), &self.head_limits) {
+            Sniff::Complete(head) => head,
+            Sniff::Invalid(reason) => {
+                return self.release_local(key, LocalReason::BadHead(reason), now);
+            }
+            Sniff::Incomplete => {
+                if held.stream.finished() {
+                    return self.release_local(key, LocalReason::IncompleteHead, now);
+                }
+                if held.segments >= self.config.limits.hold_segments {
+                    return self.release_local(key, LocalReason::TooManySegments, now);
+                }
+                return;
+            }
+        };
+        let nodes = self.cluster.node_states(now);
+        let view = self.cluster.view(&nodes, now);
+        let request = RequestInfo {
+            method: &head.method,
+            target: &head.target,
+            host: head.host.as_deref(),
+        };
+        let routed = RoutedRequest {
+            info: request,
+            cookies: &head.cookies,
+        };
+        if let Some(choice) = self.router.route_fixed(&routed, &view) {
+            return self.decide(key, self.decision(choice), now);
+        }
+        let dispatcher = self.cluster.dispatcher(now);
+        if self.dispatching && dispatcher != self.cluster.me {
+            // LARD keeps one table for the cluster, at the dispatcher: ask it.
+            let id = self.new_id();
+            let query = Message::DispatchQuery {
+                id,
+                target: head.target.clone(),
+            };
+            if self.mesh.send(dispatcher, query) {
+                if let Some(held) = self.fe.held_mut(&key) {
+                    held.asking = Some((id, head.target.clone()));
+                }
+                self.fe.asks.insert(id, key);
+                let wait = Duration::from_millis(self.config.limits.dispatch_timeout_ms);
+                self.timers.at(now + wait, Timer::Dispatch(id));
+                return;
+            }
+            let choice = self.fallback.choose(&request, &view);
+            self.metrics.dispatch_fallbacks.inc();
+            return self.decide(key, self.decision(choice), now);
+        }
+        let choice = self.router.choose_default(&request, &view);
+        self.decide(key, self.decision(choice), now)
+    }
+
+    /// A policy's answer (an index into the member list) as a decision.
+    fn decision(&self, choice: usize) -> Decision {
+        if choice == self.cluster.me || choice >= self.cluster.peers.len() {
+            Decision::Local
+        } else {
+            Decision::Node(choice)
+        }
+    }
+
+    /// Places a held connection: served here, or offered to a peer.
+    fn decide(&mut self, key: ConnKey, decision: Decision, now: Instant) {
+        let Decision::Node(peer) = decision else {
+            return self.release_local(key, LocalReason::Policy, now);
+        };
+        if !self.cluster.is_up(peer, now) {
+            return self.release_local(key, LocalReason::PeerDown, now);
+        }
+        let id = self.new_id();
+        let Some(FePhase::Held(held)) = self.fe.conns.get(&key).map(|c| &c.phase) else {
+            return;
+        };
+        let Some(request) = handoff_request(id, &key, held) else {
+            return self.release_local(key, LocalReason::Internal, now);
+        };
+        // The client's packets follow the offer: from now on the datapath forwards them. Only a
+        // connection still held may switch (a client RST may have just removed it).
+        let client_isn = held.entry.client_isn;
+        let entry = self
+            .conns
+            .get(&key)
+            .filter(|e| e.state() == Some(ConnState::FeHold) && e.client_isn == client_isn);
+        let Some(mut entry) = entry else {
+            self.fe.forget(ConnId { key, client_isn });
+            return;
+        };
+        entry.state = ConnState::FeForward as u8;
+        entry.peer_addr = self.cluster.peers[peer].addr.octets();
+        if let Err(e) = self.conns.insert(key, entry, Insert::Existing) {
+            tracing::debug!(%key, "connection gone before it was offered: {e}");
+            self.fe.forget(ConnId { key, client_isn });
+            return;
+        }
+        if !self.mesh.send(peer, Message::HandoffRequest(request)) {
+            return self.release_local(key, LocalReason::PeerDown, now);
+        }
+        let Some(conn) = self.fe.conns.get_mut(&key) else {
+            return;
+        };
+        let FePhase::Held(held) = std::mem::replace(&mut conn.phase, FePhase::Local) else {
+            return;
+        };
+        conn.phase = FePhase::Offered { held, peer, id };
+        self.fe.handoffs.insert(id, key);
+        let wait = Duration::from_millis(self.config.limits.handoff_timeout_ms);
+        self.timers.at(now + wait, Timer::Offer(id));
+        self.cluster.assign(peer);
+    }
+
+    /// The dispatcher's answer for a held connection.
+    pub(super) fn on_dispatch_answer(&mut self, peer: usize, id: u64, node: u16, now: Instant) {
+        if peer != self.cluster.dispatcher(now) {
+            return;
+        }
+        let Some(key) = self.fe.asks.remove(&id) else {
+            return; // too late: the fallback decided already
+        };
+        if let Some(held) = self.fe.held_mut(&key) {
+            held.asking = None;
+        }
+        let decision = self.decision(usize::from(node));
+        self.decide(key, decision, now);
+    }
+
+    /// As the dispatcher: decide for a peer with the cluster's one LARD table.
+    pub(super) fn on_dispatch_query(&mut self, peer: usize, id: u64, target: &str, now: Instant) {
+        let nodes = self.cluster.node_states(now);
+        let view = self.cluster.view(&nodes, now);
+        let request = RequestInfo {
+            method: "GET",
+            target,
+            host: None,
+        };
+        let choice = self.router.choose_default(&request, &view);
+        self.cluster.assign(choice);
+        self.metrics.dispatch_answers.inc();
+        let node = u16::try_from(choice).unwrap_or(u16::MAX);
+        self.mesh.send(peer, Message::DispatchAnswer { id, node });
+    }
+
+    /// A dispatcher that did not answer in time: decide with bounded-load hashing instead.
+    pub(super) fn dispatch_timed_out(&mut self, id: u64, now: Instant) {
+        let Some(key) = self.fe.asks.remove(&id) else {
+            return;
+        };
+        let Some((_, target)) = self.fe.held_mut(&key).and_then(|h| h.asking.take()) else {
+            return;
+        };
+        let nodes = self.cluster.node_states(now);
+        let view = self.cluster.view(&nodes, now);
+        let request = RequestInfo {
+            method: "GET",
+            target: &target,
+            host: None,
+        };
+        let choice = self.fallback.choose(&request, &view);
+        self.metrics.dispatch_fallbacks.inc();
+        self.decide(key, self.decision(choice), now);
+    }
+
+    pub(super) fn hold_expired(&mut self, conn: ConnId, now: Instant) {
+        if let Some(FeConn {
+            phase: FePhase::Held(held),
+            ..
+        }) = self.fe.get(conn)
+            && held.asking.is_none()
+        {
+            self.release_local(conn.key, LocalReason::HoldTimeout, now);
+        }
+    }
+
+    pub(super) fn on_accepted(&mut self, peer: usize, id: u64) {
+        let Some(key) = self.fe.offer(id, peer) else {
+            // We gave up on it already, or it is not this peer's to accept: it must drop its side.
+            self.mesh.send(peer, Message::HandoffAbort { id });
+            return;
+        };
+        let Some(conn) = self.fe.conns.get_mut(&key) else {
+            return;
+        };
+        conn.phase = FePhase::Forwarded { peer, id };
+        // Our own TCP still has the half-open connection: a RST only it sees ends it quietly.
+        let conn = ConnId {
+            key,
+            client_isn: conn.client_isn,
+        };
+        self.reset_local(conn);
+        self.metrics.handoffs_out.inc();
+    }
+
+    pub(super) fn on_refused(&mut self, peer: usize, id: u64, reason: RefuseReason, now: Instant) {
+        let Some(key) = self.fe.offer(id, peer) else {
+            return;
+        };
+        if reason == RefuseReason::NoListener {
+            // Not chosen again until its own agent reports a listener.
+            self.cluster.peers[peer].serving = false;
+            self.write_datapath_config(now);
+        }
+        self.release_local(key, LocalReason::Refused(reason), now);
+    }
+
+    /// An offer without an answer: the peer may still go live, but only within half the wait
+    /// (its own deadline), so serving it here is safe now; the peer is told to drop its side.
+    pub(super) fn offer_unanswered(&mut self, id: u64, now: Instant) {
+        let Some(&key) = self.fe.handoffs.get(&id) else {
+            return;
+        };
+        let Some(FePhase::Offered { peer, id: i, .. }) = self.fe.conns.get(&key).map(|c| &c.phase)
+        else {
+            return;
+        };
+        if *i != id {
+            return;
+        }
+        let peer = *peer;
+        self.mesh.send(peer, Message::HandoffAbort { id });
+        self.release_local(key, LocalReason::Timeout, now);
+    }
+
+    /// The BE reports the handed-off connection closed: its entry goes after a linger.
+    pub(super) fn on_conn_closed(&mut self, peer: usize, id: u64, now: Instant) {
+        let Some(&key) = self.fe.handoffs.get(&id) else {
+            return;
+        };
+        let Some(conn) = self.fe.conns.get(&key) else {
+            return;
+        };
+        if matches!(conn.phase, FePhase::Forwarded { peer: p, .. } if p == peer) {
+            let conn = ConnId {
+                key,
+                client_isn: conn.client_isn,
+            };
+            let linger = Duration::from_millis(self.config.limits.close_linger_ms);
+            self.timers.at(now + linger, Timer::Expire(conn));
+        }
+    }
+
+    pub(super) fn expire_forwarded(&mut self, conn: ConnId) {
+        if matches!(
+            self.fe.get(conn).map(|c| &c.phase),
+            Some(FePhase::Forwarded { .. })
+        ) {
+            self.remove_entry(conn);
+            self.fe.forget(conn);
+        }
+    }
+
+    /// Serves a held or offered connection here: the datapath forgets it, the held bytes are
+    /// replayed into our TCP (their first segment completes the handshake).
+    pub(super) fn release_local(&mut self, key: ConnKey, reason: LocalReason, now: Instant) {
+        let Some(conn) = self.fe.conns.get_mut(&key) else {
+            return;
+        };
+        let client_isn = conn.client_isn;
+        let (held, offered_to) = match std::mem::replace(&mut conn.phase, FePhase::Local) {
+            FePhase::Held(held) => (held, None),
+            FePhase::Offered { held, peer, id } => {
+                self.fe.handoffs.remove(&id);
+                (held, Some(peer))
+            }
+            other => {
+                conn.phase = other;
+                return;
+            }
+        };
+        if let Some((id, _)) = &held.asking {
+            self.fe.asks.remove(id);
+        }
+        match offered_to {
+            Some(peer) => self.cluster.unassign(peer),
+            None => self.cluster.assign(self.cluster.me),
+        }
+        self.conns.remove(&key);
+        if let Some(template) = &held.template {
+            let segments = packets::client_segments(
+                template,
+                *key.local().ip(),
+                held.stream.base(),
+                held.entry.local_isn.wrapping_add(1),
+                held.stream.contiguous(),
+                held.stream.finished(),
+                LOCAL_CHUNK + 100,
+            );
+            for packet in segments {
+                self.send(&packet);
+            }
+        }
+        let conn = ConnId { key, client_isn };
+        self.timers.at(now + LOCAL_MEMORY, Timer::ForgetLocal(conn));
+        self.metrics.local.inc();
+        if reason != LocalReason::Policy {
+            let label = reason.label();
+            self.metrics
+                .fallbacks
+                .get_or_create(&Reason::new(label))
+                .inc();
+            tracing::debug!(%key, reason = label, "served locally");
+        }
+    }
+}
+
+/// The offer for a held connection: its SYN rebuilt from what the datapath recorded, our ISN,
+/// SYN-ACK options and ECN, the client's latest segment headers and its bytes so far.
+fn handoff_request(id: u64, key: &ConnKey, held: &Held) -> Option<HandoffRequest> {
+    let e = &held.entry;
+    let template = held.template.as_ref()?;
+    let mut segment = template.clone();
+    segment.seq = held.stream.base();
+    segment.ack = e.local_isn.wrapping_add(1);
+    segment.flags = TcpFlags::ACK;
+    // The client echoes the TSval of the SYN-ACK it accepted: the BE's clock is translated to
+    // continue from there, so the client's PAWS check never sees time run backwards and the BE
+    // sees its own SYN-ACK's TSval echoed (Linux rejects a handshake ACK whose TSecr is outside
+    // the TSvals its SYN-ACKs carried).
+    let fe_tsval = packets::echoed_tsval(template).unwrap_or(0);
+    Some(HandoffRequest {
+        id,
+        client: key.client(),
+        fe_service: key.local(),
+        fe_isn: e.local_isn,
+        fe_tsval,
+        fe_synack_options: e.synack_options().to_vec(),
+        fe_ecn: TcpFlags(e.synack_tcp_flags).contains(TcpFlags::ECE),
+        syn: packets::client_syn(key, e)?,
+        segment: segment.try_build().ok()?,
+        data: held.stream.contiguous().to_vec(),
+        fin: held.stream.finished(),
+    })
+}

@@ -1,0 +1,434 @@
+//! The handoff engine: the single owner of every connection's agent-side state.
+//!
+//! Laid out along a connection's life:
+//! - [`fe`]: the accepting node (FE): held connections, the decision, the offer, forwarding;
+//! - [`be`]: the serving node (BE): the replay, going live, closes;
+//! - [`cluster`]: the members, their loads and the dispatcher: what decisions are made from;
+//! - [`timers`]: every deadline, in one queue (nothing ticks);
+//! - [`packets`]: the packets the engine builds and reads.
+//!
+//! Inputs are datapath events ([`Engine::on_datapath`]), control messages ([`Engine::on_mesh`])
+//! and due timers ([`Engine::on_timers`], when [`Engine::next_deadline`] comes); each takes `now`,
+//! so the tests drive time. Outputs go through the kernel traits (`crate::kernel`) and the mesh.
+//!
+//! A handoff is one pass. The FE's datapath forwards the client's packets to the BE from the
+//! moment the FE offers the connection, and the offer carries the request bytes. The BE replays
+//! the SYN into its own TCP, then the request, whose first segment carries the handshake ACK; the
+//! BE's datapath lets the connection reach the client on the first packet the BE's TCP sends, but
+//! only before a deadline. The BE answers Accepted (it went live) or Refused (it did not, and now
+//! never will); the FE serves a refused or unanswered connection itself. Nothing is lost: every
+//! doubt ends in local service.
+
+mod be;
+mod cluster;
+mod fe;
+mod packets;
+mod timers;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use baton_bpf::{ConnRole, ConnState, Event, EventKind};
+use baton_http::Limits as HeadLimits;
+use baton_policy::{BoundedHash, PolicyKind, Router};
+use baton_proto::Message;
+
+use crate::config::NodeConfig;
+use crate::kernel::{ConnTableOps, DatapathConfig, Kernel, PacketSink, TcpStates};
+use crate::mesh::{LoadReport, MeshEvent, MeshSender};
+use crate::metrics::Metrics;
+use crate::sockdiag::tcp_state;
+
+pub use fe::LocalReason;
+
+use cluster::Cluster;
+use timers::{ConnId, Timer, Timers};
+
+/// How often this node counts its load and listeners, refreshes the datapath's view of the
+/// cluster, and (every tenth time) collects garbage.
+const HOUSEKEEPING: Duration = Duration::from_millis(100);
+/// Garbage is collected every this many housekeeping rounds.
+const GC_EVERY: u64 = 10;
+/// A load change larger than this (or a quarter of the last report) is reported at once.
+const BIG_LOAD_CHANGE: u32 = 8;
+/// An FE entry whose handshake never completed (SYN flood, lost ACK) goes after this.
+const SYN_ENTRY_TTL_NS: u64 = 10_000_000_000;
+/// A BE connection idle this long is checked against the local TCP (is it still there?).
+const BE_LIVENESS_CHECK_NS: u64 = 5_000_000_000;
+
+/// Monotonic clock in ns, the clock of `bpf_ktime_get_ns()`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Where a request goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// This node serves it.
+    Local,
+    /// The member with this index in the configured member list serves it.
+    Node(usize),
+}
+
+pub struct Engine {
+    config: NodeConfig,
+    my_addr: Ipv4Addr,
+    conns: Box<dyn ConnTableOps>,
+    inject: Box<dyn PacketSink>,
+    tcp: Box<dyn TcpStates>,
+    datapath: Box<dyn DatapathConfig>,
+    mesh: MeshSender,
+    report: Arc<LoadReport>,
+    metrics: Metrics,
+    cluster: Cluster,
+    router: Router,
+    /// What decides when the LARD dispatcher does not answer in time.
+    fallback: BoundedHash,
+    /// Whether the default policy keeps one table for the cluster at a dispatcher (LARD).
+    dispatching: bool,
+    /// Whether the datapath may run the hash policy itself (plain `hash`, no rules, no cookie).
+    datapath_decides: bool,
+    head_limits: HeadLimits,
+    fe: fe::FeState,
+    be: be::BeState,
+    timers: Timers,
+    next_id: u64,
+    housekeeping_rounds: u64,
+    /// The datapath configuration last written, to write only changes.
+    written: Option<baton_bpf::NodeConfig>,
+}
+
+impl Engine {
+    pub fn new(
+        config: NodeConfig,
+        kernel: Kernel,
+        mesh: MeshSender,
+        report: Arc<LoadReport>,
+        metrics: Metrics,
+        now: Instant,
+    ) -> Self {
+        let policy = &config.policy;
+        let mut engine = Engine {
+            my_addr: config.node.address,
+            conns: kernel.conns,
+            inject: kernel.inject,
+            tcp: kernel.tcp,
+            datapath: kernel.datapath,
+            mesh,
+            report,
+            metrics,
+            cluster: Cluster::new(&config, now),
+            router: Router::new(
+                policy.kind,
+                &policy.params,
+                &policy.rules,
+                policy.affinity_cookie.clone(),
+            ),
+            fallback: BoundedHash::new(policy.params.balance_factor),
+            dispatching: matches!(policy.kind, PolicyKind::Lard | PolicyKind::LardR),
+            datapath_decides: policy.kind == PolicyKind::Hash
+                && policy.rules.is_empty()
+                && policy.affinity_cookie.is_none(),
+            head_limits: HeadLimits {
+                max_head_bytes: config.limits.head_bytes,
+                ..HeadLimits::default()
+            },
+            fe: fe::FeState::default(),
+            be: be::BeState::default(),
+            timers: Timers::default(),
+            // Ids are unique per FE; the high bits keep two restarts of one node apart.
+            next_id: (u64::from(rand::random::<u32>()) << 32) | 1,
+            housekeeping_rounds: 0,
+            written: None,
+            config,
+        };
+        engine.write_datapath_config(now);
+        engine.timers.at(now + HOUSEKEEPING, Timer::Housekeeping);
+        engine
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    // ----- inputs -------------------------------------------------------------------------
+
+    pub fn on_datapath(&mut self, event: Event, now: Instant) {
+        match event.kind {
+            EventKind::HeldPacket if self.be.has(&event.key) => self.on_be_held_packet(event),
+            EventKind::HeldPacket => self.on_held_packet(event, now),
+            EventKind::BeSynAck => self.on_be_answer(event, now),
+            EventKind::BeLive => self.on_be_live(event.key),
+            EventKind::Closed => self.on_closed(event.key, now),
+        }
+    }
+
+    pub fn on_mesh(&mut self, event: MeshEvent, now: Instant) {
+        match event {
+            MeshEvent::PeerUp { peer } => {
+                // A (re)connected peer is a fresh agent.
+                let p = &mut self.cluster.peers[peer];
+                p.outbound_up = true;
+                p.draining = false;
+                tracing::info!(peer = %p.name, "control connection up");
+            }
+            // An offer out to it is answered or times out: its BE may have the connection.
+            MeshEvent::PeerDown { peer } => self.cluster.peers[peer].outbound_up = false,
+            MeshEvent::Message { peer, message } => {
+                self.cluster.peers[peer].last_heard = Some(now);
+                self.on_message(peer, message, now);
+            }
+        }
+        self.write_datapath_config(now);
+    }
+
+    fn on_message(&mut self, peer: usize, message: Message, now: Instant) {
+        match message {
+            Message::Heartbeat { load, serving, .. } => {
+                let p = &mut self.cluster.peers[peer];
+                p.load = load;
+                if p.serving != serving {
+                    tracing::info!(peer = %p.name, serving, "peer's server listening: {serving}");
+                }
+                p.serving = serving;
+            }
+            Message::HandoffRequest(request) => self.on_handoff_request(peer, request, now),
+            Message::HandoffAccepted { id } => self.on_accepted(peer, id),
+            Message::HandoffRefused { id, reason } => self.on_refused(peer, id, reason, now),
+            Message::HandoffAbort { id } => self.on_abort(peer, id),
+            Message::ConnClosed { id } => self.on_conn_closed(peer, id, now),
+            Message::DispatchQuery { id, target } => self.on_dispatch_query(peer, id, &target, now),
+            Message::DispatchAnswer { id, node } => self.on_dispatch_answer(peer, id, node, now),
+            Message::Draining => {
+                self.cluster.peers[peer].draining = true;
+                tracing::info!(peer = %self.cluster.peers[peer].name, "peer is draining");
+            }
+        }
+    }
+
+    /// When [`Engine::on_timers`] next has work.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn on_timers(&mut self, now: Instant) {
+        while let Some(timer) = self.timers.pop_due(now) {
+            match timer {
+                Timer::Hold(conn) => self.hold_expired(conn, now),
+                Timer::Dispatch(id) => self.dispatch_timed_out(id, now),
+                Timer::Offer(id) => self.offer_unanswered(id, now),
+                Timer::ForgetLocal(conn) => self.fe.forget_local(conn),
+                Timer::Expire(conn) => self.expire_forwarded(conn),
+                Timer::Live(conn) => self.live_deadline(conn),
+                Timer::Closed(conn) => self.confirm_closed(conn, now),
+                Timer::Housekeeping => self.housekeeping(now),
+            }
+        }
+    }
+
+    // ----- stopping -----------------------------------------------------------------------
+
+    /// Starts a graceful stop: the datapath holds nothing new, peers are told to choose this node
+    /// for nothing new (and move the dispatcher). What is in flight goes on.
+    pub fn begin_drain(&mut self, now: Instant) {
+        self.cluster.draining = true;
+        self.write_datapath_config(now);
+        for peer in self.cluster.others() {
+            self.mesh.send(peer, Message::Draining);
+        }
+    }
+
+    /// Whether nothing of this node's is in flight any more: no connection held or offered, none
+    /// handed in or forwarded out still open.
+    pub fn drained(&self) -> bool {
+        self.fe.in_flight() == 0 && self.be.len() == 0
+    }
+
+    /// Shutdown: every held or offered connection is served locally, so none is lost.
+    pub fn release_all(&mut self, now: Instant) {
+        for key in self.fe.undecided() {
+            self.release_local(key, LocalReason::Shutdown, now);
+        }
+    }
+
+    // ----- shared -------------------------------------------------------------------------
+
+    fn new_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        id
+    }
+
+    fn send(&self, packet: &[u8]) {
+        if let Err(e) = self.inject.send(packet) {
+            tracing::warn!("inject: {e}");
+        }
+    }
+
+    /// Ends our own TCP's side of a connection with a RST only it sees.
+    fn reset_local(&self, conn: ConnId) {
+        if let Some(rst) = packets::reset(&conn.key, conn.client_isn) {
+            self.send(&rst);
+        }
+    }
+
+    /// Removes the datapath's entry of `conn`, and only of that one: an entry on the same key
+    /// with another ISN belongs to a newer connection and stays.
+    fn remove_entry(&mut self, conn: ConnId) {
+        if self
+            .conns
+            .get(&conn.key)
+            .is_some_and(|e| e.client_isn == conn.client_isn)
+        {
+            self.conns.remove(&conn.key);
+        }
+    }
+
+    /// Writes the datapath's configuration if it changed: distribute or not, and the cluster as
+    /// the datapath's hash policy sees it.
+    fn write_datapath_config(&mut self, now: Instant) {
+        let distribute = self.config.policy.kind != PolicyKind::Local
+            && self.config.cluster.members.len() > 1
+            && !self.cluster.draining;
+        let mut config = baton_bpf::NodeConfig::new(
+            self.my_addr,
+            &self.config.cluster.service_ports,
+            distribute,
+        );
+        if self.datapath_decides {
+            config.set_hash_nodes(self.cluster.me, &self.cluster.datapath_nodes(now));
+        }
+        if self.written == Some(config) {
+            return;
+        }
+        match self.datapath.write(&config) {
+            Ok(()) => self.written = Some(config),
+            Err(e) => tracing::warn!("writing the datapath's configuration: {e}"),
+        }
+    }
+
+    fn housekeeping(&mut self, now: Instant) {
+        self.timers.at(now + HOUSEKEEPING, Timer::Housekeeping);
+        self.count_load();
+        self.write_datapath_config(now);
+        self.housekeeping_rounds += 1;
+        if self.housekeeping_rounds.is_multiple_of(GC_EVERY) {
+            self.collect_garbage();
+        }
+        self.metrics.peers_up.set(self.cluster.up_count(now) as i64);
+        self.metrics.held.set(self.fe.in_flight() as i64);
+        self.metrics.handed_in_active.set(self.be.len() as i64);
+    }
+
+    /// This node's load (the connections its TCP serves, local and handed in) and whether its
+    /// server listens: what the policies see here and the heartbeats report to the peers.
+    fn count_load(&mut self) {
+        let ports = self.config.cluster.service_ports.clone();
+        match self.tcp.service_sockets(self.my_addr, &ports) {
+            Ok(sockets) => {
+                let me = self.cluster.me;
+                self.cluster.peers[me].load = sockets.established;
+                self.metrics.load.set(i64::from(sockets.established));
+                if self.report.set_serving(sockets.listening) {
+                    tracing::warn!(
+                        listening = sockets.listening,
+                        "the local server's listener on the service ports changed"
+                    );
+                }
+                let reported = self.report.set_load(sockets.established);
+                // A big change is told at once rather than at the next heartbeat.
+                if sockets.established.abs_diff(reported) > BIG_LOAD_CHANGE.max(reported / 4) {
+                    let heartbeat = self.report.heartbeat();
+                    for peer in self.cluster.others() {
+                        self.mesh.send(peer, heartbeat.clone());
+                    }
+                }
+            }
+            Err(e) => {
+                // No fresh count: keep the last one rather than let the bumps pile up.
+                let me = self.cluster.me;
+                self.cluster.peers[me].load = self.report.load();
+                tracing::warn!("sock_diag: {e}");
+            }
+        }
+    }
+
+    /// Entries no phase is waiting on: half-open floods, connections never decided because they
+    /// never sent data, idle forwarding, handed-in connections whose close was missed.
+    fn collect_garbage(&mut self) {
+        let now_ns = monotonic_ns();
+        let idle_ns = self
+            .config
+            .limits
+            .idle_timeout_s
+            .saturating_mul(1_000_000_000);
+        let hold_ns = self.config.limits.hold_ms.saturating_mul(1_000_000);
+        let mut count = 0i64;
+        let mut doomed = Vec::new();
+        let mut gone_at_be = Vec::new();
+        for (key, entry) in self.conns.entries() {
+            count += 1;
+            let conn = ConnId {
+                key,
+                client_isn: entry.client_isn,
+            };
+            let age = now_ns.saturating_sub(entry.last_seen_ns);
+            let stale = match (entry.role(), entry.state()) {
+                (Some(ConnRole::Fe), Some(ConnState::FeSyn)) => age > SYN_ENTRY_TTL_NS,
+                // Held without a word to the agent (no data yet): the next client packet goes to
+                // our TCP and completes the handshake there.
+                (Some(ConnRole::Fe), Some(ConnState::FeHold)) => {
+                    !self.fe.knows(&key) && age > hold_ns
+                }
+                (Some(ConnRole::Fe), _) => age > idle_ns,
+                (Some(ConnRole::Be), Some(ConnState::BeEstablished)) => {
+                    if age > BE_LIVENESS_CHECK_NS {
+                        gone_at_be.push(conn);
+                    }
+                    false
+                }
+                (Some(ConnRole::Be), _) => !self.be.has(&key) && age > SYN_ENTRY_TTL_NS,
+                _ => age > idle_ns,
+            };
+            if stale {
+                doomed.push((conn, entry.role()));
+            }
+        }
+        // Idle at the BE: the local TCP says whether it is over; a live connection is never cut.
+        for conn in gone_at_be {
+            match self.tcp.tcp_state(conn.key.local(), conn.key.client()) {
+                Ok(None | Some(tcp_state::TIME_WAIT | tcp_state::CLOSE)) => {
+                    self.closed_at_be(conn);
+                    count -= 1;
+                }
+                Ok(Some(_)) => {}
+                Err(e) => tracing::warn!("sock_diag: {e}"),
+            }
+        }
+        for (conn, role) in doomed {
+            match role {
+                Some(ConnRole::Be) => {
+                    self.reset_local(conn);
+                    self.conns.remove(&conn.key);
+                }
+                _ => {
+                    self.conns.remove(&conn.key);
+                    self.fe.forget(conn);
+                }
+            }
+            count -= 1;
+        }
+        self.metrics.conn_entries.set(count);
+    }
+}

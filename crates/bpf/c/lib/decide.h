@@ -1,0 +1,115 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Deciding in the datapath: a first data segment whose request line names a target that the hash
+ * policy gives to this node is released to the local server at once, with no agent round trip.
+ *
+ * The agent's `Hash` policy (`baton_policy::Hash`) is computed here bit for bit: rendezvous over
+ * the eligible nodes, score = splitmix64(FNV-1a 64 over name, 0xff, target), the highest score
+ * wins, ties to the greatest name. The agent writes each node's FNV state after "name 0xff"
+ * (hash_seed), its eligibility and its name's rank into node_config.nodes.
+ *
+ * Contract: decide_local() returns 1 only when the agent, with the same view of the cluster, would
+ * serve the request here too. The target is the bytes between the request line's first and second
+ * space, as the agent's parser reads it; a request line it cannot find in the segment's first
+ * HEAD_SCAN_MAX bytes returns 0, and so does anything not decided here: the agent decides.
+ */
+#pragma once
+#include "common.h"
+#include "maps.h"
+#include "parse.h"
+
+#define FNV_PRIME 0x00000100000001b3ULL
+
+struct head_walk {
+	struct head_scan *s;
+	__u32 len;          /* bytes in s->buf */
+	__u32 target_start; /* offset of the target's first byte; 0 until the method's end is found */
+	__u32 target_end;   /* offset just past the target; 0 until found */
+	__u32 nnodes;
+};
+
+/* One byte of the request line: finds the method's end, then the target's. */
+static long find_target_step(__u64 i, void *ctx)
+{
+	struct head_walk *w = ctx;
+
+	if (i >= w->len)
+		return 1;
+	__u8 b = w->s->buf[i & (HEAD_SCAN_MAX - 1)];
+	if (b == '\r' || b == '\n')
+		return 1;
+	if (b != ' ')
+		return 0;
+	if (!w->target_start) {
+		if (i == 0 || i > METHOD_MAX)
+			return 1;
+		w->target_start = i + 1;
+		return 0;
+	}
+	w->target_end = i;
+	return 1;
+}
+
+/* One target byte into every node's FNV-1a state. */
+static long hash_step(__u64 i, void *ctx)
+{
+	struct head_walk *w = ctx;
+	__u32 at = w->target_start + i;
+
+	if (at >= w->target_end)
+		return 1;
+	__u64 b = w->s->buf[at & (HEAD_SCAN_MAX - 1)];
+	for (int n = 0; n < DP_NODES_MAX; n++) {
+		if (n >= w->nnodes)
+			break;
+		w->s->hash[n] = (w->s->hash[n] ^ b) * FNV_PRIME;
+	}
+	return 0;
+}
+
+__always __u64 splitmix64_finalize(__u64 z)
+{
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+/* 1: the hash policy gives this request to this node. */
+__always int decide_local(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p)
+{
+	__u32 zero = 0;
+	struct head_scan *s = bpf_map_lookup_elem(&head_scratch, &zero);
+	if (!s || cfg->decide != DECIDE_HASH || cfg->nnodes > DP_NODES_MAX ||
+	    cfg->self_index >= cfg->nnodes)
+		return 0;
+	__u32 len = p->payload_len < HEAD_SCAN_MAX ? p->payload_len : HEAD_SCAN_MAX;
+	if (load_bytes_var(skb, p->opts_off + p->opts_len, s->buf, len, HEAD_SCAN_MAX))
+		return 0;
+	struct head_walk w = {.s = s, .len = len, .nnodes = cfg->nnodes};
+	bpf_loop(HEAD_SCAN_MAX, find_target_step, &w, 0);
+	if (!w.target_end || w.target_end <= w.target_start)
+		return 0;
+	for (int n = 0; n < DP_NODES_MAX; n++) {
+		if (n >= w.nnodes)
+			break;
+		s->hash[n] = cfg->nodes[n].hash_seed;
+	}
+	bpf_loop(HEAD_SCAN_MAX, hash_step, &w, 0);
+
+	int best = -1;
+	__u64 best_score = 0;
+	__u8 best_rank = 0;
+	for (int n = 0; n < DP_NODES_MAX; n++) {
+		if (n >= w.nnodes)
+			break;
+		if (!cfg->nodes[n].eligible && n != cfg->self_index)
+			continue;
+		__u64 score = splitmix64_finalize(s->hash[n]);
+		__u8 rank = cfg->nodes[n].rank;
+		if (best < 0 || score > best_score || (score == best_score && rank > best_rank)) {
+			best = n;
+			best_score = score;
+			best_rank = rank;
+		}
+	}
+	return best == cfg->self_index;
+}

@@ -1,0 +1,136 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Every map of the datapath, each with why it exists, and the small accessors around them.
+ * Names are ABI with the agent (`baton_bpf::*_MAP`); sizes are in sizes.h. */
+#pragma once
+#include "common.h"
+#include "conn.h"
+#include "events.h"
+#include "reasons.h"
+#include "sizes.h"
+
+/* Why: the per-connection state of every held, forwarded or translated connection. Bounded so a
+ * SYN flood cannot grow it; when full, new connections pass untracked and are served locally. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, CONNS_MAX);
+	__type(key, struct conn_key);
+	__type(value, struct conn);
+} conns SEC(".maps");
+
+/* Why: what the agent tells the programs (service address, ports, distribution, hash table). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct node_config);
+} config SEC(".maps");
+
+/* Why: packet copies and notices for the agent, in order across CPUs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, EVENTS_RING_BYTES);
+} events SEC(".maps");
+
+/* Why: an event is too big for the BPF stack; each CPU builds its event here first. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct event);
+} event_scratch SEC(".maps");
+
+/* Why: the request line the datapath reads to decide alone does not fit the BPF stack either. */
+struct head_scan {
+	__u8 buf[HEAD_SCAN_MAX];
+	__u64 hash[DP_NODES_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct head_scan);
+} head_scratch SEC(".maps");
+
+/* Why: cheap per-CPU counters the agent sums for its metrics (index: enum stat). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+/* Why: every drop is counted by reason (index: enum drop_reason). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DROP_REASON_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} drops SEC(".maps");
+
+__always struct node_config *node_config(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&config, &zero);
+}
+
+__always void stat_add(__u32 idx, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
+	if (v)
+		*v += n;
+}
+
+/* Drops a packet. On egress under TCX the sender sees the drop (TCX has no "stolen" verdict), so
+ * egress drops are kept to packets whose failed send TCP shrugs off. */
+__always int drop(__u32 reason)
+{
+	__u64 *v = bpf_map_lookup_elem(&drops, &reason);
+	if (v)
+		*v += 1;
+	return TC_ACT_SHOT;
+}
+
+/* Copies the packet (from its IPv4 header) into an event. Returns 0 or a negative error. */
+__always int emit_packet(struct __sk_buff *skb, __u32 kind, const struct conn_key *key)
+{
+	__u32 zero = 0;
+	struct event *ev = bpf_map_lookup_elem(&event_scratch, &zero);
+	if (!ev)
+		return -1;
+	__u32 pkt_len = skb->len - ETH_HLEN;
+	__u32 cap = pkt_len;
+	if (cap > EVENT_CAPTURE_MAX)
+		cap = EVENT_CAPTURE_MAX;
+	ev->hdr.kind = kind;
+	ev->hdr.pkt_len = pkt_len;
+	ev->hdr.cap_len = cap;
+	ev->hdr.pad = 0;
+	ev->hdr.pad2 = 0;
+	ev->hdr.ts_ns = bpf_ktime_get_ns();
+	ev->hdr.key = *key;
+	if (load_bytes_var(skb, ETH_HLEN, ev->data, cap, EVENT_CAPTURE_MAX))
+		return -1;
+	__u64 n = (__u64)cap - 1;
+	barrier_var(n);
+	if (n >= EVENT_CAPTURE_MAX)
+		return -1;
+	if (bpf_ringbuf_output(&events, ev, sizeof(ev->hdr) + n + 1, 0))
+		return -1;
+	stat_add(STAT_EVENTS, 1);
+	return 0;
+}
+
+/* A notice without packet bytes. */
+__always int emit_notice(__u32 kind, const struct conn_key *key)
+{
+	struct event_hdr h = {
+		.kind = kind,
+		.ts_ns = bpf_ktime_get_ns(),
+		.key = *key,
+	};
+	if (bpf_ringbuf_output(&events, &h, sizeof(h), 0))
+		return -1;
+	stat_add(STAT_EVENTS, 1);
+	return 0;
+}

@@ -1,0 +1,19 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Every size and limit of the datapath, in one place. Mirrored in Rust (`baton_bpf`), where a test
+ * checks them against this file. */
+#pragma once
+
+/* Connections held, forwarded or translated at once (the conn table). */
+#define CONNS_MAX 65536
+/* Service ports a node may distribute. */
+#define SERVICE_PORTS_MAX 8
+/* Cluster members the datapath's hash decision knows; larger clusters decide in the agent. */
+#define DP_NODES_MAX 16
+/* Head and body prefix the agent may need from one packet: the request head limit plus headers. */
+#define EVENT_CAPTURE_MAX 10240
+/* The event ring, in bytes. */
+#define EVENTS_RING_BYTES (4 << 20)
+/* Bytes of a first data segment the datapath reads for the request line (method and target). */
+#define HEAD_SCAN_MAX 512
+/* Longest method the datapath recognises in a request line. */
+#define METHOD_MAX 16
