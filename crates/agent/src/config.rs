@@ -126,7 +126,8 @@ pub struct Limits {
     pub idle_timeout_s: u64,
     /// How long an entry lingers after both sides closed (late retransmissions still translate).
     pub close_linger_ms: u64,
-    /// Interval between heartbeats on the control mesh.
+    /// Interval between heartbeats (load and liveness reports) on the control mesh; a peer not
+    /// heard for five of them is down.
     pub heartbeat_ms: u64,
 }
 
@@ -141,7 +142,7 @@ impl Default for Limits {
             drain_timeout_ms: 3000,
             idle_timeout_s: 600,
             close_linger_ms: 2000,
-            heartbeat_ms: 100,
+            heartbeat_ms: 250,
         }
     }
 }

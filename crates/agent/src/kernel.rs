@@ -1,17 +1,19 @@
-//! What the engine asks of the kernel, as four small traits: the datapath's conn table and its
-//! configuration, packet injection, and the local TCP's view of connections. The agent runs with
-//! the real ones ([`ConnTable`], [`ConfigMap`], [`Injector`], [`SockDiag`]); the engine's unit
-//! tests run with in-memory ones.
+//! What the engine asks of the kernel, as four small traits: the datapath's conn table, the rest of
+//! the datapath (its configuration and the load counter), packet injection, and the local TCP's
+//! view of connections. The agent runs with the real ones ([`ConnTable`], [`DatapathHandles`],
+//! [`Injector`], [`SockDiag`]); the engine's unit tests run with in-memory ones.
 
 use std::net::SocketAddrV4;
 
 use std::net::Ipv4Addr;
 
-use baton_bpf::datapath::{ConfigMap, ConnTable};
-use baton_bpf::{Conn, ConnKey, NodeConfig};
+use std::sync::Arc;
+
+use baton_bpf::datapath::{ConfigMap, ConnTable, Counters};
+use baton_bpf::{Conn, ConnKey, NodeConfig, Stat};
 
 use crate::inject::{InjectError, Injector};
-use crate::sockdiag::{ServiceSockets, SockDiag, SockDiagError};
+use crate::sockdiag::{SockDiag, SockDiagError};
 
 /// How an insertion treats an existing entry (BPF_ANY, BPF_NOEXIST, BPF_EXIST).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,18 +55,28 @@ pub trait TcpStates: Send {
         local: SocketAddrV4,
         remote: SocketAddrV4,
     ) -> Result<Option<u8>, SockDiagError>;
-    /// The established connections on `addr`'s `ports` (the node's load), and whether each of
-    /// them has a listener.
-    fn service_sockets(
-        &mut self,
-        addr: Ipv4Addr,
-        ports: &[u16],
-    ) -> Result<ServiceSockets, SockDiagError>;
+    /// The established connections on `addr`'s `ports` (the node's load): an expensive count.
+    fn established(&mut self, addr: Ipv4Addr, ports: &[u16]) -> Result<u32, SockDiagError>;
+    /// Whether each of `addr`'s `ports` has a listener.
+    fn listening(&mut self, addr: Ipv4Addr, ports: &[u16]) -> Result<bool, SockDiagError>;
 }
 
-pub trait DatapathConfig: Send {
+pub trait DatapathControl: Send {
     /// Replaces the datapath's node configuration.
     fn write(&mut self, config: &NodeConfig) -> Result<(), String>;
+    /// How the service sockets changed, as the datapath counted.
+    fn service_changes(&self) -> Result<ServiceChanges, String>;
+}
+
+/// The datapath's running counts of service sockets changing state (they only grow).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceChanges {
+    /// Connections that entered ESTABLISHED, and that left it.
+    pub opened: u64,
+    pub closed: u64,
+    /// Listeners that opened, and that closed.
+    pub listeners_opened: u64,
+    pub listeners_closed: u64,
 }
 
 impl ConnTableOps for ConnTable {
@@ -96,25 +108,44 @@ impl TcpStates for SockDiag {
     ) -> Result<Option<u8>, SockDiagError> {
         SockDiag::tcp_state(self, local, remote)
     }
-    fn service_sockets(
-        &mut self,
-        addr: Ipv4Addr,
-        ports: &[u16],
-    ) -> Result<ServiceSockets, SockDiagError> {
-        SockDiag::service_sockets(self, addr, ports)
+    fn established(&mut self, addr: Ipv4Addr, ports: &[u16]) -> Result<u32, SockDiagError> {
+        SockDiag::established(self, addr, ports)
+    }
+    fn listening(&mut self, addr: Ipv4Addr, ports: &[u16]) -> Result<bool, SockDiagError> {
+        SockDiag::listening(self, addr, ports)
     }
 }
 
-impl DatapathConfig for ConfigMap {
+/// The datapath's configuration map and counters, and the namespace whose sockets it counts.
+pub struct DatapathHandles {
+    pub config: ConfigMap,
+    pub counters: Arc<Counters>,
+    pub netns_inum: u32,
+}
+
+impl DatapathControl for DatapathHandles {
     fn write(&mut self, config: &NodeConfig) -> Result<(), String> {
-        self.set(0, config, 0).map_err(|e| e.to_string())
+        let config = NodeConfig {
+            netns_inum: self.netns_inum,
+            ..*config
+        };
+        self.config.set(0, config, 0).map_err(|e| e.to_string())
+    }
+    fn service_changes(&self) -> Result<ServiceChanges, String> {
+        let read = |stat| self.counters.stat(stat).map_err(|e| e.to_string());
+        Ok(ServiceChanges {
+            opened: read(Stat::ServingOpened)?,
+            closed: read(Stat::ServingClosed)?,
+            listeners_opened: read(Stat::ListenOpened)?,
+            listeners_closed: read(Stat::ListenClosed)?,
+        })
     }
 }
 
 /// The kernel as the engine sees it.
 pub struct Kernel {
     pub conns: Box<dyn ConnTableOps>,
-    pub datapath: Box<dyn DatapathConfig>,
+    pub datapath: Box<dyn DatapathControl>,
     pub inject: Box<dyn PacketSink>,
     pub tcp: Box<dyn TcpStates>,
 }

@@ -41,7 +41,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::NodeConfig;
 use crate::engine::Engine;
 use crate::inject::{InjectError, Injector};
-use crate::mesh::{LoadReport, MeshConfig, MeshError, PeerAddr};
+use crate::mesh::{MeshConfig, MeshError, PeerAddr};
 use crate::metrics::{DatapathCounters, Metrics, MetricsError};
 use crate::sockdiag::{SockDiag, SockDiagError};
 
@@ -64,6 +64,8 @@ pub enum AgentError {
     Metrics(#[from] MetricsError),
     #[error("epoll registration of the event ring (AsyncFd::new): {0}")]
     Ring(std::io::Error),
+    #[error("reading this network namespace (stat /proc/self/ns/net): {0}")]
+    Netns(std::io::Error),
     #[error("starting the tokio runtime: {0}")]
     Runtime(std::io::Error),
     #[error("installing signal handlers (sigaction): {0}")]
@@ -116,11 +118,11 @@ pub async fn run(
     let conns = datapath.take_conns()?;
     let datapath_config = datapath.take_config()?;
     let ring = datapath.take_events()?;
-    let counters = datapath.take_counters()?;
+    let counters = Arc::new(datapath.take_counters()?);
+    let netns_inum = baton_bpf::current_netns_inum().map_err(AgentError::Netns)?;
     let inject = Injector::new()?;
     let diag = SockDiag::new()?;
     let metrics = Metrics::default();
-    let report = Arc::new(LoadReport::default());
 
     let (mesh_tx, mut mesh_rx) = mpsc::channel(4096);
     let members: Vec<PeerAddr> = config
@@ -139,11 +141,9 @@ pub async fn run(
             listen: SocketAddr::new(config.node.address.into(), config.cluster.control_port),
             members,
             key: config.cluster.key.as_bytes().to_vec(),
-            heartbeat: Duration::from_millis(config.limits.heartbeat_ms),
             offer_ttl: Duration::from_millis(config.limits.handoff_timeout_ms / 4),
         },
         mesh_tx,
-        report.clone(),
         metrics.clone(),
         tasks_stop.clone(),
     )
@@ -153,7 +153,7 @@ pub async fn run(
         let server = metrics::serve(
             addr,
             metrics.clone(),
-            DatapathCounters::new(counters),
+            DatapathCounters::new(counters.clone()),
             tasks_stop.clone(),
         );
         tokio::spawn(async move {
@@ -170,19 +170,16 @@ pub async fn run(
     let (name, policy) = (config.node.name.clone(), config.policy.kind);
     let kernel = kernel::Kernel {
         conns: Box::new(conns),
-        datapath: Box::new(datapath_config),
+        datapath: Box::new(kernel::DatapathHandles {
+            config: datapath_config,
+            counters,
+            netns_inum,
+        }),
         inject: Box::new(inject),
         tcp: Box::new(diag),
     };
     // The engine writes the datapath's configuration before anything is attached.
-    let mut engine = Engine::new(
-        config,
-        kernel,
-        mesh,
-        report,
-        metrics.clone(),
-        Instant::now(),
-    );
+    let mut engine = Engine::new(config, kernel, mesh, metrics.clone(), Instant::now());
 
     // Attach last: from here on connections are held, and the engine is ready for them.
     datapath
@@ -241,7 +238,11 @@ fn read_ring(ring: &mut EventRing, engine: &mut Engine, metrics: &Metrics) {
         let event = Event::parse(&record);
         drop(record);
         match event {
-            Ok(event) => engine.on_datapath(event, Instant::now()),
+            Ok(event) => {
+                let delay_ns = engine::monotonic_ns().saturating_sub(event.ts_ns);
+                metrics.event_delay.observe(delay_ns as f64 * 1e-9);
+                engine.on_datapath(event, Instant::now())
+            }
             Err(e) => {
                 metrics.malformed_events.inc();
                 tracing::warn!("datapath event: {e}");

@@ -15,7 +15,6 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use baton_proto::{Event as ProtoEvent, Message, ProtoError, Session};
@@ -45,51 +44,6 @@ pub enum MeshError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-}
-
-/// What this node reports in its heartbeats: its load and whether its server listens. The
-/// engine writes it, the mesh reads it.
-#[derive(Debug)]
-pub struct LoadReport {
-    load: AtomicU32,
-    serving: AtomicBool,
-}
-
-impl Default for LoadReport {
-    fn default() -> Self {
-        LoadReport {
-            load: AtomicU32::new(0),
-            serving: AtomicBool::new(true),
-        }
-    }
-}
-
-impl LoadReport {
-    pub fn load(&self) -> u32 {
-        self.load.load(Ordering::Relaxed)
-    }
-
-    /// Sets the load; returns the one reported before.
-    pub fn set_load(&self, load: u32) -> u32 {
-        self.load.swap(load, Ordering::Relaxed)
-    }
-
-    pub fn serving(&self) -> bool {
-        self.serving.load(Ordering::Relaxed)
-    }
-
-    /// Sets whether the server listens; returns whether that changed.
-    pub fn set_serving(&self, serving: bool) -> bool {
-        self.serving.swap(serving, Ordering::Relaxed) != serving
-    }
-
-    pub fn heartbeat(&self) -> Message {
-        Message::Heartbeat {
-            load: self.load(),
-            sent_at_ms: now_ms(),
-            serving: self.serving(),
-        }
-    }
 }
 
 /// A message waiting for its peer's connection, and since when.
@@ -123,7 +77,6 @@ pub struct MeshConfig {
     pub listen: SocketAddr,
     pub members: Vec<PeerAddr>,
     pub key: Vec<u8>,
-    pub heartbeat: Duration,
     /// Offers and dispatcher questions older than this are dropped unsent.
     pub offer_ttl: Duration,
 }
@@ -135,7 +88,7 @@ fn nonce() -> [u8; 16] {
     rand::random()
 }
 
-pub(crate) fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -146,7 +99,6 @@ pub(crate) fn now_ms() -> u64 {
 pub async fn start(
     config: MeshConfig,
     events: mpsc::Sender<MeshEvent>,
-    report: Arc<LoadReport>,
     metrics: Metrics,
     shutdown: watch::Receiver<bool>,
 ) -> Result<MeshSender, MeshError> {
@@ -177,7 +129,6 @@ pub async fn start(
             config.clone(),
             rx,
             events.clone(),
-            report.clone(),
             metrics.clone(),
             shutdown.clone(),
         ));
@@ -293,7 +244,6 @@ async fn dial_loop(
     config: Arc<MeshConfig>,
     mut outgoing: mpsc::Receiver<Queued>,
     events: mpsc::Sender<MeshEvent>,
-    report: Arc<LoadReport>,
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -312,7 +262,6 @@ async fn dial_loop(
                     session,
                     &config,
                     &mut outgoing,
-                    &report,
                     &metrics,
                     &mut shutdown,
                 )
@@ -372,11 +321,9 @@ async fn serve_outbound(
     mut session: Session,
     config: &MeshConfig,
     outgoing: &mut mpsc::Receiver<Queued>,
-    report: &LoadReport,
     metrics: &Metrics,
     shutdown: &mut watch::Receiver<bool>,
 ) -> String {
-    let mut heartbeat = tokio::time::interval(config.heartbeat);
     let mut buf = vec![0u8; 4096];
     loop {
         let message = tokio::select! {
@@ -386,7 +333,6 @@ async fn serve_outbound(
                 Some((_, m)) => m,
                 None => return "engine gone".into(),
             },
-            _ = heartbeat.tick() => report.heartbeat(),
             read = stream.read(&mut buf) => match read {
                 Ok(0) => return "closed by peer".into(),
                 Err(e) => return format!("read: {e}"),

@@ -16,6 +16,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -30,6 +31,27 @@ impl Reason {
         Reason {
             reason: reason.into(),
         }
+    }
+}
+
+/// Latency buckets: 10 µs to ~10 s, doubling.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(10e-6, 2.0, 21)
+}
+
+/// A latency histogram in seconds.
+#[derive(Clone)]
+pub struct Latency(pub Histogram);
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency(Histogram::new(latency_buckets()))
+    }
+}
+
+impl Latency {
+    pub fn observe(&self, seconds: f64) {
+        self.0.observe(seconds);
     }
 }
 
@@ -69,6 +91,10 @@ pub struct Metrics {
     pub dispatch_answers: Counter,
     /// Decisions made by the bounded-hash fallback because the dispatcher was silent.
     pub dispatch_fallbacks: Counter,
+    /// From a datapath event's capture to the agent reading it (the ring's wakeup).
+    pub event_delay: Latency,
+    /// FE: from the offer to the peer's acceptance.
+    pub handoff_duration: Latency,
 }
 
 impl Metrics {
@@ -179,18 +205,28 @@ impl Metrics {
             "Decisions made by bounded-hash because the LARD dispatcher did not answer in time",
             self.dispatch_fallbacks.clone(),
         );
+        r.register(
+            "event_delay_seconds",
+            "From a datapath event's capture to the agent reading it",
+            self.event_delay.0.clone(),
+        );
+        r.register(
+            "handoff_duration_seconds",
+            "From an offer to a peer to its acceptance (FE)",
+            self.handoff_duration.0.clone(),
+        );
         r
     }
 }
 
 /// Folds the datapath's per-CPU counters into [`Metrics`] (counters only move forward).
 pub struct DatapathCounters {
-    counters: Counters,
+    counters: Arc<Counters>,
     last: std::collections::HashMap<&'static str, u64>,
 }
 
 impl DatapathCounters {
-    pub fn new(counters: Counters) -> Self {
+    pub fn new(counters: Arc<Counters>) -> Self {
         DatapathCounters {
             counters,
             last: Default::default(),

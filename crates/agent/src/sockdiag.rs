@@ -33,15 +33,6 @@ pub enum SockDiagError {
     Answer(String),
 }
 
-/// What the local TCP has on the service ports.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ServiceSockets {
-    /// Established connections: the connections this node serves, local and handed in (its load).
-    pub established: u32,
-    /// Every service port has a listener on the service address (or on every address).
-    pub listening: bool,
-}
-
 pub struct SockDiag {
     socket: Socket,
     buf: Vec<u8>,
@@ -120,19 +111,43 @@ impl SockDiag {
         Ok(())
     }
 
-    /// The established connections and listeners on `addr`'s `ports`, in one dump.
-    pub fn service_sockets(
+    /// How many established connections the local TCP has on `addr`'s `ports`: the connections
+    /// this node serves, local and handed in (its load). A dump of established sockets walks the
+    /// kernel's whole established hash table (milliseconds): the agent anchors its count on one
+    /// now and then, and follows the datapath's counter in between.
+    pub fn established(&mut self, addr: Ipv4Addr, ports: &[u16]) -> Result<u32, SockDiagError> {
+        let mut count = 0;
+        self.dump(StateFlags::ESTABLISHED, |state, local, port| {
+            if state == tcp_state::ESTABLISHED && local == addr && ports.contains(&port) {
+                count += 1;
+            }
+        })?;
+        Ok(count)
+    }
+
+    /// Whether every one of `ports` has a listener on `addr` (or on every address). A dump of
+    /// listeners alone is cheap: the kernel walks only its listening hash table.
+    pub fn listening(&mut self, addr: Ipv4Addr, ports: &[u16]) -> Result<bool, SockDiagError> {
+        let mut found = vec![false; ports.len()];
+        self.dump(StateFlags::LISTEN, |state, local, port| {
+            let on_addr = local == addr || local == Ipv4Addr::UNSPECIFIED;
+            if let Some(i) = ports.iter().position(|&p| p == port)
+                && state == tcp_state::LISTEN
+                && on_addr
+            {
+                found[i] = true;
+            }
+        })?;
+        Ok(found.iter().all(|&f| f))
+    }
+
+    /// Dumps the IPv4 TCP sockets in `states`, calling `each(state, local address, local port)`.
+    fn dump(
         &mut self,
-        addr: Ipv4Addr,
-        ports: &[u16],
-    ) -> Result<ServiceSockets, SockDiagError> {
-        self.send_request(
-            NLM_F_REQUEST | NLM_F_DUMP,
-            StateFlags::ESTABLISHED | StateFlags::LISTEN,
-            SocketId::new_v4(),
-        )?;
-        let mut established = 0;
-        let mut listening = vec![false; ports.len()];
+        states: StateFlags,
+        mut each: impl FnMut(u8, Ipv4Addr, u16),
+    ) -> Result<(), SockDiagError> {
+        self.send_request(NLM_F_REQUEST | NLM_F_DUMP, states, SocketId::new_v4())?;
         loop {
             let n = self
                 .socket
@@ -146,22 +161,11 @@ impl SockDiag {
                 match message.payload {
                     NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
                         let id = &r.header.socket_id;
-                        let on_addr = id.source_address == IpAddr::V4(addr)
-                            || id.source_address == IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-                        match ports.iter().position(|&p| p == id.source_port) {
-                            Some(port) if r.header.state == tcp_state::LISTEN && on_addr => {
-                                listening[port] = true
-                            }
-                            Some(_) if r.header.state == tcp_state::ESTABLISHED => established += 1,
-                            _ => {}
+                        if let IpAddr::V4(local) = id.source_address {
+                            each(r.header.state, local, id.source_port);
                         }
                     }
-                    NetlinkPayload::Done(_) => {
-                        return Ok(ServiceSockets {
-                            established,
-                            listening: listening.iter().all(|&l| l),
-                        });
-                    }
+                    NetlinkPayload::Done(_) => return Ok(()),
                     NetlinkPayload::Error(e) => return Err(SockDiagError::Io(e.to_io())),
                     _ => {}
                 }
@@ -202,12 +206,13 @@ mod tests {
         );
         let nobody = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1);
         assert_eq!(diag.tcp_state(local, nobody).unwrap(), None);
-        let sockets = diag.service_sockets(*local.ip(), &[local.port()]).unwrap();
-        assert!(sockets.established >= 1);
-        assert!(sockets.listening);
+        assert!(diag.established(*local.ip(), &[local.port()]).unwrap() >= 1);
+        assert!(diag.listening(*local.ip(), &[local.port()]).unwrap());
         drop(listener);
-        let sockets = diag.service_sockets(*local.ip(), &[local.port()]).unwrap();
-        assert!(!sockets.listening, "the listener is gone");
+        assert!(
+            !diag.listening(*local.ip(), &[local.port()]).unwrap(),
+            "the listener is gone"
+        );
         drop(client);
     }
 }

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* baton's TC programs, attached to ingress and egress of a node's cluster interface.
- * Dispatch only: the logic lives in lib/fe.h (the accepting node) and lib/be.h (the serving node).
+/* baton's programs: TC ingress and egress of a node's cluster interface, and a TCP state-change
+ * tracepoint that counts the node's load. Dispatch only: the logic lives in lib/fe.h (the
+ * accepting node), lib/be.h (the serving node) and lib/load.h.
  * A packet that is not IPv4/TCP for this node's service address and ports passes untouched; a
  * connection served locally has no conn entry and passes after one lookup.
  */
@@ -8,6 +9,7 @@
 #include "lib/be.h"
 #include "lib/conn.h"
 #include "lib/fe.h"
+#include "lib/load.h"
 #include "lib/maps.h"
 #include "lib/parse.h"
 
@@ -65,6 +67,12 @@ int baton_egress(struct __sk_buff *skb)
 	if (c->role == ROLE_FE)
 		return fe_egress(skb, &p, c);
 	return be_egress(skb, &p, &key, c);
+}
+
+SEC("tracepoint/sock/inet_sock_set_state")
+int baton_load(struct inet_sock_set_state_args *args)
+{
+	return count_state_change(args);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -9,11 +9,11 @@
 
 use aya::Ebpf;
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf};
-use aya::programs::{ProgramError, SchedClassifier, TcAttachType};
+use aya::programs::{ProgramError, SchedClassifier, TcAttachType, TracePoint};
 
 use crate::{
     CONFIG_MAP, CONNS_MAP, Conn, ConnKey, DROPS_MAP, DropReason, EGRESS_PROGRAM, EVENTS_MAP,
-    INGRESS_PROGRAM, NodeConfig, OBJECT, STATS_MAP, Stat,
+    INGRESS_PROGRAM, LOAD_PROGRAM, NodeConfig, OBJECT, STATS_MAP, Stat,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +60,8 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Loads the object and both programs into the kernel (runs the verifier).
+    /// Loads the object and its programs into the kernel (runs the verifier; CO-RE relocations
+    /// are resolved against the running kernel's BTF).
     pub fn load() -> Result<Self, DatapathError> {
         let mut ebpf = Ebpf::load(OBJECT)?;
         for name in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
@@ -71,6 +72,14 @@ impl Datapath {
             prog.load()
                 .map_err(|source| DatapathError::Program { name, source })?;
         }
+        let load: &mut TracePoint = ebpf
+            .program_mut(LOAD_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DatapathError::MissingProgram(LOAD_PROGRAM))?;
+        load.load().map_err(|source| DatapathError::Program {
+            name: LOAD_PROGRAM,
+            source,
+        })?;
         Ok(Datapath { ebpf })
     }
 
@@ -107,8 +116,10 @@ impl Datapath {
             })
     }
 
-    /// Attaches ingress and egress to `interface` (TCX links, detached when `self` drops).
+    /// Attaches ingress and egress to `interface` (TCX links) and the load counter to its
+    /// tracepoint; all are detached when `self` drops.
     pub fn attach(&mut self, interface: &str) -> Result<(), DatapathError> {
+        self.attach_load_counter()?;
         for (name, kind) in [
             (INGRESS_PROGRAM, TcAttachType::Ingress),
             (EGRESS_PROGRAM, TcAttachType::Egress),
@@ -117,6 +128,21 @@ impl Datapath {
                 .attach(interface, kind)
                 .map_err(|source| DatapathError::Program { name, source })?;
         }
+        Ok(())
+    }
+
+    /// Attaches the load counter (`c/lib/load.h`) to the TCP state-change tracepoint.
+    pub fn attach_load_counter(&mut self) -> Result<(), DatapathError> {
+        let load: &mut TracePoint = self
+            .ebpf
+            .program_mut(LOAD_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DatapathError::MissingProgram(LOAD_PROGRAM))?;
+        load.attach("sock", "inet_sock_set_state")
+            .map_err(|source| DatapathError::Program {
+                name: LOAD_PROGRAM,
+                source,
+            })?;
         Ok(())
     }
 

@@ -22,6 +22,8 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../baton.bpf.o");
 /// Program names in the object.
 pub const INGRESS_PROGRAM: &str = "baton_ingress";
 pub const EGRESS_PROGRAM: &str = "baton_egress";
+/// The TCP state-change tracepoint that counts this node's load.
+pub const LOAD_PROGRAM: &str = "baton_load";
 
 /// Map names in the object.
 pub const CONNS_MAP: &str = "conns";
@@ -243,7 +245,9 @@ pub struct NodeConfig {
     pub self_index: u8,
     pub ports: [[u8; 2]; SERVICE_PORTS_MAX],
     pub nnodes: u8,
-    pub pad: [u8; 7],
+    pub pad: [u8; 3],
+    /// The agent's network namespace (its inode number): only its sockets count as load.
+    pub netns_inum: u32,
     pub nodes: [DpNode; DP_NODES_MAX],
 }
 
@@ -252,7 +256,8 @@ unsafe impl Pod for NodeConfig {}
 
 impl NodeConfig {
     /// At most [`SERVICE_PORTS_MAX`] ports are taken; the caller validates the count. The
-    /// datapath decides nothing alone until [`NodeConfig::set_hash_nodes`].
+    /// datapath decides nothing alone until [`NodeConfig::set_hash_nodes`], and counts load in
+    /// no namespace until `netns_inum` is set ([`current_netns_inum`]).
     pub fn new(service_addr: Ipv4Addr, ports: &[u16], distribute: bool) -> Self {
         let mut c = NodeConfig {
             service_addr: service_addr.octets(),
@@ -280,6 +285,13 @@ impl NodeConfig {
         self.nodes = [DpNode::default(); DP_NODES_MAX];
         self.nodes[..nodes.len()].copy_from_slice(nodes);
     }
+}
+
+/// The inode number of this process's network namespace (what the kernel calls `ns.inum`).
+pub fn current_netns_inum() -> std::io::Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata("/proc/self/ns/net")?.ino();
+    u32::try_from(ino).map_err(|_| std::io::Error::other("namespace inode above 2^32"))
 }
 
 /// Mirrors `enum event_kind`.
@@ -421,10 +433,14 @@ pub enum Stat {
     HandshakeAbsorbed = 11,
     DecidedLocal = 12,
     BeLive = 13,
+    ServingOpened = 14,
+    ServingClosed = 15,
+    ListenOpened = 16,
+    ListenClosed = 17,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 18;
 }
 
 #[cfg(test)]

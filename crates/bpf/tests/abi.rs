@@ -82,6 +82,10 @@ fn stats_match() {
             ("STAT_HANDSHAKE_ABSORBED", Stat::HandshakeAbsorbed as u32),
             ("STAT_DECIDED_LOCAL", Stat::DecidedLocal as u32),
             ("STAT_BE_LIVE", Stat::BeLive as u32),
+            ("STAT_SERVING_OPENED", Stat::ServingOpened as u32),
+            ("STAT_SERVING_CLOSED", Stat::ServingClosed as u32),
+            ("STAT_LISTEN_OPENED", Stat::ListenOpened as u32),
+            ("STAT_LISTEN_CLOSED", Stat::ListenClosed as u32),
             ("STAT_MAX", Stat::COUNT),
         ],
     );

@@ -773,16 +773,17 @@ fn a_forged_reset_does_not_end_a_handed_off_connection() {
 
 #[test]
 fn locality_policies_keep_a_target_on_one_node_while_loads_are_low() {
-    // Requests one after another, each once the load reports (every 100 ms) have caught up with
-    // the previous one: the cluster is idle, so the target must not move, whichever node the
-    // client reaches (LARD: one table at the dispatcher; bounded-hash: one ring everywhere).
+    // Requests one after another, each once the load reports (every heartbeat, 250 ms) have
+    // caught up with the previous one: the cluster is idle, so the target must not move,
+    // whichever node the client reaches (LARD: one table at the dispatcher; bounded-hash: one
+    // ring everywhere).
     for policy in [PolicyKind::Lard, PolicyKind::BoundedHash] {
         let lab = lab("lp", 3, ServerKind::Static, policy);
         for target in ["/f/1k?obj=a", "/f/100k?obj=b", "/index.html?obj=c"] {
             let servers: std::collections::HashSet<String> = [1, 2, 3, 1, 2, 3]
                 .into_iter()
                 .map(|entry| {
-                    std::thread::sleep(Duration::from_millis(200));
+                    std::thread::sleep(Duration::from_millis(400));
                     curl_get(&lab, entry, target).0
                 })
                 .collect();

@@ -119,7 +119,7 @@ impl Engine {
         if self.cluster.draining {
             return Err(RefuseReason::Overloaded);
         }
-        if !self.report.serving() {
+        if !self.cluster.serving() {
             return Err(RefuseReason::NoListener);
         }
         if *r.fe_service.ip() != self.cluster.peers[peer].addr
@@ -230,8 +230,8 @@ impl Engine {
                 .as_ref()
                 .is_some_and(|s| answers_our_syn(s) && s.flags.contains(TcpFlags::RST));
             if no_listener {
-                // Nothing listens here: say so in heartbeats at once, not at the next count.
-                self.report.set_serving(false);
+                // Nothing listens here: say so in heartbeats from now on.
+                self.cluster.set_serving(false);
                 return self.refuse_inbound(key, RefuseReason::NoListener, false);
             }
             // Our TCP answered the SYN with something else: the tuple is in use here.

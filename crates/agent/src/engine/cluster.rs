@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use baton_bpf::DpNode;
 use baton_policy::{ClusterView, NodeState};
+use baton_proto::Message;
 
 use crate::config::NodeConfig;
 
@@ -27,14 +28,19 @@ pub(super) struct Peer {
 
 pub(super) struct Cluster {
     pub peers: Vec<Peer>,
+    /// Every member as the datapath's hash policy knows it, but for eligibility (which
+    /// [`Cluster::datapath_nodes`] fills in): computed once, names do not change.
+    hash_nodes: Vec<DpNode>,
     /// This node's index in `peers`.
     pub me: usize,
     /// How long a peer stays up without being heard.
     fresh_for: Duration,
     /// The origin of the policies' clock (`ClusterView::now_ms`).
     started: Instant,
-    /// This node's own state, as it counts it (and reports it in heartbeats).
+    /// This node is stopping (what it counts of itself is in `peers[me]`).
     pub draining: bool,
+    /// The load this node last reported.
+    pub reported_load: u32,
 }
 
 impl Cluster {
@@ -52,13 +58,48 @@ impl Cluster {
                 draining: false,
                 serving: true,
             })
+            .collect::<Vec<Peer>>();
+        let names: Vec<&str> = peers.iter().map(|p| p.name.as_str()).collect();
+        let hash_nodes = names
+            .iter()
+            .zip(baton_policy::name_ranks(&names))
+            .map(|(name, rank)| DpNode {
+                hash_seed: baton_policy::rendezvous_seed(name),
+                eligible: 0,
+                rank: u8::try_from(rank).unwrap_or(u8::MAX),
+                pad: [0; 6],
+            })
             .collect();
         Cluster {
+            hash_nodes,
             peers,
             me: config.self_index(),
-            fresh_for: Duration::from_millis(config.limits.heartbeat_ms.saturating_mul(5).max(500)),
+            fresh_for: Duration::from_millis(config.limits.heartbeat_ms.saturating_mul(5)),
             started: now,
             draining: false,
+            reported_load: 0,
+        }
+    }
+
+    /// Whether this node's server listens on every service port.
+    pub fn serving(&self) -> bool {
+        self.peers[self.me].serving
+    }
+
+    pub fn set_serving(&mut self, serving: bool) {
+        if self.peers[self.me].serving != serving {
+            tracing::warn!(serving, "the local server's listener changed");
+        }
+        self.peers[self.me].serving = serving;
+    }
+
+    /// What this node tells its peers of itself.
+    pub fn heartbeat(&self) -> Message {
+        let me = &self.peers[self.me];
+        Message::Heartbeat {
+            load: me.load,
+            sent_at_ms: crate::mesh::now_ms(),
+            serving: me.serving,
         }
     }
 
@@ -135,18 +176,10 @@ impl Cluster {
     /// Every member as the datapath's hash policy sees it: the same names, order and
     /// eligibility as [`Cluster::node_states`], so it decides as `baton_policy::Hash` would.
     pub fn datapath_nodes(&self, now: Instant) -> Vec<DpNode> {
-        let names: Vec<&str> = self.peers.iter().map(|p| p.name.as_str()).collect();
-        let ranks = baton_policy::name_ranks(&names);
-        self.peers
-            .iter()
-            .zip(ranks)
-            .enumerate()
-            .map(|(i, (p, rank))| DpNode {
-                hash_seed: baton_policy::rendezvous_seed(&p.name),
-                eligible: u8::from(self.is_up(i, now)),
-                rank: u8::try_from(rank).unwrap_or(u8::MAX),
-                pad: [0; 6],
-            })
-            .collect()
+        let mut nodes = self.hash_nodes.clone();
+        for (i, node) in nodes.iter_mut().enumerate() {
+            node.eligible = u8::from(self.is_up(i, now));
+        }
+        nodes
     }
 }

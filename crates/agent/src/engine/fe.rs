@@ -99,8 +99,16 @@ pub(super) struct Held {
 
 pub(super) enum FePhase {
     Held(Held),
-    Offered { held: Held, peer: usize, id: u64 },
-    Forwarded { peer: usize, id: u64 },
+    Offered {
+        held: Held,
+        peer: usize,
+        id: u64,
+        since: Instant,
+    },
+    Forwarded {
+        peer: usize,
+        id: u64,
+    },
     Local,
 }
 
@@ -130,6 +138,13 @@ impl FeState {
             .values()
             .filter(|c| !matches!(c.phase, FePhase::Local))
             .count()
+    }
+
+    /// Whether `key` is held or offered.
+    pub fn is_undecided(&self, key: &ConnKey) -> bool {
+        self.conns
+            .get(key)
+            .is_some_and(|c| matches!(c.phase, FePhase::Held(_) | FePhase::Offered { .. }))
     }
 
     /// Connections not yet placed (held or offered).
@@ -394,7 +409,12 @@ impl Engine {
         let FePhase::Held(held) = std::mem::replace(&mut conn.phase, FePhase::Local) else {
             return;
         };
-        conn.phase = FePhase::Offered { held, peer, id };
+        conn.phase = FePhase::Offered {
+            held,
+            peer,
+            id,
+            since: now,
+        };
         self.fe.handoffs.insert(id, key);
         let wait = Duration::from_millis(self.config.limits.handoff_timeout_ms);
         self.timers.at(now + wait, Timer::Offer(id));
@@ -463,7 +483,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn on_accepted(&mut self, peer: usize, id: u64) {
+    pub(super) fn on_accepted(&mut self, peer: usize, id: u64, now: Instant) {
         let Some(key) = self.fe.offer(id, peer) else {
             // We gave up on it already, or it is not this peer's to accept: it must drop its side.
             self.mesh.send(peer, Message::HandoffAbort { id });
@@ -472,6 +492,10 @@ impl Engine {
         let Some(conn) = self.fe.conns.get_mut(&key) else {
             return;
         };
+        if let FePhase::Offered { since, .. } = conn.phase {
+            let took = now.saturating_duration_since(since);
+            self.metrics.handoff_duration.observe(took.as_secs_f64());
+        }
         conn.phase = FePhase::Forwarded { peer, id };
         // Our own TCP still has the half-open connection: a RST only it sees ends it quietly.
         let conn = ConnId {
@@ -549,7 +573,7 @@ impl Engine {
         let client_isn = conn.client_isn;
         let (held, offered_to) = match std::mem::replace(&mut conn.phase, FePhase::Local) {
             FePhase::Held(held) => (held, None),
-            FePhase::Offered { held, peer, id } => {
+            FePhase::Offered { held, peer, id, .. } => {
                 self.fe.handoffs.remove(&id);
                 (held, Some(peer))
             }

@@ -29,7 +29,6 @@ mod timers;
 mod tests;
 
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_bpf::{ConnRole, ConnState, Event, EventKind};
@@ -38,8 +37,8 @@ use baton_policy::{BoundedHash, PolicyKind, Router};
 use baton_proto::Message;
 
 use crate::config::NodeConfig;
-use crate::kernel::{ConnTableOps, DatapathConfig, Kernel, PacketSink, TcpStates};
-use crate::mesh::{LoadReport, MeshEvent, MeshSender};
+use crate::kernel::{ConnTableOps, DatapathControl, Kernel, PacketSink, ServiceChanges, TcpStates};
+use crate::mesh::{MeshEvent, MeshSender};
 use crate::metrics::Metrics;
 use crate::sockdiag::tcp_state;
 
@@ -48,13 +47,14 @@ pub use fe::LocalReason;
 use cluster::Cluster;
 use timers::{ConnId, Timer, Timers};
 
-/// How often this node counts its load and listeners, refreshes the datapath's view of the
-/// cluster, and (every tenth time) collects garbage.
-const HOUSEKEEPING: Duration = Duration::from_millis(100);
-/// Garbage is collected every this many housekeeping rounds.
-const GC_EVERY: u64 = 10;
+/// How often garbage is collected (rounds of housekeeping in between, every `heartbeat_ms`, count
+/// the load and send heartbeats). Only entries no phase waits on are garbage.
+const GARBAGE_EVERY: Duration = Duration::from_secs(10);
 /// A load change larger than this (or a quarter of the last report) is reported at once.
 const BIG_LOAD_CHANGE: u32 = 8;
+/// How often the load the datapath counts is anchored again on a count of the local TCP's
+/// connections (an expensive dump: it heals whatever the counter missed at start).
+const LOAD_ANCHOR_EVERY: Duration = Duration::from_secs(60);
 /// An FE entry whose handshake never completed (SYN flood, lost ACK) goes after this.
 const SYN_ENTRY_TTL_NS: u64 = 10_000_000_000;
 /// A BE connection idle this long is checked against the local TCP (is it still there?).
@@ -86,9 +86,8 @@ pub struct Engine {
     conns: Box<dyn ConnTableOps>,
     inject: Box<dyn PacketSink>,
     tcp: Box<dyn TcpStates>,
-    datapath: Box<dyn DatapathConfig>,
+    datapath: Box<dyn DatapathControl>,
     mesh: MeshSender,
-    report: Arc<LoadReport>,
     metrics: Metrics,
     cluster: Cluster,
     router: Router,
@@ -106,6 +105,27 @@ pub struct Engine {
     housekeeping_rounds: u64,
     /// The datapath configuration last written, to write only changes.
     written: Option<baton_bpf::NodeConfig>,
+    load_anchor: Option<LoadAnchor>,
+    /// The listener counts when the listeners were last looked at.
+    listeners_seen: Option<(u64, u64)>,
+}
+
+/// A count of the local TCP's connections, and the datapath's counters when it was taken: the
+/// load is the count moved on by what the counters moved since.
+#[derive(Clone, Copy, Debug)]
+struct LoadAnchor {
+    at: Instant,
+    established: u32,
+    opened: u64,
+    closed: u64,
+}
+
+impl LoadAnchor {
+    fn load(&self, opened: u64, closed: u64) -> u32 {
+        let now = i64::from(self.established) + opened.saturating_sub(self.opened) as i64
+            - closed.saturating_sub(self.closed) as i64;
+        now.clamp(0, i64::from(u32::MAX)) as u32
+    }
 }
 
 impl Engine {
@@ -113,7 +133,6 @@ impl Engine {
         config: NodeConfig,
         kernel: Kernel,
         mesh: MeshSender,
-        report: Arc<LoadReport>,
         metrics: Metrics,
         now: Instant,
     ) -> Self {
@@ -125,7 +144,6 @@ impl Engine {
             tcp: kernel.tcp,
             datapath: kernel.datapath,
             mesh,
-            report,
             metrics,
             cluster: Cluster::new(&config, now),
             router: Router::new(
@@ -150,10 +168,12 @@ impl Engine {
             next_id: (u64::from(rand::random::<u32>()) << 32) | 1,
             housekeeping_rounds: 0,
             written: None,
+            load_anchor: None,
+            listeners_seen: None,
             config,
         };
         engine.write_datapath_config(now);
-        engine.timers.at(now + HOUSEKEEPING, Timer::Housekeeping);
+        engine.timers.at(now, Timer::Housekeeping);
         engine
     }
 
@@ -203,7 +223,7 @@ impl Engine {
                 p.serving = serving;
             }
             Message::HandoffRequest(request) => self.on_handoff_request(peer, request, now),
-            Message::HandoffAccepted { id } => self.on_accepted(peer, id),
+            Message::HandoffAccepted { id } => self.on_accepted(peer, id, now),
             Message::HandoffRefused { id, reason } => self.on_refused(peer, id, reason, now),
             Message::HandoffAbort { id } => self.on_abort(peer, id),
             Message::ConnClosed { id } => self.on_conn_closed(peer, id, now),
@@ -318,50 +338,102 @@ impl Engine {
         }
     }
 
+    /// Every `heartbeat_ms`: the load is counted and told to every peer, the listeners looked at
+    /// if they changed, the datapath's view of the cluster refreshed; every ten seconds garbage is
+    /// collected. One wakeup of an idle agent does it all.
     fn housekeeping(&mut self, now: Instant) {
-        self.timers.at(now + HOUSEKEEPING, Timer::Housekeeping);
-        self.count_load();
-        self.write_datapath_config(now);
-        self.housekeeping_rounds += 1;
-        if self.housekeeping_rounds.is_multiple_of(GC_EVERY) {
+        let period = Duration::from_millis(self.config.limits.heartbeat_ms.max(1));
+        self.timers.at(now + period, Timer::Housekeeping);
+        let garbage_every = (GARBAGE_EVERY.as_millis() / period.as_millis()).max(1) as u64;
+        if self.housekeeping_rounds.is_multiple_of(garbage_every) {
             self.collect_garbage();
         }
+        self.housekeeping_rounds += 1;
+        match self.datapath.service_changes() {
+            Ok(changes) => {
+                self.check_listeners(changes);
+                self.count_load(now, changes);
+            }
+            Err(e) => tracing::warn!("reading the datapath's counters: {e}"),
+        }
+        self.send_heartbeats();
+        self.write_datapath_config(now);
         self.metrics.peers_up.set(self.cluster.up_count(now) as i64);
         self.metrics.held.set(self.fe.in_flight() as i64);
         self.metrics.handed_in_active.set(self.be.len() as i64);
     }
 
+    fn send_heartbeats(&self) {
+        let heartbeat = self.cluster.heartbeat();
+        for peer in self.cluster.others() {
+            self.mesh.send(peer, heartbeat.clone());
+        }
+    }
+
+    /// Whether the local server listens on every service port: looked at when a listener opened
+    /// or closed (a replayed SYN's RST also tells at once).
+    fn check_listeners(&mut self, changes: ServiceChanges) {
+        let counts = (changes.listeners_opened, changes.listeners_closed);
+        if self.listeners_seen == Some(counts) {
+            return;
+        }
+        let ports = self.config.cluster.service_ports.clone();
+        match self.tcp.listening(self.my_addr, &ports) {
+            Ok(listening) => {
+                self.cluster.set_serving(listening);
+                self.listeners_seen = Some(counts);
+            }
+            Err(e) => tracing::warn!("sock_diag: {e}"),
+        }
+    }
+
     /// This node's load (the connections its TCP serves, local and handed in) and whether its
     /// server listens: what the policies see here and the heartbeats report to the peers.
-    fn count_load(&mut self) {
+    fn count_load(&mut self, now: Instant, changes: ServiceChanges) {
         let ports = self.config.cluster.service_ports.clone();
-        match self.tcp.service_sockets(self.my_addr, &ports) {
-            Ok(sockets) => {
-                let me = self.cluster.me;
-                self.cluster.peers[me].load = sockets.established;
-                self.metrics.load.set(i64::from(sockets.established));
-                if self.report.set_serving(sockets.listening) {
-                    tracing::warn!(
-                        listening = sockets.listening,
-                        "the local server's listener on the service ports changed"
-                    );
-                }
-                let reported = self.report.set_load(sockets.established);
-                // A big change is told at once rather than at the next heartbeat.
-                if sockets.established.abs_diff(reported) > BIG_LOAD_CHANGE.max(reported / 4) {
-                    let heartbeat = self.report.heartbeat();
-                    for peer in self.cluster.others() {
-                        self.mesh.send(peer, heartbeat.clone());
-                    }
-                }
-            }
+        let load = match self.current_load(now, &ports, changes) {
+            Ok(load) => load,
             Err(e) => {
                 // No fresh count: keep the last one rather than let the bumps pile up.
-                let me = self.cluster.me;
-                self.cluster.peers[me].load = self.report.load();
-                tracing::warn!("sock_diag: {e}");
+                tracing::warn!("counting the load: {e}");
+                self.cluster.reported_load
             }
+        };
+        let me = self.cluster.me;
+        self.cluster.peers[me].load = load;
+        self.metrics.load.set(i64::from(load));
+        let reported = std::mem::replace(&mut self.cluster.reported_load, load);
+        // A big change is told at once rather than at the next heartbeat.
+        if load.abs_diff(reported) > BIG_LOAD_CHANGE.max(reported / 4) {
+            self.send_heartbeats();
         }
+    }
+
+    fn current_load(
+        &mut self,
+        now: Instant,
+        ports: &[u16],
+        changes: ServiceChanges,
+    ) -> Result<u32, String> {
+        let ServiceChanges { opened, closed, .. } = changes;
+        let stale = self
+            .load_anchor
+            .is_none_or(|a| now.saturating_duration_since(a.at) >= LOAD_ANCHOR_EVERY);
+        if stale {
+            let established = self
+                .tcp
+                .established(self.my_addr, ports)
+                .map_err(|e| format!("sock_diag: {e}"))?;
+            self.load_anchor = Some(LoadAnchor {
+                at: now,
+                established,
+                opened,
+                closed,
+            });
+        }
+        Ok(self
+            .load_anchor
+            .map_or(0, |anchor| anchor.load(opened, closed)))
     }
 
     /// Entries no phase is waiting on: half-open floods, connections never decided because they
@@ -391,7 +463,8 @@ impl Engine {
                 (Some(ConnRole::Fe), Some(ConnState::FeHold)) => {
                     !self.fe.knows(&key) && age > hold_ns
                 }
-                (Some(ConnRole::Fe), _) => age > idle_ns,
+                // Held and offered connections have their own deadlines.
+                (Some(ConnRole::Fe), _) => !self.fe.is_undecided(&key) && age > idle_ns,
                 (Some(ConnRole::Be), Some(ConnState::BeEstablished)) => {
                     if age > BE_LIVENESS_CHECK_NS {
                         gone_at_be.push(conn);

@@ -19,10 +19,12 @@ use tokio::sync::mpsc;
 use super::Engine;
 use crate::config::NodeConfig;
 use crate::inject::InjectError;
-use crate::kernel::{ConnTableOps, DatapathConfig, Insert, Kernel, PacketSink, TcpStates};
-use crate::mesh::{LoadReport, MeshEvent, MeshSender};
+use crate::kernel::{
+    ConnTableOps, DatapathControl, Insert, Kernel, PacketSink, ServiceChanges, TcpStates,
+};
+use crate::mesh::{MeshEvent, MeshSender};
 use crate::metrics::Metrics;
-use crate::sockdiag::{ServiceSockets, SockDiagError, tcp_state};
+use crate::sockdiag::{SockDiagError, tcp_state};
 
 const N1: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const N2: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -135,38 +137,45 @@ impl TcpStates for Tcp {
     ) -> Result<Option<u8>, SockDiagError> {
         Ok(self.0.lock().unwrap().states.get(&(local, remote)).copied())
     }
-    fn service_sockets(
-        &mut self,
-        addr: Ipv4Addr,
-        ports: &[u16],
-    ) -> Result<ServiceSockets, SockDiagError> {
+    fn established(&mut self, addr: Ipv4Addr, ports: &[u16]) -> Result<u32, SockDiagError> {
         let tcp = self.0.lock().unwrap();
         let established = tcp.states.iter().filter(|((local, _), state)| {
             **state == tcp_state::ESTABLISHED
                 && *local.ip() == addr
                 && ports.contains(&local.port())
         });
-        Ok(ServiceSockets {
-            established: established.count() as u32,
-            listening: tcp.listening,
-        })
+        Ok(established.count() as u32)
+    }
+    fn listening(&mut self, _addr: Ipv4Addr, _ports: &[u16]) -> Result<bool, SockDiagError> {
+        Ok(self.0.lock().unwrap().listening)
     }
 }
 
-/// The datapath's configuration as last written.
+/// The datapath: its configuration as last written, and its load counters.
 #[derive(Clone, Default)]
-struct Written(Arc<Mutex<Option<baton_bpf::NodeConfig>>>);
+struct Written(Arc<Mutex<(Option<baton_bpf::NodeConfig>, ServiceChanges)>>);
 
-impl DatapathConfig for Written {
+impl DatapathControl for Written {
     fn write(&mut self, config: &baton_bpf::NodeConfig) -> Result<(), String> {
-        *self.0.lock().unwrap() = Some(*config);
+        self.0.lock().unwrap().0 = Some(*config);
         Ok(())
+    }
+    fn service_changes(&self) -> Result<ServiceChanges, String> {
+        Ok(self.0.lock().unwrap().1)
     }
 }
 
 impl Written {
     fn get(&self) -> baton_bpf::NodeConfig {
-        self.0.lock().unwrap().expect("written at start")
+        self.0.lock().unwrap().0.expect("written at start")
+    }
+    /// The datapath counts `n` more connections opened.
+    fn opened(&self, n: u64) {
+        self.0.lock().unwrap().1.opened += n;
+    }
+    /// The datapath counts a listener closing.
+    fn listener_closed(&self) {
+        self.0.lock().unwrap().1.listeners_closed += 1;
     }
 }
 
@@ -176,7 +185,6 @@ struct Node {
     sent: Sent,
     tcp: Tcp,
     written: Written,
-    report: Arc<LoadReport>,
     to_peer: mpsc::Receiver<(Instant, Message)>,
     metrics: Metrics,
     /// The engine's clock: tests move it forward by hand.
@@ -203,6 +211,16 @@ impl Node {
     fn sent_to_peer(&mut self) -> Option<Message> {
         self.to_peer.try_recv().ok().map(|(_, m)| m)
     }
+    /// The loads reported to the peer in the heartbeats sent so far.
+    fn reported_loads(&mut self) -> Vec<u32> {
+        std::iter::from_fn(|| self.sent_to_peer())
+            .filter_map(|m| match m {
+                Message::Heartbeat { load, .. } => Some(load),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The next message to the peer that is not a heartbeat.
     fn next_to_peer(&mut self) -> Option<Message> {
         loop {
@@ -234,6 +252,7 @@ hold_ms = 40
 handoff_timeout_ms = 40
 dispatch_timeout_ms = 30
 close_linger_ms = 10
+heartbeat_ms = 100
 "#
     )
 }
@@ -255,7 +274,6 @@ fn node_with(me: usize, policy: PolicyKind, extra: &str) -> Node {
     let mut outbound = vec![None, None];
     outbound[1 - me] = Some(tx);
     let metrics = Metrics::default();
-    let report = Arc::new(LoadReport::default());
     let kernel = Kernel {
         conns: Box::new(table.clone()),
         datapath: Box::new(written.clone()),
@@ -267,7 +285,6 @@ fn node_with(me: usize, policy: PolicyKind, extra: &str) -> Node {
         config,
         kernel,
         MeshSender::new(outbound),
-        report.clone(),
         metrics.clone(),
         now,
     );
@@ -277,7 +294,6 @@ fn node_with(me: usize, policy: PolicyKind, extra: &str) -> Node {
         sent,
         tcp,
         written,
-        report,
         to_peer,
         metrics,
         now,
@@ -335,6 +351,8 @@ fn held_entry() -> Conn {
         syn_opts_len,
         synack_opts,
         synack_opts_len,
+        created_ns: super::monotonic_ns(),
+        last_seen_ns: super::monotonic_ns(),
         ..Conn::default()
     }
 }
@@ -850,7 +868,7 @@ fn the_be_refuses_what_it_cannot_take_and_cleans_up() {
             reason: RefuseReason::NoListener
         })
     ));
-    assert!(!n2.report.serving());
+    assert!(!n2.engine.cluster.serving());
     assert!(n2.table.get(&key).is_none());
 
     // Anything else answering the SYN means the tuple is in use here.
@@ -946,11 +964,21 @@ fn load_is_counted_from_the_local_tcp_and_big_changes_are_told_at_once() {
         );
     }
     n1.wait(Duration::from_millis(100));
-    assert_eq!(n1.metrics.load.get(), 20);
-    assert!(matches!(
-        n1.sent_to_peer(),
-        Some(Message::Heartbeat { load: 20, .. })
-    ));
+    assert_eq!(
+        n1.metrics.load.get(),
+        20,
+        "anchored on a count of the local TCP"
+    );
+    assert_eq!(
+        n1.reported_loads(),
+        [20, 20],
+        "told at once, then in the heartbeat"
+    );
+    // Then it follows the datapath's counter, without counting again.
+    n1.written.opened(10);
+    n1.wait(Duration::from_millis(100));
+    assert_eq!(n1.metrics.load.get(), 30);
+    assert_eq!(n1.reported_loads(), [30, 30]);
     // n1 now looks busier than n2 (load 0): least-conn hands the next request over.
     hold(&mut n1, &request("/anything"));
     assert!(matches!(
@@ -960,7 +988,18 @@ fn load_is_counted_from_the_local_tcp_and_big_changes_are_told_at_once() {
     // Its server stops listening: the next heartbeat says so.
     n1.tcp.0.lock().unwrap().listening = false;
     n1.wait(Duration::from_millis(100));
-    assert!(!n1.report.serving());
+    assert!(
+        n1.engine.cluster.serving(),
+        "looked at only when listeners change"
+    );
+    n1.written.listener_closed();
+    n1.wait(Duration::from_millis(100));
+    assert!(!n1.engine.cluster.serving());
+    let last = std::iter::from_fn(|| n1.sent_to_peer()).last();
+    assert!(matches!(
+        last,
+        Some(Message::Heartbeat { serving: false, .. })
+    ));
 }
 
 #[test]
@@ -1095,7 +1134,7 @@ fn connections_that_never_sent_data_are_let_go_to_the_local_tcp() {
     let mut entry = held_entry();
     entry.last_seen_ns = super::monotonic_ns() - 2 * HOLD.as_nanos() as u64;
     n1.table.0.lock().unwrap().insert(key, entry);
-    for _ in 0..10 {
+    for _ in 0..100 {
         n1.wait(Duration::from_millis(100));
     }
     assert!(n1.table.get(&key).is_none());

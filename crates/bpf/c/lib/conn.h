@@ -96,7 +96,8 @@ struct node_config {
 	__u8 self_index;      /* this node's index in nodes[] */
 	__be16 ports[SERVICE_PORTS_MAX];
 	__u8 nnodes;
-	__u8 pad[7];
+	__u8 pad[3];
+	__u32 netns_inum;     /* the agent's network namespace: only its sockets count as load */
 	struct dp_node nodes[DP_NODES_MAX];
 };
 

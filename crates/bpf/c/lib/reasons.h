@@ -34,5 +34,9 @@ enum stat {
 	STAT_HANDSHAKE_ABSORBED = 11, /* FE: bare handshake ACKs kept from our TCP (the data completes it) */
 	STAT_DECIDED_LOCAL = 12,    /* FE: connections the datapath itself released to the local server */
 	STAT_BE_LIVE = 13,          /* BE: replayed connections that went live */
-	STAT_MAX = 14,
+	STAT_SERVING_OPENED = 14,   /* service connections that entered ESTABLISHED (load.h) */
+	STAT_SERVING_CLOSED = 15,   /* ... and that left it */
+	STAT_LISTEN_OPENED = 16,    /* listeners on a service port that opened (load.h) */
+	STAT_LISTEN_CLOSED = 17,    /* ... and that closed */
+	STAT_MAX = 18,
 };
