@@ -5,10 +5,17 @@
 //! handshake to the local server (local release, BE replay) and resets a half-open connection.
 //! A packet addressed elsewhere leaves through the routing table (the FE sends held bytes to the
 //! BE this way). The caller builds complete packets with valid checksums (`baton_wire`).
+//!
+//! The local TCP handles an injected packet within the `sendto` call, so its answers (a replayed
+//! SYN's SYN-ACK) are on the event ring when the call returns. Each injection is marked
+//! ([`InjectingMark`]) so that the datapath does not wake the agent for them: the contract is that
+//! the caller reads the ring after injecting.
 
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use baton_bpf::datapath::InjectingMark;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InjectError {
@@ -26,10 +33,11 @@ pub enum InjectError {
 
 pub struct Injector {
     fd: OwnedFd,
+    mark: InjectingMark,
 }
 
 impl Injector {
-    pub fn new() -> Result<Self, InjectError> {
+    pub fn new(mark: InjectingMark) -> Result<Self, InjectError> {
         // SAFETY: plain socket(2) call; the result is checked before it is wrapped.
         let fd = unsafe {
             libc::socket(
@@ -44,6 +52,7 @@ impl Injector {
         // SAFETY: fd is a fresh descriptor we own.
         Ok(Injector {
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            mark,
         })
     }
 
@@ -62,7 +71,7 @@ impl Injector {
             sin_zero: [0; 8],
         };
         // SAFETY: buffer and address are valid for the duration of the call.
-        let n = unsafe {
+        let n = self.mark.around(|| unsafe {
             libc::sendto(
                 self.fd.as_raw_fd(),
                 packet.as_ptr().cast(),
@@ -71,7 +80,7 @@ impl Injector {
                 (&addr as *const libc::sockaddr_in).cast(),
                 std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
             )
-        };
+        });
         if n < 0 {
             return Err(InjectError::Send {
                 dst,

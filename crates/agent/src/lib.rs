@@ -120,7 +120,7 @@ pub async fn run(
     let ring = datapath.take_events()?;
     let counters = Arc::new(datapath.take_counters()?);
     let netns_inum = baton_bpf::current_netns_inum().map_err(AgentError::Netns)?;
-    let inject = Injector::new()?;
+    let inject = Injector::new(datapath.take_injecting_mark()?)?;
     let diag = SockDiag::new()?;
     let metrics = Metrics::default();
 

@@ -12,8 +12,8 @@ use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::{ProgramError, SchedClassifier, TcAttachType, TracePoint};
 
 use crate::{
-    CONFIG_MAP, CONNS_MAP, Conn, ConnKey, DROPS_MAP, DropReason, EGRESS_PROGRAM, EVENTS_MAP,
-    INGRESS_PROGRAM, LOAD_PROGRAM, NodeConfig, OBJECT, STATS_MAP, Stat,
+    AGENT_INJECTING_MAP, CONFIG_MAP, CONNS_MAP, Conn, ConnKey, DROPS_MAP, DropReason,
+    EGRESS_PROGRAM, EVENTS_MAP, INGRESS_PROGRAM, LOAD_PROGRAM, NodeConfig, OBJECT, STATS_MAP, Stat,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -34,11 +34,79 @@ pub enum DatapathError {
         name: &'static str,
         source: MapError,
     },
+    #[error("map {name} (mmap): {source}")]
+    Mmap {
+        name: &'static str,
+        source: std::io::Error,
+    },
 }
 
 pub type ConnTable = HashMap<MapData, ConnKey, Conn>;
 pub type ConfigMap = Array<MapData, NodeConfig>;
 pub type EventRing = RingBuf<MapData>;
+
+/// The agent's "I am injecting" mark (`agent_injecting`), in the map's memory mapped into this
+/// process: set and cleared around each injection without a syscall. Events the datapath writes
+/// meanwhile, in this process's context, do not wake the ring's reader: the caller must read the
+/// ring after the injection returns.
+pub struct InjectingMark {
+    /// Keeps the map (and so the mapping's object) alive.
+    _map: MapData,
+    word: std::ptr::NonNull<std::sync::atomic::AtomicU32>,
+    len: usize,
+    pid: u32,
+}
+
+// SAFETY: the mapping is shared memory owned by this value; the word is only touched atomically.
+unsafe impl Send for InjectingMark {}
+
+impl InjectingMark {
+    fn new(map: MapData) -> std::io::Result<Self> {
+        use std::os::fd::{AsFd, AsRawFd};
+        // SAFETY: sysconf has no preconditions.
+        let len = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let fd = map.fd().as_fd().as_raw_fd();
+        // SAFETY: a shared mapping of the map's one page of values (BPF_F_MMAPABLE), checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let word = std::ptr::NonNull::new(ptr.cast()).ok_or(std::io::Error::other("mmap: null"))?;
+        Ok(InjectingMark {
+            _map: map,
+            word,
+            len,
+            pid: std::process::id(),
+        })
+    }
+
+    /// Runs `inject` marked as injecting.
+    pub fn around<T>(&self, inject: impl FnOnce() -> T) -> T {
+        use std::sync::atomic::Ordering;
+        // SAFETY: the mapping lives as long as self.
+        let word = unsafe { self.word.as_ref() };
+        word.store(self.pid, Ordering::SeqCst);
+        let result = inject();
+        word.store(0, Ordering::SeqCst);
+        result
+    }
+}
+
+impl Drop for InjectingMark {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what new() mapped; nothing refers to it any more.
+        unsafe { libc::munmap(self.word.as_ptr().cast(), self.len) };
+    }
+}
 
 /// The programs' counters, summed over CPUs on read.
 pub struct Counters {
@@ -165,6 +233,22 @@ impl Datapath {
             .ok_or(DatapathError::MissingMap(CONFIG_MAP))?;
         Array::try_from(map).map_err(|source| DatapathError::Map {
             name: CONFIG_MAP,
+            source,
+        })
+    }
+
+    /// The agent's injecting mark (see [`InjectingMark`]).
+    pub fn take_injecting_mark(&mut self) -> Result<InjectingMark, DatapathError> {
+        let map = self
+            .ebpf
+            .take_map(AGENT_INJECTING_MAP)
+            .ok_or(DatapathError::MissingMap(AGENT_INJECTING_MAP))?;
+        let data = match map {
+            aya::maps::Map::Array(data) => data,
+            _ => return Err(DatapathError::MissingMap(AGENT_INJECTING_MAP)),
+        };
+        InjectingMark::new(data).map_err(|source| DatapathError::Mmap {
+            name: AGENT_INJECTING_MAP,
             source,
         })
     }

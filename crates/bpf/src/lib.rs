@@ -27,6 +27,7 @@ pub const LOAD_PROGRAM: &str = "baton_load";
 
 /// Map names in the object.
 pub const CONNS_MAP: &str = "conns";
+pub const AGENT_INJECTING_MAP: &str = "agent_injecting";
 pub const HEAD_SCRATCH_MAP: &str = "head_scratch";
 pub const CONFIG_MAP: &str = "config";
 pub const EVENTS_MAP: &str = "events";

@@ -52,6 +52,17 @@ struct {
 	__type(value, struct head_scan);
 } head_scratch SEC(".maps");
 
+/* Why: the agent says, in memory it writes without a syscall (mmap), while it is injecting packets
+ * (its process id, else 0): events its own injections cause need not wake it, since it reads the
+ * ring as soon as the injection returns. A wakeup is an IPI, a VM exit on a virtual machine. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u32);
+} agent_injecting SEC(".maps");
+
 /* Why: cheap per-CPU counters the agent sums for its metrics (index: enum stat). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -91,6 +102,18 @@ __always int drop(__u32 reason)
 	return TC_ACT_SHOT;
 }
 
+/* How to notify the ring's reader of an event: not at all when the event comes from the agent's
+ * own injection (it runs in the agent's process, which marked itself injecting), else as usual
+ * (the kernel wakes the reader if it has caught up). */
+__always __u64 ring_wakeup(void)
+{
+	__u32 zero = 0;
+	__u32 *injecting = bpf_map_lookup_elem(&agent_injecting, &zero);
+	if (injecting && *injecting && *injecting == (__u32)(bpf_get_current_pid_tgid() >> 32))
+		return BPF_RB_NO_WAKEUP;
+	return 0;
+}
+
 /* Copies the packet (from its IPv4 header) into an event. Returns 0 or a negative error. */
 __always int emit_packet(struct __sk_buff *skb, __u32 kind, const struct conn_key *key)
 {
@@ -115,7 +138,7 @@ __always int emit_packet(struct __sk_buff *skb, __u32 kind, const struct conn_ke
 	barrier_var(n);
 	if (n >= EVENT_CAPTURE_MAX)
 		return -1;
-	if (bpf_ringbuf_output(&events, ev, sizeof(ev->hdr) + n + 1, 0))
+	if (bpf_ringbuf_output(&events, ev, sizeof(ev->hdr) + n + 1, ring_wakeup()))
 		return -1;
 	stat_add(STAT_EVENTS, 1);
 	return 0;
@@ -129,7 +152,7 @@ __always int emit_notice(__u32 kind, const struct conn_key *key)
 		.ts_ns = bpf_ktime_get_ns(),
 		.key = *key,
 	};
-	if (bpf_ringbuf_output(&events, &h, sizeof(h), 0))
+	if (bpf_ringbuf_output(&events, &h, sizeof(h), ring_wakeup()))
 		return -1;
 	stat_add(STAT_EVENTS, 1);
 	return 0;
