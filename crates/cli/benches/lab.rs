@@ -1,19 +1,63 @@
-//! Lab figures, side by side in one run on one lab (2 nodes, static server):
-//! - time to first byte over fresh connections to n1, for a target n1 serves itself and for one
-//!   it hands to n2 (policy `hash`), interleaved;
-//! - wrk throughput against n1 with no agent, with policy `local`, and with `round-robin`, both
-//!   with keep-alive and with a new connection per request.
+//! Lab figures, side by side in one run on one lab: 3 nodes with nginx, the client in its own
+//! namespace, every request sent to n1. Each comparison is interleaved in rounds (A B C D A B C D
+//! ...), the agents restarted with each configuration in turn, so that drift (other work on the
+//! machine, caches) affects all variants alike. "No agent" stops the agents: plain nginx.
 //!
-//! `cargo bench -p baton --bench lab` (root). BATON_BENCH_TTFB_SAMPLES (500) and
-//! BATON_BENCH_WRK_SECONDS (8) size it.
+//! 1. **Time to first byte**: a fresh TCP connection per request to n1, `GET` of the 1 KB file,
+//!    from before `connect` to the first response byte. Variants: no agent; policy `local`; kept
+//!    by n1 under `hash` (a target that hashes to n1: the datapath decides alone); kept by n1
+//!    under `round-robin` (the agent decides to keep it); handed off to n2 under `hash`; and, as
+//!    it comes with the round-robin batches, handed off under `round-robin` (to n2 or n3). A round
+//!    takes one batch of BATON_BENCH_TTFB_BATCH samples per variant under each configuration in
+//!    turn (none, `local`, `hash`, `round-robin`), after 10 discarded requests; under `hash` the
+//!    kept and handed-off requests alternate request by request. Under `round-robin` the policy
+//!    picks the node of each connection, so every sample is classified by the response's
+//!    `X-Served-By` header, and requests go on until the batch has its kept samples. The other
+//!    variants check `X-Served-By` too: a sample served by another node than the variant's (a
+//!    fallback) is left out and counted. Rounds go on until every variant has
+//!    BATON_BENCH_TTFB_SAMPLES samples. Printed: p50 and p99 over all samples, and what each
+//!    variant adds to "no agent" (µs, and the ratio of the p50s).
+//! 2. **wrk** (`wrk -t2 -c32`, Debian's, in the client namespace) against n1, with a connection
+//!    per request (`Connection: close`) and with keep-alive, for the 1 KB and 100 KB files, under
+//!    no agent, `local` and `round-robin`: BATON_BENCH_WRK_ROUNDS rounds, each running every load
+//!    under each configuration in turn for BATON_BENCH_WRK_SECONDS. Printed: the median of the
+//!    rounds in requests/s and its ratio against `local` (goal: connection per request under
+//!    `round-robin` ≥ 0.7× `local`); under `round-robin`, the share of connections handed off and
+//!    the handoff fallbacks by reason (agents' metrics); wrk's socket errors and non-2xx answers.
+//!    The client reuses TIME_WAIT ports (`tcp_tw_reuse=1`) over a wide port range, as load
+//!    generators are set up to.
+//! 3. **Agent CPU** (utime+stime of the agent processes, `/proc/PID/stat`, clock ticks):
+//!    - per handoff: over the `round-robin` connection-per-request 1 KB wrk runs of 2, the CPU
+//!      time of all agents (FE and BEs) divided by the handoffs done meanwhile
+//!      (`baton_handoffs_out_total` summed over nodes), and per connection
+//!      (`baton_connections_accepted_total`) (goal: ≤ 20 µs per handoff);
+//!    - idle: measured first, right after the lab is up (agents under `round-robin`, no traffic
+//!      yet), over BATON_BENCH_IDLE_SECONDS, as % of one core per agent and the max (goal:
+//!      ≤ 0.2 %). One clock tick (usually 10 ms) over 10 s is 0.1 %: the resolution is printed.
+//!
+//! `cargo bench -p baton --bench lab` (as root). Environment, defaults in parentheses:
+//! BATON_BENCH_TTFB_SAMPLES (500), BATON_BENCH_TTFB_BATCH (50), BATON_BENCH_WRK_SECONDS (5),
+//! BATON_BENCH_WRK_ROUNDS (3), BATON_BENCH_IDLE_SECONDS (10). A default run takes about five
+//! minutes, most of it wrk (36 runs) and agent restarts (49).
 
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use baton_lab::lab::target_hashed_to;
+use baton_lab::lab::{target_hashed_to, unique_name};
+use baton_lab::metrics::metric_sum;
 use baton_lab::{Lab, LabSpec, ServerKind};
 use baton_policy::PolicyKind;
+
+const NODES: usize = 3;
+/// Requests sent and discarded after each reconfiguration, before a batch.
+const WARMUP: usize = 10;
+/// A batch gives up after this long (the samples it has are kept).
+const BATCH_TIME_LIMIT: Duration = Duration::from_secs(60);
+/// Under `round-robin` a batch sends at most this many times its size to get its kept samples.
+const RR_MAX_FACTOR: usize = 6;
+const WRK_ARGS: [&str; 2] = ["-t2", "-c32"];
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -22,84 +66,604 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Connect, send, wait for the first response byte; then drain the response.
-fn ttfb(addr: SocketAddr, target: &str) -> Duration {
+/// What the agents run: nothing, or a policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Config {
+    NoAgent,
+    Agents(PolicyKind),
+}
+
+impl Config {
+    fn apply(self, lab: &mut Lab) {
+        match self {
+            Config::NoAgent => {
+                for i in 1..=lab.nodes() {
+                    lab.stop_agent(i).expect("stop agent");
+                }
+            }
+            Config::Agents(policy) => lab.restart_agents(policy).expect("restart agents"),
+        }
+    }
+}
+
+// ----- time to first byte ------------------------------------------------------------------------
+
+/// The TTFB variants, in the order printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Variant {
+    NoAgent,
+    Local,
+    HashKept,
+    RrKept,
+    HashHandedOff,
+    RrHandedOff,
+}
+
+impl Variant {
+    const ALL: [Variant; 6] = [
+        Variant::NoAgent,
+        Variant::Local,
+        Variant::HashKept,
+        Variant::RrKept,
+        Variant::HashHandedOff,
+        Variant::RrHandedOff,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Variant::NoAgent => "no agent (plain nginx)",
+            Variant::Local => "local",
+            Variant::HashKept => "hash, kept by n1 (datapath)",
+            Variant::RrKept => "round-robin, kept by n1 (agent)",
+            Variant::HashHandedOff => "hash, handed off to n2",
+            Variant::RrHandedOff => "round-robin, handed off (n2, n3)",
+        }
+    }
+}
+
+/// One request over a fresh connection: the time from before `connect` to the first response
+/// byte, and the node named by the response's `X-Served-By` header.
+fn ttfb(addr: SocketAddr, target: &str) -> Result<(Duration, Option<usize>), String> {
     let request = format!("GET {target} HTTP/1.1\r\nHost: baton\r\nConnection: close\r\n\r\n");
     let start = Instant::now();
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    s.set_nodelay(true).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    let mut first = [0u8; 1];
-    s.read_exact(&mut first).expect("first byte");
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(request.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut response = vec![0u8; 1];
+    s.read_exact(&mut response)
+        .map_err(|e| format!("first byte: {e}"))?;
     let elapsed = start.elapsed();
-    let mut rest = Vec::new();
-    let _ = s.read_to_end(&mut rest);
-    elapsed
+    s.read_to_end(&mut response)
+        .map_err(|e| format!("reading the response: {e}"))?;
+    let text = String::from_utf8_lossy(&response);
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!(
+            "answered {:?}",
+            head.lines().next().unwrap_or_default()
+        ));
+    }
+    let served_by = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("x-served-by")
+            .then(|| value.trim().strip_prefix('n')?.parse().ok())?
+    });
+    Ok((elapsed, served_by))
 }
 
-fn quantiles(mut v: Vec<Duration>) -> (f64, f64) {
+#[derive(Default)]
+struct Batch {
+    samples: Vec<(Variant, Duration)>,
+    /// Samples left out: served by another node than the variant's.
+    misplaced: Vec<(Variant, Option<usize>)>,
+    errors: Vec<String>,
+}
+
+impl Batch {
+    fn take(&mut self, variant: Variant, expect: usize, n1: SocketAddr, target: &str) {
+        match ttfb(n1, target) {
+            Ok((t, Some(node))) if node == expect => self.samples.push((variant, t)),
+            Ok((_, node)) => self.misplaced.push((variant, node)),
+            Err(e) => self.errors.push(e),
+        }
+    }
+}
+
+/// One batch of `size` samples per variant of `config` (run in the client namespace).
+fn ttfb_batch(config: Config, n1: SocketAddr, kept: &str, handed: &str, size: usize) -> Batch {
+    let mut batch = Batch::default();
+    let deadline = Instant::now() + BATCH_TIME_LIMIT;
+    for _ in 0..WARMUP {
+        let _ = ttfb(n1, kept);
+    }
+    match config {
+        Config::NoAgent | Config::Agents(PolicyKind::Local) => {
+            let variant = if config == Config::NoAgent {
+                Variant::NoAgent
+            } else {
+                Variant::Local
+            };
+            for _ in 0..size {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                batch.take(variant, 1, n1, kept);
+            }
+        }
+        Config::Agents(PolicyKind::Hash) => {
+            for _ in 0..size {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                batch.take(Variant::HashKept, 1, n1, kept);
+                batch.take(Variant::HashHandedOff, 2, n1, handed);
+            }
+        }
+        Config::Agents(PolicyKind::RoundRobin) => {
+            let mut kept_samples = 0;
+            for _ in 0..size * RR_MAX_FACTOR {
+                if kept_samples >= size || Instant::now() >= deadline {
+                    break;
+                }
+                match ttfb(n1, kept) {
+                    Ok((t, Some(1))) => {
+                        kept_samples += 1;
+                        batch.samples.push((Variant::RrKept, t));
+                    }
+                    Ok((t, Some(node))) if (2..=NODES).contains(&node) => {
+                        batch.samples.push((Variant::RrHandedOff, t))
+                    }
+                    Ok((_, node)) => batch.misplaced.push((Variant::RrKept, node)),
+                    Err(e) => batch.errors.push(e),
+                }
+            }
+        }
+        Config::Agents(other) => unreachable!("no TTFB variant under {other}"),
+    }
+    batch
+}
+
+/// p50 and p99 in µs (nearest rank).
+fn quantiles(mut v: Vec<Duration>) -> Option<(f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
     v.sort_unstable();
-    let at = |q: f64| v[((v.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
-    (at(0.5), at(0.99))
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e6;
+    Some((at(0.5), at(0.99)))
 }
 
-fn wrk(lab: &Lab, seconds: u64, close: bool) -> f64 {
-    let url = format!("http://{}/f/1k", lab.node_address(1));
+fn ttfb_section(lab: &mut Lab, samples: usize, batch_size: usize) {
+    let n1 = lab.node_http_addr(1);
+    let kept = target_hashed_to("/f/1k", 1, NODES);
+    let handed = target_hashed_to("/f/1k", 2, NODES);
+    let configs = [
+        Config::NoAgent,
+        Config::Agents(PolicyKind::Local),
+        Config::Agents(PolicyKind::Hash),
+        Config::Agents(PolicyKind::RoundRobin),
+    ];
+    let mut all: HashMap<Variant, Vec<Duration>> = HashMap::new();
+    let mut misplaced: HashMap<(Variant, Option<usize>), usize> = HashMap::new();
+    let mut errors: Vec<String> = Vec::new();
+    let started = Instant::now();
+    // Enough rounds for every variant; a variant that keeps coming up short (errors, fallbacks)
+    // gets a few more rounds at most.
+    let rounds_wanted = samples.div_ceil(batch_size.max(1));
+    let mut rounds = 0;
+    while rounds < rounds_wanted + 3 {
+        let short = Variant::ALL
+            .iter()
+            .any(|v| all.get(v).map_or(0, Vec::len) < samples);
+        if !short {
+            break;
+        }
+        rounds += 1;
+        for config in configs {
+            config.apply(lab);
+            let (kept, handed) = (kept.clone(), handed.clone());
+            let batch = lab
+                .in_client(move || ttfb_batch(config, n1, &kept, &handed, batch_size))
+                .expect("client namespace");
+            for (v, t) in batch.samples {
+                all.entry(v).or_default().push(t);
+            }
+            for key in batch.misplaced {
+                *misplaced.entry(key).or_default() += 1;
+            }
+            errors.extend(batch.errors);
+        }
+    }
+
+    println!(
+        "time to first byte, fresh connection per request to n1, GET 1 KB; {rounds} rounds of \
+         {batch_size} per variant ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "  {:<34} {:>5} {:>8} {:>9} {:>7} {:>8} {:>9}",
+        "", "n", "p50 us", "+us", "x none", "p99 us", "+us"
+    );
+    let base = quantiles(all.get(&Variant::NoAgent).cloned().unwrap_or_default());
+    for v in Variant::ALL {
+        let samples = all.get(&v).cloned().unwrap_or_default();
+        let n = samples.len();
+        match (quantiles(samples), base) {
+            (Some((p50, p99)), Some((b50, b99))) if v != Variant::NoAgent => println!(
+                "  {:<34} {n:>5} {p50:>8.0} {:>+9.0} {:>6.2}x {p99:>8.0} {:>+9.0}",
+                v.label(),
+                p50 - b50,
+                p50 / b50,
+                p99 - b99,
+            ),
+            (Some((p50, p99)), _) => println!(
+                "  {:<34} {n:>5} {p50:>8.0} {:>9} {:>7} {p99:>8.0} {:>9}",
+                v.label(),
+                "-",
+                "-",
+                "-"
+            ),
+            (None, _) => println!("  {:<34} {n:>5} (no samples)", v.label()),
+        }
+    }
+    let mut notes: Vec<String> = misplaced
+        .iter()
+        .map(|((v, node), count)| {
+            let by = node.map_or("no X-Served-By".to_string(), |n| format!("served by n{n}"));
+            format!("{}: {count} samples {by}, left out", v.label())
+        })
+        .collect();
+    notes.sort();
+    if !errors.is_empty() {
+        notes.push(format!(
+            "{} requests failed, e.g. {}",
+            errors.len(),
+            errors[0]
+        ));
+    }
+    for note in notes {
+        println!("  ! {note}");
+    }
+}
+
+// ----- wrk ---------------------------------------------------------------------------------------
+
+/// A wrk column: connection per request or keep-alive, and the file.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    close: bool,
+    path: &'static str,
+}
+
+impl Load {
+    fn label(self) -> String {
+        let size = self.path.trim_start_matches("/f/");
+        if self.close {
+            format!("conn/req {size}")
+        } else {
+            format!("keep-alive {size}")
+        }
+    }
+}
+
+const LOADS: [Load; 4] = [
+    Load {
+        close: true,
+        path: "/f/1k",
+    },
+    Load {
+        close: true,
+        path: "/f/100k",
+    },
+    Load {
+        close: false,
+        path: "/f/1k",
+    },
+    Load {
+        close: false,
+        path: "/f/100k",
+    },
+];
+
+struct WrkRun {
+    rps: f64,
+    /// Socket errors, non-2xx answers or a failed wrk, as wrk words them.
+    problems: Vec<String>,
+}
+
+fn wrk(lab: &Lab, seconds: u64, load: Load) -> WrkRun {
+    let url = format!("http://{}{}", lab.node_address(1), load.path);
     let duration = format!("-d{seconds}s");
-    let mut args = vec!["wrk", "-t2", "-c32", duration.as_str()];
-    if close {
+    let mut args = vec!["wrk", WRK_ARGS[0], WRK_ARGS[1], duration.as_str()];
+    if load.close {
         args.extend(["-H", "Connection: close"]);
     }
     args.push(&url);
     let out = lab.exec("client", &args).expect("run wrk");
     let text = String::from_utf8_lossy(&out.stdout);
-    if text.contains("Non-2xx") || text.contains("Socket errors") {
-        eprintln!("wrk reported errors:\n{text}");
+    let mut problems: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("Non-2xx") || l.starts_with("Socket errors"))
+        .map(str::to_string)
+        .collect();
+    if !out.status.success() {
+        problems.push(format!(
+            "wrk failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
-    text.lines()
+    let rps = text
+        .lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(f64::NAN)
+        .unwrap_or(f64::NAN);
+    WrkRun { rps, problems }
 }
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| !x.is_nan());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// Counters summed over the cluster, read before and after a run.
+#[derive(Clone, Default)]
+struct Counters {
+    accepted: f64,
+    handoffs: f64,
+    /// `baton_handoff_fallbacks_total` by reason.
+    fallbacks: BTreeMap<String, f64>,
+    /// utime+stime of all agents, in clock ticks.
+    cpu_ticks: u64,
+}
+
+impl Counters {
+    /// Scrapes every agent's metrics, and reads the agents' CPU time before the scrapes
+    /// (`ticks_first`, at the end of a run) or after them (at its start): the agents' work of
+    /// answering the scrapes stays out of the CPU time.
+    fn read(lab: &Lab, ticks_first: bool) -> Counters {
+        let ticks = || agent_ticks(lab).iter().sum();
+        let mut c = Counters::default();
+        if ticks_first {
+            c.cpu_ticks = ticks();
+        }
+        for i in 1..=lab.nodes() {
+            let m = lab.scrape_metrics(i).expect("scrape metrics");
+            c.accepted += metric_sum(&m, "baton_connections_accepted_total").unwrap_or(0.0);
+            c.handoffs += metric_sum(&m, "baton_handoffs_out_total").unwrap_or(0.0);
+            for (series, value) in &m {
+                if let Some(labels) = series.strip_prefix("baton_handoff_fallbacks_total{") {
+                    let reason = labels
+                        .split_once("reason=\"")
+                        .and_then(|(_, r)| r.split_once('"'))
+                        .map_or(labels, |(r, _)| r);
+                    *c.fallbacks.entry(reason.to_string()).or_default() += value;
+                }
+            }
+        }
+        if !ticks_first {
+            c.cpu_ticks = ticks();
+        }
+        c
+    }
+
+    fn since(&self, before: &Counters) -> Counters {
+        let mut fallbacks = self.fallbacks.clone();
+        for (reason, v) in &before.fallbacks {
+            *fallbacks.entry(reason.clone()).or_default() -= v;
+        }
+        fallbacks.retain(|_, v| *v != 0.0);
+        Counters {
+            accepted: self.accepted - before.accepted,
+            handoffs: self.handoffs - before.handoffs,
+            fallbacks,
+            cpu_ticks: self.cpu_ticks - before.cpu_ticks,
+        }
+    }
+
+    fn add(&mut self, other: &Counters) {
+        self.accepted += other.accepted;
+        self.handoffs += other.handoffs;
+        for (reason, v) in &other.fallbacks {
+            *self.fallbacks.entry(reason.clone()).or_default() += v;
+        }
+        self.cpu_ticks += other.cpu_ticks;
+    }
+}
+
+/// wrk rounds of (no agent, `local`, `round-robin`), each running every load; prints the table.
+/// Returns the counters of the `round-robin` connection-per-request 1 KB runs, summed.
+fn wrk_section(lab: &mut Lab, seconds: u64, wrk_rounds: u64) -> Counters {
+    let configs = [
+        ("no agent", Config::NoAgent),
+        ("local", Config::Agents(PolicyKind::Local)),
+        ("round-robin", Config::Agents(PolicyKind::RoundRobin)),
+    ];
+    let wrk_started = Instant::now();
+    let mut rps = vec![vec![Vec::new(); LOADS.len()]; configs.len()];
+    let mut problems: Vec<String> = Vec::new();
+    // Under round-robin, per load: counters summed over rounds.
+    let mut rr_counters: Vec<Counters> = vec![Counters::default(); LOADS.len()];
+    for round in 1..=wrk_rounds {
+        for (c, (name, config)) in configs.iter().enumerate() {
+            config.apply(lab);
+            for (l, load) in LOADS.iter().enumerate() {
+                let rr = *config == Config::Agents(PolicyKind::RoundRobin);
+                let before = rr.then(|| Counters::read(lab, false));
+                let run = wrk(lab, seconds, *load);
+                if let Some(before) = before {
+                    rr_counters[l].add(&Counters::read(lab, true).since(&before));
+                }
+                rps[c][l].push(run.rps);
+                for p in run.problems {
+                    problems.push(format!("round {round}, {name}, {}: {p}", load.label()));
+                }
+            }
+        }
+    }
+    println!(
+        "wrk {} against n1, {seconds} s per run, median of {wrk_rounds} rounds ({:.0} s): \
+         requests/s, x local",
+        WRK_ARGS.join(" "),
+        wrk_started.elapsed().as_secs_f64()
+    );
+    print!("  {:<12}", "");
+    for load in LOADS {
+        print!(" {:>18}", load.label());
+    }
+    println!();
+    let medians: Vec<Vec<f64>> = rps
+        .iter()
+        .map(|per_load| per_load.iter().cloned().map(median).collect())
+        .collect();
+    for ((name, _), row) in configs.iter().zip(&medians) {
+        print!("  {name:<12}");
+        for (value, local) in row.iter().zip(&medians[1]) {
+            print!(" {value:>10.0} {:>6.2}x", value / local);
+        }
+        println!();
+    }
+    let rr = configs.len() - 1;
+    println!(
+        "  goal: round-robin conn/req >= 0.70x local: 1k {:.2}x, 100k {:.2}x",
+        medians[rr][0] / medians[1][0],
+        medians[rr][1] / medians[1][1]
+    );
+    let shares: Vec<String> = LOADS
+        .iter()
+        .zip(&rr_counters)
+        .map(|(load, c)| {
+            format!(
+                "{} {:.1}%",
+                load.label(),
+                100.0 * c.handoffs / c.accepted.max(1.0)
+            )
+        })
+        .collect();
+    let fallback_counts: Vec<String> = LOADS
+        .iter()
+        .zip(&rr_counters)
+        .map(|(load, c)| format!("{} {:.0}", load.label(), c.fallbacks.values().sum::<f64>()))
+        .collect();
+    let mut all = Counters::default();
+    for c in &rr_counters {
+        all.add(c);
+    }
+    let reasons: Vec<String> = all
+        .fallbacks
+        .iter()
+        .map(|(reason, v)| format!("{reason} {v:.0}"))
+        .collect();
+    println!("  round-robin, handed off: {}", shares.join(", "));
+    println!(
+        "  round-robin, fallbacks (served by n1 after all): {}; by reason: {}",
+        fallback_counts.join(", "),
+        if reasons.is_empty() {
+            "-".to_string()
+        } else {
+            reasons.join(", ")
+        }
+    );
+    if problems.is_empty() {
+        println!("  wrk: no socket errors, no non-2xx answers");
+    }
+    for p in problems {
+        println!("  ! {p}");
+    }
+    rr_counters.swap_remove(0)
+}
+
+// ----- agent CPU ---------------------------------------------------------------------------------
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    assert!(hz > 0, "sysconf(_SC_CLK_TCK)");
+    hz as f64
+}
+
+/// utime+stime of a process (all its threads), in clock ticks.
+fn process_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let rest = &stat[stat.rfind(')').expect("comm in /proc/PID/stat") + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of the line; `rest` starts at field 3.
+    let field = |n: usize| fields[n - 3].parse::<u64>().expect("a number of ticks");
+    field(14) + field(15)
+}
+
+/// utime+stime of each node's agent, in clock ticks.
+fn agent_ticks(lab: &Lab) -> Vec<u64> {
+    (1..=lab.nodes())
+        .map(|i| process_ticks(lab.agent_pid(i).expect("agent running")))
+        .collect()
+}
+
+/// Agent CPU with no traffic, as % of one core per agent, over `seconds`: a line to print.
+fn idle_cpu(lab: &Lab, seconds: u64, hz: f64) -> String {
+    // Whatever the agents did starting up is over by now.
+    std::thread::sleep(Duration::from_secs(1));
+    let before = agent_ticks(lab);
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(seconds));
+    let after = agent_ticks(lab);
+    let elapsed = start.elapsed().as_secs_f64();
+    let percent: Vec<f64> = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| (a - b) as f64 / hz / elapsed * 100.0)
+        .collect();
+    let max = percent.iter().copied().fold(0.0, f64::max);
+    let per_agent: Vec<String> = percent
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("n{} {p:.2}%", i + 1))
+        .collect();
+    format!(
+        "  idle ({elapsed:.0} s, no traffic yet; resolution {:.2}%): {}; max {max:.2}% of a core \
+         (goal <= 0.2%)",
+        100.0 / hz / elapsed,
+        per_agent.join(", ")
+    )
+}
+
+// ----- main --------------------------------------------------------------------------------------
 
 fn main() {
     let samples = env_or("BATON_BENCH_TTFB_SAMPLES", 500) as usize;
-    let seconds = env_or("BATON_BENCH_WRK_SECONDS", 8);
-    let spec = LabSpec::new(baton_lab::lab::unique_name("bench"), 2)
-        .server(ServerKind::Static)
-        .policy(PolicyKind::Hash)
+    let batch = env_or("BATON_BENCH_TTFB_BATCH", 50).max(1) as usize;
+    let seconds = env_or("BATON_BENCH_WRK_SECONDS", 5).max(1);
+    let wrk_rounds = env_or("BATON_BENCH_WRK_ROUNDS", 3).max(1);
+    let idle_seconds = env_or("BATON_BENCH_IDLE_SECONDS", 10).max(1);
+    let hz = clock_ticks_per_second();
+    let started = Instant::now();
+
+    let spec = LabSpec::new(unique_name("bench"), NODES)
+        .server(ServerKind::Nginx)
+        .policy(PolicyKind::RoundRobin)
         .exe(env!("CARGO_BIN_EXE_baton"));
     let mut lab = Lab::up(spec).expect("lab up (root)");
-
-    let n1 = SocketAddr::new(lab.node_address(1).into(), 80);
-    let (local, remote) = (
-        target_hashed_to("/f/1k", 1, 2),
-        target_hashed_to("/f/1k", 2, 2),
-    );
-    let (local_t, remote_t) = lab
-        .in_client(move || {
-            for _ in 0..20 {
-                ttfb(n1, &local);
-                ttfb(n1, &remote);
-            }
-            let (mut l, mut r) = (Vec::new(), Vec::new());
-            for _ in 0..samples {
-                l.push(ttfb(n1, &local));
-                r.push(ttfb(n1, &remote));
-            }
-            (l, r)
-        })
-        .unwrap();
-    let (l50, l99) = quantiles(local_t);
-    let (r50, r99) = quantiles(remote_t);
-    println!("time to first byte, fresh connection to n1, {samples} requests each (policy hash)");
-    println!("  {:<28} {:>10} {:>10}", "", "p50 us", "p99 us");
     println!(
-        "  {:<28} {:>10.0} {:>10.0}",
-        "served by n1 (local)", l50, l99
+        "baton lab bench: lab {}, {NODES} nodes, nginx; client {} -> n1 {}",
+        lab.name(),
+        baton_lab::lab::CLIENT_ADDRESS,
+        lab.node_address(1)
     );
-    println!("  {:<28} {:>10.0} {:>10.0}", "handed off to n2", r50, r99);
 
     // A load generator that opens thousands of connections a second runs out of ephemeral ports
     // to its own TIME_WAIT sockets within seconds; then connect() itself is the bottleneck, whatever
@@ -113,40 +677,30 @@ fn main() {
             .expect("sysctl in the client namespace");
         assert!(out.status.success(), "sysctl -w {setting}");
     }
-    println!("wrk -t2 -c32 {seconds}s against n1, GET /f/1k (requests/s; client: tcp_tw_reuse=1)");
-    println!("  {:<28} {:>12} {:>16}", "", "keep-alive", "conn. per req.");
-    let row = |name: &str, lab: &Lab| {
-        let ka = wrk(lab, seconds, false);
-        let close = wrk(lab, seconds, true);
-        println!("  {name:<28} {ka:>12.0} {close:>16.0}");
-        if std::env::var_os("BATON_BENCH_VERBOSE").is_some() {
-            for i in 1..=lab.nodes() {
-                let m = lab.scrape_metrics(i).unwrap_or_default();
-                let mut lines: Vec<String> = m
-                    .iter()
-                    .filter(|(k, v)| {
-                        **v != 0.0
-                            && (k.contains("fallback")
-                                || k.contains("refused")
-                                || k.contains("dropped")
-                                || k.contains("handoffs"))
-                    })
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect();
-                lines.sort();
-                println!("    n{i}: {}", lines.join(" "));
-            }
-        }
-    };
-    for i in 1..=2 {
-        lab.stop_agent(i).unwrap();
-    }
-    row("no agent (plain servers)", &lab);
-    lab.restart_agents(PolicyKind::Local).unwrap();
-    row("policy local", &lab);
-    lab.restart_agents(PolicyKind::RoundRobin).unwrap();
-    row("policy round-robin", &lab);
-    lab.restart_agents(PolicyKind::LeastConn).unwrap();
-    row("policy least-conn", &lab);
-    lab.down().unwrap();
+
+    let idle = idle_cpu(&lab, idle_seconds, hz);
+    ttfb_section(&mut lab, samples, batch);
+    println!();
+
+    // Agent CPU per handoff, over the round-robin connection-per-request 1 KB runs.
+    let c = wrk_section(&mut lab, seconds, wrk_rounds);
+    println!();
+    let cpu_us = c.cpu_ticks as f64 / hz * 1e6;
+    println!("agent CPU, utime+stime of the {NODES} agents (/proc/PID/stat, {hz} ticks/s)");
+    println!(
+        "  under round-robin conn/req 1k wrk ({wrk_rounds} x {seconds} s): {:.2} s for {:.0} \
+         handoffs, {:.0} connections",
+        cpu_us / 1e6,
+        c.handoffs,
+        c.accepted
+    );
+    println!(
+        "  per handoff {:.1} us (goal <= 20 us), per connection {:.1} us",
+        cpu_us / c.handoffs.max(1.0),
+        cpu_us / c.accepted.max(1.0)
+    );
+    println!("{idle}");
+
+    lab.down().expect("lab down");
+    println!("\n(bench took {:.0} s)", started.elapsed().as_secs_f64());
 }
