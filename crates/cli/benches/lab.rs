@@ -26,14 +26,14 @@
 //!    the handoff fallbacks by reason (agents' metrics); wrk's socket errors and non-2xx answers.
 //!    The client reuses TIME_WAIT ports (`tcp_tw_reuse=1`) over a wide port range, as load
 //!    generators are set up to.
-//! 3. **Agent CPU** (utime+stime of the agent processes, `/proc/PID/stat`, clock ticks):
+//! 3. **Agent CPU** (time on CPU of the agent processes, `/proc/PID/schedstat`, in ns):
 //!    - per handoff: over the `round-robin` connection-per-request 1 KB wrk runs of 2, the CPU
 //!      time of all agents (FE and BEs) divided by the handoffs done meanwhile
 //!      (`baton_handoffs_out_total` summed over nodes), and per connection
 //!      (`baton_connections_accepted_total`) (goal: ≤ 20 µs per handoff);
 //!    - idle: measured first, right after the lab is up (agents under `round-robin`, no traffic
 //!      yet), over BATON_BENCH_IDLE_SECONDS, as % of one core per agent and the max (goal:
-//!      ≤ 0.2 %). One clock tick (usually 10 ms) over 10 s is 0.1 %: the resolution is printed.
+//!      ≤ 0.2 %).
 //!
 //! `cargo bench -p baton --bench lab` (as root). Environment, defaults in parentheses:
 //! BATON_BENCH_TTFB_SAMPLES (500), BATON_BENCH_TTFB_BATCH (50), BATON_BENCH_WRK_SECONDS (5),
@@ -427,19 +427,19 @@ struct Counters {
     handoffs: f64,
     /// `baton_handoff_fallbacks_total` by reason.
     fallbacks: BTreeMap<String, f64>,
-    /// utime+stime of all agents, in clock ticks.
-    cpu_ticks: u64,
+    /// Time on CPU of all agents, in ns.
+    cpu_ns: u64,
 }
 
 impl Counters {
     /// Scrapes every agent's metrics, and reads the agents' CPU time before the scrapes
-    /// (`ticks_first`, at the end of a run) or after them (at its start): the agents' work of
+    /// (`cpu_first`, at the end of a run) or after them (at its start): the agents' work of
     /// answering the scrapes stays out of the CPU time.
-    fn read(lab: &Lab, ticks_first: bool) -> Counters {
-        let ticks = || agent_ticks(lab).iter().sum();
+    fn read(lab: &Lab, cpu_first: bool) -> Counters {
+        let cpu = || agent_cpu_ns(lab).iter().sum();
         let mut c = Counters::default();
-        if ticks_first {
-            c.cpu_ticks = ticks();
+        if cpu_first {
+            c.cpu_ns = cpu();
         }
         for i in 1..=lab.nodes() {
             let m = lab.scrape_metrics(i).expect("scrape metrics");
@@ -455,8 +455,8 @@ impl Counters {
                 }
             }
         }
-        if !ticks_first {
-            c.cpu_ticks = ticks();
+        if !cpu_first {
+            c.cpu_ns = cpu();
         }
         c
     }
@@ -471,7 +471,7 @@ impl Counters {
             accepted: self.accepted - before.accepted,
             handoffs: self.handoffs - before.handoffs,
             fallbacks,
-            cpu_ticks: self.cpu_ticks - before.cpu_ticks,
+            cpu_ns: self.cpu_ns - before.cpu_ns,
         }
     }
 
@@ -481,7 +481,7 @@ impl Counters {
         for (reason, v) in &other.fallbacks {
             *self.fallbacks.entry(reason.clone()).or_default() += v;
         }
-        self.cpu_ticks += other.cpu_ticks;
+        self.cpu_ns += other.cpu_ns;
     }
 }
 
@@ -589,55 +589,46 @@ fn wrk_section(lab: &mut Lab, seconds: u64, wrk_rounds: u64) -> Counters {
 
 // ----- agent CPU ---------------------------------------------------------------------------------
 
-fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    assert!(hz > 0, "sysconf(_SC_CLK_TCK)");
-    hz as f64
+/// Time a process (all its threads) has spent on a CPU, in ns (`/proc/PID/schedstat`, first
+/// field): exact, where utime+stime count whole clock ticks.
+fn process_cpu_ns(pid: u32) -> u64 {
+    let path = format!("/proc/{pid}/schedstat");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    text.split_whitespace()
+        .next()
+        .and_then(|ns| ns.parse().ok())
+        .unwrap_or_else(|| panic!("{path}: {text:?}"))
 }
 
-/// utime+stime of a process (all its threads), in clock ticks.
-fn process_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
-    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
-    let rest = &stat[stat.rfind(')').expect("comm in /proc/PID/stat") + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of the line; `rest` starts at field 3.
-    let field = |n: usize| fields[n - 3].parse::<u64>().expect("a number of ticks");
-    field(14) + field(15)
-}
-
-/// utime+stime of each node's agent, in clock ticks.
-fn agent_ticks(lab: &Lab) -> Vec<u64> {
+/// Time on CPU of each node's agent, in ns.
+fn agent_cpu_ns(lab: &Lab) -> Vec<u64> {
     (1..=lab.nodes())
-        .map(|i| process_ticks(lab.agent_pid(i).expect("agent running")))
+        .map(|i| process_cpu_ns(lab.agent_pid(i).expect("agent running")))
         .collect()
 }
 
 /// Agent CPU with no traffic, as % of one core per agent, over `seconds`: a line to print.
-fn idle_cpu(lab: &Lab, seconds: u64, hz: f64) -> String {
+fn idle_cpu(lab: &Lab, seconds: u64) -> String {
     // Whatever the agents did starting up is over by now.
     std::thread::sleep(Duration::from_secs(1));
-    let before = agent_ticks(lab);
+    let before = agent_cpu_ns(lab);
     let start = Instant::now();
     std::thread::sleep(Duration::from_secs(seconds));
-    let after = agent_ticks(lab);
+    let after = agent_cpu_ns(lab);
     let elapsed = start.elapsed().as_secs_f64();
     let percent: Vec<f64> = before
         .iter()
         .zip(&after)
-        .map(|(b, a)| (a - b) as f64 / hz / elapsed * 100.0)
+        .map(|(b, a)| (a - b) as f64 / 1e9 / elapsed * 100.0)
         .collect();
     let max = percent.iter().copied().fold(0.0, f64::max);
     let per_agent: Vec<String> = percent
         .iter()
         .enumerate()
-        .map(|(i, p)| format!("n{} {p:.2}%", i + 1))
+        .map(|(i, p)| format!("n{} {p:.3}%", i + 1))
         .collect();
     format!(
-        "  idle ({elapsed:.0} s, no traffic yet; resolution {:.2}%): {}; max {max:.2}% of a core \
-         (goal <= 0.2%)",
-        100.0 / hz / elapsed,
+        "  idle ({elapsed:.0} s, no traffic yet): {}; max {max:.3}% of a core (goal <= 0.2%)",
         per_agent.join(", ")
     )
 }
@@ -650,7 +641,6 @@ fn main() {
     let seconds = env_or("BATON_BENCH_WRK_SECONDS", 5).max(1);
     let wrk_rounds = env_or("BATON_BENCH_WRK_ROUNDS", 3).max(1);
     let idle_seconds = env_or("BATON_BENCH_IDLE_SECONDS", 10).max(1);
-    let hz = clock_ticks_per_second();
     let started = Instant::now();
 
     let spec = LabSpec::new(unique_name("bench"), NODES)
@@ -678,15 +668,15 @@ fn main() {
         assert!(out.status.success(), "sysctl -w {setting}");
     }
 
-    let idle = idle_cpu(&lab, idle_seconds, hz);
+    let idle = idle_cpu(&lab, idle_seconds);
     ttfb_section(&mut lab, samples, batch);
     println!();
 
     // Agent CPU per handoff, over the round-robin connection-per-request 1 KB runs.
     let c = wrk_section(&mut lab, seconds, wrk_rounds);
     println!();
-    let cpu_us = c.cpu_ticks as f64 / hz * 1e6;
-    println!("agent CPU, utime+stime of the {NODES} agents (/proc/PID/stat, {hz} ticks/s)");
+    let cpu_us = c.cpu_ns as f64 / 1e3;
+    println!("agent CPU, time on CPU of the {NODES} agents (/proc/PID/schedstat)");
     println!(
         "  under round-robin conn/req 1k wrk ({wrk_rounds} x {seconds} s): {:.2} s for {:.0} \
          handoffs, {:.0} connections",

@@ -57,6 +57,9 @@ pub(super) struct Inbound {
     template: TcpPacketBuilder,
     /// The request, and whatever the client sent after it before the replay.
     stream: StreamAssembler,
+    /// The datapath entry as created (before the replay the datapath writes nothing but its
+    /// timestamps, so the agent's copy is the entry).
+    entry: Conn,
     /// The offsets, once our TCP answered.
     translation: Option<Translation>,
     /// It must be live by then.
@@ -193,6 +196,7 @@ impl Engine {
             fe_ecn: r.fe_ecn,
             template,
             stream,
+            entry,
             translation: None,
             deadline,
             phase: BePhase::SynSent,
@@ -255,16 +259,14 @@ impl Engine {
                 None => 0,
             },
         };
-        let Some(mut entry) = self.conns.get(&key) else {
-            return self.refuse_inbound(key, RefuseReason::Internal, true);
-        };
+        let mut entry = inbound.entry;
         entry.state = ConnState::BeReplayed as u8;
         entry.local_isn = synack.seq;
         entry.seq_delta = translation.seq_delta;
         entry.ts_delta = translation.ts_delta;
         let left = inbound.deadline.saturating_duration_since(now);
         entry.live_deadline_ns = monotonic_ns() + left.as_nanos() as u64;
-        // Nothing but the agent writes a BE entry before it is replayed: the whole entry is ours.
+        // Before the replay the datapath writes nothing but last_seen_ns: the whole entry is ours.
         if self.conns.insert(key, entry, Insert::Existing).is_err() {
             return self.refuse_inbound(key, RefuseReason::Internal, true);
         }

@@ -383,7 +383,8 @@ impl Engine {
             return self.release_local(key, LocalReason::Internal, now);
         };
         // The client's packets follow the offer: from now on the datapath forwards them. Only a
-        // connection still held may switch (a client RST may have just removed it).
+        // connection still held may switch (a client RST may have just removed it). In FE_HOLD
+        // the datapath writes nothing but last_seen_ns, so writing the whole entry loses nothing.
         let client_isn = held.entry.client_isn;
         let entry = self
             .conns
