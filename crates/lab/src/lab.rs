@@ -1,4 +1,4 @@
-//! The lab: a real cluster on one machine, made of network namespaces (DESIGN.md §6).
+//! The lab: a real cluster on one machine, made of network namespaces (docs/design.md §8).
 //!
 //! Topology of lab `NAME` with N nodes:
 //!

@@ -1,4 +1,4 @@
-//! The baton lab: a real cluster of network namespaces on one machine (DESIGN.md §6), and the
+//! The baton lab: a real cluster of network namespaces on one machine (docs/design.md §8), and the
 //! small static file server it runs.
 //!
 //! - [`lab`]: [`Lab::up`] / [`Lab::down`] build and remove a named lab; [`LabSpec`] says what.
