@@ -110,31 +110,7 @@ pub fn hashing_fe() -> NodeConfig {
 /// A target that the agent's hash policy, in the cluster of [`hashing_fe`], gives to `node`
 /// (0 = n1, 1 = n2): the oracle for the datapath's own decision.
 pub fn target_hashed_to(node: usize) -> String {
-    use baton_policy::{ClusterView, NodeState, Policy, RequestInfo};
-    let nodes: Vec<NodeState> = ["n1", "n2"]
-        .iter()
-        .map(|name| NodeState {
-            name: name.to_string(),
-            up: true,
-            load: 0,
-        })
-        .collect();
-    let view = ClusterView {
-        self_index: 0,
-        nodes: &nodes,
-        now_ms: 0,
-    };
-    (0..)
-        .map(|i| format!("/f/{i}?k=v"))
-        .find(|target| {
-            let request = RequestInfo {
-                method: "GET",
-                target,
-                host: None,
-            };
-            baton_policy::Hash.choose(&request, &view) == node
-        })
-        .expect("some target hashes to each node")
+    baton_policy::Hash::target_for("/f/1k", &["n1", "n2"], node).expect("a target for each node")
 }
 
 fn frame(ip: &[u8]) -> Vec<u8> {

@@ -153,38 +153,17 @@ pub fn node_address(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, i as u8)
 }
 
-/// The network namespace of `host` (`sw`, `client`, `n1`, ...) in lab `lab`.
 /// A request target for `path` (with a `?k=N` query) that the `hash` policy assigns to node `node`
 /// (1-based) of a lab of `nodes` nodes: how tests and benchmarks pick requests that must be
 /// handed off, or must not. Asks the policy itself, so it cannot drift from what the agents do.
 pub fn target_hashed_to(path: &str, node: usize, nodes: usize) -> String {
-    use baton_policy::{ClusterView, NodeState, Policy, RequestInfo};
-    let states: Vec<NodeState> = (1..=nodes)
-        .map(|i| NodeState {
-            name: format!("n{i}"),
-            up: true,
-            load: 0,
-        })
-        .collect();
-    let view = ClusterView {
-        self_index: 0,
-        nodes: &states,
-        now_ms: 0,
-    };
-    let mut policy = baton_policy::Hash;
-    (0..100_000)
-        .map(|k| format!("{path}?k={k}"))
-        .find(|target| {
-            let request = RequestInfo {
-                method: "GET",
-                target,
-                host: None,
-            };
-            policy.choose(&request, &view) + 1 == node
-        })
+    let names: Vec<String> = (1..=nodes).map(|i| format!("n{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    baton_policy::Hash::target_for(path, &names, node.wrapping_sub(1))
         .expect("some query string hashes to every node")
 }
 
+/// The network namespace of `host` (`sw`, `client`, `n1`, ...) in lab `lab`.
 pub fn ns_name(lab: &str, host: &str) -> String {
     format!("baton-{lab}-{host}")
 }

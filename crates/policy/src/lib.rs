@@ -299,6 +299,37 @@ impl Policy for Hash {
     }
 }
 
+impl Hash {
+    /// A request target, `path` with a `?k=N` query, that this policy gives to `names[node]` when
+    /// every node of `names` is up: how tests and benchmarks pick requests that must, or must not,
+    /// be handed off. `None` if no N below 100 000 does (or `node` is not an index of `names`).
+    pub fn target_for(path: &str, names: &[&str], node: usize) -> Option<String> {
+        let nodes: Vec<NodeState> = names
+            .iter()
+            .map(|name| NodeState {
+                name: name.to_string(),
+                up: true,
+                load: 0,
+            })
+            .collect();
+        let view = ClusterView {
+            self_index: 0,
+            nodes: &nodes,
+            now_ms: 0,
+        };
+        (0..100_000)
+            .map(|k| format!("{path}?k={k}"))
+            .find(|target| {
+                let request = RequestInfo {
+                    method: "GET",
+                    target,
+                    host: None,
+                };
+                Hash.choose(&request, &view) == node
+            })
+    }
+}
+
 /// The weight of `node_name` for `target`: 64-bit FNV-1a over the name, a separator and the
 /// target, then the splitmix64 finalizer.
 ///
@@ -356,6 +387,19 @@ pub(crate) fn splitmix64_finalize(mut z: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn target_for_finds_targets_the_policy_gives_to_each_node() {
+        let names = ["n1", "n2", "n3"];
+        for node in 0..3 {
+            let target = Hash::target_for("/f/1k", &names, node).unwrap();
+            let winner = (0..3)
+                .max_by_key(|&i| rendezvous_score(names[i], &target))
+                .unwrap();
+            assert_eq!(winner, node, "{target}");
+        }
+        assert_eq!(Hash::target_for("/x", &names, 3), None);
+    }
 
     #[test]
     fn fnv1a64_matches_reference_vectors() {

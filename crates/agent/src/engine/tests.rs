@@ -398,33 +398,7 @@ fn notice(kind: EventKind, key: ConnKey) -> Event {
 
 /// A target the hash policy gives to node `want` (0-based) of n1, n2.
 fn target_for(want: usize) -> String {
-    use baton_policy::{ClusterView, NodeState, Policy, RequestInfo};
-    let nodes: Vec<NodeState> = ["n1", "n2"]
-        .iter()
-        .map(|n| NodeState {
-            name: n.to_string(),
-            up: true,
-            load: 0,
-        })
-        .collect();
-    let view = ClusterView {
-        self_index: 0,
-        nodes: &nodes,
-        now_ms: 0,
-    };
-    (0..10_000)
-        .map(|k| format!("/f/1k?k={k}"))
-        .find(|t| {
-            baton_policy::Hash.choose(
-                &RequestInfo {
-                    method: "GET",
-                    target: t,
-                    host: None,
-                },
-                &view,
-            ) == want
-        })
-        .unwrap()
+    baton_policy::Hash::target_for("/f/1k", &["n1", "n2"], want).unwrap()
 }
 
 fn request(target: &str) -> Vec<u8> {
