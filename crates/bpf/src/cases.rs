@@ -658,6 +658,10 @@ fn be_replay() -> Vec<Case> {
     let t = translation();
     let synack = be_synack();
     let be_request = frame(&client_request(BE).build());
+    let mut be_ack = client_request(BE);
+    be_ack.flags = TcpFlags::ACK;
+    be_ack.payload.clear();
+    let be_ack = frame(&be_ack.build());
     let ack = server_ack();
     vec![
         Case {
@@ -671,15 +675,27 @@ fn be_replay() -> Vec<Case> {
             entry_after: expect_state(ConnState::BeSynSent),
             event: Some(EventKind::BeSynAck),
         },
-        // The FE forwards from the moment it offers; before the replay our TCP cannot read it.
+        // The FE forwards from the moment it offers; before the replay our TCP cannot read it:
+        // data goes to the agent, which adds it to the request; a bare ACK is dropped.
         Case {
-            name: "be_client_packet_before_the_replay_dropped",
+            name: "be_client_data_before_the_replay_held",
             hook: Hook::Ingress,
             config: distributing(BE),
             entry: Some(be_entry(ConnState::BeSynSent)),
             input: be_request.clone(),
             verdict: TC_ACT_SHOT,
             output: be_request.clone(),
+            entry_after: expect_state(ConnState::BeSynSent),
+            event: Some(EventKind::HeldPacket),
+        },
+        Case {
+            name: "be_client_ack_before_the_replay_dropped",
+            hook: Hook::Ingress,
+            config: distributing(BE),
+            entry: Some(be_entry(ConnState::BeSynSent)),
+            input: be_ack.clone(),
+            verdict: TC_ACT_SHOT,
+            output: be_ack,
             entry_after: expect_state(ConnState::BeSynSent),
             event: None,
         },

@@ -4,7 +4,8 @@
  *   egress  BE_SYN_SENT    -> the server's answer to the replayed SYN goes to the agent, dropped:
  *                             a SYN-ACK gives the agent ISN and TSval; a RST means no listener;
  *                             anything else means the tuple is in use here
- *   ingress BE_SYN_SENT    -> dropped: the server's TCP cannot read the client's numbers yet
+ *   ingress BE_SYN_SENT    -> the server's TCP cannot read the client's numbers yet: data and FINs
+ *                             go to the agent, which adds them to the request it replays; dropped
  *   agent                  -> BE_REPLAYED with the offsets; it replays the request (the data segment
  *                             carries the handshake ACK, so servers that defer accept take it too)
  *   egress  BE_REPLAYED    -> a SYN-ACK retransmission or a RST goes to the agent, dropped. Anything
@@ -46,6 +47,11 @@ __always int be_ingress(struct __sk_buff *skb, const struct pkt *p, const struct
 {
 	if ((p->flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN)
 		return drop(DROP_TUPLE_COLLISION);
+	if (c->state == BE_SYN_SENT && (p->payload_len || (p->flags & TCPF_FIN))) {
+		if (emit_packet(skb, EV_HELD_PACKET, key))
+			return drop(DROP_EVENT_LOST);
+		return drop(DROP_HELD);
+	}
 	if (c->state != BE_ESTABLISHED && c->state != BE_REPLAYED)
 		return drop(DROP_BE_NOT_READY);
 	be_note_close(c, key, CONN_CLIENT_FIN, p->flags);

@@ -13,7 +13,7 @@
 
 /* Event kinds: ABI, mirrored by `baton_bpf::EventKind`. Never renumber. */
 enum event_kind {
-	EV_HELD_PACKET = 1, /* FE: a held client packet (data, FIN, RST) */
+	EV_HELD_PACKET = 1, /* a held client packet: FE (data, FIN, RST), BE before the replay (data, FIN) */
 	EV_BE_SYNACK = 2,   /* BE: the server's answer to a replayed SYN or request (SYN-ACK, RST, ...) */
 	EV_CLOSED = 3,      /* BE: the handed-in connection closed (both FINs, or a RST) */
 	EV_BE_LIVE = 4,     /* BE: the server's TCP took the replayed connection and spoke: it is live */

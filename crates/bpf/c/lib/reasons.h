@@ -7,7 +7,7 @@
 #pragma once
 
 enum drop_reason {
-	DROP_HELD = 1,            /* client packet held at the FE and copied to the agent */
+	DROP_HELD = 1,            /* client packet held (FE, or BE before the replay) and copied to the agent */
 	DROP_SYNACK_HIDDEN = 2,   /* FE's own SYN-ACK for a connection forwarded to another node */
 	DROP_FE_SILENCED = 3,     /* FE's TCP spoke on a connection that now belongs to another node */
 	DROP_BE_SYNACK = 4,       /* BE's SYN-ACK to a replayed SYN: absorbed, the client already has one */
