@@ -325,12 +325,12 @@ async fn serve_outbound(
     shutdown: &mut watch::Receiver<bool>,
 ) -> String {
     let mut buf = vec![0u8; 4096];
+    let mut frames = Vec::new();
     loop {
-        let message = tokio::select! {
+        let first = tokio::select! {
             _ = shutdown.changed() => return "shutdown".into(),
             m = outgoing.recv() => match m {
-                Some((queued, m)) if is_offer(&m) && queued.elapsed() > config.offer_ttl => continue,
-                Some((_, m)) => m,
+                Some(queued) => queued,
                 None => return "engine gone".into(),
             },
             read = stream.read(&mut buf) => match read {
@@ -343,11 +343,20 @@ async fn serve_outbound(
                 },
             },
         };
-        let frame = match session.encode(&message) {
-            Ok(frame) => frame,
-            Err(e) => return format!("encode: {e}"),
-        };
-        if let Err(e) = stream.write_all(&frame).await {
+        // Whatever else is queued goes in the same write: one syscall (and one wakeup of the
+        // peer) for a burst of messages.
+        frames.clear();
+        let mut next = Some(first);
+        while let Some((queued, message)) = next {
+            if !(is_offer(&message) && queued.elapsed() > config.offer_ttl) {
+                match session.encode(&message) {
+                    Ok(frame) => frames.extend_from_slice(&frame),
+                    Err(e) => return format!("encode: {e}"),
+                }
+            }
+            next = outgoing.try_recv().ok();
+        }
+        if let Err(e) = stream.write_all(&frames).await {
             return format!("write: {e}");
         }
     }
