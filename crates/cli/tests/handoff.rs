@@ -1,7 +1,7 @@
 //! End to end: real labs (network namespaces), real `baton node` agents with the eBPF datapath,
-//! real servers (baton's static server and Debian's nginx) and real clients (curl, wrk, and raw
-//! sockets for the cases curl cannot make). Needs root, eBPF, nginx, curl and wrk; a missing
-//! piece fails the test.
+//! real servers (baton's static server, Debian's nginx, also with deferred accept, and Debian's
+//! Apache) and real clients (curl, wrk, and raw sockets for the cases curl cannot make). Needs
+//! root, eBPF, nginx, apache2, curl, wrk, tcpdump and nftables; a missing piece fails the test.
 //!
 //! With the `hash` policy every node makes the same choice for a target, so a test picks targets
 //! (`/f/1k?k=N`) that the policy assigns to n2 and sends them to n1: they must be handed off.
@@ -66,6 +66,24 @@ fn curl_get(lab: &Lab, node: usize, target: &str) -> (String, String) {
 fn metric(lab: &Lab, node: usize, name: &str) -> f64 {
     let m = lab.scrape_metrics(node).expect("scrape metrics");
     baton_lab::metrics::metric_sum(&m, name).unwrap_or(0.0)
+}
+
+/// One series of a counter by reason: `name{reason="reason"}` (0 until first counted).
+fn metric_by_reason(lab: &Lab, node: usize, name: &str, reason: &str) -> f64 {
+    let m = lab.scrape_metrics(node).expect("scrape metrics");
+    m.get(&format!("{name}{{reason=\"{reason}\"}}"))
+        .copied()
+        .unwrap_or(0.0)
+}
+
+/// Sets `setting` (`key=value`) with sysctl in `host`'s namespace.
+fn sysctl(lab: &Lab, host: &str, setting: &str) {
+    let out = lab.exec(host, &["sysctl", "-qw", setting]).unwrap();
+    assert!(
+        out.status.success(),
+        "sysctl -w {setting} in {host}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn tx_bytes(lab: &Lab, node: usize) -> u64 {
@@ -145,6 +163,11 @@ fn served_by(head: &str) -> &str {
 /// Everything the issue lists for one server kind: sizes, keep-alive, split heads, direct return.
 fn handoff_suite(server: ServerKind, prefix: &str) {
     let lab = lab(prefix, 2, server, PolicyKind::Hash);
+    assert_eq!(
+        server_defers_accept(&lab, 2),
+        server.defers_accept(),
+        "{server}: whether the server defers accept (TCP_DEFER_ACCEPT)"
+    );
     for key in ["net.ipv4.tcp_timestamps", "net.ipv4.tcp_sack"] {
         let out = lab.exec("client", &["sysctl", "-n", key]).unwrap();
         assert_eq!(
@@ -223,7 +246,40 @@ fn handoff_suite(server: ServerKind, prefix: &str) {
         0.0,
         "no request should have fallen back"
     );
+    assert_eq!(
+        metric(&lab, 2, "baton_handoffs_refused_total"),
+        0.0,
+        "n2 should have refused nothing"
+    );
     assert_tables_drain(&lab);
+}
+
+/// Whether node `i`'s server defers accepting a connection until data arrives (TCP_DEFER_ACCEPT):
+/// a connection made from inside the node (over loopback, so past the agent) that sends nothing
+/// stays SYN-RECV on the server's side, where otherwise it is established at once.
+fn server_defers_accept(lab: &Lab, i: usize) -> bool {
+    let addr = lab.node_http_addr(i);
+    let silent = lab
+        .in_node(i, move || {
+            TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect over lo")
+        })
+        .unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let filter = format!("( sport = :80 and dport = :{port} )");
+    let out = lab
+        .exec(&format!("n{i}"), &["ss", "-Htan", &filter])
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let states: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(
+        matches!(states[..], ["SYN-RECV"] | ["ESTAB"]),
+        "the server's side of a silent connection: {text:?}"
+    );
+    drop(silent);
+    states == ["SYN-RECV"]
 }
 
 #[test]
@@ -234,6 +290,19 @@ fn static_server_connections_are_handed_off() {
 #[test]
 fn nginx_connections_are_handed_off() {
     handoff_suite(ServerKind::Nginx, "hn");
+}
+
+#[test]
+fn deferred_accept_nginx_connections_are_handed_off() {
+    // `listen ... deferred`: n2's nginx sees a handed-in connection only when the replayed
+    // request arrives, its first segment completing the handshake.
+    handoff_suite(ServerKind::NginxDeferred, "hd");
+}
+
+#[test]
+fn apache_connections_are_handed_off() {
+    // Debian's Apache with its default `AcceptFilter http data` (deferred accept too).
+    handoff_suite(ServerKind::Apache, "ha");
 }
 
 #[test]
@@ -376,18 +445,14 @@ fn what_cannot_be_distributed_is_served_locally() {
     );
 
     // Options that differ between the nodes: n2 refuses, n1 serves.
-    let off = lab
-        .exec("n2", &["sysctl", "-qw", "net.ipv4.tcp_window_scaling=0"])
-        .unwrap();
-    assert!(off.status.success());
+    sysctl(&lab, "n2", "net.ipv4.tcp_window_scaling=0");
     let (by, sha) = curl_get(&lab, 1, &target_hashed_to("/f/100k", 2, 2));
     assert_eq!(
         (by.as_str(), sha),
         ("n1", expected_sha256("/f/100k").unwrap())
     );
     assert!(metric(&lab, 2, "baton_handoffs_refused_total") >= 1.0);
-    lab.exec("n2", &["sysctl", "-qw", "net.ipv4.tcp_window_scaling=1"])
-        .unwrap();
+    sysctl(&lab, "n2", "net.ipv4.tcp_window_scaling=1");
 
     // Tuple collision at the BE: the client talks to n2 directly from the port it now uses
     // toward n1, for a target n1 hands to n2. n2's TCP answers the replayed SYN as a duplicate:
@@ -893,4 +958,341 @@ fn stopping_the_lard_dispatcher_mid_workload_fails_no_request() {
         metric(&lab, 2, "baton_dispatch_answers_total") > 0.0,
         "n2 took over"
     );
+}
+
+/// A packet capture in one host of a lab: `tcpdump -w -` on its eth0, read as it comes.
+struct PacketCapture {
+    tcpdump: std::process::Child,
+    reader: std::thread::JoinHandle<Vec<u8>>,
+    messages: std::sync::mpsc::Receiver<String>,
+}
+
+/// What a test reads of one captured IPv4/TCP packet.
+#[derive(Debug, Clone, Copy)]
+struct CapturedSegment {
+    /// The ECN field of the IP header: 0 Not-ECT, 1 ECT(1), 2 ECT(0), 3 CE.
+    ecn: u8,
+    flags: u8,
+    seq: u32,
+    payload_len: u32,
+}
+
+const SNAPLEN: usize = 128; // Ethernet, IPv4 and TCP headers with every option
+
+impl PacketCapture {
+    /// Starts capturing what `filter` (pcap syntax) selects; returns once tcpdump listens.
+    fn start(lab: &Lab, host: &str, filter: &str) -> PacketCapture {
+        use std::io::BufRead;
+        let snaplen = SNAPLEN.to_string();
+        let mut tcpdump = baton_lab::lab::exec_command(
+            lab.name(),
+            host,
+            &[
+                "tcpdump",
+                "-i",
+                "eth0",
+                "-n",
+                // Each packet handed over and written at once: none left in a ring block or a
+                // buffer when tcpdump is stopped.
+                "--immediate-mode",
+                "-U",
+                "-s",
+                &snaplen,
+                "-w",
+                "-",
+                filter,
+            ],
+        )
+        .unwrap()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn tcpdump (is it installed?)");
+        let mut stdout = tcpdump.stdout.take().unwrap();
+        // Drained all along, so that tcpdump never blocks on a full pipe and drops packets.
+        let reader = std::thread::spawn(move || {
+            let mut pcap = Vec::new();
+            stdout
+                .read_to_end(&mut pcap)
+                .expect("read tcpdump's output");
+            pcap
+        });
+        // Its messages, read until it exits: "listening on" says the filter is in place.
+        let (tx, messages) = std::sync::mpsc::channel();
+        let stderr = tcpdump.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut said = Vec::new();
+        loop {
+            match messages.recv_timeout(Duration::from_secs(10)) {
+                Ok(line) if line.contains("listening on") => break,
+                Ok(line) => said.push(line),
+                Err(_) => panic!("tcpdump did not start listening: {}", said.join("\n")),
+            }
+        }
+        PacketCapture {
+            tcpdump,
+            reader,
+            messages,
+        }
+    }
+
+    /// Stops tcpdump (SIGTERM: it writes what it has and exits) and returns the TCP segments it
+    /// captured.
+    fn stop(mut self) -> Vec<CapturedSegment> {
+        unsafe { libc::kill(self.tcpdump.id() as i32, libc::SIGTERM) };
+        let status = self.tcpdump.wait().unwrap();
+        let pcap = self.reader.join().unwrap();
+        let said: Vec<String> = self.messages.iter().collect();
+        assert!(status.success(), "tcpdump: {status}: {}", said.join("\n"));
+        parse_pcap(&pcap)
+    }
+}
+
+/// The TCP segments in a pcap file of Ethernet frames (tcpdump's classic format, native order).
+fn parse_pcap(pcap: &[u8]) -> Vec<CapturedSegment> {
+    assert!(pcap.len() >= 24, "no pcap header ({} bytes)", pcap.len());
+    let magic = u32::from_ne_bytes(pcap[..4].try_into().unwrap());
+    assert!(
+        magic == 0xa1b2_c3d4 || magic == 0xa1b2_3c4d,
+        "not a native-order pcap file: magic {magic:#x}"
+    );
+    let linktype = u32::from_ne_bytes(pcap[20..24].try_into().unwrap());
+    assert_eq!(linktype, 1, "Ethernet frames");
+    let be16 = |b: &[u8], at: usize| u16::from_be_bytes([b[at], b[at + 1]]);
+    let mut segments = Vec::new();
+    let mut at = 24;
+    while at + 16 <= pcap.len() {
+        let captured = u32::from_ne_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
+        let frame = &pcap[at + 16..(at + 16 + captured).min(pcap.len())];
+        at += 16 + captured;
+        if frame.len() < 14 + 20 || be16(frame, 12) != 0x0800 {
+            continue;
+        }
+        let ip = &frame[14..];
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        if ip[9] != 6 || ip.len() < ihl + 20 {
+            continue;
+        }
+        let tcp = &ip[ihl..];
+        let doff = u32::from(tcp[12] >> 4) * 4;
+        segments.push(CapturedSegment {
+            ecn: ip[1] & 0x03,
+            flags: tcp[13],
+            seq: u32::from_be_bytes(tcp[4..8].try_into().unwrap()),
+            payload_len: u32::from(be16(ip, 2)).saturating_sub(ihl as u32 + doff),
+        });
+    }
+    segments
+}
+
+/// Fetches `target` from node `node` with curl while capturing what the client receives from
+/// port 80 of `node`'s address (the FE's: a BE answers with it too); checks the response came
+/// from `expect_served_by`, whole. Returns (SYN-ACKs with ECE, data segments sent for the first
+/// time, how many of those were ECN-capable).
+fn ecn_of_a_download(
+    lab: &Lab,
+    node: usize,
+    target: &str,
+    expect_served_by: &str,
+) -> (usize, usize, usize) {
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    const ECE: u8 = 0x40;
+    let filter = format!("src host {} and tcp src port 80", lab.node_address(node));
+    let capture = PacketCapture::start(lab, "client", &filter);
+    let (by, sha) = curl_get(lab, node, target);
+    let segments = capture.stop();
+    let path = target.split('?').next().unwrap();
+    assert_eq!(by, expect_served_by, "{target} sent to n{node}");
+    assert_eq!(
+        sha,
+        expected_sha256(path).unwrap(),
+        "{target}: body differs"
+    );
+
+    let syn_acks_with_ece = segments
+        .iter()
+        .filter(|s| s.flags & (SYN | ACK | ECE) == SYN | ACK | ECE)
+        .count();
+    // Retransmissions go out Not-ECT (RFC 3168 §6.1.5): only first transmissions count.
+    let mut sent_up_to: Option<u32> = None;
+    let mut fresh = Vec::new();
+    for s in segments.iter().filter(|s| s.payload_len > 0) {
+        let end = s.seq.wrapping_add(s.payload_len);
+        let is_new = sent_up_to.is_none_or(|upto| (end.wrapping_sub(upto) as i32) > 0);
+        if is_new {
+            fresh.push(*s);
+            sent_up_to = Some(end);
+        }
+    }
+    let ect = fresh.iter().filter(|s| s.ecn != 0).count();
+    (syn_acks_with_ece, fresh.len(), ect)
+}
+
+#[test]
+fn handed_off_connections_keep_ecn() {
+    // The client asks for ECN (tcp_ecn=1); the nodes accept it when asked (the kernel default,
+    // tcp_ecn=2). The BE's TCP must have agreed on ECN too, so its data segments are ECT.
+    let lab = lab("ec", 2, ServerKind::Static, PolicyKind::Hash);
+    sysctl(&lab, "client", "net.ipv4.tcp_ecn=1");
+
+    // Served locally first: what ECN looks like in this lab without a handoff.
+    let (ece, data, ect) = ecn_of_a_download(&lab, 1, &target_hashed_to("/f/100k", 1, 2), "n1");
+    assert_eq!(ece, 1, "n1's SYN-ACK agrees on ECN");
+    assert!(
+        data > 0 && ect == data,
+        "n1 served locally: {ect} of {data} data segments ECT"
+    );
+
+    let handed_in = metric(&lab, 2, "baton_handoffs_in_total");
+    let (ece, data, ect) = ecn_of_a_download(&lab, 1, &target_hashed_to("/f/10m", 2, 2), "n2");
+    assert_eq!(
+        ece, 1,
+        "the client sees one SYN-ACK (the FE's), agreeing on ECN"
+    );
+    assert!(data >= 100, "10 MB in only {data} data segments?");
+    assert_eq!(
+        ect, data,
+        "data segments the BE sent ECN-capable: {ect} of {data}"
+    );
+    assert_eq!(metric(&lab, 2, "baton_handoffs_in_total"), handed_in + 1.0);
+    assert_eq!(metric(&lab, 1, "baton_handoff_fallbacks_total"), 0.0);
+    assert_eq!(metric(&lab, 2, "baton_handoffs_refused_total"), 0.0);
+}
+
+/// How long the cluster may take to learn that a node's server stopped or started listening
+/// (its agent looks every 100 ms, heartbeats go every 100 ms): a generous bound.
+const LISTENER_NEWS: Duration = Duration::from_secs(3);
+
+/// One GET on a fresh connection from the client: (status, X-Served-By, body's sha256).
+fn get_once(lab: &Lab, node: usize, target: &str) -> (u16, String, String) {
+    let addr = lab.node_http_addr(node);
+    let target = target.to_string();
+    let r = lab
+        .in_client(move || {
+            baton_lab::http_client::http_get_timeout(addr, &target, Duration::from_secs(10))
+        })
+        .unwrap()
+        .unwrap_or_else(|e| panic!("GET from n{node}: {e}"));
+    (
+        r.status,
+        r.served_by().unwrap_or("?").to_string(),
+        sha256_hex(&r.body),
+    )
+}
+
+#[test]
+fn a_node_whose_server_stops_listening_is_not_chosen_until_it_listens_again() {
+    const FALLBACKS: &str = "baton_handoff_fallbacks_total";
+    const REFUSED: &str = "baton_handoffs_refused_total";
+    let mut lab = lab("nl", 2, ServerKind::Static, PolicyKind::Hash);
+    let target = target_hashed_to("/f/1k", 2, 2);
+    let want = expected_sha256("/f/1k").unwrap();
+    // Every request for n2's target, sent to n1, is answered whole: by `by`, if given.
+    let request = |lab: &Lab, by: Option<&str>, what: &str| {
+        let (status, served_by, sha) = get_once(lab, 1, &target);
+        assert_eq!((status, sha.as_str()), (200, want.as_str()), "{what}");
+        if let Some(by) = by {
+            assert_eq!(served_by, by, "{what}");
+        }
+        served_by
+    };
+    let refused_no_listener = |lab: &Lab| {
+        let (fe, be) = (
+            metric_by_reason(lab, 1, FALLBACKS, "refused_no_listener"),
+            metric_by_reason(lab, 2, REFUSED, "no_listener"),
+        );
+        // Refused because nothing listens, and counted so on both sides: not a collision.
+        assert_eq!(
+            fe, be,
+            "n1's refused_no_listener fallbacks vs n2's no_listener refusals"
+        );
+        assert_eq!(
+            metric(lab, 2, REFUSED),
+            be,
+            "n2 refused for no other reason"
+        );
+        be
+    };
+    request(&lab, Some("n2"), "before the stop");
+
+    // n2's server goes, its agent stays. Requests follow at once, one after another, for
+    // LISTENER_NEWS and one more second: n1 serves every one; n2 refuses those offered before n1
+    // learns (no_listener), then is offered none.
+    lab.stop_server(2).expect("stop n2's server");
+    let stopped = Instant::now();
+    let (mut refusals, mut last_refusal) = (0.0, Duration::ZERO);
+    let mut handoffs_at_bound = None;
+    let mut requests = 0;
+    while stopped.elapsed() < LISTENER_NEWS + Duration::from_secs(1) {
+        let sent_at = stopped.elapsed();
+        requests += 1;
+        request(
+            &lab,
+            Some("n1"),
+            &format!("request {requests}, {sent_at:?} after n2's server stopped"),
+        );
+        let now_refused = refused_no_listener(&lab);
+        if now_refused > refusals {
+            (refusals, last_refusal) = (now_refused, sent_at);
+        }
+        if sent_at >= LISTENER_NEWS && handoffs_at_bound.is_none() {
+            handoffs_at_bound = Some(metric(&lab, 1, "baton_handoffs_out_total"));
+        }
+    }
+    assert!(
+        refusals >= 1.0,
+        "the first of {requests} requests after the stop were offered to n2 and refused"
+    );
+    assert!(
+        last_refusal < LISTENER_NEWS,
+        "n2 was still offered connections {last_refusal:?} after its server stopped"
+    );
+    assert_eq!(
+        Some(metric(&lab, 1, "baton_handoffs_out_total")),
+        handoffs_at_bound,
+        "n1 handed connections out after LISTENER_NEWS"
+    );
+
+    // Its server back: n2 is chosen again within LISTENER_NEWS, and nothing fails meanwhile.
+    lab.restart_server(2).expect("restart n2's server");
+    let restarted = Instant::now();
+    while request(&lab, None, "after the restart") != "n2" {
+        assert!(
+            restarted.elapsed() < LISTENER_NEWS,
+            "n2 not chosen {LISTENER_NEWS:?} after its server listens again"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        refused_no_listener(&lab),
+        refusals,
+        "no refusal once it listens"
+    );
+
+    // Stopped again, and left alone for LISTENER_NEWS: n2's heartbeats alone tell n1, so the
+    // requests that follow are not even offered to n2.
+    lab.stop_server(2).expect("stop n2's server again");
+    std::thread::sleep(LISTENER_NEWS);
+    for k in 0..20 {
+        request(
+            &lab,
+            Some("n1"),
+            &format!("request {k} after the second stop"),
+        );
+    }
+    assert_eq!(
+        refused_no_listener(&lab),
+        refusals,
+        "n1 offered n2 connections although n2's heartbeats said it does not listen"
+    );
+    assert_tables_drain(&lab);
 }

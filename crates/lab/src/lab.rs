@@ -10,9 +10,10 @@
 //! ```
 //!
 //! Every veth pair is created directly inside the lab's namespaces, so nothing appears in the root
-//! namespace. Each node runs an HTTP server on 198.18.0.i:80 (the `static` server or nginx) and,
-//! unless disabled, a baton agent (`baton node`), all as daemons (own session, output to log files
-//! under the state directory `/run/baton/labs/NAME/`).
+//! namespace. Each node runs an HTTP server on 198.18.0.i:80 (the `static` server, nginx, or
+//! Apache; see [`ServerKind`]) and, unless disabled, a baton agent (`baton node`), all as daemons
+//! (own session, output to log files under the state directory `/run/baton/labs/NAME/`). A test
+//! may stop and restart one node's server or agent while the rest runs.
 //!
 //! `down` kills every process living in the lab's namespaces (and any process recorded in a pid
 //! file whose command line names the lab's state directory), deletes the namespaces and removes
@@ -54,8 +55,12 @@ pub const CLIENT_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
 pub const MAX_NODES: usize = 253;
 /// How long `up` waits for the servers and agents to become ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// The nginx binary the `nginx` server kind runs (Debian's, unmodified).
+/// The nginx binary the `nginx` server kinds run (Debian's, unmodified).
 pub const NGINX: &str = "/usr/sbin/nginx";
+/// The Apache binary the `apache` server kind runs (Debian's, unmodified).
+pub const APACHE: &str = "/usr/sbin/apache2";
+/// Where Debian keeps Apache's modules.
+pub const APACHE_MODULES: &str = "/usr/lib/apache2/modules";
 /// How long `down` waits after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -69,25 +74,55 @@ pub enum ServerKind {
     Static,
     /// Debian's nginx: also accepts `PUT /upload/...` (WebDAV).
     Nginx,
+    /// Debian's nginx listening with `deferred` (TCP_DEFER_ACCEPT): its TCP hands it a connection
+    /// only once the first data arrives, never on the bare handshake ACK.
+    NginxDeferred,
+    /// Debian's Apache (mpm_event), with `AcceptFilter http data`, Debian's default on Linux
+    /// (TCP_DEFER_ACCEPT, as `NginxDeferred`).
+    Apache,
+}
+
+impl ServerKind {
+    /// Every kind, in the order the CLI lists them.
+    pub const ALL: [ServerKind; 4] = [
+        ServerKind::Static,
+        ServerKind::Nginx,
+        ServerKind::NginxDeferred,
+        ServerKind::Apache,
+    ];
+
+    /// The name used on the command line and in `lab.info`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerKind::Static => "static",
+            ServerKind::Nginx => "nginx",
+            ServerKind::NginxDeferred => "nginx-deferred",
+            ServerKind::Apache => "apache",
+        }
+    }
+
+    /// Whether the server's listener defers accepting until data arrives (TCP_DEFER_ACCEPT).
+    pub fn defers_accept(self) -> bool {
+        matches!(self, ServerKind::NginxDeferred | ServerKind::Apache)
+    }
 }
 
 impl fmt::Display for ServerKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ServerKind::Static => "static",
-            ServerKind::Nginx => "nginx",
-        })
+        f.write_str(self.name())
     }
 }
 
 impl FromStr for ServerKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "static" => Ok(ServerKind::Static),
-            "nginx" => Ok(ServerKind::Nginx),
-            _ => Err(format!("unknown server kind {s:?} (static, nginx)")),
-        }
+        ServerKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = ServerKind::ALL.iter().map(|k| k.name()).collect();
+                format!("unknown server kind {s:?} ({})", names.join(", "))
+            })
     }
 }
 
@@ -271,11 +306,13 @@ pub fn agent_config(spec: &LabSpec, key: &str, i: usize) -> Result<NodeConfig, L
     })
 }
 
-/// The nginx configuration of node `i` whose directory is `node_dir`, serving `www`.
-pub fn nginx_config(node_dir: &Path, www: &Path, i: usize) -> String {
+/// The nginx configuration of node `i` whose directory is `node_dir`, serving `www`; with
+/// `deferred_accept`, its listener has `deferred` (TCP_DEFER_ACCEPT).
+pub fn nginx_config(node_dir: &Path, www: &Path, i: usize, deferred_accept: bool) -> String {
     let d = node_dir.display();
     let www = www.display();
     let addr = node_address(i);
+    let deferred = if deferred_accept { " deferred" } else { "" };
     format!(
         r#"# Written by baton lab for node n{i}.
 daemon off;
@@ -308,7 +345,7 @@ http {{
     scgi_temp_path {d}/nginx-tmp/scgi;
 
     server {{
-        listen {addr}:{HTTP_PORT} backlog=4096;
+        listen {addr}:{HTTP_PORT}{deferred} backlog=4096;
         server_name _;
         root {www};
         index index.html;
@@ -325,6 +362,66 @@ http {{
         }}
     }}
 }}
+"#
+    )
+}
+
+/// The Apache configuration of node `i` whose directory is `node_dir`, serving `www`: complete
+/// in itself (none of Debian's `/etc/apache2` is read), run with `apache2 -f CONF -DFOREGROUND`.
+/// Apache refuses to serve as root, so its children run as Debian's `www-data` (the web root is
+/// world-readable).
+pub fn apache_config(node_dir: &Path, www: &Path, i: usize) -> String {
+    let d = node_dir.display();
+    let www = www.display();
+    let addr = node_address(i);
+    let modules = ["mpm_event", "authz_core", "dir", "mime", "headers"]
+        .map(|m| format!("LoadModule {m}_module {APACHE_MODULES}/mod_{m}.so\n"))
+        .concat();
+    format!(
+        r#"# Written by baton lab for node n{i}.
+{modules}
+ServerRoot {d}
+ServerName n{i}
+DefaultRuntimeDir {d}/apache-run
+PidFile {d}/apache2.pid
+ErrorLog {d}/server.log
+LogLevel warn
+User www-data
+Group www-data
+
+Listen {addr}:{HTTP_PORT}
+ListenBacklog 4096
+# Debian's default on Linux, stated so that the lab does not depend on it: TCP_DEFER_ACCEPT.
+AcceptFilter http data
+
+StartServers 1
+ServerLimit 4
+ThreadsPerChild 25
+MaxRequestWorkers 100
+MinSpareThreads 25
+MaxSpareThreads 75
+
+Timeout 60
+KeepAlive On
+KeepAliveTimeout 65
+MaxKeepAliveRequests 10000
+EnableSendfile On
+
+TypesConfig /dev/null
+AddType text/html .html .htm
+AddType text/plain .txt
+
+DocumentRoot {www}
+DirectoryIndex index.html
+Header always set X-Served-By n{i}
+
+<Directory />
+    AllowOverride None
+    Require all denied
+</Directory>
+<Directory {www}>
+    Require all granted
+</Directory>
 "#
     )
 }
@@ -349,6 +446,16 @@ pub fn write_web_root(www: &Path) -> Result<(), LabError> {
 enum Role {
     Server,
     Agent,
+}
+
+impl Role {
+    /// Where the lab records the daemon's pid, in the node's directory.
+    fn pid_file(self) -> &'static str {
+        match self {
+            Role::Server => "server.pid",
+            Role::Agent => "agent.pid",
+        }
+    }
 }
 
 /// A process the lab started.
@@ -536,7 +643,8 @@ impl Lab {
         let dir = self.node_dir(i);
         let subdirs: &[&str] = match self.spec.server {
             ServerKind::Static => &[],
-            ServerKind::Nginx => &["dav", "nginx-tmp"],
+            ServerKind::Nginx | ServerKind::NginxDeferred => &["dav", "nginx-tmp"],
+            ServerKind::Apache => &["apache-run"],
         };
         std::fs::create_dir_all(&dir)
             .map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
@@ -548,6 +656,18 @@ impl Lab {
         let log = dir.join("server.log");
         let listen = SocketAddr::new(node_address(i).into(), HTTP_PORT).to_string();
         let www = self.www_dir();
+        let write_config = |file: &str, text: String| {
+            let conf = dir.join(file);
+            std::fs::write(&conf, text)
+                .map_err(|e| LabError::io(format!("writing {}", conf.display()), e))?;
+            Ok::<_, LabError>(conf)
+        };
+        // A configuration test first (`nginx -t`, `apache2 -t`): a bad configuration fails here,
+        // with the server's own message.
+        let config_test = |mut test: Command| {
+            let _ns = enter_netns_before_exec(&mut test, &self.node_ns(i), false)?;
+            run_checked(&mut test).map(|_| ())
+        };
         let cmd = match self.spec.server {
             ServerKind::Static => {
                 let mut cmd = Command::new(exe);
@@ -559,26 +679,27 @@ impl Lab {
                 ]);
                 cmd
             }
-            ServerKind::Nginx => {
-                let conf = dir.join("nginx.conf");
-                std::fs::write(&conf, nginx_config(&dir, &www, i))
-                    .map_err(|e| LabError::io(format!("writing {}", conf.display()), e))?;
-                // `nginx -t`: a bad configuration fails here, with nginx's own message.
+            ServerKind::Nginx | ServerKind::NginxDeferred => {
+                let deferred = self.spec.server == ServerKind::NginxDeferred;
+                let conf = write_config("nginx.conf", nginx_config(&dir, &www, i, deferred))?;
                 let mut test = Command::new(NGINX);
-                test.arg("-t")
-                    .arg("-q")
-                    .arg("-e")
-                    .arg(&log)
-                    .arg("-c")
-                    .arg(&conf);
-                let _ns = enter_netns_before_exec(&mut test, &self.node_ns(i), false)?;
-                run_checked(&mut test)?;
+                test.args(["-t", "-q", "-e"]).arg(&log).arg("-c").arg(&conf);
+                config_test(test)?;
                 let mut cmd = Command::new(NGINX);
                 cmd.arg("-e").arg(&log).arg("-c").arg(&conf);
                 cmd
             }
+            ServerKind::Apache => {
+                let conf = write_config("apache2.conf", apache_config(&dir, &www, i))?;
+                let mut test = Command::new(APACHE);
+                test.arg("-t").arg("-f").arg(&conf);
+                config_test(test)?;
+                let mut cmd = Command::new(APACHE);
+                cmd.arg("-f").arg(&conf).arg("-DFOREGROUND");
+                cmd
+            }
         };
-        self.spawn_daemon(i, Role::Server, cmd, log, "server.pid")
+        self.spawn_daemon(i, Role::Server, cmd, log)
     }
 
     fn start_agent(&mut self, i: usize, exe: &Path) -> Result<(), LabError> {
@@ -589,18 +710,18 @@ impl Lab {
             .map_err(|e| LabError::io(format!("writing {}", path.display()), e))?;
         let mut cmd = Command::new(exe);
         cmd.arg("node").arg("--config").arg(&path);
-        self.spawn_daemon(i, Role::Agent, cmd, dir.join("agent.log"), "agent.pid")
+        self.spawn_daemon(i, Role::Agent, cmd, dir.join("agent.log"))
     }
 
     /// Starts `cmd` as a daemon in node `i`'s namespace: new session, stdin from /dev/null, stdout
-    /// and stderr appended to `log`, working directory the node's directory, pid in `pid_file`.
+    /// and stderr appended to `log`, working directory the node's directory, pid in the role's
+    /// pid file.
     fn spawn_daemon(
         &mut self,
         i: usize,
         role: Role,
         mut cmd: Command,
         log: PathBuf,
-        pid_file: &str,
     ) -> Result<(), LabError> {
         let dir = self.node_dir(i);
         let out = OpenOptions::new()
@@ -630,7 +751,7 @@ impl Lab {
             log,
             child,
         });
-        let pid_path = dir.join(pid_file);
+        let pid_path = dir.join(role.pid_file());
         std::fs::write(&pid_path, format!("{pid}\n"))
             .map_err(|e| LabError::io(format!("writing {}", pid_path.display()), e))
     }
@@ -699,17 +820,74 @@ impl Lab {
     /// Stops node `i`'s agent (SIGTERM, up to 5 s, then SIGKILL) and waits for it to exit: the
     /// node's datapath goes with it, and its peers see it go down.
     pub fn stop_agent(&mut self, i: usize) -> Result<(), LabError> {
+        self.stop_daemon(i, Role::Agent);
+        Ok(())
+    }
+
+    /// Stops node `i`'s server (SIGTERM, up to 5 s, then SIGKILL) and waits for it to exit; its
+    /// agent keeps running, and finds the service ports without a listener.
+    pub fn stop_server(&mut self, i: usize) -> Result<(), LabError> {
+        self.stop_daemon(i, Role::Server);
+        Ok(())
+    }
+
+    /// Starts node `i`'s server again after [`Lab::stop_server`] and waits until it answers
+    /// `GET /` itself: probed from inside the node, over loopback, so not through any agent.
+    pub fn restart_server(&mut self, i: usize) -> Result<(), LabError> {
+        self.check_node(i);
+        if self.pid_of(i, Role::Server).is_some() {
+            return Err(LabError::InvalidSpec(format!(
+                "n{i}'s server is running; stop it first"
+            )));
+        }
+        let exe = self.spec.resolve_exe()?;
+        self.start_server(i, &exe)?;
+        let (ns, nodes) = (self.node_ns(i), self.spec.nodes);
+        let server = self
+            .daemons
+            .last_mut()
+            .expect("start_server adds the daemon");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match server.child.try_wait() {
+                Ok(None) => {}
+                Ok(Some(status)) => {
+                    return Err(not_ready(
+                        server.what(),
+                        server,
+                        format!("exited ({status})"),
+                    ));
+                }
+                Err(e) => return Err(not_ready(server.what(), server, format!("waitpid: {e}"))),
+            }
+            let last_error = match in_netns(&ns, || probe(Role::Server, i, nodes))? {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                let reason = format!(
+                    "no success within {} s; last probe: {last_error}",
+                    READY_TIMEOUT.as_secs()
+                );
+                return Err(not_ready(server.what(), server, reason));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Stops node `i`'s daemon of `role`, if running: SIGTERM, up to 5 s, then SIGKILL.
+    fn stop_daemon(&mut self, i: usize, role: Role) {
         let Some(k) = self
             .daemons
             .iter()
-            .position(|d| d.node == i && d.role == Role::Agent)
+            .position(|d| d.node == i && d.role == role)
         else {
-            return Ok(());
+            return;
         };
         let mut daemon = self.daemons.remove(k);
         let pid = nix::unistd::Pid::from_raw(daemon.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + STOP_GRACE;
         loop {
             match daemon.child.try_wait() {
                 Ok(Some(_)) | Err(_) => break,
@@ -718,11 +896,11 @@ impl Lab {
                     let _ = daemon.child.wait();
                     break;
                 }
-                Ok(None) => std::thread::sleep(POLL),
+                // Polled finely: a test may act the moment the daemon is gone.
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
             }
         }
-        let _ = std::fs::remove_file(self.node_dir(i).join("agent.pid"));
-        Ok(())
+        let _ = std::fs::remove_file(self.node_dir(i).join(role.pid_file()));
     }
 
     /// Restarts every agent with `policy` and waits until they are ready again: the same lab,
@@ -816,7 +994,8 @@ impl Lab {
         self.state_dir.join("www")
     }
 
-    /// Node `i`'s directory: configurations, logs, pid files; `dav/` is nginx's upload root.
+    /// Node `i`'s directory: configurations, logs, pid files; `dav/` is nginx's upload root,
+    /// `apache-run/` Apache's runtime directory.
     pub fn node_dir(&self, i: usize) -> PathBuf {
         self.check_node(i);
         self.state_dir.join(format!("n{i}"))

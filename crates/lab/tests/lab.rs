@@ -40,6 +40,10 @@ const TESTS: &[(&str, fn())] = &[
     ),
     ("dropping_a_lab_tears_it_down", dropping_a_lab_tears_it_down),
     (
+        "apache_lab_serves_and_a_server_stops_and_restarts",
+        apache_lab_serves_and_a_server_stops_and_restarts,
+    ),
+    (
         "agents_are_configured_started_and_scraped",
         agents_are_configured_started_and_scraped,
     ),
@@ -495,6 +499,62 @@ fn dropping_a_lab_tears_it_down() {
     std::panic::set_hook(hook);
     assert!(result.is_err());
     lab_is_gone(&name);
+}
+
+fn apache_lab_serves_and_a_server_stops_and_restarts() {
+    assert!(
+        Path::new(baton_lab::lab::APACHE).exists(),
+        "{} is required (Debian's apache2)",
+        baton_lab::lab::APACHE
+    );
+    let name = unique_name("tap");
+    let mut lab = Lab::up(
+        LabSpec::new(&name, 2)
+            .server(ServerKind::Apache)
+            .agents(false),
+    )
+    .unwrap();
+    let (head, _) = curl(&lab, &["http://198.18.0.1/index.html"]);
+    assert!(
+        header(&head, "server").unwrap_or("").starts_with("Apache"),
+        "{head}"
+    );
+    check_files(&lab);
+    assert!(lab.node_dir(1).join("apache2.pid").exists());
+
+    // Stopped: nothing listens on n1 any more (Apache's children went with it); restarted: it
+    // serves again.
+    let listeners = |lab: &Lab| {
+        let out = lab.exec("n1", &["ss", "-Htln", "sport = :80"]).unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    assert_eq!(listeners(&lab), 1);
+    lab.stop_server(1).unwrap();
+    assert_eq!(lab.server_pid(1), None);
+    assert_eq!(listeners(&lab), 0, "n1's server stopped");
+    let refused = lab
+        .exec("client", &["curl", "-sS", "-m", "5", "http://198.18.0.1/"])
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "n1 answered with its server stopped"
+    );
+    lab.restart_server(1).unwrap();
+    let (head, body) = curl(&lab, &["http://198.18.0.1/f/100k"]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(header(&head, "x-served-by"), Some("n1"));
+    assert_eq!(sha256_hex(&body), expected_sha256("/f/100k").unwrap());
+    assert!(
+        lab.restart_server(1).is_err(),
+        "a running server is not started twice"
+    );
+
+    let pids: Vec<u32> = (1..=2).filter_map(|i| lab.server_pid(i)).collect();
+    lab.down().unwrap();
+    lab_is_gone(&name);
+    for pid in pids {
+        assert!(!pid_alive(pid), "server {pid} survived down");
+    }
 }
 
 fn agents_are_configured_started_and_scraped() {

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use baton_agent::config::NodeConfig;
 use baton_lab::lab::{
-    agent_config, nginx_config, node_address, ns_name, parse_policy, policy_name, unique_name,
-    validate_name, write_web_root,
+    agent_config, apache_config, nginx_config, node_address, ns_name, parse_policy, policy_name,
+    unique_name, validate_name, write_web_root,
 };
 use baton_lab::static_server::safe_relative_path;
 use baton_lab::{
@@ -68,8 +68,20 @@ fn policies_parse_and_print() {
         assert_eq!(policy_name(kind), name);
     }
     assert!(parse_policy("nope").is_err());
+    for kind in ServerKind::ALL {
+        assert_eq!(kind.to_string().parse::<ServerKind>().unwrap(), kind);
+        // The CLI (clap) spells it the same way.
+        let value = clap::ValueEnum::to_possible_value(&kind).unwrap();
+        assert_eq!(value.get_name(), kind.to_string());
+    }
     assert_eq!("nginx".parse::<ServerKind>().unwrap(), ServerKind::Nginx);
+    assert_eq!(
+        "nginx-deferred".parse::<ServerKind>().unwrap(),
+        ServerKind::NginxDeferred
+    );
+    assert_eq!("apache".parse::<ServerKind>().unwrap(), ServerKind::Apache);
     assert_eq!(ServerKind::Static.to_string(), "static");
+    assert!("lighttpd".parse::<ServerKind>().is_err());
 }
 
 #[test]
@@ -117,6 +129,7 @@ fn nginx_config_has_what_the_lab_needs() {
         &PathBuf::from("/run/baton/labs/x/n2"),
         &PathBuf::from("/run/baton/labs/x/www"),
         2,
+        false,
     );
     for needle in [
         "daemon off;",
@@ -141,6 +154,50 @@ fn nginx_config_has_what_the_lab_needs() {
             conf.contains(needle),
             "nginx.conf lacks {needle:?}:\n{conf}"
         );
+    }
+}
+
+#[test]
+fn deferred_nginx_listens_with_deferred() {
+    let dir = PathBuf::from("/run/baton/labs/x/n2");
+    let www = PathBuf::from("/run/baton/labs/x/www");
+    let plain = "listen 198.18.0.2:80 backlog=4096;";
+    let deferred = "listen 198.18.0.2:80 deferred backlog=4096;";
+    assert!(nginx_config(&dir, &www, 2, false).contains(plain));
+    assert!(nginx_config(&dir, &www, 2, true).contains(deferred));
+    assert!(!ServerKind::Nginx.defers_accept() && !ServerKind::Static.defers_accept());
+    assert!(ServerKind::NginxDeferred.defers_accept() && ServerKind::Apache.defers_accept());
+}
+
+#[test]
+fn apache_config_has_what_the_lab_needs() {
+    let conf = apache_config(
+        &PathBuf::from("/run/baton/labs/x/n2"),
+        &PathBuf::from("/run/baton/labs/x/www"),
+        2,
+    );
+    for needle in [
+        "LoadModule mpm_event_module /usr/lib/apache2/modules/mod_mpm_event.so",
+        "LoadModule headers_module /usr/lib/apache2/modules/mod_headers.so",
+        "PidFile /run/baton/labs/x/n2/apache2.pid",
+        "ErrorLog /run/baton/labs/x/n2/server.log",
+        "DefaultRuntimeDir /run/baton/labs/x/n2/apache-run",
+        "Listen 198.18.0.2:80",
+        "AcceptFilter http data",
+        "DocumentRoot /run/baton/labs/x/www",
+        "<Directory /run/baton/labs/x/www>",
+        "Header always set X-Served-By n2",
+        "MaxKeepAliveRequests 10000",
+    ] {
+        assert!(
+            conf.contains(needle),
+            "apache2.conf lacks {needle:?}:\n{conf}"
+        );
+    }
+    // Every module it loads is one Debian ships.
+    for line in conf.lines().filter(|l| l.starts_with("LoadModule ")) {
+        let path = line.split_whitespace().nth(2).unwrap();
+        assert!(path.starts_with(baton_lab::lab::APACHE_MODULES), "{line}");
     }
 }
 
