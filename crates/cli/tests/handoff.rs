@@ -68,6 +68,29 @@ fn metric(lab: &Lab, node: usize, name: &str) -> f64 {
     baton_lab::metrics::metric_sum(&m, name).unwrap_or(0.0)
 }
 
+/// Why connections fell back or handoffs were refused, on every node, and the agents' last log
+/// lines: what an assertion about where a request was served prints when it fails.
+fn why_not_handed_off(lab: &Lab) -> String {
+    let mut out = String::new();
+    for i in 1..=lab.nodes() {
+        let reasons: Vec<String> = lab
+            .scrape_metrics(i)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, v)| {
+                *v != 0.0 && (k.contains("fallbacks_total{") || k.contains("refused_total{"))
+            })
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        out.push_str(&format!(
+            "\nn{i}: {}\n{}",
+            reasons.join(", "),
+            baton_lab::lab::log_tail(&lab.agent_log(i), 10)
+        ));
+    }
+    out
+}
+
 /// One series of a counter by reason: `name{reason="reason"}` (0 until first counted).
 fn metric_by_reason(lab: &Lab, node: usize, name: &str, reason: &str) -> f64 {
     let m = lab.scrape_metrics(node).expect("scrape metrics");
@@ -184,7 +207,12 @@ fn handoff_suite(server: ServerKind, prefix: &str) {
         let tx_before = tx_bytes(&lab, 1);
         let (by, sha) = curl_get(&lab, 1, &remote);
         let tx_n1 = tx_bytes(&lab, 1) - tx_before;
-        assert_eq!(by, "n2", "{remote} sent to n1 must be answered by n2");
+        assert_eq!(
+            by,
+            "n2",
+            "{remote} sent to n1 must be answered by n2{}",
+            why_not_handed_off(&lab)
+        );
         assert_eq!(sha, want, "{remote}: body differs from the file");
         if path == "/f/10m" {
             let limit = 10_485_760 / 20;
@@ -223,7 +251,8 @@ fn handoff_suite(server: ServerKind, prefix: &str) {
         assert_eq!(
             by.as_deref(),
             Some("n2"),
-            "{path} on the handed-off connection"
+            "{path} on the handed-off connection{}",
+            why_not_handed_off(&lab)
         );
         assert_eq!(sha, expected_sha256(&path).unwrap(), "{path}");
     }
@@ -236,7 +265,7 @@ fn handoff_suite(server: ServerKind, prefix: &str) {
         Duration::from_millis(20),
     );
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert_eq!(served_by(&head), "n2");
+    assert_eq!(served_by(&head), "n2", "{}", why_not_handed_off(&lab));
     assert_eq!(sha256_hex(&body), expected_sha256("/f/100k").unwrap());
 
     assert!(metric(&lab, 1, "baton_handoffs_out_total") >= 5.0);
@@ -322,7 +351,7 @@ fn request_bodies_arrive_whole() {
         })
         .unwrap();
     assert_eq!(r.status, 200);
-    assert_eq!(r.served_by(), Some("n2"));
+    assert_eq!(r.served_by(), Some("n2"), "{}", why_not_handed_off(&lab));
     assert!(
         r.body == body,
         "echoed body differs ({} bytes back)",
@@ -361,7 +390,7 @@ fn lab_nginx_put() -> Lab {
         "PUT status {}",
         put.status
     );
-    assert_eq!(put.served_by(), Some("n2"));
+    assert_eq!(put.served_by(), Some("n2"), "{}", why_not_handed_off(&lab));
     assert!(
         back.body == body,
         "the body n2 stored differs from the one sent to n1"
