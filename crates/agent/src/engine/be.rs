@@ -91,6 +91,14 @@ impl BeState {
         self.conns.len()
     }
 
+    /// Handed-in connections not yet closed: what a drain waits for.
+    pub fn open(&self) -> usize {
+        self.conns
+            .values()
+            .filter(|i| i.phase != BePhase::Closing)
+            .count()
+    }
+
     fn get(&self, conn: ConnId) -> Option<&Inbound> {
         self.conns
             .get(&conn.key)

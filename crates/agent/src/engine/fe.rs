@@ -108,6 +108,8 @@ pub(super) enum FePhase {
     Forwarded {
         peer: usize,
         id: u64,
+        /// The peer reported it closed: only its linger is left.
+        closed: bool,
     },
     Local,
 }
@@ -132,11 +134,16 @@ impl FeState {
         self.conns.contains_key(key)
     }
 
-    /// Connections held, offered or forwarded: what a drain waits for.
+    /// Connections held, offered or forwarded and open: what a drain waits for.
     pub fn in_flight(&self) -> usize {
         self.conns
             .values()
-            .filter(|c| !matches!(c.phase, FePhase::Local))
+            .filter(|c| {
+                !matches!(
+                    c.phase,
+                    FePhase::Local | FePhase::Forwarded { closed: true, .. }
+                )
+            })
             .count()
     }
 
@@ -497,7 +504,11 @@ impl Engine {
             let took = now.saturating_duration_since(since);
             self.metrics.handoff_duration.observe(took.as_secs_f64());
         }
-        conn.phase = FePhase::Forwarded { peer, id };
+        conn.phase = FePhase::Forwarded {
+            peer,
+            id,
+            closed: false,
+        };
         // Our own TCP still has the half-open connection: a RST only it sees ends it quietly.
         let conn = ConnId {
             key,
@@ -542,10 +553,15 @@ impl Engine {
         let Some(&key) = self.fe.handoffs.get(&id) else {
             return;
         };
-        let Some(conn) = self.fe.conns.get(&key) else {
+        let Some(conn) = self.fe.conns.get_mut(&key) else {
             return;
         };
-        if matches!(conn.phase, FePhase::Forwarded { peer: p, .. } if p == peer) {
+        if let FePhase::Forwarded {
+            peer: p, closed, ..
+        } = &mut conn.phase
+            && *p == peer
+        {
+            *closed = true;
             let conn = ConnId {
                 key,
                 client_isn: conn.client_isn,

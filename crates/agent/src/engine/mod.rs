@@ -4,6 +4,7 @@
 //! - [`fe`]: the accepting node (FE): held connections, the decision, the offer, forwarding;
 //! - [`be`]: the serving node (BE): the replay, going live, closes;
 //! - [`cluster`]: the members, their loads and the dispatcher: what decisions are made from;
+//! - [`housekeeping`]: the periodic work (load, listeners, heartbeats, garbage);
 //! - [`timers`]: every deadline, in one queue (nothing ticks);
 //! - [`packets`]: the packets the engine builds and reads.
 //!
@@ -22,6 +23,7 @@
 mod be;
 mod cluster;
 mod fe;
+mod housekeeping;
 mod packets;
 mod timers;
 
@@ -29,36 +31,22 @@ mod timers;
 mod tests;
 
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use baton_bpf::{ConnRole, ConnState, Event, EventKind};
+use baton_bpf::{Event, EventKind};
 use baton_http::Limits as HeadLimits;
 use baton_policy::{BoundedHash, PolicyKind, Router};
 use baton_proto::Message;
 
 use crate::config::NodeConfig;
-use crate::kernel::{ConnTableOps, DatapathControl, Kernel, PacketSink, ServiceChanges, TcpStates};
+use crate::kernel::{ConnTableOps, DatapathControl, Kernel, PacketSink, TcpStates};
 use crate::mesh::{MeshEvent, MeshSender};
 use crate::metrics::Metrics;
-use crate::sockdiag::tcp_state;
 
 pub use fe::LocalReason;
 
 use cluster::Cluster;
 use timers::{ConnId, Timer, Timers};
-
-/// How often garbage is collected (rounds of housekeeping in between, every `heartbeat_ms`, count
-/// the load and send heartbeats). Only entries no phase waits on are garbage.
-const GARBAGE_EVERY: Duration = Duration::from_secs(10);
-/// A load change larger than this (or a quarter of the last report) is reported at once.
-const BIG_LOAD_CHANGE: u32 = 8;
-/// How often the load the datapath counts is anchored again on a count of the local TCP's
-/// connections (an expensive dump: it heals whatever the counter missed at start).
-const LOAD_ANCHOR_EVERY: Duration = Duration::from_secs(60);
-/// An FE entry whose handshake never completed (SYN flood, lost ACK) goes after this.
-const SYN_ENTRY_TTL_NS: u64 = 10_000_000_000;
-/// A BE connection idle this long is checked against the local TCP (is it still there?).
-const BE_LIVENESS_CHECK_NS: u64 = 5_000_000_000;
 
 /// Monotonic clock in ns, the clock of `bpf_ktime_get_ns()`.
 pub fn monotonic_ns() -> u64 {
@@ -105,27 +93,9 @@ pub struct Engine {
     housekeeping_rounds: u64,
     /// The datapath configuration last written, to write only changes.
     written: Option<baton_bpf::NodeConfig>,
-    load_anchor: Option<LoadAnchor>,
+    load_anchor: Option<housekeeping::LoadAnchor>,
     /// The listener counts when the listeners were last looked at.
     listeners_seen: Option<(u64, u64)>,
-}
-
-/// A count of the local TCP's connections, and the datapath's counters when it was taken: the
-/// load is the count moved on by what the counters moved since.
-#[derive(Clone, Copy, Debug)]
-struct LoadAnchor {
-    at: Instant,
-    established: u32,
-    opened: u64,
-    closed: u64,
-}
-
-impl LoadAnchor {
-    fn load(&self, opened: u64, closed: u64) -> u32 {
-        let now = i64::from(self.established) + opened.saturating_sub(self.opened) as i64
-            - closed.saturating_sub(self.closed) as i64;
-        now.clamp(0, i64::from(u32::MAX)) as u32
-    }
 }
 
 impl Engine {
@@ -270,9 +240,9 @@ impl Engine {
     }
 
     /// Whether nothing of this node's is in flight any more: no connection held or offered, none
-    /// handed in or forwarded out still open.
+    /// handed in or forwarded out still open (closed ones only linger).
     pub fn drained(&self) -> bool {
-        self.fe.in_flight() == 0 && self.be.len() == 0
+        self.fe.in_flight() == 0 && self.be.open() == 0
     }
 
     /// Shutdown: every held or offered connection is served locally, so none is lost.
@@ -313,195 +283,5 @@ impl Engine {
         {
             self.conns.remove(&conn.key);
         }
-    }
-
-    /// Writes the datapath's configuration if it changed: distribute or not, and the cluster as
-    /// the datapath's hash policy sees it.
-    fn write_datapath_config(&mut self, now: Instant) {
-        let distribute = self.config.policy.kind != PolicyKind::Local
-            && self.config.cluster.members.len() > 1
-            && !self.cluster.draining;
-        let mut config = baton_bpf::NodeConfig::new(
-            self.my_addr,
-            &self.config.cluster.service_ports,
-            distribute,
-        );
-        if self.datapath_decides {
-            config.set_hash_nodes(self.cluster.me, &self.cluster.datapath_nodes(now));
-        }
-        if self.written == Some(config) {
-            return;
-        }
-        match self.datapath.write(&config) {
-            Ok(()) => self.written = Some(config),
-            Err(e) => tracing::warn!("writing the datapath's configuration: {e}"),
-        }
-    }
-
-    /// Every `heartbeat_ms`: the load is counted and told to every peer, the listeners looked at
-    /// if they changed, the datapath's view of the cluster refreshed; every ten seconds garbage is
-    /// collected. One wakeup of an idle agent does it all.
-    fn housekeeping(&mut self, now: Instant) {
-        let period = Duration::from_millis(self.config.limits.heartbeat_ms.max(1));
-        self.timers.at(now + period, Timer::Housekeeping);
-        let garbage_every = (GARBAGE_EVERY.as_millis() / period.as_millis()).max(1) as u64;
-        if self.housekeeping_rounds.is_multiple_of(garbage_every) {
-            self.collect_garbage();
-        }
-        self.housekeeping_rounds += 1;
-        match self.datapath.service_changes() {
-            Ok(changes) => {
-                self.check_listeners(changes);
-                self.count_load(now, changes);
-            }
-            Err(e) => tracing::warn!("reading the datapath's counters: {e}"),
-        }
-        self.send_heartbeats();
-        self.write_datapath_config(now);
-        self.metrics.peers_up.set(self.cluster.up_count(now) as i64);
-        self.metrics.held.set(self.fe.in_flight() as i64);
-        self.metrics.handed_in_active.set(self.be.len() as i64);
-    }
-
-    fn send_heartbeats(&self) {
-        let heartbeat = self.cluster.heartbeat();
-        for peer in self.cluster.others() {
-            self.mesh.send(peer, heartbeat.clone());
-        }
-    }
-
-    /// Whether the local server listens on every service port: looked at when a listener opened
-    /// or closed (a replayed SYN's RST also tells at once).
-    fn check_listeners(&mut self, changes: ServiceChanges) {
-        let counts = (changes.listeners_opened, changes.listeners_closed);
-        if self.listeners_seen == Some(counts) {
-            return;
-        }
-        let ports = self.config.cluster.service_ports.clone();
-        match self.tcp.listening(self.my_addr, &ports) {
-            Ok(listening) => {
-                self.cluster.set_serving(listening);
-                self.listeners_seen = Some(counts);
-            }
-            Err(e) => tracing::warn!("sock_diag: {e}"),
-        }
-    }
-
-    /// This node's load (the connections its TCP serves, local and handed in) and whether its
-    /// server listens: what the policies see here and the heartbeats report to the peers.
-    fn count_load(&mut self, now: Instant, changes: ServiceChanges) {
-        let ports = self.config.cluster.service_ports.clone();
-        let load = match self.current_load(now, &ports, changes) {
-            Ok(load) => load,
-            Err(e) => {
-                // No fresh count: keep the last one rather than let the bumps pile up.
-                tracing::warn!("counting the load: {e}");
-                self.cluster.reported_load
-            }
-        };
-        let me = self.cluster.me;
-        self.cluster.peers[me].load = load;
-        self.metrics.load.set(i64::from(load));
-        let reported = std::mem::replace(&mut self.cluster.reported_load, load);
-        // A big change is told at once rather than at the next heartbeat.
-        if load.abs_diff(reported) > BIG_LOAD_CHANGE.max(reported / 4) {
-            self.send_heartbeats();
-        }
-    }
-
-    fn current_load(
-        &mut self,
-        now: Instant,
-        ports: &[u16],
-        changes: ServiceChanges,
-    ) -> Result<u32, String> {
-        let ServiceChanges { opened, closed, .. } = changes;
-        let stale = self
-            .load_anchor
-            .is_none_or(|a| now.saturating_duration_since(a.at) >= LOAD_ANCHOR_EVERY);
-        if stale {
-            let established = self
-                .tcp
-                .established(self.my_addr, ports)
-                .map_err(|e| format!("sock_diag: {e}"))?;
-            self.load_anchor = Some(LoadAnchor {
-                at: now,
-                established,
-                opened,
-                closed,
-            });
-        }
-        Ok(self
-            .load_anchor
-            .map_or(0, |anchor| anchor.load(opened, closed)))
-    }
-
-    /// Entries no phase is waiting on: half-open floods, connections never decided because they
-    /// never sent data, idle forwarding, handed-in connections whose close was missed.
-    fn collect_garbage(&mut self) {
-        let now_ns = monotonic_ns();
-        let idle_ns = self
-            .config
-            .limits
-            .idle_timeout_s
-            .saturating_mul(1_000_000_000);
-        let hold_ns = self.config.limits.hold_ms.saturating_mul(1_000_000);
-        let mut count = 0i64;
-        let mut doomed = Vec::new();
-        let mut gone_at_be = Vec::new();
-        for (key, entry) in self.conns.entries() {
-            count += 1;
-            let conn = ConnId {
-                key,
-                client_isn: entry.client_isn,
-            };
-            let age = now_ns.saturating_sub(entry.last_seen_ns);
-            let stale = match (entry.role(), entry.state()) {
-                (Some(ConnRole::Fe), Some(ConnState::FeSyn)) => age > SYN_ENTRY_TTL_NS,
-                // Held without a word to the agent (no data yet): the next client packet goes to
-                // our TCP and completes the handshake there.
-                (Some(ConnRole::Fe), Some(ConnState::FeHold)) => {
-                    !self.fe.knows(&key) && age > hold_ns
-                }
-                // Held and offered connections have their own deadlines.
-                (Some(ConnRole::Fe), _) => !self.fe.is_undecided(&key) && age > idle_ns,
-                (Some(ConnRole::Be), Some(ConnState::BeEstablished)) => {
-                    if age > BE_LIVENESS_CHECK_NS {
-                        gone_at_be.push(conn);
-                    }
-                    false
-                }
-                (Some(ConnRole::Be), _) => !self.be.has(&key) && age > SYN_ENTRY_TTL_NS,
-                _ => age > idle_ns,
-            };
-            if stale {
-                doomed.push((conn, entry.role()));
-            }
-        }
-        // Idle at the BE: the local TCP says whether it is over; a live connection is never cut.
-        for conn in gone_at_be {
-            match self.tcp.tcp_state(conn.key.local(), conn.key.client()) {
-                Ok(None | Some(tcp_state::TIME_WAIT | tcp_state::CLOSE)) => {
-                    self.closed_at_be(conn);
-                    count -= 1;
-                }
-                Ok(Some(_)) => {}
-                Err(e) => tracing::warn!("sock_diag: {e}"),
-            }
-        }
-        for (conn, role) in doomed {
-            match role {
-                Some(ConnRole::Be) => {
-                    self.reset_local(conn);
-                    self.conns.remove(&conn.key);
-                }
-                _ => {
-                    self.conns.remove(&conn.key);
-                    self.fe.forget(conn);
-                }
-            }
-            count -= 1;
-        }
-        self.metrics.conn_entries.set(count);
     }
 }

@@ -527,12 +527,13 @@ fn a_remote_decision_forwards_at_once_and_offers_the_request() {
     n1.datapath(event(EventKind::HeldPacket, key, &late));
     assert_eq!(n1.sent.take()[0].dst, N2);
 
-    // The BE reports the close: the entry goes after the linger.
+    // The BE reports the close: nothing is in flight, the entry goes after the linger.
+    assert!(!n1.engine.drained());
     n1.hear(Message::ConnClosed { id: r.id });
+    assert!(n1.engine.drained());
     assert!(n1.table.get(&key).is_some());
     n1.wait(LINGER);
     assert!(n1.table.get(&key).is_none());
-    assert!(n1.engine.drained());
 }
 
 #[test]
@@ -892,9 +893,10 @@ fn a_close_counts_only_once_the_local_tcp_agrees() {
     assert!(n2.table.get(&key).is_some());
     assert!(n2.next_to_peer().is_none());
 
-    // A real close: the FE is told and the entry goes.
+    // A real close: the FE is told and the entry goes (the drain waits for it no more).
     n2.tcp.set(&key, tcp_state::TIME_WAIT);
     n2.datapath(notice(EventKind::Closed, key));
+    assert!(n2.engine.drained());
     n2.wait(LINGER);
     assert!(matches!(
         n2.next_to_peer(),
