@@ -253,7 +253,8 @@ impl Engine {
             }
             return;
         }
-        if !self.fe.conns.contains_key(&key) && !self.start_holding(key, now) {
+        let first = !self.fe.conns.contains_key(&key);
+        if first && !self.start_holding(key) {
             // No hold on record (entry expired or removed): the local TCP takes it.
             self.send(&packet);
             return;
@@ -276,17 +277,23 @@ impl Engine {
         if held.asking.is_none() {
             self.try_decide(key, now);
         }
+        // Most heads come in one segment and are decided at once: only a head still being waited
+        // for needs a deadline.
+        if first && let Some(held) = self.fe.held_mut(&key) {
+            let conn = ConnId {
+                key,
+                client_isn: held.entry.client_isn,
+            };
+            let hold = Duration::from_millis(self.config.limits.hold_ms);
+            self.timers.at(now + hold, Timer::Hold(conn));
+        }
     }
 
     /// Starts holding `key` if the datapath holds it. False if it does not.
-    fn start_holding(&mut self, key: ConnKey, now: Instant) -> bool {
+    fn start_holding(&mut self, key: ConnKey) -> bool {
         let entry = match self.conns.get(&key) {
             Some(entry) if entry.state() == Some(ConnState::FeHold) => entry,
             _ => return false,
-        };
-        let conn = ConnId {
-            key,
-            client_isn: entry.client_isn,
         };
         let held = Held {
             entry,
@@ -302,8 +309,6 @@ impl Engine {
                 phase: FePhase::Held(held),
             },
         );
-        let hold = Duration::from_millis(self.config.limits.hold_ms);
-        self.timers.at(now + hold, Timer::Hold(conn));
         true
     }
 
