@@ -7,7 +7,8 @@
 //! - [`mesh`]: the control connections to the peers, passing messages both ways;
 //! - [`kernel`]: what the engine asks of the kernel, as traits; [`inject`] and [`sockdiag`] are
 //!   the real packet injection and TCP lookups, [`hold`] reassembles held streams;
-//! - [`metrics`]: the Prometheus endpoint; [`config`]: the configuration file.
+//! - [`metrics`]: the Prometheus endpoint; [`config`]: the configuration file; [`alarm`]: the
+//!   event loop's timer.
 //!
 //! One task, the event loop of [`run`], owns the engine and feeds it everything it waits for:
 //! datapath events as soon as the ring wakes it (and again right after each input, since a
@@ -20,6 +21,7 @@
 //! `limits.drain_timeout_ms`. Then held connections are served locally and the datapath is
 //! detached (its TCX links are owned by this process and go with it).
 
+pub mod alarm;
 pub mod config;
 pub mod engine;
 pub mod hold;
@@ -38,6 +40,7 @@ use baton_bpf::{Datapath, DatapathError, Event};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 
+use crate::alarm::{Alarm, AlarmError};
 use crate::config::NodeConfig;
 use crate::engine::Engine;
 use crate::inject::{InjectError, Injector};
@@ -62,6 +65,8 @@ pub enum AgentError {
     Mesh(#[from] MeshError),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[error("the event loop's timer: {0}")]
+    Alarm(#[from] AlarmError),
     #[error("epoll registration of the event ring (AsyncFd::new): {0}")]
     Ring(std::io::Error),
     #[error("reading this network namespace (stat /proc/self/ns/net): {0}")]
@@ -190,9 +195,10 @@ pub async fn run(
         })?;
     tracing::info!(node = %name, %interface, %policy, "baton node running");
 
+    let mut alarm = Alarm::new()?;
     let mut drain_deadline: Option<Instant> = None;
     loop {
-        let next = engine.next_deadline();
+        alarm.set(engine.next_deadline())?;
         tokio::select! {
             _ = shutdown.changed(), if drain_deadline.is_none() => {
                 // Graceful stop: nothing new is held or offered here; what is in flight finishes.
@@ -207,7 +213,7 @@ pub async fn run(
                 Err(e) => tracing::warn!("event ring: {e}"),
             },
             Some(event) = mesh_rx.recv() => engine.on_mesh(event, Instant::now()),
-            _ = sleep_until(next) => engine.on_timers(Instant::now()),
+            _ = alarm.fired() => engine.on_timers(Instant::now()),
             _ = sleep_until(drain_deadline) => break,
         }
         read_ring(ring.get_mut(), &mut engine, &metrics);

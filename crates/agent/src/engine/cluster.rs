@@ -39,8 +39,8 @@ pub(super) struct Cluster {
     started: Instant,
     /// This node is stopping (what it counts of itself is in `peers[me]`).
     pub draining: bool,
-    /// The load this node last reported.
-    pub reported_load: u32,
+    /// When this node last told its peers its load and listeners, and what it said.
+    pub reported: Option<(Instant, u32, bool)>,
 }
 
 impl Cluster {
@@ -77,7 +77,7 @@ impl Cluster {
             fresh_for: Duration::from_millis(config.limits.heartbeat_ms.saturating_mul(5)),
             started: now,
             draining: false,
-            reported_load: 0,
+            reported: None,
         }
     }
 

@@ -16,8 +16,9 @@ use crate::sockdiag::tcp_state;
 /// How often garbage is collected (rounds of housekeeping in between, every `heartbeat_ms`, count
 /// the load and send heartbeats). Only entries no phase waits on are garbage.
 const GARBAGE_EVERY: Duration = Duration::from_secs(10);
-/// A load change larger than this (or a quarter of the last report) is reported at once.
-const BIG_LOAD_CHANGE: u32 = 8;
+/// With nothing new to tell, a heartbeat goes every this many rounds (peers count a node down
+/// after five silent rounds).
+const QUIET_HEARTBEAT_ROUNDS: u32 = 2;
 /// How often the load the datapath counts is anchored again on a count of the local TCP's
 /// connections (an expensive dump: it heals whatever the counter missed at start).
 const LOAD_ANCHOR_EVERY: Duration = Duration::from_secs(60);
@@ -68,7 +69,8 @@ impl Engine {
         }
     }
 
-    /// Every `heartbeat_ms`: the load is counted and told to every peer, the listeners looked at
+    /// Every `heartbeat_ms`: the load is counted and, if it or the listeners changed, told to
+    /// every peer (with nothing new, every other round, for liveness); the listeners are looked at
     /// if they changed, the datapath's view of the cluster refreshed; every ten seconds garbage is
     /// collected. One wakeup of an idle agent does it all.
     pub(super) fn housekeeping(&mut self, now: Instant) {
@@ -86,18 +88,31 @@ impl Engine {
             }
             Err(e) => tracing::warn!("reading the datapath's counters: {e}"),
         }
-        self.send_heartbeats();
+        self.send_heartbeats(now, period);
         self.write_datapath_config(now);
         self.metrics.peers_up.set(self.cluster.up_count(now) as i64);
         self.metrics.held.set(self.fe.in_flight() as i64);
         self.metrics.handed_in_active.set(self.be.len() as i64);
     }
 
-    fn send_heartbeats(&self) {
+    /// Tells the peers this node's load and listeners if they changed since the last heartbeat,
+    /// or if that is `QUIET_HEARTBEAT_ROUNDS` rounds old. (Each message sent drives the peer's TCP
+    /// and wakes its agent: an idle cluster should send few.)
+    fn send_heartbeats(&mut self, now: Instant, period: Duration) {
+        let me = &self.cluster.peers[self.cluster.me];
+        let (load, serving) = (me.load, me.serving);
+        let quiet = period * QUIET_HEARTBEAT_ROUNDS;
+        let due = self.cluster.reported.is_none_or(|(at, l, s)| {
+            (l, s) != (load, serving) || now.saturating_duration_since(at) + period / 2 >= quiet
+        });
+        if !due {
+            return;
+        }
         let heartbeat = self.cluster.heartbeat();
         for peer in self.cluster.others() {
             self.mesh.send(peer, heartbeat.clone());
         }
+        self.cluster.reported = Some((now, load, serving));
     }
 
     /// Whether the local server listens on every service port: looked at when a listener opened
@@ -121,21 +136,14 @@ impl Engine {
     /// server listens: what the policies see here and the heartbeats report to the peers.
     fn count_load(&mut self, now: Instant, changes: ServiceChanges) {
         let ports = self.config.cluster.service_ports.clone();
-        let load = match self.current_load(now, &ports, changes) {
-            Ok(load) => load,
-            Err(e) => {
-                // No fresh count: keep the last one rather than let the bumps pile up.
-                tracing::warn!("counting the load: {e}");
-                self.cluster.reported_load
-            }
-        };
         let me = self.cluster.me;
-        self.cluster.peers[me].load = load;
-        self.metrics.load.set(i64::from(load));
-        let reported = std::mem::replace(&mut self.cluster.reported_load, load);
-        // A big change is told at once rather than at the next heartbeat.
-        if load.abs_diff(reported) > BIG_LOAD_CHANGE.max(reported / 4) {
-            self.send_heartbeats();
+        match self.current_load(now, &ports, changes) {
+            Ok(load) => {
+                self.cluster.peers[me].load = load;
+                self.metrics.load.set(i64::from(load));
+            }
+            // No fresh count: the last one stays, rather than the bumps piling up.
+            Err(e) => tracing::warn!("counting the load: {e}"),
         }
     }
 
