@@ -214,27 +214,25 @@ impl Datapath {
         Ok(())
     }
 
-    pub fn take_conns(&mut self) -> Result<ConnTable, DatapathError> {
+    /// Takes map `name` out of the object as a `T` (its single owner from then on).
+    fn take<T>(&mut self, name: &'static str) -> Result<T, DatapathError>
+    where
+        T: TryFrom<aya::maps::Map, Error = MapError>,
+    {
         let map = self
             .ebpf
-            .take_map(CONNS_MAP)
-            .ok_or(DatapathError::MissingMap(CONNS_MAP))?;
-        HashMap::try_from(map).map_err(|source| DatapathError::Map {
-            name: CONNS_MAP,
-            source,
-        })
+            .take_map(name)
+            .ok_or(DatapathError::MissingMap(name))?;
+        T::try_from(map).map_err(|source| DatapathError::Map { name, source })
+    }
+
+    pub fn take_conns(&mut self) -> Result<ConnTable, DatapathError> {
+        self.take(CONNS_MAP)
     }
 
     /// The node configuration map, for an owner that rewrites it as the cluster changes.
     pub fn take_config(&mut self) -> Result<ConfigMap, DatapathError> {
-        let map = self
-            .ebpf
-            .take_map(CONFIG_MAP)
-            .ok_or(DatapathError::MissingMap(CONFIG_MAP))?;
-        Array::try_from(map).map_err(|source| DatapathError::Map {
-            name: CONFIG_MAP,
-            source,
-        })
+        self.take(CONFIG_MAP)
     }
 
     /// The agent's injecting mark (see [`InjectingMark`]).
@@ -254,27 +252,13 @@ impl Datapath {
     }
 
     pub fn take_events(&mut self) -> Result<EventRing, DatapathError> {
-        let map = self
-            .ebpf
-            .take_map(EVENTS_MAP)
-            .ok_or(DatapathError::MissingMap(EVENTS_MAP))?;
-        RingBuf::try_from(map).map_err(|source| DatapathError::Map {
-            name: EVENTS_MAP,
-            source,
-        })
+        self.take(EVENTS_MAP)
     }
 
     pub fn take_counters(&mut self) -> Result<Counters, DatapathError> {
-        let mut take = |name: &'static str| -> Result<PerCpuArray<MapData, u64>, DatapathError> {
-            let map = self
-                .ebpf
-                .take_map(name)
-                .ok_or(DatapathError::MissingMap(name))?;
-            PerCpuArray::try_from(map).map_err(|source| DatapathError::Map { name, source })
-        };
         Ok(Counters {
-            stats: take(STATS_MAP)?,
-            drops: take(DROPS_MAP)?,
+            stats: self.take(STATS_MAP)?,
+            drops: self.take(DROPS_MAP)?,
         })
     }
 }
