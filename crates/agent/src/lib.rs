@@ -85,7 +85,8 @@ impl From<DatapathError> for AgentError {
     }
 }
 
-/// Runs the agent until SIGINT or SIGTERM.
+/// Runs the agent until SIGINT or SIGTERM. SIGHUP, which would end the process, is caught: the
+/// agent cannot reload its configuration yet, and says so instead of dropping its connections.
 pub fn run_until_signal(config: NodeConfig) -> Result<(), AgentError> {
     // One thread: the engine's loop and the mesh's tasks hand each other messages without
     // crossing CPUs, and an idle agent has one thread to wake.
@@ -95,12 +96,19 @@ pub fn run_until_signal(config: NodeConfig) -> Result<(), AgentError> {
         .map_err(AgentError::Runtime)?;
     runtime.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(AgentError::Signal)?;
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
+        let mut hangup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
         tokio::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+            loop {
+                tokio::select! {
+                    _ = term.recv() => break,
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = hangup.recv() => tracing::warn!(
+                        "SIGHUP: reloading the configuration is not supported yet; restart the \
+                         agent to apply a new one (this one keeps running)"
+                    ),
+                }
             }
             let _ = stop_tx.send(true);
         });

@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use crate::metrics::{Metrics, Reason};
+use crate::metrics::Metrics;
 
 #[derive(Debug)]
 pub enum MeshEvent {
@@ -137,10 +137,7 @@ pub async fn start(
 }
 
 fn reject(metrics: &Metrics, e: &ProtoError) {
-    metrics
-        .mesh_rejected
-        .get_or_create(&Reason::new(e.kind()))
-        .inc();
+    metrics.mesh_rejected.count(e.kind());
 }
 
 async fn accept_loop(
@@ -187,7 +184,7 @@ async fn inbound(
         let n = tokio::select! {
             _ = shutdown.changed() => return,
             _ = tokio::time::sleep_until(handshake_deadline), if peer.is_none() => {
-                metrics.mesh_rejected.get_or_create(&Reason::new("handshake_timeout")).inc();
+                metrics.mesh_rejected.count("handshake_timeout");
                 return;
             }
             read = stream.read(&mut buf) => match read { Ok(0) | Err(_) => return, Ok(n) => n },
@@ -211,10 +208,7 @@ async fn inbound(
                     match config.members.iter().position(|m| m.name == peer_name) {
                         Some(i) if i != config.self_index => peer = Some(i),
                         _ => {
-                            metrics
-                                .mesh_rejected
-                                .get_or_create(&Reason::new("unknown_peer"))
-                                .inc();
+                            metrics.mesh_rejected.count("unknown_peer");
                             tracing::warn!("control connection from unknown peer {peer_name:?}");
                             return;
                         }

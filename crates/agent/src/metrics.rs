@@ -1,8 +1,12 @@
-//! The agent's Prometheus metrics and the `/metrics` endpoint.
+//! The agent's Prometheus metrics and the `/metrics` endpoint (Prometheus text format 0.0.4, as
+//! `promtool check metrics` reads it).
 //!
 //! Counters the agent itself moves are shared handles (`Metrics` is cheap to clone; each task
 //! bumps the ones it owns). Counters the eBPF programs keep per CPU are read at scrape time from
-//! the datapath's maps and folded into the same registry, so one scrape shows both.
+//! the datapath's maps and folded into the same registry, so one scrape shows both. The datapath's
+//! normal work (packets held for the agent, SYN-ACKs captured, handshake ACKs absorbed,
+//! connections it released itself) has its own counters; `baton_dropped_packets_total` counts only
+//! real drops.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -12,42 +16,32 @@ use baton_bpf::{DropReason, Stat};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Reason {
-    pub reason: String,
-}
-
-impl Reason {
-    pub fn new(reason: impl Into<String>) -> Self {
-        Reason {
-            reason: reason.into(),
-        }
-    }
-}
-
-/// Latency buckets: 10 µs to ~10 s, doubling.
-fn latency_buckets() -> impl Iterator<Item = f64> {
-    exponential_buckets(10e-6, 2.0, 21)
-}
-
-/// A latency histogram in seconds.
+/// A counter by `reason`.
 #[derive(Clone)]
-pub struct Latency(pub Histogram);
+pub struct ByReason(IntCounterVec);
 
-impl Default for Latency {
-    fn default() -> Self {
-        Latency(Histogram::new(latency_buckets()))
+impl ByReason {
+    pub fn count(&self, reason: &str) {
+        self.0.with_label_values(&[reason]).inc();
+    }
+    pub fn count_by(&self, reason: &str, n: u64) {
+        self.0.with_label_values(&[reason]).inc_by(n);
+    }
+    pub fn get(&self, reason: &str) -> u64 {
+        self.0.with_label_values(&[reason]).get()
     }
 }
+
+/// A latency histogram in seconds (10 µs to ~10 s, doubling).
+#[derive(Clone)]
+pub struct Latency(Histogram);
 
 impl Latency {
     pub fn observe(&self, seconds: f64) {
@@ -55,167 +49,227 @@ impl Latency {
     }
 }
 
-/// Every metric the agent exports. Names are part of baton's interface (dashboards, the lab).
-#[derive(Clone, Default)]
+/// Every metric the agent exports, and the registry that holds them. Names are part of baton's
+/// interface (dashboards, the lab).
+#[derive(Clone)]
 pub struct Metrics {
-    /// New client connections seen by the datapath (`baton_connections_accepted_total`).
-    pub accepted: Counter,
-    /// Connections this node served itself (`baton_connections_local_total`).
-    pub local: Counter,
-    /// Connections handed to another node (`baton_handoffs_out_total`).
-    pub handoffs_out: Counter,
-    /// Connections handed in by another node (`baton_handoffs_in_total`).
-    pub handoffs_in: Counter,
+    registry: Registry,
+    /// New client connections seen by the datapath.
+    pub accepted: IntCounter,
+    /// Connections this node served itself.
+    pub local: IntCounter,
+    pub handoffs_out: IntCounter,
+    pub handoffs_in: IntCounter,
     /// Why a connection meant for another node was served locally after all.
-    pub fallbacks: Family<Reason, Counter>,
+    pub fallbacks: ByReason,
     /// Why this node refused a handoff.
-    pub refused: Family<Reason, Counter>,
+    pub refused: ByReason,
     /// Control frames rejected (forged, replayed, malformed...).
-    pub mesh_rejected: Family<Reason, Counter>,
+    pub mesh_rejected: ByReason,
     /// Ring records or held packets the agent could not parse.
-    pub malformed_events: Counter,
-    /// Bytes this node sent to clients from its service ports (`baton_client_bytes_sent_total`).
-    pub client_bytes_sent: Counter,
-    pub forwarded_packets: Counter,
-    pub forwarded_bytes: Counter,
-    pub translated_to_client_bytes: Counter,
-    pub table_full: Counter,
-    pub dropped: Family<Reason, Counter>,
-    pub peers_up: Gauge,
-    pub conn_entries: Gauge,
-    pub held: Gauge,
-    pub handed_in_active: Gauge,
+    pub malformed_events: IntCounter,
+    pub client_bytes_sent: IntCounter,
+    pub forwarded_packets: IntCounter,
+    pub forwarded_bytes: IntCounter,
+    pub translated_to_client_bytes: IntCounter,
+    pub table_full: IntCounter,
+    /// The datapath's real drops, by reason.
+    pub dropped: ByReason,
+    /// The datapath's normal work: packets held for the agent, SYN-ACKs of replays captured,
+    /// handshake ACKs absorbed, connections it released to the local server itself.
+    pub held_packets: IntCounter,
+    pub captured_synacks: IntCounter,
+    pub absorbed_acks: IntCounter,
+    pub decided_in_datapath: IntCounter,
+    pub peers_up: IntGauge,
+    pub conn_entries: IntGauge,
+    pub held: IntGauge,
+    pub handed_in_active: IntGauge,
     /// Established connections on the service ports: what this node reports as its load.
-    pub load: Gauge,
+    pub load: IntGauge,
     /// As the LARD dispatcher: decisions made for peers.
-    pub dispatch_answers: Counter,
+    pub dispatch_answers: IntCounter,
     /// Decisions made by the bounded-hash fallback because the dispatcher was silent.
-    pub dispatch_fallbacks: Counter,
+    pub dispatch_fallbacks: IntCounter,
     /// From a datapath event's capture to the agent reading it (the ring's wakeup).
     pub event_delay: Latency,
     /// FE: from the offer to the peer's acceptance.
     pub handoff_duration: Latency,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
 impl Metrics {
-    pub fn registry(&self) -> Registry {
-        let mut r = Registry::with_prefix("baton");
-        r.register(
-            "connections_accepted",
-            "New client connections seen",
-            self.accepted.clone(),
-        );
-        r.register(
-            "connections_local",
-            "Connections served by this node itself",
-            self.local.clone(),
-        );
-        r.register(
-            "handoffs_out",
-            "Connections handed off to another node",
-            self.handoffs_out.clone(),
-        );
-        r.register(
-            "handoffs_in",
-            "Connections handed in by another node",
-            self.handoffs_in.clone(),
-        );
-        r.register(
-            "handoff_fallbacks",
-            "Connections meant for distribution served locally, by reason",
-            self.fallbacks.clone(),
-        );
-        r.register(
-            "handoffs_refused",
-            "Handoffs this node refused, by reason",
-            self.refused.clone(),
-        );
-        r.register(
-            "mesh_rejected_frames",
-            "Control frames rejected, by reason",
-            self.mesh_rejected.clone(),
-        );
-        r.register(
-            "malformed_events",
-            "Datapath events the agent could not parse",
-            self.malformed_events.clone(),
-        );
-        r.register(
-            "client_bytes_sent",
-            "Bytes sent to clients from service ports",
-            self.client_bytes_sent.clone(),
-        );
-        r.register(
-            "forwarded_packets",
-            "Client packets forwarded to a serving node",
-            self.forwarded_packets.clone(),
-        );
-        r.register(
-            "forwarded_bytes",
-            "Client bytes forwarded to a serving node",
-            self.forwarded_bytes.clone(),
-        );
-        r.register(
-            "translated_to_client_bytes",
-            "Bytes of handed-in connections sent directly to clients",
-            self.translated_to_client_bytes.clone(),
-        );
-        r.register(
-            "conn_table_full",
-            "Connections passed untracked because the conn table was full",
-            self.table_full.clone(),
-        );
-        r.register(
-            "dropped_packets",
-            "Packets the datapath dropped, by reason",
-            self.dropped.clone(),
-        );
-        r.register(
-            "mesh_peers_up",
-            "Peers with a live control connection",
-            self.peers_up.clone(),
-        );
-        r.register(
-            "conn_table_entries",
-            "Entries in the datapath's conn table",
-            self.conn_entries.clone(),
-        );
-        r.register(
-            "held_connections",
-            "Connections held while deciding",
-            self.held.clone(),
-        );
-        r.register(
-            "handed_in_active",
-            "Handed-in connections being served",
-            self.handed_in_active.clone(),
-        );
-        r.register(
-            "load",
-            "Established connections on the service ports (this node's load)",
-            self.load.clone(),
-        );
-        r.register(
-            "dispatch_answers",
-            "LARD decisions this node made for peers as the dispatcher",
-            self.dispatch_answers.clone(),
-        );
-        r.register(
-            "dispatch_fallbacks",
-            "Decisions made by bounded-hash because the LARD dispatcher did not answer in time",
-            self.dispatch_fallbacks.clone(),
-        );
-        r.register(
-            "event_delay_seconds",
-            "From a datapath event's capture to the agent reading it",
-            self.event_delay.0.clone(),
-        );
-        r.register(
-            "handoff_duration_seconds",
-            "From an offer to a peer to its acceptance (FE)",
-            self.handoff_duration.0.clone(),
-        );
-        r
+    pub fn new() -> Self {
+        let registry =
+            Registry::new_custom(Some("baton".into()), None).expect("a constant, valid prefix");
+        // Every name and help text is a constant: registering them cannot fail.
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("a valid counter");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("a valid gauge");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
+            g
+        };
+        let by_reason = |name: &str, help: &str| {
+            let v = IntCounterVec::new(Opts::new(name, help), &["reason"]).expect("a valid family");
+            registry
+                .register(Box::new(v.clone()))
+                .expect("registered once");
+            ByReason(v)
+        };
+        let latency = |name: &str, help: &str| {
+            let buckets = prometheus::exponential_buckets(10e-6, 2.0, 21).expect("valid buckets");
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("a valid histogram");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("registered once");
+            Latency(h)
+        };
+        let build_info = BuildInfo::new(&registry);
+        build_info.set();
+        Metrics {
+            accepted: counter("connections_accepted_total", "New client connections seen"),
+            local: counter(
+                "connections_local_total",
+                "Connections served by this node itself",
+            ),
+            handoffs_out: counter(
+                "handoffs_out_total",
+                "Connections handed off to another node",
+            ),
+            handoffs_in: counter("handoffs_in_total", "Connections handed in by another node"),
+            fallbacks: by_reason(
+                "handoff_fallbacks_total",
+                "Connections meant for distribution served locally, by reason",
+            ),
+            refused: by_reason(
+                "handoffs_refused_total",
+                "Handoffs this node refused, by reason",
+            ),
+            mesh_rejected: by_reason(
+                "mesh_rejected_frames_total",
+                "Control frames rejected, by reason",
+            ),
+            malformed_events: counter(
+                "malformed_events_total",
+                "Datapath events the agent could not parse",
+            ),
+            client_bytes_sent: counter(
+                "client_bytes_sent_total",
+                "Bytes sent to clients from service ports",
+            ),
+            forwarded_packets: counter(
+                "forwarded_packets_total",
+                "Client packets forwarded to a serving node",
+            ),
+            forwarded_bytes: counter(
+                "forwarded_bytes_total",
+                "Client bytes forwarded to a serving node",
+            ),
+            translated_to_client_bytes: counter(
+                "translated_to_client_bytes_total",
+                "Bytes of handed-in connections sent directly to clients",
+            ),
+            table_full: counter(
+                "conn_table_full_total",
+                "Connections passed untracked because the conn table was full",
+            ),
+            dropped: by_reason(
+                "dropped_packets_total",
+                "Packets the datapath dropped, by reason (held or captured packets not included)",
+            ),
+            held_packets: counter(
+                "datapath_held_packets_total",
+                "Client packets the datapath held and gave to the agent",
+            ),
+            captured_synacks: counter(
+                "datapath_captured_synacks_total",
+                "Answers of this node's TCP to replayed handshakes, captured for the agent",
+            ),
+            absorbed_acks: counter(
+                "datapath_absorbed_acks_total",
+                "Bare handshake ACKs kept from this node's TCP (the data segment completes it)",
+            ),
+            decided_in_datapath: counter(
+                "datapath_decided_local_total",
+                "Connections the datapath released to the local server itself",
+            ),
+            peers_up: gauge("mesh_peers_up", "Peers with a live control connection"),
+            conn_entries: gauge("conn_table_entries", "Entries in the datapath's conn table"),
+            held: gauge("held_connections", "Connections held, offered or forwarded"),
+            handed_in_active: gauge("handed_in_active", "Handed-in connections being served"),
+            load: gauge(
+                "load",
+                "Established connections on the service ports (this node's load)",
+            ),
+            dispatch_answers: counter(
+                "dispatch_answers_total",
+                "LARD decisions this node made for peers as the dispatcher",
+            ),
+            dispatch_fallbacks: counter(
+                "dispatch_fallbacks_total",
+                "Decisions made by bounded-hash because the LARD dispatcher did not answer in time",
+            ),
+            event_delay: latency(
+                "event_delay_seconds",
+                "From a datapath event's capture to the agent reading it",
+            ),
+            handoff_duration: latency(
+                "handoff_duration_seconds",
+                "From an offer to a peer to its acceptance (FE)",
+            ),
+            registry,
+        }
+    }
+
+    /// The exposition of every metric, in the Prometheus text format.
+    pub fn encode(&self) -> (Vec<u8>, String) {
+        let encoder = TextEncoder::new();
+        let mut out = Vec::new();
+        // Encoding metrics this module registered cannot fail.
+        let _ = encoder.encode(&self.registry.gather(), &mut out);
+        (out, encoder.format_type().to_string())
+    }
+}
+
+/// `baton_build_info{version, proto, layout} 1`: what runs, for dashboards and upgrades.
+struct BuildInfo(prometheus::IntGaugeVec);
+
+impl BuildInfo {
+    fn new(registry: &Registry) -> Self {
+        let v = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "build_info",
+                "The running agent: its version, control protocol and map layout",
+            ),
+            &["version", "proto", "layout"],
+        )
+        .expect("a valid family");
+        registry
+            .register(Box::new(v.clone()))
+            .expect("registered once");
+        BuildInfo(v)
+    }
+
+    fn set(&self) {
+        let proto = baton_proto::frame::VERSION.to_string();
+        let layout = baton_bpf::LAYOUT_VERSION.to_string();
+        self.0
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), &proto, &layout])
+            .set(1);
     }
 }
 
@@ -233,12 +287,12 @@ impl DatapathCounters {
         }
     }
 
-    fn advance(&mut self, name: &'static str, now: u64, counter: &Counter) {
+    /// How much `name` moved since the last scrape.
+    fn advance(&mut self, name: &'static str, now: u64) -> u64 {
         let last = self.last.entry(name).or_insert(0);
-        if now > *last {
-            counter.inc_by(now - *last);
-            *last = now;
-        }
+        let moved = now.saturating_sub(*last);
+        *last = (*last).max(now);
+        moved
     }
 
     pub fn sync(&mut self, m: &Metrics) {
@@ -254,19 +308,24 @@ impl DatapathCounters {
                 &m.translated_to_client_bytes,
             ),
             (Stat::TableFull, "table_full", &m.table_full),
+            (Stat::HandshakeAbsorbed, "absorbed", &m.absorbed_acks),
+            (Stat::DecidedLocal, "decided_local", &m.decided_in_datapath),
         ];
         for (stat, name, counter) in stats {
             if let Ok(v) = self.counters.stat(stat) {
-                self.advance(name, v, counter);
+                counter.inc_by(self.advance(name, v));
             }
         }
         for reason in DropReason::ALL {
-            if let Ok(v) = self.counters.dropped(reason) {
-                let counter = m
-                    .dropped
-                    .get_or_create(&Reason::new(reason.label()))
-                    .clone();
-                self.advance(reason.label(), v, &counter);
+            let Ok(v) = self.counters.dropped(reason) else {
+                continue;
+            };
+            let moved = self.advance(reason.label(), v);
+            match reason {
+                // Not drops: the datapath's normal way of handing packets to the agent.
+                DropReason::Held => m.held_packets.inc_by(moved),
+                DropReason::BeSynAck => m.captured_synacks.inc_by(moved),
+                _ => m.dropped.count_by(reason.label(), moved),
             }
         }
     }
@@ -291,7 +350,6 @@ pub async fn serve(
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| MetricsError::Bind { addr, source })?;
-    let registry = Arc::new(metrics.registry());
     let datapath = Arc::new(Mutex::new(datapath));
     loop {
         let stream = tokio::select! {
@@ -301,11 +359,10 @@ pub async fn serve(
                 Err(e) => { tracing::warn!("accept on /metrics: {e}"); continue; }
             },
         };
-        let (registry, datapath, metrics) = (registry.clone(), datapath.clone(), metrics.clone());
+        let (datapath, metrics) = (datapath.clone(), metrics.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let (registry, datapath, metrics) =
-                    (registry.clone(), datapath.clone(), metrics.clone());
+                let (datapath, metrics) = (datapath.clone(), metrics.clone());
                 async move {
                     if req.uri().path() != "/metrics" {
                         let mut resp = Response::new(Full::new(Bytes::from_static(b"not found\n")));
@@ -315,13 +372,12 @@ pub async fn serve(
                     if let Ok(mut dp) = datapath.lock() {
                         dp.sync(&metrics);
                     }
-                    let mut text = String::new();
-                    let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+                    let (text, content_type) = metrics.encode();
                     let mut resp = Response::new(Full::new(Bytes::from(text)));
-                    resp.headers_mut().insert(
-                        hyper::header::CONTENT_TYPE,
-                        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
-                    );
+                    if let Ok(value) = hyper::header::HeaderValue::from_str(&content_type) {
+                        resp.headers_mut()
+                            .insert(hyper::header::CONTENT_TYPE, value);
+                    }
                     Ok(resp)
                 }
             });

@@ -436,7 +436,38 @@ fn wrk_round_robin_on_every_node_has_no_errors() {
         .map(|i| metric(&lab, i, "baton_handoffs_out_total"))
         .sum();
     assert!(handed > 0.0, "round-robin must hand connections off");
+    // What every node exposes after that load passes Prometheus's own linter.
+    for i in 1..=3 {
+        let text = lab.metrics_text(i).expect("scrape metrics");
+        assert!(text.contains("baton_build_info{"), "no build_info:\n{text}");
+        assert_promtool_accepts(&text, &format!("n{i}"));
+    }
     assert_tables_drain(&lab);
+}
+
+/// `promtool check metrics` (Debian's `prometheus` package) exits 0 on `text`.
+fn assert_promtool_accepts(text: &str, what: &str) {
+    use std::process::{Command, Stdio};
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool (Debian's prometheus package)");
+    promtool
+        .stdin
+        .take()
+        .expect("promtool's stdin")
+        .write_all(text.as_bytes())
+        .expect("feed promtool");
+    let out = promtool.wait_with_output().expect("promtool ran");
+    assert!(
+        out.status.success(),
+        "promtool check metrics on {what}'s metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -651,6 +682,20 @@ fn peers_that_are_down_are_never_chosen_and_come_back() {
     let mut lab = lab("pd", 2, ServerKind::Static, PolicyKind::Hash);
     let remote = target_hashed_to("/f/1k", 2, 2);
     assert_eq!(curl_get(&lab, 1, &remote).0, "n2");
+
+    // SIGHUP (a reload an operator tries) does not end an agent.
+    let pid = lab.agent_pid(1).expect("n1's agent runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP n1's agent");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "SIGHUP ended the agent"
+    );
+    assert_eq!(curl_get(&lab, 1, &remote).0, "n2", "still handing off");
 
     assert_eq!(
         attached_programs(&lab, 2),

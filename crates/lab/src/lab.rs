@@ -1057,6 +1057,11 @@ impl Lab {
 
     /// Fetches node `i`'s agent metrics (from the client namespace) and parses them.
     pub fn scrape_metrics(&self, i: usize) -> Result<HashMap<String, f64>, LabError> {
+        Ok(parse_metrics(&self.metrics_text(i)?))
+    }
+
+    /// Node `i`'s metrics exposition as its agent serves it.
+    pub fn metrics_text(&self, i: usize) -> Result<String, LabError> {
         let addr = self.node_metrics_addr(i);
         self.in_client(|| scrape(addr))?.map_err(LabError::from)
     }
@@ -1070,7 +1075,7 @@ impl Drop for Lab {
     }
 }
 
-fn scrape(addr: SocketAddr) -> Result<HashMap<String, f64>, crate::http_client::HttpError> {
+fn scrape(addr: SocketAddr) -> Result<String, crate::http_client::HttpError> {
     let resp = http_get_timeout(addr, "/metrics", Duration::from_secs(5))?;
     if resp.status != 200 {
         return Err(crate::http_client::HttpError::Malformed {
@@ -1078,7 +1083,7 @@ fn scrape(addr: SocketAddr) -> Result<HashMap<String, f64>, crate::http_client::
             detail: format!("GET /metrics answered {}", resp.status),
         });
     }
-    Ok(parse_metrics(&String::from_utf8_lossy(&resp.body)))
+    Ok(String::from_utf8_lossy(&resp.body).into_owned())
 }
 
 /// One readiness probe of a daemon, from the client namespace.

@@ -30,7 +30,6 @@ use super::timers::{ConnId, Timer};
 use super::{Engine, monotonic_ns};
 use crate::hold::StreamAssembler;
 use crate::kernel::Insert;
-use crate::metrics::Reason;
 use crate::sockdiag::tcp_state;
 
 /// How long after the offer's deadline the agent decides, so that the datapath (which checks the
@@ -398,10 +397,7 @@ impl Engine {
     }
 
     fn count_refusal(&self, reason: RefuseReason) {
-        self.metrics
-            .refused
-            .get_or_create(&Reason::new(reason.label()))
-            .inc();
+        self.metrics.refused.count(reason.label());
     }
 
     /// The datapath saw both FINs or a RST. The local TCP has the last word (a RST outside the

@@ -29,7 +29,6 @@ use super::timers::{ConnId, Timer};
 use super::{Decision, Engine};
 use crate::hold::StreamAssembler;
 use crate::kernel::Insert;
-use crate::metrics::Reason;
 
 /// How much of a held connection's stream the FE keeps (bytes beyond are retransmitted by the
 /// client); it all fits one handoff request.
@@ -631,10 +630,7 @@ impl Engine {
         self.metrics.local.inc();
         if reason != LocalReason::Policy {
             let label = reason.label();
-            self.metrics
-                .fallbacks
-                .get_or_create(&Reason::new(label))
-                .inc();
+            self.metrics.fallbacks.count(label);
             tracing::debug!(%key, reason = label, "served locally");
         }
     }
