@@ -1243,7 +1243,8 @@ fn handed_off_connections_keep_ecn() {
 }
 
 /// How long the cluster may take to learn that a node's server stopped or started listening
-/// (its agent looks every 100 ms, heartbeats go every 100 ms): a generous bound.
+/// (its agent looks when its listeners change, at the next 250 ms round, and tells its peers in
+/// that round's heartbeat): a generous bound.
 const LISTENER_NEWS: Duration = Duration::from_secs(3);
 
 /// One GET on a fresh connection from the client: (status, X-Served-By, body's sha256).
