@@ -52,6 +52,11 @@ use crate::sockdiag::{SockDiag, SockDiagError};
 pub enum AgentError {
     #[error("datapath: {0}")]
     Datapath(Box<DatapathError>),
+    #[error(
+        "another baton agent's programs are attached to {interface} (ingress program id \
+         {program_id}): stop that agent first"
+    )]
+    AlreadyAttached { interface: String, program_id: u32 },
     #[error("attaching to interface {interface}: {source}")]
     Attach {
         interface: String,
@@ -127,6 +132,18 @@ pub async fn run(
     if ports.len() > baton_bpf::SERVICE_PORTS_MAX {
         return Err(AgentError::TooManyPorts(ports.len()));
     }
+    let interface = config.node.interface.clone();
+    let attached =
+        Datapath::attached_elsewhere(&interface).map_err(|source| AgentError::Attach {
+            interface: interface.clone(),
+            source: Box::new(source),
+        })?;
+    if let Some(program_id) = attached {
+        return Err(AgentError::AlreadyAttached {
+            interface,
+            program_id,
+        });
+    }
     let mut datapath = Datapath::load()?;
     let conns = datapath.take_conns()?;
     let datapath_config = datapath.take_config()?;
@@ -179,7 +196,6 @@ pub async fn run(
     // SAFETY: the ring's fd is owned by `ring`, which the AsyncFd owns until it is dropped, so
     // the descriptor stays valid and is not reused while registered.
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| AgentError::Ring(e.into()))?;
-    let interface = config.node.interface.clone();
     let (name, policy) = (config.node.name.clone(), config.policy.kind);
     let kernel = kernel::Kernel {
         conns: Box::new(conns),

@@ -184,6 +184,22 @@ impl Datapath {
             })
     }
 
+    /// The id of a baton ingress program already attached to `interface` (another agent's), if
+    /// any. Another agent's programs beside ours would hold and rewrite the same packets twice.
+    pub fn attached_elsewhere(interface: &str) -> Result<Option<u32>, DatapathError> {
+        let (_, programs) =
+            SchedClassifier::query_tcx(interface, TcAttachType::Ingress).map_err(|source| {
+                DatapathError::Program {
+                    name: INGRESS_PROGRAM,
+                    source,
+                }
+            })?;
+        Ok(programs
+            .iter()
+            .find(|p| p.name_as_str() == Some(INGRESS_PROGRAM))
+            .map(|p| p.id()))
+    }
+
     /// Attaches ingress and egress to `interface` (TCX links) and the load counter to its
     /// tracepoint; all are detached when `self` drops.
     pub fn attach(&mut self, interface: &str) -> Result<(), DatapathError> {

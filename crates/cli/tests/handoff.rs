@@ -697,6 +697,38 @@ fn peers_that_are_down_are_never_chosen_and_come_back() {
     );
     assert_eq!(curl_get(&lab, 1, &remote).0, "n2", "still handing off");
 
+    // A second agent on the same interface is refused, and says why; the first goes on.
+    let config = lab.node_dir(1).join("agent.toml");
+    let second = lab
+        .exec(
+            "n1",
+            &[
+                "timeout",
+                "10",
+                BATON,
+                "node",
+                "--config",
+                config.to_str().unwrap(),
+            ],
+        )
+        .expect("run a second agent");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "a second agent ran: {stderr}");
+    assert!(
+        stderr.contains("another baton agent's programs are attached to eth0"),
+        "{stderr}"
+    );
+    assert_eq!(
+        attached_programs(&lab, 1),
+        (1, 1),
+        "nothing attached beside"
+    );
+    assert_eq!(
+        curl_get(&lab, 1, &remote).0,
+        "n2",
+        "the first agent goes on"
+    );
+
     assert_eq!(
         attached_programs(&lab, 2),
         (1, 1),
