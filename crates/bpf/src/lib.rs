@@ -13,6 +13,7 @@ use aya::Pod;
 
 pub mod cases;
 pub mod datapath;
+pub mod pins;
 
 pub use datapath::{Datapath, DatapathError};
 
