@@ -120,7 +120,8 @@ pub struct Limits {
     pub handoff_timeout_ms: u64,
     /// Longest wait for the LARD dispatcher's decision before bounded-hash decides instead.
     pub dispatch_timeout_ms: u64,
-    /// On stop, longest wait for connections in flight (held, handed in, forwarded) to finish.
+    /// On stop, longest wait for the connections that need the datapath (held, handed in,
+    /// forwarded) to finish before it is removed.
     pub drain_timeout_ms: u64,
     /// A forwarding or translating entry with no packet for this long is removed.
     pub idle_timeout_s: u64,
@@ -129,6 +130,10 @@ pub struct Limits {
     /// Interval between heartbeats (load and liveness reports) on the control mesh; a peer not
     /// heard for five of them is down.
     pub heartbeat_ms: u64,
+    /// A handed-in connection whose client has sent nothing for this long is freed (the server's
+    /// socket closed) when its FE has been down as long, or when the server is sending to a client
+    /// that no longer answers.
+    pub orphan_timeout_s: u64,
 }
 
 impl Default for Limits {
@@ -139,10 +144,11 @@ impl Default for Limits {
             hold_ms: 2000,
             handoff_timeout_ms: 1000,
             dispatch_timeout_ms: 50,
-            drain_timeout_ms: 3000,
+            drain_timeout_ms: 3_600_000,
             idle_timeout_s: 600,
             close_linger_ms: 2000,
             heartbeat_ms: 250,
+            orphan_timeout_s: 60,
         }
     }
 }

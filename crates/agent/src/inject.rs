@@ -8,14 +8,16 @@
 //!
 //! The local TCP handles an injected packet within the `sendto` call, so its answers (a replayed
 //! SYN's SYN-ACK) are on the event ring when the call returns. Each injection is marked
-//! ([`InjectingMark`]) so that the datapath does not wake the agent for them: the contract is that
+//! (`AgentMap::around`) so that the datapath does not wake the agent for them: the contract is that
 //! the caller reads the ring after injecting.
 
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use baton_bpf::datapath::InjectingMark;
+use std::sync::Arc;
+
+use baton_bpf::datapath::AgentMap;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InjectError {
@@ -33,11 +35,11 @@ pub enum InjectError {
 
 pub struct Injector {
     fd: OwnedFd,
-    mark: InjectingMark,
+    mark: Arc<AgentMap>,
 }
 
 impl Injector {
-    pub fn new(mark: InjectingMark) -> Result<Self, InjectError> {
+    pub fn new(mark: Arc<AgentMap>) -> Result<Self, InjectError> {
         // SAFETY: plain socket(2) call; the result is checked before it is wrapped.
         let fd = unsafe {
             libc::socket(

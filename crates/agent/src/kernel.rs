@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 
 use std::sync::Arc;
 
-use baton_bpf::datapath::{ConfigMap, ConnTable, Counters};
+use baton_bpf::datapath::{AgentMap, ConfigMap, ConnTable, Counters};
 use baton_bpf::{Conn, ConnKey, NodeConfig, Stat};
 
 use crate::inject::{InjectError, Injector};
@@ -59,6 +59,10 @@ pub trait TcpStates: Send {
     fn established(&mut self, addr: Ipv4Addr, ports: &[u16]) -> Result<u32, SockDiagError>;
     /// Whether each of `addr`'s `ports` has a listener.
     fn listening(&mut self, addr: Ipv4Addr, ports: &[u16]) -> Result<bool, SockDiagError>;
+    /// Ends the local TCP's connection `local` <-> `remote` at once (SOCK_DESTROY: the socket is
+    /// closed as by a RST, the server's reads and writes fail). False if there was none.
+    fn destroy(&mut self, local: SocketAddrV4, remote: SocketAddrV4)
+    -> Result<bool, SockDiagError>;
 }
 
 pub trait DatapathControl: Send {
@@ -66,6 +70,11 @@ pub trait DatapathControl: Send {
     fn write(&mut self, config: &NodeConfig) -> Result<(), String>;
     /// How the service sockets changed, as the datapath counted.
     fn service_changes(&self) -> Result<ServiceChanges, String>;
+    /// This agent is alive until `alive_until_ns` (CLOCK_MONOTONIC): the datapath holds new
+    /// connections for it until then, and fails open after.
+    fn heartbeat(&self, alive_until_ns: u64);
+    /// The datapath fails open from now on: it holds nothing new for this agent.
+    fn stand_down(&self);
 }
 
 /// The datapath's running counts of service sockets changing state (they only grow).
@@ -114,12 +123,21 @@ impl TcpStates for SockDiag {
     fn listening(&mut self, addr: Ipv4Addr, ports: &[u16]) -> Result<bool, SockDiagError> {
         SockDiag::listening(self, addr, ports)
     }
+    fn destroy(
+        &mut self,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+    ) -> Result<bool, SockDiagError> {
+        SockDiag::destroy(self, local, remote)
+    }
 }
 
-/// The datapath's configuration map and counters, and the namespace whose sockets it counts.
+/// The datapath's configuration map, counters and agent word, and the namespace whose sockets
+/// it counts.
 pub struct DatapathHandles {
     pub config: ConfigMap,
     pub counters: Arc<Counters>,
+    pub agent: Arc<AgentMap>,
     pub netns_inum: u32,
 }
 
@@ -139,6 +157,12 @@ impl DatapathControl for DatapathHandles {
             listeners_opened: read(Stat::ListenOpened)?,
             listeners_closed: read(Stat::ListenClosed)?,
         })
+    }
+    fn heartbeat(&self, alive_until_ns: u64) {
+        self.agent.heartbeat(alive_until_ns);
+    }
+    fn stand_down(&self) {
+        self.agent.stand_down();
     }
 }
 

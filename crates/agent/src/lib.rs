@@ -15,11 +15,22 @@
 //! replayed packet's answer is often on the ring before the injecting call returns), control
 //! messages, and its next deadline. Nothing on a connection's path waits for a tick.
 //!
-//! Shutdown is a `watch` channel passed in, so every task can be stopped from a test. It starts a
-//! drain: peers are told to choose this node for nothing new, the datapath stops holding new
-//! connections, and what is in flight (held, handed in, forwarded) finishes, up to
-//! `limits.drain_timeout_ms`. Then held connections are served locally and the datapath is
-//! detached (its TCX links are owned by this process and go with it).
+//! The datapath outlives the agent: its links and the maps that carry connections are pinned
+//! (`baton_bpf::pins`), and the programs fail open while no agent beats. At start the agent takes
+//! over from a previous one that still runs ([`lifecycle`]: it is told to hand over and waited
+//! for), replaces the pinned links' programs with its own in one step, and adopts the connections
+//! in the table (`engine::adopt`).
+//!
+//! How it ends is a [`Stop`] passed in on a `watch` channel, so every task can be stopped from a
+//! test:
+//! - [`Stop::ForGood`] (SIGTERM, SIGINT, `baton node stop`): a drain. Peers are told to choose
+//!   this node for nothing new, the datapath holds nothing new, and the agent stays until every
+//!   connection that needs the datapath (held, handed in, forwarded) has finished, up to
+//!   `limits.drain_timeout_ms`. Then held connections are served locally and the datapath is
+//!   removed: pins, links, maps.
+//! - [`Stop::HandOver`] (SIGUSR2, sent by the agent that takes over): the datapath fails open at
+//!   once, held connections are served here, and the agent waits only for offers out and replays
+//!   in to resolve (within `limits.handoff_timeout_ms`), then exits, leaving the datapath pinned.
 
 pub mod alarm;
 pub mod config;
@@ -27,6 +38,7 @@ pub mod engine;
 pub mod hold;
 pub mod inject;
 pub mod kernel;
+pub mod lifecycle;
 pub mod mesh;
 pub mod metrics;
 pub mod sockdiag;
@@ -35,6 +47,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use baton_bpf::datapath::Attachment;
 use baton_bpf::datapath::EventRing;
 use baton_bpf::{Datapath, DatapathError, Event};
 use tokio::io::unix::AsyncFd;
@@ -53,10 +66,26 @@ pub enum AgentError {
     #[error("datapath: {0}")]
     Datapath(Box<DatapathError>),
     #[error(
-        "another baton agent's programs are attached to {interface} (ingress program id \
-         {program_id}): stop that agent first"
+        "baton programs are attached to {interface} (ingress program id {program_id}) without \
+         this build's pins{others}: another agent runs there; stop it (baton node stop) or \
+         remove it (baton node cleanup --interface {interface})"
     )]
-    AlreadyAttached { interface: String, program_id: u32 },
+    AlreadyAttached {
+        interface: String,
+        program_id: u32,
+        others: String,
+    },
+    #[error(
+        "{interface} carries the datapath of the node with service address {found}, not this \
+         node's ({ours}): refusing to take it over"
+    )]
+    OtherNode {
+        interface: String,
+        found: std::net::Ipv4Addr,
+        ours: std::net::Ipv4Addr,
+    },
+    #[error(transparent)]
+    Lifecycle(#[from] lifecycle::LifecycleError),
     #[error("attaching to interface {interface}: {source}")]
     Attach {
         interface: String,
@@ -90,8 +119,19 @@ impl From<DatapathError> for AgentError {
     }
 }
 
-/// Runs the agent until SIGINT or SIGTERM. SIGHUP, which would end the process, is caught: the
-/// agent cannot reload its configuration yet, and says so instead of dropping its connections.
+/// How the agent is asked to end (see the crate's documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    Running,
+    /// Drain, wait for the connections that need the datapath, remove it.
+    ForGood,
+    /// Another agent takes over: settle what is in flight, leave the datapath pinned, exit.
+    HandOver,
+}
+
+/// Runs the agent until SIGINT or SIGTERM (stop for good) or SIGUSR2 (hand over). SIGHUP, which
+/// would end the process, is caught: the agent cannot reload its configuration yet, and says so
+/// instead of dropping its connections.
 pub fn run_until_signal(config: NodeConfig) -> Result<(), AgentError> {
     // One thread: the engine's loop and the mesh's tasks hand each other messages without
     // crossing CPUs, and an idle agent has one thread to wake.
@@ -100,57 +140,103 @@ pub fn run_until_signal(config: NodeConfig) -> Result<(), AgentError> {
         .build()
         .map_err(AgentError::Runtime)?;
     runtime.block_on(async move {
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = watch::channel(Stop::Running);
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
         let mut hangup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
+        let mut hand_over = signal(SignalKind::user_defined2()).map_err(AgentError::Signal)?;
         tokio::spawn(async move {
-            loop {
+            let stop = loop {
                 tokio::select! {
-                    _ = term.recv() => break,
-                    _ = tokio::signal::ctrl_c() => break,
+                    _ = term.recv() => break Stop::ForGood,
+                    _ = tokio::signal::ctrl_c() => break Stop::ForGood,
+                    _ = hand_over.recv() => break Stop::HandOver,
                     _ = hangup.recv() => tracing::warn!(
                         "SIGHUP: reloading the configuration is not supported yet; restart the \
                          agent to apply a new one (this one keeps running)"
                     ),
                 }
-            }
-            let _ = stop_tx.send(true);
+            };
+            let _ = stop_tx.send(stop);
         });
         run(config, stop_rx).await
     })
 }
 
-/// Runs the agent until `shutdown` turns true.
-pub async fn run(
-    config: NodeConfig,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), AgentError> {
-    // The tasks stop on `tasks_stop`, after the drain that `shutdown` starts.
+/// How long a new agent waits for the one it takes over from: the offers and replays that one
+/// settles take up to `handoff_timeout_ms`; this leaves room for its exit.
+fn takeover_wait(config: &NodeConfig) -> Duration {
+    Duration::from_millis(config.limits.handoff_timeout_ms) + Duration::from_secs(5)
+}
+
+/// The attached programs, the pins and the previous agent of this node's interface: what is found
+/// before anything is touched, refused when it is not this node's.
+async fn open_datapath(config: &NodeConfig, netns_inum: u32) -> Result<Datapath, AgentError> {
+    let interface = &config.node.interface;
+    baton_bpf::pins::ensure_bpffs().map_err(lifecycle::LifecycleError::Bpffs)?;
+    let pin_dir = baton_bpf::pins::dir(netns_inum, interface);
+    let pinned = pin_dir.join(baton_bpf::pins::LINK_INGRESS).exists();
+    if !pinned {
+        let attached =
+            Datapath::attached_elsewhere(interface).map_err(|source| AgentError::Attach {
+                interface: interface.clone(),
+                source: Box::new(source),
+            })?;
+        if let Some(program_id) = attached {
+            let others = baton_bpf::pins::other_layouts(netns_inum, interface);
+            return Err(AgentError::AlreadyAttached {
+                interface: interface.clone(),
+                program_id,
+                others: if others.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (pins of another map layout: {})",
+                        others
+                            .iter()
+                            .map(|d| d.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                },
+            });
+        }
+    }
+    // Loaded (verified) before the previous agent is told to go: the gap is shorter.
+    let datapath = Datapath::load_pinned(&pin_dir)?;
+    let found = datapath.node_config()?.service_addr;
+    let found = std::net::Ipv4Addr::from(found);
+    if !found.is_unspecified() && found != config.node.address {
+        return Err(AgentError::OtherNode {
+            interface: interface.clone(),
+            found,
+            ours: config.node.address,
+        });
+    }
+    if let Some(pid) = lifecycle::take_over(&pin_dir, takeover_wait(config)).await? {
+        tracing::info!(pid, "the previous agent handed over");
+    }
+    Ok(datapath)
+}
+
+/// Runs the agent until `stop` says how to end.
+pub async fn run(config: NodeConfig, mut stop: watch::Receiver<Stop>) -> Result<(), AgentError> {
+    // The tasks stop on `tasks_stop`, after the drain or hand-over that `stop` starts.
     let (tasks_stop_tx, tasks_stop) = watch::channel(false);
     let ports = &config.cluster.service_ports;
     if ports.len() > baton_bpf::SERVICE_PORTS_MAX {
         return Err(AgentError::TooManyPorts(ports.len()));
     }
     let interface = config.node.interface.clone();
-    let attached =
-        Datapath::attached_elsewhere(&interface).map_err(|source| AgentError::Attach {
-            interface: interface.clone(),
-            source: Box::new(source),
-        })?;
-    if let Some(program_id) = attached {
-        return Err(AgentError::AlreadyAttached {
-            interface,
-            program_id,
-        });
-    }
-    let mut datapath = Datapath::load()?;
+    let netns_inum = baton_bpf::current_netns_inum().map_err(AgentError::Netns)?;
+    let pin_dir = baton_bpf::pins::dir(netns_inum, &interface);
+    let mut datapath = open_datapath(&config, netns_inum).await?;
     let conns = datapath.take_conns()?;
     let datapath_config = datapath.take_config()?;
     let ring = datapath.take_events()?;
     let counters = Arc::new(datapath.take_counters()?);
-    let netns_inum = baton_bpf::current_netns_inum().map_err(AgentError::Netns)?;
-    let inject = Injector::new(datapath.take_injecting_mark()?)?;
+    let agent = Arc::new(datapath.take_agent_map()?);
+    let inject = Injector::new(agent.clone())?;
     let diag = SockDiag::new()?;
     let metrics = Metrics::default();
 
@@ -202,6 +288,7 @@ pub async fn run(
         datapath: Box::new(kernel::DatapathHandles {
             config: datapath_config,
             counters,
+            agent: agent.clone(),
             netns_inum,
         }),
         inject: Box::new(inject),
@@ -210,27 +297,57 @@ pub async fn run(
     // The engine writes the datapath's configuration before anything is attached.
     let mut engine = Engine::new(config, kernel, mesh, metrics.clone(), Instant::now());
 
-    // Attach last: from here on connections are held, and the engine is ready for them.
-    datapath
-        .attach(&interface)
+    // Attach last: from here on connections are held (once the engine beats), and the engine is
+    // ready for them.
+    let attachment = datapath
+        .attach_pinned(&interface, &pin_dir)
         .map_err(|source| AgentError::Attach {
             interface: interface.clone(),
             source: Box::new(source),
         })?;
-    tracing::info!(node = %name, %interface, %policy, "baton node running");
+    if attachment == Attachment::Adopted {
+        let adopted = engine.adopt(Instant::now());
+        metrics
+            .adopted
+            .inc_by((adopted.forwarded + adopted.handed_in + adopted.replaying) as u64);
+        tracing::info!(
+            forwarded = adopted.forwarded,
+            handed_in = adopted.handed_in,
+            replaying = adopted.replaying,
+            unknown_peer = adopted.unknown_peer,
+            "adopted the pinned datapath"
+        );
+    }
+    tracing::info!(node = %name, %interface, %policy, pins = %pin_dir.display(), "baton node running");
 
     let mut alarm = Alarm::new()?;
-    let mut drain_deadline: Option<Instant> = None;
+    let mut ending: Option<(Stop, Instant)> = None;
     loop {
         alarm.set(engine.next_deadline())?;
         tokio::select! {
-            _ = shutdown.changed(), if drain_deadline.is_none() => {
-                // Graceful stop: nothing new is held or offered here; what is in flight finishes.
+            _ = stop.changed(), if ending.is_none() => {
                 let now = Instant::now();
-                engine.begin_drain(now);
-                let timeout = Duration::from_millis(engine.config().limits.drain_timeout_ms);
-                drain_deadline = Some(now + timeout);
-                tracing::info!("draining");
+                let how = *stop.borrow();
+                let limits = &engine.config().limits;
+                let wait = match how {
+                    Stop::Running => continue,
+                    Stop::ForGood => Duration::from_millis(limits.drain_timeout_ms),
+                    Stop::HandOver => Duration::from_millis(limits.handoff_timeout_ms)
+                        + Duration::from_millis(100),
+                };
+                match how {
+                    Stop::HandOver => {
+                        engine.begin_handover(now);
+                        tracing::info!("handing over to a new agent");
+                    }
+                    _ => {
+                        // Graceful stop: nothing new is held or offered here; what is in flight
+                        // finishes.
+                        engine.begin_drain(now);
+                        tracing::info!("draining");
+                    }
+                }
+                ending = Some((how, now + wait));
             }
             ready = ring.readable_mut() => match ready {
                 Ok(mut guard) => guard.clear_ready(),
@@ -238,18 +355,30 @@ pub async fn run(
             },
             Some(event) = mesh_rx.recv() => engine.on_mesh(event, Instant::now()),
             _ = alarm.fired() => engine.on_timers(Instant::now()),
-            _ = sleep_until(drain_deadline) => break,
+            _ = sleep_until(ending.map(|(_, at)| at)) => break,
         }
         read_ring(ring.get_mut(), &mut engine, &metrics);
-        if drain_deadline.is_some() && engine.drained() {
-            break;
+        match ending {
+            Some((Stop::ForGood, _)) if engine.drained() => break,
+            Some((Stop::HandOver, _)) if engine.settled() => break,
+            _ => {}
         }
     }
     let _ = tasks_stop_tx.send(true);
-    // Detach first so nothing new is held, then serve what is held locally.
-    drop(datapath);
+    // Nothing new is held from here; what is held is served locally.
+    agent.stand_down();
     read_ring(ring.get_mut(), &mut engine, &metrics);
     engine.release_all(Instant::now());
+    if matches!(ending, Some((Stop::HandOver, _))) {
+        tracing::info!("handed over: the datapath stays for the next agent");
+        return Ok(());
+    }
+    // For good: the pins go, and with our descriptors the links and maps.
+    match baton_bpf::pins::remove_dir(&pin_dir) {
+        Ok(n) => tracing::info!(pins = n, "removed the datapath"),
+        Err(e) => tracing::warn!("removing the pins in {}: {e}", pin_dir.display()),
+    }
+    drop(datapath);
     tracing::info!("baton node stopped");
     Ok(())
 }

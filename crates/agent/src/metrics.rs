@@ -81,6 +81,12 @@ pub struct Metrics {
     pub captured_synacks: IntCounter,
     pub absorbed_acks: IntCounter,
     pub decided_in_datapath: IntCounter,
+    /// Connections the datapath passed to the local server because no agent ran.
+    pub failed_open: IntCounter,
+    /// Connections taken on from a previous agent's datapath at start.
+    pub adopted: IntCounter,
+    /// Handed-in connections freed because their client or FE was gone.
+    pub orphans_freed: IntCounter,
     pub peers_up: IntGauge,
     pub conn_entries: IntGauge,
     pub held: IntGauge,
@@ -207,6 +213,18 @@ impl Metrics {
                 "datapath_decided_local_total",
                 "Connections the datapath released to the local server itself",
             ),
+            failed_open: counter(
+                "datapath_failed_open_total",
+                "Connections the datapath served locally because no agent was running",
+            ),
+            adopted: counter(
+                "connections_adopted_total",
+                "Forwarded and handed-in connections taken on from a previous agent",
+            ),
+            orphans_freed: counter(
+                "orphans_freed_total",
+                "Handed-in connections freed because their client or FE was gone",
+            ),
             peers_up: gauge("mesh_peers_up", "Peers with a live control connection"),
             conn_entries: gauge("conn_table_entries", "Entries in the datapath's conn table"),
             held: gauge("held_connections", "Connections held, offered or forwarded"),
@@ -310,6 +328,7 @@ impl DatapathCounters {
             (Stat::TableFull, "table_full", &m.table_full),
             (Stat::HandshakeAbsorbed, "absorbed", &m.absorbed_acks),
             (Stat::DecidedLocal, "decided_local", &m.decided_in_datapath),
+            (Stat::FailOpen, "fail_open", &m.failed_open),
         ];
         for (stat, name, counter) in stats {
             if let Ok(v) = self.counters.stat(stat) {

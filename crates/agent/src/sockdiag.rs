@@ -6,10 +6,10 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
 use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_sock_diag::SockDiagMessage;
-use netlink_packet_sock_diag::constants::{AF_INET, IPPROTO_TCP};
+use netlink_packet_sock_diag::constants::{AF_INET, IPPROTO_TCP, SOCK_DIAG_BY_FAMILY};
 use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 use netlink_sys::{Socket, SocketAddr};
@@ -58,14 +58,22 @@ impl SockDiag {
         local: SocketAddrV4,
         remote: SocketAddrV4,
     ) -> Result<Option<u8>, SockDiagError> {
-        let mut socket_id = SocketId::new_v4();
-        socket_id.source_address = IpAddr::V4(*local.ip());
-        socket_id.source_port = local.port();
-        socket_id.destination_address = IpAddr::V4(*remote.ip());
-        socket_id.destination_port = remote.port();
-        socket_id.cookie = [0xff; 8]; // INET_DIAG_NOCOOKIE: match on the tuple alone
+        Ok(self.lookup(local, remote)?.map(|(state, _)| state))
+    }
+
+    /// The state and socket cookie of the connection `local` <-> `remote`. The kernel's exact
+    /// lookup falls back to a listener on `local`: that is no connection, `None`.
+    fn lookup(
+        &mut self,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+    ) -> Result<Option<(u8, [u8; 8])>, SockDiagError> {
         // No DUMP flag: an exact lookup.
-        self.send_request(NLM_F_REQUEST, StateFlags::all(), socket_id)?;
+        self.send_request(
+            NLM_F_REQUEST,
+            StateFlags::all(),
+            exact_id(local, remote, None),
+        )?;
         let n = self
             .socket
             .recv(&mut &mut self.buf[..], 0)
@@ -74,7 +82,9 @@ impl SockDiag {
             .map_err(|e| SockDiagError::Answer(e.to_string()))?;
         match answer.payload {
             NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                Ok(Some(response.header.state).filter(|&s| s != tcp_state::LISTEN))
+                let state = response.header.state;
+                Ok((state != tcp_state::LISTEN)
+                    .then_some((state, response.header.socket_id.cookie)))
             }
             NetlinkPayload::Error(e) if e.raw_code() == -libc::ENOENT => Ok(None),
             NetlinkPayload::Error(e) => Err(SockDiagError::Io(e.to_io())),
@@ -83,10 +93,73 @@ impl SockDiag {
     }
 }
 
+/// The netlink message type that asks the kernel to close a socket (linux/sock_diag.h).
+const SOCK_DESTROY: u16 = 21;
+
+fn exact_id(local: SocketAddrV4, remote: SocketAddrV4, cookie: Option<[u8; 8]>) -> SocketId {
+    let mut socket_id = SocketId::new_v4();
+    socket_id.source_address = IpAddr::V4(*local.ip());
+    socket_id.source_port = local.port();
+    socket_id.destination_address = IpAddr::V4(*remote.ip());
+    socket_id.destination_port = remote.port();
+    // INET_DIAG_NOCOOKIE matches on the tuple alone.
+    socket_id.cookie = cookie.unwrap_or([0xff; 8]);
+    socket_id
+}
+
 impl SockDiag {
+    /// Closes the TCP connection `local` <-> `remote` as a RST would (SOCK_DESTROY, which needs
+    /// CONFIG_INET_DIAG_DESTROY). False when there is no such connection. The destroy names the
+    /// socket by the cookie its lookup found: the kernel's lookup would fall back to the
+    /// listener if the connection went meanwhile, and a cookie that does not match refuses.
+    pub fn destroy(
+        &mut self,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+    ) -> Result<bool, SockDiagError> {
+        let Some((_, cookie)) = self.lookup(local, remote)? else {
+            return Ok(false);
+        };
+        let states = StateFlags::all() - StateFlags::LISTEN;
+        self.send(
+            SOCK_DESTROY,
+            NLM_F_REQUEST | NLM_F_ACK,
+            states,
+            exact_id(local, remote, Some(cookie)),
+        )?;
+        let n = self
+            .socket
+            .recv(&mut &mut self.buf[..], 0)
+            .map_err(SockDiagError::Io)?;
+        let answer = NetlinkMessage::<SockDiagMessage>::deserialize(&self.buf[..n])
+            .map_err(|e| SockDiagError::Answer(e.to_string()))?;
+        match answer.payload {
+            NetlinkPayload::Error(e) if e.code.is_none() => Ok(true),
+            // Gone meanwhile (or another socket on the tuple now).
+            NetlinkPayload::Error(e)
+                if e.raw_code() == -libc::ENOENT || e.raw_code() == -libc::ESTALE =>
+            {
+                Ok(false)
+            }
+            NetlinkPayload::Error(e) => Err(SockDiagError::Io(e.to_io())),
+            other => Err(SockDiagError::Answer(format!("unexpected {other:?}"))),
+        }
+    }
+
     /// Sends one INET_DIAG request about TCP over IPv4.
     fn send_request(
         &mut self,
+        flags: u16,
+        states: StateFlags,
+        socket_id: SocketId,
+    ) -> Result<(), SockDiagError> {
+        self.send(SOCK_DIAG_BY_FAMILY, flags, states, socket_id)
+    }
+
+    /// Sends one INET_DIAG request of netlink message type `message_type`.
+    fn send(
+        &mut self,
+        message_type: u16,
         flags: u16,
         states: StateFlags,
         socket_id: SocketId,
@@ -105,6 +178,7 @@ impl SockDiag {
             .into(),
         );
         request.finalize();
+        request.header.message_type = message_type;
         let mut out = vec![0; request.buffer_len()];
         request.serialize(&mut out);
         self.socket.send(&out, 0).map_err(SockDiagError::Io)?;
@@ -214,5 +288,38 @@ mod tests {
             "the listener is gone"
         );
         drop(client);
+    }
+
+    #[test]
+    fn destroys_a_connection_and_says_when_there_is_none() {
+        use std::io::Read;
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let (local, remote) = (
+            v4(server.local_addr().unwrap()),
+            v4(server.peer_addr().unwrap()),
+        );
+        let mut diag = SockDiag::new().unwrap();
+        assert!(diag.destroy(local, remote).unwrap(), "destroyed");
+        assert_ne!(
+            diag.tcp_state(local, remote).unwrap(),
+            Some(tcp_state::ESTABLISHED),
+            "the server's side is closed"
+        );
+        // The destroyed side sent a RST: the client's read fails or ends.
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let mut buf = [0u8; 1];
+        assert!(matches!(client.read(&mut buf), Ok(0) | Err(_)));
+        // A tuple with no connection finds the listener in the kernel's lookup: never destroyed.
+        let nobody = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1);
+        assert!(!diag.destroy(local, nobody).unwrap(), "no such connection");
+        assert!(
+            diag.listening(*local.ip(), &[local.port()]).unwrap(),
+            "the listener is untouched"
+        );
+        drop(server);
     }
 }

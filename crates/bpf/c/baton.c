@@ -36,7 +36,9 @@ int baton_ingress(struct __sk_buff *skb)
 			return fe_new_syn(skb, cfg, &p, &key);
 		return TC_ACT_OK;
 	}
-	c->last_seen_ns = bpf_ktime_get_ns();
+	__u64 now = bpf_ktime_get_ns();
+	c->last_seen_ns = now;
+	c->client_seen_ns = now;
 	if (c->role == ROLE_FE)
 		return fe_ingress(skb, cfg, &p, &key, c);
 	return be_ingress(skb, &p, &key, c);

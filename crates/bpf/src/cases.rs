@@ -14,7 +14,7 @@ use baton_wire::{
     Translation, rewrite_dst_addr, rewrite_src_addr, translate_to_client, translate_to_server,
 };
 
-use crate::datapath::{ConnTable, EventRing};
+use crate::datapath::{AgentMap, ConnTable, EventRing};
 use crate::{
     Conn, ConnKey, ConnRole, ConnState, Datapath, DatapathError, DpNode, EGRESS_PROGRAM, Event,
     EventKind, INGRESS_PROGRAM, NodeConfig, conn_flags,
@@ -49,6 +49,8 @@ type EntryCheck = Box<dyn Fn(Option<&Conn>) -> Result<(), String>>;
 pub struct Case {
     pub name: &'static str,
     pub hook: Hook,
+    /// Whether the agent's heartbeat is fresh (else the datapath fails open).
+    pub agent_alive: bool,
     /// The node's configuration (config map); its service address is the case's node.
     pub config: NodeConfig,
     /// Conn table content before the packet.
@@ -264,6 +266,10 @@ pub fn tables() -> Vec<Table> {
             cases: be_close(),
         },
         Table {
+            name: "fail_open",
+            cases: fail_open(),
+        },
+        Table {
             name: "not_ours",
             cases: not_ours(),
         },
@@ -337,6 +343,7 @@ fn fe_handshake() -> Vec<Case> {
         Case {
             name: "fe_syn_creates_entry",
             hook: Hook::Ingress,
+            agent_alive: true,
             config: distributing(FE),
             entry: None,
             input: syn.clone(),
@@ -364,6 +371,7 @@ fn fe_handshake() -> Vec<Case> {
         Case {
             name: "fe_syn_not_distributing_passes_untracked",
             hook: Hook::Ingress,
+            agent_alive: true,
             config: NodeConfig::new(FE, &[SERVICE_PORT], false),
             entry: None,
             input: syn.clone(),
@@ -375,6 +383,7 @@ fn fe_handshake() -> Vec<Case> {
         Case {
             name: "fe_synack_recorded",
             hook: Hook::Egress,
+            agent_alive: true,
             config: distributing(FE),
             entry: Some(fresh),
             input: synack.clone(),
@@ -401,6 +410,7 @@ fn fe_handshake() -> Vec<Case> {
         Case {
             name: "fe_handshake_ack_absorbed",
             hook: Hook::Ingress,
+            agent_alive: true,
             config: distributing(FE),
             entry: Some(fe_entry(ConnState::FeSyn)),
             input: hs_ack.clone(),
@@ -413,6 +423,7 @@ fn fe_handshake() -> Vec<Case> {
         Case {
             name: "fe_data_completing_the_handshake_held",
             hook: Hook::Ingress,
+            agent_alive: true,
             config: distributing(FE),
             entry: Some(fe_entry(ConnState::FeSyn)),
             input: request.clone(),
@@ -424,6 +435,7 @@ fn fe_handshake() -> Vec<Case> {
         Case {
             name: "fe_ack_of_something_else_passes",
             hook: Hook::Ingress,
+            agent_alive: true,
             config: distributing(FE),
             entry: Some(fe_entry(ConnState::FeSyn)),
             input: wrong_ack.clone(),
@@ -447,6 +459,7 @@ fn fe_hold() -> Vec<Case> {
         Case {
             name: "fe_first_data_held",
             hook: Hook::Ingress,
+            agent_alive: true,
             config: distributing(FE),
             entry: Some(fe_entry(ConnState::FeHold)),
             input: request.clone(),
@@ -458,6 +471,7 @@ fn fe_hold() -> Vec<Case> {
         Case {
             name: "fe_duplicate_handshake_ack_absorbed",
             hook: Hook::Ingress,
+            agent_alive: true,
             config: distributing(FE),
             entry: Some(fe_entry(ConnState::FeHold)),
             input: hs_ack.clone(),
@@ -470,6 +484,7 @@ fn fe_hold() -> Vec<Case> {
         Case {
             name: "fe_ack_held_once_the_agent_holds",
             hook: Hook::Ingress,
+            agent_alive: true,
             config: distributing(FE),
             entry: Some(agent_holds()),
             input: hs_ack.clone(),
@@ -481,6 +496,7 @@ fn fe_hold() -> Vec<Case> {
         Case {
             name: "fe_client_rst_while_held_forgets_and_passes",
             hook: Hook::Ingress,
+            agent_alive: true,
             config: distributing(FE),
             entry: Some(agent_holds()),
             input: rst.clone(),
@@ -492,6 +508,7 @@ fn fe_hold() -> Vec<Case> {
         Case {
             name: "fe_client_rst_before_any_data_forgets_quietly",
             hook: Hook::Ingress,
+            agent_alive: true,
             config: distributing(FE),
             entry: Some(fe_entry(ConnState::FeHold)),
             input: rst.clone(),
@@ -503,6 +520,7 @@ fn fe_hold() -> Vec<Case> {
         Case {
             name: "fe_synack_retransmit_passes_while_held",
             hook: Hook::Egress,
+            agent_alive: true,
             config: distributing(FE),
             entry: Some(agent_holds()),
             input: synack.clone(),
@@ -528,6 +546,7 @@ fn fe_decide() -> Vec<Case> {
         Case {
             name: "fe_hash_local_target_released_at_once",
             hook: Hook::Ingress,
+            agent_alive: true,
             config: hashing_fe(),
             entry: Some(fe_entry(ConnState::FeHold)),
             input: here.clone(),
@@ -539,6 +558,7 @@ fn fe_decide() -> Vec<Case> {
         Case {
             name: "fe_hash_remote_target_held",
             hook: Hook::Ingress,
+            agent_alive: true,
             config: hashing_fe(),
             entry: Some(fe_entry(ConnState::FeHold)),
             input: there.clone(),
@@ -551,6 +571,7 @@ fn fe_decide() -> Vec<Case> {
         Case {
             name: "fe_hash_peer_down_released_at_once",
             hook: Hook::Ingress,
+            agent_alive: true,
             config: only_n1,
             entry: Some(fe_entry(ConnState::FeHold)),
             input: there.clone(),
@@ -562,6 +583,7 @@ fn fe_decide() -> Vec<Case> {
         Case {
             name: "fe_hash_without_a_request_line_held",
             hook: Hook::Ingress,
+            agent_alive: true,
             config: hashing_fe(),
             entry: Some(fe_entry(ConnState::FeHold)),
             input: no_line.clone(),
@@ -585,6 +607,7 @@ fn fe_forward() -> Vec<Case> {
         Case {
             name: "fe_forward_rewrites_daddr_and_redirects",
             hook: Hook::Ingress,
+            agent_alive: true,
             config: distributing(FE),
             entry: Some(fe_entry(ConnState::FeForward)),
             input: request,
@@ -596,6 +619,7 @@ fn fe_forward() -> Vec<Case> {
         Case {
             name: "fe_own_tcp_silenced_when_forwarding",
             hook: Hook::Egress,
+            agent_alive: true,
             config: distributing(FE),
             entry: Some(fe_entry(ConnState::FeForward)),
             input: fe_own.clone(),
@@ -608,6 +632,7 @@ fn fe_forward() -> Vec<Case> {
         Case {
             name: "fe_synack_retransmit_passes_while_offered",
             hook: Hook::Egress,
+            agent_alive: true,
             config: distributing(FE),
             entry: Some(fe_entry(ConnState::FeForward)),
             input: synack.clone(),
@@ -667,6 +692,7 @@ fn be_replay() -> Vec<Case> {
         Case {
             name: "be_synack_to_agent_and_dropped",
             hook: Hook::Egress,
+            agent_alive: true,
             config: distributing(BE),
             entry: Some(be_entry(ConnState::BeSynSent)),
             input: synack.clone(),
@@ -680,6 +706,7 @@ fn be_replay() -> Vec<Case> {
         Case {
             name: "be_client_data_before_the_replay_held",
             hook: Hook::Ingress,
+            agent_alive: true,
             config: distributing(BE),
             entry: Some(be_entry(ConnState::BeSynSent)),
             input: be_request.clone(),
@@ -691,6 +718,7 @@ fn be_replay() -> Vec<Case> {
         Case {
             name: "be_client_ack_before_the_replay_dropped",
             hook: Hook::Ingress,
+            agent_alive: true,
             config: distributing(BE),
             entry: Some(be_entry(ConnState::BeSynSent)),
             input: be_ack.clone(),
@@ -702,6 +730,7 @@ fn be_replay() -> Vec<Case> {
         Case {
             name: "be_client_packet_after_the_replay_translated",
             hook: Hook::Ingress,
+            agent_alive: true,
             config: distributing(BE),
             entry: Some(replayed(u64::MAX)),
             input: be_request.clone(),
@@ -714,6 +743,7 @@ fn be_replay() -> Vec<Case> {
         Case {
             name: "be_server_speaks_the_connection_goes_live",
             hook: Hook::Egress,
+            agent_alive: true,
             config: distributing(BE),
             entry: Some(replayed(u64::MAX)),
             input: ack.clone(),
@@ -726,6 +756,7 @@ fn be_replay() -> Vec<Case> {
         Case {
             name: "be_server_after_the_deadline_dropped",
             hook: Hook::Egress,
+            agent_alive: true,
             config: distributing(BE),
             entry: Some(replayed(1)),
             input: ack.clone(),
@@ -738,6 +769,7 @@ fn be_replay() -> Vec<Case> {
         Case {
             name: "be_synack_retransmit_after_the_replay_to_agent",
             hook: Hook::Egress,
+            agent_alive: true,
             config: distributing(BE),
             entry: Some(replayed(u64::MAX)),
             input: synack.clone(),
@@ -794,6 +826,7 @@ fn be_translate() -> Vec<Case> {
         Case {
             name: "be_to_server_translates_ack_sack_tsecr",
             hook: Hook::Ingress,
+            agent_alive: true,
             config: distributing(BE),
             entry: Some(be_entry(ConnState::BeEstablished)),
             input: sack.clone(),
@@ -805,6 +838,7 @@ fn be_translate() -> Vec<Case> {
         Case {
             name: "be_to_server_odd_offset_timestamps",
             hook: Hook::Ingress,
+            agent_alive: true,
             config: distributing(BE),
             entry: Some(be_entry(ConnState::BeEstablished)),
             input: odd.clone(),
@@ -816,6 +850,7 @@ fn be_translate() -> Vec<Case> {
         Case {
             name: "be_to_client_translates_saddr_seq_tsval",
             hook: Hook::Egress,
+            agent_alive: true,
             config: distributing(BE),
             entry: Some(be_entry(ConnState::BeEstablished)),
             input: response.clone(),
@@ -827,6 +862,7 @@ fn be_translate() -> Vec<Case> {
         Case {
             name: "be_tuple_collision_syn_dropped",
             hook: Hook::Ingress,
+            agent_alive: true,
             config: distributing(BE),
             entry: Some(be_entry(ConnState::BeEstablished)),
             input: be_syn.clone(),
@@ -859,6 +895,7 @@ fn be_close() -> Vec<Case> {
     vec![Case {
         name: "be_second_fin_reports_close",
         hook: Hook::Egress,
+        agent_alive: true,
         config: distributing(BE),
         entry: Some(half_closed),
         input: server_fin.clone(),
@@ -870,6 +907,65 @@ fn be_close() -> Vec<Case> {
         ),
         event: Some(EventKind::Closed),
     }]
+}
+
+/// No agent runs (its heartbeat is stale): nothing new is held, what was held is passed up and
+/// forgotten, and connections already forwarded or translated carry on exactly as before.
+fn fail_open() -> Vec<Case> {
+    let syn = client_syn();
+    let hs_ack = handshake_ack();
+    let request = frame(&client_request(FE).build());
+    let mut cases = vec![
+        Case {
+            name: "no_agent_syn_passes_untracked",
+            hook: Hook::Ingress,
+            agent_alive: false,
+            config: distributing(FE),
+            entry: None,
+            input: syn.clone(),
+            verdict: TC_ACT_OK,
+            output: syn,
+            entry_after: expect_absent(),
+            event: None,
+        },
+        // Our TCP gets the handshake ACK and completes the connection itself.
+        Case {
+            name: "no_agent_handshake_ack_passes_and_forgets",
+            hook: Hook::Ingress,
+            agent_alive: false,
+            config: distributing(FE),
+            entry: Some(fe_entry(ConnState::FeSyn)),
+            input: hs_ack.clone(),
+            verdict: TC_ACT_OK,
+            output: hs_ack,
+            entry_after: expect_absent(),
+            event: None,
+        },
+        // The dead agent had the first bytes: the client's retransmission completes the handshake
+        // with our TCP, which still has the half-open connection.
+        Case {
+            name: "no_agent_held_connection_passes_and_forgets",
+            hook: Hook::Ingress,
+            agent_alive: false,
+            config: distributing(FE),
+            entry: Some(agent_holds()),
+            input: request.clone(),
+            verdict: TC_ACT_OK,
+            output: request,
+            entry_after: expect_absent(),
+            event: None,
+        },
+    ];
+    // Forwarding and translating do not need the agent.
+    let carry_on = fe_forward()
+        .into_iter()
+        .chain(be_translate())
+        .map(|case| Case {
+            agent_alive: false,
+            ..case
+        });
+    cases.extend(carry_on);
+    cases
 }
 
 fn not_ours() -> Vec<Case> {
@@ -887,6 +983,7 @@ fn not_ours() -> Vec<Case> {
         Case {
             name: "other_port_untouched",
             hook: Hook::Ingress,
+            agent_alive: true,
             config: distributing(FE),
             entry: None,
             input: other_port.clone(),
@@ -898,6 +995,7 @@ fn not_ours() -> Vec<Case> {
         Case {
             name: "truncated_tcp_header_untouched",
             hook: Hook::Ingress,
+            agent_alive: true,
             config: distributing(FE),
             entry: None,
             input: truncated.clone(),
@@ -914,6 +1012,7 @@ pub struct Runner {
     datapath: Datapath,
     conns: ConnTable,
     events: EventRing,
+    agent: AgentMap,
 }
 
 pub struct Outcome {
@@ -930,10 +1029,12 @@ impl Runner {
         let mut datapath = Datapath::load()?;
         let conns = datapath.take_conns()?;
         let events = datapath.take_events()?;
+        let agent = datapath.take_agent_map()?;
         Ok(Runner {
             datapath,
             conns,
             events,
+            agent,
         })
     }
 
@@ -953,6 +1054,11 @@ impl Runner {
             let _ = self.conns.remove(&k);
         }
         while self.events.next().is_some() {}
+        if case.agent_alive {
+            self.agent.heartbeat(u64::MAX);
+        } else {
+            self.agent.stand_down();
+        }
         if let Some(entry) = case.entry {
             self.conns
                 .insert(case.key(), entry, 0)

@@ -1,19 +1,28 @@
 //! Loading, configuring and attaching the programs; handing out their maps.
 //!
-//! Contract: [`Datapath::load`] gets both programs through the verifier and the maps created, but
-//! attaches nothing. [`Datapath::attach`] attaches ingress and egress to one interface with TCX
-//! links owned by this process: when the `Datapath` is dropped (clean stop or crash) the kernel
-//! detaches them, leaving no qdisc, filter or pinned object behind. The maps are taken out by
-//! their single owners (`take_*`): the agent's engine owns the conn table and the configuration,
-//! its event loop the ring, its metrics the counters.
+//! Contract: [`Datapath::load`] gets the programs through the verifier and the maps created, but
+//! attaches nothing; its maps and links belong to this process and go with it (tests, tables).
+//! [`Datapath::load_pinned`] does the same with the maps that carry connections ([`PINNED_MAPS`])
+//! pinned in a pin directory (`crate::pins`), reused when they are already there and of this
+//! build's layout, refused loudly otherwise. [`Datapath::attach_pinned`] then attaches ingress
+//! and egress to the interface with TCX links pinned beside them, or, when the links are already
+//! pinned (a previous agent's), replaces their programs atomically (`bpf_link_update`): the
+//! interface is never without a program, and the datapath outlives the process. Only
+//! [`crate::pins::remove_dir`] ends it. The maps are taken out by their single owners
+//! (`take_*`): the agent's engine owns the conn table and the configuration, its event loop the
+//! ring, its metrics the counters.
 
-use aya::Ebpf;
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf};
-use aya::programs::{ProgramError, SchedClassifier, TcAttachType, TracePoint};
+use std::path::Path;
+
+use aya::maps::{Array, HashMap, MapData, MapError, MapInfo, MapType, PerCpuArray, RingBuf};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
+use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType, TracePoint};
+use aya::{Ebpf, EbpfLoader};
 
 use crate::{
-    AGENT_INJECTING_MAP, CONFIG_MAP, CONNS_MAP, Conn, ConnKey, DROPS_MAP, DropReason,
-    EGRESS_PROGRAM, EVENTS_MAP, INGRESS_PROGRAM, LOAD_PROGRAM, NodeConfig, OBJECT, STATS_MAP, Stat,
+    AGENT_MAP, CONFIG_MAP, CONNS_MAP, Conn, ConnKey, DROPS_MAP, DropReason, EGRESS_PROGRAM,
+    EVENTS_MAP, INGRESS_PROGRAM, LOAD_PROGRAM, NodeConfig, OBJECT, STATS_MAP, Stat,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -39,28 +48,169 @@ pub enum DatapathError {
         name: &'static str,
         source: std::io::Error,
     },
+    #[error(
+        "pinned map {path} has another layout ({found}; this build wants {want}): it was left by \
+         another build of baton; stop that one or remove its pins (baton node cleanup)"
+    )]
+    PinnedLayout {
+        path: String,
+        found: String,
+        want: String,
+    },
+    #[error("pin directory {path}: {source}")]
+    PinDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("pinned link {path}: {source}")]
+    Link {
+        path: String,
+        source: aya::programs::links::LinkError,
+    },
+    #[error("pinning link {path}: {source}")]
+    PinLink {
+        path: String,
+        source: aya::pin::PinError,
+    },
+}
+
+/// The shape of a map, as the kernel reports it for a pinned one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MapShape {
+    pub map_type: MapType,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+impl std::fmt::Display for MapShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?}, key {} B, value {} B, {} entries",
+            self.map_type, self.key_size, self.value_size, self.max_entries
+        )
+    }
+}
+
+/// The maps that outlive the agent, pinned by name in the pin directory, with the shape this
+/// build gives them: the connections, the configuration the programs run by, the agent's word
+/// (its heartbeat: a dead agent's programs must see it stop), and the counters. The event ring
+/// and the scratch maps are each agent's own.
+pub const PINNED_MAPS: [(&str, MapShape); 5] = [
+    (
+        CONNS_MAP,
+        MapShape {
+            map_type: MapType::Hash,
+            key_size: std::mem::size_of::<ConnKey>() as u32,
+            value_size: std::mem::size_of::<Conn>() as u32,
+            max_entries: crate::sizes::CONNS_MAX,
+        },
+    ),
+    (
+        CONFIG_MAP,
+        MapShape {
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: std::mem::size_of::<NodeConfig>() as u32,
+            max_entries: 1,
+        },
+    ),
+    (
+        AGENT_MAP,
+        MapShape {
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: 16,
+            max_entries: 1,
+        },
+    ),
+    (
+        STATS_MAP,
+        MapShape {
+            map_type: MapType::PerCpuArray,
+            key_size: 4,
+            value_size: 8,
+            max_entries: Stat::COUNT,
+        },
+    ),
+    (
+        DROPS_MAP,
+        MapShape {
+            map_type: MapType::PerCpuArray,
+            key_size: 4,
+            value_size: 8,
+            max_entries: DropReason::ALL.len() as u32 + 1,
+        },
+    ),
+];
+
+/// The shape of the map pinned at `path`, or `None` if nothing is pinned there.
+pub fn pinned_shape(path: &Path) -> Result<Option<MapShape>, DatapathError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let info = MapInfo::from_pin(path).map_err(|source| DatapathError::Map {
+        name: "pinned",
+        source,
+    })?;
+    Ok(Some(shape_of(&info)?))
+}
+
+pub fn shape_of(info: &MapInfo) -> Result<MapShape, DatapathError> {
+    Ok(MapShape {
+        map_type: info.map_type().map_err(|source| DatapathError::Map {
+            name: "pinned",
+            source,
+        })?,
+        key_size: info.key_size(),
+        value_size: info.value_size(),
+        max_entries: info.max_entries(),
+    })
+}
+
+/// How [`Datapath::attach_pinned`] found the interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// No links were pinned: new ones were attached and pinned.
+    Fresh,
+    /// Pinned links were there: their programs were replaced by ours, atomically.
+    Adopted,
 }
 
 pub type ConnTable = HashMap<MapData, ConnKey, Conn>;
 pub type ConfigMap = Array<MapData, NodeConfig>;
 pub type EventRing = RingBuf<MapData>;
 
-/// The agent's "I am injecting" mark (`agent_injecting`), in the map's memory mapped into this
-/// process: set and cleared around each injection without a syscall. Events the datapath writes
-/// meanwhile, in this process's context, do not wake the ring's reader: the caller must read the
-/// ring after the injection returns.
-pub struct InjectingMark {
+/// The agent's word to the datapath (`struct agent_state` in the `agent` map), in the map's memory
+/// mapped into this process: written without a syscall. Shared by the injector (the injecting
+/// mark) and the engine (the heartbeat); every field is touched atomically.
+///
+/// - While `alive_until_ns` (CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`) is in the future,
+///   the datapath holds new connections for the agent; after it, it fails open.
+/// - `pid` names the agent that last beat, so a new agent can tell it to hand over.
+/// - `injecting_pid`: events the datapath writes in this process's context while it is set do
+///   not wake the ring's reader, so the caller must read the ring after the injection returns.
+pub struct AgentMap {
     /// Keeps the map (and so the mapping's object) alive.
     _map: MapData,
-    word: std::ptr::NonNull<std::sync::atomic::AtomicU32>,
+    base: std::ptr::NonNull<u8>,
     len: usize,
     pid: u32,
 }
 
-// SAFETY: the mapping is shared memory owned by this value; the word is only touched atomically.
-unsafe impl Send for InjectingMark {}
+// SAFETY: the mapping is shared memory owned by this value; its words are only touched atomically.
+unsafe impl Send for AgentMap {}
+unsafe impl Sync for AgentMap {}
 
-impl InjectingMark {
+/// What an `agent` map says of the agent that wrote it last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentRecord {
+    pub pid: u32,
+    pub alive_until_ns: u64,
+}
+
+impl AgentMap {
     fn new(map: MapData) -> std::io::Result<Self> {
         use std::os::fd::{AsFd, AsRawFd};
         // SAFETY: sysconf has no preconditions.
@@ -80,31 +230,75 @@ impl InjectingMark {
         if ptr == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        let word = std::ptr::NonNull::new(ptr.cast()).ok_or(std::io::Error::other("mmap: null"))?;
-        Ok(InjectingMark {
+        let base = std::ptr::NonNull::new(ptr.cast()).ok_or(std::io::Error::other("mmap: null"))?;
+        Ok(AgentMap {
             _map: map,
-            word,
+            base,
             len,
             pid: std::process::id(),
         })
     }
 
+    /// The `agent` map pinned at `path` (another agent's, or a dead one's), to read its record.
+    pub fn from_pin(path: &std::path::Path) -> Result<Self, DatapathError> {
+        let map = MapData::from_pin(path).map_err(|source| DatapathError::Map {
+            name: AGENT_MAP,
+            source,
+        })?;
+        AgentMap::new(map).map_err(|source| DatapathError::Mmap {
+            name: AGENT_MAP,
+            source,
+        })
+    }
+
+    fn u32_at(&self, offset: usize) -> &std::sync::atomic::AtomicU32 {
+        // SAFETY: offsets 0 and 4 of the page-aligned mapping: aligned, inside it, alive as long
+        // as self.
+        unsafe { &*self.base.as_ptr().add(offset).cast() }
+    }
+
+    fn alive_word(&self) -> &std::sync::atomic::AtomicU64 {
+        // SAFETY: offset 8 of the page-aligned mapping, as u32_at.
+        unsafe { &*self.base.as_ptr().add(8).cast() }
+    }
+
     /// Runs `inject` marked as injecting.
     pub fn around<T>(&self, inject: impl FnOnce() -> T) -> T {
         use std::sync::atomic::Ordering;
-        // SAFETY: the mapping lives as long as self.
-        let word = unsafe { self.word.as_ref() };
+        let word = self.u32_at(0);
         word.store(self.pid, Ordering::SeqCst);
         let result = inject();
         word.store(0, Ordering::SeqCst);
         result
     }
+
+    /// This agent is alive until `alive_until_ns`: the datapath holds connections for it.
+    pub fn heartbeat(&self, alive_until_ns: u64) {
+        use std::sync::atomic::Ordering;
+        self.u32_at(4).store(self.pid, Ordering::SeqCst);
+        self.alive_word().store(alive_until_ns, Ordering::SeqCst);
+    }
+
+    /// This agent holds nothing new from now on: the datapath fails open at once.
+    pub fn stand_down(&self) {
+        self.alive_word()
+            .store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The agent that beat last, and until when it said it was alive.
+    pub fn record(&self) -> AgentRecord {
+        use std::sync::atomic::Ordering;
+        AgentRecord {
+            pid: self.u32_at(4).load(Ordering::SeqCst),
+            alive_until_ns: self.alive_word().load(Ordering::SeqCst),
+        }
+    }
 }
 
-impl Drop for InjectingMark {
+impl Drop for AgentMap {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly what new() mapped; nothing refers to it any more.
-        unsafe { libc::munmap(self.word.as_ptr().cast(), self.len) };
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
     }
 }
 
@@ -129,9 +323,36 @@ pub struct Datapath {
 
 impl Datapath {
     /// Loads the object and its programs into the kernel (runs the verifier; CO-RE relocations
-    /// are resolved against the running kernel's BTF).
+    /// are resolved against the running kernel's BTF). Every map is this process's own.
     pub fn load() -> Result<Self, DatapathError> {
-        let mut ebpf = Ebpf::load(OBJECT)?;
+        Self::load_programs(Ebpf::load(OBJECT)?)
+    }
+
+    /// Loads as [`Datapath::load`], with the [`PINNED_MAPS`] pinned in `dir`: reused if they are
+    /// there (after checking that their shape is this build's), created and pinned if not.
+    pub fn load_pinned(dir: &Path) -> Result<Self, DatapathError> {
+        std::fs::create_dir_all(dir).map_err(|source| DatapathError::PinDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let mut loader = EbpfLoader::new();
+        for (name, want) in PINNED_MAPS {
+            let path = dir.join(name);
+            if let Some(found) = pinned_shape(&path)?
+                && found != want
+            {
+                return Err(DatapathError::PinnedLayout {
+                    path: path.display().to_string(),
+                    found: found.to_string(),
+                    want: want.to_string(),
+                });
+            }
+            loader.map_pin_path(name, path);
+        }
+        Self::load_programs(loader.load(OBJECT)?)
+    }
+
+    fn load_programs(mut ebpf: Ebpf) -> Result<Self, DatapathError> {
         for name in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -163,6 +384,23 @@ impl Datapath {
             .program_mut(name)
             .and_then(|p| p.try_into().ok())
             .ok_or(DatapathError::MissingProgram(name))
+    }
+
+    /// The node configuration the programs run by (a pinned one: what the previous agent wrote).
+    pub fn node_config(&self) -> Result<NodeConfig, DatapathError> {
+        let map = self
+            .ebpf
+            .map(CONFIG_MAP)
+            .ok_or(DatapathError::MissingMap(CONFIG_MAP))?;
+        let array: Array<&MapData, NodeConfig> =
+            Array::try_from(map).map_err(|source| DatapathError::Map {
+                name: CONFIG_MAP,
+                source,
+            })?;
+        array.get(&0, 0).map_err(|source| DatapathError::Map {
+            name: CONFIG_MAP,
+            source,
+        })
     }
 
     /// Writes this node's service address, ports and whether to distribute.
@@ -198,6 +436,74 @@ impl Datapath {
             .iter()
             .find(|p| p.name_as_str() == Some(INGRESS_PROGRAM))
             .map(|p| p.id()))
+    }
+
+    /// Attaches ingress and egress to `interface` through the TCX links pinned in `dir`: a pinned
+    /// link gets our program in place of its own in one step; without one, a new link is
+    /// attached and pinned. A pinned link whose interface is gone (the interface was deleted and
+    /// made again) is replaced by a new one. The load counter's tracepoint link is this
+    /// process's own (the counters it feeds are pinned; a new agent re-anchors its count).
+    pub fn attach_pinned(
+        &mut self,
+        interface: &str,
+        dir: &Path,
+    ) -> Result<Attachment, DatapathError> {
+        self.attach_load_counter()?;
+        let mut attachment = Attachment::Fresh;
+        for (name, kind, pin) in [
+            (
+                INGRESS_PROGRAM,
+                TcAttachType::Ingress,
+                crate::pins::LINK_INGRESS,
+            ),
+            (
+                EGRESS_PROGRAM,
+                TcAttachType::Egress,
+                crate::pins::LINK_EGRESS,
+            ),
+        ] {
+            let path = dir.join(pin);
+            let program = self.program_mut(name)?;
+            if path.exists() {
+                let link_error = |source| DatapathError::Link {
+                    path: path.display().to_string(),
+                    source,
+                };
+                let pinned = PinnedLink::from_pin(&path).map_err(link_error)?;
+                let link =
+                    SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(link_error)?;
+                match program.attach_to_link(link) {
+                    Ok(_) => {
+                        attachment = Attachment::Adopted;
+                        continue;
+                    }
+                    // The link's interface is gone: nothing runs through it any more.
+                    Err(_) if Self::attached_elsewhere(interface)?.is_none() => {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    Err(source) => return Err(DatapathError::Program { name, source }),
+                }
+            }
+            let id = program
+                .attach_with_options(
+                    interface,
+                    kind,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(|source| DatapathError::Program { name, source })?;
+            let link = program
+                .take_link(id)
+                .map_err(|source| DatapathError::Program { name, source })?;
+            let link = FdLink::try_from(link).map_err(|source| DatapathError::Link {
+                path: path.display().to_string(),
+                source,
+            })?;
+            link.pin(&path).map_err(|source| DatapathError::PinLink {
+                path: path.display().to_string(),
+                source,
+            })?;
+        }
+        Ok(attachment)
     }
 
     /// Attaches ingress and egress to `interface` (TCX links) and the load counter to its
@@ -251,18 +557,18 @@ impl Datapath {
         self.take(CONFIG_MAP)
     }
 
-    /// The agent's injecting mark (see [`InjectingMark`]).
-    pub fn take_injecting_mark(&mut self) -> Result<InjectingMark, DatapathError> {
+    /// The agent's word to the datapath (see [`AgentMap`]).
+    pub fn take_agent_map(&mut self) -> Result<AgentMap, DatapathError> {
         let map = self
             .ebpf
-            .take_map(AGENT_INJECTING_MAP)
-            .ok_or(DatapathError::MissingMap(AGENT_INJECTING_MAP))?;
+            .take_map(AGENT_MAP)
+            .ok_or(DatapathError::MissingMap(AGENT_MAP))?;
         let data = match map {
             aya::maps::Map::Array(data) => data,
-            _ => return Err(DatapathError::MissingMap(AGENT_INJECTING_MAP)),
+            _ => return Err(DatapathError::MissingMap(AGENT_MAP)),
         };
-        InjectingMark::new(data).map_err(|source| DatapathError::Mmap {
-            name: AGENT_INJECTING_MAP,
+        AgentMap::new(data).map_err(|source| DatapathError::Mmap {
+            name: AGENT_MAP,
             source,
         })
     }

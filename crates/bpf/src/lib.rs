@@ -28,7 +28,7 @@ pub const LOAD_PROGRAM: &str = "baton_load";
 
 /// Map names in the object.
 pub const CONNS_MAP: &str = "conns";
-pub const AGENT_INJECTING_MAP: &str = "agent_injecting";
+pub const AGENT_MAP: &str = "agent";
 pub const HEAD_SCRATCH_MAP: &str = "head_scratch";
 pub const CONFIG_MAP: &str = "config";
 pub const EVENTS_MAP: &str = "events";
@@ -139,7 +139,7 @@ pub use sizes::{DP_NODES_MAX, SERVICE_PORTS_MAX};
 
 /// The version of the maps' layouts (`struct conn`, `struct node_config`, the event header): it
 /// changes whenever one of them does.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Longest TCP options area.
 pub const TCP_OPTS_MAX: usize = 40;
@@ -170,6 +170,10 @@ pub struct Conn {
     pub bytes: u64,
     pub syn_opts: [u8; TCP_OPTS_MAX],
     pub synack_opts: [u8; TCP_OPTS_MAX],
+    /// The handoff's id at both ends (written by the agent), for an agent that adopts the table.
+    pub handoff_id: u64,
+    /// The last packet from the client.
+    pub client_seen_ns: u64,
 }
 
 // SAFETY: repr(C) with explicit padding fields; every bit pattern is valid.
@@ -208,6 +212,7 @@ impl Conn {
             peer_addr: fe_addr.octets(),
             created_ns: now_ns,
             last_seen_ns: now_ns,
+            client_seen_ns: now_ns,
             ..Conn::default()
         }
     }
@@ -439,10 +444,11 @@ pub enum Stat {
     ServingClosed = 15,
     ListenOpened = 16,
     ListenClosed = 17,
+    FailOpen = 18,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 19;
 }
 
 #[cfg(test)]
@@ -453,7 +459,7 @@ mod tests {
     #[test]
     fn layouts_match_the_c_structs() {
         assert_eq!(size_of::<ConnKey>(), 12);
-        assert_eq!(size_of::<Conn>(), 160);
+        assert_eq!(size_of::<Conn>(), 176);
         assert_eq!(size_of::<NodeConfig>(), 32 + 16 * DP_NODES_MAX);
         assert_eq!(size_of::<EventHeader>(), 40);
     }

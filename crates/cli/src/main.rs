@@ -20,11 +20,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the node agent (attaches the eBPF programs, joins the control mesh).
+    /// Run the node agent (attaches the eBPF programs, joins the control mesh), or stop it.
+    ///
+    /// Started while an agent runs for the same node and interface, it takes over from it: the
+    /// running one hands over and exits, the datapath and its connections stay.
+    #[command(args_conflicts_with_subcommands = true)]
     Node {
         /// The node's TOML configuration file.
-        #[arg(long)]
-        config: PathBuf,
+        #[arg(long, required = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: Option<NodeAction>,
     },
     /// Build, use and remove a lab cluster of network namespaces on this machine.
     #[command(subcommand)]
@@ -33,6 +39,88 @@ enum Command {
     ServeStatic(baton_lab::static_server::ServeArgs),
     /// Simulate a cluster under a trace with the real policies: throughput, hit ratio, imbalance.
     Sim(baton_sim::cli::SimArgs),
+}
+
+#[derive(Subcommand)]
+enum NodeAction {
+    /// Stop the agent for good: it drains, keeps the datapath until the last connection that
+    /// needs it has closed (up to its drain_timeout_ms), then removes it; waits for it to exit.
+    Stop {
+        #[command(flatten)]
+        interface: InterfaceArg,
+        /// Longest wait for the agent to exit, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
+    /// Remove everything of baton on an interface at once: the agent (killed), its pinned links
+    /// and maps. Connections that still need the datapath are cut.
+    Cleanup {
+        #[command(flatten)]
+        interface: InterfaceArg,
+    },
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct InterfaceArg {
+    /// The interface the datapath is attached to.
+    #[arg(long)]
+    interface: Option<String>,
+    /// Or the node's configuration file, which names it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl InterfaceArg {
+    fn resolve(&self) -> anyhow::Result<String> {
+        match (&self.interface, &self.config) {
+            (Some(interface), _) => Ok(interface.clone()),
+            (None, Some(path)) => Ok(load_config(path)?.node.interface),
+            (None, None) => anyhow::bail!("--interface or --config is required"),
+        }
+    }
+}
+
+fn load_config(path: &std::path::Path) -> anyhow::Result<baton_agent::config::NodeConfig> {
+    baton_agent::config::NodeConfig::from_file(path)
+        .with_context(|| format!("loading {}", path.display()))
+}
+
+fn node_action(action: NodeAction) -> anyhow::Result<()> {
+    use baton_agent::lifecycle;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    match action {
+        NodeAction::Stop { interface, timeout } => {
+            let interface = interface.resolve()?;
+            let wait = std::time::Duration::from_secs(timeout);
+            match runtime.block_on(lifecycle::stop(&interface, wait))? {
+                lifecycle::Stopped::NotRunning => println!("no baton agent runs on {interface}"),
+                lifecycle::Stopped::Exited(pid) => {
+                    println!("the agent on {interface} (pid {pid}) drained and exited")
+                }
+            }
+        }
+        NodeAction::Cleanup { interface } => {
+            let interface = interface.resolve()?;
+            let cleaned = runtime.block_on(lifecycle::cleanup(&interface))?;
+            if let Some(pid) = cleaned.killed {
+                println!("killed the agent on {interface} (pid {pid})");
+            }
+            println!(
+                "removed {} pins{}",
+                cleaned.pins,
+                cleaned
+                    .dirs
+                    .iter()
+                    .map(|d| format!(" {}", d.display()))
+                    .collect::<String>()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,10 +133,13 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Node { config } => {
-            let config = baton_agent::config::NodeConfig::from_file(&config)
-                .with_context(|| format!("loading {}", config.display()))?;
-            baton_agent::run_until_signal(config).context("baton node")
+        Command::Node {
+            action: Some(action),
+            ..
+        } => node_action(action),
+        Command::Node { config, .. } => {
+            let path = config.context("--config is required")?;
+            baton_agent::run_until_signal(load_config(&path)?).context("baton node")
         }
         Command::Lab(cmd) => baton_lab::cli::run(cmd),
         Command::ServeStatic(args) => baton_lab::static_server::run(args).context("serve-static"),

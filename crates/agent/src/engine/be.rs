@@ -34,7 +34,15 @@ use crate::sockdiag::tcp_state;
 
 /// How long after the offer's deadline the agent decides, so that the datapath (which checks the
 /// deadline itself) has long stopped letting the connection through.
-const LIVE_MARGIN: Duration = Duration::from_millis(10);
+pub(super) const LIVE_MARGIN: Duration = Duration::from_millis(10);
+
+/// The phase of an adopted handed-in connection, as its entry shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum AdoptedPhase {
+    Live,
+    Closing,
+    Replaying,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum BePhase {
@@ -48,6 +56,14 @@ pub(super) struct Inbound {
     peer: usize,
     id: u64,
     client_isn: u32,
+    phase: BePhase,
+    /// What the replay needs, until the connection is live (then dropped). An adopted
+    /// connection has none: it was taken by an agent that is gone.
+    replay: Option<Box<Replay>>,
+}
+
+/// A handed-in connection's replay: the FE's numbers, the client's headers and bytes.
+struct Replay {
     fe_isn: u32,
     fe_tsval: u32,
     fe_options: SynOptions,
@@ -63,7 +79,6 @@ pub(super) struct Inbound {
     translation: Option<Translation>,
     /// It must be live by then.
     deadline: Instant,
-    phase: BePhase,
 }
 
 impl Inbound {
@@ -95,6 +110,42 @@ impl BeState {
         self.conns
             .values()
             .filter(|i| i.phase != BePhase::Closing)
+            .count()
+    }
+
+    /// Takes on a connection a previous agent took from `peer` as handoff `id`: live (or
+    /// closing), or still being replayed (it can only go live or be refused now).
+    pub fn adopt(
+        &mut self,
+        key: ConnKey,
+        peer: usize,
+        id: u64,
+        client_isn: u32,
+        phase: AdoptedPhase,
+    ) {
+        let phase = match phase {
+            AdoptedPhase::Live => BePhase::Live,
+            AdoptedPhase::Closing => BePhase::Closing,
+            AdoptedPhase::Replaying => BePhase::Replayed,
+        };
+        self.conns.insert(
+            key,
+            Inbound {
+                peer,
+                id,
+                client_isn,
+                phase,
+                replay: None,
+            },
+        );
+        self.by_handoff.insert((peer, id), key);
+    }
+
+    /// Handed-in connections not yet live nor refused: what a handover waits for.
+    pub fn replaying(&self) -> usize {
+        self.conns
+            .values()
+            .filter(|i| matches!(i.phase, BePhase::SynSent | BePhase::Replayed))
             .count()
     }
 
@@ -177,7 +228,8 @@ impl Engine {
                 return Err(RefuseReason::Internal);
             }
         }
-        let entry = Conn::new_be(*r.fe_service.ip(), syn_fields.seq, monotonic_ns());
+        let mut entry = Conn::new_be(*r.fe_service.ip(), syn_fields.seq, monotonic_ns());
+        entry.handoff_id = r.id;
         // NOEXIST: a tuple this node already tracks (as FE or BE) is a collision, never merged.
         if self.conns.insert(key, entry, Insert::New).is_err() {
             return Err(RefuseReason::Collision);
@@ -197,16 +249,18 @@ impl Engine {
             peer,
             id: r.id,
             client_isn: syn_fields.seq,
-            fe_isn: r.fe_isn,
-            fe_tsval: r.fe_tsval,
-            fe_options,
-            fe_ecn: r.fe_ecn,
-            template,
-            stream,
-            entry,
-            translation: None,
-            deadline,
             phase: BePhase::SynSent,
+            replay: Some(Box::new(Replay {
+                fe_isn: r.fe_isn,
+                fe_tsval: r.fe_tsval,
+                fe_options,
+                fe_ecn: r.fe_ecn,
+                template,
+                stream,
+                entry,
+                translation: None,
+                deadline,
+            })),
         };
         self.timers
             .at(deadline + LIVE_MARGIN, Timer::Live(inbound.conn(key)));
@@ -236,6 +290,10 @@ impl Engine {
             BePhase::Replayed => return self.refuse_inbound(key, RefuseReason::Internal, false),
             BePhase::Live | BePhase::Closing => return,
         }
+        let Some(replay) = inbound.replay.as_deref() else {
+            // Adopted before its replay: the request went with the agent that took it.
+            return self.refuse_inbound(key, RefuseReason::Internal, true);
+        };
         let Some(synack) = synack else {
             let no_listener = answer
                 .as_ref()
@@ -251,34 +309,36 @@ impl Engine {
         let Some(be_options) = packets::syn_options(&event.packet) else {
             return self.refuse_inbound(key, RefuseReason::Malformed, true);
         };
-        if let Some(mismatch) = inbound.fe_options.negotiated_mismatch(&be_options) {
+        if let Some(mismatch) = replay.fe_options.negotiated_mismatch(&be_options) {
             tracing::info!(%key, "refusing handoff: {mismatch}");
             return self.refuse_inbound(key, RefuseReason::OptionMismatch, true);
         }
-        if synack.flags.contains(TcpFlags::ECE) != inbound.fe_ecn {
-            tracing::info!(%key, fe_ecn = inbound.fe_ecn, "refusing handoff: ECN differs");
+        if synack.flags.contains(TcpFlags::ECE) != replay.fe_ecn {
+            tracing::info!(%key, fe_ecn = replay.fe_ecn, "refusing handoff: ECN differs");
             return self.refuse_inbound(key, RefuseReason::OptionMismatch, true);
         }
         let translation = Translation {
-            seq_delta: synack.seq.wrapping_sub(inbound.fe_isn),
+            seq_delta: synack.seq.wrapping_sub(replay.fe_isn),
             ts_delta: match be_options.timestamps {
-                Some((be_tsval, _)) => be_tsval.wrapping_sub(inbound.fe_tsval),
+                Some((be_tsval, _)) => be_tsval.wrapping_sub(replay.fe_tsval),
                 None => 0,
             },
         };
-        let mut entry = inbound.entry;
+        let mut entry = replay.entry;
         entry.state = ConnState::BeReplayed as u8;
         entry.local_isn = synack.seq;
         entry.seq_delta = translation.seq_delta;
         entry.ts_delta = translation.ts_delta;
-        let left = inbound.deadline.saturating_duration_since(now);
+        let left = replay.deadline.saturating_duration_since(now);
         entry.live_deadline_ns = monotonic_ns() + left.as_nanos() as u64;
         // Before the replay the datapath writes nothing but last_seen_ns: the whole entry is ours.
         if self.conns.insert(key, entry, Insert::Existing).is_err() {
             return self.refuse_inbound(key, RefuseReason::Internal, true);
         }
-        if let Some(inbound) = self.be.conns.get_mut(&key) {
-            inbound.translation = Some(translation);
+        if let Some(inbound) = self.be.conns.get_mut(&key)
+            && let Some(replay) = inbound.replay.as_deref_mut()
+        {
+            replay.translation = Some(translation);
             inbound.phase = BePhase::Replayed;
         }
         self.replay_request(key);
@@ -286,19 +346,19 @@ impl Engine {
 
     /// The request (and what followed it) into our TCP, translated into its sequence space.
     fn replay_request(&mut self, key: ConnKey) {
-        let Some(inbound) = self.be.conns.get(&key) else {
+        let Some(replay) = self.be.conns.get(&key).and_then(|i| i.replay.as_deref()) else {
             return;
         };
-        let Some(translation) = inbound.translation else {
+        let Some(translation) = replay.translation else {
             return;
         };
         let segments = packets::client_segments(
-            &inbound.template,
+            &replay.template,
             self.my_addr,
-            inbound.stream.base(),
-            inbound.fe_isn.wrapping_add(1),
-            inbound.stream.contiguous(),
-            inbound.stream.finished(),
+            replay.stream.base(),
+            replay.fe_isn.wrapping_add(1),
+            replay.stream.contiguous(),
+            replay.stream.finished(),
             LOCAL_CHUNK + 100,
         );
         for mut packet in segments {
@@ -310,15 +370,20 @@ impl Engine {
 
     /// A client packet the FE forwarded before our TCP could read it: the datapath held it.
     pub(super) fn on_be_held_packet(&mut self, event: Event) {
-        let Some(inbound) = self.be.conns.get_mut(&event.key) else {
+        let Some(replay) = self
+            .be
+            .conns
+            .get_mut(&event.key)
+            .and_then(|i| i.replay.as_deref_mut())
+        else {
             return;
         };
-        match inbound.translation {
+        match replay.translation {
             // Before the replay it joins the request.
             None => {
                 if let Some(s) = packets::parse_captured(&event.packet, event.pkt_len) {
                     let fin = s.flags.contains(TcpFlags::FIN);
-                    inbound.stream.add(s.seq, &s.payload, fin);
+                    replay.stream.add(s.seq, &s.payload, fin);
                 }
             }
             // Held just before the replay, read just after: it goes in on its own.
@@ -343,6 +408,8 @@ impl Engine {
             return;
         }
         inbound.phase = BePhase::Live;
+        // Live: the replay is done, its bytes are no longer needed.
+        inbound.replay = None;
         let (peer, id) = (inbound.peer, inbound.id);
         self.mesh.send(peer, Message::HandoffAccepted { id });
         self.metrics.handoffs_in.inc();

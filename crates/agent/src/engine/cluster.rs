@@ -118,6 +118,12 @@ impl Cluster {
                 .is_some_and(|t| now.saturating_duration_since(t) < self.fresh_for)
     }
 
+    /// How long `peer` has not been heard from (since this agent started, if never).
+    pub fn down_for(&self, peer: usize, now: Instant) -> Duration {
+        let heard = self.peers.get(peer).and_then(|p| p.last_heard);
+        now.saturating_duration_since(heard.unwrap_or(self.started))
+    }
+
     pub fn others(&self) -> impl Iterator<Item = usize> + use<> {
         let me = self.me;
         (0..self.peers.len()).filter(move |&p| p != me)

@@ -199,6 +199,58 @@ impl FeState {
         }
     }
 
+    /// Takes on a connection a previous agent handed off to `peer` as handoff `id` (its entry is
+    /// forwarding). `closed`: the client already closed or reset it; only a linger is left.
+    pub fn adopt_forwarded(
+        &mut self,
+        key: ConnKey,
+        client_isn: u32,
+        peer: usize,
+        id: u64,
+        closed: bool,
+    ) {
+        self.conns.insert(
+            key,
+            FeConn {
+                client_isn,
+                phase: FePhase::Forwarded { peer, id, closed },
+            },
+        );
+        self.handoffs.insert(id, key);
+    }
+
+    /// Whether `key` is handed off as `id` to `peer` already.
+    fn is_forwarded(&self, id: u64, peer: usize) -> bool {
+        self.handoffs.get(&id).is_some_and(|key| {
+            matches!(
+                self.conns.get(key).map(|c| &c.phase),
+                Some(FePhase::Forwarded { peer: p, id: i, .. }) if *p == peer && *i == id
+            )
+        })
+    }
+
+    /// Offers out to peers, not yet answered.
+    pub fn offers_out(&self) -> usize {
+        self.handoffs
+            .values()
+            .filter(|k| {
+                matches!(
+                    self.conns.get(k).map(|c| &c.phase),
+                    Some(FePhase::Offered { .. })
+                )
+            })
+            .count()
+    }
+
+    /// Connections held (not yet offered): each can be served here at once.
+    pub fn held(&self) -> Vec<ConnKey> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| matches!(c.phase, FePhase::Held(_)))
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
     /// The offer `id`, if it is still out to `peer`.
     fn offer(&self, id: u64, peer: usize) -> Option<ConnKey> {
         let key = *self.handoffs.get(&id)?;
@@ -383,6 +435,10 @@ impl Engine {
         let Decision::Node(peer) = decision else {
             return self.release_local(key, LocalReason::Policy, now);
         };
+        if self.standing_down {
+            // Another agent takes over: nothing new goes out from this one.
+            return self.release_local(key, LocalReason::Shutdown, now);
+        }
         if !self.cluster.is_up(peer, now) {
             return self.release_local(key, LocalReason::PeerDown, now);
         }
@@ -407,6 +463,7 @@ impl Engine {
         };
         entry.state = ConnState::FeForward as u8;
         entry.peer_addr = self.cluster.peers[peer].addr.octets();
+        entry.handoff_id = id;
         if let Err(e) = self.conns.insert(key, entry, Insert::Existing) {
             tracing::debug!(%key, "connection gone before it was offered: {e}");
             self.fe.forget(ConnId { key, client_isn });
@@ -497,6 +554,9 @@ impl Engine {
 
     pub(super) fn on_accepted(&mut self, peer: usize, id: u64, now: Instant) {
         let Some(key) = self.fe.offer(id, peer) else {
+            if self.fe.is_forwarded(id, peer) {
+                return; // said again (a peer's new agent confirming what it adopted)
+            }
             // We gave up on it already, or it is not this peer's to accept: it must drop its side.
             self.mesh.send(peer, Message::HandoffAbort { id });
             return;

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use baton_bpf::{ConnRole, ConnState};
+use baton_bpf::{ConnRole, ConnState, conn_flags};
 use baton_policy::PolicyKind;
 
 use super::timers::{ConnId, Timer};
@@ -22,8 +22,14 @@ const QUIET_HEARTBEAT_ROUNDS: u32 = 2;
 /// How often the load the datapath counts is anchored again on a count of the local TCP's
 /// connections (an expensive dump: it heals whatever the counter missed at start).
 const LOAD_ANCHOR_EVERY: Duration = Duration::from_secs(60);
+/// The datapath counts this agent alive for this many rounds of housekeeping after each, and at
+/// least `ALIVE_AT_LEAST`: a busy round is no death, and a dead agent's node fails open soon.
+const ALIVE_ROUNDS: u32 = 4;
+const ALIVE_AT_LEAST: Duration = Duration::from_secs(1);
 /// An FE entry whose handshake never completed (SYN flood, lost ACK) goes after this.
 const SYN_ENTRY_TTL_NS: u64 = 10_000_000_000;
+/// A server still sending this long after the client's last packet is talking to nobody.
+const ORPHAN_SERVER_SLACK_NS: u64 = 1_000_000_000;
 /// A BE connection idle this long is checked against the local TCP (is it still there?).
 const BE_LIVENESS_CHECK_NS: u64 = 5_000_000_000;
 
@@ -78,7 +84,7 @@ impl Engine {
         self.timers.at(now + period, Timer::Housekeeping);
         let garbage_every = (GARBAGE_EVERY.as_millis() / period.as_millis()).max(1) as u64;
         if self.housekeeping_rounds.is_multiple_of(garbage_every) {
-            self.collect_garbage();
+            self.collect_garbage(now);
         }
         self.housekeeping_rounds += 1;
         match self.datapath.service_changes() {
@@ -87,6 +93,12 @@ impl Engine {
                 self.count_load(now, changes);
             }
             Err(e) => tracing::warn!("reading the datapath's counters: {e}"),
+        }
+        if !self.standing_down {
+            // The datapath holds connections for this agent only while it beats.
+            let alive_for = (period * ALIVE_ROUNDS).max(ALIVE_AT_LEAST);
+            self.datapath
+                .heartbeat(monotonic_ns() + alive_for.as_nanos() as u64);
         }
         self.send_heartbeats(now, period);
         self.write_datapath_config(now);
@@ -174,9 +186,28 @@ impl Engine {
             .map_or(0, |anchor| anchor.load(opened, closed)))
     }
 
+    /// A handed-in connection nobody can finish: its client has sent nothing for the orphan
+    /// timeout, and either its FE has been down as long (nothing can reach us from the client) or
+    /// our server kept sending since (to a client that no longer answers).
+    fn is_orphan(&self, entry: &baton_bpf::Conn, now: Instant, now_ns: u64) -> bool {
+        let bound = Duration::from_secs(self.config.limits.orphan_timeout_s);
+        let bound_ns = bound.as_nanos() as u64;
+        if now_ns.saturating_sub(entry.client_seen_ns) < bound_ns {
+            return false;
+        }
+        let unanswered = entry.last_seen_ns > entry.client_seen_ns + ORPHAN_SERVER_SLACK_NS;
+        let fe = self
+            .cluster
+            .peers
+            .iter()
+            .position(|p| p.addr.octets() == entry.peer_addr);
+        let fe_gone = fe.is_some_and(|fe| self.cluster.down_for(fe, now) >= bound);
+        unanswered || fe_gone
+    }
+
     /// Entries no phase is waiting on: half-open floods, connections never decided because they
     /// never sent data, idle forwarding, handed-in connections whose close was missed.
-    fn collect_garbage(&mut self) {
+    fn collect_garbage(&mut self, now: Instant) {
         let now_ns = monotonic_ns();
         let idle_ns = self
             .config
@@ -184,9 +215,11 @@ impl Engine {
             .idle_timeout_s
             .saturating_mul(1_000_000_000);
         let hold_ns = self.config.limits.hold_ms.saturating_mul(1_000_000);
+        let linger_ns = self.config.limits.close_linger_ms.saturating_mul(1_000_000);
         let mut count = 0i64;
         let mut doomed = Vec::new();
         let mut gone_at_be = Vec::new();
+        let mut orphans = Vec::new();
         for (key, entry) in self.conns.entries() {
             count += 1;
             let conn = ConnId {
@@ -201,10 +234,18 @@ impl Engine {
                 (Some(ConnRole::Fe), Some(ConnState::FeHold)) => {
                     !self.fe.knows(&key) && age > hold_ns
                 }
-                // Held and offered connections have their own deadlines.
-                (Some(ConnRole::Fe), _) => !self.fe.is_undecided(&key) && age > idle_ns,
+                // Held and offered connections have their own deadlines. A forwarded one the client
+                // closed whose close report never came (it went to an agent that is gone) goes
+                // after its linger.
+                (Some(ConnRole::Fe), _) => {
+                    let closed = entry.flags & (conn_flags::CLIENT_FIN | conn_flags::RST) != 0;
+                    !self.fe.is_undecided(&key)
+                        && (age > idle_ns || (closed && age > 2 * linger_ns))
+                }
                 (Some(ConnRole::Be), Some(ConnState::BeEstablished)) => {
-                    if age > BE_LIVENESS_CHECK_NS {
+                    if self.is_orphan(&entry, now, now_ns) {
+                        orphans.push(conn);
+                    } else if age > BE_LIVENESS_CHECK_NS {
                         gone_at_be.push(conn);
                     }
                     false
@@ -214,6 +255,18 @@ impl Engine {
             };
             if stale {
                 doomed.push((conn, entry.role()));
+            }
+        }
+        // Orphans: the server's socket is closed, every trace goes.
+        for conn in orphans {
+            match self.tcp.destroy(conn.key.local(), conn.key.client()) {
+                Ok(_) => {
+                    tracing::info!(key = %conn.key, "freed a handed-in connection whose client or FE is gone");
+                    self.metrics.orphans_freed.inc();
+                    self.closed_at_be(conn);
+                    count -= 1;
+                }
+                Err(e) => tracing::warn!("sock_diag destroy: {e}"),
             }
         }
         // Idle at the BE: the local TCP says whether it is over; a live connection is never cut.

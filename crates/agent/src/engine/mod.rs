@@ -20,6 +20,7 @@
 //! never will); the FE serves a refused or unanswered connection itself. Nothing is lost: every
 //! doubt ends in local service.
 
+mod adopt;
 mod be;
 mod cluster;
 mod fe;
@@ -43,6 +44,7 @@ use crate::kernel::{ConnTableOps, DatapathControl, Kernel, PacketSink, TcpStates
 use crate::mesh::{MeshEvent, MeshSender};
 use crate::metrics::Metrics;
 
+pub use adopt::Adopted;
 pub use fe::LocalReason;
 
 use cluster::Cluster;
@@ -96,6 +98,8 @@ pub struct Engine {
     load_anchor: Option<housekeeping::LoadAnchor>,
     /// The listener counts when the listeners were last looked at.
     listeners_seen: Option<(u64, u64)>,
+    /// Another agent takes over: this one no longer beats, holds or offers.
+    standing_down: bool,
 }
 
 impl Engine {
@@ -140,6 +144,7 @@ impl Engine {
             written: None,
             load_anchor: None,
             listeners_seen: None,
+            standing_down: false,
             config,
         };
         engine.write_datapath_config(now);

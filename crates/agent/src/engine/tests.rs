@@ -149,11 +149,25 @@ impl TcpStates for Tcp {
     fn listening(&mut self, _addr: Ipv4Addr, _ports: &[u16]) -> Result<bool, SockDiagError> {
         Ok(self.0.lock().unwrap().listening)
     }
+    fn destroy(
+        &mut self,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+    ) -> Result<bool, SockDiagError> {
+        Ok(self
+            .0
+            .lock()
+            .unwrap()
+            .states
+            .remove(&(local, remote))
+            .is_some())
+    }
 }
 
-/// The datapath: its configuration as last written, and its load counters.
+/// The datapath: its configuration as last written, its load counters, and until when the agent
+/// said it is alive.
 #[derive(Clone, Default)]
-struct Written(Arc<Mutex<(Option<baton_bpf::NodeConfig>, ServiceChanges)>>);
+struct Written(Arc<Mutex<(Option<baton_bpf::NodeConfig>, ServiceChanges, u64)>>);
 
 impl DatapathControl for Written {
     fn write(&mut self, config: &baton_bpf::NodeConfig) -> Result<(), String> {
@@ -163,9 +177,19 @@ impl DatapathControl for Written {
     fn service_changes(&self) -> Result<ServiceChanges, String> {
         Ok(self.0.lock().unwrap().1)
     }
+    fn heartbeat(&self, alive_until_ns: u64) {
+        self.0.lock().unwrap().2 = alive_until_ns;
+    }
+    fn stand_down(&self) {
+        self.0.lock().unwrap().2 = 0;
+    }
 }
 
 impl Written {
+    /// Whether the datapath counts the agent alive now.
+    fn agent_alive(&self) -> bool {
+        self.0.lock().unwrap().2 > super::monotonic_ns()
+    }
     fn get(&self) -> baton_bpf::NodeConfig {
         self.0.lock().unwrap().0.expect("written at start")
     }
@@ -1117,4 +1141,203 @@ fn connections_that_never_sent_data_are_let_go_to_the_local_tcp() {
         n1.wait(Duration::from_millis(100));
     }
     assert!(n1.table.get(&key).is_none());
+}
+
+/// A datapath entry another agent left behind: forwarding to (FE) or translating from (BE)
+/// `peer`, as handoff `id`.
+fn left_behind(role: ConnRole, state: ConnState, peer: Ipv4Addr, id: u64) -> Conn {
+    let now = super::monotonic_ns();
+    Conn {
+        role: role as u8,
+        state: state as u8,
+        client_isn: CLIENT_ISN,
+        peer_addr: peer.octets(),
+        handoff_id: id,
+        created_ns: now,
+        last_seen_ns: now,
+        client_seen_ns: now,
+        ..Conn::default()
+    }
+}
+
+#[test]
+fn a_new_agent_adopts_forwarded_and_handed_in_connections() {
+    // n1 had handed a connection off to n2 as handoff 21, and n2 served it; both agents are gone,
+    // new ones find only their tables.
+    let mut n1 = node(0, PolicyKind::Hash);
+    let key1 = key_at(N1);
+    let forwarded = left_behind(ConnRole::Fe, ConnState::FeForward, N2, 21);
+    n1.table.0.lock().unwrap().insert(key1, forwarded);
+    let adopted = n1.engine.adopt(n1.now);
+    assert_eq!((adopted.forwarded, adopted.handed_in), (1, 0));
+    assert!(
+        !n1.engine.drained(),
+        "a forwarded connection needs the datapath"
+    );
+    // n2's new agent confirms what it adopted: that is no reason to abort.
+    n1.hear(Message::HandoffAccepted { id: 21 });
+    assert!(n1.next_to_peer().is_none());
+    // Its close report finds the connection by the id in the entry.
+    n1.hear(Message::ConnClosed { id: 21 });
+    assert!(n1.engine.drained());
+    n1.wait(LINGER);
+    assert!(n1.table.get(&key1).is_none());
+
+    let mut n2 = node(1, PolicyKind::Hash);
+    let key2 = key_at(N2);
+    let served = left_behind(ConnRole::Be, ConnState::BeEstablished, N1, 21);
+    n2.table.0.lock().unwrap().insert(key2, served);
+    n2.tcp.set(&key2, tcp_state::ESTABLISHED);
+    let adopted = n2.engine.adopt(n2.now);
+    assert_eq!((adopted.forwarded, adopted.handed_in), (0, 1));
+    assert_eq!(n2.metrics.handed_in_active.get(), 1);
+    assert!(!n2.engine.drained());
+    // It closes: the FE hears of it under the id the first agent took it as.
+    n2.datapath(notice(EventKind::Closed, key2));
+    n2.tcp.set(&key2, tcp_state::TIME_WAIT);
+    n2.wait(LINGER);
+    assert!(matches!(
+        n2.next_to_peer(),
+        Some(Message::ConnClosed { id: 21 })
+    ));
+    assert!(n2.table.get(&key2).is_none());
+}
+
+#[test]
+fn an_adopted_replay_goes_live_or_is_refused_by_its_deadline() {
+    let mut n2 = node(1, PolicyKind::Hash);
+    let (live, late) = (
+        key_at(N2),
+        ConnKey::new(
+            SocketAddrV4::new(CLIENT, CLIENT_PORT + 1),
+            SocketAddrV4::new(N2, 80),
+        ),
+    );
+    let deadline = super::monotonic_ns() + HANDOFF_TIMEOUT.as_nanos() as u64 / 2;
+    for (key, id) in [(live, 5), (late, 6)] {
+        let mut entry = left_behind(ConnRole::Be, ConnState::BeReplayed, N1, id);
+        entry.live_deadline_ns = deadline;
+        n2.table.0.lock().unwrap().insert(key, entry);
+    }
+    assert_eq!(n2.engine.adopt(n2.now).replaying, 2);
+    assert!(!n2.engine.settled(), "a hand-over would wait for them");
+    n2.datapath(notice(EventKind::BeLive, live));
+    assert!(matches!(
+        n2.next_to_peer(),
+        Some(Message::HandoffAccepted { id: 5 })
+    ));
+    n2.wait(HANDOFF_TIMEOUT);
+    assert!(matches!(
+        n2.next_to_peer(),
+        Some(Message::HandoffRefused {
+            id: 6,
+            reason: RefuseReason::Timeout
+        })
+    ));
+    let sent = n2.sent.take();
+    assert!(
+        sent.iter()
+            .any(|p| p.flags == TcpFlags::RST && p.src_port == CLIENT_PORT + 1),
+        "our TCP's half of the refused one is reset: {sent:?}"
+    );
+    assert!(n2.table.get(&late).is_none() && n2.table.get(&live).is_some());
+    assert!(n2.engine.settled());
+}
+
+#[test]
+fn the_agent_beats_while_it_runs_and_stands_down_to_hand_over() {
+    let mut n1 = node(0, PolicyKind::Hash);
+    n1.wait(Duration::ZERO);
+    assert!(
+        n1.written.agent_alive(),
+        "the datapath holds for a beating agent"
+    );
+    let incomplete = hold_from(&mut n1, CLIENT_PORT + 1, N1, b"GET /f/1k HTTP/1.1\r\n");
+    let key = hold(&mut n1, &request(&target_for(1)));
+    let Some(Message::HandoffRequest(offer)) = n1.next_to_peer() else {
+        panic!("no offer")
+    };
+    n1.sent.take();
+
+    n1.engine.begin_handover(n1.now);
+    assert!(!n1.written.agent_alive(), "the datapath fails open at once");
+    assert!(matches!(n1.next_to_peer(), Some(Message::Draining)));
+    assert!(
+        n1.table.get(&incomplete).is_none(),
+        "a held connection is served here"
+    );
+    assert_eq!(n1.sent.take().len(), 1, "its bytes so far, into our TCP");
+    assert!(
+        !n1.engine.settled(),
+        "the offer is out: its answer is awaited"
+    );
+    n1.hear(Message::HandoffAccepted { id: offer.id });
+    assert!(n1.engine.settled());
+    assert_eq!(
+        n1.table.get(&key).and_then(|e| e.state()),
+        Some(ConnState::FeForward),
+        "the handed-off connection stays with the datapath"
+    );
+    n1.wait(Duration::from_secs(2));
+    assert!(!n1.written.agent_alive(), "no heartbeat once standing down");
+}
+
+#[test]
+fn handed_in_connections_whose_client_or_fe_is_gone_are_freed() {
+    let mut n2 = offered(4);
+    n2.engine.config.limits.orphan_timeout_s = 1;
+    let key = key_at(N2);
+    n2.datapath(be_synack());
+    n2.datapath(notice(EventKind::BeLive, key));
+    n2.tcp.set(&key, tcp_state::ESTABLISHED);
+    let silent_since = super::monotonic_ns() - 5_000_000_000;
+    let quiet = |n2: &mut Node, server_sent_since: bool| {
+        let mut t = n2.table.0.lock().unwrap();
+        let e = t.get_mut(&key).unwrap();
+        e.state = ConnState::BeEstablished as u8; // as the datapath made it, going live
+        e.client_seen_ns = silent_since;
+        e.last_seen_ns = silent_since + if server_sent_since { 3_000_000_000 } else { 0 };
+    };
+    let heartbeat = Message::Heartbeat {
+        load: 0,
+        sent_at_ms: 0,
+        serving: true,
+    };
+    // An idle connection whose FE is up is left alone, however long it idles.
+    quiet(&mut n2, false);
+    for _ in 0..101 {
+        n2.hear(heartbeat.clone());
+        n2.wait(Duration::from_millis(100));
+    }
+    assert!(n2.table.get(&key).is_some(), "idle is not orphaned");
+    // The FE goes silent for longer than the bound: nothing can reach us from the client.
+    for _ in 0..101 {
+        n2.wait(Duration::from_millis(100));
+    }
+    assert!(n2.table.get(&key).is_none(), "freed");
+    assert_eq!(
+        n2.tcp
+            .0
+            .lock()
+            .unwrap()
+            .states
+            .get(&(key.local(), key.client())),
+        None
+    );
+    assert_eq!(n2.metrics.orphans_freed.get(), 1);
+    assert_eq!(n2.metrics.handed_in_active.get(), 0);
+
+    // With the FE up, a server still sending to a client that went silent is talking to nobody.
+    let mut n2 = offered(5);
+    n2.engine.config.limits.orphan_timeout_s = 1;
+    n2.datapath(be_synack());
+    n2.datapath(notice(EventKind::BeLive, key));
+    n2.tcp.set(&key, tcp_state::ESTABLISHED);
+    quiet(&mut n2, true);
+    for _ in 0..101 {
+        n2.hear(heartbeat.clone());
+        n2.wait(Duration::from_millis(100));
+    }
+    assert!(n2.table.get(&key).is_none(), "freed");
+    assert_eq!(n2.metrics.orphans_freed.get(), 1);
 }

@@ -68,6 +68,9 @@ struct conn {
 	__u64 bytes;
 	__u8 syn_opts[TCP_OPTS_MAX];    /* FE: the client's SYN options, for replay at the BE */
 	__u8 synack_opts[TCP_OPTS_MAX]; /* FE: this node's SYN-ACK options, for the BE's option check */
+	__u64 handoff_id;     /* FE and BE: the handoff's id (set by the agent when it offers or takes
+			       * it), so an agent that adopts the table can speak of it to the peer */
+	__u64 client_seen_ns; /* the last packet from the client (last_seen_ns counts both ways) */
 };
 
 /* How the datapath may decide a connection itself (node_config.decide). */

@@ -10,6 +10,8 @@
  *                              the segment passed to our TCP, which completes the handshake with it.
  *                              Otherwise held
  *   ingress held            -> copied to the agent and dropped (RST: forget and pass, it ends SYN-RECV)
+ *   no agent alive          -> fail open: nothing new is tracked, a held connection is forgotten and
+ *                              its packet passed up (the client retransmits what the agent had)
  *   ingress in FE_FORWARD   -> daddr := BE, redirect out toward the BE
  *   egress  in HOLD/FORWARD -> our TCP has no say: dropped, but for SYN-ACK retransmissions (a failed
  *                              one would make our TCP drop the half-open connection that a refused
@@ -44,13 +46,28 @@ __always void fe_init(struct __sk_buff *skb, const struct pkt *p, struct conn *c
 		c->syn_opts_len = p->opts_len;
 }
 
-/* A SYN for a tuple without an entry: start tracking it if we distribute. */
+/* No agent runs: a connection that was held is passed up and forgotten. The client's next packet
+ * (its data segment, retransmitted if the agent had taken it) completes the handshake with our TCP,
+ * which still has the half-open connection. */
+__always int fe_fail_open(const struct conn_key *key)
+{
+	bpf_map_delete_elem(&conns, key);
+	stat_add(STAT_FAIL_OPEN, 1);
+	return TC_ACT_OK;
+}
+
+/* A SYN for a tuple without an entry: start tracking it if we distribute and an agent runs. */
 __always int fe_new_syn(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p,
 			const struct conn_key *key)
 {
 	stat_add(STAT_SYN, 1);
 	if (!cfg->distribute) {
 		stat_add(STAT_SYN_UNTRACKED, 1);
+		return TC_ACT_OK;
+	}
+	if (!agent_alive()) {
+		stat_add(STAT_SYN_UNTRACKED, 1);
+		stat_add(STAT_FAIL_OPEN, 1);
 		return TC_ACT_OK;
 	}
 	struct conn c;
@@ -108,9 +125,13 @@ __always int fe_ingress(struct __sk_buff *skb, const struct node_config *cfg, co
 		if (!(p->flags & TCPF_ACK) || !(c->flags & CONN_SYNACK_SEEN) ||
 		    p->ack_seq != c->local_isn + 1)
 			return TC_ACT_OK;
+		if (!agent_alive())
+			return fe_fail_open(key);
 		c->state = FE_HOLD;
 		return fe_first_content(skb, cfg, p, key, c);
 	case FE_HOLD:
+		if (!agent_alive())
+			return fe_fail_open(key);
 		if (p->flags & TCPF_RST) {
 			/* The client gave up: the RST also ends our SYN-RECV; tell the agent, forget. */
 			if (c->flags & CONN_AGENT_HOLDS)

@@ -52,16 +52,28 @@ struct {
 	__type(value, struct head_scan);
 } head_scratch SEC(".maps");
 
-/* Why: the agent says, in memory it writes without a syscall (mmap), while it is injecting packets
- * (its process id, else 0): events its own injections cause need not wake it, since it reads the
- * ring as soon as the injection returns. A wakeup is an IPI, a VM exit on a virtual machine. */
+/* What the agent says about itself, in memory it writes without a syscall (mmap):
+ * - whether it is alive (alive_until_ns, refreshed every housekeeping round): while it is not, the
+ *   datapath fails open: it holds nothing new and passes up what it held, so a node without a
+ *   running agent serves every new connection itself;
+ * - its process id, so a new agent can tell it to hand over;
+ * - while it is injecting packets (its process id, else 0): events its own injections cause need
+ *   not wake it, since it reads the ring as soon as the injection returns. A wakeup is an IPI, a VM
+ *   exit on a virtual machine. */
+struct agent_state {
+	__u32 injecting_pid;
+	__u32 pid;
+	__u64 alive_until_ns;
+};
+
+/* Why: the agent's word to the programs, above; pinned, it outlives the agent that wrote it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
-	__type(value, __u32);
-} agent_injecting SEC(".maps");
+	__type(value, struct agent_state);
+} agent SEC(".maps");
 
 /* Why: cheap per-CPU counters the agent sums for its metrics (index: enum stat). */
 struct {
@@ -108,10 +120,18 @@ __always int drop(__u32 reason)
 __always __u64 ring_wakeup(void)
 {
 	__u32 zero = 0;
-	__u32 *injecting = bpf_map_lookup_elem(&agent_injecting, &zero);
-	if (injecting && *injecting && *injecting == (__u32)(bpf_get_current_pid_tgid() >> 32))
+	struct agent_state *a = bpf_map_lookup_elem(&agent, &zero);
+	if (a && a->injecting_pid && a->injecting_pid == (__u32)(bpf_get_current_pid_tgid() >> 32))
 		return BPF_RB_NO_WAKEUP;
 	return 0;
+}
+
+/* Whether an agent runs: it refreshed its heartbeat recently. */
+__always int agent_alive(void)
+{
+	__u32 zero = 0;
+	struct agent_state *a = bpf_map_lookup_elem(&agent, &zero);
+	return a && a->alive_until_ns > bpf_ktime_get_ns();
 }
 
 /* Copies the packet (from its IPv4 header) into an event. Returns 0 or a negative error. */

@@ -38,5 +38,6 @@ enum stat {
 	STAT_SERVING_CLOSED = 15,   /* ... and that left it */
 	STAT_LISTEN_OPENED = 16,    /* listeners on a service port that opened (load.h) */
 	STAT_LISTEN_CLOSED = 17,    /* ... and that closed */
-	STAT_MAX = 18,
+	STAT_FAIL_OPEN = 18,        /* FE: connections passed to the local server because no agent ran */
+	STAT_MAX = 19,
 };
