@@ -175,13 +175,24 @@ async fn open_datapath(config: &NodeConfig, netns_inum: u32) -> Result<Datapath,
     let interface = &config.node.interface;
     baton_bpf::pins::ensure_bpffs().map_err(lifecycle::LifecycleError::Bpffs)?;
     let pin_dir = baton_bpf::pins::dir(netns_inum, interface);
-    let pinned = pin_dir.join(baton_bpf::pins::LINK_INGRESS).exists();
+    let mut pinned = pin_dir.join(baton_bpf::pins::LINK_INGRESS).exists();
+    let attach_error = |source| AgentError::Attach {
+        interface: interface.clone(),
+        source: Box::new(source),
+    };
+    if pinned && !Datapath::pinned_link_is_attached(interface, &pin_dir).map_err(attach_error)? {
+        // Left by a datapath whose interface is gone: nothing in it is this interface's.
+        tracing::warn!(pins = %pin_dir.display(), "removing stale pins of a deleted interface");
+        baton_bpf::pins::remove_dir(&pin_dir).map_err(|source| {
+            lifecycle::LifecycleError::Remove {
+                path: pin_dir.display().to_string(),
+                source,
+            }
+        })?;
+        pinned = false;
+    }
     if !pinned {
-        let attached =
-            Datapath::attached_elsewhere(interface).map_err(|source| AgentError::Attach {
-                interface: interface.clone(),
-                source: Box::new(source),
-            })?;
+        let attached = Datapath::attached_elsewhere(interface).map_err(attach_error)?;
         if let Some(program_id) = attached {
             let others = baton_bpf::pins::other_layouts(netns_inum, interface);
             return Err(AgentError::AlreadyAttached {

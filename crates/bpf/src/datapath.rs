@@ -422,6 +422,27 @@ impl Datapath {
             })
     }
 
+    /// Whether the ingress link pinned in `dir` is attached to `interface` now. A pin directory
+    /// whose link is not (its interface was deleted, perhaps in a namespace that is gone and
+    /// whose inode number a new one reuses) is stale: nothing in it belongs to this interface.
+    pub fn pinned_link_is_attached(interface: &str, dir: &Path) -> Result<bool, DatapathError> {
+        let path = dir.join(crate::pins::LINK_INGRESS);
+        let link_error = |source| DatapathError::Link {
+            path: path.display().to_string(),
+            source,
+        };
+        let link = FdLink::from(PinnedLink::from_pin(&path).map_err(link_error)?);
+        let program_id = link.info().map_err(link_error)?.program_id();
+        let (_, programs) =
+            SchedClassifier::query_tcx(interface, TcAttachType::Ingress).map_err(|source| {
+                DatapathError::Program {
+                    name: INGRESS_PROGRAM,
+                    source,
+                }
+            })?;
+        Ok(programs.iter().any(|p| p.id() == program_id))
+    }
+
     /// The id of a baton ingress program already attached to `interface` (another agent's), if
     /// any. Another agent's programs beside ours would hold and rewrite the same packets twice.
     pub fn attached_elsewhere(interface: &str) -> Result<Option<u32>, DatapathError> {

@@ -715,7 +715,7 @@ fn peers_that_are_down_are_never_chosen_and_come_back() {
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(!second.status.success(), "a second agent ran: {stderr}");
     assert!(
-        stderr.contains("another baton agent's programs are attached to eth0"),
+        stderr.contains("baton programs are attached to eth0"),
         "{stderr}"
     );
     assert_eq!(
@@ -735,20 +735,15 @@ fn peers_that_are_down_are_never_chosen_and_come_back() {
         "a running agent has its programs on eth0"
     );
     lab.stop_agent(2).expect("stop n2's agent");
-    // A stopped agent leaves no trace: no program on the interface, no qdisc, nothing pinned.
+    // An agent stopped for good leaves no trace: no program on the interface, no qdisc, nothing
+    // pinned.
     assert_eq!(attached_programs(&lab, 2), (0, 0));
     let qdiscs = lab
         .exec("n2", &["tc", "qdisc", "show", "dev", "eth0"])
         .unwrap();
     assert!(!String::from_utf8_lossy(&qdiscs.stdout).contains("clsact"));
-    let pinned = std::fs::read_dir("/sys/fs/bpf").map(|d| {
-        d.flatten()
-            .any(|e| e.file_name().to_string_lossy().contains("baton"))
-    });
-    assert!(
-        !pinned.unwrap_or(false),
-        "nothing of baton's is pinned under /sys/fs/bpf"
-    );
+    let pin_dir = pin_dir(&lab, 2);
+    assert!(!pin_dir.exists(), "{} is left", pin_dir.display());
     wait_for(
         || metric(&lab, 1, "baton_mesh_peers_up") == 0.0,
         "n1 to see n2 down",
@@ -819,6 +814,15 @@ fn odd_clients_are_served() {
     assert_eq!(sha256_hex(&body), expected_sha256("/f/1k").unwrap());
     assert!(metric(&lab, 1, "baton_handoff_fallbacks_total") >= 1.0);
     assert_tables_drain(&lab);
+}
+
+/// Where node `i`'s datapath is pinned.
+fn pin_dir(lab: &Lab, i: usize) -> std::path::PathBuf {
+    let netns = lab
+        .in_node(i, baton_bpf::current_netns_inum)
+        .unwrap()
+        .expect("the node's namespace inode");
+    baton_bpf::pins::dir(netns, "eth0")
 }
 
 /// Programs attached (TCX) to node `i`'s eth0: (ingress, egress).
