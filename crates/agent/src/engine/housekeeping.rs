@@ -23,9 +23,12 @@ const QUIET_HEARTBEAT_ROUNDS: u32 = 2;
 /// connections (an expensive dump: it heals whatever the counter missed at start).
 const LOAD_ANCHOR_EVERY: Duration = Duration::from_secs(60);
 /// The datapath counts this agent alive for this many rounds of housekeeping after each, and at
-/// least `ALIVE_AT_LEAST`: a busy round is no death, and a dead agent's node fails open soon.
-const ALIVE_ROUNDS: u32 = 4;
-const ALIVE_AT_LEAST: Duration = Duration::from_secs(1);
+/// least `ALIVE_AT_LEAST`. Short, so that a dead agent's node fails open before its clients'
+/// second retransmission (0.6 s after the first send): what the dead agent held is then served
+/// within about a second. Too short costs little: a late round only serves new connections
+/// locally for a moment.
+const ALIVE_ROUNDS: u32 = 2;
+const ALIVE_AT_LEAST: Duration = Duration::from_millis(300);
 /// An FE entry whose handshake never completed (SYN flood, lost ACK) goes after this.
 const SYN_ENTRY_TTL_NS: u64 = 10_000_000_000;
 /// A server still sending this long after the client's last packet is talking to nobody.
