@@ -1,11 +1,15 @@
 //! Pure and loopback-only tests: names, generated configurations, file contents, metrics parsing,
-//! the HTTP client and the static server (on 127.0.0.1).
+//! the HTTP client, the paced download and the static server (on 127.0.0.1).
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use baton_agent::config::NodeConfig;
+use baton_lab::http_client::HttpError;
 use baton_lab::lab::{
     agent_config, apache_config, nginx_config, node_address, ns_name, parse_policy, policy_name,
     unique_name, validate_name, write_web_root,
@@ -13,7 +17,7 @@ use baton_lab::lab::{
 use baton_lab::static_server::safe_relative_path;
 use baton_lab::{
     HttpClient, LAB_FILES, LabError, LabSpec, ServerKind, expected_sha256, file_content,
-    metric_sum, parse_metrics, sha256_hex,
+    metric_sum, paced_get, paced_get_in_background, parse_metrics, sha256_hex,
 };
 use baton_policy::PolicyKind;
 
@@ -419,4 +423,258 @@ fn http_client_reports_truncated_responses() {
     let mut client = HttpClient::connect(addr).unwrap();
     let err = client.get("/").unwrap_err();
     assert!(err.to_string().contains("closed the connection"), "{err}");
+}
+
+/// How a download test server ends its response.
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    /// A normal close (FIN).
+    Close,
+    /// A reset: SO_LINGER 0, then close.
+    Reset,
+    /// Keeps the connection open, silent, this long.
+    Hold(Duration),
+}
+
+/// A one-connection server on 127.0.0.1: reads one request head (sent back on the channel),
+/// writes `head` and `body` (as the client's pace allows), waits until the client's kernel has
+/// acknowledged all of it — a reset discards whatever is still queued, and the tests count the
+/// bytes — and ends as `ending` says.
+fn download_server(
+    head: String,
+    body: Vec<u8>,
+    ending: Ending,
+) -> (SocketAddr, mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut request = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => request.extend_from_slice(&chunk[..n]),
+            }
+        }
+        tx.send(String::from_utf8_lossy(&request).into_owned())
+            .unwrap();
+        if stream.write_all(head.as_bytes()).is_err() || stream.write_all(&body).is_err() {
+            return;
+        }
+        wait_acknowledged(&stream);
+        match ending {
+            Ending::Close => {}
+            Ending::Reset => nix::sys::socket::setsockopt(
+                &stream,
+                nix::sys::socket::sockopt::Linger,
+                &libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                },
+            )
+            .unwrap(),
+            Ending::Hold(time) => std::thread::sleep(time),
+        }
+    });
+    (addr, rx)
+}
+
+/// Waits until nothing `stream` sent is unacknowledged (TIOCOUTQ, the send queue, is empty).
+fn wait_acknowledged(stream: &TcpStream) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ writes one int into `queued`.
+        let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+        assert_eq!(rc, 0, "TIOCOUTQ: {}", std::io::Error::last_os_error());
+        if queued == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the client stopped reading");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn ok_head(content_length: Option<usize>) -> String {
+    match content_length {
+        Some(len) => {
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n")
+        }
+        None => "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_string(),
+    }
+}
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+#[test]
+fn paced_download_keeps_its_rate() {
+    let body = file_content("/f/1m", 1_000_000);
+    let head = ok_head(Some(body.len()));
+    let (addr, request) = download_server(head.clone(), body.clone(), Ending::Close);
+    let d = paced_get(addr, "/f/1m", 2_000_000, TIMEOUT).unwrap();
+    assert_eq!(
+        request.recv().unwrap(),
+        format!("GET /f/1m HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+    );
+    assert_eq!(d.status, Some(200));
+    assert_eq!(d.head, head);
+    assert_eq!(d.content_length, Some(1_000_000));
+    assert!(d.body == body, "{d}");
+    assert_eq!(d.received, (head.len() + body.len()) as u64);
+    assert!(
+        d.is_complete() && !d.reset && !d.timed_out && !d.truncated,
+        "{d}"
+    );
+    // 1 MB at 2 MB/s: half a second at least; not much more on loopback.
+    assert!(d.elapsed >= Duration::from_millis(500), "{d}");
+    assert!(d.elapsed < Duration::from_secs(5), "{d}");
+
+    // Unpaced, the same transfer is far quicker: the time above is the pacing's.
+    let (addr, _request) = download_server(head, body.clone(), Ending::Close);
+    let d = paced_get(addr, "/f/1m", 0, TIMEOUT).unwrap();
+    assert!(d.is_complete() && d.body == body, "{d}");
+    assert!(d.elapsed < Duration::from_millis(450), "{d}");
+}
+
+#[test]
+fn paced_download_reports_a_reset_with_the_bytes_before_it() {
+    let body = file_content("/f/1m", 1_000_000);
+    let (addr, _request) = download_server(
+        ok_head(Some(body.len())),
+        body[..300_000].to_vec(),
+        Ending::Reset,
+    );
+    let d = paced_get(addr, "/f/1m", 3_000_000, TIMEOUT).unwrap();
+    assert_eq!((d.status, d.content_length), (Some(200), Some(1_000_000)));
+    assert!(
+        d.reset && d.truncated && !d.timed_out && !d.is_complete(),
+        "{d}"
+    );
+    assert_eq!(d.body.len(), 300_000, "{d}");
+    assert!(
+        d.body == body[..300_000],
+        "the bytes before the reset differ"
+    );
+    assert_eq!(
+        d.to_string().split(" in ").next(),
+        Some("200: 0.30 MB of 1.00 MB")
+    );
+    assert!(d.to_string().ends_with(", reset"), "{d}");
+}
+
+#[test]
+fn paced_download_reports_an_early_close() {
+    let body = file_content("/f/1m", 1_000_000);
+    let (addr, _request) = download_server(
+        ok_head(Some(body.len())),
+        body[..300_000].to_vec(),
+        Ending::Close,
+    );
+    let d = paced_get(addr, "/f/1m", 3_000_000, TIMEOUT).unwrap();
+    assert!(d.truncated && !d.reset && !d.timed_out, "{d}");
+    assert_eq!(d.body.len(), 300_000, "{d}");
+    assert!(d.to_string().ends_with(", cut short"), "{d}");
+}
+
+#[test]
+fn paced_download_of_a_close_delimited_body() {
+    let body = file_content("/f/100k", 100_000);
+    let (addr, _request) = download_server(ok_head(None), body.clone(), Ending::Close);
+    let d = paced_get(addr, "/", 1_000_000, TIMEOUT).unwrap();
+    assert!(
+        d.is_complete() && d.body == body && d.content_length.is_none(),
+        "{d}"
+    );
+    // Without a length, only a clean close ends the body: a reset cuts it.
+    let (addr, _request) = download_server(ok_head(None), body.clone(), Ending::Reset);
+    let d = paced_get(addr, "/", 1_000_000, TIMEOUT).unwrap();
+    assert!(d.reset && d.truncated && d.body == body, "{d}");
+}
+
+#[test]
+fn paced_download_decodes_chunked_bodies_and_notices_a_missing_end() {
+    let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_string();
+    let full = b"5\r\nhello\r\n6;x=1\r\n world\r\n0\r\nTrailer: t\r\n\r\n".to_vec();
+    let (addr, _request) = download_server(head.clone(), full.clone(), Ending::Close);
+    let d = paced_get(addr, "/", 0, TIMEOUT).unwrap();
+    assert!(d.is_complete() && d.body == b"hello world", "{d}");
+    for cut in [11, 20, 25, 31] {
+        let (addr, _request) = download_server(head.clone(), full[..cut].to_vec(), Ending::Close);
+        let d = paced_get(addr, "/", 0, TIMEOUT).unwrap();
+        assert!(d.truncated && !d.reset, "cut at {cut}: {d}");
+        assert!(
+            b"hello world".starts_with(&d.body),
+            "cut at {cut}: {:?}",
+            d.body
+        );
+    }
+    let (addr, _request) = download_server(head, b"zz\r\nhello\r\n".to_vec(), Ending::Close);
+    assert!(matches!(
+        paced_get(addr, "/", 0, TIMEOUT),
+        Err(HttpError::Malformed { .. })
+    ));
+}
+
+#[test]
+fn paced_download_times_out_on_a_silent_server_and_reports_a_missing_head() {
+    let (addr, _request) = download_server(
+        ok_head(Some(100_000)),
+        vec![7; 10_000],
+        Ending::Hold(Duration::from_secs(3)),
+    );
+    let d = paced_get(addr, "/", 0, Duration::from_millis(300)).unwrap();
+    assert!(d.timed_out && d.truncated && !d.reset, "{d}");
+    assert_eq!(d.body.len(), 10_000);
+    assert!(d.elapsed < Duration::from_secs(2), "{d}");
+
+    let (addr, _request) = download_server(
+        "HTTP/1.1 200 OK\r\nContent-".to_string(),
+        Vec::new(),
+        Ending::Reset,
+    );
+    let d = paced_get(addr, "/", 0, TIMEOUT).unwrap();
+    assert_eq!((d.status, d.received, d.head.as_str()), (None, 25, ""));
+    assert!(d.reset && d.truncated, "{d}");
+
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    assert!(matches!(
+        paced_get(closed, "/", 0, TIMEOUT),
+        Err(HttpError::Connect { .. })
+    ));
+}
+
+#[test]
+fn paced_download_in_the_background_shows_its_progress() {
+    let body = file_content("/f/1m", 1_000_000);
+    let head = ok_head(Some(body.len()));
+    let total = (head.len() + body.len()) as u64;
+    let (addr, _request) = download_server(head, body.clone(), Ending::Close);
+    let download = paced_get_in_background(None, addr, "/f/1m", 1_000_000, TIMEOUT).unwrap();
+    let received = download.wait_for_bytes(250_000, Duration::from_secs(5));
+    // Caught in the middle: at 1 MB/s, a quarter of a megabyte takes about a quarter second.
+    assert!(received >= 250_000 && received < total, "{received}");
+    assert!(!download.is_finished());
+    assert!(
+        download.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        download.elapsed()
+    );
+    let progress = download.progress();
+    let d = download.join().unwrap();
+    assert!(d.is_complete() && d.body == body, "{d}");
+    assert_eq!(
+        progress.load(std::sync::atomic::Ordering::Relaxed),
+        d.received
+    );
+    assert_eq!(d.received, total);
+
+    // In a namespace that does not exist: the error comes from join.
+    let download =
+        paced_get_in_background(Some("baton-nonexistent-ns"), addr, "/", 0, TIMEOUT).unwrap();
+    assert!(matches!(download.join(), Err(LabError::Io { .. })));
 }
