@@ -16,7 +16,8 @@ pub enum LabCommand {
     /// Run a command in one host of a lab (client, sw, n1..nN), with this terminal; exits with the
     /// command's exit code.
     Exec(ExecArgs),
-    /// Remove a lab: its processes, namespaces and state directory (also a half-made one).
+    /// Remove a lab: its processes, datapath pins, namespaces and state directory (also a
+    /// half-made one).
     Down(NameArg),
     /// List the labs on this machine.
     List,
@@ -82,9 +83,10 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
                 println!("lab {}: nothing to remove", args.name);
             } else {
                 println!(
-                    "lab {}: stopped {} processes, deleted {} namespaces{}",
+                    "lab {}: stopped {} processes, removed {} datapath pins, deleted {} namespaces{}",
                     args.name,
                     report.processes,
+                    report.pins,
                     report.namespaces,
                     if report.state_dir {
                         ", removed its state directory"

@@ -16,8 +16,9 @@
 //! may stop and restart one node's server or agent while the rest runs.
 //!
 //! `down` kills every process living in the lab's namespaces (and any process recorded in a pid
-//! file whose command line names the lab's state directory), deletes the namespaces and removes
-//! the state directory. It works on a half-made lab, so `up` cleans up after itself on failure.
+//! file whose command line names the lab's state directory), removes the datapath pins the agents
+//! left in bpffs for the lab's namespaces, deletes the namespaces and removes the state directory.
+//! It works on a half-made lab, so `up` cleans up after itself on failure.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -62,7 +63,7 @@ pub const APACHE: &str = "/usr/sbin/apache2";
 /// Where Debian keeps Apache's modules.
 pub const APACHE_MODULES: &str = "/usr/lib/apache2/modules";
 /// How long `down` waits after SIGTERM before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(5);
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 const POLL: Duration = Duration::from_millis(50);
 const MAX_NAME_LEN: usize = 10;
@@ -479,14 +480,19 @@ impl Daemon {
 /// What `down` removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TeardownReport {
+    /// Processes that were alive in the lab (stopped by SIGTERM, or SIGKILL after [`STOP_GRACE`]).
     pub processes: usize,
+    /// baton datapath pins (bpffs files) of the lab's namespaces: what agents that were killed,
+    /// or outlived [`STOP_GRACE`] draining, left behind.
+    pub pins: usize,
     pub namespaces: usize,
     pub state_dir: bool,
 }
 
 impl TeardownReport {
+    /// Whether there was nothing to remove.
     pub fn is_empty(&self) -> bool {
-        self.processes == 0 && self.namespaces == 0 && !self.state_dir
+        self.processes == 0 && self.pins == 0 && self.namespaces == 0 && !self.state_dir
     }
 }
 
@@ -923,14 +929,15 @@ impl Lab {
         self.wait_ready(Role::Server, deadline, true)
     }
 
-    /// Tears the lab down: stops its processes, deletes its namespaces and its state directory.
-    /// Idempotent.
-    pub fn down(&mut self) -> Result<(), LabError> {
+    /// Tears the lab down: stops its processes, removes its agents' datapath pins, deletes its
+    /// namespaces and its state directory; says what it removed. Idempotent: a second call does
+    /// nothing and reports nothing.
+    pub fn down(&mut self) -> Result<TeardownReport, LabError> {
         if self.finished {
-            return Ok(());
+            return Ok(TeardownReport::default());
         }
         self.finished = true;
-        teardown(&self.spec.name, &mut self.daemons).map(|_| ())
+        teardown(&self.spec.name, &mut self.daemons)
     }
 
     /// Leaves the lab running (dropping it no longer tears it down); `baton lab down` removes it.
@@ -1232,10 +1239,12 @@ fn teardown(name: &str, own: &mut [Daemon]) -> Result<TeardownReport, LabError> 
     let mut problems = Vec::new();
     let state_dir = state_dir_of(name);
     let namespaces = list_netns(&ns_name(name, ""));
-    let identities: Vec<(u64, u64)> = namespaces
+    // (name, (device, inode)) of every namespace that can still be opened.
+    let named_identities: Vec<(&String, (u64, u64))> = namespaces
         .iter()
-        .filter_map(|ns| ns_identity(&netns_path(ns)))
+        .filter_map(|ns| Some((ns, ns_identity(&netns_path(ns))?)))
         .collect();
+    let identities: Vec<(u64, u64)> = named_identities.iter().map(|(_, id)| *id).collect();
 
     // Every process in the lab's namespaces; our own children; and any process named in a pid file
     // whose command line mentions the state directory (in case its namespace went away).
@@ -1267,6 +1276,24 @@ fn teardown(name: &str, own: &mut [Daemon]) -> Result<TeardownReport, LabError> 
     for d in own.iter_mut() {
         if !process_alive(d.child.id() as i32) {
             let _ = d.child.wait();
+        }
+    }
+
+    // An agent that was SIGKILLed, or was still draining when STOP_GRACE ended, leaves its
+    // datapath pinned in bpffs. Deleting the namespace destroys the interface, not the pinned
+    // links and maps, which would stay in bpffs for good; they are named by the namespace's
+    // inode number, known only while the namespace exists. So they go now, before the
+    // namespaces, and not earlier, while an agent could still pin them again.
+    for (ns, (_dev, inode)) in &named_identities {
+        let removed = u32::try_from(*inode)
+            .map_err(|_| format!("namespace {ns} has inode {inode}, beyond bpffs pin names"))
+            .and_then(|inum| {
+                baton_bpf::pins::remove_netns(inum)
+                    .map_err(|e| format!("removing the baton pins of namespace {ns}: {e}"))
+            });
+        match removed {
+            Ok(n) => report.pins += n,
+            Err(problem) => problems.push(problem),
         }
     }
 

@@ -16,8 +16,8 @@ use baton_lab::lab::{
 };
 use baton_lab::static_server::safe_relative_path;
 use baton_lab::{
-    HttpClient, LAB_FILES, LabError, LabSpec, ServerKind, expected_sha256, file_content,
-    metric_sum, paced_get, paced_get_in_background, parse_metrics, sha256_hex,
+    HttpClient, LAB_FILES, LabError, LabSpec, ServerKind, TeardownReport, expected_sha256,
+    file_content, metric_sum, paced_get, paced_get_in_background, parse_metrics, sha256_hex,
 };
 use baton_policy::PolicyKind;
 
@@ -423,6 +423,16 @@ fn http_client_reports_truncated_responses() {
     let mut client = HttpClient::connect(addr).unwrap();
     let err = client.get("/").unwrap_err();
     assert!(err.to_string().contains("closed the connection"), "{err}");
+}
+
+#[test]
+fn teardown_reports_count_pins() {
+    assert!(TeardownReport::default().is_empty());
+    let pins = TeardownReport {
+        pins: 3,
+        ..TeardownReport::default()
+    };
+    assert!(!pins.is_empty());
 }
 
 /// How a download test server ends its response.
