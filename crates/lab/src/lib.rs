@@ -9,7 +9,7 @@
 //! - [`metrics`]: parsing the agents' Prometheus text.
 //! - [`static_server`]: `baton serve-static`.
 //! - [`demo`]: `baton lab demo`.
-//! - [`cli`]: `baton lab up|exec|down|list|demo`.
+//! - [`cli`]: `baton lab up|exec|agent|down|list|demo`.
 
 pub mod cli;
 pub mod content;

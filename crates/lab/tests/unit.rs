@@ -11,6 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use baton_agent::config::NodeConfig;
+use baton_lab::cli::{AgentAction, LabCommand};
 use baton_lab::http_client::HttpError;
 use baton_lab::lab::{
     agent_config, apache_config, down_by_name, lab_info, nginx_config, node_address, ns_name,
@@ -23,6 +24,7 @@ use baton_lab::{
     file_content, metric_sum, paced_get, paced_get_in_background, parse_metrics, sha256_hex,
 };
 use baton_policy::PolicyKind;
+use clap::Parser;
 
 #[test]
 fn lab_names() {
@@ -476,6 +478,40 @@ fn node_names_on_the_command_line() {
     ] {
         assert_eq!(parse_node(s), None, "{s:?}");
     }
+}
+
+#[derive(Parser)]
+struct LabCli {
+    #[command(subcommand)]
+    cmd: LabCommand,
+}
+
+#[test]
+fn lab_agent_command_line() {
+    let parse = |args: &[&str]| {
+        LabCli::try_parse_from(std::iter::once("lab").chain(args.iter().copied())).map(|c| c.cmd)
+    };
+    match parse(&["agent", "--name", "hx1", "n2", "stop", "--timeout", "5"]).unwrap() {
+        LabCommand::Agent(a) => {
+            assert_eq!(
+                (a.name.name.as_str(), a.node.as_str(), a.action, a.timeout),
+                ("hx1", "n2", AgentAction::Stop, 5)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    for (word, action) in [
+        ("start", AgentAction::Start),
+        ("kill", AgentAction::Kill),
+        ("restart", AgentAction::Restart),
+    ] {
+        match parse(&["agent", "--name", "hx1", "1", word]).unwrap() {
+            LabCommand::Agent(a) => assert_eq!((a.action, a.timeout), (action, 60)),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(parse(&["agent", "--name", "hx1", "n2", "pause"]).is_err());
+    assert!(parse(&["agent", "--name", "hx1", "n2"]).is_err());
 }
 
 #[test]
