@@ -562,7 +562,8 @@ impl Lab {
     /// Builds the lab and returns when every server answers `GET /` and every agent reports all
     /// its peers up (or fails after [`READY_TIMEOUT`], with the tail of the relevant log). On any
     /// failure, whatever was made is removed again — except when the failure is that the lab
-    /// already exists.
+    /// already exists. The new namespaces start without baton pins: any that bpffs holds under
+    /// their (reused) inode numbers are stale and removed first.
     pub fn up(spec: LabSpec) -> Result<Lab, LabError> {
         spec.validate()?;
         let name = spec.name.clone();
@@ -616,6 +617,7 @@ impl Lab {
             ip(&["netns", "add", ns])?;
         }
         for ns in &all {
+            remove_stale_pins(ns)?;
             disable_ipv6(ns)?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
@@ -1558,6 +1560,34 @@ fn random_key() -> Result<String, LabError> {
         .and_then(|mut f| f.read_exact(&mut bytes))
         .map_err(|e| LabError::io("reading /dev/urandom", e))?;
     Ok(hex::encode(bytes))
+}
+
+/// Removes the baton pins that bpffs holds under the inode number of namespace `ns`, which was
+/// just created. They can only be stale: the kernel reuses the inode numbers of deleted
+/// namespaces, and an agent that was killed in a namespace deleted without removing its pins
+/// (not by this lab's `down`) left them under the number this namespace now has. An agent
+/// starting here would otherwise find another namespace's datapath.
+fn remove_stale_pins(ns: &str) -> Result<(), LabError> {
+    use std::os::unix::fs::MetadataExt;
+    let path = netns_path(ns);
+    let inode = std::fs::metadata(&path)
+        .map_err(|e| LabError::io(format!("reading {}", path.display()), e))?
+        .ino();
+    let inum = u32::try_from(inode).map_err(|_| {
+        LabError::InvalidSpec(format!(
+            "namespace {ns} has inode {inode}, beyond bpffs pin names"
+        ))
+    })?;
+    let removed = baton_bpf::pins::remove_netns(inum).map_err(|e| {
+        LabError::io(
+            format!("removing stale baton pins of namespace {ns} (ns{inum})"),
+            e,
+        )
+    })?;
+    if removed > 0 {
+        tracing::warn!("namespace {ns}: removed {removed} stale baton pins of ns{inum}");
+    }
+    Ok(())
 }
 
 /// Turns IPv6 off in a lab namespace (no router solicitations or MLD noise on the lab links).
