@@ -1,6 +1,7 @@
 //! `baton lab ...`: the command-line face of [`crate::lab`].
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use anyhow::Context;
 use baton_policy::PolicyKind;
@@ -16,7 +17,10 @@ pub enum LabCommand {
     /// Run a command in one host of a lab (client, sw, n1..nN), with this terminal; exits with the
     /// command's exit code.
     Exec(ExecArgs),
-    /// Remove a lab: its processes, namespaces and state directory (also a half-made one).
+    /// Start, stop, kill or restart (take over) one node's agent in a running lab.
+    Agent(AgentArgs),
+    /// Remove a lab: its processes, datapath pins, namespaces and state directory (also a
+    /// half-made one).
     Down(NameArg),
     /// List the labs on this machine.
     List,
@@ -62,6 +66,33 @@ pub struct ExecArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub name: NameArg,
+    /// The node: n1..nN, or its number.
+    pub node: String,
+    #[arg(value_enum)]
+    pub action: AgentAction,
+    /// `stop`: how many seconds to wait for the agent to exit by itself (it drains its handed-off
+    /// connections first) before SIGKILL.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+}
+
+/// What `baton lab agent` does to the node's agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AgentAction {
+    /// Start it (it must not be running) and wait until it reports all peers up.
+    Start,
+    /// SIGTERM: stop for good; wait up to --timeout for it to exit, then SIGKILL.
+    Stop,
+    /// SIGKILL: its datapath stays and keeps forwarding without an agent.
+    Kill,
+    /// Start a new agent that takes over from the running one (the upgrade path).
+    Restart,
+}
+
+#[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Distribution policy of the agents.
     #[arg(long, value_parser = lab::parse_policy, default_value = "round-robin")]
@@ -75,6 +106,12 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
     match cmd {
         LabCommand::Up(args) => up(args),
         LabCommand::Exec(args) => exec(args),
+        LabCommand::Agent(args) => {
+            let line = agent(&args)
+                .with_context(|| format!("lab agent {} {}", args.name.name, args.node))?;
+            println!("{line}");
+            Ok(())
+        }
         LabCommand::Down(args) => {
             let report =
                 lab::down_by_name(&args.name).with_context(|| format!("lab down {}", args.name))?;
@@ -82,9 +119,10 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
                 println!("lab {}: nothing to remove", args.name);
             } else {
                 println!(
-                    "lab {}: stopped {} processes, deleted {} namespaces{}",
+                    "lab {}: stopped {} processes, removed {} datapath pins, deleted {} namespaces{}",
                     args.name,
                     report.processes,
+                    report.pins,
                     report.namespaces,
                     if report.state_dir {
                         ", removed its state directory"
@@ -146,6 +184,43 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("clean: baton lab down --name {name}");
     lab.detach();
     Ok(())
+}
+
+/// Does `args.action` to the agent through a handle to the lab, and says what happened in one
+/// line.
+fn agent(args: &AgentArgs) -> anyhow::Result<String> {
+    let mut lab = Lab::open(&args.name.name)?;
+    let i = lab.node_named(&args.node)?;
+    let who = format!("lab {} n{i} agent", lab.name());
+    Ok(match args.action {
+        AgentAction::Start => {
+            let pid = lab.start_agent(i)?;
+            format!("{who}: started, pid {pid}; ready (all peers up)")
+        }
+        AgentAction::Kill => {
+            let pid = lab.kill_agent(i)?;
+            format!("{who}: killed (SIGKILL), pid {pid} gone; its datapath stays")
+        }
+        AgentAction::Restart => {
+            let (old, new) = lab.restart_agent(i)?;
+            format!("{who}: taken over, pid {old} → {new}; ready (all peers up)")
+        }
+        AgentAction::Stop => {
+            let timeout = Duration::from_secs(args.timeout);
+            // Read before stopping: stop_agent_wait removes the pid file.
+            let pid = lab
+                .agent_pid(i)
+                .with_context(|| format!("n{i} has no running agent"))?;
+            if lab.stop_agent_wait(i, timeout)? {
+                format!("{who}: stopped, pid {pid} exited after SIGTERM")
+            } else {
+                format!(
+                    "{who}: pid {pid} did not exit within {} s of SIGTERM; killed it (SIGKILL)",
+                    args.timeout
+                )
+            }
+        }
+    })
 }
 
 fn exec(args: ExecArgs) -> anyhow::Result<()> {

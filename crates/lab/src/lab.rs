@@ -15,9 +15,14 @@
 //! (own session, output to log files under the state directory `/run/baton/labs/NAME/`). A test
 //! may stop and restart one node's server or agent while the rest runs.
 //!
+//! An agent can also be killed, started again, taken over by a new agent (the upgrade path) or
+//! stopped while the rest runs, by the [`Lab`] that built the lab or by a handle that
+//! [`Lab::open`] makes for a lab another process built (`baton lab agent`).
+//!
 //! `down` kills every process living in the lab's namespaces (and any process recorded in a pid
-//! file whose command line names the lab's state directory), deletes the namespaces and removes
-//! the state directory. It works on a half-made lab, so `up` cleans up after itself on failure.
+//! file whose command line names the lab's state directory), removes the datapath pins the agents
+//! left in bpffs for the lab's namespaces, deletes the namespaces and removes the state directory.
+//! It works on a half-made lab, so `up` cleans up after itself on failure.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -33,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use baton_agent::config::NodeConfig;
 use baton_policy::PolicyKind;
+use nix::sys::signal::Signal;
 
 use crate::content::{LAB_FILES, lab_file};
 use crate::error::LabError;
@@ -61,8 +67,12 @@ pub const NGINX: &str = "/usr/sbin/nginx";
 pub const APACHE: &str = "/usr/sbin/apache2";
 /// Where Debian keeps Apache's modules.
 pub const APACHE_MODULES: &str = "/usr/lib/apache2/modules";
-/// How long `down` waits after SIGTERM before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long `down` and [`Lab::stop_agent`] wait after SIGTERM before SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long [`Lab::restart_agent`] waits for the old agent to exit once the new one started.
+pub const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a SIGKILLed process may take to disappear before that counts as a failure.
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 const POLL: Duration = Duration::from_millis(50);
 const MAX_NAME_LEN: usize = 10;
@@ -449,6 +459,13 @@ enum Role {
 }
 
 impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Server => "server",
+            Role::Agent => "agent",
+        }
+    }
+
     /// Where the lab records the daemon's pid, in the node's directory.
     fn pid_file(self) -> &'static str {
         match self {
@@ -468,36 +485,59 @@ struct Daemon {
 
 impl Daemon {
     fn what(&self) -> String {
-        let role = match self.role {
-            Role::Server => "server",
-            Role::Agent => "agent",
-        };
-        format!("n{} {role} (pid {})", self.node, self.child.id())
+        format!(
+            "n{} {} (pid {})",
+            self.node,
+            self.role.name(),
+            self.child.id()
+        )
     }
+}
+
+/// How a [`Lab`] reaches a node's running daemon.
+enum Running {
+    /// Its own child, `daemons[k]`.
+    Child(usize),
+    /// A process another process started, known from its pid file.
+    Recorded(i32),
 }
 
 /// What `down` removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TeardownReport {
+    /// Processes that were alive in the lab (stopped by SIGTERM, or SIGKILL after [`STOP_GRACE`]).
     pub processes: usize,
+    /// baton datapath pins (bpffs files) of the lab's namespaces: what agents that were killed,
+    /// or outlived [`STOP_GRACE`] draining, left behind.
+    pub pins: usize,
     pub namespaces: usize,
     pub state_dir: bool,
 }
 
 impl TeardownReport {
+    /// Whether there was nothing to remove.
     pub fn is_empty(&self) -> bool {
-        self.processes == 0 && self.namespaces == 0 && !self.state_dir
+        self.processes == 0 && self.pins == 0 && self.namespaces == 0 && !self.state_dir
     }
 }
 
-/// A running lab. Dropping it tears it down (unless [`Lab::detach`]ed), so a panicking test
-/// leaves nothing behind.
+/// A running lab: one this process built ([`Lab::up`]), or a handle to one another process built
+/// ([`Lab::open`]).
+///
+/// A lab this process built is torn down when dropped (unless [`Lab::detach`]ed), so a panicking
+/// test leaves nothing behind; a handle is not. Either way, the daemons the value started itself
+/// are its children, which it waits for (reaps) when they stop; the others (those of a handle's
+/// lab) it reaches through the pid files in the node directories.
 pub struct Lab {
     spec: LabSpec,
     key: String,
     state_dir: PathBuf,
+    /// The daemons this value started and has not seen stop.
     daemons: Vec<Daemon>,
+    /// Whether `down` has run.
     finished: bool,
+    /// Whether dropping the value runs `down`.
+    tear_down_on_drop: bool,
 }
 
 impl fmt::Debug for Lab {
@@ -505,6 +545,7 @@ impl fmt::Debug for Lab {
         f.debug_struct("Lab")
             .field("spec", &self.spec)
             .field("state_dir", &self.state_dir)
+            .field("tear_down_on_drop", &self.tear_down_on_drop)
             .field(
                 "pids",
                 &self
@@ -521,7 +562,8 @@ impl Lab {
     /// Builds the lab and returns when every server answers `GET /` and every agent reports all
     /// its peers up (or fails after [`READY_TIMEOUT`], with the tail of the relevant log). On any
     /// failure, whatever was made is removed again — except when the failure is that the lab
-    /// already exists.
+    /// already exists. The new namespaces start without baton pins: any that bpffs holds under
+    /// their (reused) inode numbers are stale and removed first.
     pub fn up(spec: LabSpec) -> Result<Lab, LabError> {
         spec.validate()?;
         let name = spec.name.clone();
@@ -552,6 +594,7 @@ impl Lab {
             state_dir,
             daemons: Vec::new(),
             finished: false,
+            tear_down_on_drop: true,
         };
         match lab.build() {
             Ok(()) => Ok(lab),
@@ -574,6 +617,7 @@ impl Lab {
             ip(&["netns", "add", ns])?;
         }
         for ns in &all {
+            remove_stale_pins(ns)?;
             disable_ipv6(ns)?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
@@ -606,14 +650,14 @@ impl Lab {
             self.start_server(i, &exe)?;
         }
         let deadline = Instant::now() + READY_TIMEOUT;
-        self.wait_ready(Role::Server, deadline, false)?;
+        self.wait_ready(Role::Server, deadline, false, None)?;
         if self.spec.agents {
             for i in 1..=self.spec.nodes {
-                self.start_agent(i, &exe)?;
+                self.launch_agent(i, &exe)?;
             }
-            self.wait_ready(Role::Agent, deadline, false)?;
+            self.wait_ready(Role::Agent, deadline, false, None)?;
             // Once more, now that the agents sit in front of the servers.
-            self.wait_ready(Role::Server, deadline, true)?;
+            self.wait_ready(Role::Server, deadline, true, None)?;
         }
         Ok(())
     }
@@ -625,16 +669,8 @@ impl Lab {
     }
 
     fn write_info(&self) -> Result<(), LabError> {
-        let info = format!(
-            "name = {}\nnodes = {}\nserver = {}\npolicy = {}\nagents = {}\nkey = {}\n",
-            self.spec.name,
-            self.spec.nodes,
-            self.spec.server,
-            policy_name(self.spec.policy),
-            self.spec.agents,
-            self.key
-        );
-        let path = self.state_dir.join("lab.info");
+        let info = lab_info(&self.spec, &self.key, &self.spec.resolve_exe()?);
+        let path = self.state_dir.join(LAB_INFO);
         std::fs::write(&path, info)
             .map_err(|e| LabError::io(format!("writing {}", path.display()), e))
     }
@@ -699,35 +735,63 @@ impl Lab {
                 cmd
             }
         };
-        self.spawn_daemon(i, Role::Server, cmd, log)
+        self.spawn_daemon(i, Role::Server, cmd, log).map(|_| ())
     }
 
-    fn start_agent(&mut self, i: usize, exe: &Path) -> Result<(), LabError> {
-        let dir = self.node_dir(i);
+    /// Writes node `i`'s agent configuration (from the spec and key) and starts its agent, without
+    /// waiting for it.
+    fn launch_agent(&mut self, i: usize, exe: &Path) -> Result<u32, LabError> {
         let config = agent_config(&self.spec, &self.key, i)?;
-        let path = dir.join("agent.toml");
+        let path = self.agent_config_path(i);
         std::fs::write(&path, config.to_toml())
             .map_err(|e| LabError::io(format!("writing {}", path.display()), e))?;
-        let mut cmd = Command::new(exe);
-        cmd.arg("node").arg("--config").arg(&path);
-        self.spawn_daemon(i, Role::Agent, cmd, dir.join("agent.log"))
+        self.spawn_daemon(
+            i,
+            Role::Agent,
+            self.agent_command(i, exe),
+            self.agent_log(i),
+        )
     }
 
-    /// Starts `cmd` as a daemon in node `i`'s namespace: new session, stdin from /dev/null, stdout
-    /// and stderr appended to `log`, working directory the node's directory, pid in the role's
-    /// pid file.
+    /// `EXE node --config NODE_DIR/agent.toml`: the configuration file is named by its full path,
+    /// so the agent's command line names the state directory (how `down` recognises it).
+    fn agent_command(&self, i: usize, exe: &Path) -> Command {
+        let mut cmd = Command::new(exe);
+        cmd.arg("node")
+            .arg("--config")
+            .arg(self.agent_config_path(i));
+        cmd
+    }
+
+    /// Starts `cmd` as a daemon in node `i`'s namespace ([`Lab::spawn_in_node`]), records it as
+    /// this value's child and writes its pid into the role's pid file. Returns the pid.
     fn spawn_daemon(
         &mut self,
         i: usize,
         role: Role,
-        mut cmd: Command,
+        cmd: Command,
         log: PathBuf,
-    ) -> Result<(), LabError> {
+    ) -> Result<u32, LabError> {
+        let child = self.spawn_in_node(i, cmd, &log)?;
+        let pid = child.id();
+        self.daemons.push(Daemon {
+            node: i,
+            role,
+            log,
+            child,
+        });
+        self.write_pid_file(i, role, pid)?;
+        Ok(pid)
+    }
+
+    /// Starts `cmd` in node `i`'s namespace as a daemon: new session, stdin from /dev/null, stdout
+    /// and stderr appended to `log`, working directory the node's directory. Records nothing.
+    fn spawn_in_node(&self, i: usize, mut cmd: Command, log: &Path) -> Result<Child, LabError> {
         let dir = self.node_dir(i);
         let out = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&log)
+            .open(log)
             .map_err(|e| LabError::io(format!("opening {}", log.display()), e))?;
         let err = out
             .try_clone()
@@ -744,33 +808,41 @@ impl Lab {
             source,
         })?;
         drop(ns_file);
-        let pid = child.id();
-        self.daemons.push(Daemon {
-            node: i,
-            role,
-            log,
-            child,
-        });
-        let pid_path = dir.join(role.pid_file());
-        std::fs::write(&pid_path, format!("{pid}\n"))
-            .map_err(|e| LabError::io(format!("writing {}", pid_path.display()), e))
+        Ok(child)
     }
 
-    /// Waits until every daemon of `role` passes its probe, run from the client namespace. Any
-    /// daemon of the lab exiting meanwhile is a failure. With `through_agents`, the servers are
-    /// reached through the agents, so a timeout reports the agent's log.
+    fn write_pid_file(&self, i: usize, role: Role, pid: u32) -> Result<(), LabError> {
+        let path = self.node_dir(i).join(role.pid_file());
+        std::fs::write(&path, format!("{pid}\n"))
+            .map_err(|e| LabError::io(format!("writing {}", path.display()), e))
+    }
+
+    fn remove_pid_file(&self, i: usize, role: Role) -> Result<(), LabError> {
+        let path = self.node_dir(i).join(role.pid_file());
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(LabError::io(format!("removing {}", path.display()), e)),
+        }
+    }
+
+    /// Waits until every daemon of `role` this value started (only node `only`'s, if given) passes
+    /// its probe, run from the client namespace. Any daemon this value started exiting meanwhile
+    /// is a failure. With `through_agents`, the servers are reached through the agents, so a
+    /// timeout reports the agent's log.
     fn wait_ready(
         &mut self,
         role: Role,
         deadline: Instant,
         through_agents: bool,
+        only: Option<usize>,
     ) -> Result<(), LabError> {
         let nodes = self.spec.nodes;
         let client = self.client_ns();
         let daemons = &mut self.daemons;
         in_netns(&client, move || {
             let mut pending: Vec<usize> = (0..daemons.len())
-                .filter(|&k| daemons[k].role == role)
+                .filter(|&k| daemons[k].role == role && only.is_none_or(|i| daemons[k].node == i))
                 .collect();
             let mut last_error: HashMap<usize, String> = HashMap::new();
             loop {
@@ -817,18 +889,183 @@ impl Lab {
         })?
     }
 
-    /// Stops node `i`'s agent (SIGTERM, up to 5 s, then SIGKILL) and waits for it to exit: the
-    /// node's datapath goes with it, and its peers see it go down.
+    /// Stops node `i`'s agent, if it runs: SIGTERM, up to [`STOP_GRACE`] for it to exit by
+    /// itself, then SIGKILL; returns once it is gone and its pid file removed. Its peers see it
+    /// go down. An agent that exits by itself takes its datapath with it; one that is still
+    /// draining handed-off connections when the grace ends is killed, which leaves its datapath
+    /// pinned and forwarding (`down` removes the pins). To wait longer, or to learn which of the
+    /// two happened, use [`Lab::stop_agent_wait`]. No agent running is not an error.
     pub fn stop_agent(&mut self, i: usize) -> Result<(), LabError> {
-        self.stop_daemon(i, Role::Agent);
-        Ok(())
+        self.stop_daemon(i, Role::Agent, STOP_GRACE).map(|_| ())
+    }
+
+    /// Stops node `i`'s agent for good: SIGTERM, then waits up to `timeout` for it to exit by
+    /// itself (an agent drains first: it may run until its last handed-off connection closes).
+    /// Returns `true` if it exited by itself; otherwise SIGKILLs it and returns `false` once it is
+    /// gone. Either way its pid file is removed. Fails if node `i` has no running agent, or if the
+    /// agent is still there [`KILL_TIMEOUT`] (5 s) after SIGKILL.
+    pub fn stop_agent_wait(&mut self, i: usize, timeout: Duration) -> Result<bool, LabError> {
+        self.check_node(i);
+        match self.stop_daemon(i, Role::Agent, timeout)? {
+            Some(exited) => Ok(exited),
+            None => Err(no_agent(i)),
+        }
+    }
+
+    /// SIGKILLs node `i`'s agent, waits until it is gone (reaped, if it is this value's child;
+    /// else until `/proc/PID` no longer shows a running process) and removes its pid file.
+    /// Returns the pid killed. The agent gets no chance to clean up: its datapath stays pinned and
+    /// keeps forwarding the connections it carries, with no agent, until an agent starts again
+    /// ([`Lab::start_agent`]) or the lab goes down. Fails if node `i` has no running agent, or if
+    /// the agent is still there [`KILL_TIMEOUT`] (5 s) later.
+    pub fn kill_agent(&mut self, i: usize) -> Result<u32, LabError> {
+        self.check_node(i);
+        let running = self.running(i, Role::Agent).ok_or_else(|| no_agent(i))?;
+        let pid = match running {
+            Running::Child(k) => {
+                let mut daemon = self.daemons.remove(k);
+                // SIGKILL; waiting reaps the child, so it leaves no zombie behind.
+                let _ = daemon.child.kill();
+                daemon
+                    .child
+                    .wait()
+                    .map_err(|e| LabError::io(format!("waiting for {}", daemon.what()), e))?;
+                daemon.child.id()
+            }
+            Running::Recorded(pid) => {
+                send_signal(pid, Signal::SIGKILL, || format!("n{i}'s agent"))?;
+                wait_gone_or_fail(pid, KILL_TIMEOUT, || format!("n{i}'s agent"), "SIGKILL")?;
+                pid as u32
+            }
+        };
+        self.remove_pid_file(i, Role::Agent)?;
+        Ok(pid)
+    }
+
+    /// Starts node `i`'s agent with its configuration file (`agent.toml` in the node directory,
+    /// as `up` wrote it) and waits until it is ready: its metrics endpoint answers and reports
+    /// every peer up. Returns its pid (also in its pid file). The new agent is this value's child.
+    ///
+    /// Fails if the lab runs no agents, if node `i`'s agent already runs ([`Lab::restart_agent`]
+    /// replaces a running one), or with [`LabError::NotReady`] and the tail of the agent's log if
+    /// the agent (or any daemon this value started) exits or it is not ready within
+    /// [`READY_TIMEOUT`]; an agent that is merely not ready is left running and recorded.
+    pub fn start_agent(&mut self, i: usize) -> Result<u32, LabError> {
+        self.check_node(i);
+        self.require_agents()?;
+        if let Some(running) = self.running(i, Role::Agent) {
+            return Err(LabError::InvalidSpec(format!(
+                "n{i}'s agent is running (pid {}); restart replaces a running agent",
+                self.running_pid(&running)
+            )));
+        }
+        let exe = self.spec.resolve_exe()?;
+        let pid = self.spawn_daemon(
+            i,
+            Role::Agent,
+            self.agent_command(i, &exe),
+            self.agent_log(i),
+        )?;
+        self.wait_ready(Role::Agent, Instant::now() + READY_TIMEOUT, false, Some(i))?;
+        Ok(pid)
+    }
+
+    /// The upgrade path: starts a new agent for node `i` (same configuration file) while the old
+    /// one still runs, so that the new one takes over (it tells the old one to exit and adopts
+    /// the datapath); waits up to [`TAKEOVER_TIMEOUT`] for the old agent to exit by itself, then
+    /// until the new one is ready as for [`Lab::start_agent`]. Returns `(old pid, new pid)`; the
+    /// new agent replaces the old one as this value's child and in the pid file.
+    ///
+    /// Fails, leaving the old agent running and recorded, if node `i` has no running agent, if
+    /// the new agent exits before the old one did ([`LabError::NotReady`] with the log tail), or
+    /// if the old one is still running after [`TAKEOVER_TIMEOUT`] (then the new one is
+    /// SIGKILLed). Fails with [`LabError::NotReady`] if the old agent exited but the new one is
+    /// not ready within [`READY_TIMEOUT`]; the new one then stays recorded.
+    pub fn restart_agent(&mut self, i: usize) -> Result<(u32, u32), LabError> {
+        self.check_node(i);
+        self.require_agents()?;
+        let old = self.running(i, Role::Agent).ok_or_else(|| no_agent(i))?;
+        let old_pid = self.running_pid(&old);
+        let exe = self.spec.resolve_exe()?;
+        let log = self.agent_log(i);
+        let child = self.spawn_in_node(i, self.agent_command(i, &exe), &log)?;
+        let mut new = Daemon {
+            node: i,
+            role: Role::Agent,
+            log,
+            child,
+        };
+        let new_pid = new.child.id();
+        let deadline = Instant::now() + TAKEOVER_TIMEOUT;
+        loop {
+            match new.child.try_wait() {
+                Ok(None) => {}
+                Ok(Some(status)) => {
+                    let reason = format!("exited ({status}) instead of taking over from {old_pid}");
+                    return Err(not_ready(new.what(), &new, reason));
+                }
+                Err(e) => return Err(not_ready(new.what(), &new, format!("waitpid: {e}"))),
+            }
+            let old_gone = match old {
+                // try_wait reaps it once it has exited.
+                Running::Child(k) => !matches!(self.daemons[k].child.try_wait(), Ok(None)),
+                Running::Recorded(pid) => !process_alive(pid),
+            };
+            if old_gone {
+                break;
+            }
+            if Instant::now() >= deadline {
+                // SIGKILL rather than SIGTERM: an agent told to stop for good removes the
+                // datapath's pins on its way out, and the old agent still uses them.
+                let _ = new.child.kill();
+                let _ = new.child.wait();
+                let reason = format!(
+                    "the old agent (pid {old_pid}) still runs {} s after it; killed it",
+                    TAKEOVER_TIMEOUT.as_secs()
+                );
+                return Err(not_ready(
+                    format!("n{i} agent (pid {new_pid}) taking over"),
+                    &new,
+                    reason,
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if let Running::Child(k) = old {
+            self.daemons.remove(k);
+        }
+        self.daemons.push(new);
+        self.write_pid_file(i, Role::Agent, new_pid)?;
+        self.wait_ready(Role::Agent, Instant::now() + READY_TIMEOUT, false, Some(i))?;
+        Ok((old_pid, new_pid))
+    }
+
+    /// Node `i` by the name a command line gives it (`n2` or `2`; see [`parse_node`]); fails
+    /// with [`LabError::UnknownHost`] if this lab has no such node.
+    pub fn node_named(&self, node: &str) -> Result<usize, LabError> {
+        parse_node(node)
+            .filter(|i| (1..=self.spec.nodes).contains(i))
+            .ok_or_else(|| LabError::UnknownHost {
+                name: self.spec.name.clone(),
+                host: node.to_string(),
+            })
+    }
+
+    fn require_agents(&self) -> Result<(), LabError> {
+        if self.spec.agents {
+            Ok(())
+        } else {
+            Err(LabError::InvalidSpec(format!(
+                "lab {} runs no agents (it was built without)",
+                self.spec.name
+            )))
+        }
     }
 
     /// Stops node `i`'s server (SIGTERM, up to 5 s, then SIGKILL) and waits for it to exit; its
     /// agent keeps running, and finds the service ports without a listener.
     pub fn stop_server(&mut self, i: usize) -> Result<(), LabError> {
-        self.stop_daemon(i, Role::Server);
-        Ok(())
+        self.stop_daemon(i, Role::Server, STOP_GRACE).map(|_| ())
     }
 
     /// Starts node `i`'s server again after [`Lab::stop_server`] and waits until it answers
@@ -875,32 +1112,88 @@ impl Lab {
         }
     }
 
-    /// Stops node `i`'s daemon of `role`, if running: SIGTERM, up to 5 s, then SIGKILL.
-    fn stop_daemon(&mut self, i: usize, role: Role) {
-        let Some(k) = self
+    /// Stops node `i`'s daemon of `role`, if running: SIGTERM, up to `timeout` for it to exit,
+    /// then SIGKILL; removes its pid file. `None` if it was not running, else whether it exited
+    /// by itself.
+    fn stop_daemon(
+        &mut self,
+        i: usize,
+        role: Role,
+        timeout: Duration,
+    ) -> Result<Option<bool>, LabError> {
+        let Some(running) = self.running(i, role) else {
+            return Ok(None);
+        };
+        let exited = match running {
+            Running::Child(k) => {
+                let mut daemon = self.daemons.remove(k);
+                let what = daemon.what();
+                send_signal(daemon.child.id() as i32, Signal::SIGTERM, || what.clone())?;
+                let deadline = Instant::now() + timeout;
+                loop {
+                    match daemon.child.try_wait() {
+                        Ok(Some(_)) => break true,
+                        Ok(None) if Instant::now() >= deadline => {
+                            let _ = daemon.child.kill();
+                            daemon
+                                .child
+                                .wait()
+                                .map_err(|e| LabError::io(format!("waiting for {what}"), e))?;
+                            break false;
+                        }
+                        // Polled finely: a test may act the moment the daemon is gone.
+                        Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                        Err(e) => return Err(LabError::io(format!("waiting for {what}"), e)),
+                    }
+                }
+            }
+            Running::Recorded(pid) => {
+                let what = || format!("n{i}'s {}", role.name());
+                send_signal(pid, Signal::SIGTERM, what)?;
+                if wait_gone(&[pid], timeout) {
+                    true
+                } else {
+                    send_signal(pid, Signal::SIGKILL, what)?;
+                    wait_gone_or_fail(pid, KILL_TIMEOUT, what, "SIGKILL")?;
+                    false
+                }
+            }
+        };
+        self.remove_pid_file(i, role)?;
+        Ok(Some(exited))
+    }
+
+    /// Node `i`'s running daemon of `role`: this value's child, or else the live process its pid
+    /// file names (if that process's command line names this lab's state directory, so that a
+    /// stale pid file never points at an unrelated process). Children that have exited are
+    /// reaped and forgotten first.
+    fn running(&mut self, i: usize, role: Role) -> Option<Running> {
+        self.daemons.retain_mut(|d| {
+            d.node != i || d.role != role || matches!(d.child.try_wait(), Ok(None))
+        });
+        if let Some(k) = self
             .daemons
             .iter()
             .position(|d| d.node == i && d.role == role)
-        else {
-            return;
-        };
-        let mut daemon = self.daemons.remove(k);
-        let pid = nix::unistd::Pid::from_raw(daemon.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + STOP_GRACE;
-        loop {
-            match daemon.child.try_wait() {
-                Ok(Some(_)) | Err(_) => break,
-                Ok(None) if Instant::now() >= deadline => {
-                    let _ = daemon.child.kill();
-                    let _ = daemon.child.wait();
-                    break;
-                }
-                // Polled finely: a test may act the moment the daemon is gone.
-                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            }
+        {
+            return Some(Running::Child(k));
         }
-        let _ = std::fs::remove_file(self.node_dir(i).join(role.pid_file()));
+        self.recorded_pid(i, role).map(Running::Recorded)
+    }
+
+    fn running_pid(&self, running: &Running) -> u32 {
+        match *running {
+            Running::Child(k) => self.daemons[k].child.id(),
+            Running::Recorded(pid) => pid as u32,
+        }
+    }
+
+    fn recorded_pid(&self, i: usize, role: Role) -> Option<i32> {
+        let pid = recorded_pid(
+            &self.node_dir(i).join(role.pid_file()),
+            &state_dir_marker(&self.state_dir),
+        )?;
+        process_alive(pid).then_some(pid)
     }
 
     /// Restarts every agent with `policy` and waits until they are ready again: the same lab,
@@ -916,26 +1209,66 @@ impl Lab {
         self.write_info()?;
         let exe = self.spec.resolve_exe()?;
         for i in 1..=self.spec.nodes {
-            self.start_agent(i, &exe)?;
+            self.launch_agent(i, &exe)?;
         }
         let deadline = Instant::now() + READY_TIMEOUT;
-        self.wait_ready(Role::Agent, deadline, false)?;
-        self.wait_ready(Role::Server, deadline, true)
+        self.wait_ready(Role::Agent, deadline, false, None)?;
+        self.wait_ready(Role::Server, deadline, true, None)
     }
 
-    /// Tears the lab down: stops its processes, deletes its namespaces and its state directory.
-    /// Idempotent.
-    pub fn down(&mut self) -> Result<(), LabError> {
+    /// Tears the lab down: stops its processes, removes its agents' datapath pins, deletes its
+    /// namespaces and its state directory; says what it removed. Idempotent: a second call does
+    /// nothing and reports nothing. Works on a handle ([`Lab::open`]) too.
+    pub fn down(&mut self) -> Result<TeardownReport, LabError> {
         if self.finished {
-            return Ok(());
+            return Ok(TeardownReport::default());
         }
         self.finished = true;
-        teardown(&self.spec.name, &mut self.daemons).map(|_| ())
+        teardown(&self.spec.name, &mut self.daemons)
     }
 
     /// Leaves the lab running (dropping it no longer tears it down); `baton lab down` removes it.
+    /// The daemons keep running (no longer this process's business: nothing waits for them).
     pub fn detach(mut self) {
-        self.finished = true;
+        self.tear_down_on_drop = false;
+    }
+
+    /// A handle to lab `name`, built by another process (`baton lab up`) or by a [`Lab`] that was
+    /// [`detach`](Lab::detach)ed: its spec, cluster key and `baton` executable come from the
+    /// state directory's `lab.info`. The handle owns no process at first; it reaches the lab's
+    /// daemons through their pid files, and the agents it starts become its children. Dropping
+    /// it leaves the lab running; [`Lab::down`] removes the lab.
+    ///
+    /// Fails with [`LabError::NotFound`] if the lab has no namespaces, [`LabError::Io`] if it has
+    /// no readable `lab.info` (a half-made lab: remove it with `down`), and
+    /// [`LabError::InvalidSpec`] if `lab.info` does not describe lab `name`.
+    pub fn open(name: &str) -> Result<Lab, LabError> {
+        validate_name(name)?;
+        if list_netns(&ns_name(name, "")).is_empty() {
+            return Err(LabError::NotFound(name.to_string()));
+        }
+        let state_dir = state_dir_of(name);
+        let path = state_dir.join(LAB_INFO);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| LabError::io(format!("reading {}", path.display()), e))?;
+        let (spec, key) = parse_lab_info(&text)
+            .map_err(|detail| LabError::InvalidSpec(format!("{}: {detail}", path.display())))?;
+        if spec.name != name {
+            return Err(LabError::InvalidSpec(format!(
+                "{} describes lab {:?}, not {name:?}",
+                path.display(),
+                spec.name
+            )));
+        }
+        spec.validate()?;
+        Ok(Lab {
+            spec,
+            key,
+            state_dir,
+            daemons: Vec::new(),
+            finished: false,
+            tear_down_on_drop: false,
+        })
     }
 
     pub fn spec(&self) -> &LabSpec {
@@ -1009,20 +1342,29 @@ impl Lab {
         self.node_dir(i).join("agent.log")
     }
 
-    /// Pids of the servers (`Role::Server`) or agents the lab started, by node.
+    /// The pid of node `i`'s server: the one this value started, or else the live process its
+    /// pid file names (a handle's lab).
     pub fn server_pid(&self, i: usize) -> Option<u32> {
         self.pid_of(i, Role::Server)
     }
 
+    /// The pid of node `i`'s agent, as [`Lab::server_pid`].
     pub fn agent_pid(&self, i: usize) -> Option<u32> {
         self.pid_of(i, Role::Agent)
     }
 
+    /// Node `i`'s agent configuration file.
+    pub fn agent_config_path(&self, i: usize) -> PathBuf {
+        self.node_dir(i).join("agent.toml")
+    }
+
     fn pid_of(&self, i: usize, role: Role) -> Option<u32> {
+        self.check_node(i);
         self.daemons
             .iter()
             .find(|d| d.node == i && d.role == role)
             .map(|d| d.child.id())
+            .or_else(|| self.recorded_pid(i, role).map(|pid| pid as u32))
     }
 
     fn check_node(&self, i: usize) {
@@ -1069,10 +1411,78 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if !self.tear_down_on_drop {
+            return;
+        }
         if let Err(e) = self.down() {
             eprintln!("baton-lab: {e}");
         }
     }
+}
+
+/// The file in a lab's state directory that describes it (see [`lab_info`]).
+pub const LAB_INFO: &str = "lab.info";
+
+/// The text of `lab.info` for a lab built from `spec` with cluster key `key`, running `exe`:
+/// one `field = value` line each for name, nodes, server, policy, agents, key and exe (`baton
+/// lab list` shows it; [`Lab::open`] reads it back with [`parse_lab_info`]). A non-UTF-8 `exe`
+/// is written lossily and so will not be found again.
+pub fn lab_info(spec: &LabSpec, key: &str, exe: &Path) -> String {
+    format!(
+        "name = {}\nnodes = {}\nserver = {}\npolicy = {}\nagents = {}\nkey = {}\nexe = {}\n",
+        spec.name,
+        spec.nodes,
+        spec.server,
+        policy_name(spec.policy),
+        spec.agents,
+        key,
+        exe.display()
+    )
+}
+
+/// Parses the text of `lab.info` ([`lab_info`]) into the lab's spec and cluster key. Every field
+/// but `exe` is required (labs built before it was recorded have none: [`LabSpec::exe`] stays
+/// `None`); unknown fields are ignored. The error says which field is missing or bad.
+pub fn parse_lab_info(text: &str) -> Result<(LabSpec, String), String> {
+    let fields: HashMap<&str, &str> = text
+        .lines()
+        .filter_map(|line| line.split_once(" = "))
+        .collect();
+    let get = |field: &str| {
+        fields
+            .get(field)
+            .copied()
+            .ok_or_else(|| format!("no {field} field"))
+    };
+    let bad = |field: &str, value: &str| format!("bad {field} {value:?}");
+    let name = get("name")?.to_string();
+    let nodes = get("nodes")?;
+    let nodes = nodes.parse::<usize>().map_err(|_| bad("nodes", nodes))?;
+    let server = get("server")?.parse::<ServerKind>()?;
+    let policy = parse_policy(get("policy")?)?;
+    let agents = get("agents")?;
+    let agents = agents.parse::<bool>().map_err(|_| bad("agents", agents))?;
+    let key = get("key")?.to_string();
+    let exe = fields.get("exe").map(PathBuf::from);
+    let spec = LabSpec {
+        name,
+        nodes,
+        server,
+        policy,
+        agents,
+        exe,
+    };
+    Ok((spec, key))
+}
+
+/// The node a command line names: `nI` or `I`, with I from 1 (no leading zeros), as in `baton
+/// lab agent ... n2 kill`. Whether the lab has that node is for [`Lab::node_named`] to say.
+pub fn parse_node(s: &str) -> Option<usize> {
+    let digits = s.strip_prefix('n').unwrap_or(s);
+    if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|i| (1..=MAX_NODES).contains(i))
 }
 
 fn scrape(addr: SocketAddr) -> Result<String, crate::http_client::HttpError> {
@@ -1150,6 +1560,34 @@ fn random_key() -> Result<String, LabError> {
         .and_then(|mut f| f.read_exact(&mut bytes))
         .map_err(|e| LabError::io("reading /dev/urandom", e))?;
     Ok(hex::encode(bytes))
+}
+
+/// Removes the baton pins that bpffs holds under the inode number of namespace `ns`, which was
+/// just created. They can only be stale: the kernel reuses the inode numbers of deleted
+/// namespaces, and an agent that was killed in a namespace deleted without removing its pins
+/// (not by this lab's `down`) left them under the number this namespace now has. An agent
+/// starting here would otherwise find another namespace's datapath.
+fn remove_stale_pins(ns: &str) -> Result<(), LabError> {
+    use std::os::unix::fs::MetadataExt;
+    let path = netns_path(ns);
+    let inode = std::fs::metadata(&path)
+        .map_err(|e| LabError::io(format!("reading {}", path.display()), e))?
+        .ino();
+    let inum = u32::try_from(inode).map_err(|_| {
+        LabError::InvalidSpec(format!(
+            "namespace {ns} has inode {inode}, beyond bpffs pin names"
+        ))
+    })?;
+    let removed = baton_bpf::pins::remove_netns(inum).map_err(|e| {
+        LabError::io(
+            format!("removing stale baton pins of namespace {ns} (ns{inum})"),
+            e,
+        )
+    })?;
+    if removed > 0 {
+        tracing::warn!("namespace {ns}: removed {removed} stale baton pins of ns{inum}");
+    }
+    Ok(())
 }
 
 /// Turns IPv6 off in a lab namespace (no router solicitations or MLD noise on the lab links).
@@ -1232,10 +1670,12 @@ fn teardown(name: &str, own: &mut [Daemon]) -> Result<TeardownReport, LabError> 
     let mut problems = Vec::new();
     let state_dir = state_dir_of(name);
     let namespaces = list_netns(&ns_name(name, ""));
-    let identities: Vec<(u64, u64)> = namespaces
+    // (name, (device, inode)) of every namespace that can still be opened.
+    let named_identities: Vec<(&String, (u64, u64))> = namespaces
         .iter()
-        .filter_map(|ns| ns_identity(&netns_path(ns)))
+        .filter_map(|ns| Some((ns, ns_identity(&netns_path(ns))?)))
         .collect();
+    let identities: Vec<(u64, u64)> = named_identities.iter().map(|(_, id)| *id).collect();
 
     // Every process in the lab's namespaces; our own children; and any process named in a pid file
     // whose command line mentions the state directory (in case its namespace went away).
@@ -1270,6 +1710,24 @@ fn teardown(name: &str, own: &mut [Daemon]) -> Result<TeardownReport, LabError> 
         }
     }
 
+    // An agent that was SIGKILLed, or was still draining when STOP_GRACE ended, leaves its
+    // datapath pinned in bpffs. Deleting the namespace destroys the interface, not the pinned
+    // links and maps, which would stay in bpffs for good; they are named by the namespace's
+    // inode number, known only while the namespace exists. So they go now, before the
+    // namespaces, and not earlier, while an agent could still pin them again.
+    for (ns, (_dev, inode)) in &named_identities {
+        let removed = u32::try_from(*inode)
+            .map_err(|_| format!("namespace {ns} has inode {inode}, beyond bpffs pin names"))
+            .and_then(|inum| {
+                baton_bpf::pins::remove_netns(inum)
+                    .map_err(|e| format!("removing the baton pins of namespace {ns}: {e}"))
+            });
+        match removed {
+            Ok(n) => report.pins += n,
+            Err(problem) => problems.push(problem),
+        }
+    }
+
     for ns in &namespaces {
         match ip(&["netns", "delete", ns]) {
             Ok(()) => report.namespaces += 1,
@@ -1292,9 +1750,29 @@ fn teardown(name: &str, own: &mut [Daemon]) -> Result<TeardownReport, LabError> 
     }
 }
 
+/// What the command line of a process of the lab whose state directory is `state_dir` contains.
+/// With the trailing slash, lab `a` does not match lab `ab`'s paths.
+fn state_dir_marker(state_dir: &Path) -> String {
+    format!("{}/", state_dir.display())
+}
+
+/// The pid in pid file `path`, if its process's command line contains `marker` (it is one of
+/// the lab's daemons, not a later process that reuses the pid). The process may be a zombie.
+fn recorded_pid(path: &Path, marker: &str) -> Option<i32> {
+    let pid = std::fs::read_to_string(path)
+        .ok()?
+        .trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|&pid| pid > 0)?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    String::from_utf8_lossy(&cmdline)
+        .contains(marker)
+        .then_some(pid)
+}
+
 fn pids_from_files(state_dir: &Path) -> Vec<i32> {
-    // With the trailing slash, lab `a` does not match lab `ab`'s paths.
-    let marker = format!("{}/", state_dir.display());
+    let marker = state_dir_marker(state_dir);
     let mut pids = Vec::new();
     let Ok(dir) = std::fs::read_dir(state_dir) else {
         return pids;
@@ -1307,19 +1785,46 @@ fn pids_from_files(state_dir: &Path) -> Vec<i32> {
             if f.path().extension() != Some(OsStr::new("pid")) {
                 continue;
             }
-            let Some(pid) = std::fs::read_to_string(f.path())
-                .ok()
-                .and_then(|s| s.trim().parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains(&marker) {
-                pids.push(pid);
-            }
+            pids.extend(recorded_pid(&f.path(), &marker));
         }
     }
     pids
+}
+
+/// The error for an agent operation on a node whose agent does not run.
+fn no_agent(i: usize) -> LabError {
+    LabError::InvalidSpec(format!("n{i} has no running agent"))
+}
+
+/// Sends `signal` to `pid` (`what`, for the error). A process that is gone already is no error.
+fn send_signal(pid: i32, signal: Signal, what: impl Fn() -> String) -> Result<(), LabError> {
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(e) => Err(LabError::io(
+            format!("sending {signal} to {} (pid {pid})", what()),
+            e.into(),
+        )),
+    }
+}
+
+/// Waits until `pid` (`what`, sent `signal`) no longer runs, failing after `timeout`.
+fn wait_gone_or_fail(
+    pid: i32,
+    timeout: Duration,
+    what: impl Fn() -> String,
+    signal: &str,
+) -> Result<(), LabError> {
+    if wait_gone(&[pid], timeout) {
+        return Ok(());
+    }
+    Err(LabError::io(
+        format!(
+            "{} (pid {pid}) still runs {} s after {signal}",
+            what(),
+            timeout.as_secs()
+        ),
+        std::io::ErrorKind::TimedOut.into(),
+    ))
 }
 
 fn signal_all(pids: &[i32], signal: nix::sys::signal::Signal) {
@@ -1328,7 +1833,8 @@ fn signal_all(pids: &[i32], signal: nix::sys::signal::Signal) {
     }
 }
 
-/// Waits until none of `pids` is alive; false if some still are after `timeout`.
+/// Waits until none of `pids` is alive (a zombie counts as gone: it no longer runs, and its
+/// sockets are closed); false if some still are after `timeout`.
 fn wait_gone(pids: &[i32], timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {

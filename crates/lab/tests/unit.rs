@@ -1,21 +1,30 @@
-//! Pure and loopback-only tests: names, generated configurations, file contents, metrics parsing,
-//! the HTTP client and the static server (on 127.0.0.1).
+//! Pure and loopback-only tests: names, generated configurations, `lab.info`, file contents,
+//! metrics parsing, the HTTP client, the paced download and the static server (on 127.0.0.1).
+//! One test builds a real lab (root, nginx) to kill, start, take over and stop agents: stand-in
+//! agents, which this binary itself provides (`stand_in_agent`).
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use baton_agent::config::NodeConfig;
+use baton_lab::cli::{AgentAction, LabCommand};
+use baton_lab::http_client::HttpError;
 use baton_lab::lab::{
-    agent_config, apache_config, nginx_config, node_address, ns_name, parse_policy, policy_name,
-    unique_name, validate_name, write_web_root,
+    agent_config, apache_config, down_by_name, lab_info, nginx_config, node_address, ns_name,
+    parse_lab_info, parse_node, parse_policy, policy_name, state_dir_of, unique_name,
+    validate_name, write_web_root,
 };
 use baton_lab::static_server::safe_relative_path;
 use baton_lab::{
-    HttpClient, LAB_FILES, LabError, LabSpec, ServerKind, expected_sha256, file_content,
-    metric_sum, parse_metrics, sha256_hex,
+    HttpClient, LAB_FILES, Lab, LabError, LabSpec, ServerKind, TeardownReport, expected_sha256,
+    file_content, metric_sum, paced_get, paced_get_in_background, parse_metrics, sha256_hex,
 };
 use baton_policy::PolicyKind;
+use clap::Parser;
 
 #[test]
 fn lab_names() {
@@ -419,4 +428,626 @@ fn http_client_reports_truncated_responses() {
     let mut client = HttpClient::connect(addr).unwrap();
     let err = client.get("/").unwrap_err();
     assert!(err.to_string().contains("closed the connection"), "{err}");
+}
+
+#[test]
+fn lab_info_round_trips() {
+    let spec = LabSpec::new("hx1", 3)
+        .server(ServerKind::NginxDeferred)
+        .policy(PolicyKind::Hash)
+        .agents(false);
+    let text = lab_info(&spec, "00ff", Path::new("/opt/baton/bin/baton"));
+    let (back, key) = parse_lab_info(&text).unwrap();
+    assert_eq!(key, "00ff");
+    assert_eq!(
+        (
+            back.name.as_str(),
+            back.nodes,
+            back.server,
+            back.policy,
+            back.agents
+        ),
+        ("hx1", 3, ServerKind::NginxDeferred, PolicyKind::Hash, false)
+    );
+    assert_eq!(back.exe.as_deref(), Some(Path::new("/opt/baton/bin/baton")));
+    // Labs made before the executable was recorded: the current one is used.
+    let old: String = text
+        .lines()
+        .filter(|l| !l.starts_with("exe"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(parse_lab_info(&old).unwrap().0.exe, None);
+    let no_key: String = text
+        .lines()
+        .filter(|l| !l.starts_with("key"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(parse_lab_info(&no_key).unwrap_err(), "no key field");
+    let bad = text.replace("nodes = 3", "nodes = three");
+    assert_eq!(parse_lab_info(&bad).unwrap_err(), "bad nodes \"three\"");
+    assert!(parse_lab_info(&text.replace("= hash", "= nope")).is_err());
+}
+
+#[test]
+fn node_names_on_the_command_line() {
+    for (s, i) in [("n1", 1), ("2", 2), ("n253", 253), ("n10", 10)] {
+        assert_eq!(parse_node(s), Some(i), "{s}");
+    }
+    for s in [
+        "", "n", "n0", "0", "n02", "x2", "n-1", "n254", "n 1", "nn1", "+1",
+    ] {
+        assert_eq!(parse_node(s), None, "{s:?}");
+    }
+}
+
+#[derive(Parser)]
+struct LabCli {
+    #[command(subcommand)]
+    cmd: LabCommand,
+}
+
+#[test]
+fn lab_agent_command_line() {
+    let parse = |args: &[&str]| {
+        LabCli::try_parse_from(std::iter::once("lab").chain(args.iter().copied())).map(|c| c.cmd)
+    };
+    match parse(&["agent", "--name", "hx1", "n2", "stop", "--timeout", "5"]).unwrap() {
+        LabCommand::Agent(a) => {
+            assert_eq!(
+                (a.name.name.as_str(), a.node.as_str(), a.action, a.timeout),
+                ("hx1", "n2", AgentAction::Stop, 5)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    for (word, action) in [
+        ("start", AgentAction::Start),
+        ("kill", AgentAction::Kill),
+        ("restart", AgentAction::Restart),
+    ] {
+        match parse(&["agent", "--name", "hx1", "1", word]).unwrap() {
+            LabCommand::Agent(a) => assert_eq!((a.action, a.timeout), (action, 60)),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(parse(&["agent", "--name", "hx1", "n2", "pause"]).is_err());
+    assert!(parse(&["agent", "--name", "hx1", "n2"]).is_err());
+}
+
+#[test]
+fn teardown_reports_count_pins() {
+    assert!(TeardownReport::default().is_empty());
+    let pins = TeardownReport {
+        pins: 3,
+        ..TeardownReport::default()
+    };
+    assert!(!pins.is_empty());
+}
+
+/// How a download test server ends its response.
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    /// A normal close (FIN).
+    Close,
+    /// A reset: SO_LINGER 0, then close.
+    Reset,
+    /// Keeps the connection open, silent, this long.
+    Hold(Duration),
+}
+
+/// A one-connection server on 127.0.0.1: reads one request head (sent back on the channel),
+/// writes `head` and `body` (as the client's pace allows), waits until the client's kernel has
+/// acknowledged all of it — a reset discards whatever is still queued, and the tests count the
+/// bytes — and ends as `ending` says.
+fn download_server(
+    head: String,
+    body: Vec<u8>,
+    ending: Ending,
+) -> (SocketAddr, mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut request = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => request.extend_from_slice(&chunk[..n]),
+            }
+        }
+        tx.send(String::from_utf8_lossy(&request).into_owned())
+            .unwrap();
+        if stream.write_all(head.as_bytes()).is_err() || stream.write_all(&body).is_err() {
+            return;
+        }
+        wait_acknowledged(&stream);
+        match ending {
+            Ending::Close => {}
+            Ending::Reset => nix::sys::socket::setsockopt(
+                &stream,
+                nix::sys::socket::sockopt::Linger,
+                &libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                },
+            )
+            .unwrap(),
+            Ending::Hold(time) => std::thread::sleep(time),
+        }
+    });
+    (addr, rx)
+}
+
+/// Waits until nothing `stream` sent is unacknowledged (TIOCOUTQ, the send queue, is empty).
+fn wait_acknowledged(stream: &TcpStream) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ writes one int into `queued`.
+        let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+        assert_eq!(rc, 0, "TIOCOUTQ: {}", std::io::Error::last_os_error());
+        if queued == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the client stopped reading");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn ok_head(content_length: Option<usize>) -> String {
+    match content_length {
+        Some(len) => {
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n")
+        }
+        None => "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_string(),
+    }
+}
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+#[test]
+fn paced_download_keeps_its_rate() {
+    let body = file_content("/f/1m", 1_000_000);
+    let head = ok_head(Some(body.len()));
+    let (addr, request) = download_server(head.clone(), body.clone(), Ending::Close);
+    let d = paced_get(addr, "/f/1m", 2_000_000, TIMEOUT).unwrap();
+    assert_eq!(
+        request.recv().unwrap(),
+        format!("GET /f/1m HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+    );
+    assert_eq!(d.status, Some(200));
+    assert_eq!(d.head, head);
+    assert_eq!(d.content_length, Some(1_000_000));
+    assert!(d.body == body, "{d}");
+    assert_eq!(d.received, (head.len() + body.len()) as u64);
+    assert!(
+        d.is_complete() && !d.reset && !d.timed_out && !d.truncated,
+        "{d}"
+    );
+    // 1 MB at 2 MB/s: half a second at least; not much more on loopback.
+    assert!(d.elapsed >= Duration::from_millis(500), "{d}");
+    assert!(d.elapsed < Duration::from_secs(5), "{d}");
+
+    // Unpaced, the same transfer is far quicker: the time above is the pacing's.
+    let (addr, _request) = download_server(head, body.clone(), Ending::Close);
+    let d = paced_get(addr, "/f/1m", 0, TIMEOUT).unwrap();
+    assert!(d.is_complete() && d.body == body, "{d}");
+    assert!(d.elapsed < Duration::from_millis(450), "{d}");
+}
+
+#[test]
+fn paced_download_reports_a_reset_with_the_bytes_before_it() {
+    let body = file_content("/f/1m", 1_000_000);
+    let (addr, _request) = download_server(
+        ok_head(Some(body.len())),
+        body[..300_000].to_vec(),
+        Ending::Reset,
+    );
+    let d = paced_get(addr, "/f/1m", 3_000_000, TIMEOUT).unwrap();
+    assert_eq!((d.status, d.content_length), (Some(200), Some(1_000_000)));
+    assert!(
+        d.reset && d.truncated && !d.timed_out && !d.is_complete(),
+        "{d}"
+    );
+    assert_eq!(d.body.len(), 300_000, "{d}");
+    assert!(
+        d.body == body[..300_000],
+        "the bytes before the reset differ"
+    );
+    assert_eq!(
+        d.to_string().split(" in ").next(),
+        Some("200: 0.30 MB of 1.00 MB")
+    );
+    assert!(d.to_string().ends_with(", reset"), "{d}");
+}
+
+#[test]
+fn paced_download_reports_an_early_close() {
+    let body = file_content("/f/1m", 1_000_000);
+    let (addr, _request) = download_server(
+        ok_head(Some(body.len())),
+        body[..300_000].to_vec(),
+        Ending::Close,
+    );
+    let d = paced_get(addr, "/f/1m", 3_000_000, TIMEOUT).unwrap();
+    assert!(d.truncated && !d.reset && !d.timed_out, "{d}");
+    assert_eq!(d.body.len(), 300_000, "{d}");
+    assert!(d.to_string().ends_with(", cut short"), "{d}");
+}
+
+#[test]
+fn paced_download_of_a_close_delimited_body() {
+    let body = file_content("/f/100k", 100_000);
+    let (addr, _request) = download_server(ok_head(None), body.clone(), Ending::Close);
+    let d = paced_get(addr, "/", 1_000_000, TIMEOUT).unwrap();
+    assert!(
+        d.is_complete() && d.body == body && d.content_length.is_none(),
+        "{d}"
+    );
+    // Without a length, only a clean close ends the body: a reset cuts it.
+    let (addr, _request) = download_server(ok_head(None), body.clone(), Ending::Reset);
+    let d = paced_get(addr, "/", 1_000_000, TIMEOUT).unwrap();
+    assert!(d.reset && d.truncated && d.body == body, "{d}");
+}
+
+#[test]
+fn paced_download_decodes_chunked_bodies_and_notices_a_missing_end() {
+    let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_string();
+    let full = b"5\r\nhello\r\n6;x=1\r\n world\r\n0\r\nTrailer: t\r\n\r\n".to_vec();
+    let (addr, _request) = download_server(head.clone(), full.clone(), Ending::Close);
+    let d = paced_get(addr, "/", 0, TIMEOUT).unwrap();
+    assert!(d.is_complete() && d.body == b"hello world", "{d}");
+    for cut in [11, 20, 25, 31] {
+        let (addr, _request) = download_server(head.clone(), full[..cut].to_vec(), Ending::Close);
+        let d = paced_get(addr, "/", 0, TIMEOUT).unwrap();
+        assert!(d.truncated && !d.reset, "cut at {cut}: {d}");
+        assert!(
+            b"hello world".starts_with(&d.body),
+            "cut at {cut}: {:?}",
+            d.body
+        );
+    }
+    let (addr, _request) = download_server(head, b"zz\r\nhello\r\n".to_vec(), Ending::Close);
+    assert!(matches!(
+        paced_get(addr, "/", 0, TIMEOUT),
+        Err(HttpError::Malformed { .. })
+    ));
+}
+
+#[test]
+fn paced_download_times_out_on_a_silent_server_and_reports_a_missing_head() {
+    let (addr, _request) = download_server(
+        ok_head(Some(100_000)),
+        vec![7; 10_000],
+        Ending::Hold(Duration::from_secs(3)),
+    );
+    let d = paced_get(addr, "/", 0, Duration::from_millis(300)).unwrap();
+    assert!(d.timed_out && d.truncated && !d.reset, "{d}");
+    assert_eq!(d.body.len(), 10_000);
+    assert!(d.elapsed < Duration::from_secs(2), "{d}");
+
+    let (addr, _request) = download_server(
+        "HTTP/1.1 200 OK\r\nContent-".to_string(),
+        Vec::new(),
+        Ending::Reset,
+    );
+    let d = paced_get(addr, "/", 0, TIMEOUT).unwrap();
+    assert_eq!((d.status, d.received, d.head.as_str()), (None, 25, ""));
+    assert!(d.reset && d.truncated, "{d}");
+
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    assert!(matches!(
+        paced_get(closed, "/", 0, TIMEOUT),
+        Err(HttpError::Connect { .. })
+    ));
+}
+
+#[test]
+fn paced_download_in_the_background_shows_its_progress() {
+    let body = file_content("/f/1m", 1_000_000);
+    let head = ok_head(Some(body.len()));
+    let total = (head.len() + body.len()) as u64;
+    let (addr, _request) = download_server(head, body.clone(), Ending::Close);
+    let download = paced_get_in_background(None, addr, "/f/1m", 1_000_000, TIMEOUT).unwrap();
+    let received = download.wait_for_bytes(250_000, Duration::from_secs(5));
+    // Caught in the middle: at 1 MB/s, a quarter of a megabyte takes about a quarter second.
+    assert!(received >= 250_000 && received < total, "{received}");
+    assert!(!download.is_finished());
+    assert!(
+        download.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        download.elapsed()
+    );
+    let progress = download.progress();
+    let d = download.join().unwrap();
+    assert!(d.is_complete() && d.body == body, "{d}");
+    assert_eq!(
+        progress.load(std::sync::atomic::Ordering::Relaxed),
+        d.received
+    );
+    assert_eq!(d.received, total);
+
+    // In a namespace that does not exist: the error comes from join.
+    let download =
+        paced_get_in_background(Some("baton-nonexistent-ns"), addr, "/", 0, TIMEOUT).unwrap();
+    assert!(matches!(download.join(), Err(LabError::Io { .. })));
+}
+
+/// Not a test: the stand-in agent of `agents_are_killed_started_taken_over_and_stopped`, which
+/// its lab starts (through the script of [`stand_in_baton`]) as `<this binary> --exact
+/// stand_in_agent --ignored --nocapture --test-threads=1 CONFIG`. It serves `/metrics` with every
+/// peer up until it is killed. It takes over as the real agent does: if the node's pid file names
+/// another live stand-in agent, it sends it SIGTERM and binds the metrics address once that is
+/// free. With a file `ignore-sigterm` in the node directory it ignores SIGTERM, like an agent
+/// draining long connections.
+#[test]
+#[ignore = "the stand-in agent a lab test starts, not a test"]
+fn stand_in_agent() {
+    let Some(config_path) = std::env::args().find(|a| a.ends_with("/agent.toml")) else {
+        eprintln!("stand_in_agent is the stand-in agent that a lab test starts with a config");
+        return;
+    };
+    let config_path = PathBuf::from(config_path);
+    let dir = config_path.parent().unwrap();
+    let config = NodeConfig::from_file(&config_path).expect("stand-in agent: config");
+    let me = std::process::id();
+    if dir.join("ignore-sigterm").exists() {
+        // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
+        unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGTERM,
+                nix::sys::signal::SigHandler::SigIgn,
+            )
+        }
+        .unwrap();
+    }
+    let old = std::fs::read_to_string(dir.join("agent.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            // Only a stand-in agent of this node: never a process that reuses a stale pid.
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains(config_path.to_str().unwrap())
+        });
+    if let Some(old) = old {
+        eprintln!(
+            "stand-in agent {} (pid {me}) taking over from pid {old}",
+            config.node.name
+        );
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(old as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let listen = config
+        .metrics
+        .listen
+        .expect("stand-in agent: metrics.listen");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listener = loop {
+        match TcpListener::bind(listen) {
+            Ok(listener) => break listener,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("stand-in agent: binding {listen}: {e}"),
+        }
+    };
+    eprintln!(
+        "stand-in agent {} (pid {me}) listening on {listen}",
+        config.node.name
+    );
+    let peers = config.cluster.members.len() - 1;
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let mut request = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => request.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body = format!(
+            "# TYPE baton_mesh_peers_up gauge\nbaton_mesh_peers_up {peers}\nstand_in_pid {me}\n"
+        );
+        let _ = write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    }
+}
+
+/// A `baton` executable for a lab of stand-in agents: a script that answers `node --config FILE`
+/// with this binary's [`stand_in_agent`] (the nodes run nginx, so nothing else is asked of it).
+fn stand_in_baton() -> PathBuf {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = std::env::temp_dir().join(format!("baton-lab-unit-{}-agents", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("baton");
+    let exe = std::env::current_exe().unwrap();
+    let script = format!(
+        "#!/bin/sh\n\
+         [ \"$1\" = node ] && [ \"$2\" = --config ] || {{ echo \"stand-in baton: not $*\" >&2; exit 64; }}\n\
+         exec '{}' --exact stand_in_agent --ignored --nocapture --test-threads=1 \"$3\"\n",
+        exe.display()
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o755)
+        .open(&path)
+        .unwrap();
+    file.write_all(script.as_bytes()).unwrap();
+    path
+}
+
+/// Removes lab `.0` when dropped, however the test ends (a detached lab is not removed by its
+/// `Lab`).
+struct DownOnDrop(String);
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        let _ = down_by_name(&self.0);
+    }
+}
+
+/// Whether `pid` runs (exists and is not a zombie).
+fn runs(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rfind(')')
+        .is_some_and(|i| !stat[i + 1..].trim_start().starts_with(['Z', 'X']))
+}
+
+/// Whether `pid` is gone entirely: not running, and reaped (no zombie left).
+fn reaped(pid: u32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn pid_file(lab: &Lab, i: usize) -> Option<u32> {
+    std::fs::read_to_string(lab.node_dir(i).join("agent.pid"))
+        .ok()
+        .map(|s| s.trim().parse().unwrap())
+}
+
+/// The pid that node `i`'s metrics endpoint says serves it.
+fn serving_pid(lab: &Lab, i: usize) -> Option<u32> {
+    let metrics = lab.scrape_metrics(i).ok()?;
+    assert_eq!(
+        metric_sum(&metrics, "baton_mesh_peers_up"),
+        Some((lab.nodes() - 1) as f64)
+    );
+    metrics.get("stand_in_pid").map(|&p| p as u32)
+}
+
+#[test]
+fn agents_are_killed_started_taken_over_and_stopped() {
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "this test builds a lab: it must run as root"
+    );
+    assert!(
+        Path::new(baton_lab::lab::NGINX).exists(),
+        "nginx is required"
+    );
+    let exe = stand_in_baton();
+    let name = unique_name("hx");
+    let _cleanup = DownOnDrop(name.clone());
+    let mut lab = Lab::up(LabSpec::new(&name, 2).server(ServerKind::Nginx).exe(&exe)).unwrap();
+
+    // Killed: gone and reaped at once, pid file removed, the node's metrics silent.
+    let first = lab.agent_pid(2).unwrap();
+    assert_eq!(serving_pid(&lab, 2), Some(first));
+    assert_eq!(lab.kill_agent(2).unwrap(), first);
+    assert!(reaped(first), "the killed agent {first} is still in /proc");
+    assert_eq!((lab.agent_pid(2), pid_file(&lab, 2)), (None, None));
+    assert_eq!(serving_pid(&lab, 2), None);
+    assert!(matches!(lab.kill_agent(2), Err(LabError::InvalidSpec(_))));
+    assert!(matches!(
+        lab.restart_agent(2),
+        Err(LabError::InvalidSpec(_))
+    ));
+
+    // Started again, ready when start_agent returns.
+    let second = lab.start_agent(2).unwrap();
+    assert_ne!(second, first);
+    assert_eq!(
+        (pid_file(&lab, 2), serving_pid(&lab, 2)),
+        (Some(second), Some(second))
+    );
+    assert!(
+        matches!(lab.start_agent(2), Err(LabError::InvalidSpec(_))),
+        "started twice"
+    );
+
+    // Taken over: the old agent exits by itself, the new one serves and is recorded.
+    let (old, third) = lab.restart_agent(2).unwrap();
+    assert_eq!(old, second);
+    assert!(reaped(second), "the old agent {second} is still in /proc");
+    assert_eq!(
+        (lab.agent_pid(2), pid_file(&lab, 2)),
+        (Some(third), Some(third))
+    );
+    assert_eq!(serving_pid(&lab, 2), Some(third));
+    let log = std::fs::read_to_string(lab.agent_log(2)).unwrap();
+    assert!(
+        log.contains(&format!("(pid {third}) taking over from pid {second}")),
+        "{log}"
+    );
+
+    // Stopped for good: it exits by itself.
+    assert!(lab.stop_agent_wait(2, Duration::from_secs(5)).unwrap());
+    assert!(reaped(third));
+    assert_eq!(pid_file(&lab, 2), None);
+    // An agent that does not exit on SIGTERM is killed after the timeout.
+    std::fs::write(lab.node_dir(2).join("ignore-sigterm"), "").unwrap();
+    let stubborn = lab.start_agent(2).unwrap();
+    let started = Instant::now();
+    assert!(!lab.stop_agent_wait(2, Duration::from_millis(500)).unwrap());
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert!(reaped(stubborn));
+    std::fs::remove_file(lab.node_dir(2).join("ignore-sigterm")).unwrap();
+    let fifth = lab.start_agent(2).unwrap();
+
+    // Another process's view of the lab: a handle from lab.info, reaching the agents through
+    // their pid files. (The agents stay this process's children, unreaped: zombies once they
+    // die, which counts as gone.)
+    lab.detach();
+    let mut handle = Lab::open(&name).unwrap();
+    assert_eq!(handle.nodes(), 2);
+    assert_eq!(handle.spec().server, ServerKind::Nginx);
+    assert_eq!(handle.spec().exe.as_deref(), Some(exe.as_path()));
+    assert_eq!(handle.node_named("n2").unwrap(), 2);
+    assert!(matches!(
+        handle.node_named("n3"),
+        Err(LabError::UnknownHost { .. })
+    ));
+    let n1 = handle.agent_pid(1).unwrap();
+    assert_eq!(handle.kill_agent(1).unwrap(), n1);
+    assert!(!runs(n1));
+    assert_eq!((handle.agent_pid(1), pid_file(&handle, 1)), (None, None));
+    let n1_new = handle.start_agent(1).unwrap();
+    assert_eq!(serving_pid(&handle, 1), Some(n1_new));
+    // A takeover from the handle's own child, and one from a recorded agent.
+    let (old, n1_newer) = handle.restart_agent(1).unwrap();
+    assert_eq!(old, n1_new);
+    assert!(reaped(n1_new), "the handle reaps its own children");
+    assert_eq!(serving_pid(&handle, 1), Some(n1_newer));
+    let (old, n2_new) = handle.restart_agent(2).unwrap();
+    assert_eq!(old, fifth);
+    assert!(!runs(fifth));
+    assert_eq!(
+        (pid_file(&handle, 2), serving_pid(&handle, 2)),
+        (Some(n2_new), Some(n2_new))
+    );
+    assert!(handle.stop_agent_wait(2, Duration::from_secs(5)).unwrap());
+    assert!(!runs(n2_new));
+    // Dropping a handle leaves the lab as it is.
+    drop(handle);
+    let mut handle = Lab::open(&name).unwrap();
+    assert_eq!(handle.agent_pid(1), Some(n1_newer));
+    let n2_last = handle.start_agent(2).unwrap();
+    assert_eq!(serving_pid(&handle, 2), Some(n2_last));
+
+    let report = handle.down().unwrap();
+    assert!(
+        report.processes >= 6,
+        "2 nginx masters and workers, 2 agents: {report:?}"
+    );
+    assert_eq!(
+        (report.pins, report.namespaces, report.state_dir),
+        (0, 4, true),
+        "{report:?}"
+    );
+    assert!(!state_dir_of(&name).exists());
+    assert!(baton_lab::netns::list_netns(&ns_name(&name, "")).is_empty());
+    assert!(matches!(Lab::open(&name), Err(LabError::NotFound(_))));
+    std::fs::remove_dir_all(exe.parent().unwrap()).unwrap();
 }
