@@ -103,7 +103,7 @@ pub enum AgentError {
     Alarm(#[from] AlarmError),
     #[error("epoll registration of the event ring (AsyncFd::new): {0}")]
     Ring(std::io::Error),
-    #[error("reading this network namespace (stat /proc/self/ns/net): {0}")]
+    #[error("reading this network namespace (stat /proc/thread-self/ns/net): {0}")]
     Netns(std::io::Error),
     #[error("starting the tokio runtime: {0}")]
     Runtime(std::io::Error),
@@ -171,7 +171,11 @@ fn takeover_wait(config: &NodeConfig) -> Duration {
 
 /// The attached programs, the pins and the previous agent of this node's interface: what is found
 /// before anything is touched, refused when it is not this node's.
-async fn open_datapath(config: &NodeConfig, netns_inum: u32) -> Result<Datapath, AgentError> {
+/// Also returns when the previous agent, if one ran, was told to hand over (and stood down).
+async fn open_datapath(
+    config: &NodeConfig,
+    netns_inum: u32,
+) -> Result<(Datapath, Option<Instant>), AgentError> {
     let interface = &config.node.interface;
     baton_bpf::pins::ensure_bpffs().map_err(lifecycle::LifecycleError::Bpffs)?;
     let pin_dir = baton_bpf::pins::dir(netns_inum, interface);
@@ -224,10 +228,14 @@ async fn open_datapath(config: &NodeConfig, netns_inum: u32) -> Result<Datapath,
             ours: config.node.address,
         });
     }
-    if let Some(pid) = lifecycle::take_over(&pin_dir, takeover_wait(config)).await? {
-        tracing::info!(pid, "the previous agent handed over");
-    }
-    Ok(datapath)
+    let asked = Instant::now();
+    let took_over = lifecycle::take_over(&pin_dir, takeover_wait(config))
+        .await?
+        .map(|pid| {
+            tracing::info!(pid, waited = ?asked.elapsed(), "the previous agent handed over");
+            asked
+        });
+    Ok((datapath, took_over))
 }
 
 /// Runs the agent until `stop` says how to end.
@@ -241,7 +249,7 @@ pub async fn run(config: NodeConfig, mut stop: watch::Receiver<Stop>) -> Result<
     let interface = config.node.interface.clone();
     let netns_inum = baton_bpf::current_netns_inum().map_err(AgentError::Netns)?;
     let pin_dir = baton_bpf::pins::dir(netns_inum, &interface);
-    let mut datapath = open_datapath(&config, netns_inum).await?;
+    let (mut datapath, took_over) = open_datapath(&config, netns_inum).await?;
     let conns = datapath.take_conns()?;
     let datapath_config = datapath.take_config()?;
     let ring = datapath.take_events()?;
@@ -328,6 +336,11 @@ pub async fn run(config: NodeConfig, mut stop: watch::Receiver<Stop>) -> Result<
             unknown_peer = adopted.unknown_peer,
             "adopted the pinned datapath"
         );
+    }
+    if let Some(asked) = took_over {
+        // From the previous agent's stand-down to our first heartbeat (the engine's first
+        // round, next): new connections were served here, undistributed, meanwhile.
+        tracing::info!(undistributed = ?asked.elapsed(), "took over");
     }
     tracing::info!(node = %name, %interface, %policy, pins = %pin_dir.display(), "baton node running");
 

@@ -19,7 +19,7 @@ use baton_bpf::{AGENT_MAP, pins};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
-    #[error("reading this network namespace (stat /proc/self/ns/net): {0}")]
+    #[error("reading this network namespace (stat /proc/thread-self/ns/net): {0}")]
     Netns(std::io::Error),
     #[error("mounting bpffs at /sys/fs/bpf: {0}")]
     Bpffs(std::io::Error),

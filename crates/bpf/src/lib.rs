@@ -294,10 +294,11 @@ impl NodeConfig {
     }
 }
 
-/// The inode number of this process's network namespace (what the kernel calls `ns.inum`).
+/// The inode number of the calling thread's network namespace (what the kernel calls
+/// `ns.inum`): a thread may have entered another namespace than its process's.
 pub fn current_netns_inum() -> std::io::Result<u32> {
     use std::os::unix::fs::MetadataExt;
-    let ino = std::fs::metadata("/proc/self/ns/net")?.ino();
+    let ino = std::fs::metadata("/proc/thread-self/ns/net")?.ino();
     u32::try_from(ino).map_err(|_| std::io::Error::other("namespace inode above 2^32"))
 }
 

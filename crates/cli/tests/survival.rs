@@ -63,12 +63,26 @@ fn wrk_everywhere(lab: &Lab, seconds: u32) -> Vec<(String, Child)> {
     let mut runs = Vec::new();
     for i in 1..=lab.nodes() {
         let url = format!("http://{}/f/1k", lab.node_address(i));
-        let close = ["wrk", "-t1", "-c4", &duration, "-H", "Connection: close", &url];
-        runs.push((format!("n{i} connection per request"), spawn_in_client(lab, &close)));
+        let close = [
+            "wrk",
+            "-t1",
+            "-c4",
+            &duration,
+            "-H",
+            "Connection: close",
+            &url,
+        ];
+        runs.push((
+            format!("n{i} connection per request"),
+            spawn_in_client(lab, &close),
+        ));
     }
     let url = format!("http://{}/f/1k", lab.node_address(1));
     let keep_alive = ["wrk", "-t1", "-c4", &duration, &url];
-    runs.push(("n1 keep-alive".to_string(), spawn_in_client(lab, &keep_alive)));
+    runs.push((
+        "n1 keep-alive".to_string(),
+        spawn_in_client(lab, &keep_alive),
+    ));
     runs
 }
 
@@ -184,14 +198,36 @@ fn an_upgrade_under_load_loses_nothing() {
     for i in [1, 2, 3] {
         let started = Instant::now();
         let (old, new) = lab.restart_agent(i).expect("take over");
+        let log = std::fs::read_to_string(lab.agent_log(i)).unwrap_or_default();
+        let gap = log.lines().rev().find(|l| l.contains("took over")).unwrap_or("");
         eprintln!(
-            "n{i}: agent {old} handed over to {new} in {:?}",
+            "n{i}: agent {old} handed over to {new} in {:?}; {gap}",
             started.elapsed()
         );
     }
     assert_whole(to_n2, "the download served by n2");
     assert_no_errors(wrk);
     assert!(metric(&lab, 1, "baton_handoffs_out_total") > 0.0);
+
+    // Another node's configuration on this node's interface is not a takeover: refused, and the
+    // running agent goes on.
+    let other = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", lab.node_ns(1)))
+        .args(["timeout", "10", BATON, "node", "--config"])
+        .arg(lab.agent_config_path(2))
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run nsenter");
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(!other.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("eth0 carries the datapath of the node with service address 198.18.0.1"),
+        "{stderr}"
+    );
+    assert!(
+        lab.agent_pid(1)
+            .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+    );
 }
 
 #[test]
@@ -205,8 +241,10 @@ fn a_node_without_its_agent_serves_every_new_connection() {
         let addr = lab.node_http_addr(1);
         let response = lab
             .in_client(|| {
-                let mut client =
-                    baton_lab::http_client::HttpClient::connect_timeout(addr, Duration::from_secs(3))?;
+                let mut client = baton_lab::http_client::HttpClient::connect_timeout(
+                    addr,
+                    Duration::from_secs(3),
+                )?;
                 client.get(&remote)
             })
             .unwrap()
@@ -223,30 +261,48 @@ fn a_node_without_its_agent_serves_every_new_connection() {
     );
 }
 
-#[test]
-fn stopping_for_good_waits_for_transfers_then_leaves_nothing() {
-    let mut lab = lab("stop");
-    let to_n2 = download(&lab, 2);
-    to_n2.wait_for_bytes(1_500_000, Duration::from_secs(10));
-    let dir = pin_dir(&lab, 2);
-    let programs = program_ids(&lab, 2);
+/// Stops node `i`'s agent for good while `transfer` runs through it, and checks the transfer
+/// completes and the agent then leaves nothing: no pin, no program, no map.
+fn stop_for_good_during(lab: &mut Lab, i: usize, transfer: BackgroundDownload, what: &str) {
+    transfer.wait_for_bytes(1_500_000, Duration::from_secs(10));
+    let dir = pin_dir(lab, i);
+    let programs = program_ids(lab, i);
     let conns = aya::maps::MapInfo::from_pin(dir.join("conns"))
-        .expect("n2's pinned conn table")
+        .expect("the pinned conn table")
         .id();
     assert_eq!(programs.len(), 2);
-
-    // The BE stops for good in the middle of the transfer: it waits for it.
     let exited = lab
-        .stop_agent_wait(2, Duration::from_secs(30))
-        .expect("stop n2's agent");
-    assert!(exited, "n2's agent exits by itself once its connection is done");
-    assert_whole(to_n2, "the download served by the stopping node");
+        .stop_agent_wait(i, Duration::from_secs(30))
+        .expect("stop the agent");
+    assert!(
+        exited,
+        "n{i}'s agent exits by itself once its connection is done"
+    );
+    assert_whole(transfer, what);
     assert!(!dir.exists(), "{} is left", dir.display());
-    assert!(program_ids(&lab, 2).is_empty(), "programs left on n2's eth0");
+    assert!(
+        program_ids(lab, i).is_empty(),
+        "programs left on n{i}'s eth0"
+    );
     for id in programs {
         assert!(!bpftool_knows("prog", id), "program {id} is left");
     }
     assert!(!bpftool_knows("map", conns), "the conn table is left");
+}
+
+#[test]
+fn stopping_for_good_waits_for_transfers_then_leaves_nothing() {
+    let mut lab = lab("stop");
+    // The BE stops in the middle of a transfer it serves, then the FE of another.
+    let to_n2 = download(&lab, 2);
+    stop_for_good_during(&mut lab, 2, to_n2, "the download served by the stopping BE");
+    let to_n3 = download(&lab, 3);
+    stop_for_good_during(
+        &mut lab,
+        1,
+        to_n3,
+        "the download forwarded by the stopping FE",
+    );
 }
 
 #[test]
@@ -255,7 +311,7 @@ fn a_handed_in_connection_whose_fe_is_gone_is_freed() {
     // n2 frees orphans after 2 s (and looks every 10 s).
     let config = lab.agent_config_path(2);
     let text = std::fs::read_to_string(&config).unwrap();
-    let text = text.replace("[limits]", "[limits]\norphan_timeout_s = 2");
+    let text = text.replace("orphan_timeout_s = 60", "orphan_timeout_s = 2");
     assert!(text.contains("orphan_timeout_s = 2"), "{text}");
     std::fs::write(&config, text).unwrap();
     lab.restart_agent(2).expect("n2 takes the new limit");

@@ -799,6 +799,8 @@ impl Lab {
         // Plain text in log files (tracing-subscriber honours NO_COLOR).
         cmd.current_dir(&dir)
             .env("NO_COLOR", "1")
+            // An error is one line in the log, not pushed out of its tail by a backtrace.
+            .env("RUST_BACKTRACE", "0")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
