@@ -7,6 +7,7 @@
 //! - [`mesh`]: the control connections to the peers, passing messages both ways;
 //! - [`kernel`]: what the engine asks of the kernel, as traits; [`inject`] and [`sockdiag`] are
 //!   the real packet injection and TCP lookups, [`hold`] reassembles held streams;
+//! - [`lifecycle`]: the agents of one interface over time (takeover, stop, cleanup);
 //! - [`metrics`]: the Prometheus endpoint; [`config`]: the configuration file; [`alarm`]: the
 //!   event loop's timer.
 //!

@@ -1,5 +1,6 @@
-//! baton's eBPF datapath, from Rust: the compiled object, the loader, and mirrors of the maps'
-//! layouts and of the reason codes.
+//! baton's eBPF datapath, from Rust: the compiled object, the loader ([`datapath`]), where it is
+//! pinned to outlive its agent ([`pins`]), mirrors of the maps' layouts and of the reason codes,
+//! and the packet tables ([`cases`]).
 //!
 //! The C sources are in `c/` (entry file `c/baton.c`, logic split by concern in `c/lib/`); the
 //! object `baton.bpf.o` is compiled by `build-bpf.sh` and committed, so building baton needs no

@@ -107,6 +107,11 @@ fn assert_no_errors(runs: Vec<(String, Child)>) {
             !text.contains("Socket errors"),
             "wrk {what} saw errors:\n{text}"
         );
+        let line = text
+            .lines()
+            .find(|l| l.contains("requests in"))
+            .unwrap_or("");
+        eprintln!("wrk {what}: {}, 0 errors", line.trim());
     }
 }
 
@@ -199,7 +204,11 @@ fn an_upgrade_under_load_loses_nothing() {
         let started = Instant::now();
         let (old, new) = lab.restart_agent(i).expect("take over");
         let log = std::fs::read_to_string(lab.agent_log(i)).unwrap_or_default();
-        let gap = log.lines().rev().find(|l| l.contains("took over")).unwrap_or("");
+        let gap = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("took over"))
+            .unwrap_or("");
         eprintln!(
             "n{i}: agent {old} handed over to {new} in {:?}; {gap}",
             started.elapsed()

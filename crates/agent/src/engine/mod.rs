@@ -4,7 +4,9 @@
 //! - [`fe`]: the accepting node (FE): held connections, the decision, the offer, forwarding;
 //! - [`be`]: the serving node (BE): the replay, going live, closes;
 //! - [`cluster`]: the members, their loads and the dispatcher: what decisions are made from;
-//! - [`housekeeping`]: the periodic work (load, listeners, heartbeats, garbage);
+//! - [`adopt`]: a start on a datapath a previous agent left running, and this agent's hand-over;
+//! - [`housekeeping`]: the periodic work (load, listeners, heartbeats to peers and to the
+//!   datapath, garbage and orphans);
 //! - [`timers`]: every deadline, in one queue (nothing ticks);
 //! - [`packets`]: the packets the engine builds and reads.
 //!
