@@ -74,13 +74,7 @@ impl SockDiag {
             StateFlags::all(),
             exact_id(local, remote, None),
         )?;
-        let n = self
-            .socket
-            .recv(&mut &mut self.buf[..], 0)
-            .map_err(SockDiagError::Io)?;
-        let answer = NetlinkMessage::<SockDiagMessage>::deserialize(&self.buf[..n])
-            .map_err(|e| SockDiagError::Answer(e.to_string()))?;
-        match answer.payload {
+        match self.answer()?.payload {
             NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
                 let state = response.header.state;
                 Ok((state != tcp_state::LISTEN)
@@ -127,13 +121,7 @@ impl SockDiag {
             states,
             exact_id(local, remote, Some(cookie)),
         )?;
-        let n = self
-            .socket
-            .recv(&mut &mut self.buf[..], 0)
-            .map_err(SockDiagError::Io)?;
-        let answer = NetlinkMessage::<SockDiagMessage>::deserialize(&self.buf[..n])
-            .map_err(|e| SockDiagError::Answer(e.to_string()))?;
-        match answer.payload {
+        match self.answer()?.payload {
             NetlinkPayload::Error(e) if e.code.is_none() => Ok(true),
             // Gone meanwhile (or another socket on the tuple now).
             NetlinkPayload::Error(e)
@@ -144,6 +132,16 @@ impl SockDiag {
             NetlinkPayload::Error(e) => Err(SockDiagError::Io(e.to_io())),
             other => Err(SockDiagError::Answer(format!("unexpected {other:?}"))),
         }
+    }
+
+    /// Reads the one answer to a request that is not a dump.
+    fn answer(&mut self) -> Result<NetlinkMessage<SockDiagMessage>, SockDiagError> {
+        let n = self
+            .socket
+            .recv(&mut &mut self.buf[..], 0)
+            .map_err(SockDiagError::Io)?;
+        NetlinkMessage::<SockDiagMessage>::deserialize(&self.buf[..n])
+            .map_err(|e| SockDiagError::Answer(e.to_string()))
     }
 
     /// Sends one INET_DIAG request about TCP over IPv4.

@@ -433,6 +433,12 @@ impl Datapath {
         };
         let link = FdLink::from(PinnedLink::from_pin(&path).map_err(link_error)?);
         let program_id = link.info().map_err(link_error)?.program_id();
+        let programs = Self::ingress_programs(interface)?;
+        Ok(programs.iter().any(|p| p.id() == program_id))
+    }
+
+    /// Every program attached (TCX) to `interface`'s ingress.
+    fn ingress_programs(interface: &str) -> Result<Vec<aya::programs::ProgramInfo>, DatapathError> {
         let (_, programs) =
             SchedClassifier::query_tcx(interface, TcAttachType::Ingress).map_err(|source| {
                 DatapathError::Program {
@@ -440,19 +446,13 @@ impl Datapath {
                     source,
                 }
             })?;
-        Ok(programs.iter().any(|p| p.id() == program_id))
+        Ok(programs)
     }
 
     /// The id of a baton ingress program already attached to `interface` (another agent's), if
     /// any. Another agent's programs beside ours would hold and rewrite the same packets twice.
     pub fn attached_elsewhere(interface: &str) -> Result<Option<u32>, DatapathError> {
-        let (_, programs) =
-            SchedClassifier::query_tcx(interface, TcAttachType::Ingress).map_err(|source| {
-                DatapathError::Program {
-                    name: INGRESS_PROGRAM,
-                    source,
-                }
-            })?;
+        let programs = Self::ingress_programs(interface)?;
         Ok(programs
             .iter()
             .find(|p| p.name_as_str() == Some(INGRESS_PROGRAM))

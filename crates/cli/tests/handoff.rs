@@ -16,6 +16,9 @@ use baton_lab::lab::target_hashed_to;
 use baton_lab::{Lab, LabSpec, ServerKind};
 use baton_policy::PolicyKind;
 
+mod common;
+use common::pin_dir;
+
 const BATON: &str = env!("CARGO_BIN_EXE_baton");
 
 fn lab(prefix: &str, nodes: usize, server: ServerKind, policy: PolicyKind) -> Lab {
@@ -814,15 +817,6 @@ fn odd_clients_are_served() {
     assert_eq!(sha256_hex(&body), expected_sha256("/f/1k").unwrap());
     assert!(metric(&lab, 1, "baton_handoff_fallbacks_total") >= 1.0);
     assert_tables_drain(&lab);
-}
-
-/// Where node `i`'s datapath is pinned.
-fn pin_dir(lab: &Lab, i: usize) -> std::path::PathBuf {
-    let netns = lab
-        .in_node(i, baton_bpf::current_netns_inum)
-        .unwrap()
-        .expect("the node's namespace inode");
-    baton_bpf::pins::dir(netns, "eth0")
 }
 
 /// Programs attached (TCX) to node `i`'s eth0: (ingress, egress).

@@ -13,6 +13,9 @@ use baton_lab::lab::target_hashed_to;
 use baton_lab::{Lab, LabSpec, ServerKind};
 use baton_policy::PolicyKind;
 
+mod common;
+use common::pin_dir;
+
 const BATON: &str = env!("CARGO_BIN_EXE_baton");
 /// The pace of the downloads: 10 MB take 8 s, time for a fault and a restart in the middle.
 const PACE: u64 = 1_300_000;
@@ -121,15 +124,6 @@ fn metric(lab: &Lab, node: usize, name: &str) -> f64 {
         .get(name)
         .copied()
         .unwrap_or(0.0)
-}
-
-/// Where node `i`'s datapath is pinned.
-fn pin_dir(lab: &Lab, i: usize) -> std::path::PathBuf {
-    let netns = lab
-        .in_node(i, baton_bpf::current_netns_inum)
-        .unwrap()
-        .expect("the node's namespace inode");
-    baton_bpf::pins::dir(netns, "eth0")
 }
 
 /// The ids of node `i`'s attached programs (ingress, egress).
