@@ -253,6 +253,7 @@ impl SockDiag {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
     use std::net::{Ipv4Addr, TcpListener, TcpStream};
 
     fn v4(addr: std::net::SocketAddr) -> SocketAddrV4 {
@@ -290,7 +291,6 @@ mod tests {
 
     #[test]
     fn destroys_a_connection_and_says_when_there_is_none() {
-        use std::io::Read;
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
@@ -319,5 +319,29 @@ mod tests {
             "the listener is untouched"
         );
         drop(server);
+    }
+
+    #[test]
+    fn a_time_wait_socket_can_be_destroyed() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let (local, remote) = (
+            v4(server.local_addr().unwrap()),
+            v4(server.peer_addr().unwrap()),
+        );
+        // The server closes first: its side ends in TIME_WAIT once the client closes too.
+        drop(server);
+        let mut buf = [0u8; 1];
+        assert_eq!(client.read(&mut buf).unwrap(), 0);
+        drop(client);
+        let mut diag = SockDiag::new().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while diag.tcp_state(local, remote).unwrap() != Some(tcp_state::TIME_WAIT) {
+            assert!(std::time::Instant::now() < deadline, "no TIME_WAIT");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(diag.destroy(local, remote).unwrap());
+        assert_eq!(diag.tcp_state(local, remote).unwrap(), None);
     }
 }

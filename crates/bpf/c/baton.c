@@ -41,7 +41,7 @@ int baton_ingress(struct __sk_buff *skb)
 	c->client_seen_ns = now;
 	if (c->role == ROLE_FE)
 		return fe_ingress(skb, cfg, &p, &key, c);
-	return be_ingress(skb, &p, &key, c);
+	return be_ingress(skb, cfg, &p, &key, c);
 }
 
 SEC("classifier")

@@ -817,11 +817,7 @@ fn be_translate() -> Vec<Case> {
     ];
     let odd = frame(&odd.build());
     let response = frame(&server_response().build());
-    let mut be_syn = from_client(BE);
-    be_syn.seq = 12345;
-    be_syn.flags = TcpFlags::SYN;
-    be_syn.options = linux_syn_options(CLIENT_TSVAL + 100, 0);
-    let be_syn = frame(&be_syn.build());
+    let be_syn = direct_syn_to_be();
     vec![
         Case {
             name: "be_to_server_translates_ack_sack_tsecr",
@@ -885,6 +881,15 @@ fn server_response() -> TcpPacketBuilder {
     response
 }
 
+/// The client's SYN straight to the BE, from the port of a connection handed in there.
+fn direct_syn_to_be() -> Vec<u8> {
+    let mut syn = from_client(BE);
+    syn.seq = 12345;
+    syn.flags = TcpFlags::SYN;
+    syn.options = linux_syn_options(CLIENT_TSVAL + 100, 0);
+    frame(&syn.build())
+}
+
 fn be_close() -> Vec<Case> {
     let mut server_fin = server_response();
     server_fin.flags = TcpFlags::ACK | TcpFlags::FIN;
@@ -892,21 +897,48 @@ fn be_close() -> Vec<Case> {
     let server_fin = frame(&server_fin.build());
     let mut half_closed = be_entry(ConnState::BeEstablished);
     half_closed.flags = conn_flags::CLIENT_FIN;
-    vec![Case {
-        name: "be_second_fin_reports_close",
-        hook: Hook::Egress,
-        agent_alive: true,
-        config: distributing(BE),
-        entry: Some(half_closed),
-        input: server_fin.clone(),
-        verdict: TC_ACT_OK,
-        output: to_client_translated(&server_fin),
-        entry_after: expect_flags(
-            ConnState::BeEstablished,
-            conn_flags::CLIENT_FIN | conn_flags::SERVER_FIN | conn_flags::CLOSE_REPORTED,
-        ),
-        event: Some(EventKind::Closed),
-    }]
+    let mut closed = be_entry(ConnState::BeEstablished);
+    closed.flags = conn_flags::CLIENT_FIN | conn_flags::SERVER_FIN | conn_flags::CLOSE_REPORTED;
+    let reuse = direct_syn_to_be();
+    vec![
+        // The handed-in connection is over and the client opens one of its own to this node on the
+        // same tuple (its ports toward the FE and toward us are independent): a new connection, not a
+        // collision. Dropped, it would wait a SYN retransmission (1 s).
+        Case {
+            name: "be_closed_tuple_reused_by_a_new_connection",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: distributing(BE),
+            entry: Some(closed),
+            input: reuse.clone(),
+            verdict: TC_ACT_OK,
+            output: reuse,
+            entry_after: Box::new(|c| match c {
+                Some(c)
+                    if c.role() == Some(ConnRole::Fe) && c.state() == Some(ConnState::FeSyn) =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("expected a fresh FE entry, found {other:?}")),
+            }),
+            event: None,
+        },
+        Case {
+            name: "be_second_fin_reports_close",
+            hook: Hook::Egress,
+            agent_alive: true,
+            config: distributing(BE),
+            entry: Some(half_closed),
+            input: server_fin.clone(),
+            verdict: TC_ACT_OK,
+            output: to_client_translated(&server_fin),
+            entry_after: expect_flags(
+                ConnState::BeEstablished,
+                conn_flags::CLIENT_FIN | conn_flags::SERVER_FIN | conn_flags::CLOSE_REPORTED,
+            ),
+            event: Some(EventKind::Closed),
+        },
+    ]
 }
 
 /// No agent runs (its heartbeat is stale): nothing new is held, what was held is passed up and

@@ -488,8 +488,21 @@ impl Engine {
         if self.be.get(conn).map(|i| i.phase) != Some(BePhase::Closing) {
             return;
         }
+        // The datapath started afresh on the tuple (the client's own new connection to this
+        // node): ours is over, and the local TCP's state is the new one's.
+        if self
+            .conns
+            .get(&conn.key)
+            .is_none_or(|e| e.client_isn != conn.client_isn)
+        {
+            return self.closed_at_be(conn);
+        }
         match self.tcp.tcp_state(conn.key.local(), conn.key.client()) {
-            Ok(None | Some(tcp_state::TIME_WAIT | tcp_state::CLOSE)) => self.closed_at_be(conn),
+            Ok(None | Some(tcp_state::CLOSE)) => self.closed_at_be(conn),
+            Ok(Some(tcp_state::TIME_WAIT)) => {
+                self.end_time_wait(conn);
+                self.closed_at_be(conn);
+            }
             Ok(Some(tcp_state::ESTABLISHED)) => {
                 // Not closed after all. The datapath reports a close once, so the real one is
                 // found by the idle check (garbage collection) instead.
@@ -502,6 +515,17 @@ impl Engine {
                 self.timers.at(now + linger, Timer::Closed(conn));
             }
             Err(e) => tracing::warn!("sock_diag: {e}"),
+        }
+    }
+
+    /// Ends the local TCP's TIME_WAIT of a handed-in connection. It guards nothing: after the FE's
+    /// linger no packet of the old connection can reach this node, and it would answer the
+    /// client's own next connection to this node on the same tuple (its ports toward the FE and
+    /// toward us are independent, and so are its timestamps) with an ACK that costs that
+    /// connection a RST and a SYN retransmission.
+    pub(super) fn end_time_wait(&mut self, conn: ConnId) {
+        if let Err(e) = self.tcp.destroy(conn.key.local(), conn.key.client()) {
+            tracing::debug!(key = %conn.key, "sock_diag destroy of a TIME_WAIT: {e}");
         }
     }
 
@@ -520,5 +544,6 @@ impl Engine {
         if self.be.get(conn).is_some() {
             self.be.remove(&conn.key);
         }
+        self.metrics.handed_in_active.set(self.be.len() as i64);
     }
 }

@@ -275,7 +275,12 @@ impl Engine {
         // Idle at the BE: the local TCP says whether it is over; a live connection is never cut.
         for conn in gone_at_be {
             match self.tcp.tcp_state(conn.key.local(), conn.key.client()) {
-                Ok(None | Some(tcp_state::TIME_WAIT | tcp_state::CLOSE)) => {
+                Ok(Some(tcp_state::TIME_WAIT)) => {
+                    self.end_time_wait(conn);
+                    self.closed_at_be(conn);
+                    count -= 1;
+                }
+                Ok(None | Some(tcp_state::CLOSE)) => {
                     self.closed_at_be(conn);
                     count -= 1;
                 }

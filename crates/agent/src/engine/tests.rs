@@ -924,6 +924,40 @@ fn a_close_counts_only_once_the_local_tcp_agrees() {
     ));
     assert!(n2.table.get(&key).is_none());
     assert!(n2.engine.drained());
+    assert_eq!(
+        n2.tcp.0.lock().unwrap().states.get(&(key.local(), key.client())),
+        None,
+        "its TIME_WAIT is ended: it would only get in the way of the client's next connection"
+    );
+}
+
+#[test]
+fn a_closed_tuple_the_client_reuses_is_not_taken_for_the_old_connection() {
+    let mut n2 = offered(4);
+    let key = key_at(N2);
+    n2.datapath(be_synack());
+    n2.datapath(notice(EventKind::BeLive, key));
+    n2.next_to_peer();
+    n2.datapath(notice(EventKind::Closed, key));
+    // Before the linger ends, the client connects to n2 itself on the same tuple: the datapath
+    // starts a new entry (another ISN), and the local TCP has that new connection.
+    let mut fresh = held_entry();
+    fresh.state = ConnState::FeSyn as u8;
+    fresh.client_isn = CLIENT_ISN.wrapping_add(99_999);
+    n2.table.0.lock().unwrap().insert(key, fresh);
+    n2.tcp.set(&key, tcp_state::ESTABLISHED);
+    n2.wait(LINGER);
+    assert!(
+        matches!(n2.next_to_peer(), Some(Message::ConnClosed { id: 4 })),
+        "the old connection is over"
+    );
+    assert_eq!(n2.metrics.handed_in_active.get(), 0);
+    assert_eq!(
+        n2.table.get(&key).map(|e| e.client_isn),
+        Some(CLIENT_ISN.wrapping_add(99_999)),
+        "the new connection's entry stays"
+    );
+    assert!(n2.engine.drained());
 }
 
 #[test]

@@ -16,11 +16,13 @@
  *   ingress BE_REPLAYED    -> translated (the FE forwards from the moment it offers)
  *   ingress BE_ESTABLISHED -> ack, SACK edges, TSecr into the server's spaces
  *   egress  BE_ESTABLISHED -> saddr := FE, seq and TSval into the client's view; sent directly
- *   a client SYN for a handed-in tuple is a tuple collision: dropped, never merged
+ *   a client SYN for a handed-in tuple is a tuple collision: dropped, never merged; once that
+ *   connection closed, it is the client's new connection to this node: the entry starts afresh
  *   both FINs or a RST     -> EV_CLOSED once; the agent tells the FE and removes the entry later
  */
 #pragma once
 #include "conn.h"
+#include "fe.h"
 #include "maps.h"
 #include "parse.h"
 #include "translate.h"
@@ -42,11 +44,17 @@ __always void be_note_close(struct conn *c, const struct conn_key *key, __u32 fi
 		emit_notice(EV_CLOSED, key);
 }
 
-__always int be_ingress(struct __sk_buff *skb, const struct pkt *p, const struct conn_key *key,
-			struct conn *c)
+__always int be_ingress(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p,
+			const struct conn_key *key, struct conn *c)
 {
-	if ((p->flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN)
-		return drop(DROP_TUPLE_COLLISION);
+	if ((p->flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN) {
+		if (!(c->flags & CONN_CLOSE_REPORTED))
+			return drop(DROP_TUPLE_COLLISION);
+		/* Over: the client's ports toward the FE and toward us are independent, and this is
+		 * its own connection to this node. The agent forgets the old one by its ISN. */
+		bpf_map_delete_elem(&conns, key);
+		return fe_new_syn(skb, cfg, p, key);
+	}
 	if (c->state == BE_SYN_SENT && (p->payload_len || (p->flags & TCPF_FIN))) {
 		if (emit_packet(skb, EV_HELD_PACKET, key))
 			return drop(DROP_EVENT_LOST);
