@@ -18,6 +18,7 @@ pub mod download;
 pub mod error;
 pub mod http_client;
 pub mod lab;
+pub mod loadgen;
 pub mod metrics;
 pub mod netns;
 pub mod static_server;
