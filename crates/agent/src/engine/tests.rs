@@ -925,7 +925,12 @@ fn a_close_counts_only_once_the_local_tcp_agrees() {
     assert!(n2.table.get(&key).is_none());
     assert!(n2.engine.drained());
     assert_eq!(
-        n2.tcp.0.lock().unwrap().states.get(&(key.local(), key.client())),
+        n2.tcp
+            .0
+            .lock()
+            .unwrap()
+            .states
+            .get(&(key.local(), key.client())),
         None,
         "its TIME_WAIT is ended: it would only get in the way of the client's next connection"
     );
