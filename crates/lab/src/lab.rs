@@ -161,14 +161,28 @@ pub fn validate_name(name: &str) -> Result<(), LabError> {
     }
 }
 
-/// A lab name unique within this machine's running processes: `prefix` (trimmed to fit) followed
-/// by this process's id and a per-process counter, in base 36. For tests that run labs in parallel.
+/// The environment variable whose value [`unique_name`] puts before every name it makes.
+pub const LAB_PREFIX_ENV: &str = "BATON_LAB_PREFIX";
+
+/// A lab name unique within this machine's running processes: `$BATON_LAB_PREFIX` (if set) and
+/// `prefix`, trimmed to fit, followed by this process's id and a per-process counter, in base
+/// 36. For tests that run labs in parallel; the environment's prefix lets people who share a
+/// machine tell their test labs apart (see [`unique_name_under`]).
 pub fn unique_name(prefix: &str) -> String {
+    let group = std::env::var(LAB_PREFIX_ENV).unwrap_or_default();
+    unique_name_under(&group, prefix)
+}
+
+/// [`unique_name`] with `group` in place of `$BATON_LAB_PREFIX`: `group` then `prefix`, only
+/// their characters from `[a-z0-9]`, trimmed from the end to fit (so `group` is kept whole
+/// unless it alone is too long), then the unique suffix.
+pub fn unique_name_under(group: &str, prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed) % (36 * 36);
     let suffix = format!("{}{:0>2}", base36(std::process::id()), base36(n));
-    let prefix: String = prefix
+    let prefix: String = group
         .chars()
+        .chain(prefix.chars())
         .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         .take(MAX_NAME_LEN.saturating_sub(suffix.len()))
         .collect();

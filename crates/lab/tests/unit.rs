@@ -16,7 +16,7 @@ use baton_lab::http_client::HttpError;
 use baton_lab::lab::{
     agent_config, apache_config, down_by_name, lab_info, nginx_config, node_address, ns_name,
     parse_lab_info, parse_node, parse_policy, policy_name, state_dir_of, unique_name,
-    validate_name, write_web_root,
+    unique_name_under, validate_name, write_web_root,
 };
 use baton_lab::static_server::safe_relative_path;
 use baton_lab::{
@@ -46,6 +46,13 @@ fn lab_names() {
     dedup.dedup();
     assert_eq!(dedup.len(), names.len());
     assert!(validate_name(&unique_name("a-very-long-prefix")).is_ok());
+    // The group (what $BATON_LAB_PREFIX sets) comes first and is kept; the prefix is trimmed.
+    let grouped = unique_name_under("cx", "longprefix");
+    assert!(validate_name(&grouped).is_ok(), "{grouped}");
+    assert!(grouped.starts_with("cxl"), "{grouped}");
+    assert_eq!(grouped.len(), 10);
+    assert!(unique_name_under("C-x", "t").starts_with("xt"));
+    assert!(validate_name(&unique_name_under("abcdefghijkl", "t")).is_ok());
     assert!(matches!(
         LabSpec::new("ok", 0).validate(),
         Err(LabError::InvalidSpec(_))
