@@ -12,13 +12,16 @@ use std::time::{Duration, Instant};
 
 use baton_agent::config::NodeConfig;
 use baton_lab::cli::{AgentAction, LabCommand};
+use baton_lab::content::ContentStream;
 use baton_lab::http_client::HttpError;
 use baton_lab::lab::{
     agent_config, apache_config, down_by_name, lab_info, nginx_config, node_address, ns_name,
     parse_lab_info, parse_node, parse_policy, policy_name, state_dir_of, unique_name,
     unique_name_under, validate_name, write_web_root,
 };
-use baton_lab::static_server::safe_relative_path;
+use baton_lab::static_server::{
+    MAX_OBJECT_SIZE, STATS_PATH, StaticConfig, object_size, parse_stats, safe_relative_path,
+};
 use baton_lab::{
     HttpClient, LAB_FILES, Lab, LabError, LabSpec, ServerKind, TeardownReport, expected_sha256,
     file_content, metric_sum, paced_get, paced_get_in_background, parse_metrics, sha256_hex,
@@ -376,6 +379,161 @@ fn static_server_stops_with_idle_keep_alive_connections() {
         started.elapsed() < std::time::Duration::from_secs(2),
         "stop waited for an idle connection"
     );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn content_streams_piecewise_as_file_content() {
+    // Pinned by an independent implementation of the generator: the lab's expected bytes (and
+    // every cache that stored them) must not drift.
+    assert_eq!(
+        sha256_hex(&file_content("/f/1k", 1024)),
+        "9f5d251ce610031fb3cf5ccf5bae077e892e17e44d78696cf34ce7bce6f5b9e1"
+    );
+    assert_eq!(
+        sha256_hex(&file_content("/o/7/1000", 1000)),
+        "71d2acdf828f50d2a9752e26f53a5a60c5ffdf713fc17833c22fbd8e382270ed"
+    );
+    let whole = file_content("/o/3/5000", 5000);
+    let mut stream = ContentStream::new("/o/3/5000");
+    let mut pieces = Vec::new();
+    for n in [0, 1, 7, 8, 63, 64, 65, 1000, 3792] {
+        stream.fill(&mut pieces, n);
+    }
+    assert_eq!(stream.position(), 5000);
+    assert!(pieces == whole, "a stream filled in pieces differs");
+}
+
+#[test]
+fn generated_object_paths() {
+    assert_eq!(object_size("/o/1/1024"), Some(1024));
+    assert_eq!(object_size("/o/0/0"), Some(0));
+    assert_eq!(
+        object_size("/o/18446744073709551616123/16777216"),
+        Some(MAX_OBJECT_SIZE)
+    );
+    for bad in [
+        "/o/1/16777217",
+        "/o/1/99999999999999999999999",
+        "/o/x/10",
+        "/o//10",
+        "/o/1/",
+        "/o/1",
+        "/o/1/10/",
+        "/o/1/10/x",
+        "/o/1/+10",
+        "/o/-1/10",
+        "/o/1/1k",
+        "/f/1/10",
+        "/o/1/%31",
+    ] {
+        assert_eq!(object_size(bad), None, "{bad}");
+    }
+    assert_eq!(parse_stats("requests 42\n"), Some(42));
+    assert_eq!(parse_stats("requests 0"), Some(0));
+    assert_eq!(parse_stats("requests x\n"), None);
+    assert_eq!(parse_stats(""), None);
+}
+
+#[test]
+fn static_server_generates_objects() {
+    let root = temp_root();
+    let server =
+        baton_lab::static_server::start("127.0.0.1:0".parse().unwrap(), &root, "unit").unwrap();
+    let mut client = HttpClient::connect(server.addr()).unwrap();
+    for (path, size) in [
+        ("/o/7/1000", 1000),
+        ("/o/8/1000", 1000),
+        ("/o/1/300000", 300_000),
+    ] {
+        let resp = client.get(path).unwrap();
+        assert_eq!(resp.status, 200, "{path}");
+        assert_eq!(resp.served_by(), Some("unit"));
+        assert_eq!(
+            resp.header("content-length"),
+            Some(size.to_string().as_str())
+        );
+        assert_eq!(resp.header("cache-control"), Some("max-age=3600"), "{path}");
+        assert!(
+            resp.body == file_content(path, size),
+            "{path}: body differs"
+        );
+    }
+    // The largest object, streamed in frames, is exactly its content.
+    let path = format!("/o/99/{MAX_OBJECT_SIZE}");
+    let big = client.get(&path).unwrap();
+    assert_eq!(big.status, 200);
+    assert_eq!(big.body.len(), MAX_OBJECT_SIZE);
+    assert_eq!(
+        sha256_hex(&big.body),
+        sha256_hex(&file_content(&path, MAX_OBJECT_SIZE))
+    );
+    let head = client.head("/o/5/4096").unwrap();
+    assert_eq!(
+        (head.status, head.header("content-length")),
+        (200, Some("4096"))
+    );
+    assert!(head.body.is_empty());
+    let empty = client.get("/o/5/0").unwrap();
+    assert_eq!((empty.status, empty.body.len()), (200, 0));
+    for missing in [
+        format!("/o/1/{}", MAX_OBJECT_SIZE + 1),
+        "/o/x/10".to_string(),
+        "/o/1".to_string(),
+        "/o/1/10/".to_string(),
+    ] {
+        let resp = client.get(&missing).unwrap();
+        assert_eq!(resp.status, 404, "{missing}");
+        assert_eq!(resp.served_by(), Some("unit"));
+    }
+    assert_eq!(client.post("/o/1/10", b"x").unwrap().status, 405);
+    // No file on disk was made for them.
+    assert!(!root.join("o").exists());
+    assert_eq!(client.connects(), 1);
+    drop(client);
+    server.stop();
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn static_server_delays_responses_and_counts_them() {
+    let root = temp_root();
+    let delay = Duration::from_millis(300);
+    let config = StaticConfig::new(&root, "slow").unwrap().with_delay(delay);
+    let server =
+        baton_lab::static_server::start_with("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let mut client = HttpClient::connect(server.addr()).unwrap();
+    let stats = |client: &mut HttpClient| {
+        let started = Instant::now();
+        let resp = client.get(STATS_PATH).unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("cache-control"), Some("no-store"));
+        assert_eq!(resp.served_by(), Some("slow"));
+        assert!(
+            elapsed < delay,
+            "/_stats took {elapsed:?}: it must not wait"
+        );
+        parse_stats(&String::from_utf8_lossy(&resp.body)).expect("requests N")
+    };
+    assert_eq!(stats(&mut client), 0);
+    for (k, path) in ["/o/1/100", "/f/1k", "/nope", "/o/1/100"]
+        .iter()
+        .enumerate()
+    {
+        let started = Instant::now();
+        let resp = client.get(path).unwrap();
+        let elapsed = started.elapsed();
+        assert!(elapsed >= delay, "{path} answered after {elapsed:?}");
+        assert!(resp.status == 200 || *path == "/nope", "{path}");
+        // Each response counts once; asking for the count does not count.
+        assert_eq!(stats(&mut client), k as u64 + 1);
+        assert_eq!(stats(&mut client), k as u64 + 1);
+    }
+    assert_eq!(server.requests(), 4);
+    assert_eq!(client.post(STATS_PATH, b"").unwrap().status, 405);
+    drop(client);
+    server.stop();
     std::fs::remove_dir_all(&root).unwrap();
 }
 
