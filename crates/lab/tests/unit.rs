@@ -11,13 +11,13 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use baton_agent::config::NodeConfig;
-use baton_lab::cli::{AgentAction, LabCommand};
+use baton_lab::cli::{AgentAction, LabCommand, up_spec};
 use baton_lab::content::ContentStream;
 use baton_lab::http_client::HttpError;
 use baton_lab::lab::{
-    agent_config, apache_config, down_by_name, lab_info, nginx_config, node_address, ns_name,
-    parse_lab_info, parse_node, parse_policy, policy_name, state_dir_of, unique_name,
-    unique_name_under, validate_name, write_web_root,
+    MAX_CACHE_NODES, ORIGIN_ADDRESS, agent_config, apache_config, cache_nginx_config, down_by_name,
+    lab_info, nginx_config, node_address, ns_name, parse_lab_info, parse_node, parse_policy,
+    policy_name, state_dir_of, unique_name, unique_name_under, validate_name, write_web_root,
 };
 use baton_lab::static_server::{
     MAX_OBJECT_SIZE, STATS_PATH, StaticConfig, object_size, parse_stats, safe_relative_path,
@@ -74,6 +74,7 @@ fn addresses_and_namespaces() {
     assert_eq!(ns_name("lab1", "n3"), "baton-lab1-n3");
     // The longest interface name the lab makes fits IFNAMSIZ - 1.
     assert!(format!("p-n{}", 253).len() <= 15);
+    assert!("p-origin".len() <= 15);
 }
 
 #[test]
@@ -218,6 +219,73 @@ fn apache_config_has_what_the_lab_needs() {
         let path = line.split_whitespace().nth(2).unwrap();
         assert!(path.starts_with(baton_lab::lab::APACHE_MODULES), "{line}");
     }
+}
+
+#[test]
+fn cache_nginx_config_has_what_the_cache_tier_needs() {
+    let dir = PathBuf::from("/run/baton/labs/x/n2");
+    let www = PathBuf::from("/run/baton/labs/x/www");
+    let conf = cache_nginx_config(&dir, &www, 2, 48);
+    for needle in [
+        "proxy_cache_path /run/baton/labs/x/n2/cache levels=1:2 keys_zone=baton:16m \
+         max_size=48m inactive=1h use_temp_path=off;",
+        "upstream origin {",
+        "server 198.18.0.250:80;",
+        "keepalive 32;",
+        "location /o/ {",
+        "proxy_pass http://origin;",
+        "proxy_http_version 1.1;",
+        "proxy_set_header Connection \"\";",
+        "proxy_cache baton;",
+        "proxy_cache_valid 200 1h;",
+        "proxy_cache_lock on;",
+        "proxy_hide_header X-Served-By;",
+        "add_header X-Cache-Status $upstream_cache_status always;",
+        // What every nginx node has: the web root, uploads, the node's name on every response.
+        "listen 198.18.0.2:80 backlog=4096;",
+        "root /run/baton/labs/x/www;",
+        "location /upload/",
+    ] {
+        assert!(
+            conf.contains(needle),
+            "cache nginx.conf lacks {needle:?}:\n{conf}"
+        );
+    }
+    // The /o/ location names the node itself: its add_header replaces the server's.
+    let location = &conf[conf.find("location /o/").unwrap()..];
+    assert!(location.contains("add_header X-Served-By n2 always;"));
+    // The plain nginx configuration has none of it.
+    let plain = nginx_config(&dir, &www, 2, false);
+    assert!(!plain.contains("proxy_cache") && !plain.contains("location /o/"));
+    assert_eq!(ORIGIN_ADDRESS.octets()[3] as usize, MAX_CACHE_NODES + 1);
+}
+
+#[test]
+fn cache_lab_specs() {
+    let spec = LabSpec::new("c1", 3).server(ServerKind::Cache);
+    assert_eq!((spec.cache_mb, spec.origin_delay_ms), (64, 20));
+    assert!(spec.validate().is_ok());
+    assert!(ServerKind::Cache.has_origin() && !ServerKind::Nginx.has_origin());
+    assert_eq!("cache".parse::<ServerKind>().unwrap(), ServerKind::Cache);
+    for bad in [
+        spec.clone().cache_mb(0),
+        spec.clone().origin_delay_ms(30_001),
+        LabSpec::new("c1", 250).server(ServerKind::Cache),
+    ] {
+        assert!(
+            matches!(bad.validate(), Err(LabError::InvalidSpec(_))),
+            "{bad:?}"
+        );
+    }
+    assert!(
+        LabSpec::new("c1", 249)
+            .server(ServerKind::Cache)
+            .validate()
+            .is_ok()
+    );
+    assert!(spec.clone().origin_delay_ms(0).validate().is_ok());
+    // Other kinds ignore the cache settings, and keep all 253 nodes.
+    assert!(LabSpec::new("c1", 253).cache_mb(0).validate().is_ok());
 }
 
 #[test]
@@ -600,7 +668,9 @@ fn lab_info_round_trips() {
     let spec = LabSpec::new("hx1", 3)
         .server(ServerKind::NginxDeferred)
         .policy(PolicyKind::Hash)
-        .agents(false);
+        .agents(false)
+        .cache_mb(128)
+        .origin_delay_ms(5);
     let text = lab_info(&spec, "00ff", Path::new("/opt/baton/bin/baton"));
     let (back, key) = parse_lab_info(&text).unwrap();
     assert_eq!(key, "00ff");
@@ -615,13 +685,18 @@ fn lab_info_round_trips() {
         ("hx1", 3, ServerKind::NginxDeferred, PolicyKind::Hash, false)
     );
     assert_eq!(back.exe.as_deref(), Some(Path::new("/opt/baton/bin/baton")));
-    // Labs made before the executable was recorded: the current one is used.
+    assert_eq!((back.cache_mb, back.origin_delay_ms), (128, 5));
+    // Labs made before the executable and the cache settings were recorded: the current
+    // executable is used, and the default settings.
     let old: String = text
         .lines()
-        .filter(|l| !l.starts_with("exe"))
+        .filter(|l| !l.starts_with("exe") && !l.starts_with("cache_mb") && !l.starts_with("origin"))
         .map(|l| format!("{l}\n"))
         .collect();
-    assert_eq!(parse_lab_info(&old).unwrap().0.exe, None);
+    let (old, _) = parse_lab_info(&old).unwrap();
+    assert_eq!((old.exe, old.cache_mb, old.origin_delay_ms), (None, 64, 20));
+    let bad = text.replace("cache_mb = 128", "cache_mb = lots");
+    assert_eq!(parse_lab_info(&bad).unwrap_err(), "bad cache_mb \"lots\"");
     let no_key: String = text
         .lines()
         .filter(|l| !l.starts_with("key"))
@@ -677,6 +752,49 @@ fn lab_agent_command_line() {
     }
     assert!(parse(&["agent", "--name", "hx1", "n2", "pause"]).is_err());
     assert!(parse(&["agent", "--name", "hx1", "n2"]).is_err());
+}
+
+#[test]
+fn lab_up_command_line_for_a_cache_lab() {
+    let up = |args: &[&str]| match LabCli::try_parse_from(
+        ["lab", "up"].into_iter().chain(args.iter().copied()),
+    )
+    .map(|c| c.cmd)
+    {
+        Ok(LabCommand::Up(up)) => up,
+        other => panic!("{args:?}: {other:?}"),
+    };
+    let spec = up_spec(&up(&[
+        "--name",
+        "cx1",
+        "--server",
+        "cache",
+        "--cache-mb",
+        "8",
+        "--origin-delay-ms",
+        "100",
+    ]))
+    .unwrap();
+    assert_eq!(
+        (
+            spec.server,
+            spec.cache_mb,
+            spec.origin_delay_ms,
+            spec.agents
+        ),
+        (ServerKind::Cache, 8, 100, true)
+    );
+    let defaults = up_spec(&up(&["--server", "cache", "--no-agent"])).unwrap();
+    assert_eq!(
+        (defaults.cache_mb, defaults.origin_delay_ms, defaults.agents),
+        (64, 20, false)
+    );
+    // Not silently ignored by the other servers.
+    for flag in ["--cache-mb", "--origin-delay-ms"] {
+        let err = up_spec(&up(&["--server", "nginx", flag, "1"])).unwrap_err();
+        assert!(err.to_string().contains("--server cache only"), "{err}");
+    }
+    assert!(up_spec(&up(&[])).is_ok());
 }
 
 #[test]
