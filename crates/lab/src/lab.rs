@@ -15,7 +15,8 @@
 //! or an nginx cache in front of the host `origin`; see [`ServerKind`]) and, unless disabled, a
 //! baton agent (`baton node`), all as daemons (own session, output to log files under the state
 //! directory `/run/baton/labs/NAME/`). A test may stop and restart one node's server or agent
-//! while the rest runs.
+//! while the rest runs, and start HAProxy on a node ([`Lab::start_haproxy`]), the L7 balancer
+//! baton is compared with.
 //!
 //! An agent can also be killed, started again, taken over by a new agent (the upgrade path) or
 //! stopped while the rest runs, by the [`Lab`] that built the lab or by a handle that
@@ -66,6 +67,8 @@ pub const MAX_NODES: usize = 253;
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The nginx binary the `nginx` server kinds run (Debian's, unmodified).
 pub const NGINX: &str = "/usr/sbin/nginx";
+/// The HAProxy binary [`Lab::start_haproxy`] runs (Debian's, unmodified).
+pub const HAPROXY: &str = "/usr/sbin/haproxy";
 /// The address of a cache lab's origin (host `origin`, namespace `baton-NAME-origin`), on the
 /// lab's bridge: above the nodes a cache lab may have ([`MAX_CACHE_NODES`]), below the client.
 pub const ORIGIN_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 250);
@@ -579,6 +582,51 @@ Header always set X-Served-By n{i}
     )
 }
 
+/// The HAProxy configuration for node `i` of a lab of `nodes` nodes, listening on
+/// `<node address>:port`: `mode http`, `balance uri` (the path, not the query, picks the node)
+/// with `hash-type consistent` over every node's HTTP server at `<node address>:80` (`http-reuse
+/// safe`: idle server connections are shared between client connections), logs (warnings and
+/// up) on its standard output, which the lab sends to `haproxy.log`. Complete in itself: run with
+/// `haproxy -db -f CONF`.
+pub fn haproxy_config(i: usize, port: u16, nodes: usize) -> String {
+    let addr = node_address(i);
+    let servers: String = (1..=nodes)
+        .map(|j| format!("    server n{j} {}:{HTTP_PORT}\n", node_address(j)))
+        .collect();
+    format!(
+        r#"# Written by baton lab for node n{i}.
+global
+    # Not every request: a log line each would weigh on the benchmarks HAProxy takes part in.
+    log stdout format raw local0 notice
+    # As many as one nginx worker takes (worker_connections), and within the lab's descriptor
+    # limit: HAProxy needs two per connection.
+    maxconn 4096
+
+defaults
+    mode http
+    log global
+    option dontlognull
+    timeout connect 5s
+    timeout client 65s
+    timeout server 65s
+    timeout http-request 10s
+    timeout http-keep-alive 65s
+    timeout queue 10s
+
+frontend baton
+    bind {addr}:{port}
+    default_backend nodes
+
+backend nodes
+    balance uri
+    hash-type consistent
+    http-reuse safe
+    # No health checks: their connections would show in the nodes' (and agents') counts, and a
+    # lab node's server runs unless a test stops it.
+{servers}"#
+    )
+}
+
 /// Writes the lab's web root ([`LAB_FILES`]) under `www`.
 pub fn write_web_root(www: &Path) -> Result<(), LabError> {
     for (path, len) in LAB_FILES {
@@ -601,6 +649,8 @@ enum Role {
     /// A node's HTTP server, or the origin of a cache lab.
     Server,
     Agent,
+    /// HAProxy on a node ([`Lab::start_haproxy`]).
+    Haproxy,
 }
 
 impl Role {
@@ -608,6 +658,7 @@ impl Role {
         match self {
             Role::Server => "server",
             Role::Agent => "agent",
+            Role::Haproxy => "haproxy",
         }
     }
 
@@ -616,6 +667,7 @@ impl Role {
         match self {
             Role::Server => "server.pid",
             Role::Agent => "agent.pid",
+            Role::Haproxy => "haproxy.pid",
         }
     }
 }
@@ -1344,6 +1396,61 @@ impl Lab {
         Ok(())
     }
 
+    /// Starts HAProxy (Debian's, [`HAPROXY`]) on node `i`, listening on `<node address>:port`
+    /// and balancing over every node's HTTP server at `<node address>:80` as an L7 content
+    /// switch would ([`haproxy_config`]: `balance uri`, `hash-type consistent`): the alternative
+    /// baton is compared with. Its configuration (`haproxy.cfg`) and log (`haproxy.log`) are in
+    /// the node directory; it is this value's child, recorded in `haproxy.pid`, and stopped by
+    /// [`Lab::stop_haproxy`] or `down`. Returns its pid once it answers `GET /` (asked from
+    /// inside node `i`).
+    ///
+    /// The nodes' agents, if any, also see HAProxy's connections to port 80 and distribute them
+    /// by their policy: measure HAProxy alone in a lab without agents (or with `local`).
+    ///
+    /// Fails with [`LabError::InvalidSpec`] if `port` is 0, [`HTTP_PORT`] or [`METRICS_PORT`]
+    /// or HAProxy already runs on node `i`; with [`LabError::Command`] if HAProxy rejects the
+    /// configuration (`haproxy -c`); with [`LabError::NotReady`] and its log's tail if it exits
+    /// (say, the port is taken) or does not answer within [`READY_TIMEOUT`] (it then stays
+    /// running and recorded).
+    pub fn start_haproxy(&mut self, i: usize, port: u16) -> Result<u32, LabError> {
+        self.check_node(i);
+        if [0, HTTP_PORT, METRICS_PORT].contains(&port) {
+            return Err(LabError::InvalidSpec(format!(
+                "HAProxy cannot listen on port {port} (0, the HTTP port and the metrics port are \
+                 not free)"
+            )));
+        }
+        if let Some(pid) = self.pid_of(Host::Node(i), Role::Haproxy) {
+            return Err(LabError::InvalidSpec(format!(
+                "HAProxy already runs on n{i} (pid {pid})"
+            )));
+        }
+        let conf = self.node_dir(i).join("haproxy.cfg");
+        let text = haproxy_config(i, port, self.spec.nodes);
+        std::fs::write(&conf, text)
+            .map_err(|e| LabError::io(format!("writing {}", conf.display()), e))?;
+        // A configuration check first: a bad one fails here, with HAProxy's own message.
+        let mut check = Command::new(HAPROXY);
+        check.args(["-c", "-q", "-f"]).arg(&conf);
+        let _ns = enter_netns_before_exec(&mut check, &self.node_ns(i), false)?;
+        run_checked(&mut check)?;
+        // -db: in the foreground, so that the process the lab records is HAProxy itself.
+        let mut cmd = Command::new(HAPROXY);
+        cmd.arg("-db").arg("-f").arg(&conf);
+        let log = self.haproxy_log(i);
+        let pid = self.spawn_daemon(Host::Node(i), Role::Haproxy, port, cmd, log)?;
+        self.wait_last_ready(&self.node_ns(i))?;
+        Ok(pid)
+    }
+
+    /// Stops node `i`'s HAProxy, if it runs (SIGTERM, up to 5 s, then SIGKILL), and waits until
+    /// it is gone; its pid file is removed. None running is not an error.
+    pub fn stop_haproxy(&mut self, i: usize) -> Result<(), LabError> {
+        self.check_node(i);
+        self.stop_daemon(Host::Node(i), Role::Haproxy, STOP_GRACE)
+            .map(|_| ())
+    }
+
     /// Waits until the daemon this value started last passes its probe, run in namespace `ns`
     /// (its own host's, so that no agent stands between), failing at once if it (or it alone:
     /// the others are not watched) exits, or after [`READY_TIMEOUT`], when it stays running and
@@ -1635,6 +1742,16 @@ impl Lab {
         self.pid_of(Host::Node(i), Role::Agent)
     }
 
+    /// The pid of node `i`'s HAProxy ([`Lab::start_haproxy`]), as [`Lab::server_pid`].
+    pub fn haproxy_pid(&self, i: usize) -> Option<u32> {
+        self.pid_of(Host::Node(i), Role::Haproxy)
+    }
+
+    /// Node `i`'s HAProxy log (its stdout and stderr).
+    pub fn haproxy_log(&self, i: usize) -> PathBuf {
+        self.node_dir(i).join("haproxy.log")
+    }
+
     /// The pid of a cache lab's origin, as [`Lab::server_pid`]; `None` in other labs.
     pub fn origin_pid(&self) -> Option<u32> {
         if !self.spec.server.has_origin() {
@@ -1866,13 +1983,13 @@ fn scrape(addr: SocketAddr) -> Result<String, crate::http_client::HttpError> {
 }
 
 /// One readiness probe of daemon `d`, from the namespace the caller is in: a 200 to `GET /` on
-/// its host and port (a node's server), to `GET /_stats` (the origin: it serves no
+/// its host and port (a node's server, HAProxy), to `GET /_stats` (the origin: it serves no
 /// web root worth asking, and `/_stats` is not counted), or an agent's metrics showing all
 /// `nodes - 1` peers up.
 fn probe(d: &Daemon, nodes: usize) -> Result<(), String> {
     let addr = SocketAddr::new(d.host.address().into(), d.port);
     match d.role {
-        Role::Server => {
+        Role::Server | Role::Haproxy => {
             let path = if d.host == Host::Origin {
                 STATS_PATH
             } else {

@@ -5,7 +5,7 @@
 //! static server. Called as `<exe> node --config FILE` it is a stand-in agent that only serves
 //! `/metrics` (so the lab's agent plumbing — configs, daemons, readiness, scraping — is tested
 //! without the real agent). Otherwise it runs the tests below, one after another; a test that
-//! cannot run (not root, no `ip`, no nginx) fails.
+//! cannot run (not root, no `ip`, no nginx, no haproxy for the HAProxy test) fails.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -14,7 +14,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use baton_agent::config::NodeConfig;
-use baton_lab::lab::{LABS_DIR, ORIGIN_ADDRESS, down_by_name, ns_name, state_dir_of, unique_name};
+use baton_lab::lab::{
+    HAPROXY, LABS_DIR, ORIGIN_ADDRESS, down_by_name, ns_name, state_dir_of, unique_name,
+};
 use baton_lab::netns::list_netns;
 use baton_lab::{
     HttpClient, LAB_FILES, Lab, LabError, LabSpec, ServerKind, expected_sha256, file_content,
@@ -58,6 +60,10 @@ const TESTS: &[(&str, fn())] = &[
     (
         "cache_lab_with_agents_comes_up_and_goes_down",
         cache_lab_with_agents_comes_up_and_goes_down,
+    ),
+    (
+        "haproxy_balances_by_uri_and_stops",
+        haproxy_balances_by_uri_and_stops,
     ),
 ];
 
@@ -602,7 +608,7 @@ struct Fetch {
     elapsed: Duration,
 }
 
-/// GETs `path` from `addr` (a node's cache) on a new connection from the client, and
+/// GETs `path` from `addr` (a node's cache, or HAProxy) on a new connection from the client, and
 /// checks that a 200's body is the object's content.
 fn fetch(lab: &Lab, addr: std::net::SocketAddr, path: &str) -> Fetch {
     lab.in_client(|| {
@@ -809,4 +815,75 @@ fn cache_lab_with_agents_comes_up_and_goes_down() {
     // Dropping the lab tears it down, origin included.
     drop(lab);
     origin_is_gone(&name, origin_pid);
+}
+
+fn haproxy_balances_by_uri_and_stops() {
+    assert!(
+        Path::new(HAPROXY).exists(),
+        "{HAPROXY} is required (Debian's haproxy)"
+    );
+    let name = unique_name("hp");
+    let mut lab = Lab::up(
+        LabSpec::new(&name, 3)
+            .server(ServerKind::Cache)
+            .agents(false)
+            .origin_delay_ms(0),
+    )
+    .unwrap();
+    let port = 8080;
+    let pid = lab.start_haproxy(1, port).unwrap();
+    assert_eq!(lab.haproxy_pid(1), Some(pid));
+    assert!(lab.node_dir(1).join("haproxy.cfg").exists());
+    assert!(matches!(
+        lab.start_haproxy(1, port),
+        Err(LabError::InvalidSpec(_))
+    ));
+    assert!(matches!(
+        lab.start_haproxy(2, 80),
+        Err(LabError::InvalidSpec(_))
+    ));
+    let front = std::net::SocketAddr::new(lab.node_address(1).into(), port);
+
+    // The same URI always goes to the same node (whose cache then has it); different URIs
+    // spread over every node.
+    let mut by_node = std::collections::BTreeMap::<String, usize>::new();
+    for id in 0..30 {
+        let path = format!("/o/{id}/2000");
+        let first = fetch(&lab, front, &path);
+        assert_eq!(
+            (first.status, first.cache.as_str()),
+            (200, "MISS"),
+            "{path}"
+        );
+        for _ in 0..2 {
+            let again = fetch(&lab, front, &path);
+            assert_eq!(again.served_by, first.served_by, "{path} moved");
+            assert_eq!(again.cache, "HIT", "{path}");
+        }
+        *by_node.entry(first.served_by).or_default() += 1;
+    }
+    println!("  30 URIs through HAProxy: {by_node:?}");
+    assert_eq!(
+        by_node.keys().collect::<Vec<_>>(),
+        ["n1", "n2", "n3"],
+        "URIs did not spread: {by_node:?}"
+    );
+    assert_eq!(lab.origin_requests().unwrap(), 30, "one miss per URI");
+
+    // Stopped: gone, nothing listens on the port; started again; `down` stops it too.
+    lab.stop_haproxy(1).unwrap();
+    assert!(!pid_alive(pid));
+    assert_eq!(lab.haproxy_pid(1), None);
+    assert!(!lab.node_dir(1).join("haproxy.pid").exists());
+    let listening = lab
+        .exec("n1", &["ss", "-Htln", &format!("sport = :{port}")])
+        .unwrap();
+    assert!(listening.stdout.is_empty(), "HAProxy still listens");
+    lab.stop_haproxy(1).unwrap(); // none running: no error
+    let again = lab.start_haproxy(1, port).unwrap();
+    assert_ne!(again, pid);
+    assert_eq!(fetch(&lab, front, "/o/3/2000").cache, "HIT");
+    lab.down().unwrap();
+    assert!(!pid_alive(again), "HAProxy survived down");
+    lab_is_gone(&name);
 }

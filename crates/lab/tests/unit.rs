@@ -16,8 +16,9 @@ use baton_lab::content::ContentStream;
 use baton_lab::http_client::HttpError;
 use baton_lab::lab::{
     MAX_CACHE_NODES, ORIGIN_ADDRESS, agent_config, apache_config, cache_nginx_config, down_by_name,
-    lab_info, nginx_config, node_address, ns_name, parse_lab_info, parse_node, parse_policy,
-    policy_name, state_dir_of, unique_name, unique_name_under, validate_name, write_web_root,
+    haproxy_config, lab_info, nginx_config, node_address, ns_name, parse_lab_info, parse_node,
+    parse_policy, policy_name, state_dir_of, unique_name, unique_name_under, validate_name,
+    write_web_root,
 };
 use baton_lab::static_server::{
     MAX_OBJECT_SIZE, STATS_PATH, StaticConfig, object_size, parse_stats, safe_relative_path,
@@ -286,6 +287,52 @@ fn cache_lab_specs() {
     assert!(spec.clone().origin_delay_ms(0).validate().is_ok());
     // Other kinds ignore the cache settings, and keep all 253 nodes.
     assert!(LabSpec::new("c1", 253).cache_mb(0).validate().is_ok());
+}
+
+#[test]
+fn haproxy_config_balances_by_uri_over_every_node() {
+    let conf = haproxy_config(2, 8080, 3);
+    for needle in [
+        "mode http",
+        "bind 198.18.0.2:8080",
+        "balance uri",
+        "hash-type consistent",
+        "http-reuse safe",
+        "timeout connect",
+        "timeout client",
+        "timeout server",
+        "log stdout",
+        "server n1 198.18.0.1:80",
+        "server n2 198.18.0.2:80",
+        "server n3 198.18.0.3:80",
+    ] {
+        assert!(
+            conf.contains(needle),
+            "haproxy.cfg lacks {needle:?}:\n{conf}"
+        );
+    }
+    assert!(!conf.contains("server n4"));
+    // HAProxy itself accepts it, without a warning.
+    let file =
+        std::env::temp_dir().join(format!("baton-lab-unit-{}-haproxy.cfg", std::process::id()));
+    std::fs::write(&file, &conf).unwrap();
+    let out = std::process::Command::new(baton_lab::lab::HAPROXY)
+        .arg("-c")
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .expect("Debian's haproxy is required");
+    std::fs::remove_file(&file).unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "haproxy -c: {said}");
+    assert!(
+        !said.contains("WARNING") && !said.contains("ALERT"),
+        "haproxy -c: {said}"
+    );
 }
 
 #[test]
