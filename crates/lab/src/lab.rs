@@ -1420,9 +1420,11 @@ impl Lab {
                  not free)"
             )));
         }
-        if let Some(pid) = self.pid_of(Host::Node(i), Role::Haproxy) {
+        // `running`, not `pid_of`: a HAProxy that exited (a failed start) is forgotten here.
+        if let Some(running) = self.running(Host::Node(i), Role::Haproxy) {
             return Err(LabError::InvalidSpec(format!(
-                "HAProxy already runs on n{i} (pid {pid})"
+                "HAProxy already runs on n{i} (pid {})",
+                self.running_pid(&running)
             )));
         }
         let conf = self.node_dir(i).join("haproxy.cfg");

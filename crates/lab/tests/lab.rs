@@ -654,6 +654,25 @@ fn origin_is_gone(name: &str, origin_pid: u32) {
 }
 
 fn cache_lab_misses_hits_clears_and_goes_down() {
+    // An origin that does not come up fails `up` before any node starts, and leaves nothing.
+    let name = unique_name("cf");
+    let err = Lab::up(
+        LabSpec::new(&name, 1)
+            .server(ServerKind::Cache)
+            .agents(false)
+            .exe("/bin/false"),
+    )
+    .unwrap_err();
+    match &err {
+        LabError::NotReady { what, reason, .. } => {
+            assert!(what.starts_with("origin server"), "{err}");
+            assert!(reason.contains("exited"), "{err}");
+        }
+        other => panic!("expected NotReady, got {other}"),
+    }
+    lab_is_gone(&name);
+    assert!(list_netns(&ns_name(&name, "origin")).is_empty());
+
     let name = unique_name("ch");
     let delay = Duration::from_millis(150);
     let mut lab = Lab::up(
@@ -880,6 +899,21 @@ fn haproxy_balances_by_uri_and_stops() {
         .unwrap();
     assert!(listening.stdout.is_empty(), "HAProxy still listens");
     lab.stop_haproxy(1).unwrap(); // none running: no error
+    // A port already taken: HAProxy exits and says why; once the port is free it starts.
+    let taken = lab
+        .in_node(1, || TcpListener::bind(front).unwrap())
+        .unwrap();
+    match lab.start_haproxy(1, port).unwrap_err() {
+        LabError::NotReady { reason, tail, .. } => {
+            assert!(reason.contains("exited"), "{reason}");
+            assert!(
+                tail.contains("8080"),
+                "the log says which bind failed: {tail}"
+            );
+        }
+        other => panic!("expected NotReady, got {other}"),
+    }
+    drop(taken);
     let again = lab.start_haproxy(1, port).unwrap();
     assert_ne!(again, pid);
     assert_eq!(fetch(&lab, front, "/o/3/2000").cache, "HIT");
