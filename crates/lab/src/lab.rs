@@ -437,7 +437,7 @@ fn nginx_conf(
             format!(
                 r#"
     # The cache tier: /o/ comes from the origin, through this disk cache.
-    proxy_cache_path {d}/cache levels=1:2 keys_zone=baton:16m max_size={mb}m inactive=1h use_temp_path=off;
+    proxy_cache_path {d}/{CACHE_DIR} levels=1:2 keys_zone=baton:16m max_size={mb}m inactive=1h use_temp_path=off;
 
     upstream origin {{
         server {ORIGIN_ADDRESS}:{HTTP_PORT};
@@ -1097,9 +1097,9 @@ impl Lab {
     }
 
     /// Waits until every daemon of `role` this value started (only host `only`'s, if given)
-    /// passes its probe, run from the client namespace. Any daemon this value started exiting meanwhile
-    /// is a failure. With `through_agents`, the servers are reached through the agents, so a
-    /// timeout reports the agent's log.
+    /// passes its probe, run from the client namespace. Any daemon this value started exiting
+    /// meanwhile is a failure. With `through_agents`, the servers are reached through the agents,
+    /// so a timeout reports the agent's log.
     fn wait_ready(
         &mut self,
         role: Role,
@@ -1851,8 +1851,8 @@ impl Lab {
         );
     }
 
-    /// Runs `args` in `host`'s namespace (`client`, `sw`, `n1`.., `origin`) via `ip netns exec`, with
-    /// captured output. A non-zero exit is not an error here: check `output.status`.
+    /// Runs `args` in `host`'s namespace (`client`, `sw`, `n1`.., `origin`) via `ip netns exec`,
+    /// with captured output. A non-zero exit is not an error here: check `output.status`.
     pub fn exec<S: AsRef<OsStr>>(&self, host: &str, args: &[S]) -> Result<Output, LabError> {
         let mut cmd = exec_command(&self.spec.name, host, args)?;
         cmd.stdin(Stdio::null());
