@@ -14,8 +14,8 @@ use crate::lab::{self, Lab, LabSpec, ServerKind};
 pub enum LabCommand {
     /// Build a lab: network namespaces, a bridge, a server (and an agent) on every node.
     Up(UpArgs),
-    /// Run a command in one host of a lab (client, sw, n1..nN), with this terminal; exits with the
-    /// command's exit code.
+    /// Run a command in one host of a lab (client, sw, n1..nN, origin in a cache lab), with this
+    /// terminal; exits with the command's exit code.
     Exec(ExecArgs),
     /// Start, stop, kill or restart (take over) one node's agent in a running lab.
     Agent(AgentArgs),
@@ -52,13 +52,20 @@ pub struct UpArgs {
     /// Do not start baton agents (plain servers only).
     #[arg(long)]
     pub no_agent: bool,
+    /// `--server cache`: each node's cache size in MiB [default: 64].
+    #[arg(long)]
+    pub cache_mb: Option<u64>,
+    /// `--server cache`: how long the origin (198.18.0.250) waits before every response, in
+    /// milliseconds [default: 20].
+    #[arg(long)]
+    pub origin_delay_ms: Option<u64>,
 }
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
     #[command(flatten)]
     pub name: NameArg,
-    /// client, sw, or n1..nN.
+    /// client, sw, n1..nN, or origin (cache labs).
     pub host: String,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true)]
@@ -140,8 +147,17 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
                 let fields: BTreeMap<&str, &str> =
                     info.lines().filter_map(|l| l.split_once(" = ")).collect();
                 let get = |k| fields.get(k).copied().unwrap_or("?");
+                let cache = if get("server") == ServerKind::Cache.name() {
+                    format!(
+                        " cache_mb={} origin_delay_ms={}",
+                        get("cache_mb"),
+                        get("origin_delay_ms")
+                    )
+                } else {
+                    String::new()
+                };
                 println!(
-                    "{name}: nodes={} server={} policy={} agents={}",
+                    "{name}: nodes={} server={} policy={} agents={}{cache}",
                     get("nodes"),
                     get("server"),
                     get("policy"),
@@ -154,15 +170,32 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
     }
 }
 
+/// The spec `baton lab up` builds. Fails if `--cache-mb` or `--origin-delay-ms` is given for a
+/// server other than `cache` (they would be silently ignored).
+pub fn up_spec(args: &UpArgs) -> anyhow::Result<LabSpec> {
+    if args.server != ServerKind::Cache
+        && (args.cache_mb.is_some() || args.origin_delay_ms.is_some())
+    {
+        anyhow::bail!(
+            "--cache-mb and --origin-delay-ms apply to --server cache only, not {}",
+            args.server
+        );
+    }
+    let mut spec = LabSpec::new(args.name.name.clone(), args.nodes)
+        .server(args.server)
+        .policy(args.policy)
+        .agents(!args.no_agent);
+    if let Some(mb) = args.cache_mb {
+        spec = spec.cache_mb(mb);
+    }
+    if let Some(ms) = args.origin_delay_ms {
+        spec = spec.origin_delay_ms(ms);
+    }
+    Ok(spec)
+}
+
 fn up(args: UpArgs) -> anyhow::Result<()> {
-    let spec = LabSpec {
-        name: args.name.name.clone(),
-        nodes: args.nodes,
-        server: args.server,
-        policy: args.policy,
-        agents: !args.no_agent,
-        exe: None,
-    };
+    let spec = up_spec(&args)?;
     let lab = Lab::up(spec).with_context(|| format!("lab up {}", args.name.name))?;
     let name = lab.name().to_string();
     println!(
@@ -179,8 +212,22 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
     for i in 1..=lab.nodes() {
         println!("  n{i:<6} {:<12} {}", lab.node_ns(i), lab.node_address(i));
     }
+    if lab.spec().server == ServerKind::Cache {
+        println!(
+            "  origin  {:<12} {} (delay {} ms; caches of {} MiB)",
+            lab.origin_ns(),
+            lab.origin_addr().ip(),
+            lab.spec().origin_delay_ms,
+            lab.spec().cache_mb
+        );
+    }
     println!("  state   {}", lab.state_dir().display());
     println!("try:   baton lab exec --name {name} client -- curl -si http://198.18.0.1/index.html");
+    if lab.spec().server == ServerKind::Cache {
+        println!(
+            "       baton lab exec --name {name} client -- curl -si http://198.18.0.1/o/1/4096"
+        );
+    }
     println!("clean: baton lab down --name {name}");
     lab.detach();
     Ok(())

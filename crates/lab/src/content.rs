@@ -21,21 +21,53 @@ const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx
 /// stream seeded by the path, so it is not trivially compressible and two paths differ. A shorter
 /// `len` gives a prefix of a longer one.
 pub fn file_content(path: &str, len: usize) -> Vec<u8> {
-    let mut state = fnv1a(path.as_bytes());
     let mut out = Vec::with_capacity(len);
-    let mut word = 0u64;
-    for pos in 0..len {
-        if pos % 8 == 0 {
-            word = splitmix64(&mut state);
-        }
-        let byte = (word >> ((pos % 8) * 8)) as u8;
-        out.push(if pos % 64 == 63 {
-            b'\n'
-        } else {
-            ALPHABET[(byte & 63) as usize]
-        });
-    }
+    ContentStream::new(path).fill(&mut out, len);
     out
+}
+
+/// [`file_content`] of a path, produced piecewise: the bytes the stream appends, in any number
+/// of pieces, are exactly `file_content(path, n)` for the `n` appended so far. How the static
+/// server sends generated objects of up to 16 MiB without holding one whole in memory.
+#[derive(Debug, Clone)]
+pub struct ContentStream {
+    state: u64,
+    word: u64,
+    pos: usize,
+}
+
+impl ContentStream {
+    /// The stream of `path`'s content, at its first byte.
+    pub fn new(path: &str) -> Self {
+        ContentStream {
+            state: fnv1a(path.as_bytes()),
+            word: 0,
+            pos: 0,
+        }
+    }
+
+    /// How many bytes the stream has produced.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Appends the next `n` bytes of the content to `out`.
+    pub fn fill(&mut self, out: &mut Vec<u8>, n: usize) {
+        out.reserve(n);
+        for _ in 0..n {
+            let pos = self.pos;
+            if pos.is_multiple_of(8) {
+                self.word = splitmix64(&mut self.state);
+            }
+            let byte = (self.word >> ((pos % 8) * 8)) as u8;
+            out.push(if pos % 64 == 63 {
+                b'\n'
+            } else {
+                ALPHABET[(byte & 63) as usize]
+            });
+            self.pos += 1;
+        }
+    }
 }
 
 /// Lower-case hex sha256 of `bytes`.

@@ -17,7 +17,7 @@ pub enum LabError {
     #[error("lab {0:?} does not exist (no namespaces baton-{0}-*)")]
     NotFound(String),
     #[error(
-        "lab {name:?} has no host {host:?} (hosts: client, sw, n1..nN, and the namespace must exist)"
+        "lab {name:?} has no host {host:?} (hosts: client, sw, n1..nN, origin in a cache lab, and the namespace must exist)"
     )]
     UnknownHost { name: String, host: String },
     #[error("`{cmd}` failed ({status}): {stderr}")]

@@ -6,14 +6,17 @@
 //!   baton-NAME-client  eth0 198.18.0.254/24 ──┐
 //!   baton-NAME-n1      eth0 198.18.0.1/24   ──┤ p-HOST ports of bridge br0
 //!   ...                                       │ in baton-NAME-sw
-//!   baton-NAME-nN      eth0 198.18.0.N/24   ──┘
+//!   baton-NAME-nN      eth0 198.18.0.N/24   ──┤
+//!   baton-NAME-origin  eth0 198.18.0.250/24 ──┘ (cache labs only)
 //! ```
 //!
 //! Every veth pair is created directly inside the lab's namespaces, so nothing appears in the root
-//! namespace. Each node runs an HTTP server on 198.18.0.i:80 (the `static` server, nginx, or
-//! Apache; see [`ServerKind`]) and, unless disabled, a baton agent (`baton node`), all as daemons
-//! (own session, output to log files under the state directory `/run/baton/labs/NAME/`). A test
-//! may stop and restart one node's server or agent while the rest runs.
+//! namespace. Each node runs an HTTP server on 198.18.0.i:80 (the `static` server, nginx, Apache,
+//! or an nginx cache in front of the host `origin`; see [`ServerKind`]) and, unless disabled, a
+//! baton agent (`baton node`), all as daemons (own session, output to log files under the state
+//! directory `/run/baton/labs/NAME/`). A test may stop and restart one node's server or agent
+//! while the rest runs, and start HAProxy on a node ([`Lab::start_haproxy`]), the L7 balancer
+//! baton is compared with.
 //!
 //! An agent can also be killed, started again, taken over by a new agent (the upgrade path) or
 //! stopped while the rest runs, by the [`Lab`] that built the lab or by a handle that
@@ -48,6 +51,7 @@ use crate::netns::{
     enter_netns_before_exec, in_netns, ip, list_netns, netns_exists, netns_path, ns_identity,
     pids_in_namespaces, process_alive, run_checked,
 };
+use crate::static_server::{STATS_PATH, parse_stats};
 
 /// Where labs keep their state: `LABS_DIR/NAME/`.
 pub const LABS_DIR: &str = "/run/baton/labs";
@@ -63,6 +67,20 @@ pub const MAX_NODES: usize = 253;
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The nginx binary the `nginx` server kinds run (Debian's, unmodified).
 pub const NGINX: &str = "/usr/sbin/nginx";
+/// The HAProxy binary [`Lab::start_haproxy`] runs (Debian's, unmodified).
+pub const HAPROXY: &str = "/usr/sbin/haproxy";
+/// The address of a cache lab's origin (host `origin`, namespace `baton-NAME-origin`), on the
+/// lab's bridge: above the nodes a cache lab may have ([`MAX_CACHE_NODES`]), below the client.
+pub const ORIGIN_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 250);
+/// The most nodes a cache lab can have: the origin has the next address.
+pub const MAX_CACHE_NODES: usize = 249;
+/// A cache lab's default cache size per node, in MiB (`--cache-mb`).
+pub const DEFAULT_CACHE_MB: u64 = 64;
+/// A cache lab's default origin delay, in milliseconds (`--origin-delay-ms`).
+pub const DEFAULT_ORIGIN_DELAY_MS: u64 = 20;
+/// The longest origin delay a cache lab accepts: well below nginx's `proxy_read_timeout` (60 s),
+/// past which the caches would give up on the origin.
+pub const MAX_ORIGIN_DELAY_MS: u64 = 30_000;
 /// The Apache binary the `apache` server kind runs (Debian's, unmodified).
 pub const APACHE: &str = "/usr/sbin/apache2";
 /// Where Debian keeps Apache's modules.
@@ -76,6 +94,8 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 const POLL: Duration = Duration::from_millis(50);
 const MAX_NAME_LEN: usize = 10;
+/// A cache lab node's cache, in its directory.
+const CACHE_DIR: &str = "cache";
 
 /// Which unmodified HTTP server the nodes run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -90,15 +110,21 @@ pub enum ServerKind {
     /// Debian's Apache (mpm_event), with `AcceptFilter http data`, Debian's default on Linux
     /// (TCP_DEFER_ACCEPT, as `NginxDeferred`).
     Apache,
+    /// A cache tier: Debian's nginx as a caching reverse proxy (`proxy_cache`, see
+    /// [`cache_nginx_config`]) of the generated objects `/o/<id>/<size>` in front of a distant
+    /// origin, `baton serve-static --delay-ms D` on the extra host `origin` at
+    /// [`ORIGIN_ADDRESS`]; every other path is served from the web root, as by `Nginx`.
+    Cache,
 }
 
 impl ServerKind {
     /// Every kind, in the order the CLI lists them.
-    pub const ALL: [ServerKind; 4] = [
+    pub const ALL: [ServerKind; 5] = [
         ServerKind::Static,
         ServerKind::Nginx,
         ServerKind::NginxDeferred,
         ServerKind::Apache,
+        ServerKind::Cache,
     ];
 
     /// The name used on the command line and in `lab.info`.
@@ -108,7 +134,13 @@ impl ServerKind {
             ServerKind::Nginx => "nginx",
             ServerKind::NginxDeferred => "nginx-deferred",
             ServerKind::Apache => "apache",
+            ServerKind::Cache => "cache",
         }
+    }
+
+    /// Whether the lab has an origin host behind the nodes' servers.
+    pub fn has_origin(self) -> bool {
+        self == ServerKind::Cache
     }
 
     /// Whether the server's listener defers accepting until data arrives (TCP_DEFER_ACCEPT).
@@ -161,14 +193,28 @@ pub fn validate_name(name: &str) -> Result<(), LabError> {
     }
 }
 
-/// A lab name unique within this machine's running processes: `prefix` (trimmed to fit) followed
-/// by this process's id and a per-process counter, in base 36. For tests that run labs in parallel.
+/// The environment variable whose value [`unique_name`] puts before every name it makes.
+pub const LAB_PREFIX_ENV: &str = "BATON_LAB_PREFIX";
+
+/// A lab name unique within this machine's running processes: `$BATON_LAB_PREFIX` (if set) and
+/// `prefix`, trimmed to fit, followed by this process's id and a per-process counter, in base
+/// 36. For tests that run labs in parallel; the environment's prefix lets people who share a
+/// machine tell their test labs apart (see [`unique_name_under`]).
 pub fn unique_name(prefix: &str) -> String {
+    let group = std::env::var(LAB_PREFIX_ENV).unwrap_or_default();
+    unique_name_under(&group, prefix)
+}
+
+/// [`unique_name`] with `group` in place of `$BATON_LAB_PREFIX`: `group` then `prefix`, only
+/// their characters from `[a-z0-9]`, trimmed from the end to fit (so `group` is kept whole
+/// unless it alone is too long), then the unique suffix.
+pub fn unique_name_under(group: &str, prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed) % (36 * 36);
     let suffix = format!("{}{:0>2}", base36(std::process::id()), base36(n));
-    let prefix: String = prefix
+    let prefix: String = group
         .chars()
+        .chain(prefix.chars())
         .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         .take(MAX_NAME_LEN.saturating_sub(suffix.len()))
         .collect();
@@ -234,6 +280,12 @@ pub struct LabSpec {
     /// else the current executable (right when the lab is driven by `baton lab`; a test in another
     /// crate passes `env!("CARGO_BIN_EXE_baton")`).
     pub exe: Option<PathBuf>,
+    /// [`ServerKind::Cache`]: each node's cache size (nginx's `max_size`), in MiB, at least 1.
+    /// Other kinds ignore it.
+    pub cache_mb: u64,
+    /// [`ServerKind::Cache`]: how long the origin waits before every response's head, in
+    /// milliseconds, at most [`MAX_ORIGIN_DELAY_MS`]. Other kinds ignore it.
+    pub origin_delay_ms: u64,
 }
 
 impl LabSpec {
@@ -246,6 +298,8 @@ impl LabSpec {
             policy: PolicyKind::RoundRobin,
             agents: true,
             exe: None,
+            cache_mb: DEFAULT_CACHE_MB,
+            origin_delay_ms: DEFAULT_ORIGIN_DELAY_MS,
         }
     }
 
@@ -269,13 +323,45 @@ impl LabSpec {
         self
     }
 
+    /// Each node's cache size in MiB ([`ServerKind::Cache`]).
+    pub fn cache_mb(mut self, cache_mb: u64) -> Self {
+        self.cache_mb = cache_mb;
+        self
+    }
+
+    /// The origin's delay in milliseconds ([`ServerKind::Cache`]).
+    pub fn origin_delay_ms(mut self, origin_delay_ms: u64) -> Self {
+        self.origin_delay_ms = origin_delay_ms;
+        self
+    }
+
+    /// Checks the name, the number of nodes (1 ..= [`MAX_NODES`], or [`MAX_CACHE_NODES`] with an
+    /// origin) and, for a cache lab, `cache_mb` and `origin_delay_ms`.
     pub fn validate(&self) -> Result<(), LabError> {
         validate_name(&self.name)?;
-        if !(1..=MAX_NODES).contains(&self.nodes) {
+        let max = if self.server.has_origin() {
+            MAX_CACHE_NODES
+        } else {
+            MAX_NODES
+        };
+        if !(1..=max).contains(&self.nodes) {
             return Err(LabError::InvalidSpec(format!(
-                "nodes must be 1..={MAX_NODES}, not {}",
-                self.nodes
+                "nodes must be 1..={max} with the {} server, not {}",
+                self.server, self.nodes
             )));
+        }
+        if self.server == ServerKind::Cache {
+            if self.cache_mb == 0 {
+                return Err(LabError::InvalidSpec(
+                    "cache_mb must be at least 1".to_string(),
+                ));
+            }
+            if self.origin_delay_ms > MAX_ORIGIN_DELAY_MS {
+                return Err(LabError::InvalidSpec(format!(
+                    "origin_delay_ms must be at most {MAX_ORIGIN_DELAY_MS}, not {}",
+                    self.origin_delay_ms
+                )));
+            }
         }
         Ok(())
     }
@@ -319,10 +405,70 @@ pub fn agent_config(spec: &LabSpec, key: &str, i: usize) -> Result<NodeConfig, L
 /// The nginx configuration of node `i` whose directory is `node_dir`, serving `www`; with
 /// `deferred_accept`, its listener has `deferred` (TCP_DEFER_ACCEPT).
 pub fn nginx_config(node_dir: &Path, www: &Path, i: usize, deferred_accept: bool) -> String {
+    nginx_conf(node_dir, www, i, deferred_accept, None)
+}
+
+/// The nginx configuration of node `i` of a cache lab ([`ServerKind::Cache`]): that of
+/// [`nginx_config`] (non-`/o/` paths served from `www`, `/upload/` WebDAV), and `/o/...`
+/// proxied to the origin at [`ORIGIN_ADDRESS`] through a disk cache in `node_dir/cache` of at
+/// most `cache_mb` MiB (`proxy_cache_path ... keys_zone=baton:16m ... inactive=1h
+/// use_temp_path=off`, 200s kept an hour, `proxy_cache_lock on`) over HTTP/1.1 connections kept
+/// alive to the origin (`keepalive 32`). Every `/o/` response says `X-Served-By: nI` (the
+/// origin's own is hidden) and `X-Cache-Status: $upstream_cache_status` (`MISS`, `HIT`, ...).
+pub fn cache_nginx_config(node_dir: &Path, www: &Path, i: usize, cache_mb: u64) -> String {
+    nginx_conf(node_dir, www, i, false, Some(cache_mb))
+}
+
+/// [`nginx_config`], and with `cache_mb` the cache tier of [`cache_nginx_config`].
+fn nginx_conf(
+    node_dir: &Path,
+    www: &Path,
+    i: usize,
+    deferred_accept: bool,
+    cache_mb: Option<u64>,
+) -> String {
     let d = node_dir.display();
     let www = www.display();
     let addr = node_address(i);
     let deferred = if deferred_accept { " deferred" } else { "" };
+    let (cache_http, cache_location) = match cache_mb {
+        None => (String::new(), String::new()),
+        Some(mb) => (
+            format!(
+                r#"
+    # The cache tier: /o/ comes from the origin, through this disk cache.
+    proxy_cache_path {d}/{CACHE_DIR} levels=1:2 keys_zone=baton:16m max_size={mb}m inactive=1h use_temp_path=off;
+
+    upstream origin {{
+        server {ORIGIN_ADDRESS}:{HTTP_PORT};
+        keepalive 32;
+        # The origin (hyper) closes a connection idle for 30 s; nginx lets go of it first, so it
+        # never sends a request on a connection that is being closed.
+        keepalive_timeout 20s;
+    }}
+"#
+            ),
+            format!(
+                r#"
+        location /o/ {{
+            proxy_pass http://origin;
+            # Keep-alive to the origin needs HTTP/1.1 and no `Connection: close` from nginx.
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache baton;
+            proxy_cache_valid 200 1h;
+            # Concurrent misses of one object make one origin request, not one each.
+            proxy_cache_lock on;
+            # The node is the one that served; the origin's own X-Served-By stays behind.
+            proxy_hide_header X-Served-By;
+            # An add_header here drops the server's, so X-Served-By is repeated.
+            add_header X-Served-By n{i} always;
+            add_header X-Cache-Status $upstream_cache_status always;
+        }}
+"#
+            ),
+        ),
+    };
     format!(
         r#"# Written by baton lab for node n{i}.
 daemon off;
@@ -353,7 +499,7 @@ http {{
     fastcgi_temp_path {d}/nginx-tmp/fastcgi;
     uwsgi_temp_path {d}/nginx-tmp/uwsgi;
     scgi_temp_path {d}/nginx-tmp/scgi;
-
+{cache_http}
     server {{
         listen {addr}:{HTTP_PORT}{deferred} backlog=4096;
         server_name _;
@@ -370,7 +516,7 @@ http {{
             create_full_put_path on;
             dav_access user:rw group:r all:r;
         }}
-    }}
+{cache_location}    }}
 }}
 "#
     )
@@ -436,6 +582,51 @@ Header always set X-Served-By n{i}
     )
 }
 
+/// The HAProxy configuration for node `i` of a lab of `nodes` nodes, listening on
+/// `<node address>:port`: `mode http`, `balance uri` (the path, not the query, picks the node)
+/// with `hash-type consistent` over every node's HTTP server at `<node address>:80` (`http-reuse
+/// safe`: idle server connections are shared between client connections), logs (warnings and
+/// up) on its standard output, which the lab sends to `haproxy.log`. Complete in itself: run with
+/// `haproxy -db -f CONF`.
+pub fn haproxy_config(i: usize, port: u16, nodes: usize) -> String {
+    let addr = node_address(i);
+    let servers: String = (1..=nodes)
+        .map(|j| format!("    server n{j} {}:{HTTP_PORT}\n", node_address(j)))
+        .collect();
+    format!(
+        r#"# Written by baton lab for node n{i}.
+global
+    # Not every request: a log line each would weigh on the benchmarks HAProxy takes part in.
+    log stdout format raw local0 notice
+    # As many as one nginx worker takes (worker_connections), and within the lab's descriptor
+    # limit: HAProxy needs two per connection.
+    maxconn 4096
+
+defaults
+    mode http
+    log global
+    option dontlognull
+    timeout connect 5s
+    timeout client 65s
+    timeout server 65s
+    timeout http-request 10s
+    timeout http-keep-alive 65s
+    timeout queue 10s
+
+frontend baton
+    bind {addr}:{port}
+    default_backend nodes
+
+backend nodes
+    balance uri
+    hash-type consistent
+    http-reuse safe
+    # No health checks: their connections would show in the nodes' (and agents') counts, and a
+    # lab node's server runs unless a test stops it.
+{servers}"#
+    )
+}
+
 /// Writes the lab's web root ([`LAB_FILES`]) under `www`.
 pub fn write_web_root(www: &Path) -> Result<(), LabError> {
     for (path, len) in LAB_FILES {
@@ -452,10 +643,14 @@ pub fn write_web_root(www: &Path) -> Result<(), LabError> {
     Ok(())
 }
 
+/// What a daemon of the lab is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
+    /// A node's HTTP server, or the origin of a cache lab.
     Server,
     Agent,
+    /// HAProxy on a node ([`Lab::start_haproxy`]).
+    Haproxy,
 }
 
 impl Role {
@@ -463,22 +658,51 @@ impl Role {
         match self {
             Role::Server => "server",
             Role::Agent => "agent",
+            Role::Haproxy => "haproxy",
         }
     }
 
-    /// Where the lab records the daemon's pid, in the node's directory.
+    /// Where the lab records the daemon's pid, in its host's directory.
     fn pid_file(self) -> &'static str {
         match self {
             Role::Server => "server.pid",
             Role::Agent => "agent.pid",
+            Role::Haproxy => "haproxy.pid",
+        }
+    }
+}
+
+/// A host of the lab that runs daemons: a node, or a cache lab's origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Host {
+    /// Node `i`, 1-based.
+    Node(usize),
+    Origin,
+}
+
+impl Host {
+    /// Its name in namespaces, directories and messages: `nI` or `origin`.
+    fn name(self) -> String {
+        match self {
+            Host::Node(i) => format!("n{i}"),
+            Host::Origin => "origin".to_string(),
+        }
+    }
+
+    fn address(self) -> Ipv4Addr {
+        match self {
+            Host::Node(i) => node_address(i),
+            Host::Origin => ORIGIN_ADDRESS,
         }
     }
 }
 
 /// A process the lab started.
 struct Daemon {
-    node: usize,
+    host: Host,
     role: Role,
+    /// The port its readiness probe asks (see [`probe`]).
+    port: u16,
     log: PathBuf,
     child: Child,
 }
@@ -486,8 +710,8 @@ struct Daemon {
 impl Daemon {
     fn what(&self) -> String {
         format!(
-            "n{} {} (pid {})",
-            self.node,
+            "{} {} (pid {})",
+            self.host.name(),
             self.role.name(),
             self.child.id()
         )
@@ -646,10 +870,15 @@ impl Lab {
         self.write_info()?;
 
         let exe = self.spec.resolve_exe()?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        if self.spec.server.has_origin() {
+            // Up before the caches, so that their first miss finds it.
+            self.start_origin(&exe)?;
+            self.wait_ready(Role::Server, deadline, false, Some(Host::Origin))?;
+        }
         for i in 1..=self.spec.nodes {
             self.start_server(i, &exe)?;
         }
-        let deadline = Instant::now() + READY_TIMEOUT;
         self.wait_ready(Role::Server, deadline, false, None)?;
         if self.spec.agents {
             for i in 1..=self.spec.nodes {
@@ -665,6 +894,9 @@ impl Lab {
     fn hosts(&self) -> Vec<(String, Ipv4Addr)> {
         let mut hosts = vec![("client".to_string(), CLIENT_ADDRESS)];
         hosts.extend((1..=self.spec.nodes).map(|i| (format!("n{i}"), node_address(i))));
+        if self.spec.server.has_origin() {
+            hosts.push((Host::Origin.name(), ORIGIN_ADDRESS));
+        }
         hosts
     }
 
@@ -681,6 +913,7 @@ impl Lab {
             ServerKind::Static => &[],
             ServerKind::Nginx | ServerKind::NginxDeferred => &["dav", "nginx-tmp"],
             ServerKind::Apache => &["apache-run"],
+            ServerKind::Cache => &["dav", "nginx-tmp", CACHE_DIR],
         };
         std::fs::create_dir_all(&dir)
             .map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
@@ -715,9 +948,14 @@ impl Lab {
                 ]);
                 cmd
             }
-            ServerKind::Nginx | ServerKind::NginxDeferred => {
-                let deferred = self.spec.server == ServerKind::NginxDeferred;
-                let conf = write_config("nginx.conf", nginx_config(&dir, &www, i, deferred))?;
+            ServerKind::Nginx | ServerKind::NginxDeferred | ServerKind::Cache => {
+                let text = if self.spec.server == ServerKind::Cache {
+                    cache_nginx_config(&dir, &www, i, self.spec.cache_mb)
+                } else {
+                    let deferred = self.spec.server == ServerKind::NginxDeferred;
+                    nginx_config(&dir, &www, i, deferred)
+                };
+                let conf = write_config("nginx.conf", text)?;
                 let mut test = Command::new(NGINX);
                 test.args(["-t", "-q", "-e"]).arg(&log).arg("-c").arg(&conf);
                 config_test(test)?;
@@ -735,7 +973,33 @@ impl Lab {
                 cmd
             }
         };
-        self.spawn_daemon(i, Role::Server, cmd, log).map(|_| ())
+        self.spawn_daemon(Host::Node(i), Role::Server, HTTP_PORT, cmd, log)
+            .map(|_| ())
+    }
+
+    /// Starts the origin of a cache lab, `EXE serve-static` on [`ORIGIN_ADDRESS`]:80 with the
+    /// spec's delay, serving the web root as `origin`, without waiting for it.
+    fn start_origin(&mut self, exe: &Path) -> Result<(), LabError> {
+        let dir = self.origin_dir();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
+        let listen = SocketAddr::new(ORIGIN_ADDRESS.into(), HTTP_PORT).to_string();
+        let mut cmd = Command::new(exe);
+        // The web root names the state directory on the command line (how `down` knows it).
+        cmd.arg("serve-static")
+            .arg("--root")
+            .arg(self.www_dir())
+            .args([
+                "--listen",
+                &listen,
+                "--served-by",
+                "origin",
+                "--delay-ms",
+                &self.spec.origin_delay_ms.to_string(),
+            ]);
+        let log = self.origin_log();
+        self.spawn_daemon(Host::Origin, Role::Server, HTTP_PORT, cmd, log)
+            .map(|_| ())
     }
 
     /// Writes node `i`'s agent configuration (from the spec and key) and starts its agent, without
@@ -746,8 +1010,9 @@ impl Lab {
         std::fs::write(&path, config.to_toml())
             .map_err(|e| LabError::io(format!("writing {}", path.display()), e))?;
         self.spawn_daemon(
-            i,
+            Host::Node(i),
             Role::Agent,
+            METRICS_PORT,
             self.agent_command(i, exe),
             self.agent_log(i),
         )
@@ -763,31 +1028,34 @@ impl Lab {
         cmd
     }
 
-    /// Starts `cmd` as a daemon in node `i`'s namespace ([`Lab::spawn_in_node`]), records it as
-    /// this value's child and writes its pid into the role's pid file. Returns the pid.
+    /// Starts `cmd` as a daemon in `host`'s namespace ([`Lab::spawn_in`]), records it as this
+    /// value's child (probed on `port`) and writes its pid into the role's pid file. Returns the
+    /// pid.
     fn spawn_daemon(
         &mut self,
-        i: usize,
+        host: Host,
         role: Role,
+        port: u16,
         cmd: Command,
         log: PathBuf,
     ) -> Result<u32, LabError> {
-        let child = self.spawn_in_node(i, cmd, &log)?;
+        let child = self.spawn_in(host, cmd, &log)?;
         let pid = child.id();
         self.daemons.push(Daemon {
-            node: i,
+            host,
             role,
+            port,
             log,
             child,
         });
-        self.write_pid_file(i, role, pid)?;
+        self.write_pid_file(host, role, pid)?;
         Ok(pid)
     }
 
-    /// Starts `cmd` in node `i`'s namespace as a daemon: new session, stdin from /dev/null, stdout
-    /// and stderr appended to `log`, working directory the node's directory. Records nothing.
-    fn spawn_in_node(&self, i: usize, mut cmd: Command, log: &Path) -> Result<Child, LabError> {
-        let dir = self.node_dir(i);
+    /// Starts `cmd` in `host`'s namespace as a daemon: new session, stdin from /dev/null, stdout
+    /// and stderr appended to `log`, working directory the host's directory. Records nothing.
+    fn spawn_in(&self, host: Host, mut cmd: Command, log: &Path) -> Result<Child, LabError> {
+        let dir = self.host_dir(host);
         let out = OpenOptions::new()
             .create(true)
             .append(true)
@@ -804,7 +1072,7 @@ impl Lab {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        let ns_file = enter_netns_before_exec(&mut cmd, &self.node_ns(i), true)?;
+        let ns_file = enter_netns_before_exec(&mut cmd, &self.host_ns(host), true)?;
         let child = cmd.spawn().map_err(|source| LabError::Spawn {
             cmd: crate::netns::describe(&cmd),
             source,
@@ -813,14 +1081,14 @@ impl Lab {
         Ok(child)
     }
 
-    fn write_pid_file(&self, i: usize, role: Role, pid: u32) -> Result<(), LabError> {
-        let path = self.node_dir(i).join(role.pid_file());
+    fn write_pid_file(&self, host: Host, role: Role, pid: u32) -> Result<(), LabError> {
+        let path = self.host_dir(host).join(role.pid_file());
         std::fs::write(&path, format!("{pid}\n"))
             .map_err(|e| LabError::io(format!("writing {}", path.display()), e))
     }
 
-    fn remove_pid_file(&self, i: usize, role: Role) -> Result<(), LabError> {
-        let path = self.node_dir(i).join(role.pid_file());
+    fn remove_pid_file(&self, host: Host, role: Role) -> Result<(), LabError> {
+        let path = self.host_dir(host).join(role.pid_file());
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -828,23 +1096,23 @@ impl Lab {
         }
     }
 
-    /// Waits until every daemon of `role` this value started (only node `only`'s, if given) passes
-    /// its probe, run from the client namespace. Any daemon this value started exiting meanwhile
-    /// is a failure. With `through_agents`, the servers are reached through the agents, so a
-    /// timeout reports the agent's log.
+    /// Waits until every daemon of `role` this value started (only host `only`'s, if given)
+    /// passes its probe, run from the client namespace. Any daemon this value started exiting
+    /// meanwhile is a failure. With `through_agents`, the servers are reached through the agents,
+    /// so a timeout reports the agent's log.
     fn wait_ready(
         &mut self,
         role: Role,
         deadline: Instant,
         through_agents: bool,
-        only: Option<usize>,
+        only: Option<Host>,
     ) -> Result<(), LabError> {
         let nodes = self.spec.nodes;
         let client = self.client_ns();
         let daemons = &mut self.daemons;
         in_netns(&client, move || {
             let mut pending: Vec<usize> = (0..daemons.len())
-                .filter(|&k| daemons[k].role == role && only.is_none_or(|i| daemons[k].node == i))
+                .filter(|&k| daemons[k].role == role && only.is_none_or(|h| daemons[k].host == h))
                 .collect();
             let mut last_error: HashMap<usize, String> = HashMap::new();
             loop {
@@ -857,7 +1125,7 @@ impl Lab {
                         Err(e) => return Err(not_ready(d.what(), d, format!("waitpid: {e}"))),
                     }
                 }
-                pending.retain(|&k| match probe(daemons[k].role, daemons[k].node, nodes) {
+                pending.retain(|&k| match probe(&daemons[k], nodes) {
                     Ok(()) => false,
                     Err(e) => {
                         last_error.insert(k, e);
@@ -876,7 +1144,7 @@ impl Lab {
                     );
                     let agent = daemons
                         .iter()
-                        .find(|a| a.node == d.node && a.role == Role::Agent);
+                        .find(|a| a.host == d.host && a.role == Role::Agent);
                     return Err(match agent {
                         Some(agent) if through_agents => not_ready(
                             format!("{} through {}", d.what(), agent.what()),
@@ -898,7 +1166,8 @@ impl Lab {
     /// pinned and forwarding (`down` removes the pins). To wait longer, or to learn which of the
     /// two happened, use [`Lab::stop_agent_wait`]. No agent running is not an error.
     pub fn stop_agent(&mut self, i: usize) -> Result<(), LabError> {
-        self.stop_daemon(i, Role::Agent, STOP_GRACE).map(|_| ())
+        self.stop_daemon(Host::Node(i), Role::Agent, STOP_GRACE)
+            .map(|_| ())
     }
 
     /// Stops node `i`'s agent for good: SIGTERM, then waits up to `timeout` for it to exit by
@@ -908,7 +1177,7 @@ impl Lab {
     /// agent is still there [`KILL_TIMEOUT`] (5 s) after SIGKILL.
     pub fn stop_agent_wait(&mut self, i: usize, timeout: Duration) -> Result<bool, LabError> {
         self.check_node(i);
-        match self.stop_daemon(i, Role::Agent, timeout)? {
+        match self.stop_daemon(Host::Node(i), Role::Agent, timeout)? {
             Some(exited) => Ok(exited),
             None => Err(no_agent(i)),
         }
@@ -922,7 +1191,9 @@ impl Lab {
     /// the agent is still there [`KILL_TIMEOUT`] (5 s) later.
     pub fn kill_agent(&mut self, i: usize) -> Result<u32, LabError> {
         self.check_node(i);
-        let running = self.running(i, Role::Agent).ok_or_else(|| no_agent(i))?;
+        let running = self
+            .running(Host::Node(i), Role::Agent)
+            .ok_or_else(|| no_agent(i))?;
         let pid = match running {
             Running::Child(k) => {
                 let mut daemon = self.daemons.remove(k);
@@ -940,7 +1211,7 @@ impl Lab {
                 pid as u32
             }
         };
-        self.remove_pid_file(i, Role::Agent)?;
+        self.remove_pid_file(Host::Node(i), Role::Agent)?;
         Ok(pid)
     }
 
@@ -955,7 +1226,7 @@ impl Lab {
     pub fn start_agent(&mut self, i: usize) -> Result<u32, LabError> {
         self.check_node(i);
         self.require_agents()?;
-        if let Some(running) = self.running(i, Role::Agent) {
+        if let Some(running) = self.running(Host::Node(i), Role::Agent) {
             return Err(LabError::InvalidSpec(format!(
                 "n{i}'s agent is running (pid {}); restart replaces a running agent",
                 self.running_pid(&running)
@@ -963,12 +1234,14 @@ impl Lab {
         }
         let exe = self.spec.resolve_exe()?;
         let pid = self.spawn_daemon(
-            i,
+            Host::Node(i),
             Role::Agent,
+            METRICS_PORT,
             self.agent_command(i, &exe),
             self.agent_log(i),
         )?;
-        self.wait_ready(Role::Agent, Instant::now() + READY_TIMEOUT, false, Some(i))?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        self.wait_ready(Role::Agent, deadline, false, Some(Host::Node(i)))?;
         Ok(pid)
     }
 
@@ -986,14 +1259,17 @@ impl Lab {
     pub fn restart_agent(&mut self, i: usize) -> Result<(u32, u32), LabError> {
         self.check_node(i);
         self.require_agents()?;
-        let old = self.running(i, Role::Agent).ok_or_else(|| no_agent(i))?;
+        let old = self
+            .running(Host::Node(i), Role::Agent)
+            .ok_or_else(|| no_agent(i))?;
         let old_pid = self.running_pid(&old);
         let exe = self.spec.resolve_exe()?;
         let log = self.agent_log(i);
-        let child = self.spawn_in_node(i, self.agent_command(i, &exe), &log)?;
+        let child = self.spawn_in(Host::Node(i), self.agent_command(i, &exe), &log)?;
         let mut new = Daemon {
-            node: i,
+            host: Host::Node(i),
             role: Role::Agent,
+            port: METRICS_PORT,
             log,
             child,
         };
@@ -1037,8 +1313,9 @@ impl Lab {
             self.daemons.remove(k);
         }
         self.daemons.push(new);
-        self.write_pid_file(i, Role::Agent, new_pid)?;
-        self.wait_ready(Role::Agent, Instant::now() + READY_TIMEOUT, false, Some(i))?;
+        self.write_pid_file(Host::Node(i), Role::Agent, new_pid)?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        self.wait_ready(Role::Agent, deadline, false, Some(Host::Node(i)))?;
         Ok((old_pid, new_pid))
     }
 
@@ -1067,39 +1344,136 @@ impl Lab {
     /// Stops node `i`'s server (SIGTERM, up to 5 s, then SIGKILL) and waits for it to exit; its
     /// agent keeps running, and finds the service ports without a listener.
     pub fn stop_server(&mut self, i: usize) -> Result<(), LabError> {
-        self.stop_daemon(i, Role::Server, STOP_GRACE).map(|_| ())
+        self.stop_daemon(Host::Node(i), Role::Server, STOP_GRACE)
+            .map(|_| ())
     }
 
     /// Starts node `i`'s server again after [`Lab::stop_server`] and waits until it answers
-    /// `GET /` itself: probed from inside the node, over loopback, so not through any agent.
+    /// `GET /` itself: probed from inside the node, so not through any agent.
     pub fn restart_server(&mut self, i: usize) -> Result<(), LabError> {
         self.check_node(i);
-        if self.pid_of(i, Role::Server).is_some() {
+        if self.pid_of(Host::Node(i), Role::Server).is_some() {
             return Err(LabError::InvalidSpec(format!(
                 "n{i}'s server is running; stop it first"
             )));
         }
         let exe = self.spec.resolve_exe()?;
         self.start_server(i, &exe)?;
-        let (ns, nodes) = (self.node_ns(i), self.spec.nodes);
-        let server = self
-            .daemons
-            .last_mut()
-            .expect("start_server adds the daemon");
+        self.wait_last_ready(&self.node_ns(i))
+    }
+
+    /// Empties every node's cache in a cache lab (between benchmark variants): node by node,
+    /// stops its nginx, removes what its cache directory holds, starts it again and waits until
+    /// it answers (as [`Lab::restart_server`]). nginx keeps an index of its cache in memory, so
+    /// the files only go while it is stopped. A node whose server was not running has its cache
+    /// emptied and stays stopped. The next request for any object is a `MISS` on every node.
+    ///
+    /// Fails with [`LabError::InvalidSpec`] if the lab is not a cache lab, and as
+    /// [`Lab::restart_server`] does if a server does not come back.
+    pub fn clear_caches(&mut self) -> Result<(), LabError> {
+        self.require_origin()?;
+        for i in 1..=self.spec.nodes {
+            let was_running = self.running(Host::Node(i), Role::Server).is_some();
+            self.stop_server(i)?;
+            let cache = self.node_dir(i).join(CACHE_DIR);
+            let entries = std::fs::read_dir(&cache)
+                .map_err(|e| LabError::io(format!("reading {}", cache.display()), e))?;
+            for entry in entries {
+                let path = entry
+                    .map_err(|e| LabError::io(format!("reading {}", cache.display()), e))?
+                    .path();
+                let removed = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                removed.map_err(|e| LabError::io(format!("removing {}", path.display()), e))?;
+            }
+            if was_running {
+                self.restart_server(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts HAProxy (Debian's, [`HAPROXY`]) on node `i`, listening on `<node address>:port`
+    /// and balancing over every node's HTTP server at `<node address>:80` as an L7 content
+    /// switch would ([`haproxy_config`]: `balance uri`, `hash-type consistent`): the alternative
+    /// baton is compared with. Its configuration (`haproxy.cfg`) and log (`haproxy.log`) are in
+    /// the node directory; it is this value's child, recorded in `haproxy.pid`, and stopped by
+    /// [`Lab::stop_haproxy`] or `down`. Returns its pid once it answers `GET /` (asked from
+    /// inside node `i`).
+    ///
+    /// The nodes' agents, if any, also see HAProxy's connections to port 80 and distribute them
+    /// by their policy: measure HAProxy alone in a lab without agents (or with `local`).
+    ///
+    /// Fails with [`LabError::InvalidSpec`] if `port` is 0, [`HTTP_PORT`] or [`METRICS_PORT`]
+    /// or HAProxy already runs on node `i`; with [`LabError::Command`] if HAProxy rejects the
+    /// configuration (`haproxy -c`); with [`LabError::NotReady`] and its log's tail if it exits
+    /// (say, the port is taken) or does not answer within [`READY_TIMEOUT`] (it then stays
+    /// running and recorded).
+    pub fn start_haproxy(&mut self, i: usize, port: u16) -> Result<u32, LabError> {
+        self.check_node(i);
+        if [0, HTTP_PORT, METRICS_PORT].contains(&port) {
+            return Err(LabError::InvalidSpec(format!(
+                "HAProxy cannot listen on port {port} (0, the HTTP port and the metrics port are \
+                 not free)"
+            )));
+        }
+        // `running`, not `pid_of`: a HAProxy that exited (a failed start) is forgotten here.
+        if let Some(running) = self.running(Host::Node(i), Role::Haproxy) {
+            return Err(LabError::InvalidSpec(format!(
+                "HAProxy already runs on n{i} (pid {})",
+                self.running_pid(&running)
+            )));
+        }
+        let conf = self.node_dir(i).join("haproxy.cfg");
+        let text = haproxy_config(i, port, self.spec.nodes);
+        std::fs::write(&conf, text)
+            .map_err(|e| LabError::io(format!("writing {}", conf.display()), e))?;
+        // A configuration check first: a bad one fails here, with HAProxy's own message.
+        let mut check = Command::new(HAPROXY);
+        check.args(["-c", "-q", "-f"]).arg(&conf);
+        let _ns = enter_netns_before_exec(&mut check, &self.node_ns(i), false)?;
+        run_checked(&mut check)?;
+        // -db: in the foreground, so that the process the lab records is HAProxy itself.
+        let mut cmd = Command::new(HAPROXY);
+        cmd.arg("-db").arg("-f").arg(&conf);
+        let log = self.haproxy_log(i);
+        let pid = self.spawn_daemon(Host::Node(i), Role::Haproxy, port, cmd, log)?;
+        self.wait_last_ready(&self.node_ns(i))?;
+        Ok(pid)
+    }
+
+    /// Stops node `i`'s HAProxy, if it runs (SIGTERM, up to 5 s, then SIGKILL), and waits until
+    /// it is gone; its pid file is removed. None running is not an error.
+    pub fn stop_haproxy(&mut self, i: usize) -> Result<(), LabError> {
+        self.check_node(i);
+        self.stop_daemon(Host::Node(i), Role::Haproxy, STOP_GRACE)
+            .map(|_| ())
+    }
+
+    /// Waits until the daemon this value started last passes its probe, run in namespace `ns`
+    /// (its own host's, so that no agent stands between), failing at once if it (or it alone:
+    /// the others are not watched) exits, or after [`READY_TIMEOUT`], when it stays running and
+    /// recorded.
+    fn wait_last_ready(&mut self, ns: &str) -> Result<(), LabError> {
+        let nodes = self.spec.nodes;
+        let daemon = self.daemons.last_mut().expect("a daemon was just started");
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            match server.child.try_wait() {
+            match daemon.child.try_wait() {
                 Ok(None) => {}
                 Ok(Some(status)) => {
                     return Err(not_ready(
-                        server.what(),
-                        server,
+                        daemon.what(),
+                        daemon,
                         format!("exited ({status})"),
                     ));
                 }
-                Err(e) => return Err(not_ready(server.what(), server, format!("waitpid: {e}"))),
+                Err(e) => return Err(not_ready(daemon.what(), daemon, format!("waitpid: {e}"))),
             }
-            let last_error = match in_netns(&ns, || probe(Role::Server, i, nodes))? {
+            let last_error = match in_netns(ns, || probe(daemon, nodes))? {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
@@ -1108,22 +1482,22 @@ impl Lab {
                     "no success within {} s; last probe: {last_error}",
                     READY_TIMEOUT.as_secs()
                 );
-                return Err(not_ready(server.what(), server, reason));
+                return Err(not_ready(daemon.what(), daemon, reason));
             }
             std::thread::sleep(POLL);
         }
     }
 
-    /// Stops node `i`'s daemon of `role`, if running: SIGTERM, up to `timeout` for it to exit,
+    /// Stops `host`'s daemon of `role`, if running: SIGTERM, up to `timeout` for it to exit,
     /// then SIGKILL; removes its pid file. `None` if it was not running, else whether it exited
     /// by itself.
     fn stop_daemon(
         &mut self,
-        i: usize,
+        host: Host,
         role: Role,
         timeout: Duration,
     ) -> Result<Option<bool>, LabError> {
-        let Some(running) = self.running(i, role) else {
+        let Some(running) = self.running(host, role) else {
             return Ok(None);
         };
         let exited = match running {
@@ -1150,7 +1524,7 @@ impl Lab {
                 }
             }
             Running::Recorded(pid) => {
-                let what = || format!("n{i}'s {}", role.name());
+                let what = || format!("{}'s {}", host.name(), role.name());
                 send_signal(pid, Signal::SIGTERM, what)?;
                 if wait_gone(&[pid], timeout) {
                     true
@@ -1161,26 +1535,26 @@ impl Lab {
                 }
             }
         };
-        self.remove_pid_file(i, role)?;
+        self.remove_pid_file(host, role)?;
         Ok(Some(exited))
     }
 
-    /// Node `i`'s running daemon of `role`: this value's child, or else the live process its pid
+    /// `host`'s running daemon of `role`: this value's child, or else the live process its pid
     /// file names (if that process's command line names this lab's state directory, so that a
     /// stale pid file never points at an unrelated process). Children that have exited are
     /// reaped and forgotten first.
-    fn running(&mut self, i: usize, role: Role) -> Option<Running> {
+    fn running(&mut self, host: Host, role: Role) -> Option<Running> {
         self.daemons.retain_mut(|d| {
-            d.node != i || d.role != role || matches!(d.child.try_wait(), Ok(None))
+            d.host != host || d.role != role || matches!(d.child.try_wait(), Ok(None))
         });
         if let Some(k) = self
             .daemons
             .iter()
-            .position(|d| d.node == i && d.role == role)
+            .position(|d| d.host == host && d.role == role)
         {
             return Some(Running::Child(k));
         }
-        self.recorded_pid(i, role).map(Running::Recorded)
+        self.recorded_pid(host, role).map(Running::Recorded)
     }
 
     fn running_pid(&self, running: &Running) -> u32 {
@@ -1190,9 +1564,9 @@ impl Lab {
         }
     }
 
-    fn recorded_pid(&self, i: usize, role: Role) -> Option<i32> {
+    fn recorded_pid(&self, host: Host, role: Role) -> Option<i32> {
         let pid = recorded_pid(
-            &self.node_dir(i).join(role.pid_file()),
+            &self.host_dir(host).join(role.pid_file()),
             &state_dir_marker(&self.state_dir),
         )?;
         process_alive(pid).then_some(pid)
@@ -1319,6 +1693,11 @@ impl Lab {
         ns_name(&self.spec.name, &format!("n{i}"))
     }
 
+    /// The namespace of a cache lab's origin, `baton-NAME-origin` (only cache labs have it).
+    pub fn origin_ns(&self) -> String {
+        ns_name(&self.spec.name, &Host::Origin.name())
+    }
+
     /// `/run/baton/labs/NAME`.
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
@@ -1330,7 +1709,7 @@ impl Lab {
     }
 
     /// Node `i`'s directory: configurations, logs, pid files; `dav/` is nginx's upload root,
-    /// `apache-run/` Apache's runtime directory.
+    /// `apache-run/` Apache's runtime directory, `cache/` a cache lab's nginx cache.
     pub fn node_dir(&self, i: usize) -> PathBuf {
         self.check_node(i);
         self.state_dir.join(format!("n{i}"))
@@ -1340,6 +1719,16 @@ impl Lab {
         self.node_dir(i).join("server.log")
     }
 
+    /// A cache lab's origin directory (its log and pid file): `STATE_DIR/origin`.
+    pub fn origin_dir(&self) -> PathBuf {
+        self.state_dir.join(Host::Origin.name())
+    }
+
+    /// The origin's log.
+    pub fn origin_log(&self) -> PathBuf {
+        self.origin_dir().join("server.log")
+    }
+
     pub fn agent_log(&self, i: usize) -> PathBuf {
         self.node_dir(i).join("agent.log")
     }
@@ -1347,12 +1736,63 @@ impl Lab {
     /// The pid of node `i`'s server: the one this value started, or else the live process its
     /// pid file names (a handle's lab).
     pub fn server_pid(&self, i: usize) -> Option<u32> {
-        self.pid_of(i, Role::Server)
+        self.pid_of(Host::Node(i), Role::Server)
     }
 
     /// The pid of node `i`'s agent, as [`Lab::server_pid`].
     pub fn agent_pid(&self, i: usize) -> Option<u32> {
-        self.pid_of(i, Role::Agent)
+        self.pid_of(Host::Node(i), Role::Agent)
+    }
+
+    /// The pid of node `i`'s HAProxy ([`Lab::start_haproxy`]), as [`Lab::server_pid`].
+    pub fn haproxy_pid(&self, i: usize) -> Option<u32> {
+        self.pid_of(Host::Node(i), Role::Haproxy)
+    }
+
+    /// Node `i`'s HAProxy log (its stdout and stderr).
+    pub fn haproxy_log(&self, i: usize) -> PathBuf {
+        self.node_dir(i).join("haproxy.log")
+    }
+
+    /// The pid of a cache lab's origin, as [`Lab::server_pid`]; `None` in other labs.
+    pub fn origin_pid(&self) -> Option<u32> {
+        if !self.spec.server.has_origin() {
+            return None;
+        }
+        self.pid_of(Host::Origin, Role::Server)
+    }
+
+    /// The origin's HTTP address in a cache lab: [`ORIGIN_ADDRESS`]:80, reachable from every
+    /// host of the lab. Panics if the lab is not a cache lab (it has no origin), as
+    /// [`Lab::node_address`] does for a node the lab lacks.
+    pub fn origin_addr(&self) -> SocketAddr {
+        assert!(
+            self.spec.server.has_origin(),
+            "lab {} has no origin (its server is {})",
+            self.spec.name,
+            self.spec.server
+        );
+        SocketAddr::new(ORIGIN_ADDRESS.into(), HTTP_PORT)
+    }
+
+    /// How many responses a cache lab's origin has answered since it started: every request that
+    /// reached it (the caches' misses, and anything sent to it directly), asked of its
+    /// `GET /_stats` from the client namespace (which the count leaves out). Fails with
+    /// [`LabError::InvalidSpec`] in a lab without origin and [`LabError::Http`] if the origin
+    /// does not answer as it should.
+    pub fn origin_requests(&self) -> Result<u64, LabError> {
+        self.require_origin()?;
+        let addr = self.origin_addr();
+        let resp =
+            self.in_client(|| http_get_timeout(addr, STATS_PATH, Duration::from_secs(5)))??;
+        let body = String::from_utf8_lossy(&resp.body);
+        match parse_stats(&body) {
+            Some(n) if resp.status == 200 => Ok(n),
+            _ => Err(LabError::Http(crate::http_client::HttpError::Malformed {
+                addr,
+                detail: format!("GET {STATS_PATH} answered {}: {body:?}", resp.status),
+            })),
+        }
     }
 
     /// Node `i`'s agent configuration file.
@@ -1360,13 +1800,46 @@ impl Lab {
         self.node_dir(i).join("agent.toml")
     }
 
-    fn pid_of(&self, i: usize, role: Role) -> Option<u32> {
-        self.check_node(i);
+    /// The pid of `host`'s daemon of `role`: the one this value started, or else the live
+    /// process its pid file names.
+    fn pid_of(&self, host: Host, role: Role) -> Option<u32> {
+        if let Host::Node(i) = host {
+            self.check_node(i);
+        }
         self.daemons
             .iter()
-            .find(|d| d.node == i && d.role == role)
+            .find(|d| d.host == host && d.role == role)
             .map(|d| d.child.id())
-            .or_else(|| self.recorded_pid(i, role).map(|pid| pid as u32))
+            .or_else(|| self.recorded_pid(host, role).map(|pid| pid as u32))
+    }
+
+    /// The directory of `host`: [`Lab::node_dir`] or [`Lab::origin_dir`].
+    fn host_dir(&self, host: Host) -> PathBuf {
+        match host {
+            Host::Node(i) => self.node_dir(i),
+            Host::Origin => self.origin_dir(),
+        }
+    }
+
+    /// The network namespace of `host`.
+    fn host_ns(&self, host: Host) -> String {
+        match host {
+            Host::Node(i) => self.node_ns(i),
+            Host::Origin => self.origin_ns(),
+        }
+    }
+
+    fn require_origin(&self) -> Result<(), LabError> {
+        if self.spec.server.has_origin() {
+            Ok(())
+        } else {
+            Err(LabError::InvalidSpec(format!(
+                "lab {} has no origin and no caches (its server is {}, not {})",
+                self.spec.name,
+                self.spec.server,
+                ServerKind::Cache
+            )))
+        }
     }
 
     fn check_node(&self, i: usize) {
@@ -1378,8 +1851,8 @@ impl Lab {
         );
     }
 
-    /// Runs `args` in `host`'s namespace (`client`, `sw`, `n1`..) via `ip netns exec`, with
-    /// captured output. A non-zero exit is not an error here: check `output.status`.
+    /// Runs `args` in `host`'s namespace (`client`, `sw`, `n1`.., `origin`) via `ip netns exec`,
+    /// with captured output. A non-zero exit is not an error here: check `output.status`.
     pub fn exec<S: AsRef<OsStr>>(&self, host: &str, args: &[S]) -> Result<Output, LabError> {
         let mut cmd = exec_command(&self.spec.name, host, args)?;
         cmd.stdin(Stdio::null());
@@ -1426,25 +1899,30 @@ impl Drop for Lab {
 pub const LAB_INFO: &str = "lab.info";
 
 /// The text of `lab.info` for a lab built from `spec` with cluster key `key`, running `exe`:
-/// one `field = value` line each for name, nodes, server, policy, agents, key and exe (`baton
-/// lab list` shows it; [`Lab::open`] reads it back with [`parse_lab_info`]). A non-UTF-8 `exe`
-/// is written lossily and so will not be found again.
+/// one `field = value` line each for name, nodes, server, policy, agents, key, exe, cache_mb
+/// and origin_delay_ms (`baton lab list` shows it; [`Lab::open`] reads it back with
+/// [`parse_lab_info`]). A non-UTF-8 `exe` is written lossily and so will not be found again.
 pub fn lab_info(spec: &LabSpec, key: &str, exe: &Path) -> String {
     format!(
-        "name = {}\nnodes = {}\nserver = {}\npolicy = {}\nagents = {}\nkey = {}\nexe = {}\n",
+        "name = {}\nnodes = {}\nserver = {}\npolicy = {}\nagents = {}\nkey = {}\nexe = {}\n\
+         cache_mb = {}\norigin_delay_ms = {}\n",
         spec.name,
         spec.nodes,
         spec.server,
         policy_name(spec.policy),
         spec.agents,
         key,
-        exe.display()
+        exe.display(),
+        spec.cache_mb,
+        spec.origin_delay_ms
     )
 }
 
 /// Parses the text of `lab.info` ([`lab_info`]) into the lab's spec and cluster key. Every field
-/// but `exe` is required (labs built before it was recorded have none: [`LabSpec::exe`] stays
-/// `None`); unknown fields are ignored. The error says which field is missing or bad.
+/// but `exe`, `cache_mb` and `origin_delay_ms` is required (labs built before those were
+/// recorded have none: [`LabSpec::exe`] stays `None`, the others keep [`LabSpec::new`]'s
+/// defaults, which is what such a lab, never a cache lab, ran with); unknown fields are ignored.
+/// The error says which field is missing or bad.
 pub fn parse_lab_info(text: &str) -> Result<(LabSpec, String), String> {
     let fields: HashMap<&str, &str> = text
         .lines()
@@ -1466,6 +1944,12 @@ pub fn parse_lab_info(text: &str) -> Result<(LabSpec, String), String> {
     let agents = agents.parse::<bool>().map_err(|_| bad("agents", agents))?;
     let key = get("key")?.to_string();
     let exe = fields.get("exe").map(PathBuf::from);
+    let number = |field: &str, default: u64| match fields.get(field) {
+        None => Ok(default),
+        Some(value) => value.parse::<u64>().map_err(|_| bad(field, value)),
+    };
+    let cache_mb = number("cache_mb", DEFAULT_CACHE_MB)?;
+    let origin_delay_ms = number("origin_delay_ms", DEFAULT_ORIGIN_DELAY_MS)?;
     let spec = LabSpec {
         name,
         nodes,
@@ -1473,6 +1957,8 @@ pub fn parse_lab_info(text: &str) -> Result<(LabSpec, String), String> {
         policy,
         agents,
         exe,
+        cache_mb,
+        origin_delay_ms,
     };
     Ok((spec, key))
 }
@@ -1498,21 +1984,28 @@ fn scrape(addr: SocketAddr) -> Result<String, crate::http_client::HttpError> {
     Ok(String::from_utf8_lossy(&resp.body).into_owned())
 }
 
-/// One readiness probe of a daemon, from the client namespace.
-fn probe(role: Role, node: usize, nodes: usize) -> Result<(), String> {
-    match role {
-        Role::Server => {
-            let addr = SocketAddr::new(node_address(node).into(), HTTP_PORT);
+/// One readiness probe of daemon `d`, from the namespace the caller is in: a 200 to `GET /` on
+/// its host and port (a node's server, HAProxy), to `GET /_stats` (the origin: it serves no
+/// web root worth asking, and `/_stats` is not counted), or an agent's metrics showing all
+/// `nodes - 1` peers up.
+fn probe(d: &Daemon, nodes: usize) -> Result<(), String> {
+    let addr = SocketAddr::new(d.host.address().into(), d.port);
+    match d.role {
+        Role::Server | Role::Haproxy => {
+            let path = if d.host == Host::Origin {
+                STATS_PATH
+            } else {
+                "/"
+            };
             let resp: HttpResponse =
-                http_get_timeout(addr, "/", PROBE_TIMEOUT).map_err(|e| e.to_string())?;
+                http_get_timeout(addr, path, PROBE_TIMEOUT).map_err(|e| e.to_string())?;
             if resp.status == 200 {
                 Ok(())
             } else {
-                Err(format!("GET / answered {}", resp.status))
+                Err(format!("GET {path} answered {}", resp.status))
             }
         }
         Role::Agent => {
-            let addr = SocketAddr::new(node_address(node).into(), METRICS_PORT);
             let resp =
                 http_get_timeout(addr, "/metrics", PROBE_TIMEOUT).map_err(|e| e.to_string())?;
             if resp.status != 200 {
@@ -1617,6 +2110,7 @@ pub fn exec_command<S: AsRef<OsStr>>(
     validate_name(lab)?;
     let valid_host = host == "client"
         || host == "sw"
+        || host == "origin"
         || host.strip_prefix('n').is_some_and(|n| {
             n.parse::<usize>()
                 .is_ok_and(|i| (1..=MAX_NODES).contains(&i))

@@ -4,6 +4,14 @@
 //!   would leave the root (`..`, or a symlink pointing out) is refused with 403, a missing file is
 //!   404. Files are streamed in 128 KiB chunks with an exact `Content-Length`.
 //! - `POST /echo` reads the whole request body (up to 64 MiB) and answers 200 with the same bytes.
+//! - `GET` and `HEAD` of `/o/<id>/<size>` (a generated object; `id` and `size` decimal, `size` at
+//!   most [`MAX_OBJECT_SIZE`]): 200 with exactly `size` bytes of
+//!   [`file_content`](crate::content::file_content)`(path, size)`, `path` being the whole URL
+//!   path, and `Cache-Control: max-age=3600`; no file on disk. Any other `/o/...` path is 404.
+//! - With `--delay-ms D`, every response but `/_stats`'s waits D ms before its head: a distant
+//!   origin, for the lab's cache tier.
+//! - `GET /_stats`: `requests N\n` in plain text, N being how many responses the server has
+//!   answered (all but `/_stats`'s own), never delayed, `Cache-Control: no-store`.
 //! - Every response carries `X-Served-By: <served-by>`; connections are kept alive.
 //! - SIGTERM or SIGINT: stop accepting, let in-flight responses finish (at most 2 s), exit 0.
 
@@ -16,13 +24,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, ReadBuf};
@@ -30,8 +39,16 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::content::ContentStream;
+
 /// Largest `POST /echo` body.
 pub const MAX_ECHO_BODY: usize = 64 * 1024 * 1024;
+/// Largest generated object (`/o/<id>/<size>`): 16 MiB.
+pub const MAX_OBJECT_SIZE: usize = 16 * 1024 * 1024;
+/// Where generated objects live: `/o/<id>/<size>`.
+pub const OBJECT_PREFIX: &str = "/o/";
+/// The path of the request counter (see [`parse_stats`]).
+pub const STATS_PATH: &str = "/_stats";
 const CHUNK: usize = 128 * 1024;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -47,6 +64,10 @@ pub struct ServeArgs {
     /// Value of the `X-Served-By` header on every response.
     #[arg(long, default_value = "static")]
     pub served_by: String,
+    /// Delay every response (but `/_stats`) this many milliseconds before its head, as a
+    /// distant origin would.
+    #[arg(long, default_value_t = 0)]
+    pub delay_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,15 +92,21 @@ pub enum ServeError {
     Signal(#[source] io::Error),
 }
 
-/// What the server serves and how it names itself.
+/// What the server serves and how it names itself, and its request counter. Clones share the
+/// counter.
 #[derive(Debug, Clone)]
 pub struct StaticConfig {
     /// Canonical web root.
     pub root: PathBuf,
     pub served_by: HeaderValue,
+    /// How long every response but `/_stats`'s waits before its head.
+    pub delay: Duration,
+    /// Responses answered so far, `/_stats`'s excepted.
+    requests: Arc<AtomicU64>,
 }
 
 impl StaticConfig {
+    /// Serving `root` (which must be a directory) as `served_by`, without delay.
     pub fn new(root: &Path, served_by: &str) -> Result<Self, ServeError> {
         let root = std::fs::canonicalize(root).map_err(|source| ServeError::Root {
             path: root.to_path_buf(),
@@ -91,13 +118,32 @@ impl StaticConfig {
         }
         let served_by = HeaderValue::from_str(served_by)
             .map_err(|_| ServeError::ServedBy(served_by.to_string()))?;
-        Ok(StaticConfig { root, served_by })
+        Ok(StaticConfig {
+            root,
+            served_by,
+            delay: Duration::ZERO,
+            requests: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// The same, every response but `/_stats`'s delayed by `delay` before its head.
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// How many responses the server has answered, `/_stats`'s excepted (what `/_stats` says).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 }
 
 /// Runs the server until SIGTERM or SIGINT.
 pub fn run(args: ServeArgs) -> Result<(), ServeError> {
-    let config = Arc::new(StaticConfig::new(&args.root, &args.served_by)?);
+    let config = Arc::new(
+        StaticConfig::new(&args.root, &args.served_by)?
+            .with_delay(Duration::from_millis(args.delay_ms)),
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -110,7 +156,7 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
         let listener = TcpListener::bind(args.listen)
             .await
             .map_err(|source| ServeError::Bind { addr: args.listen, source })?;
-        tracing::info!(listen = %args.listen, root = %config.root.display(), served_by = %args.served_by, "serving");
+        tracing::info!(listen = %args.listen, root = %config.root.display(), served_by = %args.served_by, delay_ms = args.delay_ms, "serving");
         serve(listener, config, async move {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
@@ -125,6 +171,7 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
 /// A server running on a background thread (for tests): see [`start`].
 pub struct StaticServerHandle {
     addr: SocketAddr,
+    config: Arc<StaticConfig>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -133,6 +180,11 @@ impl StaticServerHandle {
     /// The address it listens on (the real port when started on port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// How many responses it has answered, `/_stats`'s excepted.
+    pub fn requests(&self) -> u64 {
+        self.config.requests()
     }
 
     /// Stops it gracefully and waits for its thread.
@@ -162,7 +214,15 @@ pub fn start(
     root: &Path,
     served_by: &str,
 ) -> Result<StaticServerHandle, ServeError> {
-    let config = Arc::new(StaticConfig::new(root, served_by)?);
+    start_with(listen, StaticConfig::new(root, served_by)?)
+}
+
+/// [`start`] with a configuration of its own (a delay, say).
+pub fn start_with(
+    listen: SocketAddr,
+    config: StaticConfig,
+) -> Result<StaticServerHandle, ServeError> {
+    let config = Arc::new(config);
     let listener = std::net::TcpListener::bind(listen).map_err(|source| ServeError::Bind {
         addr: listen,
         source,
@@ -178,6 +238,7 @@ pub fn start(
         .build()
         .map_err(ServeError::Runtime)?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let handle_config = config.clone();
     let thread = std::thread::spawn(move || {
         runtime.block_on(async move {
             let listener =
@@ -190,6 +251,7 @@ pub fn start(
     });
     Ok(StaticServerHandle {
         addr,
+        config: handle_config,
         stop: Some(stop_tx),
         thread: Some(thread),
     })
@@ -261,7 +323,17 @@ async fn handle(
     config: Arc<StaticConfig>,
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, Infallible> {
-    let mut resp = route(&config, req).await;
+    let mut resp = if req.uri().path() == STATS_PATH {
+        // Neither delayed nor counted: it measures the server, it is not content.
+        stats(&config, req.method())
+    } else {
+        if !config.delay.is_zero() {
+            tokio::time::sleep(config.delay).await;
+        }
+        let resp = route(&config, req).await;
+        config.requests.fetch_add(1, Ordering::Relaxed);
+        resp
+    };
     resp.headers_mut()
         .insert("x-served-by", config.served_by.clone());
     Ok(resp)
@@ -277,6 +349,9 @@ async fn route(config: &StaticConfig, req: Request<Incoming>) -> Response<ResBod
         };
     }
     match method {
+        Method::GET | Method::HEAD if req.uri().path().starts_with(OBJECT_PREFIX) => {
+            generated_object(req.uri().path(), method == Method::HEAD)
+        }
         Method::GET | Method::HEAD => {
             serve_file(config, req.uri().path(), method == Method::HEAD).await
         }
@@ -285,6 +360,58 @@ async fn route(config: &StaticConfig, req: Request<Incoming>) -> Response<ResBod
             "GET, HEAD",
         ),
     }
+}
+
+fn stats(config: &StaticConfig, method: &Method) -> Response<ResBody> {
+    if method != Method::GET {
+        return with_allow(text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"), "GET");
+    }
+    let mut resp = text(StatusCode::OK, &format!("requests {}\n", config.requests()));
+    resp.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Parses the body of `GET /_stats` (`requests N`) into N.
+pub fn parse_stats(body: &str) -> Option<u64> {
+    body.lines()
+        .find_map(|line| line.strip_prefix("requests "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// The size of the generated object at URL path `path`: `Some(size)` for `/o/<id>/<size>` with
+/// `id` and `size` non-empty runs of ASCII digits and `size` at most [`MAX_OBJECT_SIZE`]; `None`
+/// for any other path (the server answers it 404).
+pub fn object_size(path: &str) -> Option<usize> {
+    let (id, size) = path.strip_prefix(OBJECT_PREFIX)?.split_once('/')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(id) || !digits(size) {
+        return None;
+    }
+    size.parse::<usize>()
+        .ok()
+        .filter(|&size| size <= MAX_OBJECT_SIZE)
+}
+
+fn generated_object(path: &str, head: bool) -> Response<ResBody> {
+    let Some(size) = object_size(path) else {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let body = if head || size == 0 {
+        ResBody::empty()
+    } else {
+        ResBody::Generated(GeneratedBody {
+            content: ContentStream::new(path),
+            remaining: size,
+        })
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(CONTENT_TYPE, "application/octet-stream")
+        .header(CONTENT_LENGTH, size)
+        .header(CACHE_CONTROL, "max-age=3600")
+        .body(body)
+        .expect("valid response")
 }
 
 async fn echo(req: Request<Incoming>) -> Response<ResBody> {
@@ -402,10 +529,11 @@ fn with_allow(mut resp: Response<ResBody>, allow: &'static str) -> Response<ResB
     resp
 }
 
-/// A response body: bytes in memory, or a file streamed in chunks.
+/// A response body: bytes in memory, a file streamed in chunks, or a generated object.
 pub enum ResBody {
     Bytes(Option<Bytes>),
     File(FileBody),
+    Generated(GeneratedBody),
 }
 
 impl ResBody {
@@ -416,6 +544,12 @@ impl ResBody {
     fn empty() -> Self {
         ResBody::Bytes(None)
     }
+}
+
+/// The rest of a generated object, produced in 128 KiB frames.
+pub struct GeneratedBody {
+    content: ContentStream,
+    remaining: usize,
 }
 
 /// The rest of a file, read in 128 KiB frames.
@@ -434,6 +568,16 @@ impl Body for ResBody {
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         match self.get_mut() {
             ResBody::Bytes(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ResBody::Generated(g) => {
+                if g.remaining == 0 {
+                    return Poll::Ready(None);
+                }
+                let n = g.remaining.min(CHUNK);
+                let mut buf = Vec::with_capacity(n);
+                g.content.fill(&mut buf, n);
+                g.remaining -= n;
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from(buf)))))
+            }
             ResBody::File(f) => {
                 if f.remaining == 0 {
                     return Poll::Ready(None);
@@ -466,6 +610,7 @@ impl Body for ResBody {
         match self {
             ResBody::Bytes(b) => b.is_none(),
             ResBody::File(f) => f.remaining == 0,
+            ResBody::Generated(g) => g.remaining == 0,
         }
     }
 
@@ -473,6 +618,7 @@ impl Body for ResBody {
         match self {
             ResBody::Bytes(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ResBody::File(f) => SizeHint::with_exact(f.remaining),
+            ResBody::Generated(g) => SizeHint::with_exact(g.remaining as u64),
         }
     }
 }

@@ -5,16 +5,18 @@
 //! static server. Called as `<exe> node --config FILE` it is a stand-in agent that only serves
 //! `/metrics` (so the lab's agent plumbing — configs, daemons, readiness, scraping — is tested
 //! without the real agent). Otherwise it runs the tests below, one after another; a test that
-//! cannot run (not root, no `ip`, no nginx) fails.
+//! cannot run (not root, no `ip`, no nginx, no haproxy for the HAProxy test) fails.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use baton_agent::config::NodeConfig;
-use baton_lab::lab::{LABS_DIR, down_by_name, ns_name, state_dir_of, unique_name};
+use baton_lab::lab::{
+    HAPROXY, LABS_DIR, ORIGIN_ADDRESS, down_by_name, ns_name, state_dir_of, unique_name,
+};
 use baton_lab::netns::list_netns;
 use baton_lab::{
     HttpClient, LAB_FILES, Lab, LabError, LabSpec, ServerKind, expected_sha256, file_content,
@@ -50,6 +52,18 @@ const TESTS: &[(&str, fn())] = &[
     (
         "demo_runs_against_stand_in_agents",
         demo_runs_against_stand_in_agents,
+    ),
+    (
+        "cache_lab_misses_hits_clears_and_goes_down",
+        cache_lab_misses_hits_clears_and_goes_down,
+    ),
+    (
+        "cache_lab_with_agents_comes_up_and_goes_down",
+        cache_lab_with_agents_comes_up_and_goes_down,
+    ),
+    (
+        "haproxy_balances_by_uri_and_stops",
+        haproxy_balances_by_uri_and_stops,
     ),
 ];
 
@@ -583,5 +597,327 @@ fn agents_are_configured_started_and_scraped() {
 fn demo_runs_against_stand_in_agents() {
     let name = unique_name("tdemo");
     baton_lab::demo::run(&name, ServerKind::Static, PolicyKind::RoundRobin).unwrap();
+    lab_is_gone(&name);
+}
+
+/// What one GET through a cache node saw.
+struct Fetch {
+    status: u16,
+    cache: String,
+    served_by: String,
+    elapsed: Duration,
+}
+
+/// GETs `path` from `addr` (a node's cache, or HAProxy) on a new connection from the client, and
+/// checks that a 200's body is the object's content.
+fn fetch(lab: &Lab, addr: std::net::SocketAddr, path: &str) -> Fetch {
+    lab.in_client(|| {
+        let mut client = HttpClient::connect(addr).unwrap();
+        let started = Instant::now();
+        let resp = client.get(path).unwrap();
+        let elapsed = started.elapsed();
+        if resp.status == 200 {
+            let size: usize = path.rsplit('/').next().unwrap().parse().unwrap();
+            assert!(
+                resp.body == file_content(path, size),
+                "{path} from {addr}: body differs"
+            );
+        }
+        let served: Vec<&str> = resp
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("x-served-by"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(served.len(), 1, "{path}: one X-Served-By, not {served:?}");
+        Fetch {
+            status: resp.status,
+            cache: resp.header("x-cache-status").unwrap_or("").to_string(),
+            served_by: served[0].to_string(),
+            elapsed,
+        }
+    })
+    .unwrap()
+}
+
+/// Lab `name`'s origin is gone: no namespace, no process, no directory.
+fn origin_is_gone(name: &str, origin_pid: u32) {
+    assert!(
+        list_netns(&ns_name(name, "origin")).is_empty(),
+        "lab {name}: the origin's namespace is left"
+    );
+    assert!(
+        !pid_alive(origin_pid),
+        "lab {name}: the origin {origin_pid} survived down"
+    );
+    lab_is_gone(name);
+}
+
+fn cache_lab_misses_hits_clears_and_goes_down() {
+    // An origin that does not come up fails `up` before any node starts, and leaves nothing.
+    let name = unique_name("cf");
+    let err = Lab::up(
+        LabSpec::new(&name, 1)
+            .server(ServerKind::Cache)
+            .agents(false)
+            .exe("/bin/false"),
+    )
+    .unwrap_err();
+    match &err {
+        LabError::NotReady { what, reason, .. } => {
+            assert!(what.starts_with("origin server"), "{err}");
+            assert!(reason.contains("exited"), "{err}");
+        }
+        other => panic!("expected NotReady, got {other}"),
+    }
+    lab_is_gone(&name);
+    assert!(list_netns(&ns_name(&name, "origin")).is_empty());
+
+    let name = unique_name("ch");
+    let delay = Duration::from_millis(150);
+    let mut lab = Lab::up(
+        LabSpec::new(&name, 2)
+            .server(ServerKind::Cache)
+            .agents(false)
+            .cache_mb(32)
+            .origin_delay_ms(delay.as_millis() as u64),
+    )
+    .unwrap();
+
+    // The origin: its own host on the bridge, up, counting nothing yet (the readiness probes
+    // ask the nodes for `/`, which they serve themselves, and the origin for `/_stats`).
+    let origin_pid = lab.origin_pid().expect("the origin runs");
+    assert_eq!(lab.origin_addr().ip(), ORIGIN_ADDRESS);
+    assert_eq!(lab.origin_ns(), ns_name(&name, "origin"));
+    let addr = lab
+        .exec("origin", &["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
+        .unwrap();
+    assert!(String::from_utf8_lossy(&addr.stdout).contains("198.18.0.250/24"));
+    assert!(lab.origin_log().exists());
+    assert_eq!(lab.origin_requests().unwrap(), 0);
+    let conf = std::fs::read_to_string(lab.node_dir(1).join("nginx.conf")).unwrap();
+    assert!(conf.contains("max_size=32m"), "{conf}");
+    let (head, _) = curl(&lab, &["http://198.18.0.1/index.html"]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(header(&head, "x-cache-status"), None, "{head}");
+    assert_eq!(lab.origin_requests().unwrap(), 0, "/index.html is local");
+
+    // A miss goes to the distant origin, once; a hit does not.
+    let (n1, n2) = (lab.node_http_addr(1), lab.node_http_addr(2));
+    let path = "/o/1/100000";
+    let miss = fetch(&lab, n1, path);
+    assert_eq!(
+        (miss.status, miss.cache.as_str(), miss.served_by.as_str()),
+        (200, "MISS", "n1")
+    );
+    assert!(
+        miss.elapsed >= delay,
+        "a miss took {:?}, less than the origin's delay",
+        miss.elapsed
+    );
+    assert_eq!(lab.origin_requests().unwrap(), 1);
+    let hit = fetch(&lab, n1, path);
+    assert_eq!((hit.status, hit.cache.as_str()), (200, "HIT"));
+    assert!(
+        hit.elapsed < delay,
+        "a hit took {:?}: it waited for the origin",
+        hit.elapsed
+    );
+    assert_eq!(
+        lab.origin_requests().unwrap(),
+        1,
+        "a hit reached the origin"
+    );
+    println!(
+        "  miss {:.1} ms, hit {:.1} ms (origin delay {} ms)",
+        miss.elapsed.as_secs_f64() * 1e3,
+        hit.elapsed.as_secs_f64() * 1e3,
+        delay.as_millis()
+    );
+    // Every node has its own cache.
+    assert_eq!(fetch(&lab, n2, path).cache, "MISS");
+    assert_eq!(fetch(&lab, n2, path).cache, "HIT");
+    assert_eq!(lab.origin_requests().unwrap(), 2);
+    // What the origin does not have is not cached, and says so each time.
+    let missing = format!("/o/1/{}", 16 * 1024 * 1024 + 1);
+    for _ in 0..2 {
+        let f = fetch(&lab, n1, &missing);
+        assert_eq!((f.status, f.cache.as_str()), (404, "MISS"));
+    }
+    assert_eq!(lab.origin_requests().unwrap(), 4);
+
+    // Emptied caches miss again; the servers are new processes that answer.
+    let before: Vec<u32> = (1..=2).map(|i| lab.server_pid(i).unwrap()).collect();
+    let started = Instant::now();
+    lab.clear_caches().unwrap();
+    println!(
+        "  caches cleared in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    for (i, old) in before.iter().enumerate() {
+        let new = lab.server_pid(i + 1).unwrap();
+        assert_ne!(new, *old, "n{}'s nginx was not restarted", i + 1);
+        assert!(!pid_alive(*old));
+    }
+    let again = fetch(&lab, n1, path);
+    assert_eq!(again.cache, "MISS");
+    assert!(again.elapsed >= delay);
+    assert_eq!(lab.origin_requests().unwrap(), 5);
+    assert_eq!(fetch(&lab, n1, path).cache, "HIT");
+    assert_eq!(fetch(&lab, n2, path).cache, "MISS");
+    assert_eq!(lab.origin_requests().unwrap(), 6);
+
+    // Another process's handle: the cache settings come back from lab.info, and it clears the
+    // caches through the recorded pids.
+    let mut handle = Lab::open(&name).unwrap();
+    assert_eq!(
+        (
+            handle.spec().server,
+            handle.spec().cache_mb,
+            handle.spec().origin_delay_ms
+        ),
+        (ServerKind::Cache, 32, 150)
+    );
+    assert_eq!(handle.origin_pid(), Some(origin_pid));
+    assert_eq!(handle.origin_requests().unwrap(), 6);
+    handle.clear_caches().unwrap();
+    drop(handle);
+    assert_eq!(fetch(&lab, n2, path).cache, "MISS");
+    assert_eq!(lab.origin_requests().unwrap(), 7);
+
+    // A lab without origin has no caches to clear.
+    let other = unique_name("np");
+    let mut plain = Lab::up(
+        LabSpec::new(&other, 1)
+            .server(ServerKind::Nginx)
+            .agents(false),
+    )
+    .unwrap();
+    assert!(matches!(
+        plain.clear_caches(),
+        Err(LabError::InvalidSpec(_))
+    ));
+    assert!(matches!(
+        plain.origin_requests(),
+        Err(LabError::InvalidSpec(_))
+    ));
+    assert_eq!(plain.origin_pid(), None);
+    assert!(list_netns(&ns_name(&other, "origin")).is_empty());
+    plain.down().unwrap();
+    lab_is_gone(&other);
+
+    let report = lab.down().unwrap();
+    assert_eq!(
+        report.namespaces, 5,
+        "sw, client, n1, n2, origin: {report:?}"
+    );
+    origin_is_gone(&name, origin_pid);
+}
+
+fn cache_lab_with_agents_comes_up_and_goes_down() {
+    let name = unique_name("ca");
+    let lab = Lab::up(
+        LabSpec::new(&name, 2)
+            .server(ServerKind::Cache)
+            .policy(PolicyKind::Hash),
+    )
+    .unwrap();
+    assert!(lab.agent_pid(1).is_some() && lab.agent_pid(2).is_some());
+    assert_eq!(lab.spec().origin_delay_ms, 20, "the default delay");
+    let conf = std::fs::read_to_string(lab.node_dir(2).join("nginx.conf")).unwrap();
+    assert!(conf.contains("max_size=64m"), "the default size:\n{conf}");
+    let path = "/o/77/4096";
+    assert_eq!(fetch(&lab, lab.node_http_addr(2), path).cache, "MISS");
+    assert_eq!(fetch(&lab, lab.node_http_addr(2), path).cache, "HIT");
+    assert_eq!(lab.origin_requests().unwrap(), 1);
+    let origin_pid = lab.origin_pid().unwrap();
+    // Dropping the lab tears it down, origin included.
+    drop(lab);
+    origin_is_gone(&name, origin_pid);
+}
+
+fn haproxy_balances_by_uri_and_stops() {
+    assert!(
+        Path::new(HAPROXY).exists(),
+        "{HAPROXY} is required (Debian's haproxy)"
+    );
+    let name = unique_name("hp");
+    let mut lab = Lab::up(
+        LabSpec::new(&name, 3)
+            .server(ServerKind::Cache)
+            .agents(false)
+            .origin_delay_ms(0),
+    )
+    .unwrap();
+    let port = 8080;
+    let pid = lab.start_haproxy(1, port).unwrap();
+    assert_eq!(lab.haproxy_pid(1), Some(pid));
+    assert!(lab.node_dir(1).join("haproxy.cfg").exists());
+    assert!(matches!(
+        lab.start_haproxy(1, port),
+        Err(LabError::InvalidSpec(_))
+    ));
+    assert!(matches!(
+        lab.start_haproxy(2, 80),
+        Err(LabError::InvalidSpec(_))
+    ));
+    let front = std::net::SocketAddr::new(lab.node_address(1).into(), port);
+
+    // The same URI always goes to the same node (whose cache then has it); different URIs
+    // spread over every node.
+    let mut by_node = std::collections::BTreeMap::<String, usize>::new();
+    for id in 0..30 {
+        let path = format!("/o/{id}/2000");
+        let first = fetch(&lab, front, &path);
+        assert_eq!(
+            (first.status, first.cache.as_str()),
+            (200, "MISS"),
+            "{path}"
+        );
+        for _ in 0..2 {
+            let again = fetch(&lab, front, &path);
+            assert_eq!(again.served_by, first.served_by, "{path} moved");
+            assert_eq!(again.cache, "HIT", "{path}");
+        }
+        *by_node.entry(first.served_by).or_default() += 1;
+    }
+    println!("  30 URIs through HAProxy: {by_node:?}");
+    assert_eq!(
+        by_node.keys().collect::<Vec<_>>(),
+        ["n1", "n2", "n3"],
+        "URIs did not spread: {by_node:?}"
+    );
+    assert_eq!(lab.origin_requests().unwrap(), 30, "one miss per URI");
+
+    // Stopped: gone, nothing listens on the port; started again; `down` stops it too.
+    lab.stop_haproxy(1).unwrap();
+    assert!(!pid_alive(pid));
+    assert_eq!(lab.haproxy_pid(1), None);
+    assert!(!lab.node_dir(1).join("haproxy.pid").exists());
+    let listening = lab
+        .exec("n1", &["ss", "-Htln", &format!("sport = :{port}")])
+        .unwrap();
+    assert!(listening.stdout.is_empty(), "HAProxy still listens");
+    lab.stop_haproxy(1).unwrap(); // none running: no error
+    // A port already taken: HAProxy exits and says why; once the port is free it starts.
+    let taken = lab
+        .in_node(1, || TcpListener::bind(front).unwrap())
+        .unwrap();
+    match lab.start_haproxy(1, port).unwrap_err() {
+        LabError::NotReady { reason, tail, .. } => {
+            assert!(reason.contains("exited"), "{reason}");
+            assert!(
+                tail.contains("8080"),
+                "the log says which bind failed: {tail}"
+            );
+        }
+        other => panic!("expected NotReady, got {other}"),
+    }
+    drop(taken);
+    let again = lab.start_haproxy(1, port).unwrap();
+    assert_ne!(again, pid);
+    assert_eq!(fetch(&lab, front, "/o/3/2000").cache, "HIT");
+    lab.down().unwrap();
+    assert!(!pid_alive(again), "HAProxy survived down");
     lab_is_gone(&name);
 }

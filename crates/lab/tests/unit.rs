@@ -11,14 +11,18 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use baton_agent::config::NodeConfig;
-use baton_lab::cli::{AgentAction, LabCommand};
+use baton_lab::cli::{AgentAction, LabCommand, up_spec};
+use baton_lab::content::ContentStream;
 use baton_lab::http_client::HttpError;
 use baton_lab::lab::{
-    agent_config, apache_config, down_by_name, lab_info, nginx_config, node_address, ns_name,
-    parse_lab_info, parse_node, parse_policy, policy_name, state_dir_of, unique_name,
-    validate_name, write_web_root,
+    MAX_CACHE_NODES, ORIGIN_ADDRESS, agent_config, apache_config, cache_nginx_config, down_by_name,
+    haproxy_config, lab_info, nginx_config, node_address, ns_name, parse_lab_info, parse_node,
+    parse_policy, policy_name, state_dir_of, unique_name, unique_name_under, validate_name,
+    write_web_root,
 };
-use baton_lab::static_server::safe_relative_path;
+use baton_lab::static_server::{
+    MAX_OBJECT_SIZE, STATS_PATH, StaticConfig, object_size, parse_stats, safe_relative_path,
+};
 use baton_lab::{
     HttpClient, LAB_FILES, Lab, LabError, LabSpec, ServerKind, TeardownReport, expected_sha256,
     file_content, metric_sum, paced_get, paced_get_in_background, parse_metrics, sha256_hex,
@@ -46,6 +50,13 @@ fn lab_names() {
     dedup.dedup();
     assert_eq!(dedup.len(), names.len());
     assert!(validate_name(&unique_name("a-very-long-prefix")).is_ok());
+    // The group (what $BATON_LAB_PREFIX sets) comes first and is kept; the prefix is trimmed.
+    let grouped = unique_name_under("cx", "longprefix");
+    assert!(validate_name(&grouped).is_ok(), "{grouped}");
+    assert!(grouped.starts_with("cxl"), "{grouped}");
+    assert_eq!(grouped.len(), 10);
+    assert!(unique_name_under("C-x", "t").starts_with("xt"));
+    assert!(validate_name(&unique_name_under("abcdefghijkl", "t")).is_ok());
     assert!(matches!(
         LabSpec::new("ok", 0).validate(),
         Err(LabError::InvalidSpec(_))
@@ -64,6 +75,7 @@ fn addresses_and_namespaces() {
     assert_eq!(ns_name("lab1", "n3"), "baton-lab1-n3");
     // The longest interface name the lab makes fits IFNAMSIZ - 1.
     assert!(format!("p-n{}", 253).len() <= 15);
+    assert!("p-origin".len() <= 15);
 }
 
 #[test]
@@ -208,6 +220,119 @@ fn apache_config_has_what_the_lab_needs() {
         let path = line.split_whitespace().nth(2).unwrap();
         assert!(path.starts_with(baton_lab::lab::APACHE_MODULES), "{line}");
     }
+}
+
+#[test]
+fn cache_nginx_config_has_what_the_cache_tier_needs() {
+    let dir = PathBuf::from("/run/baton/labs/x/n2");
+    let www = PathBuf::from("/run/baton/labs/x/www");
+    let conf = cache_nginx_config(&dir, &www, 2, 48);
+    for needle in [
+        "proxy_cache_path /run/baton/labs/x/n2/cache levels=1:2 keys_zone=baton:16m \
+         max_size=48m inactive=1h use_temp_path=off;",
+        "upstream origin {",
+        "server 198.18.0.250:80;",
+        "keepalive 32;",
+        "location /o/ {",
+        "proxy_pass http://origin;",
+        "proxy_http_version 1.1;",
+        "proxy_set_header Connection \"\";",
+        "proxy_cache baton;",
+        "proxy_cache_valid 200 1h;",
+        "proxy_cache_lock on;",
+        "proxy_hide_header X-Served-By;",
+        "add_header X-Cache-Status $upstream_cache_status always;",
+        // What every nginx node has: the web root, uploads, the node's name on every response.
+        "listen 198.18.0.2:80 backlog=4096;",
+        "root /run/baton/labs/x/www;",
+        "location /upload/",
+    ] {
+        assert!(
+            conf.contains(needle),
+            "cache nginx.conf lacks {needle:?}:\n{conf}"
+        );
+    }
+    // The /o/ location names the node itself: its add_header replaces the server's.
+    let location = &conf[conf.find("location /o/").unwrap()..];
+    assert!(location.contains("add_header X-Served-By n2 always;"));
+    // The plain nginx configuration has none of it.
+    let plain = nginx_config(&dir, &www, 2, false);
+    assert!(!plain.contains("proxy_cache") && !plain.contains("location /o/"));
+    assert_eq!(ORIGIN_ADDRESS.octets()[3] as usize, MAX_CACHE_NODES + 1);
+}
+
+#[test]
+fn cache_lab_specs() {
+    let spec = LabSpec::new("c1", 3).server(ServerKind::Cache);
+    assert_eq!((spec.cache_mb, spec.origin_delay_ms), (64, 20));
+    assert!(spec.validate().is_ok());
+    assert!(ServerKind::Cache.has_origin() && !ServerKind::Nginx.has_origin());
+    assert_eq!("cache".parse::<ServerKind>().unwrap(), ServerKind::Cache);
+    for bad in [
+        spec.clone().cache_mb(0),
+        spec.clone().origin_delay_ms(30_001),
+        LabSpec::new("c1", 250).server(ServerKind::Cache),
+    ] {
+        assert!(
+            matches!(bad.validate(), Err(LabError::InvalidSpec(_))),
+            "{bad:?}"
+        );
+    }
+    assert!(
+        LabSpec::new("c1", 249)
+            .server(ServerKind::Cache)
+            .validate()
+            .is_ok()
+    );
+    assert!(spec.clone().origin_delay_ms(0).validate().is_ok());
+    // Other kinds ignore the cache settings, and keep all 253 nodes.
+    assert!(LabSpec::new("c1", 253).cache_mb(0).validate().is_ok());
+}
+
+#[test]
+fn haproxy_config_balances_by_uri_over_every_node() {
+    let conf = haproxy_config(2, 8080, 3);
+    for needle in [
+        "mode http",
+        "bind 198.18.0.2:8080",
+        "balance uri",
+        "hash-type consistent",
+        "http-reuse safe",
+        "timeout connect",
+        "timeout client",
+        "timeout server",
+        "log stdout",
+        "server n1 198.18.0.1:80",
+        "server n2 198.18.0.2:80",
+        "server n3 198.18.0.3:80",
+    ] {
+        assert!(
+            conf.contains(needle),
+            "haproxy.cfg lacks {needle:?}:\n{conf}"
+        );
+    }
+    assert!(!conf.contains("server n4"));
+    // HAProxy itself accepts it, without a warning.
+    let file =
+        std::env::temp_dir().join(format!("baton-lab-unit-{}-haproxy.cfg", std::process::id()));
+    std::fs::write(&file, &conf).unwrap();
+    let out = std::process::Command::new(baton_lab::lab::HAPROXY)
+        .arg("-c")
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .expect("Debian's haproxy is required");
+    std::fs::remove_file(&file).unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "haproxy -c: {said}");
+    assert!(
+        !said.contains("WARNING") && !said.contains("ALERT"),
+        "haproxy -c: {said}"
+    );
 }
 
 #[test]
@@ -372,6 +497,161 @@ fn static_server_stops_with_idle_keep_alive_connections() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+#[test]
+fn content_streams_piecewise_as_file_content() {
+    // Pinned by an independent implementation of the generator: the lab's expected bytes (and
+    // every cache that stored them) must not drift.
+    assert_eq!(
+        sha256_hex(&file_content("/f/1k", 1024)),
+        "9f5d251ce610031fb3cf5ccf5bae077e892e17e44d78696cf34ce7bce6f5b9e1"
+    );
+    assert_eq!(
+        sha256_hex(&file_content("/o/7/1000", 1000)),
+        "71d2acdf828f50d2a9752e26f53a5a60c5ffdf713fc17833c22fbd8e382270ed"
+    );
+    let whole = file_content("/o/3/5000", 5000);
+    let mut stream = ContentStream::new("/o/3/5000");
+    let mut pieces = Vec::new();
+    for n in [0, 1, 7, 8, 63, 64, 65, 1000, 3792] {
+        stream.fill(&mut pieces, n);
+    }
+    assert_eq!(stream.position(), 5000);
+    assert!(pieces == whole, "a stream filled in pieces differs");
+}
+
+#[test]
+fn generated_object_paths() {
+    assert_eq!(object_size("/o/1/1024"), Some(1024));
+    assert_eq!(object_size("/o/0/0"), Some(0));
+    assert_eq!(
+        object_size("/o/18446744073709551616123/16777216"),
+        Some(MAX_OBJECT_SIZE)
+    );
+    for bad in [
+        "/o/1/16777217",
+        "/o/1/99999999999999999999999",
+        "/o/x/10",
+        "/o//10",
+        "/o/1/",
+        "/o/1",
+        "/o/1/10/",
+        "/o/1/10/x",
+        "/o/1/+10",
+        "/o/-1/10",
+        "/o/1/1k",
+        "/f/1/10",
+        "/o/1/%31",
+    ] {
+        assert_eq!(object_size(bad), None, "{bad}");
+    }
+    assert_eq!(parse_stats("requests 42\n"), Some(42));
+    assert_eq!(parse_stats("requests 0"), Some(0));
+    assert_eq!(parse_stats("requests x\n"), None);
+    assert_eq!(parse_stats(""), None);
+}
+
+#[test]
+fn static_server_generates_objects() {
+    let root = temp_root();
+    let server =
+        baton_lab::static_server::start("127.0.0.1:0".parse().unwrap(), &root, "unit").unwrap();
+    let mut client = HttpClient::connect(server.addr()).unwrap();
+    for (path, size) in [
+        ("/o/7/1000", 1000),
+        ("/o/8/1000", 1000),
+        ("/o/1/300000", 300_000),
+    ] {
+        let resp = client.get(path).unwrap();
+        assert_eq!(resp.status, 200, "{path}");
+        assert_eq!(resp.served_by(), Some("unit"));
+        assert_eq!(
+            resp.header("content-length"),
+            Some(size.to_string().as_str())
+        );
+        assert_eq!(resp.header("cache-control"), Some("max-age=3600"), "{path}");
+        assert!(
+            resp.body == file_content(path, size),
+            "{path}: body differs"
+        );
+    }
+    // The largest object, streamed in frames, is exactly its content.
+    let path = format!("/o/99/{MAX_OBJECT_SIZE}");
+    let big = client.get(&path).unwrap();
+    assert_eq!(big.status, 200);
+    assert_eq!(big.body.len(), MAX_OBJECT_SIZE);
+    assert_eq!(
+        sha256_hex(&big.body),
+        sha256_hex(&file_content(&path, MAX_OBJECT_SIZE))
+    );
+    let head = client.head("/o/5/4096").unwrap();
+    assert_eq!(
+        (head.status, head.header("content-length")),
+        (200, Some("4096"))
+    );
+    assert!(head.body.is_empty());
+    let empty = client.get("/o/5/0").unwrap();
+    assert_eq!((empty.status, empty.body.len()), (200, 0));
+    for missing in [
+        format!("/o/1/{}", MAX_OBJECT_SIZE + 1),
+        "/o/x/10".to_string(),
+        "/o/1".to_string(),
+        "/o/1/10/".to_string(),
+    ] {
+        let resp = client.get(&missing).unwrap();
+        assert_eq!(resp.status, 404, "{missing}");
+        assert_eq!(resp.served_by(), Some("unit"));
+    }
+    assert_eq!(client.post("/o/1/10", b"x").unwrap().status, 405);
+    // No file on disk was made for them.
+    assert!(!root.join("o").exists());
+    assert_eq!(client.connects(), 1);
+    drop(client);
+    server.stop();
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn static_server_delays_responses_and_counts_them() {
+    let root = temp_root();
+    let delay = Duration::from_millis(300);
+    let config = StaticConfig::new(&root, "slow").unwrap().with_delay(delay);
+    let server =
+        baton_lab::static_server::start_with("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let mut client = HttpClient::connect(server.addr()).unwrap();
+    let stats = |client: &mut HttpClient| {
+        let started = Instant::now();
+        let resp = client.get(STATS_PATH).unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("cache-control"), Some("no-store"));
+        assert_eq!(resp.served_by(), Some("slow"));
+        assert!(
+            elapsed < delay,
+            "/_stats took {elapsed:?}: it must not wait"
+        );
+        parse_stats(&String::from_utf8_lossy(&resp.body)).expect("requests N")
+    };
+    assert_eq!(stats(&mut client), 0);
+    for (k, path) in ["/o/1/100", "/f/1k", "/nope", "/o/1/100"]
+        .iter()
+        .enumerate()
+    {
+        let started = Instant::now();
+        let resp = client.get(path).unwrap();
+        let elapsed = started.elapsed();
+        assert!(elapsed >= delay, "{path} answered after {elapsed:?}");
+        assert!(resp.status == 200 || *path == "/nope", "{path}");
+        // Each response counts once; asking for the count does not count.
+        assert_eq!(stats(&mut client), k as u64 + 1);
+        assert_eq!(stats(&mut client), k as u64 + 1);
+    }
+    assert_eq!(server.requests(), 4);
+    assert_eq!(client.post(STATS_PATH, b"").unwrap().status, 405);
+    drop(client);
+    server.stop();
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 /// A one-shot server on loopback that answers every request with `response`.
 fn canned_server(responses: Vec<&'static [u8]>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -435,7 +715,9 @@ fn lab_info_round_trips() {
     let spec = LabSpec::new("hx1", 3)
         .server(ServerKind::NginxDeferred)
         .policy(PolicyKind::Hash)
-        .agents(false);
+        .agents(false)
+        .cache_mb(128)
+        .origin_delay_ms(5);
     let text = lab_info(&spec, "00ff", Path::new("/opt/baton/bin/baton"));
     let (back, key) = parse_lab_info(&text).unwrap();
     assert_eq!(key, "00ff");
@@ -450,13 +732,18 @@ fn lab_info_round_trips() {
         ("hx1", 3, ServerKind::NginxDeferred, PolicyKind::Hash, false)
     );
     assert_eq!(back.exe.as_deref(), Some(Path::new("/opt/baton/bin/baton")));
-    // Labs made before the executable was recorded: the current one is used.
+    assert_eq!((back.cache_mb, back.origin_delay_ms), (128, 5));
+    // Labs made before the executable and the cache settings were recorded: the current
+    // executable is used, and the default settings.
     let old: String = text
         .lines()
-        .filter(|l| !l.starts_with("exe"))
+        .filter(|l| !l.starts_with("exe") && !l.starts_with("cache_mb") && !l.starts_with("origin"))
         .map(|l| format!("{l}\n"))
         .collect();
-    assert_eq!(parse_lab_info(&old).unwrap().0.exe, None);
+    let (old, _) = parse_lab_info(&old).unwrap();
+    assert_eq!((old.exe, old.cache_mb, old.origin_delay_ms), (None, 64, 20));
+    let bad = text.replace("cache_mb = 128", "cache_mb = lots");
+    assert_eq!(parse_lab_info(&bad).unwrap_err(), "bad cache_mb \"lots\"");
     let no_key: String = text
         .lines()
         .filter(|l| !l.starts_with("key"))
@@ -512,6 +799,49 @@ fn lab_agent_command_line() {
     }
     assert!(parse(&["agent", "--name", "hx1", "n2", "pause"]).is_err());
     assert!(parse(&["agent", "--name", "hx1", "n2"]).is_err());
+}
+
+#[test]
+fn lab_up_command_line_for_a_cache_lab() {
+    let up = |args: &[&str]| match LabCli::try_parse_from(
+        ["lab", "up"].into_iter().chain(args.iter().copied()),
+    )
+    .map(|c| c.cmd)
+    {
+        Ok(LabCommand::Up(up)) => up,
+        other => panic!("{args:?}: {other:?}"),
+    };
+    let spec = up_spec(&up(&[
+        "--name",
+        "cx1",
+        "--server",
+        "cache",
+        "--cache-mb",
+        "8",
+        "--origin-delay-ms",
+        "100",
+    ]))
+    .unwrap();
+    assert_eq!(
+        (
+            spec.server,
+            spec.cache_mb,
+            spec.origin_delay_ms,
+            spec.agents
+        ),
+        (ServerKind::Cache, 8, 100, true)
+    );
+    let defaults = up_spec(&up(&["--server", "cache", "--no-agent"])).unwrap();
+    assert_eq!(
+        (defaults.cache_mb, defaults.origin_delay_ms, defaults.agents),
+        (64, 20, false)
+    );
+    // Not silently ignored by the other servers.
+    for flag in ["--cache-mb", "--origin-delay-ms"] {
+        let err = up_spec(&up(&["--server", "nginx", flag, "1"])).unwrap_err();
+        assert!(err.to_string().contains("--server cache only"), "{err}");
+    }
+    assert!(up_spec(&up(&[])).is_ok());
 }
 
 #[test]
