@@ -2,6 +2,8 @@
 //! cluster simulator.
 //! `anyhow` lives only here, at the binary's edge; the libraries return typed errors.
 
+mod bench;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -39,6 +41,10 @@ enum Command {
     ServeStatic(baton_lab::static_server::ServeArgs),
     /// Simulate a cluster under a trace with the real policies: throughput, hit ratio, imbalance.
     Sim(baton_sim::cli::SimArgs),
+    /// Measure distribution on a lab: `baton bench cache` (a cache tier against round-robin and
+    /// an L7 proxy).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 #[derive(Subcommand)]
@@ -144,5 +150,6 @@ fn main() -> anyhow::Result<()> {
         Command::Lab(cmd) => baton_lab::cli::run(cmd),
         Command::ServeStatic(args) => baton_lab::static_server::run(args).context("serve-static"),
         Command::Sim(args) => baton_sim::cli::run(args),
+        Command::Bench(command) => bench::run(command),
     }
 }

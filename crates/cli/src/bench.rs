@@ -1,0 +1,546 @@
+//! `baton bench cache`: what content-aware distribution buys a cache tier, measured on a lab.
+//!
+//! One lab (`--server cache`: nginx `proxy_cache` nodes in front of a slow origin), one workload
+//! (the simulator's Zipf/SPECweb99 trace, mapped to the origin's generated objects
+//! `/o/<id>/<size>`), and for each variant and each K the caches emptied and the same trace
+//! replayed by a closed-loop client (`baton_lab::loadgen`): `--connections` at once, each making
+//! K requests, connections spread over the nodes round-robin as round-robin DNS would.
+//!
+//! Variants: baton's policies (`local`, `round-robin`, `hash`, `bounded-hash`, `lard`, `lard-r`),
+//! and the L7 proxy alternative, Debian's HAProxy with `balance uri` + `hash-type consistent`
+//! (baton's agents at `local`, so they hold nothing): `haproxy-front` on n1 as the cluster's one
+//! front end (every connection goes to it), `haproxy-every` on every node, each proxying what it
+//! accepts.
+//!
+//! Each row: requests/s; hit % (`X-Cache-Status`); origin fetches (the origin's own count);
+//! latency p50/p99; CPU per request of the processes of the nodes that accepted connections
+//! (agents, nginx, HAProxy: time on CPU from `/proc/PID/task/*/schedstat`; softirq work, where
+//! TC programs run, is not a process's and shows only in the host column), and of the whole
+//! host; the bytes the accepting nodes sent on the connections they accepted (baton: what they
+//! served themselves plus what they forwarded, from the agents' counters; a proxy sends every
+//! response byte), and all bytes the nodes put on the wire (eth0 tx); errors. Ratios of
+//! requests/s to `round-robin` and to `haproxy-front` of the same K. For K = 1 the simulator's
+//! hit ratio for the same trace, cluster and cache size is printed beside the measured one (the
+//! simulator decides per request, so K > 1 has no prediction).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use baton_lab::loadgen::{self, LoadSpec};
+use baton_lab::{Lab, LabSpec, ServerKind};
+use baton_policy::PolicyKind;
+use baton_sim::{ClientModel, ClusterConfig, CostModel, SimConfig, SyntheticSpec, Workload};
+
+/// Where HAProxy listens on a node in the proxy variants.
+const HAPROXY_PORT: u16 = 8080;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// A cache tier (nginx proxy_cache before a slow origin) under baton's policies and under
+    /// HAProxy's URI hashing, on one lab, one trace: throughput, hit ratio, cost per request.
+    Cache(CacheArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CacheArgs {
+    /// Lab name (removed first if it exists).
+    #[arg(long, default_value = "bench")]
+    pub name: String,
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Distinct objects at the origin.
+    #[arg(long, default_value_t = 20_000)]
+    pub objects: usize,
+    /// Zipf exponent of the objects' popularity.
+    #[arg(long, default_value_t = 0.9)]
+    pub alpha: f64,
+    /// Requests per run (the trace's length).
+    #[arg(long, default_value_t = 30_000)]
+    pub requests: usize,
+    /// Concurrent connections of the closed-loop client.
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+    /// Requests per connection; a comma-separated list runs each.
+    #[arg(long, value_delimiter = ',', default_value = "1,10")]
+    pub k: Vec<usize>,
+    /// Each node's cache, in MiB (default: a third of the trace's working set).
+    #[arg(long)]
+    pub cache_mb: Option<u64>,
+    /// The origin's delay per request, in ms.
+    #[arg(long, default_value_t = 20)]
+    pub origin_delay_ms: u64,
+    /// Variants to run, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub variants: Vec<String>,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Longest run of one variant, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub max_seconds: u64,
+    /// Also write the rows as CSV to this file.
+    #[arg(long)]
+    pub csv: Option<std::path::PathBuf>,
+    /// Also write the rows as JSON to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+/// One way of distributing the cluster's requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    Baton(PolicyKind),
+    HaproxyFront,
+    HaproxyEvery,
+}
+
+impl Variant {
+    const ALL: [Variant; 8] = [
+        Variant::Baton(PolicyKind::Local),
+        Variant::Baton(PolicyKind::RoundRobin),
+        Variant::Baton(PolicyKind::Hash),
+        Variant::Baton(PolicyKind::BoundedHash),
+        Variant::Baton(PolicyKind::Lard),
+        Variant::Baton(PolicyKind::LardR),
+        Variant::HaproxyFront,
+        Variant::HaproxyEvery,
+    ];
+
+    fn name(self) -> String {
+        match self {
+            Variant::Baton(kind) => baton_lab::lab::policy_name(kind),
+            Variant::HaproxyFront => "haproxy-front".into(),
+            Variant::HaproxyEvery => "haproxy-every".into(),
+        }
+    }
+
+    fn parse(name: &str) -> anyhow::Result<Self> {
+        Variant::ALL
+            .into_iter()
+            .find(|v| v.name() == name)
+            .with_context(|| {
+                let names: Vec<String> = Variant::ALL.iter().map(|v| v.name()).collect();
+                format!("unknown variant {name:?} (one of {})", names.join(", "))
+            })
+    }
+}
+
+/// What one run measured.
+#[derive(Clone, Debug, serde::Serialize)]
+struct Row {
+    variant: String,
+    k: usize,
+    requests: u64,
+    requests_per_sec: f64,
+    hit_percent: f64,
+    origin_fetches: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    accepting_cpu_us_per_request: f64,
+    host_cpu_us_per_request: f64,
+    accepting_bytes_per_request: f64,
+    wire_bytes_per_request: f64,
+    errors: u64,
+    error_kinds: BTreeMap<String, u64>,
+    sim_hit_percent: Option<f64>,
+}
+
+pub fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Cache(args) => cache(&args),
+    }
+}
+
+fn cache(args: &CacheArgs) -> anyhow::Result<()> {
+    let variants = if args.variants.is_empty() {
+        Variant::ALL.to_vec()
+    } else {
+        args.variants
+            .iter()
+            .map(|v| Variant::parse(v))
+            .collect::<anyhow::Result<_>>()?
+    };
+    if args.k.is_empty() || args.k.contains(&0) {
+        bail!("--k takes requests per connection, each at least 1");
+    }
+    let workload = baton_sim::synthetic(&SyntheticSpec {
+        files: args.objects,
+        alpha: args.alpha,
+        requests: args.requests,
+        seed: args.seed,
+    })?;
+    let targets: Vec<String> = workload
+        .requests
+        .iter()
+        .map(|r| format!("/o/{}/{}", r.file, workload.files.size(r.file)))
+        .collect();
+    let working_set = workload.working_set_bytes();
+    let cache_mb = args
+        .cache_mb
+        .unwrap_or_else(|| (working_set / 3 / (1 << 20)).max(1));
+    println!(
+        "baton bench cache: {} nodes, {} objects (Zipf {}), {} requests, working set {:.1} MiB, \
+         cache {cache_mb} MiB per node, origin delay {} ms, {} connections",
+        args.nodes,
+        args.objects,
+        args.alpha,
+        args.requests,
+        working_set as f64 / f64::from(1 << 20),
+        args.origin_delay_ms,
+        args.connections
+    );
+
+    let _ = baton_lab::lab::down_by_name(&args.name);
+    let spec = LabSpec::new(&args.name, args.nodes)
+        .server(ServerKind::Cache)
+        .cache_mb(cache_mb)
+        .origin_delay_ms(args.origin_delay_ms)
+        .policy(PolicyKind::Local);
+    let mut lab = Lab::up(spec).context("bringing the cache lab up")?;
+
+    let mut rows = Vec::new();
+    for &k in &args.k {
+        for &variant in &variants {
+            let row = run_variant(&mut lab, variant, k, &targets, &workload, cache_mb, args)
+                .with_context(|| format!("variant {} with K = {k}", variant.name()))?;
+            eprintln!(
+                "  {} K={k}: {:.0} req/s, {:.1} % hits, {} errors",
+                row.variant, row.requests_per_sec, row.hit_percent, row.errors
+            );
+            rows.push(row);
+        }
+    }
+    lab.down().context("removing the lab")?;
+
+    print!("{}", table(&rows));
+    if let Some(path) = &args.csv {
+        std::fs::write(path, csv(&rows)).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&rows)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn run_variant(
+    lab: &mut Lab,
+    variant: Variant,
+    k: usize,
+    targets: &[String],
+    workload: &Workload,
+    cache_mb: u64,
+    args: &CacheArgs,
+) -> anyhow::Result<Row> {
+    let nodes: Vec<usize> = (1..=lab.nodes()).collect();
+    for &i in &nodes {
+        lab.stop_haproxy(i)?;
+    }
+    let policy = match variant {
+        Variant::Baton(kind) => kind,
+        Variant::HaproxyFront | Variant::HaproxyEvery => PolicyKind::Local,
+    };
+    lab.restart_agents(policy)?;
+    let (entries, accepting): (Vec<SocketAddr>, Vec<usize>) = match variant {
+        Variant::Baton(_) => (
+            nodes.iter().map(|&i| lab.node_http_addr(i)).collect(),
+            nodes.clone(),
+        ),
+        Variant::HaproxyFront => {
+            lab.start_haproxy(1, HAPROXY_PORT)?;
+            (vec![haproxy_addr(lab, 1)], vec![1])
+        }
+        Variant::HaproxyEvery => {
+            for &i in &nodes {
+                lab.start_haproxy(i, HAPROXY_PORT)?;
+            }
+            (
+                nodes.iter().map(|&i| haproxy_addr(lab, i)).collect(),
+                nodes.clone(),
+            )
+        }
+    };
+    lab.clear_caches()?;
+
+    let before = Sample::take(lab, &accepting)?;
+    let report = loadgen::run(&LoadSpec {
+        entries,
+        connections: args.connections,
+        per_connection: k,
+        targets: targets.to_vec(),
+        max_duration: Duration::from_secs(args.max_seconds),
+        timeout: Duration::from_secs(10),
+        netns: Some(lab.client_ns()),
+    })?;
+    let after = Sample::take(lab, &accepting)?;
+
+    let requests = report.requests.max(1) as f64;
+    let accepting_bytes = match variant {
+        // Every response byte goes out through the proxy that accepted the connection.
+        Variant::HaproxyFront | Variant::HaproxyEvery => report.body_bytes as f64,
+        Variant::Baton(_) => after.accepted_bytes.saturating_sub(before.accepted_bytes) as f64,
+    };
+    let sim_hit_percent = (k == 1)
+        .then(|| simulated_hit_ratio(workload, policy_of(variant), lab.nodes(), cache_mb, args))
+        .flatten()
+        .map(|r| r * 100.0);
+    Ok(Row {
+        variant: variant.name(),
+        k,
+        requests: report.requests,
+        requests_per_sec: report.requests_per_sec(),
+        hit_percent: report.hit_ratio().unwrap_or(0.0) * 100.0,
+        origin_fetches: after.origin.saturating_sub(before.origin),
+        p50_ms: ms(report.p50()),
+        p99_ms: ms(report.p99()),
+        accepting_cpu_us_per_request: after.cpu_ns.saturating_sub(before.cpu_ns) as f64
+            / 1e3
+            / requests,
+        host_cpu_us_per_request: after.host_busy_ns.saturating_sub(before.host_busy_ns) as f64
+            / 1e3
+            / requests,
+        accepting_bytes_per_request: accepting_bytes / requests,
+        wire_bytes_per_request: after.wire_bytes.saturating_sub(before.wire_bytes) as f64
+            / requests,
+        errors: report.error_count(),
+        error_kinds: report.errors.clone(),
+        sim_hit_percent,
+    })
+}
+
+fn haproxy_addr(lab: &Lab, i: usize) -> SocketAddr {
+    SocketAddr::new(lab.node_address(i).into(), HAPROXY_PORT)
+}
+
+fn ms(d: Option<Duration>) -> f64 {
+    d.map_or(0.0, |d| d.as_secs_f64() * 1e3)
+}
+
+/// The policy the simulator runs for a variant: HAProxy's URI hashing is consistent hashing of
+/// the target, as `hash` is.
+fn policy_of(variant: Variant) -> PolicyKind {
+    match variant {
+        Variant::Baton(kind) => kind,
+        Variant::HaproxyFront | Variant::HaproxyEvery => PolicyKind::Hash,
+    }
+}
+
+/// The simulator's hit ratio for the same trace, cluster and cache size (closed loop, the same
+/// number of clients, decisions per request).
+fn simulated_hit_ratio(
+    workload: &Workload,
+    kind: PolicyKind,
+    nodes: usize,
+    cache_mb: u64,
+    args: &CacheArgs,
+) -> Option<f64> {
+    let config = SimConfig {
+        cluster: ClusterConfig {
+            nodes,
+            cache_bytes_per_node: cache_mb << 20,
+            max_connections_per_node: 512,
+            cost: CostModel::default(),
+        },
+        clients: ClientModel::ClosedTotal(u32::try_from(args.connections).unwrap_or(u32::MAX)),
+        warmup_requests: 0,
+        seed: args.seed,
+        policy_params: Default::default(),
+    };
+    baton_sim::simulate(workload, kind, &config)
+        .ok()
+        .map(|r| r.hit_ratio)
+}
+
+/// Counters read before and after a run.
+struct Sample {
+    origin: u64,
+    /// Time on CPU of every process in the accepting nodes' namespaces.
+    cpu_ns: u64,
+    /// Busy time of the whole host (every CPU, softirq included).
+    host_busy_ns: u64,
+    /// Bytes the accepting nodes' agents counted on connections they accepted: sent to clients,
+    /// minus what they sent for connections handed in, plus what they forwarded.
+    accepted_bytes: u64,
+    /// Bytes every node sent on its eth0.
+    wire_bytes: u64,
+}
+
+impl Sample {
+    fn take(lab: &Lab, accepting: &[usize]) -> anyhow::Result<Sample> {
+        let mut cpu_ns = 0;
+        let mut accepted_bytes = 0.0;
+        for &i in accepting {
+            cpu_ns += node_cpu_ns(lab, i)?;
+            let m = lab.scrape_metrics(i).unwrap_or_default();
+            let get = |name: &str| m.get(name).copied().unwrap_or(0.0);
+            accepted_bytes += get("baton_client_bytes_sent_total")
+                - get("baton_translated_to_client_bytes_total")
+                + get("baton_forwarded_bytes_total");
+        }
+        let mut wire_bytes = 0;
+        for i in 1..=lab.nodes() {
+            wire_bytes += tx_bytes(lab, i)?;
+        }
+        Ok(Sample {
+            origin: lab.origin_requests()?,
+            cpu_ns,
+            host_busy_ns: host_busy_ns()?,
+            accepted_bytes: accepted_bytes.max(0.0) as u64,
+            wire_bytes,
+        })
+    }
+}
+
+/// Time on CPU of every thread of every process in node `i`'s network namespace, in ns.
+fn node_cpu_ns(lab: &Lab, i: usize) -> anyhow::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let ns = std::fs::metadata(format!("/var/run/netns/{}", lab.node_ns(i)))
+        .with_context(|| format!("n{i}'s namespace"))?
+        .ino();
+    let mut total = 0;
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let in_node = std::fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| m.ino() == ns);
+        if !in_node {
+            continue;
+        }
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            total += stat
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Ok(total)
+}
+
+/// Busy time of every CPU of the host (user, nice, system, irq, softirq, steal), in ns.
+fn host_busy_ns() -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat.lines().next().context("/proc/stat is empty")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: u64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| fields.get(i))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(busy * 1_000_000_000 / hz)
+}
+
+/// Bytes node `i` sent on its eth0.
+fn tx_bytes(lab: &Lab, i: usize) -> anyhow::Result<u64> {
+    // `ip netns exec` mounts the node's own sysfs, where eth0 is the node's.
+    let out = lab.exec(
+        &format!("n{i}"),
+        &["cat", "/sys/class/net/eth0/statistics/tx_bytes"],
+    )?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .with_context(|| format!("n{i}'s tx_bytes"))
+}
+
+/// The rows as the terminal table, with the ratios.
+fn table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n{:<14} {:>3} {:>9} {:>7} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6} {:>7} {:>6}",
+        "variant",
+        "K",
+        "req/s",
+        "x rr",
+        "x proxy",
+        "hit %",
+        "sim hit%",
+        "origin",
+        "p50 ms",
+        "p99 ms",
+        "cpu us/r",
+        "host us/r",
+        "acc KB",
+        "wire KB",
+        "errors",
+    );
+    for row in rows {
+        let rate_of = |name: &str| {
+            rows.iter()
+                .find(|r| r.variant == name && r.k == row.k)
+                .map(|r| r.requests_per_sec)
+        };
+        let ratio = |base: Option<f64>| match base {
+            Some(b) if b > 0.0 => format!("{:.2}", row.requests_per_sec / b),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<14} {:>3} {:>9.0} {:>7} {:>7} {:>6.1} {:>8} {:>8} {:>8.2} {:>8.2} {:>8.0} {:>9.0} {:>6.1} {:>7.1} {:>6}",
+            row.variant,
+            row.k,
+            row.requests_per_sec,
+            ratio(rate_of("round-robin")),
+            ratio(rate_of("haproxy-front")),
+            row.hit_percent,
+            row.sim_hit_percent
+                .map_or("-".to_string(), |h| format!("{h:.1}")),
+            row.origin_fetches,
+            row.p50_ms,
+            row.p99_ms,
+            row.accepting_cpu_us_per_request,
+            row.host_cpu_us_per_request,
+            row.accepting_bytes_per_request / 1024.0,
+            row.wire_bytes_per_request / 1024.0,
+            row.errors,
+        );
+    }
+    out
+}
+
+fn csv(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "variant,k,requests,requests_per_sec,hit_percent,sim_hit_percent,origin_fetches,p50_ms,\
+         p99_ms,accepting_cpu_us_per_request,host_cpu_us_per_request,accepting_bytes_per_request,\
+         wire_bytes_per_request,errors\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{},{},{},{:.1},{:.2},{},{},{:.3},{:.3},{:.1},{:.1},{:.0},{:.0},{}",
+            r.variant,
+            r.k,
+            r.requests,
+            r.requests_per_sec,
+            r.hit_percent,
+            r.sim_hit_percent
+                .map_or(String::new(), |h| format!("{h:.2}")),
+            r.origin_fetches,
+            r.p50_ms,
+            r.p99_ms,
+            r.accepting_cpu_us_per_request,
+            r.host_cpu_us_per_request,
+            r.accepting_bytes_per_request,
+            r.wire_bytes_per_request,
+            r.errors
+        );
+    }
+    out
+}

@@ -1,0 +1,84 @@
+//! End to end: `baton bench cache` on a small cache lab runs every variant without an error,
+//! prints every column, and shows the effect it exists to show: with a connection per request,
+//! URI hashing (`hash`) hits the caches more than `round-robin` does. Needs root, nginx, haproxy.
+
+use std::process::Command;
+
+const BATON: &str = env!("CARGO_BIN_EXE_baton");
+
+#[test]
+fn a_short_cache_bench_runs_every_variant_and_hashing_hits_more_than_round_robin() {
+    let name = baton_lab::lab::unique_name("bnch");
+    let csv = std::env::temp_dir().join(format!("{name}.csv"));
+    let out = Command::new(BATON)
+        .args(["bench", "cache", "--name", &name])
+        .args([
+            "--objects",
+            "400",
+            "--requests",
+            "2000",
+            "--connections",
+            "8",
+        ])
+        .args([
+            "--k",
+            "1,10",
+            "--origin-delay-ms",
+            "5",
+            "--max-seconds",
+            "120",
+        ])
+        .arg("--csv")
+        .arg(&csv)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run baton bench cache");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for column in [
+        "req/s",
+        "x rr",
+        "x proxy",
+        "hit %",
+        "sim hit%",
+        "origin",
+        "p50 ms",
+        "p99 ms",
+        "cpu us/r",
+        "host us/r",
+        "acc KB",
+        "wire KB",
+        "errors",
+    ] {
+        assert!(stdout.contains(column), "no column {column:?}:\n{stdout}");
+    }
+    let text = std::fs::read_to_string(&csv).expect("the CSV");
+    let _ = std::fs::remove_file(&csv);
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().expect("a header").split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 16, "8 variants x 2 values of K:\n{text}");
+    for row in &rows {
+        assert_eq!(row[col("errors")], "0", "errors in {row:?}");
+        assert_eq!(row[col("requests")], "2000", "requests in {row:?}");
+    }
+    let hits = |variant: &str| -> f64 {
+        rows.iter()
+            .find(|r| r[col("variant")] == variant && r[col("k")] == "1")
+            .unwrap_or_else(|| panic!("no {variant} row"))[col("hit_percent")]
+        .parse()
+        .unwrap()
+    };
+    assert!(
+        hits("hash") > hits("round-robin"),
+        "hash {} % vs round-robin {} %:\n{stdout}",
+        hits("hash"),
+        hits("round-robin")
+    );
+    assert!(
+        baton_lab::lab::list_labs().iter().all(|l| *l != name),
+        "the bench removes its lab"
+    );
+}
