@@ -86,6 +86,9 @@ pub struct CacheArgs {
     /// Also write the rows as JSON to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// Leave the lab up afterwards (as the last variant left it), to look at its nodes.
+    #[arg(long)]
+    pub keep_lab: bool,
 }
 
 /// One way of distributing the cluster's requests.
@@ -212,7 +215,15 @@ fn cache(args: &CacheArgs) -> anyhow::Result<()> {
             rows.push(row);
         }
     }
-    lab.down().context("removing the lab")?;
+    if args.keep_lab {
+        println!(
+            "lab {} left up: baton lab down --name {}",
+            args.name, args.name
+        );
+        lab.detach();
+    } else {
+        lab.down().context("removing the lab")?;
+    }
 
     print!("{}", table(&rows));
     if let Some(path) = &args.csv {

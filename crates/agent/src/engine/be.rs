@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
-use baton_bpf::{Conn, ConnKey, ConnState, Event};
+use baton_bpf::{Conn, ConnKey, ConnRole, ConnState, Event, conn_flags};
 use baton_proto::{HandoffRequest, Message, RefuseReason};
 use baton_wire::{
     SynOptions, TcpFlags, TcpPacketBuilder, Translation, rewrite_dst_addr, translate_to_server,
@@ -211,12 +211,34 @@ impl Engine {
         );
         if let Some(old) = self.be.conns.get(&key) {
             // The client reused its port: the old connection may still linger. Replace it only if
-            // that connection is over; a live one is a true collision.
-            if old.phase != BePhase::Closing {
+            // that connection is over; a live one is a true collision. Over is what the datapath
+            // saw (both FINs or a RST), even if its notice is still on the ring: the next offer
+            // on the port may overtake it.
+            let closed_in_datapath = self.conns.get(&key).is_some_and(|e| {
+                e.client_isn == old.client_isn && e.flags & conn_flags::CLOSE_REPORTED != 0
+            });
+            if old.phase != BePhase::Closing && !closed_in_datapath {
                 return Err(RefuseReason::Collision);
             }
             let old = old.conn(key);
             self.forget_inbound(old);
+        }
+        // This node accepted a connection on the same tuple (the client's ports toward us and
+        // toward the FE are independent) and handed it off; it is closed at both ends and its
+        // entry only lingers: the new connection takes the tuple.
+        if let Some(e) = self
+            .conns
+            .get(&key)
+            .filter(|e| e.role() == Some(ConnRole::Fe))
+        {
+            let conn = ConnId {
+                key,
+                client_isn: e.client_isn,
+            };
+            if self.fe.is_lingering(conn) {
+                self.remove_entry(conn);
+                self.fe.forget(conn);
+            }
         }
         // A connection of the local TCP on this tuple (other than one in TIME_WAIT, which a new
         // SYN may legitimately reuse) is a collision: refuse before touching it.

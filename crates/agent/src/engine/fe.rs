@@ -229,6 +229,14 @@ impl FeState {
         })
     }
 
+    /// Whether `conn` was handed off and its close reported: its entry only lingers.
+    pub fn is_lingering(&self, conn: ConnId) -> bool {
+        matches!(
+            self.get(conn).map(|c| &c.phase),
+            Some(FePhase::Forwarded { closed: true, .. })
+        )
+    }
+
     /// Offers out to peers, not yet answered.
     pub fn offers_out(&self) -> usize {
         self.handoffs

@@ -1380,3 +1380,43 @@ fn handed_in_connections_whose_client_or_fe_is_gone_are_freed() {
     assert!(n2.table.get(&key).is_none(), "freed");
     assert_eq!(n2.metrics.orphans_freed.get(), 1);
 }
+
+#[test]
+fn an_offer_takes_a_tuple_whose_own_handed_off_connection_only_lingers() {
+    // n2 accepted a connection from the client's port itself and handed it off (to n1 here); it
+    // is closed at both ends and its entry lingers. The client then uses that port toward n1,
+    // which offers the new connection to n2: the same tuple at n2, and no collision.
+    let mut n2 = node(1, PolicyKind::Hash);
+    let key = key_at(N2);
+    let old_isn = CLIENT_ISN.wrapping_sub(1_000_000);
+    let mut lingering = left_behind(ConnRole::Fe, ConnState::FeForward, N1, 77);
+    lingering.client_isn = old_isn;
+    n2.table.0.lock().unwrap().insert(key, lingering);
+    n2.engine.fe.adopt_forwarded(key, old_isn, 0, 77, true);
+    n2.hear(Message::HandoffRequest(handoff_request(8)));
+    assert!(
+        n2.next_to_peer().is_none(),
+        "not refused: {:?}",
+        n2.sent_to_peer()
+    );
+    let entry = n2.table.get(&key).unwrap();
+    assert_eq!(
+        (entry.role(), entry.client_isn),
+        (Some(ConnRole::Be), CLIENT_ISN)
+    );
+
+    // One still open is a true collision.
+    let mut n2 = node(1, PolicyKind::Hash);
+    let mut open = left_behind(ConnRole::Fe, ConnState::FeForward, N1, 78);
+    open.client_isn = old_isn;
+    n2.table.0.lock().unwrap().insert(key, open);
+    n2.engine.fe.adopt_forwarded(key, old_isn, 0, 78, false);
+    n2.hear(Message::HandoffRequest(handoff_request(9)));
+    assert!(matches!(
+        n2.next_to_peer(),
+        Some(Message::HandoffRefused {
+            id: 9,
+            reason: RefuseReason::Collision
+        })
+    ));
+}
