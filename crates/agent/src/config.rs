@@ -131,8 +131,10 @@ pub struct Limits {
     /// heard for five of them is down.
     pub heartbeat_ms: u64,
     /// A handed-in connection whose client has sent nothing for this long is freed (the server's
-    /// socket closed) when its FE has been down as long, or when the server is sending to a client
-    /// that no longer answers.
+    /// socket closed) when its FE's agent has been unheard as long, or when the server is sending
+    /// to a client that no longer answers. An FE whose agent is down keeps forwarding (its
+    /// datapath outlives it): set this above how long an FE's agent may stay down while idle
+    /// connections through it must survive.
     pub orphan_timeout_s: u64,
 }
 

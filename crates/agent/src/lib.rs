@@ -146,19 +146,26 @@ pub fn run_until_signal(config: NodeConfig) -> Result<(), AgentError> {
         let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
         let mut hangup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
         let mut hand_over = signal(SignalKind::user_defined2()).map_err(AgentError::Signal)?;
+        // Every signal is passed on, also after the first: an agent draining for good can still
+        // be told to hand over to a new one.
         tokio::spawn(async move {
-            let stop = loop {
-                tokio::select! {
-                    _ = term.recv() => break Stop::ForGood,
-                    _ = tokio::signal::ctrl_c() => break Stop::ForGood,
-                    _ = hand_over.recv() => break Stop::HandOver,
-                    _ = hangup.recv() => tracing::warn!(
-                        "SIGHUP: reloading the configuration is not supported yet; restart the \
-                         agent to apply a new one (this one keeps running)"
-                    ),
+            loop {
+                let stop = tokio::select! {
+                    _ = term.recv() => Stop::ForGood,
+                    _ = tokio::signal::ctrl_c() => Stop::ForGood,
+                    _ = hand_over.recv() => Stop::HandOver,
+                    _ = hangup.recv() => {
+                        tracing::warn!(
+                            "SIGHUP: reloading the configuration is not supported yet; restart \
+                             the agent to apply a new one (this one keeps running)"
+                        );
+                        continue;
+                    }
+                };
+                if stop_tx.send(stop).is_err() {
+                    break;
                 }
-            };
-            let _ = stop_tx.send(stop);
+            }
         });
         run(config, stop_rx).await
     })
@@ -347,12 +354,25 @@ pub async fn run(config: NodeConfig, mut stop: watch::Receiver<Stop>) -> Result<
 
     let mut alarm = Alarm::new()?;
     let mut ending: Option<(Stop, Instant)> = None;
+    let mut stop_open = true;
     loop {
         alarm.set(engine.next_deadline())?;
         tokio::select! {
-            _ = stop.changed(), if ending.is_none() => {
+            // A first stop; or a hand-over while draining for good (an upgrade during a long
+            // drain: the new agent keeps what the drain waits for).
+            changed = stop.changed(), if stop_open && !matches!(ending, Some((Stop::HandOver, _))) => {
                 let now = Instant::now();
-                let how = *stop.borrow();
+                // Whoever could stop us is gone: a stop for good, once.
+                let how = match changed {
+                    Ok(()) => *stop.borrow(),
+                    Err(_) => {
+                        stop_open = false;
+                        Stop::ForGood
+                    }
+                };
+                if ending.is_some() && how != Stop::HandOver {
+                    continue;
+                }
                 let limits = &engine.config().limits;
                 let wait = match how {
                     Stop::Running => continue,

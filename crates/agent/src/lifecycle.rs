@@ -4,7 +4,8 @@
 //!
 //! - **Takeover** ([`take_over`]): a previous agent that still runs is sent `SIGUSR2` (hand over:
 //!   settle what is in flight, leave the datapath pinned, exit) and waited for; one that is gone
-//!   is simply succeeded. Only a process that is a `baton node` is signalled.
+//!   is simply succeeded. Only a process that is a `baton node` of this network namespace is
+//!   signalled, through a pidfd opened before it was checked.
 //! - **Stop** ([`stop`]): `SIGTERM` to the running agent (drain, wait for the connections that
 //!   need the datapath, remove it), and a wait for it to exit.
 //! - **Cleanup** ([`cleanup`]): the running agent, if any, is killed, and every pin of the
@@ -30,7 +31,7 @@ pub enum LifecycleError {
     },
     #[error("pidfd_open({pid}): {source}")]
     PidFd { pid: u32, source: std::io::Error },
-    #[error("kill({pid}, {signal}): {source}")]
+    #[error("pidfd_send_signal({pid}, {signal}): {source}")]
     Signal {
         pid: u32,
         signal: &'static str,
@@ -45,19 +46,63 @@ pub enum LifecycleError {
     },
 }
 
-/// The agent that last beat on a pinned datapath, if its process is still a running baton agent.
-pub fn running_agent(pin_dir: &Path) -> Result<Option<AgentRecord>, LifecycleError> {
+/// The agent that last beat on a pinned datapath, if its process still runs and is a baton
+/// agent of this network namespace (the pid may have been recycled meanwhile).
+pub fn running_agent(pin_dir: &Path) -> Result<Option<RunningAgent>, LifecycleError> {
     let path = pin_dir.join(AGENT_MAP);
     if !path.exists() {
         return Ok(None);
     }
-    let record = AgentMap::from_pin(&path)
+    let record: AgentRecord = AgentMap::from_pin(&path)
         .map_err(|source| LifecycleError::Record {
             path: path.display().to_string(),
             source: Box::new(source),
         })?
         .record();
-    Ok(Some(record).filter(|r| r.pid != 0 && r.pid != std::process::id() && is_agent(r.pid)))
+    if record.pid == 0 || record.pid == std::process::id() {
+        return Ok(None);
+    }
+    // The process is pinned down first (a pidfd names that process and no later one), then
+    // checked: what is signalled is what was checked.
+    let Ok(exit) = PidFd::open(record.pid) else {
+        return Ok(None); // gone
+    };
+    if !is_agent(record.pid) || !in_our_netns(record.pid) {
+        return Ok(None);
+    }
+    Ok(Some(RunningAgent {
+        pid: record.pid,
+        exit,
+    }))
+}
+
+/// A running agent, held by a pidfd.
+pub struct RunningAgent {
+    pub pid: u32,
+    exit: PidFd,
+}
+
+impl RunningAgent {
+    /// Sends it `signal` (through its pidfd) and waits up to `wait` for it to exit.
+    async fn signal_and_wait(
+        self,
+        signal: i32,
+        name: &'static str,
+        wait: Duration,
+    ) -> Result<u32, LifecycleError> {
+        self.exit.send(signal, name)?;
+        self.exit.wait(wait).await?;
+        Ok(self.pid)
+    }
+}
+
+/// Whether `pid` lives in this process's network namespace (an agent of another node on this
+/// machine has its own).
+fn in_our_netns(pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ino = |path: String| std::fs::metadata(path).map(|m| m.ino()).ok();
+    let ours = ino("/proc/thread-self/ns/net".into());
+    ours.is_some() && ino(format!("/proc/{pid}/ns/net")) == ours
 }
 
 /// Whether `pid` is a running `baton node` (a recycled pid may be anything).
@@ -79,11 +124,11 @@ pub async fn take_over(pin_dir: &Path, wait: Duration) -> Result<Option<u32>, Li
     let Some(previous) = running_agent(pin_dir)? else {
         return Ok(None);
     };
-    let pid = previous.pid;
-    let exited = PidFd::open(pid)?;
-    signal(pid, libc::SIGUSR2, "SIGUSR2")?;
-    exited.wait(wait).await?;
-    Ok(Some(pid))
+    Ok(Some(
+        previous
+            .signal_and_wait(libc::SIGUSR2, "SIGUSR2", wait)
+            .await?,
+    ))
 }
 
 /// What [`stop`] did.
@@ -103,10 +148,10 @@ pub async fn stop(interface: &str, wait: Duration) -> Result<Stopped, LifecycleE
     let Some(agent) = running_agent(&dir)? else {
         return Ok(Stopped::NotRunning);
     };
-    let exited = PidFd::open(agent.pid)?;
-    signal(agent.pid, libc::SIGTERM, "SIGTERM")?;
-    exited.wait(wait).await?;
-    Ok(Stopped::Exited(agent.pid))
+    let pid = agent
+        .signal_and_wait(libc::SIGTERM, "SIGTERM", wait)
+        .await?;
+    Ok(Stopped::Exited(pid))
 }
 
 /// What [`cleanup`] removed.
@@ -125,10 +170,10 @@ pub async fn cleanup(interface: &str) -> Result<Cleaned, LifecycleError> {
     let dir = pin_dir(interface)?;
     let mut cleaned = Cleaned::default();
     if let Some(agent) = running_agent(&dir)? {
-        let exited = PidFd::open(agent.pid)?;
-        signal(agent.pid, libc::SIGKILL, "SIGKILL")?;
-        exited.wait(Duration::from_secs(5)).await?;
-        cleaned.killed = Some(agent.pid);
+        let pid = agent
+            .signal_and_wait(libc::SIGKILL, "SIGKILL", Duration::from_secs(5))
+            .await?;
+        cleaned.killed = Some(pid);
     }
     let netns = baton_bpf::current_netns_inum().map_err(LifecycleError::Netns)?;
     let mut dirs = vec![dir];
@@ -153,18 +198,6 @@ pub fn pin_dir(interface: &str) -> Result<PathBuf, LifecycleError> {
     Ok(pins::dir(netns, interface))
 }
 
-fn signal(pid: u32, signal: i32, name: &'static str) -> Result<(), LifecycleError> {
-    // SAFETY: kill(2) with a pid we checked is a baton agent.
-    if unsafe { libc::kill(pid as i32, signal) } != 0 {
-        return Err(LifecycleError::Signal {
-            pid,
-            signal: name,
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    Ok(())
-}
-
 /// A process's exit, as a file descriptor that becomes readable when it happens (opened before
 /// the signal, so a recycled pid cannot be mistaken for it).
 struct PidFd {
@@ -185,6 +218,29 @@ impl PidFd {
         // SAFETY: a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         Ok(PidFd { pid, fd })
+    }
+
+    /// Sends `signal` to the process (pidfd_send_signal(2)).
+    fn send(&self, signal: i32, name: &'static str) -> Result<(), LifecycleError> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: pidfd_send_signal(2) with our pidfd, no siginfo, no flags; the result is checked.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc != 0 {
+            return Err(LifecycleError::Signal {
+                pid: self.pid,
+                signal: name,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
     }
 
     async fn wait(self, limit: Duration) -> Result<(), LifecycleError> {

@@ -1,7 +1,8 @@
 //! What the local TCP stack says, by `sock_diag` (INET_DIAG): about one connection, by an exact
 //! lookup (the BE asks before replaying a handshake: is the tuple in use? and before forgetting a
 //! closed or idle entry: is it over?), and about the service ports, by a dump (how many
-//! connections this node serves, and whether its server listens).
+//! connections this node serves, and whether its server listens); and ends one connection
+//! (SOCK_DESTROY: an orphan, or the TIME_WAIT of a handed-in connection).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 

@@ -7,8 +7,8 @@
 //! build's layout, refused loudly otherwise. [`Datapath::attach_pinned`] then attaches ingress
 //! and egress to the interface with TCX links pinned beside them, or, when the links are already
 //! pinned (a previous agent's), replaces their programs atomically (`bpf_link_update`): the
-//! interface is never without a program, and the datapath outlives the process. Only
-//! [`crate::pins::remove_dir`] ends it. The maps are taken out by their single owners
+//! interface is never without a program, and the datapath outlives the process. Removing the
+//! pins ends it ([`crate::pins::remove_dir`]); a link pin whose interface is gone is replaced. The maps are taken out by their single owners
 //! (`take_*`): the agent's engine owns the conn table and the configuration, its event loop the
 //! ring, its metrics the counters.
 

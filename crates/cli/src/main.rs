@@ -54,8 +54,8 @@ enum NodeAction {
     Stop {
         #[command(flatten)]
         interface: InterfaceArg,
-        /// Longest wait for the agent to exit, in seconds.
-        #[arg(long, default_value_t = 3600)]
+        /// Longest wait for the agent to exit, in seconds (its default drain is an hour).
+        #[arg(long, default_value_t = 3660)]
         timeout: u64,
     },
     /// Remove everything of baton on an interface at once: the agent (killed), its pinned links
