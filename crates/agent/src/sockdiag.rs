@@ -264,8 +264,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn finds_an_established_connection_and_not_a_missing_one() {
+    /// A listener on loopback, a client connected to it, the server's side, and the server's
+    /// (local, remote) addresses.
+    fn connected() -> (TcpListener, TcpStream, TcpStream, SocketAddrV4, SocketAddrV4) {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
@@ -273,6 +274,12 @@ mod tests {
             v4(server.local_addr().unwrap()),
             v4(server.peer_addr().unwrap()),
         );
+        (listener, client, server, local, remote)
+    }
+
+    #[test]
+    fn finds_an_established_connection_and_not_a_missing_one() {
+        let (listener, client, _server, local, remote) = connected();
         let mut diag = SockDiag::new().unwrap();
         assert_eq!(
             diag.tcp_state(local, remote).unwrap(),
@@ -292,13 +299,7 @@ mod tests {
 
     #[test]
     fn destroys_a_connection_and_says_when_there_is_none() {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        let (local, remote) = (
-            v4(server.local_addr().unwrap()),
-            v4(server.peer_addr().unwrap()),
-        );
+        let (_listener, mut client, server, local, remote) = connected();
         let mut diag = SockDiag::new().unwrap();
         assert!(diag.destroy(local, remote).unwrap(), "destroyed");
         assert_ne!(
@@ -324,13 +325,7 @@ mod tests {
 
     #[test]
     fn a_time_wait_socket_can_be_destroyed() {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        let (local, remote) = (
-            v4(server.local_addr().unwrap()),
-            v4(server.peer_addr().unwrap()),
-        );
+        let (_listener, mut client, server, local, remote) = connected();
         // The server closes first: its side ends in TIME_WAIT once the client closes too.
         drop(server);
         let mut buf = [0u8; 1];
