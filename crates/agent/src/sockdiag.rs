@@ -266,7 +266,13 @@ mod tests {
 
     /// A listener on loopback, a client connected to it, the server's side, and the server's
     /// (local, remote) addresses.
-    fn connected() -> (TcpListener, TcpStream, TcpStream, SocketAddrV4, SocketAddrV4) {
+    fn connected() -> (
+        TcpListener,
+        TcpStream,
+        TcpStream,
+        SocketAddrV4,
+        SocketAddrV4,
+    ) {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
