@@ -120,6 +120,15 @@ impl Default for Tcp {
 }
 
 impl Tcp {
+    /// The local TCP's state of `key`'s connection, if it has one.
+    fn state(&self, key: &ConnKey) -> Option<u8> {
+        self.0
+            .lock()
+            .unwrap()
+            .states
+            .get(&(key.local(), key.client()))
+            .copied()
+    }
     fn set(&self, key: &ConnKey, state: u8) {
         self.0
             .lock()
@@ -925,12 +934,7 @@ fn a_close_counts_only_once_the_local_tcp_agrees() {
     assert!(n2.table.get(&key).is_none());
     assert!(n2.engine.drained());
     assert_eq!(
-        n2.tcp
-            .0
-            .lock()
-            .unwrap()
-            .states
-            .get(&(key.local(), key.client())),
+        n2.tcp.state(&key),
         None,
         "its TIME_WAIT is ended: it would only get in the way of the client's next connection"
     );
@@ -1354,15 +1358,7 @@ fn handed_in_connections_whose_client_or_fe_is_gone_are_freed() {
         n2.wait(Duration::from_millis(100));
     }
     assert!(n2.table.get(&key).is_none(), "freed");
-    assert_eq!(
-        n2.tcp
-            .0
-            .lock()
-            .unwrap()
-            .states
-            .get(&(key.local(), key.client())),
-        None
-    );
+    assert_eq!(n2.tcp.state(&key), None);
     assert_eq!(n2.metrics.orphans_freed.get(), 1);
     assert_eq!(n2.metrics.handed_in_active.get(), 0);
 
