@@ -24,7 +24,7 @@
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use baton_policy::{PolicyKind, PolicyParams, Rule};
 use serde::{Deserialize, Serialize};
@@ -41,8 +41,69 @@ pub enum ConfigError {
     },
     #[error("parsing config: {0}")]
     Parse(#[from] toml::de::Error),
-    #[error("invalid config: {0}")]
-    Invalid(String),
+    #[error("invalid config: {}", problems_text(.0))]
+    Invalid(Vec<Problem>),
+}
+
+/// One thing wrong with a configuration that parsed: the field (`section.key`) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub field: String,
+    pub message: String,
+}
+
+fn problems_text(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| p.message.as_str())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ConfigError {
+    /// Every problem with the line of `text` (1-based) that holds its field, where that can be
+    /// told: what `baton node --check` prints. A parse error's line is in its own message.
+    pub fn located(&self, text: &str) -> Vec<(Option<usize>, String)> {
+        match self {
+            ConfigError::Invalid(problems) => problems
+                .iter()
+                .map(|p| (line_of_field(text, &p.field), p.message.clone()))
+                .collect(),
+            ConfigError::Parse(e) => {
+                let line = e
+                    .span()
+                    .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+                vec![(line, e.message().to_string())]
+            }
+            other => vec![(None, other.to_string())],
+        }
+    }
+}
+
+/// The line (1-based) where `field` (`section.key`, or a section) is set in `text`.
+fn line_of_field(text: &str, field: &str) -> Option<usize> {
+    // The key under its section's header (`[section]`, `[section.sub]`, `[[section.sub]]`).
+    let (section, key) = field.split_once('.')?;
+    let key = key.split('.').next_back()?;
+    let mut in_section = false;
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            let header = header.trim_start_matches('[').trim_end_matches(']').trim();
+            in_section = header == section || header.starts_with(&format!("{section}."));
+            if in_section && (header == field || field == section) {
+                return Some(number + 1);
+            }
+            continue;
+        }
+        if in_section
+            && let Some((name, _)) = line.split_once('=')
+            && name.trim() == key
+        {
+            return Some(number + 1);
+        }
+    }
+    None
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -56,6 +117,8 @@ pub struct NodeConfig {
     pub limits: Limits,
     #[serde(default)]
     pub metrics: MetricsSection,
+    #[serde(default)]
+    pub health: HealthSection,
 }
 
 /// Who this node is and where it attaches.
@@ -67,6 +130,9 @@ pub struct NodeSection {
     pub address: Ipv4Addr,
     /// The cluster interface the eBPF programs attach to (TC ingress and egress).
     pub interface: String,
+    /// The agent's local control socket (`baton ctl`): a unix socket only root may use.
+    #[serde(default = "default_control_socket")]
+    pub control_socket: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -163,6 +229,46 @@ pub struct MetricsSection {
     pub listen: Option<SocketAddr>,
 }
 
+/// How the node watches its own server, besides its listener (which is always watched): an HTTP
+/// check as HAProxy's `check inter 2s rise 2 fall 3`. A node whose server fails `fall` checks in
+/// a row tells its peers it is not serving (they choose it for nothing new) until it passes
+/// `rise` in a row.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSection {
+    /// The path of the HTTP check (`GET path` on the node's service address); none: no HTTP
+    /// check. A 2xx or 3xx answer within `timeout_ms` passes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The port checked; by default the first service port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        HealthSection {
+            path: None,
+            port: None,
+            interval_ms: 2000,
+            timeout_ms: 1000,
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+/// Where `baton node` listens for `baton ctl` unless configured otherwise.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/baton/baton.sock";
+
+fn default_control_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_CONTROL_SOCKET)
+}
+
 fn default_service_ports() -> Vec<u16> {
     vec![80]
 }
@@ -190,32 +296,63 @@ impl NodeConfig {
         toml::to_string_pretty(self).expect("config always serializes")
     }
 
+    /// Checks what the types cannot: every problem found, each with its field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut problem = |field: &str, message: String| {
+            problems.push(Problem {
+                field: field.to_string(),
+                message,
+            })
+        };
         if self.cluster.key.len() < MIN_KEY_LEN {
-            return invalid(format!("cluster.key must be at least {MIN_KEY_LEN} bytes"));
+            problem(
+                "cluster.key",
+                format!("cluster.key must be at least {MIN_KEY_LEN} bytes"),
+            );
         }
         if self.cluster.members.is_empty() {
-            return invalid("cluster.members is empty".into());
+            problem("cluster.members", "cluster.members is empty".into());
         }
         if self.cluster.service_ports.is_empty() {
-            return invalid("cluster.service_ports is empty".into());
+            problem(
+                "cluster.service_ports",
+                "cluster.service_ports is empty".into(),
+            );
         }
         if self
             .cluster
             .service_ports
             .contains(&self.cluster.control_port)
         {
-            return invalid("cluster.control_port is also a service port".into());
+            problem(
+                "cluster.control_port",
+                "cluster.control_port is also a service port".into(),
+            );
         }
         let mut names = HashSet::new();
         let mut addresses = HashSet::new();
         for m in &self.cluster.members {
             if !names.insert(m.name.as_str()) {
-                return invalid(format!("member name {} appears twice", m.name));
+                problem(
+                    "cluster.members",
+                    format!("cluster.members: name {} appears twice", m.name),
+                );
             }
             if !addresses.insert(m.address) {
-                return invalid(format!("member address {} appears twice", m.address));
+                problem(
+                    "cluster.members",
+                    format!("cluster.members: address {} appears twice", m.address),
+                );
             }
         }
         let me = Member {
@@ -223,10 +360,13 @@ impl NodeConfig {
             address: self.node.address,
         };
         if !self.cluster.members.contains(&me) {
-            return invalid(format!(
-                "node {} ({}) is not among cluster.members",
-                self.node.name, self.node.address
-            ));
+            problem(
+                "node.name",
+                format!(
+                    "node {} ({}) is not among cluster.members",
+                    self.node.name, self.node.address
+                ),
+            );
         }
         let names: Vec<String> = self
             .cluster
@@ -235,23 +375,82 @@ impl NodeConfig {
             .map(|m| m.name.clone())
             .collect();
         for (position, rule) in self.policy.rules.iter().enumerate() {
-            rule.validate(position, &names)
-                .map_err(|e| ConfigError::Invalid(format!("policy.rules: {e}")))?;
+            if let Err(e) = rule.validate(position, &names) {
+                problem("policy.rules", format!("policy.rules: {e}"));
+            }
         }
         let params = &self.policy.params;
         if !(100..=10_000).contains(&params.balance_factor) {
-            return invalid(
+            problem(
+                "policy.params.balance_factor",
                 "policy.params.balance_factor must be 100..=10000 (percent of the mean load)"
                     .into(),
             );
         }
         if params.lard_low >= params.lard_high {
-            return invalid("policy.params.lard_low must be below lard_high".into());
+            problem(
+                "policy.params.lard_low",
+                "policy.params.lard_low must be below lard_high".into(),
+            );
         }
-        if self.limits.head_bytes == 0 || self.limits.hold_segments == 0 {
-            return invalid("limits.head_bytes and limits.hold_segments must be positive".into());
+        if self.limits.head_bytes == 0 {
+            problem(
+                "limits.head_bytes",
+                "limits.head_bytes must be positive".into(),
+            );
         }
-        Ok(())
+        if self.limits.hold_segments == 0 {
+            problem(
+                "limits.hold_segments",
+                "limits.hold_segments must be positive".into(),
+            );
+        }
+        let health = &self.health;
+        if let Some(path) = &health.path
+            && (!path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f))
+        {
+            problem(
+                "health.path",
+                format!(
+                    "health.path {path:?} must start with / and hold no spaces or control \
+                     characters"
+                ),
+            );
+        }
+        for (field, value) in [
+            ("health.interval_ms", health.interval_ms),
+            ("health.timeout_ms", health.timeout_ms),
+            ("health.rise", u64::from(health.rise)),
+            ("health.fall", u64::from(health.fall)),
+        ] {
+            if value == 0 {
+                problem(field, format!("{field} must be positive"));
+            }
+        }
+        problems
+    }
+
+    /// A digest of what every member must agree on: the members (in order: LARD's dispatcher
+    /// answers name members by index), the ports and the policy. Members exchange it; a
+    /// disagreement is a warning, not an error (it is normal while a change rolls out).
+    pub fn cluster_digest(&self) -> u64 {
+        use sha2::{Digest, Sha256};
+        #[derive(Serialize)]
+        struct Agreed<'a> {
+            members: &'a [Member],
+            service_ports: &'a [u16],
+            control_port: u16,
+            policy: &'a PolicySection,
+        }
+        let agreed = Agreed {
+            members: &self.cluster.members,
+            service_ports: &self.cluster.service_ports,
+            control_port: self.cluster.control_port,
+            policy: &self.policy,
+        };
+        let text = toml::to_string(&agreed).expect("the agreed fields always serialize");
+        let hash = Sha256::digest(text.as_bytes());
+        u64::from_be_bytes(hash[..8].try_into().expect("a SHA-256 has 8 bytes"))
     }
 
     /// This node's index in `cluster.members` (validated to exist).
@@ -327,6 +526,48 @@ kind = "hash"
             NodeConfig::from_toml(&bad),
             Err(ConfigError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_field_and_line() {
+        let broken = MINIMAL
+            .replace("0123456789abcdef0123456789abcdef", "short")
+            .replace(
+                "kind = \"hash\"",
+                "kind = \"hash\"\n[health]\npath = \"no-slash\"\nfall = 0",
+            );
+        let text = broken.as_str();
+        let e = NodeConfig::from_toml(text).unwrap_err();
+        let located = e.located(text);
+        let line = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+        assert_eq!(
+            located,
+            vec![
+                (
+                    Some(line("key = \"short\"")),
+                    "cluster.key must be at least 16 bytes".to_string()
+                ),
+                (
+                    Some(line("path = ")),
+                    "health.path \"no-slash\" must start with / and hold no spaces or control \
+                     characters"
+                        .to_string()
+                ),
+                (
+                    Some(line("fall = 0")),
+                    "health.fall must be positive".to_string()
+                ),
+            ]
+        );
+        let unparsable = MINIMAL.replace("interface = \"eth0\"", "interface = eth0");
+        let e = NodeConfig::from_toml(&unparsable).unwrap_err();
+        let located = e.located(&unparsable);
+        assert_eq!(located.len(), 1);
+        assert_eq!(located[0].0, Some(line_in(&unparsable, "interface = eth0")));
+    }
+
+    fn line_in(text: &str, needle: &str) -> usize {
+        text.lines().position(|l| l.contains(needle)).unwrap() + 1
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - [`kernel`]: what the engine asks of the kernel, as traits; [`inject`] and [`sockdiag`] are
 //!   the real packet injection and TCP lookups, [`hold`] reassembles held streams;
 //! - [`lifecycle`]: the agents of one interface over time (takeover, stop, cleanup);
+//! - [`ctl`]: the local control socket (`baton ctl`: status, connections, drain, reload);
+//!   [`health`]: the local server's HTTP health check;
 //! - [`metrics`]: the Prometheus endpoint; [`config`]: the configuration file; [`alarm`]: the
 //!   event loop's timer.
 //!
@@ -35,7 +37,9 @@
 
 pub mod alarm;
 pub mod config;
+pub mod ctl;
 pub mod engine;
+pub mod health;
 pub mod hold;
 pub mod inject;
 pub mod kernel;
@@ -100,6 +104,8 @@ pub enum AgentError {
     Mesh(#[from] MeshError),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Ctl(#[from] ctl::CtlError),
     #[error("the event loop's timer: {0}")]
     Alarm(#[from] AlarmError),
     #[error("epoll registration of the event ring (AsyncFd::new): {0}")]
@@ -130,10 +136,12 @@ pub enum Stop {
     HandOver,
 }
 
-/// Runs the agent until SIGINT or SIGTERM (stop for good) or SIGUSR2 (hand over). SIGHUP, which
-/// would end the process, is caught: the agent cannot reload its configuration yet, and says so
-/// instead of dropping its connections.
-pub fn run_until_signal(config: NodeConfig) -> Result<(), AgentError> {
+/// Runs the agent until SIGINT or SIGTERM (stop for good) or SIGUSR2 (hand over); SIGHUP reloads
+/// `config_file` (as `baton ctl reload` does).
+pub fn run_until_signal(
+    config: NodeConfig,
+    config_file: Option<std::path::PathBuf>,
+) -> Result<(), AgentError> {
     // One thread: the engine's loop and the mesh's tasks hand each other messages without
     // crossing CPUs, and an idle agent has one thread to wake.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -142,6 +150,7 @@ pub fn run_until_signal(config: NodeConfig) -> Result<(), AgentError> {
         .map_err(AgentError::Runtime)?;
     runtime.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(Stop::Running);
+        let (reload_tx, reload_rx) = mpsc::channel(4);
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
         let mut hangup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
@@ -155,10 +164,8 @@ pub fn run_until_signal(config: NodeConfig) -> Result<(), AgentError> {
                     _ = tokio::signal::ctrl_c() => Stop::ForGood,
                     _ = hand_over.recv() => Stop::HandOver,
                     _ = hangup.recv() => {
-                        tracing::warn!(
-                            "SIGHUP: reloading the configuration is not supported yet; restart \
-                             the agent to apply a new one (this one keeps running)"
-                        );
+                        // Full: a reload is pending already, and reads the file as it is then.
+                        let _ = reload_tx.try_send(());
                         continue;
                     }
                 };
@@ -167,8 +174,25 @@ pub fn run_until_signal(config: NodeConfig) -> Result<(), AgentError> {
                 }
             }
         });
-        run(config, stop_rx).await
+        run(
+            Launch {
+                config,
+                config_file,
+                reloads: Some(reload_rx),
+            },
+            stop_rx,
+        )
+        .await
     })
+}
+
+/// What an agent starts from.
+pub struct Launch {
+    pub config: NodeConfig,
+    /// The file `config` was read from: what a reload reads again.
+    pub config_file: Option<std::path::PathBuf>,
+    /// Reload requests (SIGHUP).
+    pub reloads: Option<mpsc::Receiver<()>>,
 }
 
 /// How long a new agent waits for the one it takes over from: the offers and replays that one
@@ -247,7 +271,13 @@ async fn open_datapath(
 }
 
 /// Runs the agent until `stop` says how to end.
-pub async fn run(config: NodeConfig, mut stop: watch::Receiver<Stop>) -> Result<(), AgentError> {
+pub async fn run(launch: Launch, mut stop: watch::Receiver<Stop>) -> Result<(), AgentError> {
+    let Launch {
+        config,
+        config_file,
+        reloads,
+    } = launch;
+    let mut reloads = reloads.unwrap_or_else(|| mpsc::channel(1).1);
     // The tasks stop on `tasks_stop`, after the drain or hand-over that `stop` starts.
     let (tasks_stop_tx, tasks_stop) = watch::channel(false);
     let ports = &config.cluster.service_ports;
@@ -305,6 +335,11 @@ pub async fn run(config: NodeConfig, mut stop: watch::Receiver<Stop>) -> Result<
             }
         });
     }
+
+    let (ctl_tx, mut ctl_rx) = mpsc::channel(16);
+    ctl::serve(&config.node.control_socket, ctl_tx, tasks_stop.clone())?;
+    let (health_tx, mut health_rx) = mpsc::channel(4);
+    let mut health = HealthTask::start(&config, health_tx.clone(), &tasks_stop);
 
     // SAFETY: the ring's fd is owned by `ring`, which the AsyncFd owns until it is dropped, so
     // the descriptor stays valid and is not reused while registered.
@@ -400,6 +435,22 @@ pub async fn run(config: NodeConfig, mut stop: watch::Receiver<Stop>) -> Result<
             },
             Some(event) = mesh_rx.recv() => engine.on_mesh(event, Instant::now()),
             _ = alarm.fired() => engine.on_timers(Instant::now()),
+            Some(call) = ctl_rx.recv() => {
+                let reply = match call.request {
+                    ctl::Request::Reload => match reload(&mut engine, config_file.as_deref(), &mut health, &health_tx, &tasks_stop) {
+                        Ok(message) => ctl::Reply::Done { message },
+                        Err(message) => ctl::Reply::Error { message },
+                    },
+                    request => answer(&mut engine, request, config_file.as_deref()),
+                };
+                let _ = call.reply.send(reply);
+            }
+            Some(()) = reloads.recv() => {
+                if let Err(e) = reload(&mut engine, config_file.as_deref(), &mut health, &health_tx, &tasks_stop) {
+                    tracing::error!("SIGHUP: {e}");
+                }
+            }
+            Some(healthy) = health_rx.recv() => engine.on_health(Some(healthy), Instant::now()),
             _ = sleep_until(ending.map(|(_, at)| at)) => break,
         }
         read_ring(ring.get_mut(), &mut engine, &metrics);
@@ -426,6 +477,92 @@ pub async fn run(config: NodeConfig, mut stop: watch::Receiver<Stop>) -> Result<
     drop(datapath);
     tracing::info!("baton node stopped");
     Ok(())
+}
+
+/// Answers an operator's request from the engine's state.
+fn answer(
+    engine: &mut Engine,
+    request: ctl::Request,
+    config_file: Option<&std::path::Path>,
+) -> ctl::Reply {
+    let now = Instant::now();
+    match request {
+        ctl::Request::Status => {
+            let mut status = engine.status(now);
+            status.config_file = config_file.map(|p| p.to_path_buf());
+            ctl::Reply::Status(Box::new(status))
+        }
+        ctl::Request::Conns => ctl::Reply::Conns {
+            conns: engine.conn_rows(),
+        },
+        ctl::Request::Peers => ctl::Reply::Peers {
+            peers: engine.peer_rows(now),
+        },
+        ctl::Request::Drain => ctl::Reply::Done {
+            message: engine.set_drained(true, now),
+        },
+        ctl::Request::Undrain => ctl::Reply::Done {
+            message: engine.set_drained(false, now),
+        },
+        ctl::Request::Reload => ctl::Reply::Error {
+            message: "reload is answered by the event loop".into(),
+        },
+    }
+}
+
+/// Reads the configuration file again and applies it; on any error the running configuration
+/// stays and the error says why.
+fn reload(
+    engine: &mut Engine,
+    config_file: Option<&std::path::Path>,
+    health: &mut HealthTask,
+    health_tx: &mpsc::Sender<bool>,
+    stop: &watch::Receiver<bool>,
+) -> Result<String, String> {
+    let Some(path) = config_file else {
+        return Err("the agent was not started from a configuration file".into());
+    };
+    let new = NodeConfig::from_file(path).map_err(|e| {
+        let e = format!("{}: {e}; the running configuration is kept", path.display());
+        tracing::error!("reload refused: {e}");
+        e
+    })?;
+    let health_changed = new.health != engine.config().health;
+    let done = engine.reload(new, Instant::now()).inspect_err(|e| {
+        tracing::error!("reload refused: {e}");
+    })?;
+    if health_changed {
+        health.stop();
+        *health = HealthTask::start(engine.config(), health_tx.clone(), stop);
+        if health.0.is_none() {
+            engine.on_health(None, Instant::now());
+        }
+    }
+    Ok(done)
+}
+
+/// The running health check, if one is configured.
+struct HealthTask(Option<tokio::task::JoinHandle<()>>);
+
+impl HealthTask {
+    fn start(
+        config: &NodeConfig,
+        verdicts: mpsc::Sender<bool>,
+        stop: &watch::Receiver<bool>,
+    ) -> Self {
+        let check = health::Check::from_config(
+            &config.health,
+            config.node.address,
+            &config.cluster.service_ports,
+        );
+        HealthTask(check.map(|check| tokio::spawn(health::watch(check, verdicts, stop.clone()))))
+    }
+
+    fn stop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
 }
 
 /// Sleeps until `deadline`, or forever without one.

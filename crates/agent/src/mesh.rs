@@ -15,6 +15,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use baton_proto::{Event as ProtoEvent, Message, ProtoError, Session};
@@ -53,13 +54,23 @@ type Queued = (Instant, Message);
 #[derive(Clone)]
 pub struct MeshSender {
     outbound: Vec<Option<mpsc::Sender<Queued>>>,
+    /// Per peer: the smoothed RTT of the outbound connection in µs as the kernel last said
+    /// (TCP_INFO after a write), 0 while unknown.
+    rtt_us: Vec<Arc<AtomicU32>>,
 }
 
 impl MeshSender {
     /// A sender over the given per-peer queues (`None` for this node itself); `start` builds the
     /// real one, tests read the queues directly.
     pub fn new(outbound: Vec<Option<mpsc::Sender<Queued>>>) -> Self {
-        MeshSender { outbound }
+        let rtt_us = outbound.iter().map(|_| Arc::default()).collect();
+        MeshSender { outbound, rtt_us }
+    }
+
+    /// The control connection's round-trip time to `peer`, if measured.
+    pub fn rtt_us(&self, peer: usize) -> Option<u32> {
+        let rtt = self.rtt_us.get(peer)?.load(Ordering::Relaxed);
+        (rtt != 0).then_some(rtt)
     }
 
     /// Queues `message` for `peer`'s outbound connection; false if it had to be dropped.
@@ -117,6 +128,7 @@ pub async fn start(
         shutdown.clone(),
     ));
     let mut outbound = Vec::new();
+    let mut receivers = Vec::new();
     for (index, _) in config.members.iter().enumerate() {
         if index == config.self_index {
             outbound.push(None);
@@ -124,16 +136,21 @@ pub async fn start(
         }
         let (tx, rx) = mpsc::channel(1024);
         outbound.push(Some(tx));
+        receivers.push((index, rx));
+    }
+    let sender = MeshSender::new(outbound);
+    for (index, rx) in receivers {
         tokio::spawn(dial_loop(
             index,
             config.clone(),
             rx,
+            sender.rtt_us[index].clone(),
             events.clone(),
             metrics.clone(),
             shutdown.clone(),
         ));
     }
-    Ok(MeshSender::new(outbound))
+    Ok(sender)
 }
 
 fn reject(metrics: &Metrics, e: &ProtoError) {
@@ -237,6 +254,7 @@ async fn dial_loop(
     peer: usize,
     config: Arc<MeshConfig>,
     mut outgoing: mpsc::Receiver<Queued>,
+    rtt_us: Arc<AtomicU32>,
     events: mpsc::Sender<MeshEvent>,
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
@@ -256,6 +274,7 @@ async fn dial_loop(
                     session,
                     &config,
                     &mut outgoing,
+                    &rtt_us,
                     &metrics,
                     &mut shutdown,
                 )
@@ -315,6 +334,7 @@ async fn serve_outbound(
     mut session: Session,
     config: &MeshConfig,
     outgoing: &mut mpsc::Receiver<Queued>,
+    rtt_us: &AtomicU32,
     metrics: &Metrics,
     shutdown: &mut watch::Receiver<bool>,
 ) -> String {
@@ -353,7 +373,30 @@ async fn serve_outbound(
         if let Err(e) = stream.write_all(&frames).await {
             return format!("write: {e}");
         }
+        if let Some(rtt) = smoothed_rtt_us(&stream) {
+            rtt_us.store(rtt.max(1), Ordering::Relaxed);
+        }
     }
+}
+
+/// The kernel's smoothed RTT of `stream` (`tcpi_rtt` of TCP_INFO), in µs.
+fn smoothed_rtt_us(stream: &TcpStream) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: all-zero is a valid tcp_info (integers only).
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which we own; the fd is the
+    // stream's, open for the duration of the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(info.tcpi_rtt)
 }
 
 /// Messages that must not arrive late: an offer could go live after its FE served the connection

@@ -17,8 +17,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -101,6 +101,26 @@ pub struct Metrics {
     pub event_delay: Latency,
     /// FE: from the offer to the peer's acceptance.
     pub handoff_duration: Latency,
+    /// 1 while the operator has this node drained (`baton ctl drain`).
+    pub drained: IntGauge,
+    /// The HTTP health check's verdict (1 passing, 0 failing; 1 without a check).
+    pub healthy: IntGauge,
+    /// Peers whose cluster configuration digest is not ours.
+    pub config_mismatched_peers: IntGauge,
+    /// Per peer (`{peer="n2"}`): whether it may be chosen, its reported load, the control
+    /// connection's round-trip time, handoffs to it and from it, its refusals of ours.
+    pub peer: PeerMetrics,
+}
+
+/// The per-peer series, labelled `peer`.
+#[derive(Clone)]
+pub struct PeerMetrics {
+    pub up: IntGaugeVec,
+    pub load: IntGaugeVec,
+    pub rtt: GaugeVec,
+    pub handoffs_to: IntCounterVec,
+    pub handoffs_from: IntCounterVec,
+    pub refusals: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -144,6 +164,31 @@ impl Metrics {
                 .expect("registered once");
             Latency(h)
         };
+        let per_peer_gauge = |name: &str, help: &str| {
+            let v = IntGaugeVec::new(Opts::new(name, help), &["peer"]).expect("a valid family");
+            registry
+                .register(Box::new(v.clone()))
+                .expect("registered once");
+            v
+        };
+        let per_peer_counter = |name: &str, help: &str| {
+            let v = IntCounterVec::new(Opts::new(name, help), &["peer"]).expect("a valid family");
+            registry
+                .register(Box::new(v.clone()))
+                .expect("registered once");
+            v
+        };
+        let rtt = GaugeVec::new(
+            Opts::new(
+                "peer_rtt_seconds",
+                "Smoothed round-trip time of the control connection to the peer",
+            ),
+            &["peer"],
+        )
+        .expect("a valid family");
+        registry
+            .register(Box::new(rtt.clone()))
+            .expect("registered once");
         let build_info = BuildInfo::new(&registry);
         build_info.set();
         Metrics {
@@ -249,6 +294,35 @@ impl Metrics {
                 "handoff_duration_seconds",
                 "From an offer to a peer to its acceptance (FE)",
             ),
+            drained: gauge(
+                "drained",
+                "1 while the operator has drained this node (peers choose it for nothing new)",
+            ),
+            healthy: gauge(
+                "server_healthy",
+                "1 while the local server passes its HTTP health check (or none is configured)",
+            ),
+            config_mismatched_peers: gauge(
+                "config_mismatched_peers",
+                "Peers whose cluster configuration (members, ports, policy) differs from ours",
+            ),
+            peer: PeerMetrics {
+                up: per_peer_gauge("peer_up", "1 while the peer may be chosen"),
+                load: per_peer_gauge("peer_load", "The peer's load as it last reported it"),
+                rtt,
+                handoffs_to: per_peer_counter(
+                    "peer_handoffs_out_total",
+                    "Connections this node handed off to the peer",
+                ),
+                handoffs_from: per_peer_counter(
+                    "peer_handoffs_in_total",
+                    "Connections the peer handed off to this node",
+                ),
+                refusals: per_peer_counter(
+                    "peer_refusals_total",
+                    "Handoffs of this node's that the peer refused",
+                ),
+            },
             registry,
         }
     }

@@ -3,6 +3,7 @@
 //! `anyhow` lives only here, at the binary's edge; the libraries return typed errors.
 
 mod bench;
+mod ctl;
 
 use std::path::PathBuf;
 
@@ -31,9 +32,16 @@ enum Command {
         /// The node's TOML configuration file.
         #[arg(long, required = true)]
         config: Option<PathBuf>,
+        /// Only check the configuration file: print each problem with its line, exit 0 if
+        /// it is good and 1 if not (as `nginx -t`, `haproxy -c`).
+        #[arg(long)]
+        check: bool,
         #[command(subcommand)]
         action: Option<NodeAction>,
     },
+    /// Talk to a running agent over its control socket: status, connections, peers, drain,
+    /// reload.
+    Ctl(ctl::CtlArgs),
     /// Build, use and remove a lab cluster of network namespaces on this machine.
     #[command(subcommand)]
     Lab(baton_lab::cli::LabCommand),
@@ -143,10 +151,22 @@ fn main() -> anyhow::Result<()> {
             action: Some(action),
             ..
         } => node_action(action),
+        Command::Node {
+            config,
+            check: true,
+            ..
+        } => {
+            let path = config.context("--config is required")?;
+            if !ctl::check_config(&path)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Node { config, .. } => {
             let path = config.context("--config is required")?;
-            baton_agent::run_until_signal(load_config(&path)?).context("baton node")
+            baton_agent::run_until_signal(load_config(&path)?, Some(path)).context("baton node")
         }
+        Command::Ctl(args) => ctl::run(args),
         Command::Lab(cmd) => baton_lab::cli::run(cmd),
         Command::ServeStatic(args) => baton_lab::static_server::run(args).context("serve-static"),
         Command::Sim(args) => baton_sim::cli::run(args),

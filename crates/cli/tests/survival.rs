@@ -4,7 +4,7 @@
 //! download must complete byte for byte and wrk must see no error; afterwards nothing of a
 //! stopped agent may remain. Needs root, eBPF, nginx, wrk and bpftool.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use baton_lab::content::{expected_sha256, sha256_hex};
@@ -14,7 +14,7 @@ use baton_lab::{Lab, LabSpec, ServerKind};
 use baton_policy::PolicyKind;
 
 mod common;
-use common::pin_dir;
+use common::{assert_no_errors, metric, pin_dir, wrk_everywhere};
 
 const BATON: &str = env!("CARGO_BIN_EXE_baton");
 /// The pace of the downloads: 10 MB take 8 s, time for a fault and a restart in the middle.
@@ -58,80 +58,6 @@ fn assert_whole(download: BackgroundDownload, what: &str) {
         expected_sha256(TEN_MB).unwrap(),
         "{what}: the bytes differ"
     );
-}
-
-/// wrk against every node for `seconds`: a connection per request on each, keep-alive on n1.
-///
-/// Its request timeout is 5 s, not wrk's 2 s: a connection whose first bytes a killed agent had
-/// taken is served once the datapath fails open (within 0.5 s) and the client retransmits them,
-/// and the client's retransmission timer backs off (0.2, 0.6, 1.4, 3.0 s after the first send),
-/// so such a response can take longer than 2 s; it is slow, not lost. Anything not answered
-/// within 5 s is still an error.
-fn wrk_everywhere(lab: &Lab, seconds: u32) -> Vec<(String, Child)> {
-    let duration = format!("-d{seconds}s");
-    let mut runs = Vec::new();
-    for i in 1..=lab.nodes() {
-        let url = format!("http://{}/f/1k", lab.node_address(i));
-        let close = [
-            "wrk",
-            "-t1",
-            "-c4",
-            &duration,
-            "--timeout",
-            "5s",
-            "-H",
-            "Connection: close",
-            &url,
-        ];
-        runs.push((
-            format!("n{i} connection per request"),
-            spawn_in_client(lab, &close),
-        ));
-    }
-    let url = format!("http://{}/f/1k", lab.node_address(1));
-    let keep_alive = ["wrk", "-t1", "-c4", &duration, "--timeout", "5s", &url];
-    runs.push((
-        "n1 keep-alive".to_string(),
-        spawn_in_client(lab, &keep_alive),
-    ));
-    runs
-}
-
-fn spawn_in_client(lab: &Lab, args: &[&str]) -> Child {
-    baton_lab::lab::exec_command(lab.name(), "client", args)
-        .unwrap()
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn wrk (is it installed?)")
-}
-
-/// Every wrk run ended with requests made, and no error and no non-2xx response.
-fn assert_no_errors(runs: Vec<(String, Child)>) {
-    for (what, run) in runs {
-        let out = run.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "wrk {what}: {text}");
-        assert!(text.contains("requests in"), "wrk {what}: {text}");
-        assert!(!text.contains("Non-2xx"), "wrk {what} saw non-2xx:\n{text}");
-        assert!(
-            !text.contains("Socket errors"),
-            "wrk {what} saw errors:\n{text}"
-        );
-        let line = text
-            .lines()
-            .find(|l| l.contains("requests in"))
-            .unwrap_or("");
-        eprintln!("wrk {what}: {}, 0 errors", line.trim());
-    }
-}
-
-fn metric(lab: &Lab, node: usize, name: &str) -> f64 {
-    lab.scrape_metrics(node)
-        .unwrap_or_default()
-        .get(name)
-        .copied()
-        .unwrap_or(0.0)
 }
 
 /// The ids of node `i`'s attached programs (ingress, egress).

@@ -19,6 +19,9 @@ pub enum LabCommand {
     Exec(ExecArgs),
     /// Start, stop, kill or restart (take over) one node's agent in a running lab.
     Agent(AgentArgs),
+    /// Run `baton ctl` against one node's agent (its control socket is in the lab's state
+    /// directory): `baton lab ctl --name NAME n2 -- conns`.
+    Ctl(CtlArgs),
     /// Remove a lab: its processes, datapath pins, namespaces and state directory (also a
     /// half-made one).
     Down(NameArg),
@@ -59,6 +62,21 @@ pub struct UpArgs {
     /// milliseconds [default: 20].
     #[arg(long)]
     pub origin_delay_ms: Option<u64>,
+    /// The agents check their own server with `GET PATH` every 500 ms (rise 2, fall 2) and are
+    /// not chosen while it fails.
+    #[arg(long)]
+    pub health_path: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    #[command(flatten)]
+    pub name: NameArg,
+    /// The node: n1..nN, or its number.
+    pub node: String,
+    /// `baton ctl`'s arguments, after `--` (e.g. `-- -o json conns`).
+    #[arg(last = true, required = true)]
+    pub args: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -118,6 +136,15 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("lab agent {} {}", args.name.name, args.node))?;
             println!("{line}");
             Ok(())
+        }
+        LabCommand::Ctl(args) => {
+            let lab = Lab::open(&args.name.name)
+                .with_context(|| format!("lab ctl {}", args.name.name))?;
+            let i = lab.node_named(&args.node)?;
+            let output = lab.ctl(i, &args.args)?;
+            std::io::Write::write_all(&mut std::io::stdout(), &output.stdout)?;
+            std::io::Write::write_all(&mut std::io::stderr(), &output.stderr)?;
+            std::process::exit(output.status.code().unwrap_or(1));
         }
         LabCommand::Down(args) => {
             let report =
@@ -190,6 +217,15 @@ pub fn up_spec(args: &UpArgs) -> anyhow::Result<LabSpec> {
     }
     if let Some(ms) = args.origin_delay_ms {
         spec = spec.origin_delay_ms(ms);
+    }
+    if let Some(path) = &args.health_path {
+        spec = spec.health(baton_agent::config::HealthSection {
+            path: Some(path.clone()),
+            interval_ms: 500,
+            rise: 2,
+            fall: 2,
+            ..Default::default()
+        });
     }
     Ok(spec)
 }

@@ -39,7 +39,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use baton_agent::config::NodeConfig;
+use baton_agent::config::{HealthSection, NodeConfig};
 use baton_policy::PolicyKind;
 use nix::sys::signal::Signal;
 
@@ -286,6 +286,10 @@ pub struct LabSpec {
     /// [`ServerKind::Cache`]: how long the origin waits before every response's head, in
     /// milliseconds, at most [`MAX_ORIGIN_DELAY_MS`]. Other kinds ignore it.
     pub origin_delay_ms: u64,
+    /// The agents' `[health]` section (an HTTP check of their own server), written into their
+    /// configurations when they are launched; `None`: the agent's default (no HTTP check). Not
+    /// recorded in `lab.info`: a lab opened later keeps the configurations it has.
+    pub health: Option<HealthSection>,
 }
 
 impl LabSpec {
@@ -300,6 +304,7 @@ impl LabSpec {
             exe: None,
             cache_mb: DEFAULT_CACHE_MB,
             origin_delay_ms: DEFAULT_ORIGIN_DELAY_MS,
+            health: None,
         }
     }
 
@@ -332,6 +337,12 @@ impl LabSpec {
     /// The origin's delay in milliseconds ([`ServerKind::Cache`]).
     pub fn origin_delay_ms(mut self, origin_delay_ms: u64) -> Self {
         self.origin_delay_ms = origin_delay_ms;
+        self
+    }
+
+    /// The agents' health check ([`LabSpec::health`]).
+    pub fn health(mut self, health: HealthSection) -> Self {
+        self.health = Some(health);
         self
     }
 
@@ -376,6 +387,9 @@ impl LabSpec {
         std::env::current_exe().map_err(|e| LabError::io("finding the current executable", e))
     }
 }
+
+/// The file whose presence makes a lab nginx answer 503 ([`Lab::set_maintenance`]).
+const MAINTENANCE_FILE: &str = "maintenance";
 
 /// The agent configuration of node `i` (1-based) in a lab built from `spec` with cluster key
 /// `key`: every field the lab does not set keeps the agent's default.
@@ -506,6 +520,10 @@ http {{
         root {www};
         index index.html;
         add_header X-Served-By n{i} always;
+        # Lab::set_maintenance: the node's server answers 503 to everything.
+        if (-f {d}/{MAINTENANCE_FILE}) {{
+            return 503;
+        }}
 
         location / {{
         }}
@@ -1005,7 +1023,11 @@ impl Lab {
     /// Writes node `i`'s agent configuration (from the spec and key) and starts its agent, without
     /// waiting for it.
     fn launch_agent(&mut self, i: usize, exe: &Path) -> Result<u32, LabError> {
-        let config = agent_config(&self.spec, &self.key, i)?;
+        let mut config = agent_config(&self.spec, &self.key, i)?;
+        config.node.control_socket = self.control_socket(i);
+        if let Some(health) = &self.spec.health {
+            config.health = health.clone();
+        }
         let path = self.agent_config_path(i);
         std::fs::write(&path, config.to_toml())
             .map_err(|e| LabError::io(format!("writing {}", path.display()), e))?;
@@ -1795,6 +1817,47 @@ impl Lab {
         }
     }
 
+    /// Node `i`'s agent's control socket (`baton ctl --socket`): `NODE_DIR/ctl.sock`.
+    pub fn control_socket(&self, i: usize) -> PathBuf {
+        self.node_dir(i).join("ctl.sock")
+    }
+
+    /// Runs `baton ctl --socket SOCKET ARGS...` against node `i`'s agent (the socket is a file:
+    /// no namespace needs entering).
+    pub fn ctl<S: AsRef<OsStr>>(&self, i: usize, args: &[S]) -> Result<Output, LabError> {
+        let exe = self.spec.resolve_exe()?;
+        Command::new(&exe)
+            .arg("ctl")
+            .arg("--socket")
+            .arg(self.control_socket(i))
+            .args(args)
+            .output()
+            .map_err(|e| LabError::io(format!("running {} ctl", exe.display()), e))
+    }
+
+    /// Puts node `i`'s nginx in maintenance (it answers 503 to every request) or takes it out:
+    /// how tests make a server unhealthy while it still listens.
+    pub fn set_maintenance(&self, i: usize, on: bool) -> Result<(), LabError> {
+        if !matches!(
+            self.spec.server,
+            ServerKind::Nginx | ServerKind::NginxDeferred | ServerKind::Cache
+        ) {
+            return Err(LabError::InvalidSpec(
+                "maintenance (503s) is built into the lab's nginx configuration only".into(),
+            ));
+        }
+        let path = self.node_dir(i).join(MAINTENANCE_FILE);
+        let done = if on {
+            std::fs::write(&path, b"503\n")
+        } else {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            }
+        };
+        done.map_err(|e| LabError::io(format!("writing {}", path.display()), e))
+    }
+
     /// Node `i`'s agent configuration file.
     pub fn agent_config_path(&self, i: usize) -> PathBuf {
         self.node_dir(i).join("agent.toml")
@@ -1959,6 +2022,7 @@ pub fn parse_lab_info(text: &str) -> Result<(LabSpec, String), String> {
         exe,
         cache_mb,
         origin_delay_ms,
+        health: None,
     };
     Ok((spec, key))
 }

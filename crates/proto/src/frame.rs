@@ -45,6 +45,7 @@ pub mod kind {
     pub const DISPATCH_QUERY: u8 = 0x15;
     pub const DISPATCH_ANSWER: u8 = 0x16;
     pub const DRAINING: u8 = 0x17;
+    pub const NODE_STATUS: u8 = 0x18;
     pub const HEARTBEAT: u8 = 0x20;
 }
 

@@ -25,6 +25,9 @@
 //!   8   2  the chosen node's index in the cluster's member list
 //! Draining (0x17)
 //!   (empty)
+//! NodeStatus (0x18)
+//!   0   1  flags: 0x01 the sender is drained by its operator (choose it for nothing new)
+//!   1   8  the digest of the sender's cluster configuration (members, key, ports, policy)
 //! Heartbeat (0x20)
 //!   0   4  load
 //!   4   8  sent_at_ms
@@ -48,6 +51,7 @@ pub const MAX_HANDOFF_DATA_LEN: usize = 64 * 1024;
 const HANDOFF_FE_ECN: u8 = 0x01;
 const HANDOFF_CLIENT_FIN: u8 = 0x02;
 const HEARTBEAT_SERVING: u8 = 0x01;
+const NODE_STATUS_DRAINED: u8 = 0x01;
 
 /// Why a BE refused a handoff. Codes are part of the wire format and never renumbered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,7 +66,8 @@ pub enum RefuseReason {
     Internal = 5,
     /// The request could not be used (e.g. the packets do not parse).
     Malformed = 6,
-    /// Nothing listens on the service port at the BE (its TCP answered the SYN with a RST).
+    /// The BE's server does not serve: nothing listens on the service port (its TCP answered
+    /// the SYN with a RST, or the BE knew already), or it fails its health check.
     NoListener = 7,
 }
 
@@ -152,6 +157,10 @@ pub enum Message {
     DispatchAnswer { id: u64, node: u16 },
     /// The sender is stopping: choose it for nothing new (it finishes what it has, then leaves).
     Draining,
+    /// The sender's state as its operator set it, sent when a control connection comes up and
+    /// whenever it changes: `drained` (by `baton ctl drain`: choose it for nothing new, it serves
+    /// what it has) and the digest of its cluster configuration (peers that disagree warn).
+    NodeStatus { drained: bool, config_digest: u64 },
     /// Periodic liveness and load report; `serving`: the sender's server listens on every
     /// service port (a node whose server is gone is not chosen).
     Heartbeat {
@@ -173,6 +182,7 @@ impl Message {
             Message::DispatchQuery { .. } => kind::DISPATCH_QUERY,
             Message::DispatchAnswer { .. } => kind::DISPATCH_ANSWER,
             Message::Draining => kind::DRAINING,
+            Message::NodeStatus { .. } => kind::NODE_STATUS,
             Message::Heartbeat { .. } => kind::HEARTBEAT,
         }
     }
@@ -240,6 +250,13 @@ impl Message {
                 out.extend_from_slice(&node.to_be_bytes());
             }
             Message::Draining => {}
+            Message::NodeStatus {
+                drained,
+                config_digest,
+            } => {
+                out.push(if *drained { NODE_STATUS_DRAINED } else { 0 });
+                out.extend_from_slice(&config_digest.to_be_bytes());
+            }
             Message::Heartbeat {
                 load,
                 sent_at_ms,
@@ -316,6 +333,16 @@ impl Message {
                 node: reader.u16()?,
             },
             kind::DRAINING => Message::Draining,
+            kind::NODE_STATUS => {
+                let flags = reader.u8()?;
+                if flags & !NODE_STATUS_DRAINED != 0 {
+                    return Err(ProtoError::Malformed("unknown node status flags"));
+                }
+                Message::NodeStatus {
+                    drained: flags & NODE_STATUS_DRAINED != 0,
+                    config_digest: reader.u64()?,
+                }
+            }
             kind::HEARTBEAT => {
                 let load = reader.u32()?;
                 let sent_at_ms = reader.u64()?;

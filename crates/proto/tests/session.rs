@@ -62,6 +62,14 @@ fn sample_messages() -> Vec<Message> {
         },
         Message::DispatchAnswer { id: 9, node: 3 },
         Message::Draining,
+        Message::NodeStatus {
+            drained: true,
+            config_digest: 0x0123_4567_89ab_cdef,
+        },
+        Message::NodeStatus {
+            drained: false,
+            config_digest: 0,
+        },
         Message::Heartbeat {
             load: 3,
             sent_at_ms: 1_700_000_000_000,
@@ -124,6 +132,12 @@ fn message_strategy() -> impl Strategy<Value = Message> {
             .prop_map(|(id, target)| Message::DispatchQuery { id, target }),
         (any::<u64>(), any::<u16>()).prop_map(|(id, node)| Message::DispatchAnswer { id, node }),
         any::<u64>().prop_map(|id| Message::ConnClosed { id }),
+        (any::<bool>(), any::<u64>()).prop_map(|(drained, config_digest)| {
+            Message::NodeStatus {
+                drained,
+                config_digest,
+            }
+        }),
         (any::<u32>(), any::<u64>(), any::<bool>()).prop_map(|(load, sent_at_ms, serving)| {
             Message::Heartbeat {
                 load,

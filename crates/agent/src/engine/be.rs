@@ -113,6 +113,17 @@ impl BeState {
             .count()
     }
 
+    /// What `key` is to an operator, if it is handed in: the FE and the phase.
+    pub fn handed_in(&self, key: &ConnKey) -> Option<(usize, &'static str)> {
+        let inbound = self.conns.get(key)?;
+        let phase = match inbound.phase {
+            BePhase::SynSent | BePhase::Replayed => "replaying",
+            BePhase::Live => "live",
+            BePhase::Closing => "closing",
+        };
+        Some((inbound.peer, phase))
+    }
+
     /// Takes on a connection a previous agent took from `peer` as handoff `id`: live (or
     /// closing), or still being replayed (it can only go live or be refused now).
     pub fn adopt(
@@ -322,7 +333,7 @@ impl Engine {
                 .is_some_and(|s| answers_our_syn(s) && s.flags.contains(TcpFlags::RST));
             if no_listener {
                 // Nothing listens here: say so in heartbeats from now on.
-                self.cluster.set_serving(false);
+                self.cluster.set_listening(false);
                 return self.refuse_inbound(key, RefuseReason::NoListener, false);
             }
             // Our TCP answered the SYN with something else: the tuple is in use here.
@@ -435,6 +446,7 @@ impl Engine {
         let (peer, id) = (inbound.peer, inbound.id);
         self.mesh.send(peer, Message::HandoffAccepted { id });
         self.metrics.handoffs_in.inc();
+        self.count_for_peer(&self.metrics.peer.handoffs_from, peer);
     }
 
     /// The offer's deadline (and a margin) passed: live by now, or refused for good.

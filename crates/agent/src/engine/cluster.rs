@@ -22,8 +22,13 @@ pub(super) struct Peer {
     pub load: u32,
     /// It said it is stopping: it takes nothing new.
     pub draining: bool,
-    /// Its server listens (its heartbeats say so; a refusal for want of a listener says not).
+    /// Its server serves: it listens and passes its health check (its heartbeats say so; a
+    /// refusal for want of a listener says not).
     pub serving: bool,
+    /// Its operator drained it (`baton ctl drain`): it takes nothing new, and serves what it has.
+    pub drained: bool,
+    /// The digest of its cluster configuration, once it told.
+    pub config_digest: Option<u64>,
 }
 
 pub(super) struct Cluster {
@@ -34,11 +39,15 @@ pub(super) struct Cluster {
     /// This node's index in `peers`.
     pub me: usize,
     /// How long a peer stays up without being heard.
-    fresh_for: Duration,
+    pub fresh_for: Duration,
     /// The origin of the policies' clock (`ClusterView::now_ms`).
     started: Instant,
     /// This node is stopping (what it counts of itself is in `peers[me]`).
     pub draining: bool,
+    /// This node's server listens on every service port, and what its HTTP health check says
+    /// (`None`: no check configured); together they make `peers[me].serving`.
+    pub listening: bool,
+    pub healthy: Option<bool>,
     /// When this node last told its peers its load and listeners, and what it said.
     pub reported: Option<(Instant, u32, bool)>,
 }
@@ -57,6 +66,8 @@ impl Cluster {
                 load: 0,
                 draining: false,
                 serving: true,
+                drained: false,
+                config_digest: None,
             })
             .collect::<Vec<Peer>>();
         let names: Vec<&str> = peers.iter().map(|p| p.name.as_str()).collect();
@@ -77,20 +88,37 @@ impl Cluster {
             fresh_for: Duration::from_millis(config.limits.heartbeat_ms.saturating_mul(5)),
             started: now,
             draining: false,
+            listening: true,
+            healthy: None,
             reported: None,
         }
     }
 
-    /// Whether this node's server listens on every service port.
+    /// Whether this node's server serves: it listens on every service port and does not fail
+    /// its health check.
     pub fn serving(&self) -> bool {
         self.peers[self.me].serving
     }
 
-    pub fn set_serving(&mut self, serving: bool) {
-        if self.peers[self.me].serving != serving {
-            tracing::warn!(serving, "the local server's listener changed");
+    pub fn set_listening(&mut self, listening: bool) {
+        if self.listening != listening {
+            if listening {
+                tracing::info!("the local server listens again on every service port");
+            } else {
+                tracing::warn!("the local server stopped listening on a service port");
+            }
         }
-        self.peers[self.me].serving = serving;
+        self.listening = listening;
+        self.update_serving();
+    }
+
+    pub fn set_healthy(&mut self, healthy: Option<bool>) {
+        self.healthy = healthy;
+        self.update_serving();
+    }
+
+    fn update_serving(&mut self) {
+        self.peers[self.me].serving = self.listening && self.healthy != Some(false);
     }
 
     /// What this node tells its peers of itself.
@@ -113,6 +141,7 @@ impl Cluster {
         };
         p.outbound_up
             && !p.draining
+            && !p.drained
             && p.serving
             && p.last_heard
                 .is_some_and(|t| now.saturating_duration_since(t) < self.fresh_for)
@@ -122,6 +151,11 @@ impl Cluster {
     pub fn down_for(&self, peer: usize, now: Instant) -> Duration {
         let heard = self.peers.get(peer).and_then(|p| p.last_heard);
         now.saturating_duration_since(heard.unwrap_or(self.started))
+    }
+
+    /// How long this agent has run.
+    pub fn age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started)
     }
 
     pub fn others(&self) -> impl Iterator<Item = usize> + use<> {

@@ -250,6 +250,30 @@ impl FeState {
             .count()
     }
 
+    /// What `key` is to an operator, if it is handed out or offered: its peer and phase.
+    pub fn handed_out(&self, key: &ConnKey) -> Option<(usize, &'static str)> {
+        match self.conns.get(key)?.phase {
+            FePhase::Offered { peer, .. } => Some((peer, "offered")),
+            FePhase::Forwarded { peer, closed, .. } => {
+                Some((peer, if closed { "closed" } else { "live" }))
+            }
+            FePhase::Held(_) | FePhase::Local => None,
+        }
+    }
+
+    /// Connections handed out (or offered) and still open.
+    pub fn handed_out_open(&self) -> usize {
+        self.conns
+            .values()
+            .filter(|c| {
+                matches!(
+                    c.phase,
+                    FePhase::Offered { .. } | FePhase::Forwarded { closed: false, .. }
+                )
+            })
+            .count()
+    }
+
     /// Connections held (not yet offered): each can be served here at once.
     pub fn held(&self) -> Vec<ConnKey> {
         self.conns
@@ -588,12 +612,14 @@ impl Engine {
         };
         self.reset_local(conn);
         self.metrics.handoffs_out.inc();
+        self.count_for_peer(&self.metrics.peer.handoffs_to, peer);
     }
 
     pub(super) fn on_refused(&mut self, peer: usize, id: u64, reason: RefuseReason, now: Instant) {
         let Some(key) = self.fe.offer(id, peer) else {
             return;
         };
+        self.count_for_peer(&self.metrics.peer.refusals, peer);
         if reason == RefuseReason::NoListener {
             // Not chosen again until its own agent reports a listener.
             self.cluster.peers[peer].serving = false;

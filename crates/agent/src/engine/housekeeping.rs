@@ -106,8 +106,31 @@ impl Engine {
         self.send_heartbeats(now, period);
         self.write_datapath_config(now);
         self.metrics.peers_up.set(self.cluster.up_count(now) as i64);
+        self.export_peers(now);
         self.metrics.held.set(self.fe.in_flight() as i64);
         self.metrics.handed_in_active.set(self.be.len() as i64);
+    }
+
+    /// The per-peer gauges, as of this round.
+    fn export_peers(&self, now: Instant) {
+        let peer = &self.metrics.peer;
+        for i in self.cluster.others() {
+            let p = &self.cluster.peers[i];
+            let name = [p.name.as_str()];
+            peer.up
+                .with_label_values(&name)
+                .set(i64::from(self.cluster.is_up(i, now)));
+            peer.load.with_label_values(&name).set(i64::from(p.load));
+            if let Some(rtt) = self.mesh.rtt_us(i) {
+                peer.rtt.with_label_values(&name).set(f64::from(rtt) * 1e-6);
+            }
+        }
+    }
+
+    /// Sends the heartbeat now if anything in it changed (outside the round).
+    pub(super) fn housekeeping_heartbeat(&mut self, now: Instant) {
+        let period = Duration::from_millis(self.config.limits.heartbeat_ms.max(1));
+        self.send_heartbeats(now, period);
     }
 
     /// Tells the peers this node's load and listeners if they changed since the last heartbeat,
@@ -140,7 +163,7 @@ impl Engine {
         let ports = self.config.cluster.service_ports.clone();
         match self.tcp.listening(self.my_addr, &ports) {
             Ok(listening) => {
-                self.cluster.set_serving(listening);
+                self.cluster.set_listening(listening);
                 self.listeners_seen = Some(counts);
             }
             Err(e) => tracing::warn!("sock_diag: {e}"),

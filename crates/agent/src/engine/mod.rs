@@ -27,6 +27,7 @@ mod be;
 mod cluster;
 mod fe;
 mod housekeeping;
+mod ops;
 mod packets;
 mod timers;
 
@@ -102,6 +103,8 @@ pub struct Engine {
     listeners_seen: Option<(u64, u64)>,
     /// Another agent takes over: this one no longer beats, holds or offers.
     standing_down: bool,
+    /// `config.cluster_digest()`, told to peers.
+    config_digest: u64,
 }
 
 impl Engine {
@@ -130,9 +133,7 @@ impl Engine {
             ),
             fallback: BoundedHash::new(policy.params.balance_factor),
             dispatching: matches!(policy.kind, PolicyKind::Lard | PolicyKind::LardR),
-            datapath_decides: policy.kind == PolicyKind::Hash
-                && policy.rules.is_empty()
-                && policy.affinity_cookie.is_none(),
+            datapath_decides: ops::datapath_may_decide(&config),
             head_limits: HeadLimits {
                 max_head_bytes: config.limits.head_bytes,
                 ..HeadLimits::default()
@@ -147,9 +148,11 @@ impl Engine {
             load_anchor: None,
             listeners_seen: None,
             standing_down: false,
+            config_digest: config.cluster_digest(),
             config,
         };
         engine.write_datapath_config(now);
+        engine.metrics.healthy.set(1);
         engine.timers.at(now, Timer::Housekeeping);
         engine
     }
@@ -178,6 +181,7 @@ impl Engine {
                 p.outbound_up = true;
                 p.draining = false;
                 tracing::info!(peer = %p.name, "control connection up");
+                self.send_node_status(peer);
             }
             // An offer out to it is answered or times out: its BE may have the connection.
             MeshEvent::PeerDown { peer } => self.cluster.peers[peer].outbound_up = false,
@@ -206,6 +210,10 @@ impl Engine {
             Message::ConnClosed { id } => self.on_conn_closed(peer, id, now),
             Message::DispatchQuery { id, target } => self.on_dispatch_query(peer, id, &target, now),
             Message::DispatchAnswer { id, node } => self.on_dispatch_answer(peer, id, node, now),
+            Message::NodeStatus {
+                drained,
+                config_digest,
+            } => self.on_node_status(peer, drained, config_digest),
             Message::Draining => {
                 self.cluster.peers[peer].draining = true;
                 tracing::info!(peer = %self.cluster.peers[peer].name, "peer is draining");
@@ -277,6 +285,13 @@ impl Engine {
     fn reset_local(&self, conn: ConnId) {
         if let Some(rst) = packets::reset(&conn.key, conn.client_isn) {
             self.send(&rst);
+        }
+    }
+
+    /// Counts one for `peer` (by name) in a per-peer family.
+    fn count_for_peer(&self, family: &prometheus::IntCounterVec, peer: usize) {
+        if let Some(p) = self.cluster.peers.get(peer) {
+            family.with_label_values(&[p.name.as_str()]).inc();
         }
     }
 

@@ -258,7 +258,8 @@ impl Node {
     fn next_to_peer(&mut self) -> Option<Message> {
         loop {
             match self.sent_to_peer()? {
-                Message::Heartbeat { .. } => continue,
+                // Periodic and state reports, not part of a connection's exchange.
+                Message::Heartbeat { .. } | Message::NodeStatus { .. } => continue,
                 m => return Some(m),
             }
         }
@@ -1415,4 +1416,148 @@ fn an_offer_takes_a_tuple_whose_own_handed_off_connection_only_lingers() {
             reason: RefuseReason::Collision
         })
     ));
+}
+
+#[test]
+fn an_operator_drained_peer_is_not_chosen_until_undrained() {
+    let head = request(&target_for(1));
+    let mut n1 = node(0, PolicyKind::Hash);
+    let digest = n1.engine.config_digest;
+    n1.hear(Message::NodeStatus {
+        drained: true,
+        config_digest: digest,
+    });
+    assert_eq!(n1.written.get().nodes[1].eligible, 0, "nor by the datapath");
+    hold(&mut n1, &head);
+    assert!(n1.next_to_peer().is_none(), "not offered");
+    assert_eq!(n1.sent.take().len(), 1, "served here");
+    let peers = n1.engine.peer_rows(n1.now);
+    assert_eq!(peers[0].state, "drained");
+    assert_eq!(peers[0].config_agrees, Some(true));
+    n1.hear(Message::NodeStatus {
+        drained: false,
+        config_digest: digest,
+    });
+    assert_eq!(n1.written.get().nodes[1].eligible, 1, "back");
+    hold_from(&mut n1, CLIENT_PORT + 1, N1, &head);
+    assert!(matches!(
+        n1.next_to_peer(),
+        Some(Message::HandoffRequest(_))
+    ));
+}
+
+#[test]
+fn draining_by_the_operator_tells_peers_and_keeps_distributing() {
+    let mut n2 = node(1, PolicyKind::Hash);
+    while n2.sent_to_peer().is_some() {}
+    let said = n2.engine.set_drained(true, n2.now);
+    assert!(said.contains("drained"), "{said}");
+    assert!(matches!(
+        n2.sent_to_peer(),
+        Some(Message::NodeStatus { drained: true, .. })
+    ));
+    assert_eq!(n2.engine.status(n2.now).state, "drained");
+    assert_eq!(
+        n2.written.get().distribute,
+        1,
+        "it still places what it accepts"
+    );
+    assert_eq!(n2.metrics.drained.get(), 1);
+    // Drained again: nothing to tell.
+    n2.engine.set_drained(true, n2.now);
+    assert!(n2.sent_to_peer().is_none());
+    n2.engine.set_drained(false, n2.now);
+    assert!(matches!(
+        n2.sent_to_peer(),
+        Some(Message::NodeStatus { drained: false, .. })
+    ));
+    // A peer whose control connection comes back hears the state at once.
+    n2.mesh(MeshEvent::PeerUp { peer: 0 });
+    assert!(matches!(
+        n2.sent_to_peer(),
+        Some(Message::NodeStatus { drained: false, .. })
+    ));
+}
+
+#[test]
+fn a_failing_health_check_is_told_to_peers_at_once() {
+    let mut n2 = node(1, PolicyKind::Hash);
+    while n2.sent_to_peer().is_some() {}
+    n2.engine.on_health(Some(false), n2.now);
+    assert!(matches!(
+        n2.sent_to_peer(),
+        Some(Message::Heartbeat { serving: false, .. })
+    ));
+    assert_eq!(n2.engine.status(n2.now).healthy, Some(false));
+    assert!(!n2.engine.cluster.serving());
+    n2.engine.on_health(Some(true), n2.now);
+    assert!(matches!(
+        n2.sent_to_peer(),
+        Some(Message::Heartbeat { serving: true, .. })
+    ));
+    assert!(n2.engine.cluster.serving());
+}
+
+#[test]
+fn a_peer_with_another_cluster_configuration_is_counted_and_still_used() {
+    let mut n1 = node(0, PolicyKind::Hash);
+    n1.hear(Message::NodeStatus {
+        drained: false,
+        config_digest: n1.engine.config_digest ^ 1,
+    });
+    assert_eq!(n1.metrics.config_mismatched_peers.get(), 1);
+    assert_eq!(n1.engine.peer_rows(n1.now)[0].config_agrees, Some(false));
+    assert_eq!(n1.written.get().nodes[1].eligible, 1);
+}
+
+#[test]
+fn a_reload_applies_policy_and_limits_and_refuses_what_cannot_change() {
+    let mut n1 = node(0, PolicyKind::Hash);
+    assert_eq!(n1.written.get().decide, DecideMode::Hash as u8);
+    let before = n1.engine.config().clone();
+    let digest = n1.engine.config_digest;
+    while n1.sent_to_peer().is_some() {}
+
+    // The interface cannot change in place: refused, nothing changes.
+    let mut moved = before.clone();
+    moved.node.interface = "eth1".into();
+    let refused = n1.engine.reload(moved, n1.now).unwrap_err();
+    assert!(refused.contains("node"), "{refused}");
+    let mut members = before.clone();
+    members.cluster.members.pop();
+    members.policy.rules.clear();
+    assert!(
+        n1.engine
+            .reload(members, n1.now)
+            .unwrap_err()
+            .contains("cluster.members")
+    );
+    assert_eq!(n1.engine.config(), &before);
+
+    let mut new = before.clone();
+    new.policy.kind = PolicyKind::RoundRobin;
+    new.limits.hold_ms = 77;
+    let said = n1.engine.reload(new, n1.now).unwrap();
+    assert!(said.contains("hash -> round-robin"), "{said}");
+    assert!(said.contains("limits"), "{said}");
+    assert_eq!(n1.engine.config().limits.hold_ms, 77);
+    assert_eq!(
+        n1.written.get().decide,
+        DecideMode::Agent as u8,
+        "the datapath no longer decides for round-robin"
+    );
+    assert_ne!(
+        n1.engine.config_digest, digest,
+        "the policy is in the digest"
+    );
+    assert!(matches!(
+        n1.sent_to_peer(),
+        Some(Message::NodeStatus { config_digest, .. }) if config_digest == n1.engine.config_digest
+    ));
+    assert_eq!(
+        n1.engine
+            .reload(n1.engine.config().clone(), n1.now)
+            .unwrap(),
+        "nothing changed"
+    );
 }

@@ -1,4 +1,8 @@
 //! Helpers shared by the end-to-end tests.
+// Each test binary uses some of these helpers.
+#![allow(dead_code)]
+
+use std::process::{Child, Stdio};
 
 use baton_lab::Lab;
 
@@ -9,4 +13,78 @@ pub fn pin_dir(lab: &Lab, i: usize) -> std::path::PathBuf {
         .unwrap()
         .expect("the node's namespace inode");
     baton_bpf::pins::dir(netns, "eth0")
+}
+
+/// wrk against every node for `seconds`: a connection per request on each, keep-alive on n1.
+///
+/// Its request timeout is 5 s, not wrk's 2 s: a connection whose first bytes a killed agent had
+/// taken is served once the datapath fails open (within 0.5 s) and the client retransmits them,
+/// and the client's retransmission timer backs off (0.2, 0.6, 1.4, 3.0 s after the first send),
+/// so such a response can take longer than 2 s; it is slow, not lost. Anything not answered
+/// within 5 s is still an error.
+pub fn wrk_everywhere(lab: &Lab, seconds: u32) -> Vec<(String, Child)> {
+    let duration = format!("-d{seconds}s");
+    let mut runs = Vec::new();
+    for i in 1..=lab.nodes() {
+        let url = format!("http://{}/f/1k", lab.node_address(i));
+        let close = [
+            "wrk",
+            "-t1",
+            "-c4",
+            &duration,
+            "--timeout",
+            "5s",
+            "-H",
+            "Connection: close",
+            &url,
+        ];
+        runs.push((
+            format!("n{i} connection per request"),
+            spawn_in_client(lab, &close),
+        ));
+    }
+    let url = format!("http://{}/f/1k", lab.node_address(1));
+    let keep_alive = ["wrk", "-t1", "-c4", &duration, "--timeout", "5s", &url];
+    runs.push((
+        "n1 keep-alive".to_string(),
+        spawn_in_client(lab, &keep_alive),
+    ));
+    runs
+}
+
+pub fn spawn_in_client(lab: &Lab, args: &[&str]) -> Child {
+    baton_lab::lab::exec_command(lab.name(), "client", args)
+        .unwrap()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn wrk (is it installed?)")
+}
+
+/// Every wrk run ended with requests made, and no error and no non-2xx response.
+pub fn assert_no_errors(runs: Vec<(String, Child)>) {
+    for (what, run) in runs {
+        let out = run.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "wrk {what}: {text}");
+        assert!(text.contains("requests in"), "wrk {what}: {text}");
+        assert!(!text.contains("Non-2xx"), "wrk {what} saw non-2xx:\n{text}");
+        assert!(
+            !text.contains("Socket errors"),
+            "wrk {what} saw errors:\n{text}"
+        );
+        let line = text
+            .lines()
+            .find(|l| l.contains("requests in"))
+            .unwrap_or("");
+        eprintln!("wrk {what}: {}, 0 errors", line.trim());
+    }
+}
+
+pub fn metric(lab: &Lab, node: usize, name: &str) -> f64 {
+    lab.scrape_metrics(node)
+        .unwrap_or_default()
+        .get(name)
+        .copied()
+        .unwrap_or(0.0)
 }
