@@ -298,21 +298,13 @@ pub async fn run(launch: Launch, mut stop: watch::Receiver<Stop>) -> Result<(), 
     let metrics = Metrics::default();
 
     let (mesh_tx, mut mesh_rx) = mpsc::channel(4096);
-    let members: Vec<PeerAddr> = config
-        .cluster
-        .members
-        .iter()
-        .map(|m| PeerAddr {
-            name: m.name.clone(),
-            addr: SocketAddr::new(m.address.into(), config.cluster.control_port),
-        })
-        .collect();
+    let members = mesh_members(&config.cluster.members, config.cluster.control_port);
     let mesh = mesh::start(
         MeshConfig {
             self_index: config.self_index(),
             self_name: config.node.name.clone(),
             listen: SocketAddr::new(config.node.address.into(), config.cluster.control_port),
-            members,
+            members: std::sync::RwLock::new(members),
             key: config.cluster.key.as_bytes().to_vec(),
             offer_ttl: Duration::from_millis(config.limits.handoff_timeout_ms / 4),
         },
@@ -477,6 +469,19 @@ pub async fn run(launch: Launch, mut stop: watch::Receiver<Stop>) -> Result<(), 
     drop(datapath);
     tracing::info!("baton node stopped");
     Ok(())
+}
+
+/// The configured members as the mesh dials them.
+fn mesh_members(members: &[config::Member], control_port: u16) -> Vec<Option<PeerAddr>> {
+    members
+        .iter()
+        .map(|m| {
+            Some(PeerAddr {
+                name: m.name.clone(),
+                addr: SocketAddr::new(m.address.into(), control_port),
+            })
+        })
+        .collect()
 }
 
 /// Answers an operator's request from the engine's state.

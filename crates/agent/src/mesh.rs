@@ -12,6 +12,10 @@
 //! back, except offers and dispatcher questions older than `MeshConfig::offer_ttl`: those are
 //! dropped unsent (their FE has moved on; a late offer must never go live). Dialing retries with
 //! exponential backoff (100 ms doubling to 2 s).
+//!
+//! Members change at a reload ([`MeshSender::set_members`]): a new member gets a dialer, a
+//! removed one loses its dialer (its queue is dropped) and its dials in are refused. Indices never
+//! change meaning: a removed member's index stays unused (`None`).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -57,6 +61,32 @@ pub struct MeshSender {
     /// Per peer: the smoothed RTT of the outbound connection in µs as the kernel last said
     /// (TCP_INFO after a write), 0 while unknown.
     rtt_us: Vec<Arc<AtomicU32>>,
+    /// What starts a dialer for a member added later (`None` in tests: no tasks).
+    dialers: Option<Arc<Dialers>>,
+}
+
+/// Everything a dialer task needs, kept to start one for a member added at a reload.
+struct Dialers {
+    config: Arc<MeshConfig>,
+    events: mpsc::Sender<MeshEvent>,
+    metrics: Metrics,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Dialers {
+    fn spawn(&self, peer: usize, rtt_us: Arc<AtomicU32>) -> mpsc::Sender<Queued> {
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(dial_loop(
+            peer,
+            self.config.clone(),
+            rx,
+            rtt_us,
+            self.events.clone(),
+            self.metrics.clone(),
+            self.shutdown.clone(),
+        ));
+        tx
+    }
 }
 
 impl MeshSender {
@@ -64,7 +94,43 @@ impl MeshSender {
     /// real one, tests read the queues directly.
     pub fn new(outbound: Vec<Option<mpsc::Sender<Queued>>>) -> Self {
         let rtt_us = outbound.iter().map(|_| Arc::default()).collect();
-        MeshSender { outbound, rtt_us }
+        MeshSender {
+            outbound,
+            rtt_us,
+            dialers: None,
+        }
+    }
+
+    /// The members from now on, by index (`None`: not, or no longer, a member; this node's own
+    /// index is ignored). New members are dialed; removed ones are let go.
+    pub fn set_members(&mut self, members: Vec<Option<PeerAddr>>) {
+        let own = self.dialers.as_ref().map(|d| d.config.self_index);
+        if let Some(dialers) = &self.dialers {
+            *dialers
+                .config
+                .members
+                .write()
+                .unwrap_or_else(|e| e.into_inner()) = members.clone();
+        }
+        for (peer, member) in members.iter().enumerate() {
+            if self.outbound.len() <= peer {
+                self.outbound.push(None);
+                self.rtt_us.push(Arc::default());
+            }
+            if Some(peer) == own {
+                continue;
+            }
+            match (member, self.outbound[peer].is_some()) {
+                (Some(_), false) => {
+                    if let Some(dialers) = &self.dialers {
+                        self.outbound[peer] = Some(dialers.spawn(peer, self.rtt_us[peer].clone()));
+                    }
+                }
+                // Its dialer ends when it finds its queue closed.
+                (None, true) => self.outbound[peer] = None,
+                _ => {}
+            }
+        }
     }
 
     /// The control connection's round-trip time to `peer`, if measured.
@@ -86,7 +152,8 @@ pub struct MeshConfig {
     pub self_index: usize,
     pub self_name: String,
     pub listen: SocketAddr,
-    pub members: Vec<PeerAddr>,
+    /// By index; `None`: removed (see [`MeshSender::set_members`]).
+    pub members: std::sync::RwLock<Vec<Option<PeerAddr>>>,
     pub key: Vec<u8>,
     /// Offers and dispatcher questions older than this are dropped unsent.
     pub offer_ttl: Duration,
@@ -127,29 +194,19 @@ pub async fn start(
         metrics.clone(),
         shutdown.clone(),
     ));
-    let mut outbound = Vec::new();
-    let mut receivers = Vec::new();
-    for (index, _) in config.members.iter().enumerate() {
-        if index == config.self_index {
-            outbound.push(None);
-            continue;
-        }
-        let (tx, rx) = mpsc::channel(1024);
-        outbound.push(Some(tx));
-        receivers.push((index, rx));
-    }
-    let sender = MeshSender::new(outbound);
-    for (index, rx) in receivers {
-        tokio::spawn(dial_loop(
-            index,
-            config.clone(),
-            rx,
-            sender.rtt_us[index].clone(),
-            events.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        ));
-    }
+    let members = config
+        .members
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let mut sender = MeshSender::new(Vec::new());
+    sender.dialers = Some(Arc::new(Dialers {
+        config,
+        events,
+        metrics,
+        shutdown,
+    }));
+    sender.set_members(members);
     Ok(sender)
 }
 
@@ -222,7 +279,13 @@ async fn inbound(
                     }
                 }
                 ProtoEvent::Established { peer_name } => {
-                    match config.members.iter().position(|m| m.name == peer_name) {
+                    let index = config
+                        .members
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .iter()
+                        .position(|m| m.as_ref().is_some_and(|m| m.name == peer_name));
+                    match index {
                         Some(i) if i != config.self_index => peer = Some(i),
                         _ => {
                             metrics.mesh_rejected.count("unknown_peer");
@@ -259,10 +322,22 @@ async fn dial_loop(
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let target = config.members[peer].addr;
+    let member = |config: &MeshConfig| {
+        config
+            .members
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(peer)
+            .cloned()
+            .flatten()
+    };
+    let Some(PeerAddr { name, addr: target }) = member(&config) else {
+        return;
+    };
     let mut backoff = Duration::from_millis(100);
     loop {
-        if *shutdown.borrow() {
+        // Removed from the cluster: the engine dropped our queue.
+        if *shutdown.borrow() || outgoing.is_closed() {
             return;
         }
         match connect(&config, target).await {
@@ -280,9 +355,9 @@ async fn dial_loop(
                 )
                 .await;
                 let _ = events.send(MeshEvent::PeerDown { peer }).await;
-                tracing::info!(peer = %config.members[peer].name, "control connection down: {why}");
+                tracing::info!(peer = %name, "control connection down: {why}");
             }
-            Err(e) => tracing::debug!(peer = %config.members[peer].name, "dial failed: {e}"),
+            Err(e) => tracing::debug!(peer = %name, "dial failed: {e}"),
         }
         // What was queued while down stays queued: aborts and close notices are still due, and a
         // late answer to a handoff the FE gave up on is answered with an abort.

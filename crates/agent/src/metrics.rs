@@ -123,6 +123,16 @@ pub struct PeerMetrics {
     pub refusals: IntCounterVec,
 }
 
+impl PeerMetrics {
+    /// Drops the gauges of a peer that is no longer a member (its counters stay: they counted
+    /// what happened).
+    pub fn forget(&self, peer: &str) {
+        let _ = self.up.remove_label_values(&[peer]);
+        let _ = self.load.remove_label_values(&[peer]);
+        let _ = self.rtt.remove_label_values(&[peer]);
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()

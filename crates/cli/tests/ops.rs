@@ -249,6 +249,38 @@ fn reload_changes_the_policy_under_load_and_a_bad_config_changes_nothing() {
 }
 
 #[test]
+fn reload_adds_a_member_brought_up_later_under_load() {
+    let spec = LabSpec::new(baton_lab::lab::unique_name("join"), 4)
+        .server(ServerKind::Nginx)
+        .policy(PolicyKind::Hash)
+        .late_nodes(1)
+        .exe(BATON);
+    let mut lab = Lab::up(spec).expect("lab up (needs root, iproute2, nginx)");
+    assert_eq!(status(&lab, 1).peers.len(), 2, "n4 is not a member yet");
+    // A target that hash gives to n4 once it is a member.
+    let target = target_hashed_to("/f/1k", 4, 4);
+    let runs = wrk_on_n1(&lab, &target, 10);
+    std::thread::sleep(Duration::from_secs(2));
+    lab.admit_late_nodes()
+        .expect("reload n1..n3 with n4, start n4");
+    let n4 = peer(&lab, 1, "n4");
+    assert_eq!(n4.state, "up", "{n4:?}");
+    wait_for(Duration::from_secs(3), "every member agrees", || {
+        (1..=4).all(|i| {
+            status(&lab, i)
+                .peers
+                .iter()
+                .all(|p| p.config_agrees == Some(true))
+        })
+    });
+    wait_for(Duration::from_secs(3), "n1 hands n4 its target", || {
+        metric(&lab, 4, "baton_handoffs_in_total") > 0.0
+    });
+    assert_no_errors(runs);
+    lab.down().expect("lab down");
+}
+
+#[test]
 fn a_server_failing_its_health_check_is_not_chosen_and_comes_back() {
     let health = HealthSection {
         path: Some("/f/1k".into()),

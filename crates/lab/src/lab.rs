@@ -290,6 +290,10 @@ pub struct LabSpec {
     /// configurations when they are launched; `None`: the agent's default (no HTTP check). Not
     /// recorded in `lab.info`: a lab opened later keeps the configurations it has.
     pub health: Option<HealthSection>,
+    /// The last `late_nodes` nodes are built (namespace, server) but join the cluster only at
+    /// [`Lab::admit_late_nodes`]: until then the others' agents list only each other, and the
+    /// late nodes run no agent. Not recorded in `lab.info` either.
+    pub late_nodes: usize,
 }
 
 impl LabSpec {
@@ -305,6 +309,7 @@ impl LabSpec {
             cache_mb: DEFAULT_CACHE_MB,
             origin_delay_ms: DEFAULT_ORIGIN_DELAY_MS,
             health: None,
+            late_nodes: 0,
         }
     }
 
@@ -340,6 +345,12 @@ impl LabSpec {
         self
     }
 
+    /// Nodes that join later ([`LabSpec::late_nodes`]).
+    pub fn late_nodes(mut self, late_nodes: usize) -> Self {
+        self.late_nodes = late_nodes;
+        self
+    }
+
     /// The agents' health check ([`LabSpec::health`]).
     pub fn health(mut self, health: HealthSection) -> Self {
         self.health = Some(health);
@@ -359,6 +370,12 @@ impl LabSpec {
             return Err(LabError::InvalidSpec(format!(
                 "nodes must be 1..={max} with the {} server, not {}",
                 self.server, self.nodes
+            )));
+        }
+        if self.late_nodes > 0 && (self.late_nodes >= self.nodes || !self.agents) {
+            return Err(LabError::InvalidSpec(format!(
+                "late_nodes ({}) needs agents and at least one node that is not late",
+                self.late_nodes
             )));
         }
         if self.server == ServerKind::Cache {
@@ -386,6 +403,11 @@ impl LabSpec {
         }
         std::env::current_exe().map_err(|e| LabError::io("finding the current executable", e))
     }
+}
+
+/// How many nodes are members when `spec`'s lab comes up.
+fn spec_members_at_start(spec: &LabSpec) -> usize {
+    spec.nodes - spec.late_nodes.min(spec.nodes)
 }
 
 /// The file whose presence makes a lab nginx answer 503 ([`Lab::set_maintenance`]).
@@ -780,6 +802,9 @@ pub struct Lab {
     finished: bool,
     /// Whether dropping the value runs `down`.
     tear_down_on_drop: bool,
+    /// How many nodes (the first ones) are members now: all but the late ones until they are
+    /// admitted.
+    members_now: usize,
 }
 
 impl fmt::Debug for Lab {
@@ -830,6 +855,7 @@ impl Lab {
                 LabError::io(format!("creating {}", state_dir.display()), e)
             });
         }
+        let members_now = spec_members_at_start(&spec);
         let mut lab = Lab {
             spec,
             key: String::new(),
@@ -837,6 +863,7 @@ impl Lab {
             daemons: Vec::new(),
             finished: false,
             tear_down_on_drop: true,
+            members_now,
         };
         match lab.build() {
             Ok(()) => Ok(lab),
@@ -899,7 +926,7 @@ impl Lab {
         }
         self.wait_ready(Role::Server, deadline, false, None)?;
         if self.spec.agents {
-            for i in 1..=self.spec.nodes {
+            for i in 1..=self.members_now {
                 self.launch_agent(i, &exe)?;
             }
             self.wait_ready(Role::Agent, deadline, false, None)?;
@@ -1024,6 +1051,7 @@ impl Lab {
     /// waiting for it.
     fn launch_agent(&mut self, i: usize, exe: &Path) -> Result<u32, LabError> {
         let mut config = agent_config(&self.spec, &self.key, i)?;
+        config.cluster.members.truncate(self.members_of(i));
         config.node.control_socket = self.control_socket(i);
         if let Some(health) = &self.spec.health {
             config.health = health.clone();
@@ -1129,7 +1157,15 @@ impl Lab {
         through_agents: bool,
         only: Option<Host>,
     ) -> Result<(), LabError> {
-        let nodes = self.spec.nodes;
+        // An agent is ready when every other member's control connection is up.
+        let peers_wanted: Vec<usize> = self
+            .daemons
+            .iter()
+            .map(|d| match d.host {
+                Host::Node(i) => self.members_of(i) - 1,
+                _ => 0,
+            })
+            .collect();
         let client = self.client_ns();
         let daemons = &mut self.daemons;
         in_netns(&client, move || {
@@ -1147,7 +1183,7 @@ impl Lab {
                         Err(e) => return Err(not_ready(d.what(), d, format!("waitpid: {e}"))),
                     }
                 }
-                pending.retain(|&k| match probe(&daemons[k], nodes) {
+                pending.retain(|&k| match probe(&daemons[k], peers_wanted[k]) {
                     Ok(()) => false,
                     Err(e) => {
                         last_error.insert(k, e);
@@ -1659,6 +1695,7 @@ impl Lab {
             )));
         }
         spec.validate()?;
+        let nodes = spec.nodes;
         Ok(Lab {
             spec,
             key,
@@ -1666,6 +1703,7 @@ impl Lab {
             daemons: Vec::new(),
             finished: false,
             tear_down_on_drop: false,
+            members_now: nodes,
         })
     }
 
@@ -1815,6 +1853,53 @@ impl Lab {
                 detail: format!("GET {STATS_PATH} answered {}: {body:?}", resp.status),
             })),
         }
+    }
+
+    /// How many members node `i`'s agent knows (the first ones): a late node knows every node,
+    /// the others only the members of now.
+    fn members_of(&self, i: usize) -> usize {
+        if i > self.members_now {
+            self.spec.nodes
+        } else {
+            self.members_now
+        }
+    }
+
+    /// Makes the late nodes ([`LabSpec::late_nodes`]) members, as an operator adds nodes to a
+    /// running cluster: every running agent's configuration file gets every node, and is reloaded
+    /// (`baton ctl reload`); then the late nodes' agents start, and this returns once they are
+    /// ready (every peer up).
+    pub fn admit_late_nodes(&mut self) -> Result<(), LabError> {
+        let early = self.members_now;
+        if early == self.spec.nodes {
+            return Ok(());
+        }
+        self.members_now = self.spec.nodes;
+        for i in 1..=early {
+            let path = self.agent_config_path(i);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| LabError::io(format!("reading {}", path.display()), e))?;
+            let mut config = NodeConfig::from_toml(&text).map_err(|source| LabError::Config {
+                node: format!("n{i}"),
+                source,
+            })?;
+            config.cluster.members = agent_config(&self.spec, &self.key, i)?.cluster.members;
+            std::fs::write(&path, config.to_toml())
+                .map_err(|e| LabError::io(format!("writing {}", path.display()), e))?;
+            let out = self.ctl(i, &["reload"])?;
+            if !out.status.success() {
+                return Err(LabError::InvalidSpec(format!(
+                    "n{i}'s agent refused the reload: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
+        let exe = self.spec.resolve_exe()?;
+        for i in early + 1..=self.spec.nodes {
+            self.launch_agent(i, &exe)?;
+        }
+        let deadline = Instant::now() + READY_TIMEOUT;
+        self.wait_ready(Role::Agent, deadline, false, None)
     }
 
     /// Node `i`'s agent's control socket (`baton ctl --socket`): `NODE_DIR/ctl.sock`.
@@ -2023,6 +2108,7 @@ pub fn parse_lab_info(text: &str) -> Result<(LabSpec, String), String> {
         cache_mb,
         origin_delay_ms,
         health: None,
+        late_nodes: 0,
     };
     Ok((spec, key))
 }
@@ -2052,7 +2138,7 @@ fn scrape(addr: SocketAddr) -> Result<String, crate::http_client::HttpError> {
 /// its host and port (a node's server, HAProxy), to `GET /_stats` (the origin: it serves no
 /// web root worth asking, and `/_stats` is not counted), or an agent's metrics showing all
 /// `nodes - 1` peers up.
-fn probe(d: &Daemon, nodes: usize) -> Result<(), String> {
+fn probe(d: &Daemon, peers_wanted: usize) -> Result<(), String> {
     let addr = SocketAddr::new(d.host.address().into(), d.port);
     match d.role {
         Role::Server | Role::Haproxy => {
@@ -2076,7 +2162,7 @@ fn probe(d: &Daemon, nodes: usize) -> Result<(), String> {
                 return Err(format!("GET /metrics answered {}", resp.status));
             }
             let metrics = parse_metrics(&String::from_utf8_lossy(&resp.body));
-            let want = (nodes - 1) as f64;
+            let want = peers_wanted as f64;
             match metric_sum(&metrics, "baton_mesh_peers_up") {
                 Some(v) if v == want => Ok(()),
                 Some(v) => Err(format!("baton_mesh_peers_up is {v}, want {want}")),

@@ -1,6 +1,12 @@
 //! The cluster as this node sees it: every member, whether it may be chosen, its load. The engine
 //! is its one writer (mesh events, heartbeats, this node's own count); the policies read it as a
 //! [`ClusterView`], the datapath as the hash table of [`Cluster::datapath_nodes`].
+//!
+//! A member's index (into `peers`) never changes meaning while the agent runs: connections and
+//! the mesh name peers by it. A member a reload removes stays, marked removed (never chosen, sent
+//! nothing); one it adds is appended. Messages that name members by index (the LARD dispatcher's
+//! answers) use the position in the configured member list instead ([`Cluster::wire_index`]),
+//! which every member with the same configuration agrees on.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -29,15 +35,43 @@ pub(super) struct Peer {
     pub drained: bool,
     /// The digest of its cluster configuration, once it told.
     pub config_digest: Option<u64>,
+    /// A reload took it out of the cluster.
+    pub removed: bool,
+}
+
+impl Peer {
+    fn new(name: &str, addr: Ipv4Addr) -> Self {
+        Peer {
+            name: name.to_string(),
+            addr,
+            outbound_up: false,
+            last_heard: None,
+            load: 0,
+            draining: false,
+            serving: true,
+            drained: false,
+            config_digest: None,
+            removed: false,
+        }
+    }
+}
+
+/// What a new member list changed ([`Cluster::set_members`]), by index.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct MemberChanges {
+    pub added: Vec<usize>,
+    pub removed: Vec<usize>,
 }
 
 pub(super) struct Cluster {
     pub peers: Vec<Peer>,
     /// Every member as the datapath's hash policy knows it, but for eligibility (which
-    /// [`Cluster::datapath_nodes`] fills in): computed once, names do not change.
+    /// [`Cluster::datapath_nodes`] fills in): computed when the members change.
     hash_nodes: Vec<DpNode>,
     /// This node's index in `peers`.
     pub me: usize,
+    /// The members' indices in configuration order (removed ones are not in it).
+    order: Vec<usize>,
     /// How long a peer stays up without being heard.
     pub fresh_for: Duration,
     /// The origin of the policies' clock (`ClusterView::now_ms`).
@@ -58,31 +92,11 @@ impl Cluster {
             .cluster
             .members
             .iter()
-            .map(|m| Peer {
-                name: m.name.clone(),
-                addr: m.address,
-                outbound_up: false,
-                last_heard: None,
-                load: 0,
-                draining: false,
-                serving: true,
-                drained: false,
-                config_digest: None,
-            })
+            .map(|m| Peer::new(&m.name, m.address))
             .collect::<Vec<Peer>>();
-        let names: Vec<&str> = peers.iter().map(|p| p.name.as_str()).collect();
-        let hash_nodes = names
-            .iter()
-            .zip(baton_policy::name_ranks(&names))
-            .map(|(name, rank)| DpNode {
-                hash_seed: baton_policy::rendezvous_seed(name),
-                eligible: 0,
-                rank: u8::try_from(rank).unwrap_or(u8::MAX),
-                pad: [0; 6],
-            })
-            .collect();
         Cluster {
-            hash_nodes,
+            hash_nodes: hash_nodes(&peers),
+            order: (0..peers.len()).collect(),
             peers,
             me: config.self_index(),
             fresh_for: Duration::from_millis(config.limits.heartbeat_ms.saturating_mul(5)),
@@ -139,7 +153,8 @@ impl Cluster {
         let Some(p) = self.peers.get(peer) else {
             return false;
         };
-        p.outbound_up
+        !p.removed
+            && p.outbound_up
             && !p.draining
             && !p.drained
             && p.serving
@@ -158,9 +173,92 @@ impl Cluster {
         now.saturating_duration_since(self.started)
     }
 
+    /// Every current member but this node, in configuration order.
     pub fn others(&self) -> impl Iterator<Item = usize> + use<> {
         let me = self.me;
-        (0..self.peers.len()).filter(move |&p| p != me)
+        self.order.clone().into_iter().filter(move |&p| p != me)
+    }
+
+    /// Applies a new member list (validated: this node is in it). Kept members keep their index
+    /// and state, new ones are appended, missing ones marked removed. Fails, changing nothing,
+    /// if a kept name comes with another address (remove it, reload, add it back) or if the
+    /// datapath could not hold that many members.
+    pub fn set_members(
+        &mut self,
+        members: &[crate::config::Member],
+    ) -> Result<MemberChanges, String> {
+        let mut order = Vec::with_capacity(members.len());
+        let mut appended = Vec::new();
+        for m in members {
+            match self.peers.iter().position(|p| p.name == m.name) {
+                Some(i) if self.peers[i].addr != m.address => {
+                    return Err(format!(
+                        "cluster.members: {}'s address changes ({} -> {}): remove the member, \
+                         reload, then add it with its new address",
+                        m.name, self.peers[i].addr, m.address
+                    ));
+                }
+                Some(i) => order.push(i),
+                None => {
+                    order.push(self.peers.len() + appended.len());
+                    appended.push(Peer::new(&m.name, m.address));
+                }
+            }
+        }
+        if self.peers.len() + appended.len() > baton_bpf::DP_NODES_MAX {
+            return Err(format!(
+                "cluster.members: at most {} members over the agent's life (removed ones \
+                 count until a restart)",
+                baton_bpf::DP_NODES_MAX
+            ));
+        }
+        let mut changes = MemberChanges::default();
+        for (i, p) in self.peers.iter_mut().enumerate() {
+            let member = order.contains(&i);
+            if p.removed == member {
+                if member {
+                    changes.added.push(i);
+                } else {
+                    changes.removed.push(i);
+                }
+            }
+            p.removed = !member;
+            if !member {
+                p.outbound_up = false;
+            }
+        }
+        changes
+            .added
+            .extend(self.peers.len()..self.peers.len() + appended.len());
+        self.peers.extend(appended);
+        self.order = order;
+        self.hash_nodes = hash_nodes(&self.peers);
+        Ok(changes)
+    }
+
+    /// The members by index as the mesh dials them (`None`: removed, or this node).
+    pub fn mesh_members(&self, control_port: u16) -> Vec<Option<crate::mesh::PeerAddr>> {
+        self.peers
+            .iter()
+            .map(|p| {
+                (!p.removed).then(|| crate::mesh::PeerAddr {
+                    name: p.name.clone(),
+                    addr: std::net::SocketAddr::new(p.addr.into(), control_port),
+                })
+            })
+            .collect()
+    }
+
+    /// Where member `index` stands in the configured member list (what peers with the same
+    /// configuration call it).
+    pub fn wire_index(&self, index: usize) -> Option<u16> {
+        let position = self.order.iter().position(|&i| i == index)?;
+        u16::try_from(position).ok()
+    }
+
+    /// The member a peer names by its position in the configured list.
+    pub fn member_at_wire(&self, position: u16) -> Option<usize> {
+        self.order.get(usize::from(position)).copied()
     }
 
     pub fn up_count(&self, now: Instant) -> usize {
@@ -192,7 +290,9 @@ impl Cluster {
     /// order, so every node agrees without an election, and the next one takes over when it dies
     /// or drains.
     pub fn dispatcher(&self, now: Instant) -> usize {
-        (0..self.peers.len())
+        self.order
+            .iter()
+            .copied()
             .find(|&i| self.is_up(i, now) && !(i == self.me && self.draining))
             .unwrap_or(self.me)
     }
@@ -222,4 +322,20 @@ impl Cluster {
         }
         nodes
     }
+}
+
+/// Every member as the datapath's hash policy knows it, but for eligibility: the same names and
+/// ranks (by name) as `baton_policy::Hash` uses.
+fn hash_nodes(peers: &[Peer]) -> Vec<DpNode> {
+    let names: Vec<&str> = peers.iter().map(|p| p.name.as_str()).collect();
+    names
+        .iter()
+        .zip(baton_policy::name_ranks(&names))
+        .map(|(name, rank)| DpNode {
+            hash_seed: baton_policy::rendezvous_seed(name),
+            eligible: 0,
+            rank: u8::try_from(rank).unwrap_or(u8::MAX),
+            pad: [0; 6],
+        })
+        .collect()
 }

@@ -533,7 +533,12 @@ impl Engine {
         if let Some(held) = self.fe.held_mut(&key) {
             held.asking = None;
         }
-        let decision = self.decision(usize::from(node));
+        // By position in the configured list: a member the dispatcher knows and we do not is
+        // served here.
+        let decision = match self.cluster.member_at_wire(node) {
+            Some(index) => self.decision(index),
+            None => Decision::Local,
+        };
         self.decide(key, decision, now);
     }
 
@@ -549,7 +554,7 @@ impl Engine {
         let choice = self.router.choose_default(&request, &view);
         self.cluster.assign(choice);
         self.metrics.dispatch_answers.inc();
-        let node = u16::try_from(choice).unwrap_or(u16::MAX);
+        let node = self.cluster.wire_index(choice).unwrap_or(u16::MAX);
         self.mesh.send(peer, Message::DispatchAnswer { id, node });
     }
 

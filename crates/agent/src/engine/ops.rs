@@ -5,8 +5,10 @@
 //! runs unless asked. A drain by the operator only changes what peers choose (this node keeps
 //! accepting and placing connections as before, and serves what it has); a stop's drain
 //! (`begin_drain`) also stops distributing. A reload applies what can change without touching a
-//! connection (policy, rules, limits, health) and refuses the rest with the reason, keeping the
-//! running configuration.
+//! connection (policy, rules, limits, health, members) and refuses the rest with the reason,
+//! keeping the running configuration. A removed member is chosen for nothing new and its control
+//! connections end; connections it carries with this node go on in the datapaths, and their ends
+//! are found from the local TCP (the BE) or by idleness (the FE's forwarding entry).
 
 use std::time::{Duration, Instant};
 
@@ -238,7 +240,7 @@ impl Engine {
     }
 
     /// Applies `new` in place if only what can change while running changed: the policy, its
-    /// rules and parameters, the limits, the health check. Anything else is refused with the
+    /// rules and parameters, the limits, the health check, the members. Anything else is refused with the
     /// field and the running configuration is kept. Returns what changed.
     pub fn reload(&mut self, new: NodeConfig, now: Instant) -> Result<String, String> {
         let old = &self.config;
@@ -260,13 +262,34 @@ impl Engine {
         if new.cluster.control_port != old.cluster.control_port {
             return fixed("cluster.control_port");
         }
-        if new.cluster.members != old.cluster.members {
-            return fixed("cluster.members");
-        }
         if new.metrics != old.metrics {
             return fixed("metrics");
         }
         let mut changed = Vec::new();
+        if new.cluster.members != old.cluster.members {
+            let changes = self.cluster.set_members(&new.cluster.members)?;
+            self.mesh
+                .set_members(self.cluster.mesh_members(new.cluster.control_port));
+            let names = |indices: &[usize]| {
+                indices
+                    .iter()
+                    .map(|&i| self.cluster.peers[i].name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            if !changes.added.is_empty() {
+                changed.push(format!("members added: {}", names(&changes.added)));
+            }
+            if !changes.removed.is_empty() {
+                changed.push(format!("members removed: {}", names(&changes.removed)));
+            }
+            for &i in &changes.removed {
+                self.metrics.peer.forget(&self.cluster.peers[i].name);
+            }
+            if changes.added.is_empty() && changes.removed.is_empty() {
+                changed.push("members reordered".to_string());
+            }
+        }
         if new.policy.kind != old.policy.kind {
             changed.push(format!(
                 "policy {} -> {}",
@@ -285,6 +308,7 @@ impl Engine {
         if changed.is_empty() {
             return Ok("nothing changed".to_string());
         }
+        self.metrics.peers_up.set(self.cluster.up_count(now) as i64);
         let policy = &new.policy;
         self.router = Router::new(
             policy.kind,

@@ -1523,12 +1523,11 @@ fn a_reload_applies_policy_and_limits_and_refuses_what_cannot_change() {
     moved.node.interface = "eth1".into();
     let refused = n1.engine.reload(moved, n1.now).unwrap_err();
     assert!(refused.contains("node"), "{refused}");
-    let mut members = before.clone();
-    members.cluster.members.pop();
-    members.policy.rules.clear();
+    let mut readdressed = before.clone();
+    readdressed.cluster.members[1].address = "198.18.0.9".parse().unwrap();
     assert!(
         n1.engine
-            .reload(members, n1.now)
+            .reload(readdressed, n1.now)
             .unwrap_err()
             .contains("cluster.members")
     );
@@ -1560,4 +1559,55 @@ fn a_reload_applies_policy_and_limits_and_refuses_what_cannot_change() {
             .unwrap(),
         "nothing changed"
     );
+}
+
+#[test]
+fn a_reload_adds_and_removes_members_keeping_every_index() {
+    let mut n1 = node(0, PolicyKind::Hash);
+    let base = n1.engine.config().clone();
+    let mut three = base.clone();
+    three.cluster.members.push(crate::config::Member {
+        name: "n3".into(),
+        address: "198.18.0.3".parse().unwrap(),
+    });
+    let said = n1.engine.reload(three.clone(), n1.now).unwrap();
+    assert!(said.contains("members added: n3"), "{said}");
+    assert_eq!(n1.engine.cluster.peers.len(), 3);
+    assert_eq!(n1.written.get().nnodes, 3, "the datapath hashes over three");
+    // n3 is not up until its control connection is and it is heard.
+    assert!(!n1.engine.cluster.is_up(2, n1.now));
+    n1.mesh(MeshEvent::PeerUp { peer: 2 });
+    n1.engine.on_mesh(
+        MeshEvent::Message {
+            peer: 2,
+            message: Message::Heartbeat {
+                load: 0,
+                sent_at_ms: 1,
+                serving: true,
+            },
+        },
+        n1.now,
+    );
+    assert!(n1.engine.cluster.is_up(2, n1.now));
+    assert_eq!(n1.written.get().nodes[2].eligible, 1);
+
+    // n2 goes: its index stays, unused; the dispatcher's wire positions follow the new list.
+    let mut without_n2 = three.clone();
+    without_n2.cluster.members.remove(1);
+    let said = n1.engine.reload(without_n2, n1.now).unwrap();
+    assert!(said.contains("members removed: n2"), "{said}");
+    assert!(!n1.engine.cluster.is_up(1, n1.now));
+    assert_eq!(n1.written.get().nodes[1].eligible, 0);
+    assert_eq!(n1.engine.cluster.wire_index(2), Some(1));
+    assert_eq!(n1.engine.cluster.member_at_wire(1), Some(2));
+    assert_eq!(n1.engine.cluster.wire_index(1), None);
+    assert!(
+        n1.engine.peer_rows(n1.now).iter().all(|p| p.name != "n2"),
+        "a removed member is not listed"
+    );
+    // And back: the same index again.
+    let said = n1.engine.reload(three, n1.now).unwrap();
+    assert!(said.contains("members added: n2"), "{said}");
+    assert_eq!(n1.engine.cluster.peers.len(), 3);
+    assert_eq!(n1.engine.cluster.wire_index(1), Some(1));
 }
