@@ -153,7 +153,18 @@ pub struct ClusterSection {
 #[serde(deny_unknown_fields)]
 pub struct Member {
     pub name: String,
+    /// Its service address.
     pub address: Ipv4Addr,
+    /// Where its control mesh listens (a management network), if not on its service address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_address: Option<Ipv4Addr>,
+}
+
+impl Member {
+    /// The address its control mesh listens on and is dialed at.
+    pub fn control_addr(&self) -> Ipv4Addr {
+        self.control_address.unwrap_or(self.address)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -355,11 +366,8 @@ impl NodeConfig {
                 );
             }
         }
-        let me = Member {
-            name: self.node.name.clone(),
-            address: self.node.address,
-        };
-        if !self.cluster.members.contains(&me) {
+        let is_me = |m: &Member| m.name == self.node.name && m.address == self.node.address;
+        if !self.cluster.members.iter().any(is_me) {
             problem(
                 "node.name",
                 format!(
@@ -453,6 +461,11 @@ impl NodeConfig {
         u64::from_be_bytes(hash[..8].try_into().expect("a SHA-256 has 8 bytes"))
     }
 
+    /// This node's member entry (validated to exist).
+    pub fn me(&self) -> &Member {
+        &self.cluster.members[self.self_index()]
+    }
+
     /// This node's index in `cluster.members` (validated to exist).
     pub fn self_index(&self) -> usize {
         self.cluster
@@ -526,6 +539,29 @@ kind = "hash"
             NodeConfig::from_toml(&bad),
             Err(ConfigError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn the_control_mesh_may_use_a_management_address() {
+        let text = MINIMAL.replace(
+            "{ name = \"n2\", address = \"198.18.0.2\" }",
+            "{ name = \"n2\", address = \"198.18.0.2\", control_address = \"198.19.0.2\" }",
+        );
+        let c = NodeConfig::from_toml(&text).unwrap();
+        assert_eq!(
+            c.me().control_addr(),
+            "198.18.0.1".parse::<Ipv4Addr>().unwrap()
+        );
+        assert_eq!(
+            c.cluster.members[1].control_addr(),
+            "198.19.0.2".parse::<Ipv4Addr>().unwrap()
+        );
+        assert_eq!(NodeConfig::from_toml(&c.to_toml()).unwrap(), c);
+        assert_ne!(
+            c.cluster_digest(),
+            NodeConfig::from_toml(MINIMAL).unwrap().cluster_digest(),
+            "where peers are dialed is part of what members agree on"
+        );
     }
 
     #[test]

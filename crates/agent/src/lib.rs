@@ -303,7 +303,10 @@ pub async fn run(launch: Launch, mut stop: watch::Receiver<Stop>) -> Result<(), 
         MeshConfig {
             self_index: config.self_index(),
             self_name: config.node.name.clone(),
-            listen: SocketAddr::new(config.node.address.into(), config.cluster.control_port),
+            listen: SocketAddr::new(
+                config.me().control_addr().into(),
+                config.cluster.control_port,
+            ),
             members: std::sync::RwLock::new(members),
             key: config.cluster.key.as_bytes().to_vec(),
             offer_ttl: Duration::from_millis(config.limits.handoff_timeout_ms / 4),
@@ -478,7 +481,7 @@ fn mesh_members(members: &[config::Member], control_port: u16) -> Vec<Option<Pee
         .map(|m| {
             Some(PeerAddr {
                 name: m.name.clone(),
-                addr: SocketAddr::new(m.address.into(), control_port),
+                addr: SocketAddr::new(m.control_addr().into(), control_port),
             })
         })
         .collect()

@@ -37,6 +37,19 @@ impl ByReason {
     pub fn get(&self, reason: &str) -> u64 {
         self.0.with_label_values(&[reason]).get()
     }
+    /// Every reason counted so far, with its count.
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, u64> {
+        use prometheus::core::Collector;
+        self.0
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .filter_map(|m| {
+                let reason = m.get_label().first()?.value().to_string();
+                Some((reason, m.get_counter().get_value() as u64))
+            })
+            .collect()
+    }
 }
 
 /// A latency histogram in seconds (10 µs to ~10 s, doubling).

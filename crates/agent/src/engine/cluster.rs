@@ -20,7 +20,9 @@ use crate::config::NodeConfig;
 /// One member of the cluster.
 pub(super) struct Peer {
     pub name: String,
+    /// Its service address, and where its control mesh listens.
     pub addr: Ipv4Addr,
+    pub control_addr: Ipv4Addr,
     /// Our control connection to it is up.
     pub outbound_up: bool,
     pub last_heard: Option<Instant>,
@@ -40,10 +42,11 @@ pub(super) struct Peer {
 }
 
 impl Peer {
-    fn new(name: &str, addr: Ipv4Addr) -> Self {
+    fn new(member: &crate::config::Member) -> Self {
         Peer {
-            name: name.to_string(),
-            addr,
+            name: member.name.clone(),
+            addr: member.address,
+            control_addr: member.control_addr(),
             outbound_up: false,
             last_heard: None,
             load: 0,
@@ -92,7 +95,7 @@ impl Cluster {
             .cluster
             .members
             .iter()
-            .map(|m| Peer::new(&m.name, m.address))
+            .map(Peer::new)
             .collect::<Vec<Peer>>();
         Cluster {
             hash_nodes: hash_nodes(&peers),
@@ -191,17 +194,20 @@ impl Cluster {
         let mut appended = Vec::new();
         for m in members {
             match self.peers.iter().position(|p| p.name == m.name) {
-                Some(i) if self.peers[i].addr != m.address => {
+                Some(i)
+                    if self.peers[i].addr != m.address
+                        || self.peers[i].control_addr != m.control_addr() =>
+                {
                     return Err(format!(
-                        "cluster.members: {}'s address changes ({} -> {}): remove the member, \
-                         reload, then add it with its new address",
-                        m.name, self.peers[i].addr, m.address
+                        "cluster.members: {}'s address changes: remove the member, reload, then \
+                         add it with its new address",
+                        m.name
                     ));
                 }
                 Some(i) => order.push(i),
                 None => {
                     order.push(self.peers.len() + appended.len());
-                    appended.push(Peer::new(&m.name, m.address));
+                    appended.push(Peer::new(m));
                 }
             }
         }
@@ -243,7 +249,7 @@ impl Cluster {
             .map(|p| {
                 (!p.removed).then(|| crate::mesh::PeerAddr {
                     name: p.name.clone(),
-                    addr: std::net::SocketAddr::new(p.addr.into(), control_port),
+                    addr: std::net::SocketAddr::new(p.control_addr.into(), control_port),
                 })
             })
             .collect()

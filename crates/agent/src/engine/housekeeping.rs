@@ -3,6 +3,7 @@
 //! every peer, the datapath's view of the cluster; and every ten seconds, garbage collection of
 //! entries no phase waits on. One wakeup of an idle agent does it all.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use baton_bpf::{ConnRole, ConnState, conn_flags};
@@ -35,6 +36,49 @@ const SYN_ENTRY_TTL_NS: u64 = 10_000_000_000;
 const ORPHAN_SERVER_SLACK_NS: u64 = 1_000_000_000;
 /// A BE connection idle this long is checked against the local TCP (is it still there?).
 const BE_LIVENESS_CHECK_NS: u64 = 5_000_000_000;
+
+/// The counts the last summary log line was taken from.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Summary {
+    handed_out: u64,
+    handed_in: u64,
+    fallbacks: BTreeMap<String, u64>,
+    refused: BTreeMap<String, u64>,
+}
+
+impl Summary {
+    /// What happened between `last` and `self`, as a log line; `None` if no connection fell
+    /// back and no handoff was refused.
+    fn since(&self, last: &Summary) -> Option<String> {
+        let by_reason = |now: &BTreeMap<String, u64>, last: &BTreeMap<String, u64>| {
+            now.iter()
+                .filter_map(|(reason, &n)| {
+                    let n = n.saturating_sub(last.get(reason).copied().unwrap_or(0));
+                    (n > 0).then(|| format!("{reason}={n}"))
+                })
+                .collect::<Vec<_>>()
+        };
+        let fallbacks = by_reason(&self.fallbacks, &last.fallbacks);
+        let refused = by_reason(&self.refused, &last.refused);
+        if fallbacks.is_empty() && refused.is_empty() {
+            return None;
+        }
+        let list = |v: Vec<String>| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(" ")
+            }
+        };
+        Some(format!(
+            "{} handed out, {} handed in; fallbacks: {}; refused: {}",
+            self.handed_out.saturating_sub(last.handed_out),
+            self.handed_in.saturating_sub(last.handed_in),
+            list(fallbacks),
+            list(refused)
+        ))
+    }
+}
 
 /// A count of the local TCP's connections, and the datapath's counters when it was taken: the
 /// load is the count moved on by what the counters moved since.
@@ -88,6 +132,7 @@ impl Engine {
         let garbage_every = (GARBAGE_EVERY.as_millis() / period.as_millis()).max(1) as u64;
         if self.housekeeping_rounds.is_multiple_of(garbage_every) {
             self.collect_garbage(now);
+            self.log_summary();
         }
         self.housekeeping_rounds += 1;
         match self.datapath.service_changes() {
@@ -125,6 +170,27 @@ impl Engine {
                 peer.rtt.with_label_values(&name).set(f64::from(rtt) * 1e-6);
             }
         }
+    }
+
+    /// Every ten seconds, at info, what went other than planned since the last summary: the
+    /// connections meant for a peer but served here and the handoffs this node refused, by
+    /// reason, with the handoffs made. Nothing when nothing went wrong (an operator reads one
+    /// line per ten seconds at most, never one per connection).
+    fn log_summary(&mut self) {
+        let now = Summary {
+            handed_out: self.metrics.handoffs_out.get(),
+            handed_in: self.metrics.handoffs_in.get(),
+            fallbacks: self.metrics.fallbacks.snapshot(),
+            refused: self.metrics.refused.snapshot(),
+        };
+        let last = self.last_summary.replace(now.clone()).unwrap_or_default();
+        let Some(line) = now.since(&last) else {
+            return;
+        };
+        tracing::info!(
+            "in the last {}s: {line} (served here instead of a peer, by reason; refused, by reason)",
+            GARBAGE_EVERY.as_secs()
+        );
     }
 
     /// Sends the heartbeat now if anything in it changed (outside the round).
@@ -325,5 +391,32 @@ impl Engine {
             count -= 1;
         }
         self.metrics.conn_entries.set(count);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_summary_says_only_what_changed_and_nothing_when_all_went_well() {
+        let at = |out, fallbacks: &[(&str, u64)], refused: &[(&str, u64)]| Summary {
+            handed_out: out,
+            handed_in: 0,
+            fallbacks: fallbacks.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
+            refused: refused.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
+        };
+        let first = at(10, &[("timeout", 2)], &[]);
+        assert_eq!(
+            first.since(&Summary::default()).as_deref(),
+            Some("10 handed out, 0 handed in; fallbacks: timeout=2; refused: none")
+        );
+        assert_eq!(at(50, &[("timeout", 2)], &[]).since(&first), None);
+        assert_eq!(
+            at(50, &[("timeout", 2), ("peer_down", 1)], &[("collision", 3)])
+                .since(&first)
+                .as_deref(),
+            Some("40 handed out, 0 handed in; fallbacks: peer_down=1; refused: collision=3")
+        );
     }
 }

@@ -105,6 +105,8 @@ pub struct Engine {
     standing_down: bool,
     /// `config.cluster_digest()`, told to peers.
     config_digest: u64,
+    /// What the last summary log line counted from.
+    last_summary: Option<housekeeping::Summary>,
 }
 
 impl Engine {
@@ -149,6 +151,7 @@ impl Engine {
             listeners_seen: None,
             standing_down: false,
             config_digest: config.cluster_digest(),
+            last_summary: None,
             config,
         };
         engine.write_datapath_config(now);

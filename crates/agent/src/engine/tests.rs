@@ -1569,6 +1569,7 @@ fn a_reload_adds_and_removes_members_keeping_every_index() {
     three.cluster.members.push(crate::config::Member {
         name: "n3".into(),
         address: "198.18.0.3".parse().unwrap(),
+        control_address: None,
     });
     let said = n1.engine.reload(three.clone(), n1.now).unwrap();
     assert!(said.contains("members added: n3"), "{said}");
