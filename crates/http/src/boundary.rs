@@ -24,14 +24,14 @@
 //! - **One boundary per call.** `feed` and `skip` take bytes until they have taken all of them or
 //!   reached a [`Boundary`], which they return at once with how many bytes they took
 //!   ([`Progress`]); call again with the rest, even if nothing is left, until a call returns no
-//!   boundary. Boundaries come in this order for every request: [`Boundary::Request`] when its
+//!   boundary. (`skip` also stops where the tracker needs to see bytes again.) Boundaries come in this order for every request: [`Boundary::Request`] when its
 //!   head is complete, then [`Boundary::End`] when its body is complete (at once if it has none)
 //!   or [`Boundary::Opaque`]. After an `End` comes the next `Request` or an `Opaque`.
 //! - **Opaque is terminal.** The tracker stops at the first thing it cannot vouch for: a
 //!   malformed or oversized head (exactly [`sniff`]'s verdicts), a malformed or oversized chunk
-//!   line or trailer section, and after a request the connection will not carry another request
-//!   after ([`Persistence`]: `Connection: close`, HTTP/1.0 without keep-alive, Upgrade,
-//!   CONNECT). From then on it takes nothing: the connection stays where it is and the stream
+//!   line or trailer section, and the end of a request after which the connection carries no
+//!   further request ([`Persistence`]: `Connection: close`, HTTP/1.0 without keep-alive, any
+//!   Upgrade header, CONNECT). From then on it takes nothing: the connection stays where it is and the stream
 //!   goes on untracked. [`Opaque::at`] is where tracking stopped, the same however the stream was
 //!   split; [`BoundaryTracker::offset`] then only says how far the tracker read before deciding.
 //! - **Bounded.** It buffers at most one head, chunk-size line or trailer section, each bounded
