@@ -219,6 +219,26 @@ fn invalid_heads_table() {
 }
 
 #[test]
+fn upgrade_is_any_upgrade_field() {
+    let cases = [
+        (
+            "GET /chat HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            true,
+        ),
+        // Without the `upgrade` Connection option a server should ignore it; a lenient one may not.
+        ("GET / HTTP/1.1\r\nHost: h\r\nupgrade: h2c\r\n\r\n", true),
+        (
+            "GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\n\r\n",
+            false,
+        ),
+        ("GET / HTTP/1.1\r\nHost: h\r\nX-Upgrade: h2c\r\n\r\n", false),
+    ];
+    for (head, upgrade) in cases {
+        assert_eq!(complete(head).upgrade, upgrade, "{head:?}");
+    }
+}
+
+#[test]
 fn u64_max_content_length_is_accepted() {
     let parsed =
         complete("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 18446744073709551615\r\n\r\n");
@@ -514,6 +534,7 @@ fn generated_head() -> impl Strategy<Value = GeneratedHead> {
                     content_length,
                     chunked,
                     keep_alive,
+                    upgrade: false,
                     head_len: head.len(),
                 };
                 GeneratedHead {
