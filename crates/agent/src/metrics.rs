@@ -60,6 +60,10 @@ impl Latency {
     pub fn observe(&self, seconds: f64) {
         self.0.observe(seconds);
     }
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.0.get_sample_count()
+    }
 }
 
 /// Every metric the agent exports, and the registry that holds them. Names are part of baton's
@@ -114,6 +118,10 @@ pub struct Metrics {
     pub event_delay: Latency,
     /// FE: from the offer to the peer's acceptance.
     pub handoff_duration: Latency,
+    /// FE: from a connection's first segment reaching the agent to its placement by the policy.
+    pub hold_duration: Latency,
+    /// FE: from a complete request head to its placement (the LARD dispatcher's round trip).
+    pub decision_duration: Latency,
     /// 1 while the operator has this node drained (`baton ctl drain`).
     pub drained: IntGauge,
     /// The HTTP health check's verdict (1 passing, 0 failing; 1 without a check).
@@ -316,6 +324,14 @@ impl Metrics {
             handoff_duration: latency(
                 "handoff_duration_seconds",
                 "From an offer to a peer to its acceptance (FE)",
+            ),
+            hold_duration: latency(
+                "hold_duration_seconds",
+                "From a connection's first segment reaching the agent to its placement (FE)",
+            ),
+            decision_duration: latency(
+                "decision_duration_seconds",
+                "From a complete request head to the policy's decision (FE)",
             ),
             drained: gauge(
                 "drained",

@@ -94,6 +94,9 @@ pub(super) struct Held {
     segments: usize,
     /// A question to the LARD dispatcher, while it is out: its id and the target.
     asking: Option<(u64, String)>,
+    /// When its first segment reached the agent, and when its head was complete.
+    since: Instant,
+    head_complete: Option<Instant>,
 }
 
 pub(super) enum FePhase {
@@ -337,7 +340,7 @@ impl Engine {
             return;
         }
         let first = !self.fe.conns.contains_key(&key);
-        if first && !self.start_holding(key) {
+        if first && !self.start_holding(key, now) {
             // No hold on record (entry expired or removed): the local TCP takes it.
             self.send(&packet);
             return;
@@ -373,7 +376,7 @@ impl Engine {
     }
 
     /// Starts holding `key` if the datapath holds it. False if it does not.
-    fn start_holding(&mut self, key: ConnKey) -> bool {
+    fn start_holding(&mut self, key: ConnKey, now: Instant) -> bool {
         let entry = match self.conns.get(&key) {
             Some(entry) if entry.state() == Some(ConnState::FeHold) => entry,
             _ => return false,
@@ -384,6 +387,8 @@ impl Engine {
             template: None,
             segments: 0,
             asking: None,
+            since: now,
+            head_complete: None,
         };
         self.fe.conns.insert(
             key,
@@ -400,7 +405,12 @@ impl Engine {
             return;
         };
         let head = match baton_http::sniff(held.stream.contiguous(), &self.head_limits) {
-            Sniff::Complete(head) => head,
+            Sniff::Complete(head) => {
+                if let Some(held) = self.fe.held_mut(&key) {
+                    held.head_complete.get_or_insert(now);
+                }
+                head
+            }
             Sniff::Invalid(reason) => {
                 return self.release_local(key, LocalReason::BadHead(reason), now);
             }
@@ -464,6 +474,13 @@ impl Engine {
 
     /// Places a held connection: served here, or offered to a peer.
     fn decide(&mut self, key: ConnKey, decision: Decision, now: Instant) {
+        if let Some(held) = self.fe.held_mut(&key) {
+            let since = |t: Instant| now.saturating_duration_since(t).as_secs_f64();
+            self.metrics.hold_duration.observe(since(held.since));
+            if let Some(complete) = held.head_complete {
+                self.metrics.decision_duration.observe(since(complete));
+            }
+        }
         let Decision::Node(peer) = decision else {
             return self.release_local(key, LocalReason::Policy, now);
         };

@@ -507,6 +507,14 @@ fn a_remote_decision_forwards_at_once_and_offers_the_request() {
         "the client's packets follow the offer"
     );
     assert!(n1.sent.take().is_empty(), "nothing is released locally");
+    assert_eq!(
+        (
+            n1.metrics.hold_duration.count(),
+            n1.metrics.decision_duration.count()
+        ),
+        (1, 1),
+        "held and decided once"
+    );
     let Some(Message::HandoffRequest(r)) = n1.next_to_peer() else {
         panic!("no handoff request")
     };
