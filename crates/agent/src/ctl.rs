@@ -26,21 +26,23 @@ const MAX_REQUEST_BYTES: u64 = 4096;
 /// How long a client may take to send its request, and `call` to get its answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What `baton ctl` asks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What `baton ctl` asks (also its subcommands).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clap::Subcommand)]
 #[serde(tag = "command", rename_all = "kebab-case")]
 pub enum Request {
-    /// The node, its policy and state, and every peer.
+    /// The node: policy, state, health, load, configuration digest, and its peers.
     Status,
-    /// Every distributed connection this node carries (handed out or handed in).
+    /// Every distributed connection (handed out or handed in): client, FE, BE, phase, age,
+    /// traffic.
     Conns,
-    /// The peers only.
+    /// The peers: state, load, control RTT, last heard, configuration agreement.
     Peers,
-    /// Peers choose this node for nothing new; it serves what it has.
+    /// Peers choose this node for nothing new; it serves what it has (not a stop).
     Drain,
-    /// Back from [`Request::Drain`].
+    /// Peers may choose this node again.
     Undrain,
-    /// Read the configuration file again and apply it (as SIGHUP does).
+    /// Read the configuration file again and apply it (as SIGHUP does); a bad one is refused
+    /// and the running one kept.
     Reload,
 }
 

@@ -18,7 +18,7 @@ pub struct CtlArgs {
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
     output: Output,
     #[command(subcommand)]
-    command: CtlCommand,
+    command: Request,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -27,37 +27,13 @@ enum Output {
     Json,
 }
 
-#[derive(clap::Subcommand)]
-enum CtlCommand {
-    /// The node: policy, state, health, load, configuration digest, and its peers.
-    Status,
-    /// Every distributed connection: client, FE, BE, phase, age, traffic.
-    Conns,
-    /// The peers: state, load, control RTT, last heard, configuration agreement.
-    Peers,
-    /// Peers choose this node for nothing new; it serves what it has (not a stop).
-    Drain,
-    /// Peers may choose this node again.
-    Undrain,
-    /// Read the configuration file again and apply it; a bad one is refused, the running one kept.
-    Reload,
-}
-
 pub fn run(args: CtlArgs) -> anyhow::Result<()> {
     let socket = match (&args.socket, &args.config) {
         (Some(socket), _) => socket.clone(),
         (None, Some(config)) => crate::load_config(config)?.node.control_socket,
         (None, None) => PathBuf::from(baton_agent::config::DEFAULT_CONTROL_SOCKET),
     };
-    let request = match args.command {
-        CtlCommand::Status => Request::Status,
-        CtlCommand::Conns => Request::Conns,
-        CtlCommand::Peers => Request::Peers,
-        CtlCommand::Drain => Request::Drain,
-        CtlCommand::Undrain => Request::Undrain,
-        CtlCommand::Reload => Request::Reload,
-    };
-    let reply = ctl::call(&socket, &request)?;
+    let reply = ctl::call(&socket, &args.command)?;
     if let Output::Json = args.output {
         println!(
             "{}",
