@@ -51,8 +51,8 @@ impl Injector {
         if fd < 0 {
             return Err(InjectError::Socket(io::Error::last_os_error()));
         }
-        // SAFETY: fd is a fresh descriptor we own.
         Ok(Injector {
+            // SAFETY: fd is a fresh descriptor we own.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
             mark,
         })
@@ -80,7 +80,7 @@ impl Injector {
                 packet.len(),
                 0,
                 (&addr as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
             )
         });
         if n < 0 {

@@ -102,8 +102,8 @@ pub const PINNED_MAPS: [(&str, MapShape); 5] = [
         CONNS_MAP,
         MapShape {
             map_type: MapType::Hash,
-            key_size: std::mem::size_of::<ConnKey>() as u32,
-            value_size: std::mem::size_of::<Conn>() as u32,
+            key_size: size_of::<ConnKey>() as u32,
+            value_size: size_of::<Conn>() as u32,
             max_entries: crate::sizes::CONNS_MAX,
         },
     ),
@@ -112,7 +112,7 @@ pub const PINNED_MAPS: [(&str, MapShape); 5] = [
         MapShape {
             map_type: MapType::Array,
             key_size: 4,
-            value_size: std::mem::size_of::<NodeConfig>() as u32,
+            value_size: size_of::<NodeConfig>() as u32,
             max_entries: 1,
         },
     ),
@@ -201,6 +201,7 @@ pub struct AgentMap {
 
 // SAFETY: the mapping is shared memory owned by this value; its words are only touched atomically.
 unsafe impl Send for AgentMap {}
+// SAFETY: as for Send: shared use goes through atomic operations only.
 unsafe impl Sync for AgentMap {}
 
 /// What an `agent` map says of the agent that wrote it last.
@@ -240,7 +241,7 @@ impl AgentMap {
     }
 
     /// The `agent` map pinned at `path` (another agent's, or a dead one's), to read its record.
-    pub fn from_pin(path: &std::path::Path) -> Result<Self, DatapathError> {
+    pub fn from_pin(path: &Path) -> Result<Self, DatapathError> {
         let map = MapData::from_pin(path).map_err(|source| DatapathError::Map {
             name: AGENT_MAP,
             source,

@@ -350,7 +350,7 @@ pub enum EventError {
 impl Event {
     /// Parses one ring record. Malformed records are errors, never panics.
     pub fn parse(record: &[u8]) -> Result<Event, EventError> {
-        const HDR: usize = std::mem::size_of::<EventHeader>();
+        const HDR: usize = size_of::<EventHeader>();
         if record.len() < HDR {
             return Err(EventError::Short(record.len()));
         }

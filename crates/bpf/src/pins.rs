@@ -82,6 +82,7 @@ fn is_bpffs(path: &Path) -> io::Result<bool> {
     let path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
     // SAFETY: statfs writes into the struct we own; the path is NUL-terminated.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above: `st` is ours to write, `path` outlives the call.
     if unsafe { libc::statfs(path.as_ptr(), &mut st) } != 0 {
         let e = io::Error::last_os_error();
         return if e.kind() == io::ErrorKind::NotFound {

@@ -1151,6 +1151,7 @@ impl PacketCapture {
     /// Stops tcpdump (SIGTERM: it writes what it has and exits) and returns the TCP segments it
     /// captured.
     fn stop(mut self) -> Vec<CapturedSegment> {
+        // SAFETY: kill(2) takes plain integers; the child is ours and not yet reaped.
         unsafe { libc::kill(self.tcpdump.id() as i32, libc::SIGTERM) };
         let status = self.tcpdump.wait().unwrap();
         let pcap = self.reader.join().unwrap();

@@ -2335,9 +2335,9 @@ fn teardown(name: &str, own: &mut [Daemon]) -> Result<TeardownReport, LabError> 
     pids.retain(|&pid| process_alive(pid));
     report.processes = pids.len();
 
-    signal_all(&pids, nix::sys::signal::Signal::SIGTERM);
+    signal_all(&pids, Signal::SIGTERM);
     if !wait_gone(&pids, STOP_GRACE) {
-        signal_all(&pids, nix::sys::signal::Signal::SIGKILL);
+        signal_all(&pids, Signal::SIGKILL);
         if !wait_gone(&pids, Duration::from_secs(2)) {
             let left: Vec<String> = pids
                 .iter()
@@ -2473,7 +2473,7 @@ fn wait_gone_or_fail(
     ))
 }
 
-fn signal_all(pids: &[i32], signal: nix::sys::signal::Signal) {
+fn signal_all(pids: &[i32], signal: Signal) {
     for &pid in pids {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
     }

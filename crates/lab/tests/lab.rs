@@ -125,6 +125,7 @@ fn main() {
 /// The lab needs root, iproute2 and nginx: without them these tests fail, loudly.
 fn preconditions() {
     assert!(
+        // SAFETY: geteuid(2) has no preconditions and cannot fail.
         unsafe { libc::geteuid() } == 0,
         "the lab tests must run as root (they create network namespaces)"
     );
@@ -483,7 +484,7 @@ fn failed_up_cleans_up_and_down_handles_half_made_labs() {
         .args(["netns", "exec", &lab.node_ns(1), "sleep", "60"])
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(200));
     lab.detach();
     let report = down_by_name(&name).unwrap();
     assert!(

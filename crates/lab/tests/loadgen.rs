@@ -906,6 +906,7 @@ impl Drop for TestNetns {
 
 #[test]
 fn client_threads_run_in_the_namespace() {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: creating a network namespace needs root");
         return;

@@ -488,10 +488,10 @@ fn static_server_stops_with_idle_keep_alive_connections() {
         baton_lab::static_server::start("127.0.0.1:0".parse().unwrap(), &root, "unit").unwrap();
     let mut client = HttpClient::connect(server.addr()).unwrap();
     assert_eq!(client.get("/f/1k").unwrap().status, 200);
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     server.stop();
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(2),
         "stop waited for an idle connection"
     );
     std::fs::remove_dir_all(&root).unwrap();
@@ -1260,6 +1260,7 @@ fn serving_pid(lab: &Lab, i: usize) -> Option<u32> {
 #[test]
 fn agents_are_killed_started_taken_over_and_stopped() {
     assert!(
+        // SAFETY: geteuid(2) has no preconditions and cannot fail.
         unsafe { libc::geteuid() } == 0,
         "this test builds a lab: it must run as root"
     );
