@@ -4,19 +4,34 @@
 
 mod bench;
 mod ctl;
+mod logging;
+mod report;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+
+/// `baton --version`: the package version and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BATON_GIT_COMMIT"),
+    ")"
+);
 
 #[derive(Parser)]
 #[command(
     name = "baton",
-    version,
-    about = "Content-aware request distribution by TCP connection handoff"
+    version = VERSION,
+    about = "Content-aware request distribution by TCP connection handoff",
+    after_help = logging::HELP
 )]
 struct Cli {
+    /// How log lines on stderr look.
+    #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Text)]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,7 +42,7 @@ enum Command {
     ///
     /// Started while an agent runs for the same node and interface, it takes over from it: the
     /// running one hands over and exits, the datapath and its connections stay.
-    #[command(args_conflicts_with_subcommands = true)]
+    #[command(args_conflicts_with_subcommands = true, after_help = logging::HELP)]
     Node {
         /// The node's TOML configuration file.
         #[arg(long, required = true)]
@@ -53,6 +68,13 @@ enum Command {
     /// an L7 proxy).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Print a shell completion script: `baton completions bash > /etc/bash_completion.d/baton`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `baton man | man -l -`.
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -137,16 +159,28 @@ fn node_action(action: NodeAction) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    // The commands that load eBPF programs or build namespaces: run by anyone but root, their
+    // failure gets the privileges hint even when no errno says so.
+    let privileged = matches!(
+        cli.command,
+        Command::Node { .. } | Command::Ctl(_) | Command::Lab(_) | Command::Bench(_)
+    );
+    let result = logging::init(cli.log_format).and_then(|()| run(cli.command));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // SAFETY: geteuid(2) has no preconditions and cannot fail.
+            let as_user = privileged && unsafe { libc::geteuid() } != 0;
+            eprint!("{}", report::render(&error, as_user));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Node {
             action: Some(action),
             ..
@@ -164,6 +198,8 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Node { config, .. } => {
             let path = config.context("--config is required")?;
+            // The version in the log: after an upgrade, which binary took over is on record.
+            tracing::info!(version = VERSION, config = %path.display(), "baton node starting");
             baton_agent::run_until_signal(load_config(&path)?, Some(path)).context("baton node")
         }
         Command::Ctl(args) => ctl::run(args),
@@ -171,5 +207,12 @@ fn main() -> anyhow::Result<()> {
         Command::ServeStatic(args) => baton_lab::static_server::run(args).context("serve-static"),
         Command::Sim(args) => baton_sim::cli::run(args),
         Command::Bench(command) => bench::run(command),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "baton", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .context("writing the man page"),
     }
 }
