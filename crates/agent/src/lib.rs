@@ -319,7 +319,7 @@ pub async fn run(launch: Launch, mut stop: watch::Receiver<Stop>) -> Result<(), 
 
     if let Some(addr) = config.metrics.listen {
         let server = metrics::serve(
-            addr,
+            metrics::bind(addr).await?,
             metrics.clone(),
             DatapathCounters::new(counters.clone()),
             tasks_stop.clone(),

@@ -472,16 +472,21 @@ pub enum MetricsError {
     },
 }
 
-/// Serves `GET /metrics` until `shutdown` turns true.
+/// Binds the `/metrics` listener. Done before [`serve`] is spawned, so that an address in use is
+/// an error the agent starts with, not a log line it runs on without metrics.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Bind { addr, source })
+}
+
+/// Serves `GET /metrics` on `listener` (from [`bind`]) until `shutdown` turns true.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: TcpListener,
     metrics: Metrics,
     datapath: DatapathCounters,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), MetricsError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| MetricsError::Bind { addr, source })?;
     let datapath = Arc::new(Mutex::new(datapath));
     loop {
         let stream = tokio::select! {
