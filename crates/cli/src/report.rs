@@ -4,7 +4,8 @@
 //! errors already embed their source in their own message (`attaching to interface eth9: program
 //! baton_ingress: No such device`), so a cause whose text is contained in a line already printed
 //! adds nothing and is left out. When the failure is one of privileges (EPERM or EACCES anywhere in
-//! the chain, or a privileged command run by a user other than root) a hint names what baton needs.
+//! the chain, or a privileged command run by a user other than root) a hint names what baton needs;
+//! so does one when a kernel filesystem baton needs is not mounted.
 
 use std::fmt::Write as _;
 
@@ -15,6 +16,13 @@ the eBPF programs and maps, the load-counting tracepoint), CAP_NET_ADMIN (TCX li
 socket's mark, closing sockets through sock_diag), CAP_NET_RAW (the raw socket that replays \
 packets) and CAP_SYS_ADMIN (mount bpffs at /sys/fs/bpf when it is not mounted); the lab also \
 creates network namespaces (root)";
+
+/// Causes that name a missing prerequisite, and what to do about it.
+const PREREQUISITE_HINTS: &[(&str, &str)] = &[(
+    "tracefs not found",
+    "the load-counting tracepoint needs tracefs: mount -t tracefs tracefs /sys/kernel/tracing \
+     (`ip netns exec` remounts /sys without it; enter a namespace with `nsenter --net=...`)",
+)];
 
 /// The lines to print for `error`: the error, then every cause not already said.
 pub fn lines(error: &anyhow::Error) -> Vec<String> {
@@ -63,6 +71,11 @@ pub fn render(error: &anyhow::Error, privileged_command_as_user: bool) -> String
     }
     if privileged_command_as_user || is_permission_error(error) {
         let _ = writeln!(out, "hint: {PRIVILEGES}");
+    }
+    for (cause, hint) in PREREQUISITE_HINTS {
+        if error.chain().any(|c| c.to_string().contains(cause)) {
+            let _ = writeln!(out, "hint: {hint}");
+        }
     }
     out
 }
@@ -137,6 +150,12 @@ mod tests {
         assert!(!no_device.contains("hint:"), "{no_device}");
         let as_user = render(&attach_error(libc::ENODEV), true);
         assert!(as_user.contains("hint: baton needs root"), "{as_user}");
+    }
+
+    #[test]
+    fn a_missing_tracefs_gets_its_hint() {
+        let error = anyhow::anyhow!("program baton_load: tracefs not found").context("baton node");
+        assert!(render(&error, false).contains("hint: the load-counting tracepoint needs tracefs"));
     }
 
     #[test]
