@@ -12,10 +12,9 @@ use std::fmt::Write as _;
 /// What `baton node` needs, and why; the same list as `packaging/baton.service` and
 /// `docs/operations.md`.
 pub const PRIVILEGES: &str = "baton needs root, or the capabilities CAP_BPF and CAP_PERFMON (load \
-the eBPF programs and maps, the load-counting tracepoint), CAP_NET_ADMIN (TCX links, the raw \
-socket's mark, closing sockets through sock_diag), CAP_NET_RAW (the raw socket that replays \
-packets) and CAP_SYS_ADMIN (mount bpffs at /sys/fs/bpf when it is not mounted); the lab also \
-creates network namespaces (root)";
+the eBPF programs and maps, the load-counting tracepoint), CAP_NET_ADMIN (TCX links, sock_diag's \
+SOCK_DESTROY), CAP_NET_RAW (the raw socket that replays packets) and CAP_SYS_ADMIN (only to mount \
+bpffs at /sys/fs/bpf when it is not mounted); the lab also creates network namespaces (root)";
 
 /// Causes that name a missing prerequisite, and what to do about it.
 const PREREQUISITE_HINTS: &[(&str, &str)] = &[(
