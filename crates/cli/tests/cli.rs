@@ -180,3 +180,29 @@ fn an_invalid_rust_log_is_an_error() {
         stderr(&out)
     );
 }
+
+#[test]
+fn lab_demo_names_what_is_missing_before_building_anything() {
+    // As nobody, with no `ip` on PATH: both are named, in the first line, and nothing is built.
+    // By its path: PATH is emptied for the child.
+    let out = Command::new("/usr/bin/setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BATON])
+        .args(["lab", "demo", "--name", "tnoprereq"])
+        .env("PATH", "/nonexistent")
+        .output()
+        .expect("run setpriv (util-linux)");
+    let text = stderr(&out);
+    assert!(!out.status.success(), "{text}");
+    let first = text.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("error: this machine lacks what the lab needs"),
+        "{text}"
+    );
+    assert!(first.contains("root"), "{text}");
+    assert!(first.contains("Debian package iproute2"), "{text}");
+    assert!(text.contains("hint: baton needs root"), "{text}");
+    assert!(
+        !std::path::Path::new("/var/run/netns/baton-tnoprereq-n1").exists(),
+        "a namespace was made"
+    );
+}

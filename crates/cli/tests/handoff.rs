@@ -656,8 +656,10 @@ fn exchange(s: &mut TcpStream, target: &str) -> (String, Vec<u8>) {
 
 #[test]
 fn demo_runs_and_reports() {
+    // Its own name: `baton lab demo` on this machine, or another test's demo, does not collide.
+    let name = baton_lab::lab::unique_name("tdemo");
     let out = std::process::Command::new(BATON)
-        .args(["lab", "demo"])
+        .args(["lab", "demo", "--name", &name])
         .output()
         .expect("run baton lab demo");
     let text = String::from_utf8_lossy(&out.stdout);

@@ -7,8 +7,8 @@ use anyhow::Context;
 use baton_policy::PolicyKind;
 use clap::{Args, Subcommand};
 
-use crate::demo;
 use crate::lab::{self, Lab, LabSpec, ServerKind};
+use crate::{demo, prerequisites};
 
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
@@ -27,8 +27,8 @@ pub enum LabCommand {
     Down(NameArg),
     /// List the labs on this machine.
     List,
-    /// Build a 3-node lab named `demo`, run a short workload from its client, print per-node
-    /// statistics, and remove it.
+    /// Build a 3-node lab (named `demo` unless --name says otherwise), run a short workload from
+    /// its client, print per-node statistics, and remove it.
     Demo(DemoArgs),
 }
 
@@ -119,6 +119,9 @@ pub enum AgentAction {
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
+    /// Lab name (1 to 10 characters from [a-z0-9]): two users of one machine pick two names.
+    #[arg(long, default_value = "demo")]
+    pub name: String,
     /// Distribution policy of the agents.
     #[arg(long, value_parser = lab::parse_policy, default_value = "round-robin")]
     pub policy: PolicyKind,
@@ -193,7 +196,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        LabCommand::Demo(args) => demo::run("demo", args.server, args.policy),
+        LabCommand::Demo(args) => demo::run(&args.name, args.server, args.policy),
     }
 }
 
@@ -232,6 +235,7 @@ pub fn up_spec(args: &UpArgs) -> anyhow::Result<LabSpec> {
 
 fn up(args: UpArgs) -> anyhow::Result<()> {
     let spec = up_spec(&args)?;
+    prerequisites::check(args.server, !args.no_agent)?;
     let lab = Lab::up(spec).with_context(|| format!("lab up {}", args.name.name))?;
     let name = lab.name().to_string();
     println!(

@@ -9,6 +9,7 @@ use crate::content::{expected_sha256, sha256_hex};
 use crate::http_client::HttpClient;
 use crate::lab::{Lab, LabSpec, ServerKind, policy_name};
 use crate::metrics::metric_sum;
+use crate::prerequisites;
 
 const NODES: usize = 3;
 const CONNECTIONS_PER_NODE: usize = 4;
@@ -52,7 +53,10 @@ impl Tally {
 
 /// Builds lab `name` ({NODES} nodes, agents on), runs the workload, prints the tables, tears the
 /// lab down (also on error). Fails if any request failed or returned wrong bytes.
+/// First checks what the machine needs ([`prerequisites::check`]) and names all that is missing.
 pub fn run(name: &str, server: ServerKind, policy: PolicyKind) -> anyhow::Result<()> {
+    crate::lab::validate_name(name)?;
+    prerequisites::check(server, true)?;
     let spec = LabSpec::new(name, NODES)
         .server(server)
         .policy(policy)

@@ -59,6 +59,8 @@ pub enum LabError {
         #[source]
         source: baton_agent::config::ConfigError,
     },
+    #[error("this machine lacks what the lab needs: {}", .0.join("; "))]
+    Prerequisites(Vec<String>),
     #[error("tearing down lab {name:?}: {}", problems.join("; "))]
     Teardown { name: String, problems: Vec<String> },
 }

@@ -9,6 +9,7 @@
 //! - [`metrics`]: parsing the agents' Prometheus text.
 //! - [`static_server`]: `baton serve-static`.
 //! - [`demo`]: `baton lab demo`.
+//! - [`prerequisites`]: what a lab needs of the machine, checked first.
 //! - [`cli`]: `baton lab up|exec|agent|down|list|demo`.
 
 pub mod cli;
@@ -21,6 +22,7 @@ pub mod lab;
 pub mod loadgen;
 pub mod metrics;
 pub mod netns;
+pub mod prerequisites;
 pub mod static_server;
 
 pub use content::{LAB_FILES, expected_sha256, file_content, lab_file, sha256_hex};
