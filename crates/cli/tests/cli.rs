@@ -111,6 +111,27 @@ fn man_page_is_roff_with_the_commands() {
 }
 
 #[test]
+fn man_dir_writes_a_page_per_command() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("man-pages");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = baton(&["man", "--dir", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for page in [
+        "baton.1",
+        "baton-node.1",
+        "baton-node-stop.1",
+        "baton-lab-demo.1",
+    ] {
+        let text =
+            std::fs::read_to_string(dir.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains(".TH baton"), "{page}:\n{text}");
+    }
+    let demo = std::fs::read_to_string(dir.join("baton-lab-demo.1")).unwrap();
+    assert!(demo.contains("name"), "{demo}");
+}
+
+#[test]
 fn help_documents_rust_log() {
     for args in [&["--help"][..], &["node", "--help"][..]] {
         let out = baton(args);
@@ -205,4 +226,120 @@ fn lab_demo_names_what_is_missing_before_building_anything() {
         !std::path::Path::new("/var/run/netns/baton-tnoprereq-n1").exists(),
         "a namespace was made"
     );
+}
+
+mod sample_config {
+    //! `packaging/baton.toml`, installed as /etc/baton/baton.toml, against the agent's own parser:
+    //! it parses, it names every field the agent reads, and the values it calls defaults are.
+
+    use std::collections::BTreeSet;
+
+    use baton_agent::config::{Limits, NodeConfig};
+    use baton_policy::PolicyParams;
+
+    const SAMPLE: &str = include_str!("../../../packaging/baton.toml");
+
+    /// The sample with its optional settings (`#name = ...`, `#[[table]]`) uncommented.
+    fn uncommented() -> String {
+        SAMPLE
+            .lines()
+            .map(|line| match line.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase() || c == '[') => {
+                    rest
+                }
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Every key path of a TOML document: `limits.hold_ms`, `cluster.members[].name`, ...
+    fn key_paths(value: &toml::Value, prefix: &str, out: &mut BTreeSet<String>) {
+        match value {
+            toml::Value::Table(table) => {
+                for (key, value) in table {
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    out.insert(path.clone());
+                    key_paths(value, &path, out);
+                }
+            }
+            toml::Value::Array(items) => {
+                for item in items {
+                    key_paths(item, &format!("{prefix}[]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn keys_of(text: &str) -> BTreeSet<String> {
+        let value: toml::Value = toml::from_str(text).expect("TOML");
+        let mut keys = BTreeSet::new();
+        key_paths(&value, "", &mut keys);
+        keys
+    }
+
+    #[test]
+    fn the_sample_is_a_valid_configuration_as_shipped_and_with_every_option() {
+        let shipped = NodeConfig::from_toml(SAMPLE).expect("packaging/baton.toml as shipped");
+        assert!(shipped.policy.rules.is_empty() && shipped.policy.affinity_cookie.is_none());
+        let full = NodeConfig::from_toml(&uncommented())
+            .expect("packaging/baton.toml with its optional settings uncommented");
+        assert_eq!(full.policy.rules.len(), 3);
+        assert_eq!(full.policy.affinity_cookie.as_deref(), Some("SRV"));
+    }
+
+    #[test]
+    fn the_sample_names_every_field_of_the_configuration() {
+        let full = NodeConfig::from_toml(&uncommented()).expect("the uncommented sample");
+        // Serializing writes every field the agent has, defaults included: a field added to
+        // the configuration and not to the sample shows up here.
+        let fields = keys_of(&full.to_toml());
+        let sample = keys_of(&uncommented());
+        let undocumented: Vec<_> = fields.difference(&sample).collect();
+        assert!(
+            undocumented.is_empty(),
+            "fields missing from packaging/baton.toml: {undocumented:?}"
+        );
+        // And each one has a comment: the line above every `name = value` is a comment or another
+        // setting of the same group.
+        let lines: Vec<&str> = SAMPLE.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let setting = line.trim_start_matches('#');
+            let is_setting = setting.contains(" = ") && !line.starts_with("# ");
+            if is_setting && i > 0 {
+                let above = lines[i - 1];
+                assert!(
+                    above.starts_with('#') || above.contains(" = "),
+                    "no comment above {line:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_values_the_sample_calls_defaults_are_the_defaults() {
+        let shipped = NodeConfig::from_toml(SAMPLE).expect("packaging/baton.toml");
+        assert_eq!(shipped.limits, Limits::default());
+        assert_eq!(shipped.policy.params, PolicyParams::default());
+        assert_eq!(shipped.policy.kind, baton_policy::PolicyKind::default());
+        let minimal = NodeConfig::from_toml(
+            r#"
+[node]
+name = "n1"
+address = "192.0.2.1"
+interface = "eth0"
+[cluster]
+key = "0123456789abcdef"
+members = [{ name = "n1", address = "192.0.2.1" }]
+"#,
+        )
+        .expect("a minimal configuration");
+        assert_eq!(shipped.cluster.service_ports, minimal.cluster.service_ports);
+        assert_eq!(shipped.cluster.control_port, minimal.cluster.control_port);
+    }
 }
