@@ -343,3 +343,60 @@ members = [{ name = "n1", address = "192.0.2.1" }]
         assert_eq!(shipped.cluster.control_port, minimal.cluster.control_port);
     }
 }
+
+mod metrics_reference {
+    //! docs/metrics.md lists exactly the metrics the agent exports.
+
+    use std::collections::BTreeSet;
+
+    const REFERENCE: &str = include_str!("../../../docs/metrics.md");
+
+    /// The metric names of the agent's registry, as a scrape shows them.
+    fn exported() -> BTreeSet<String> {
+        let metrics = baton_agent::metrics::Metrics::new();
+        // A family by reason shows in a scrape once it has a child.
+        for family in [
+            &metrics.fallbacks,
+            &metrics.refused,
+            &metrics.mesh_rejected,
+            &metrics.dropped,
+        ] {
+            family.count("any");
+        }
+        let (text, _) = metrics.encode();
+        String::from_utf8(text)
+            .expect("UTF-8 exposition")
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .map(|rest| {
+                rest.split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// The names in the first column of the reference's tables.
+    fn documented() -> BTreeSet<String> {
+        REFERENCE
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `"))
+            .filter_map(|rest| rest.split('`').next())
+            .filter(|name| name.starts_with("baton_"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn every_exported_metric_is_documented_and_nothing_else() {
+        let (exported, documented) = (exported(), documented());
+        assert!(exported.len() > 20, "{exported:?}");
+        let undocumented: Vec<_> = exported.difference(&documented).collect();
+        let stale: Vec<_> = documented.difference(&exported).collect();
+        assert!(
+            undocumented.is_empty() && stale.is_empty(),
+            "docs/metrics.md lacks {undocumented:?} and lists {stale:?}, which the agent does not export"
+        );
+    }
+}
