@@ -459,7 +459,7 @@ fn smoothed_rtt_us(stream: &TcpStream) -> Option<u32> {
     use std::os::fd::AsRawFd;
     // SAFETY: all-zero is a valid tcp_info (integers only).
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `info`, which we own; the fd is the
     // stream's, open for the duration of the call.
     let rc = unsafe {

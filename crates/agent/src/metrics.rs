@@ -377,11 +377,11 @@ impl Metrics {
 }
 
 /// `baton_build_info{version, proto, layout} 1`: what runs, for dashboards and upgrades.
-struct BuildInfo(prometheus::IntGaugeVec);
+struct BuildInfo(IntGaugeVec);
 
 impl BuildInfo {
     fn new(registry: &Registry) -> Self {
-        let v = prometheus::IntGaugeVec::new(
+        let v = IntGaugeVec::new(
             Opts::new(
                 "build_info",
                 "The running agent: its version, control protocol and map layout",
