@@ -244,7 +244,10 @@ mod sample_config {
         SAMPLE
             .lines()
             .map(|line| match line.strip_prefix('#') {
-                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase() || c == '[') => {
+                Some(rest)
+                    if rest
+                        .starts_with(|c: char| c.is_ascii_lowercase() || c == '[' || c == '{') =>
+                {
                     rest
                 }
                 _ => line,
@@ -253,10 +256,10 @@ mod sample_config {
             .join("\n")
     }
 
-    /// Every key path of a TOML document: `limits.hold_ms`, `cluster.members[].name`, ...
-    fn key_paths(value: &toml::Value, prefix: &str, out: &mut BTreeSet<String>) {
+    /// Every key path of a document: `limits.hold_ms`, `cluster.members[].name`, ...
+    fn key_paths(value: &serde_json::Value, prefix: &str, out: &mut BTreeSet<String>) {
         match value {
-            toml::Value::Table(table) => {
+            serde_json::Value::Object(table) => {
                 for (key, value) in table {
                     let path = if prefix.is_empty() {
                         key.clone()
@@ -267,7 +270,7 @@ mod sample_config {
                     key_paths(value, &path, out);
                 }
             }
-            toml::Value::Array(items) => {
+            serde_json::Value::Array(items) => {
                 for item in items {
                     key_paths(item, &format!("{prefix}[]"), out);
                 }
@@ -277,7 +280,7 @@ mod sample_config {
     }
 
     fn keys_of(text: &str) -> BTreeSet<String> {
-        let value: toml::Value = toml::from_str(text).expect("TOML");
+        let value: serde_json::Value = toml::from_str(text).expect("TOML");
         let mut keys = BTreeSet::new();
         key_paths(&value, "", &mut keys);
         keys
@@ -290,15 +293,23 @@ mod sample_config {
         let full = NodeConfig::from_toml(&uncommented())
             .expect("packaging/baton.toml with its optional settings uncommented");
         assert_eq!(full.policy.rules.len(), 3);
+        assert_eq!(full.cluster.members.len(), 4);
+        assert_eq!(full.health.path.as_deref(), Some("/healthz"));
         assert_eq!(full.policy.affinity_cookie.as_deref(), Some("SRV"));
     }
 
     #[test]
     fn the_sample_names_every_field_of_the_configuration() {
         let full = NodeConfig::from_toml(&uncommented()).expect("the uncommented sample");
-        // Serializing writes every field the agent has, defaults included: a field added to
-        // the configuration and not to the sample shows up here.
-        let fields = keys_of(&full.to_toml());
+        // Serializing writes every field the agent has, defaults included, and unset options as
+        // null (JSON has null, TOML has not): a field added to the configuration and not to the
+        // sample shows up here.
+        let mut fields = BTreeSet::new();
+        key_paths(
+            &serde_json::to_value(&full).expect("the configuration serializes"),
+            "",
+            &mut fields,
+        );
         let sample = keys_of(&uncommented());
         let undocumented: Vec<_> = fields.difference(&sample).collect();
         assert!(
@@ -327,6 +338,10 @@ mod sample_config {
         assert_eq!(shipped.limits, Limits::default());
         assert_eq!(shipped.policy.params, PolicyParams::default());
         assert_eq!(shipped.policy.kind, baton_policy::PolicyKind::default());
+        assert_eq!(
+            shipped.health,
+            baton_agent::config::HealthSection::default()
+        );
         let minimal = NodeConfig::from_toml(
             r#"
 [node]
@@ -341,6 +356,7 @@ members = [{ name = "n1", address = "192.0.2.1" }]
         .expect("a minimal configuration");
         assert_eq!(shipped.cluster.service_ports, minimal.cluster.service_ports);
         assert_eq!(shipped.cluster.control_port, minimal.cluster.control_port);
+        assert_eq!(shipped.node.control_socket, minimal.node.control_socket);
     }
 }
 
@@ -354,7 +370,7 @@ mod metrics_reference {
     /// The metric names of the agent's registry, as a scrape shows them.
     fn exported() -> BTreeSet<String> {
         let metrics = baton_agent::metrics::Metrics::new();
-        // A family by reason shows in a scrape once it has a child.
+        // A labelled family shows in a scrape once it has a child.
         for family in [
             &metrics.fallbacks,
             &metrics.refused,
@@ -362,6 +378,13 @@ mod metrics_reference {
             &metrics.dropped,
         ] {
             family.count("any");
+        }
+        let peer = &metrics.peer;
+        peer.up.with_label_values(&["n2"]).set(1);
+        peer.load.with_label_values(&["n2"]).set(1);
+        peer.rtt.with_label_values(&["n2"]).set(0.001);
+        for family in [&peer.handoffs_to, &peer.handoffs_from, &peer.refusals] {
+            family.with_label_values(&["n2"]).inc();
         }
         let (text, _) = metrics.encode();
         String::from_utf8(text)
