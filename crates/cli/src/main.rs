@@ -167,10 +167,11 @@ fn node_action(action: NodeAction) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The commands that load eBPF programs or build namespaces: run by anyone but root, their
-    // failure gets the privileges hint even when no errno says so.
+    // failure gets the privileges hint even when no errno says so. (`ctl` needs root for its
+    // socket only: an EACCES says so.)
     let privileged = matches!(
         cli.command,
-        Command::Node { .. } | Command::Ctl(_) | Command::Lab(_) | Command::Bench(_)
+        Command::Node { .. } | Command::Lab(_) | Command::Bench(_)
     );
     let result = logging::init(cli.log_format).and_then(|()| run(cli.command));
     match result {
