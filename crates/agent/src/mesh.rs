@@ -157,6 +157,8 @@ pub struct MeshConfig {
     pub key: Vec<u8>,
     /// Offers and dispatcher questions older than this are dropped unsent.
     pub offer_ttl: Duration,
+    /// Dialers refused as unknown, each warned about once.
+    pub unknown_dialers: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Longest wait for the peer's side of the session handshake, either way.
@@ -289,7 +291,19 @@ async fn inbound(
                         Some(i) if i != config.self_index => peer = Some(i),
                         _ => {
                             metrics.mesh_rejected.count("unknown_peer");
-                            tracing::warn!("control connection from unknown peer {peer_name:?}");
+                            // Once per name: it redials every 2 s.
+                            let first = config
+                                .unknown_dialers
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .insert(peer_name.clone());
+                            if first {
+                                tracing::warn!(
+                                    "control connection from {peer_name:?}, which is not among \
+                                     cluster.members here: refused (add it here and reload, or \
+                                     remove it there)"
+                                );
+                            }
                             return;
                         }
                     }
@@ -335,6 +349,9 @@ async fn dial_loop(
         return;
     };
     let mut backoff = Duration::from_millis(100);
+    // Said at warn when it first happens or changes, then at debug: a peer that is down is
+    // redialed every 2 s.
+    let mut last_failure: Option<String> = None;
     loop {
         // Removed from the cluster: the engine dropped our queue.
         if *shutdown.borrow() || outgoing.is_closed() {
@@ -343,6 +360,7 @@ async fn dial_loop(
         match connect(&config, target).await {
             Ok((stream, session)) => {
                 backoff = Duration::from_millis(100);
+                last_failure = None;
                 let _ = events.send(MeshEvent::PeerUp { peer }).await;
                 let why = serve_outbound(
                     stream,
@@ -357,7 +375,18 @@ async fn dial_loop(
                 let _ = events.send(MeshEvent::PeerDown { peer }).await;
                 tracing::info!(peer = %name, "control connection down: {why}");
             }
-            Err(e) => tracing::debug!(peer = %name, "dial failed: {e}"),
+            Err(e) if last_failure.as_deref() == Some(e.as_str()) => {
+                tracing::debug!(peer = %name, "dial failed: {e}")
+            }
+            Err(e) => {
+                let hint = if e.contains("handshake") || e.contains("closed") {
+                    " (is this node among its cluster.members, with the same key?)"
+                } else {
+                    ""
+                };
+                tracing::warn!(peer = %name, "control connection: dial failed: {e}{hint}; retrying");
+                last_failure = Some(e);
+            }
         }
         // What was queued while down stays queued: aborts and close notices are still due, and a
         // late answer to a handoff the FE gave up on is answered with an abort.
