@@ -37,7 +37,8 @@ pub enum Request {
     Conns,
     /// The peers: state, load, control RTT, last heard, configuration agreement.
     Peers,
-    /// Peers choose this node for nothing new; it serves what it has (not a stop).
+    /// The node's server takes nothing new (peers choose it for nothing, what it accepts goes to
+    /// a peer); it serves what it has (not a stop).
     Drain,
     /// Peers may choose this node again.
     Undrain,

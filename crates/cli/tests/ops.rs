@@ -164,6 +164,20 @@ fn ctl_lists_connections_where_they_are_and_drains_under_load() {
     wait_for(Duration::from_secs(2), "n1 sees n2 drained", || {
         peer(&lab, 1, "n2").state == "drained"
     });
+    // A drained node takes nothing new itself either: what it accepts goes to a peer.
+    let addr = lab.node_http_addr(2);
+    let via_n2 = {
+        let small = small.clone();
+        lab.in_client(move || http_get_timeout(addr, &small, Duration::from_secs(5)))
+            .unwrap()
+            .expect("GET through n2")
+    };
+    assert_eq!(via_n2.status, 200);
+    assert_ne!(
+        via_n2.served_by(),
+        Some("n2"),
+        "a drained node keeps nothing new"
+    );
     // What was offered before n1 heard has settled within a handoff timeout.
     std::thread::sleep(Duration::from_millis(1200));
     let before = handed_in();

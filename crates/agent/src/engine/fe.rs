@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use baton_bpf::{Conn, ConnKey, ConnState, Event};
 use baton_http::{InvalidReason, Sniff};
-use baton_policy::{Policy, RequestInfo, RoutedRequest};
+use baton_policy::{ClusterView, Policy, RequestInfo, RoutedRequest};
 use baton_proto::{HandoffRequest, Message, RefuseReason};
 use baton_wire::{TcpFlags, TcpPacketBuilder, rewrite_dst_addr};
 
@@ -457,10 +457,38 @@ impl Engine {
             }
             let choice = self.fallback.choose(&request, &view);
             self.metrics.dispatch_fallbacks.inc();
-            return self.decide(key, self.decision(choice), now);
+            let decision = self.unless_drained(self.decision(choice), &head.target, now);
+            return self.decide(key, decision, now);
         }
         let choice = self.router.choose_default(&request, &view);
-        self.decide(key, self.decision(choice), now)
+        let decision = self.unless_drained(self.decision(choice), &head.target, now);
+        self.decide(key, decision, now)
+    }
+
+    /// A node its operator drained takes nothing new: what the policy would keep here goes to a
+    /// peer instead (the one that hashing the target picks among the live peers), as long as one
+    /// is up. Content rules and cookies are obeyed as they are (they may name this node only).
+    fn unless_drained(&self, decision: Decision, target: &str, now: Instant) -> Decision {
+        let drained = self.cluster.peers[self.cluster.me].drained;
+        if decision != Decision::Local || !drained || self.cluster.draining {
+            return decision;
+        }
+        let mut nodes = self.cluster.node_states(now);
+        nodes[self.cluster.me].up = false;
+        // The policy's "self" must be a live node: the first live peer stands in.
+        let Some(stand_in) = nodes.iter().position(|n| n.up) else {
+            return decision;
+        };
+        let view = ClusterView {
+            self_index: stand_in,
+            ..self.cluster.view(&nodes, now)
+        };
+        let request = RequestInfo {
+            method: "GET",
+            target,
+            host: None,
+        };
+        self.decision(baton_policy::Hash.choose(&request, &view))
     }
 
     /// A policy's answer (an index into the member list) as a decision.
@@ -547,15 +575,19 @@ impl Engine {
         let Some(key) = self.fe.asks.remove(&id) else {
             return; // too late: the fallback decided already
         };
-        if let Some(held) = self.fe.held_mut(&key) {
-            held.asking = None;
-        }
+        let target = self
+            .fe
+            .held_mut(&key)
+            .and_then(|held| held.asking.take())
+            .map(|(_, target)| target)
+            .unwrap_or_default();
         // By position in the configured list: a member the dispatcher knows and we do not is
         // served here.
         let decision = match self.cluster.member_at_wire(node) {
             Some(index) => self.decision(index),
             None => Decision::Local,
         };
+        let decision = self.unless_drained(decision, &target, now);
         self.decide(key, decision, now);
     }
 
@@ -592,7 +624,8 @@ impl Engine {
         };
         let choice = self.fallback.choose(&request, &view);
         self.metrics.dispatch_fallbacks.inc();
-        self.decide(key, self.decision(choice), now);
+        let decision = self.unless_drained(self.decision(choice), &target, now);
+        self.decide(key, decision, now);
     }
 
     pub(super) fn hold_expired(&mut self, conn: ConnId, now: Instant) {

@@ -110,7 +110,8 @@ impl Engine {
             &self.config.cluster.service_ports,
             distribute,
         );
-        if self.datapath_decides {
+        // A drained node keeps nothing new here: the agent places every connection.
+        if self.datapath_decides && !self.cluster.peers[self.cluster.me].drained {
             config.set_hash_nodes(self.cluster.me, &self.cluster.datapath_nodes(now));
         }
         if self.written == Some(config) {

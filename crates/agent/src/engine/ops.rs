@@ -2,9 +2,10 @@
 //! connections, a drain that is not a stop, and a new configuration applied in place.
 //!
 //! Answers come from the engine's own state and the datapath's table, on demand: nothing here
-//! runs unless asked. A drain by the operator only changes what peers choose (this node keeps
-//! accepting and placing connections as before, and serves what it has); a stop's drain
-//! (`begin_drain`) also stops distributing. A reload applies what can change without touching a
+//! runs unless asked. A drain by the operator gives the node's server nothing new: peers choose
+//! it for nothing, and what it accepts itself goes to a live peer (content rules excepted); it
+//! serves what it has and stays a member. A stop's drain (`begin_drain`) instead stops
+//! distributing and ends in the agent's exit. A reload applies what can change without touching a
 //! connection (policy, rules, limits, health, members) and refuses the rest with the reason,
 //! keeping the running configuration. A removed member is chosen for nothing new and its control
 //! connections end; connections it carries with this node go on in the datapaths, and their ends
@@ -137,7 +138,8 @@ impl Engine {
     }
 
     /// The operator drains this node (`drained`) or brings it back: peers are told at once and
-    /// choose it for nothing new while drained; it goes on accepting, placing and serving.
+    /// choose it for nothing new while drained, and what it accepts goes to a peer
+    /// (`unless_drained`); what it has it serves.
     /// Returns what changed, for the operator.
     pub fn set_drained(&mut self, drained: bool, now: Instant) -> String {
         let me = self.cluster.me;

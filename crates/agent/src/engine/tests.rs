@@ -1470,6 +1470,19 @@ fn draining_by_the_operator_tells_peers_and_keeps_distributing() {
         1,
         "it still places what it accepts"
     );
+    assert_eq!(
+        n2.written.get().decide,
+        DecideMode::Agent as u8,
+        "but the datapath keeps nothing here itself"
+    );
+    // A target hash keeps on n2 goes to n1 while n2 is drained.
+    while n2.sent_to_peer().is_some() {}
+    hold_at(&mut n2, N2, &request(&target_for(1)));
+    assert!(
+        matches!(n2.next_to_peer(), Some(Message::HandoffRequest(_))),
+        "handed to the live peer"
+    );
+    assert!(n2.sent.take().is_empty(), "nothing released here");
     assert_eq!(n2.metrics.drained.get(), 1);
     // Drained again: nothing to tell.
     n2.engine.set_drained(true, n2.now);
