@@ -84,6 +84,17 @@ pub struct SimArgs {
     /// Simulations run at once (default: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// A cache tier in front of a distant origin (the lab of `baton bench cache`) instead of
+    /// the LARD paper's disk-backed servers: a miss waits this long for the origin and nothing
+    /// is read from a disk.
+    #[arg(long)]
+    pub origin_delay_ms: Option<f64>,
+    /// With --origin-delay-ms: CPU time of one request at the node that serves it, µs.
+    #[arg(long, default_value_t = 300.0, requires = "origin_delay_ms")]
+    pub cpu_us_per_request: f64,
+    /// With --origin-delay-ms: CPU time at the accepting node to hand a request to another, µs.
+    #[arg(long, default_value_t = 0.0, requires = "origin_delay_ms")]
+    pub handoff_us: f64,
 }
 
 impl SimArgs {
@@ -96,6 +107,27 @@ impl SimArgs {
             balance_factor: self.balance_factor.unwrap_or(defaults.balance_factor),
             ..defaults
         }
+    }
+
+    /// The cost model the options select: Pai et al.'s, or a cache tier's.
+    pub fn cost_model(&self) -> anyhow::Result<CostModel> {
+        let Some(delay_ms) = self.origin_delay_ms else {
+            return Ok(CostModel::default());
+        };
+        let ns = |what: &str, v: f64, per: f64| {
+            if v.is_finite() && v >= 0.0 {
+                Ok((v * per) as u64)
+            } else {
+                Err(anyhow::anyhow!(
+                    "{what} must be a non-negative time, not {v}"
+                ))
+            }
+        };
+        Ok(CostModel::cache_tier(
+            ns("--origin-delay-ms", delay_ms, 1e6)?,
+            ns("--cpu-us-per-request", self.cpu_us_per_request, 1e3)?,
+            ns("--handoff-us", self.handoff_us, 1e3)?,
+        ))
     }
 
     /// The client model the options select.
@@ -149,7 +181,7 @@ impl SimArgs {
                     nodes: 1,
                     cache_bytes_per_node: (self.cache_mb * 1024.0 * 1024.0) as u64,
                     max_connections_per_node: self.max_conns,
-                    cost: CostModel::default(),
+                    cost: self.cost_model()?,
                 },
                 clients: self.client_model(),
                 warmup_requests,

@@ -37,6 +37,12 @@ pub struct CostModel {
     /// contiguous, so each span costs one more seek and rotation (ns).
     pub disk_extra_seek_ns: u64,
     pub disk_seek_span_bytes: u64,
+    /// Before a miss is read: the wait for a distant origin (ns). A delay, not a resource: the
+    /// origin answers many fetches at once. 0 by default (the file is on the node's disk).
+    pub origin_latency_ns: u64,
+    /// CPU time the accepting node spends handing a connection to another node (ns): the
+    /// distributor's cost, 0 by default (the LARD paper's front end is free).
+    pub handoff_ns: u64,
 }
 
 impl Default for CostModel {
@@ -51,6 +57,30 @@ impl Default for CostModel {
             disk_block_bytes: 4 * 1024,
             disk_extra_seek_ns: 14_000_000,
             disk_seek_span_bytes: 44 * 1024,
+            origin_latency_ns: 0,
+            handoff_ns: 0,
+        }
+    }
+}
+
+impl CostModel {
+    /// A cache tier in front of a distant origin (`baton bench cache`'s lab): a miss waits
+    /// `origin_delay_ns` for the origin and reads nothing from a local disk (the cache lives in
+    /// memory); every request costs `request_cpu_ns` of CPU at the node that serves it, one
+    /// handed to another node also `handoff_ns` at the node that accepted it.
+    pub fn cache_tier(origin_delay_ns: u64, request_cpu_ns: u64, handoff_ns: u64) -> Self {
+        CostModel {
+            connect_ns: request_cpu_ns,
+            teardown_ns: 0,
+            transmit_ns_per_unit: 0,
+            transmit_unit_bytes: 512,
+            disk_latency_ns: 0,
+            disk_ns_per_block: 0,
+            disk_block_bytes: 4 * 1024,
+            disk_extra_seek_ns: 0,
+            disk_seek_span_bytes: 44 * 1024,
+            origin_latency_ns: origin_delay_ns,
+            handoff_ns,
         }
     }
 }

@@ -11,7 +11,8 @@
 //!   the connect, then a disk read of the whole file (after which the file is cached, evicting
 //!   least recently used files; a file larger than the cache is never cached), then a CPU burst
 //!   for transmit + teardown. Two misses of one file at once both read it: the cache learns of a
-//!   file only once it is read.
+//!   file only once it is read. With an origin (`origin_latency_ns`, a cache tier) a miss first
+//!   waits that long, using nothing of the node's, before its disk read.
 //! - **Distribution.** One policy instance makes every decision, as the LARD paper's front end
 //!   with a global view. It is the same code a live node runs ([`baton_policy`]). The view it
 //!   sees: every node up, named `node-0`, `node-1`, ...; `load` = connections handed to the node
@@ -19,7 +20,8 @@
 //!   handoffs knows); `now_ms` = simulated time. Every request arrives at a uniformly random node
 //!   (round-robin DNS, drawn from the seed), which is `self_index`: `local` then serves it there,
 //!   and the policies' tie-break in favour of the deciding node spreads ties instead of sending
-//!   them all to one node.
+//!   them all to one node. A request the policy sends away from the node it arrived at costs that
+//!   node `handoff_ns` of CPU first (the distributor's own work; 0 by default).
 //! - **Clients.** Closed loop, as in the LARD paper: a fixed number of clients, each issuing the
 //!   next request of the trace as soon as its previous one completes, with no think time, so
 //!   throughput is what the cluster can serve. Or open loop: Poisson arrivals at a fixed rate
@@ -195,6 +197,8 @@ pub fn simulate_policy(
 /// does); it is only there so that events can live in a heap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Step {
+    /// The accepting node handed the connection on: the chosen node starts serving it.
+    HandedOff,
     /// A miss's connect burst is done: read the file.
     ConnectDone,
     /// The file is read: cache it, then transmit and tear down.
@@ -331,6 +335,7 @@ impl<'a> Simulation<'a> {
     fn run(&mut self) {
         while let Some(Reverse((now, _, step, slot))) = self.events.pop() {
             match step {
+                Step::HandedOff => self.admit(now, slot),
                 Step::ConnectDone => self.read_file(now, slot),
                 Step::DiskDone => self.send_file(now, slot),
                 Step::Finished => self.finish(now, slot),
@@ -383,6 +388,17 @@ impl<'a> Simulation<'a> {
             node,
             issued_at_ns: now,
         });
+        if node != self_index && self.cost.handoff_ns > 0 {
+            let handed = self.nodes[self_index].run_cpu(now, self.cost.handoff_ns);
+            self.schedule(handed, Step::HandedOff, slot);
+        } else {
+            self.admit(now, slot);
+        }
+    }
+
+    /// The connection reaches its node: served at once, or queued while the node is full.
+    fn admit(&mut self, now: u64, slot: u32) {
+        let node = self.in_flight[slot as usize].node;
         if self.nodes[node].active < self.max_connections {
             self.start(now, slot);
         } else {
@@ -430,7 +446,12 @@ impl<'a> Simulation<'a> {
         let InFlight { request, node, .. } = self.in_flight[slot as usize];
         let file = self.workload.requests[request].file;
         let demand = self.cost.disk_read_ns(self.workload.files.size(file));
-        let done = self.nodes[node].run_disk(now, demand);
+        let fetched = now + self.cost.origin_latency_ns;
+        let done = if demand > 0 {
+            self.nodes[node].run_disk(fetched, demand)
+        } else {
+            fetched
+        };
         self.schedule(done, Step::DiskDone, slot);
     }
 
@@ -613,6 +634,43 @@ mod tests {
         // 57785..58570 (all µs).
         assert!((report.simulated_seconds - 58_570e-6).abs() < 1e-12);
         assert!((report.p99_response_ms - 58.570).abs() < 1e-9);
+    }
+
+    #[test]
+    fn an_origin_delays_misses_in_parallel_and_a_handoff_costs_the_accepting_node() {
+        // A cache tier: 100 µs of CPU per request, 20 ms to the origin, no disk.
+        let mut config = config(1, ClientModel::ClosedTotal(2));
+        config.cluster.cost = CostModel::cache_tier(20_000_000, 100_000, 0);
+        let workload = trace(&[8 * KB, 8 * KB], &[0, 1]);
+        let report = simulate(&workload, PolicyKind::RoundRobin, &config).unwrap();
+        // CPU 0..100 | 100..200 µs, then both fetches at once: 20.1 and 20.2 ms, not 40.
+        assert!(
+            (report.simulated_seconds - 20_200e-6).abs() < 1e-12,
+            "{report:?}"
+        );
+        assert_eq!(report.per_node[0].disk_busy_ns, 0);
+
+        // Two nodes, every request sent away from where it arrived by a policy that always
+        // picks the other node: each costs the accepting node 50 µs of CPU first.
+        let mut config = self::config(2, ClientModel::ClosedTotal(1));
+        config.cluster.cost = CostModel::cache_tier(0, 100_000, 50_000);
+        let workload = trace(&[8 * KB], &[0, 0, 0, 0]);
+        let cpu = |policy: PolicyKind| {
+            let report = simulate(&workload, policy, &config).unwrap();
+            report.per_node.iter().map(|n| n.cpu_busy_ns).sum::<u64>()
+        };
+        assert_eq!(
+            cpu(PolicyKind::Local),
+            4 * 100_000,
+            "local hands nothing off"
+        );
+        let hash = simulate(&workload, PolicyKind::Hash, &config).unwrap();
+        let handed = hash.per_node.iter().map(|n| n.cpu_busy_ns).sum::<u64>() - 4 * 100_000;
+        assert_eq!(handed % 50_000, 0);
+        assert!(
+            handed > 0,
+            "some arrive at the node hash does not pick: {hash:?}"
+        );
     }
 
     #[test]

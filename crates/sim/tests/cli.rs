@@ -45,6 +45,30 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(args.plot, PathBuf::from("sim.png"));
     assert_eq!(args.client_model(), ClientModel::ClosedPerNode(64));
     assert_eq!(args.policy_params(), baton_policy::PolicyParams::default());
+    assert_eq!(args.cost_model().unwrap(), baton_sim::CostModel::default());
+}
+
+#[test]
+fn a_cache_tier_cost_model_is_chosen_by_its_origin_delay() {
+    let args = parse(&[
+        "--origin-delay-ms",
+        "20",
+        "--cpu-us-per-request",
+        "150",
+        "--handoff-us",
+        "40",
+    ])
+    .unwrap();
+    assert_eq!(
+        args.cost_model().unwrap(),
+        baton_sim::CostModel::cache_tier(20_000_000, 150_000, 40_000)
+    );
+    assert!(
+        parse(&["--handoff-us", "40"]).is_err(),
+        "only with an origin"
+    );
+    let negative = parse(&["--origin-delay-ms=-1"]).unwrap();
+    assert!(negative.cost_model().is_err());
 }
 
 #[test]
