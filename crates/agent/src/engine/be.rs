@@ -101,6 +101,16 @@ impl BeState {
         self.conns.contains_key(key)
     }
 
+    /// Whether `key`'s handed-in connection is being replayed: the only phase in which the
+    /// datapath holds its client's packets for the agent (BE_SYN_SENT, or just before the
+    /// replay and read just after). Once live or closing, a packet the datapath holds on the
+    /// tuple is a new connection's: the client reused the port toward this node itself.
+    pub fn is_replaying(&self, key: &ConnKey) -> bool {
+        self.conns
+            .get(key)
+            .is_some_and(|i| matches!(i.phase, BePhase::SynSent | BePhase::Replayed))
+    }
+
     pub fn len(&self) -> usize {
         self.conns.len()
     }
