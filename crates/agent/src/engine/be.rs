@@ -250,20 +250,25 @@ impl Engine {
                 self.fe.forget(conn);
             }
         }
-        // A connection of the local TCP on this tuple (other than one in TIME_WAIT, which a new
-        // SYN may legitimately reuse) is a collision: refuse before touching it.
-        match self.tcp.tcp_state(key.local(), r.client) {
-            Ok(None | Some(tcp_state::TIME_WAIT)) => {}
-            Ok(Some(_)) => return Err(RefuseReason::Collision),
+        // A connection of the local TCP on this tuple (other than one in TIME_WAIT, which the
+        // replay ends) is a collision: refuse before touching it.
+        let time_wait = match self.tcp.tcp_state(key.local(), r.client) {
+            Ok(None) => false,
+            Ok(Some(tcp_state::TIME_WAIT)) => true,
+            Ok(Some(state)) => {
+                tracing::debug!(%key, state, "collision: the local TCP has the tuple");
+                return Err(RefuseReason::Collision);
+            }
             Err(e) => {
                 tracing::warn!("sock_diag: {e}");
                 return Err(RefuseReason::Internal);
             }
-        }
+        };
         let mut entry = Conn::new_be(*r.fe_service.ip(), syn_fields.seq, monotonic_ns());
         entry.handoff_id = r.id;
         // NOEXIST: a tuple this node already tracks (as FE or BE) is a collision, never merged.
         if self.conns.insert(key, entry, Insert::New).is_err() {
+            tracing::debug!(%key, "collision: the datapath tracks the tuple");
             return Err(RefuseReason::Collision);
         }
         let mut syn = r.syn;
@@ -298,6 +303,18 @@ impl Engine {
             .at(deadline + LIVE_MARGIN, Timer::Live(inbound.conn(key)));
         self.be.by_handoff.insert((peer, r.id), key);
         self.be.conns.insert(key, inbound);
+        if time_wait {
+            // The client's earlier connection to this node on the tuple, over at both ends. Our
+            // TCP would reuse it only for a SYN whose timestamp is newer than that connection's
+            // last one, but the replayed SYN carries the client's clock toward the FE, unrelated
+            // to its clock toward us: half the time the TIME_WAIT would answer with an ACK and
+            // the offer be refused as a collision. Ended, as our TCP ends it for a SYN that
+            // passes.
+            self.end_time_wait(ConnId {
+                key,
+                client_isn: syn_fields.seq,
+            });
+        }
         self.send(&syn);
         Ok(())
     }
@@ -336,6 +353,8 @@ impl Engine {
                 return self.refuse_inbound(key, RefuseReason::NoListener, false);
             }
             // Our TCP answered the SYN with something else: the tuple is in use here.
+            let flags = answer.as_ref().map(|s| s.flags);
+            tracing::debug!(%key, ?flags, "collision: the replayed SYN was not answered by a SYN-ACK");
             return self.refuse_inbound(key, RefuseReason::Collision, false);
         };
         let Some(be_options) = packets::syn_options(&event.packet) else {
