@@ -529,8 +529,33 @@ impl Engine {
         }
         inbound.phase = BePhase::Closing;
         let conn = inbound.conn(key);
+        if self.closed_by_fins(conn) {
+            // Our TCP's own word that it is over: the linger (for a close it may have ignored)
+            // has nothing to wait for. Ended now, the tuple is free at once: the client may
+            // reuse its port toward this node itself (the TIME_WAIT would answer its SYN, whose
+            // timestamps are unrelated, with an ACK: a RST and a SYN retransmission), and the
+            // FE's entry only lingers from our notice on, so until then an offer of the tuple
+            // from another FE would be refused as a collision.
+            self.end_time_wait(conn);
+            return self.closed_at_be(conn);
+        }
         let linger = Duration::from_millis(self.config.limits.close_linger_ms);
         self.timers.at(now + linger, Timer::Closed(conn));
+    }
+
+    /// Whether `conn` ended by both FINs and our TCP is in TIME_WAIT. Only a FIN of ours that the
+    /// client acknowledged and a FIN of the client's that our TCP took put it there; a RST,
+    /// forged or not, never does.
+    fn closed_by_fins(&mut self, conn: ConnId) -> bool {
+        let by_fins = self
+            .conns
+            .get(&conn.key)
+            .is_some_and(|e| e.client_isn == conn.client_isn && e.flags & conn_flags::RST == 0);
+        by_fins
+            && matches!(
+                self.tcp.tcp_state(conn.key.local(), conn.key.client()),
+                Ok(Some(tcp_state::TIME_WAIT))
+            )
     }
 
     /// A linger after a close: if the local TCP is done with the connection, tell the FE and
