@@ -305,7 +305,9 @@ fn bar_panel<DB: DrawingBackend>(
         .margin(12)
         .x_label_area_size(45)
         .y_label_area_size(150)
-        .build_cartesian_2d(0.0..x_max, (0..n).into_segmented())
+        // An integer range counts its end as a value: 0..n - 1 is n segments (rows are never
+        // empty here).
+        .build_cartesian_2d(0.0..x_max, (0..n.saturating_sub(1)).into_segmented())
         .map_err(|e| e.to_string())?;
     // Row 0 at the top, as in the bench's table: segments count upwards, so name them backwards.
     let name = |segment: &SegmentValue<usize>| match segment {
@@ -347,11 +349,9 @@ fn bar_panel<DB: DrawingBackend>(
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], color.filled()));
         chart
             .draw_series(bars.iter().map(|&(i, v)| {
-                Text::new(
-                    text(v),
-                    (v, SegmentValue::CenterOf(i)),
-                    (FONT, 12).into_font().color(&BLACK),
-                )
+                // Just right of the bar's end, centred on it (the text's anchor is its top left).
+                EmptyElement::at((v, SegmentValue::CenterOf(i)))
+                    + Text::new(text(v), (4, -6), (FONT, 12).into_font().color(&BLACK))
             }))
             .map_err(|e| e.to_string())?;
     }
