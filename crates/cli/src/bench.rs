@@ -86,6 +86,10 @@ pub struct CacheArgs {
     /// Also write the rows as JSON to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// Also draw requests/s and hit ratio per variant to this file: PNG, or SVG if the name ends
+    /// in .svg.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
     /// Leave the lab up afterwards (as the last variant left it), to look at its nodes.
     #[arg(long)]
     pub keep_lab: bool,
@@ -233,7 +237,26 @@ fn cache(args: &CacheArgs) -> anyhow::Result<()> {
         let text = serde_json::to_string_pretty(&rows)?;
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     }
+    if let Some(path) = &args.plot {
+        let title = format!(
+            "baton bench cache: {} nodes, {} objects (Zipf {}), {} requests, {} connections",
+            args.nodes, args.objects, args.alpha, args.requests, args.connections
+        );
+        baton_sim::write_bench_plot(path, &bars(&rows), &title)?;
+    }
     Ok(())
+}
+
+/// What the plot shows of each row, in the table's order.
+fn bars(rows: &[Row]) -> Vec<baton_sim::BenchBar> {
+    rows.iter()
+        .map(|r| baton_sim::BenchBar {
+            variant: r.variant.clone(),
+            k: r.k,
+            requests_per_sec: r.requests_per_sec,
+            hit_percent: r.hit_percent,
+        })
+        .collect()
 }
 
 fn run_variant(

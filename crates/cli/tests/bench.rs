@@ -1,6 +1,7 @@
 //! End to end: `baton bench cache` on a small cache lab runs every variant without an error,
 //! prints every column, and shows the effect it exists to show: with a connection per request,
-//! URI hashing (`hash`) hits the caches more than `round-robin` does. Needs root, nginx, haproxy.
+//! URI hashing (`hash`) hits the caches more than `round-robin` does; and it draws its plot.
+//! Needs root, nginx, haproxy.
 
 use std::process::Command;
 
@@ -10,6 +11,7 @@ const BATON: &str = env!("CARGO_BIN_EXE_baton");
 fn a_short_cache_bench_runs_every_variant_and_hashing_hits_more_than_round_robin() {
     let name = baton_lab::lab::unique_name("bnch");
     let csv = std::env::temp_dir().join(format!("{name}.csv"));
+    let plot = std::env::temp_dir().join(format!("{name}.svg"));
     let out = Command::new(BATON)
         .args(["bench", "cache", "--name", &name])
         .args([
@@ -30,6 +32,8 @@ fn a_short_cache_bench_runs_every_variant_and_hashing_hits_more_than_round_robin
         ])
         .arg("--csv")
         .arg(&csv)
+        .arg("--plot")
+        .arg(&plot)
         .env("RUST_BACKTRACE", "0")
         .output()
         .expect("run baton bench cache");
@@ -52,6 +56,11 @@ fn a_short_cache_bench_runs_every_variant_and_hashing_hits_more_than_round_robin
         "errors",
     ] {
         assert!(stdout.contains(column), "no column {column:?}:\n{stdout}");
+    }
+    let svg = std::fs::read_to_string(&plot).expect("the plot");
+    let _ = std::fs::remove_file(&plot);
+    for label in ["local K=1", "haproxy-every K=10", "requests/s", "hit ratio"] {
+        assert!(svg.contains(label), "no {label:?} in the plot");
     }
     let text = std::fs::read_to_string(&csv).expect("the CSV");
     let _ = std::fs::remove_file(&csv);

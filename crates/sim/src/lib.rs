@@ -32,7 +32,7 @@ pub use engine::{
     simulate_policy,
 };
 pub use lru::LruCache;
-pub use plot::{PlotError, write_plot};
+pub use plot::{BenchBar, PlotError, write_bench_plot, write_plot};
 pub use sweep::{SweepSpec, format_table, sweep, write_csv};
 pub use workload::{
     ClfError, ClfStats, FileTable, LogEntry, Request, SPECWEB99_CLASSES, SizeClass, SyntheticError,

@@ -101,6 +101,16 @@ impl BeState {
         self.conns.contains_key(key)
     }
 
+    /// Whether `key`'s handed-in connection is being replayed: the only phase in which the
+    /// datapath holds its client's packets for the agent (BE_SYN_SENT, or just before the
+    /// replay and read just after). Once live or closing, a packet the datapath holds on the
+    /// tuple is a new connection's: the client reused the port toward this node itself.
+    pub fn is_replaying(&self, key: &ConnKey) -> bool {
+        self.conns
+            .get(key)
+            .is_some_and(|i| matches!(i.phase, BePhase::SynSent | BePhase::Replayed))
+    }
+
     pub fn len(&self) -> usize {
         self.conns.len()
     }
@@ -251,20 +261,25 @@ impl Engine {
                 self.fe.forget(conn);
             }
         }
-        // A connection of the local TCP on this tuple (other than one in TIME_WAIT, which a new
-        // SYN may legitimately reuse) is a collision: refuse before touching it.
-        match self.tcp.tcp_state(key.local(), r.client) {
-            Ok(None | Some(tcp_state::TIME_WAIT)) => {}
-            Ok(Some(_)) => return Err(RefuseReason::Collision),
+        // A connection of the local TCP on this tuple (other than one in TIME_WAIT, which the
+        // replay ends) is a collision: refuse before touching it.
+        let time_wait = match self.tcp.tcp_state(key.local(), r.client) {
+            Ok(None) => false,
+            Ok(Some(tcp_state::TIME_WAIT)) => true,
+            Ok(Some(state)) => {
+                tracing::debug!(%key, state, "collision: the local TCP has the tuple");
+                return Err(RefuseReason::Collision);
+            }
             Err(e) => {
                 tracing::warn!("sock_diag: {e}");
                 return Err(RefuseReason::Internal);
             }
-        }
+        };
         let mut entry = Conn::new_be(*r.fe_service.ip(), syn_fields.seq, monotonic_ns());
         entry.handoff_id = r.id;
         // NOEXIST: a tuple this node already tracks (as FE or BE) is a collision, never merged.
         if self.conns.insert(key, entry, Insert::New).is_err() {
+            tracing::debug!(%key, "collision: the datapath tracks the tuple");
             return Err(RefuseReason::Collision);
         }
         let mut syn = r.syn;
@@ -299,6 +314,18 @@ impl Engine {
             .at(deadline + LIVE_MARGIN, Timer::Live(inbound.conn(key)));
         self.be.by_handoff.insert((peer, r.id), key);
         self.be.conns.insert(key, inbound);
+        if time_wait {
+            // The client's earlier connection to this node on the tuple, over at both ends. Our
+            // TCP would reuse it only for a SYN whose timestamp is newer than that connection's
+            // last one, but the replayed SYN carries the client's clock toward the FE, unrelated
+            // to its clock toward us: half the time the TIME_WAIT would answer with an ACK and
+            // the offer be refused as a collision. Ended, as our TCP ends it for a SYN that
+            // passes.
+            self.end_time_wait(ConnId {
+                key,
+                client_isn: syn_fields.seq,
+            });
+        }
         self.send(&syn);
         Ok(())
     }
@@ -337,6 +364,8 @@ impl Engine {
                 return self.refuse_inbound(key, RefuseReason::NoListener, false);
             }
             // Our TCP answered the SYN with something else: the tuple is in use here.
+            let flags = answer.as_ref().map(|s| s.flags);
+            tracing::debug!(%key, ?flags, "collision: the replayed SYN was not answered by a SYN-ACK");
             return self.refuse_inbound(key, RefuseReason::Collision, false);
         };
         let Some(be_options) = packets::syn_options(&event.packet) else {
@@ -512,8 +541,33 @@ impl Engine {
         }
         inbound.phase = BePhase::Closing;
         let conn = inbound.conn(key);
+        if self.closed_by_fins(conn) {
+            // Our TCP's own word that it is over: the linger (for a close it may have ignored)
+            // has nothing to wait for. Ended now, the tuple is free at once: the client may
+            // reuse its port toward this node itself (the TIME_WAIT would answer its SYN, whose
+            // timestamps are unrelated, with an ACK: a RST and a SYN retransmission), and the
+            // FE's entry only lingers from our notice on, so until then an offer of the tuple
+            // from another FE would be refused as a collision.
+            self.end_time_wait(conn);
+            return self.closed_at_be(conn);
+        }
         let linger = Duration::from_millis(self.config.limits.close_linger_ms);
         self.timers.at(now + linger, Timer::Closed(conn));
+    }
+
+    /// Whether `conn` ended by both FINs and our TCP is in TIME_WAIT. Only a FIN of ours that the
+    /// client acknowledged and a FIN of the client's that our TCP took put it there; a RST,
+    /// forged or not, never does.
+    fn closed_by_fins(&mut self, conn: ConnId) -> bool {
+        let by_fins = self
+            .conns
+            .get(&conn.key)
+            .is_some_and(|e| e.client_isn == conn.client_isn && e.flags & conn_flags::RST == 0);
+        by_fins
+            && matches!(
+                self.tcp.tcp_state(conn.key.local(), conn.key.client()),
+                Ok(Some(tcp_state::TIME_WAIT))
+            )
     }
 
     /// A linger after a close: if the local TCP is done with the connection, tell the FE and

@@ -168,7 +168,12 @@ impl Engine {
 
     pub fn on_datapath(&mut self, event: Event, now: Instant) {
         match event.kind {
-            EventKind::HeldPacket if self.be.has(&event.key) => self.on_be_held_packet(event),
+            // A closed handed-in connection lingers while the client may already have a new
+            // one on the tuple, held by the datapath as this node's own: that one's packets go
+            // to the FE side, or they would be ignored until the linger ends.
+            EventKind::HeldPacket if self.be.is_replaying(&event.key) => {
+                self.on_be_held_packet(event)
+            }
             EventKind::HeldPacket => self.on_held_packet(event, now),
             EventKind::BeSynAck => self.on_be_answer(event, now),
             EventKind::BeLive => self.on_be_live(event.key),

@@ -979,6 +979,127 @@ fn a_closed_tuple_the_client_reuses_is_not_taken_for_the_old_connection() {
 }
 
 #[test]
+fn a_new_connection_on_a_closed_handed_in_tuple_is_decided_at_once() {
+    // A connection handed in from n1 closes; before its linger ends the client connects to n2
+    // itself from the same port (its ports toward n1 and n2 are independent), and the datapath
+    // holds that new connection as an FE. Its request must be decided now: taken for the old
+    // connection's, it was ignored, and each retransmission with it, until the linger ended
+    // (a stall of the client's RTO backoff, 1.7 s or 3.4 s in the cache bench).
+    let mut n2 = offered(4);
+    let key = key_at(N2);
+    n2.datapath(be_synack());
+    n2.datapath(notice(EventKind::BeLive, key));
+    n2.next_to_peer();
+    n2.tcp.set(&key, tcp_state::TIME_WAIT);
+    n2.datapath(notice(EventKind::Closed, key));
+    n2.sent.take();
+
+    let isn = CLIENT_ISN.wrapping_add(99_999);
+    let mut fresh = held_entry();
+    fresh.client_isn = isn;
+    n2.table.0.lock().unwrap().insert(key, fresh);
+    n2.tcp.set(&key, tcp_state::SYN_RECV);
+    let head = request(&target_for(1));
+    let mut data = client_segment(N2, 0, TcpFlags::ACK | TcpFlags::PSH, &head);
+    data.seq = isn.wrapping_add(1);
+    n2.datapath(event(EventKind::HeldPacket, key, &data));
+
+    let sent = n2.sent.take();
+    assert_eq!(
+        sent.len(),
+        1,
+        "the request goes into the local TCP: {sent:?}"
+    );
+    assert_eq!(
+        (sent[0].dst, sent[0].seq, sent[0].payload.as_slice()),
+        (N2, isn.wrapping_add(1), head.as_slice())
+    );
+    assert_eq!(n2.metrics.local.get(), 1);
+    assert!(n2.table.get(&key).is_none(), "served here: the entry goes");
+    n2.wait(LINGER);
+    assert!(
+        matches!(n2.next_to_peer(), Some(Message::ConnClosed { id: 4 })),
+        "the old connection is still reported over"
+    );
+}
+
+#[test]
+fn an_offer_ends_the_time_wait_of_the_clients_own_earlier_connection() {
+    // The client's own earlier connection to n2 from this port is over and in TIME_WAIT at n2.
+    // The replayed SYN carries the client's timestamps toward n1, unrelated to those n2 saw:
+    // our TCP's PAWS check would fail half the time and the TIME_WAIT answer with an ACK (a
+    // refusal as a collision in ~2 % of the cache bench's handoffs). The offer ends it first.
+    let mut n2 = node(1, PolicyKind::Hash);
+    let key = key_at(N2);
+    n2.tcp.set(&key, tcp_state::TIME_WAIT);
+    n2.hear(Message::HandoffRequest(handoff_request(3)));
+    assert_eq!(n2.tcp.state(&key), None, "the TIME_WAIT is ended");
+    let sent = n2.sent.take();
+    assert_eq!(
+        (sent.len(), sent[0].flags, sent[0].seq),
+        (1, TcpFlags::SYN, CLIENT_ISN),
+        "and the SYN replayed"
+    );
+    n2.datapath(be_synack());
+    n2.datapath(notice(EventKind::BeLive, key));
+    assert!(matches!(
+        n2.next_to_peer(),
+        Some(Message::HandoffAccepted { id: 3 })
+    ));
+
+    // Any other state on the tuple is the client's live connection: refused, left alone.
+    let mut n2 = node(1, PolicyKind::Hash);
+    n2.tcp.set(&key, tcp_state::ESTABLISHED);
+    n2.hear(Message::HandoffRequest(handoff_request(4)));
+    assert!(matches!(
+        n2.next_to_peer(),
+        Some(Message::HandoffRefused {
+            id: 4,
+            reason: RefuseReason::Collision
+        })
+    ));
+    assert_eq!(n2.tcp.state(&key), Some(tcp_state::ESTABLISHED));
+}
+
+#[test]
+fn a_close_our_tcp_confirms_by_time_wait_is_reported_at_once() {
+    let mut n2 = offered(5);
+    let key = key_at(N2);
+    n2.datapath(be_synack());
+    n2.datapath(notice(EventKind::BeLive, key));
+    n2.next_to_peer();
+    // Both FINs, and our TCP went to TIME_WAIT: nothing to linger for. The FE hears at once, so
+    // its entry only lingers from now on and the tuple can take an offer from another FE; the
+    // TIME_WAIT goes, so the client's own next connection here on the tuple is not answered by
+    // it (before: 2 s of both, and ~5 % of the cache bench's offers refused as collisions).
+    n2.tcp.set(&key, tcp_state::TIME_WAIT);
+    n2.datapath(notice(EventKind::Closed, key));
+    assert!(matches!(
+        n2.next_to_peer(),
+        Some(Message::ConnClosed { id: 5 })
+    ));
+    assert_eq!(n2.tcp.state(&key), None, "the TIME_WAIT is ended");
+    assert!(n2.table.get(&key).is_none() && n2.engine.drained());
+
+    // The datapath saw a RST: whatever our TCP's state, only the linger's look decides.
+    let mut n2 = offered(6);
+    n2.datapath(be_synack());
+    n2.datapath(notice(EventKind::BeLive, key));
+    n2.next_to_peer();
+    let mut entry = n2.table.get(&key).unwrap();
+    entry.flags |= baton_bpf::conn_flags::RST;
+    n2.table.0.lock().unwrap().insert(key, entry);
+    n2.tcp.set(&key, tcp_state::TIME_WAIT);
+    n2.datapath(notice(EventKind::Closed, key));
+    assert!(n2.next_to_peer().is_none(), "not before the linger");
+    n2.wait(LINGER);
+    assert!(matches!(
+        n2.next_to_peer(),
+        Some(Message::ConnClosed { id: 6 })
+    ));
+}
+
+#[test]
 fn a_head_in_too_many_pieces_is_served_locally() {
     let mut n1 = node(0, PolicyKind::Hash);
     let key = key_at(N1);
