@@ -20,8 +20,10 @@
 //! served themselves plus what they forwarded, from the agents' counters; a proxy sends every
 //! response byte), and all bytes the nodes put on the wire (eth0 tx); errors. Ratios of
 //! requests/s to `round-robin` and to `haproxy-front` of the same K. For K = 1 the simulator's
-//! hit ratio for the same trace, cluster and cache size is printed beside the measured one (the
-//! simulator decides per request, so K > 1 has no prediction).
+//! hit ratio for the same trace, cluster and cache size is printed beside the measured one, and
+//! its requests/s relative to round-robin (`sim x rr`) beside the measured ratio, from the cache
+//! tier's cost model with the origin's delay and two costs the run measured (see
+//! [`predict_ratios`]); the simulator decides per request, so K > 1 has no prediction.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -152,6 +154,9 @@ struct Row {
     errors: u64,
     error_kinds: BTreeMap<String, u64>,
     sim_hit_percent: Option<f64>,
+    /// The simulator's requests/s for this variant over its requests/s for round-robin, with
+    /// the costs this run measured ([`predict_ratios`]).
+    sim_x_rr: Option<f64>,
 }
 
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -229,6 +234,7 @@ fn cache(args: &CacheArgs) -> anyhow::Result<()> {
         lab.down().context("removing the lab")?;
     }
 
+    predict_ratios(&mut rows, &workload, args.nodes, cache_mb, args);
     print!("{}", table(&rows));
     if let Some(path) = &args.csv {
         std::fs::write(path, csv(&rows)).with_context(|| format!("writing {}", path.display()))?;
@@ -341,6 +347,7 @@ fn run_variant(
         errors: report.error_count(),
         error_kinds: report.errors.clone(),
         sim_hit_percent,
+        sim_x_rr: None,
     })
 }
 
@@ -361,8 +368,32 @@ fn policy_of(variant: Variant) -> PolicyKind {
     }
 }
 
-/// The simulator's hit ratio for the same trace, cluster and cache size (closed loop, the same
-/// number of clients, decisions per request).
+/// The simulator's run of the same trace, cluster and cache size (closed loop, the same number of
+/// clients, decisions per request) under `cost`.
+fn simulated(
+    workload: &Workload,
+    kind: PolicyKind,
+    nodes: usize,
+    cache_mb: u64,
+    args: &CacheArgs,
+    cost: CostModel,
+) -> Option<baton_sim::RunReport> {
+    let config = SimConfig {
+        cluster: ClusterConfig {
+            nodes,
+            cache_bytes_per_node: cache_mb << 20,
+            max_connections_per_node: 512,
+            cost,
+        },
+        clients: ClientModel::ClosedTotal(u32::try_from(args.connections).unwrap_or(u32::MAX)),
+        warmup_requests: 0,
+        seed: args.seed,
+        policy_params: Default::default(),
+    };
+    baton_sim::simulate(workload, kind, &config).ok()
+}
+
+/// The simulator's hit ratio for the same trace, cluster and cache size.
 fn simulated_hit_ratio(
     workload: &Workload,
     kind: PolicyKind,
@@ -370,21 +401,55 @@ fn simulated_hit_ratio(
     cache_mb: u64,
     args: &CacheArgs,
 ) -> Option<f64> {
-    let config = SimConfig {
-        cluster: ClusterConfig {
-            nodes,
-            cache_bytes_per_node: cache_mb << 20,
-            max_connections_per_node: 512,
-            cost: CostModel::default(),
-        },
-        clients: ClientModel::ClosedTotal(u32::try_from(args.connections).unwrap_or(u32::MAX)),
-        warmup_requests: 0,
-        seed: args.seed,
-        policy_params: Default::default(),
+    simulated(workload, kind, nodes, cache_mb, args, CostModel::default()).map(|r| r.hit_ratio)
+}
+
+/// For K = 1, the simulator's prediction of each baton variant's requests/s relative to
+/// round-robin, from the cache tier's cost model with two costs this run measured: the CPU per
+/// request of the nodes under `local` (nothing distributed), and what a handoff adds to it (the
+/// extra CPU per request under `round-robin`, which hands off (N-1)/N of its requests), with the
+/// origin's delay. Ratios, not requests/s: the simulated nodes each have a CPU of their own, the
+/// lab's share the host's cores with the client and the origin.
+fn predict_ratios(
+    rows: &mut [Row],
+    workload: &Workload,
+    nodes: usize,
+    cache_mb: u64,
+    args: &CacheArgs,
+) {
+    let cpu_of = |name: &str| {
+        rows.iter()
+            .find(|r| r.k == 1 && r.variant == name)
+            .map(|r| r.accepting_cpu_us_per_request)
     };
-    baton_sim::simulate(workload, kind, &config)
-        .ok()
-        .map(|r| r.hit_ratio)
+    let (Some(local), Some(rr)) = (cpu_of("local"), cpu_of("round-robin")) else {
+        return;
+    };
+    let handed_off = (nodes.saturating_sub(1)) as f64 / nodes.max(1) as f64;
+    let handoff_us = if handed_off > 0.0 {
+        ((rr - local) / handed_off).max(0.0)
+    } else {
+        0.0
+    };
+    let cost = CostModel::cache_tier(
+        args.origin_delay_ms * 1_000_000,
+        (local * 1e3) as u64,
+        (handoff_us * 1e3) as u64,
+    );
+    let rate =
+        |kind| simulated(workload, kind, nodes, cache_mb, args, cost).map(|r| r.throughput_rps);
+    let Some(rr_rate) = rate(PolicyKind::RoundRobin).filter(|r| *r > 0.0) else {
+        return;
+    };
+    for row in rows.iter_mut().filter(|r| r.k == 1) {
+        let kind = Variant::parse(&row.variant).ok().and_then(|v| match v {
+            Variant::Baton(kind) => Some(kind),
+            _ => None,
+        });
+        if let Some(kind) = kind {
+            row.sim_x_rr = rate(kind).map(|r| r / rr_rate);
+        }
+    }
 }
 
 /// Counters read before and after a run.
@@ -498,11 +563,12 @@ fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n{:<14} {:>3} {:>9} {:>7} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6} {:>7} {:>6}",
+        "\n{:<14} {:>3} {:>9} {:>7} {:>8} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6} {:>7} {:>6}",
         "variant",
         "K",
         "req/s",
         "x rr",
+        "sim x rr",
         "x proxy",
         "hit %",
         "sim hit%",
@@ -527,11 +593,12 @@ fn table(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<14} {:>3} {:>9.0} {:>7} {:>7} {:>6.1} {:>8} {:>8} {:>8.2} {:>8.2} {:>8.0} {:>9.0} {:>6.1} {:>7.1} {:>6}",
+            "{:<14} {:>3} {:>9.0} {:>7} {:>8} {:>7} {:>6.1} {:>8} {:>8} {:>8.2} {:>8.2} {:>8.0} {:>9.0} {:>6.1} {:>7.1} {:>6}",
             row.variant,
             row.k,
             row.requests_per_sec,
             ratio(rate_of("round-robin")),
+            row.sim_x_rr.map_or("-".to_string(), |x| format!("{x:.2}")),
             ratio(rate_of("haproxy-front")),
             row.hit_percent,
             row.sim_hit_percent
@@ -551,18 +618,19 @@ fn table(rows: &[Row]) -> String {
 
 fn csv(rows: &[Row]) -> String {
     let mut out = String::from(
-        "variant,k,requests,requests_per_sec,hit_percent,sim_hit_percent,origin_fetches,p50_ms,\
-         p99_ms,accepting_cpu_us_per_request,host_cpu_us_per_request,accepting_bytes_per_request,\
+        "variant,k,requests,requests_per_sec,sim_x_rr,hit_percent,sim_hit_percent,origin_fetches,\
+         p50_ms,p99_ms,accepting_cpu_us_per_request,host_cpu_us_per_request,accepting_bytes_per_request,\
          wire_bytes_per_request,errors\n",
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "{},{},{},{:.1},{:.2},{},{},{:.3},{:.3},{:.1},{:.1},{:.0},{:.0},{}",
+            "{},{},{},{:.1},{},{:.2},{},{},{:.3},{:.3},{:.1},{:.1},{:.0},{:.0},{}",
             r.variant,
             r.k,
             r.requests,
             r.requests_per_sec,
+            r.sim_x_rr.map_or(String::new(), |x| format!("{x:.3}")),
             r.hit_percent,
             r.sim_hit_percent
                 .map_or(String::new(), |h| format!("{h:.2}")),

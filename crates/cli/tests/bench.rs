@@ -43,6 +43,7 @@ fn a_short_cache_bench_runs_every_variant_and_hashing_hits_more_than_round_robin
     for column in [
         "req/s",
         "x rr",
+        "sim x rr",
         "x proxy",
         "hit %",
         "sim hit%",
@@ -80,6 +81,20 @@ fn a_short_cache_bench_runs_every_variant_and_hashing_hits_more_than_round_robin
         .parse()
         .unwrap()
     };
+    // The simulator's prediction for every baton variant at K = 1, none for the proxies or K > 1;
+    // round-robin against itself is 1.
+    for row in &rows {
+        let baton = !row[col("variant")].starts_with("haproxy");
+        let predicted = row[col("sim_x_rr")];
+        assert_eq!(
+            !predicted.is_empty(),
+            baton && row[col("k")] == "1",
+            "sim_x_rr in {row:?}"
+        );
+        if row[col("variant")] == "round-robin" && row[col("k")] == "1" {
+            assert_eq!(predicted, "1.000");
+        }
+    }
     assert!(
         hits("hash") > hits("round-robin"),
         "hash {} % vs round-robin {} %:\n{stdout}",
