@@ -26,8 +26,10 @@ pub(super) struct Peer {
     /// Our control connection to it is up.
     pub outbound_up: bool,
     pub last_heard: Option<Instant>,
-    /// Active connections it serves, as last reported (plus what we assigned it since).
+    /// Active connections it serves, as it last reported them (this node's own: as last counted).
     pub load: u32,
+    /// Connections this node assigned it since that report.
+    pub assigned: u32,
     /// It said it is stopping: it takes nothing new.
     pub draining: bool,
     /// Its server serves: it listens and passes its health check (its heartbeats say so; a
@@ -41,7 +43,29 @@ pub(super) struct Peer {
     pub removed: bool,
 }
 
+/// Assignments since a node's last report that count on top of it, at least: see
+/// [`Peer::effective_load`].
+const BURST_ALLOWANCE: u32 = 8;
+
 impl Peer {
+    /// Its load as the policies see it: what it reported, plus the connections assigned to it
+    /// since, but no more of those than it reported (and at least [`BURST_ALLOWANCE`]). Between
+    /// two reports (a heartbeat period) connections also close: of λ·t assigned in time t, about
+    /// λ·min(t, W) are still open, W the connections' lifetime, and λ·W is the reported load
+    /// (Little's law). Counting all of them made a node that serves short connections look
+    /// hundreds of connections busy a heartbeat after its report (LARD then moved targets that
+    /// should have stayed); counting none would let a burst land on the node that looked idlest.
+    pub fn effective_load(&self) -> u32 {
+        self.load
+            .saturating_add(self.assigned.min(self.load.max(BURST_ALLOWANCE)))
+    }
+
+    /// A new report (or count) of its load: the assignments since the last are in it.
+    pub fn reported(&mut self, load: u32) {
+        self.load = load;
+        self.assigned = 0;
+    }
+
     fn new(member: &crate::config::Member) -> Self {
         Peer {
             name: member.name.clone(),
@@ -50,6 +74,7 @@ impl Peer {
             outbound_up: false,
             last_heard: None,
             load: 0,
+            assigned: 0,
             draining: false,
             serving: true,
             drained: false,
@@ -279,7 +304,7 @@ impl Cluster {
             .map(|(i, p)| NodeState {
                 name: p.name.clone(),
                 up: self.is_up(i, now),
-                load: p.load,
+                load: p.effective_load(),
             })
             .collect()
     }
@@ -307,14 +332,14 @@ impl Cluster {
     /// on the node that looked idlest.
     pub fn assign(&mut self, peer: usize) {
         if let Some(p) = self.peers.get_mut(peer) {
-            p.load = p.load.saturating_add(1);
+            p.assigned = p.assigned.saturating_add(1);
         }
     }
 
     /// A handoff to `peer` failed and the connection is served here: its count moves home.
     pub fn unassign(&mut self, peer: usize) {
         if let Some(p) = self.peers.get_mut(peer) {
-            p.load = p.load.saturating_sub(1);
+            p.assigned = p.assigned.saturating_sub(1);
         }
         self.assign(self.me);
     }

@@ -244,7 +244,7 @@ impl Engine {
         let me = self.cluster.me;
         match self.current_load(now, &ports, changes) {
             Ok(load) => {
-                self.cluster.peers[me].load = load;
+                self.cluster.peers[me].reported(load);
                 self.metrics.load.set(i64::from(load));
             }
             // No fresh count: the last one stays, rather than the bumps piling up.

@@ -205,7 +205,7 @@ impl Engine {
         match message {
             Message::Heartbeat { load, serving, .. } => {
                 let p = &mut self.cluster.peers[peer];
-                p.load = load;
+                p.reported(load);
                 if p.serving != serving {
                     tracing::info!(peer = %p.name, serving, "peer's server listening: {serving}");
                 }

@@ -1270,6 +1270,33 @@ fn the_dispatcher_answers_from_one_table() {
 }
 
 #[test]
+fn short_connections_assigned_between_reports_do_not_pile_up_into_load() {
+    // LARD's dispatcher answering for a stream of short connections (each closed long before
+    // the next heartbeat): the target must stay where it is, as with loads counted exactly.
+    let mut n1 = node(0, PolicyKind::Lard);
+    n1.hear(Message::Heartbeat {
+        load: 3,
+        sent_at_ms: 1,
+        serving: true,
+    });
+    let mut answers = std::collections::BTreeSet::new();
+    for id in 0..300 {
+        n1.hear(Message::DispatchQuery {
+            id,
+            target: "/popular".into(),
+        });
+        let Some(Message::DispatchAnswer { node, .. }) = n1.next_to_peer() else {
+            panic!("no answer")
+        };
+        answers.insert(node);
+    }
+    assert_eq!(answers.len(), 1, "one target, one node: {answers:?}");
+    // What counts on top of a report is bounded by it (or a small burst allowance).
+    let p = &n1.engine.cluster.peers[1];
+    assert!(p.effective_load() <= 3 + 8, "{}", p.effective_load());
+}
+
+#[test]
 fn a_draining_node_takes_nothing_new_and_says_so() {
     // n1 drains: it tells n2, stops holding, refuses handoffs, and stops being the dispatcher.
     let mut n1 = node(0, PolicyKind::Lard);
