@@ -743,6 +743,17 @@ fn offered(id: u64) -> Node {
     n2
 }
 
+/// n2 with handoff `id` from n1 live (replayed, its TCP spoke, Accepted sent and read), and the
+/// connection's key there.
+fn live(id: u64) -> (Node, ConnKey) {
+    let mut n2 = offered(id);
+    let key = key_at(N2);
+    n2.datapath(be_synack());
+    n2.datapath(notice(EventKind::BeLive, key));
+    n2.next_to_peer();
+    (n2, key)
+}
+
 #[test]
 fn the_be_replays_syn_then_request_and_accepts_once_live() {
     let mut n2 = offered(7);
@@ -951,11 +962,7 @@ fn a_close_counts_only_once_the_local_tcp_agrees() {
 
 #[test]
 fn a_closed_tuple_the_client_reuses_is_not_taken_for_the_old_connection() {
-    let mut n2 = offered(4);
-    let key = key_at(N2);
-    n2.datapath(be_synack());
-    n2.datapath(notice(EventKind::BeLive, key));
-    n2.next_to_peer();
+    let (mut n2, key) = live(4);
     n2.datapath(notice(EventKind::Closed, key));
     // Before the linger ends, the client connects to n2 itself on the same tuple: the datapath
     // starts a new entry (another ISN), and the local TCP has that new connection.
@@ -985,11 +992,7 @@ fn a_new_connection_on_a_closed_handed_in_tuple_is_decided_at_once() {
     // holds that new connection as an FE. Its request must be decided now: taken for the old
     // connection's, it was ignored, and each retransmission with it, until the linger ended
     // (a stall of the client's RTO backoff, 1.7 s or 3.4 s in the cache bench).
-    let mut n2 = offered(4);
-    let key = key_at(N2);
-    n2.datapath(be_synack());
-    n2.datapath(notice(EventKind::BeLive, key));
-    n2.next_to_peer();
+    let (mut n2, key) = live(4);
     n2.tcp.set(&key, tcp_state::TIME_WAIT);
     n2.datapath(notice(EventKind::Closed, key));
     n2.sent.take();
@@ -1063,11 +1066,7 @@ fn an_offer_ends_the_time_wait_of_the_clients_own_earlier_connection() {
 
 #[test]
 fn a_close_our_tcp_confirms_by_time_wait_is_reported_at_once() {
-    let mut n2 = offered(5);
-    let key = key_at(N2);
-    n2.datapath(be_synack());
-    n2.datapath(notice(EventKind::BeLive, key));
-    n2.next_to_peer();
+    let (mut n2, key) = live(5);
     // Both FINs, and our TCP went to TIME_WAIT: nothing to linger for. The FE hears at once, so
     // its entry only lingers from now on and the tuple can take an offer from another FE; the
     // TIME_WAIT goes, so the client's own next connection here on the tuple is not answered by
