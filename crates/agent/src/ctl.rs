@@ -1,7 +1,7 @@
 //! The agent's local control socket, what `baton ctl` talks to.
 //!
-//! A unix stream socket (`node.control_socket`, default `/run/baton/baton.sock`), mode 0600 in a
-//! directory of mode 0700, and a peer-credential check: only root (or the agent's own user) may
+//! A unix stream socket (`node.control_socket`, default `/run/baton/baton.sock`), mode 0600 (its
+//! directory, if the agent creates it, 0700), and a peer-credential check: only root (or the agent's own user) may
 //! use it. One request per connection: the client writes one JSON [`Request`] line, the agent
 //! answers one JSON [`Reply`] line and closes. [`serve`] passes each request to the event loop as
 //! a [`CtlCall`], so the engine, the one owner of connection state, answers from its own state;
@@ -151,6 +151,8 @@ pub enum CtlError {
     },
     #[error("another agent answers on the control socket {0}: is this node's agent running twice?")]
     InUse(PathBuf),
+    #[error("node.control_socket {0} exists and is not a socket: refusing to replace it")]
+    NotASocket(PathBuf),
     #[error("bind({path}) for the control socket: {source}")]
     Bind {
         path: PathBuf,
@@ -213,7 +215,12 @@ fn bind(path: &Path) -> Result<UnixListener, CtlError> {
         // Only root (the agent's user) goes through.
         let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     }
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            // Never remove what is not a socket (a mistyped path could name the config file).
+            return Err(CtlError::NotASocket(path.to_path_buf()));
+        }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(CtlError::InUse(path.to_path_buf()));
         }
@@ -381,9 +388,17 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600, "only root may use the socket");
         // A second agent on the same socket is refused while the first answers.
         assert!(matches!(
-            serve(&path, calls_tx, stop),
+            serve(&path, calls_tx.clone(), stop.clone()),
             Err(CtlError::InUse(_))
         ));
+        // A path that is not a socket is never replaced.
+        let file = dir.join("not-a-socket");
+        std::fs::write(&file, b"keep me").unwrap();
+        assert!(matches!(
+            serve(&file, calls_tx, stop),
+            Err(CtlError::NotASocket(_))
+        ));
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
         let loop_side = tokio::spawn(async move {
             let call = calls.recv().await.unwrap();
             assert_eq!(call.request, Request::Drain);

@@ -30,12 +30,13 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    /// Starts healthy (a server is given the benefit of the doubt until `fall` failures).
-    pub fn new(rise: u32, fall: u32) -> Self {
+    /// Starts as `healthy` (a new server is given the benefit of the doubt until `fall`
+    /// failures; a check replaced by a reload goes on from the verdict it had).
+    pub fn new(rise: u32, fall: u32, healthy: bool) -> Self {
         Verdict {
             rise: rise.max(1),
             fall: fall.max(1),
-            healthy: true,
+            healthy,
             against: 0,
         }
     }
@@ -92,13 +93,15 @@ impl Check {
     }
 }
 
-/// Runs `check` until `shutdown`, sending the state on `verdicts` at start and on each change.
+/// Runs `check` until `shutdown`, starting from `healthy`, sending the state on `verdicts` at
+/// start and on each change.
 pub async fn watch(
     check: Check,
+    healthy: bool,
     verdicts: mpsc::Sender<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut verdict = Verdict::new(check.rise, check.fall);
+    let mut verdict = Verdict::new(check.rise, check.fall, healthy);
     if verdicts.send(verdict.healthy()).await.is_err() {
         return;
     }
@@ -169,7 +172,7 @@ mod tests {
 
     #[test]
     fn falls_after_fall_failures_in_a_row_and_rises_after_rise_passes() {
-        let mut v = Verdict::new(2, 3);
+        let mut v = Verdict::new(2, 3, true);
         assert!(v.healthy());
         assert_eq!(v.record(false), None);
         assert_eq!(v.record(false), None);
@@ -229,7 +232,7 @@ mod tests {
         drop(listener);
         let (tx, mut rx) = mpsc::channel(4);
         let (_stop_tx, stop) = watch::channel(false);
-        tokio::spawn(watch(check(target), tx, stop));
+        tokio::spawn(watch(check(target), true, tx, stop));
         assert_eq!(rx.recv().await, Some(true));
         assert_eq!(rx.recv().await, Some(false));
     }

@@ -334,8 +334,7 @@ pub async fn run(launch: Launch, mut stop: watch::Receiver<Stop>) -> Result<(), 
 
     let (ctl_tx, mut ctl_rx) = mpsc::channel(16);
     ctl::serve(&config.node.control_socket, ctl_tx, tasks_stop.clone())?;
-    let (health_tx, mut health_rx) = mpsc::channel(4);
-    let mut health = HealthTask::start(&config, health_tx.clone(), &tasks_stop);
+    let mut health = HealthTask::start(&config, true, &tasks_stop);
 
     // SAFETY: the ring's fd is owned by `ring`, which the AsyncFd owns until it is dropped, so
     // the descriptor stays valid and is not reused while registered.
@@ -433,7 +432,7 @@ pub async fn run(launch: Launch, mut stop: watch::Receiver<Stop>) -> Result<(), 
             _ = alarm.fired() => engine.on_timers(Instant::now()),
             Some(call) = ctl_rx.recv() => {
                 let reply = match call.request {
-                    ctl::Request::Reload => match reload(&mut engine, config_file.as_deref(), &mut health, &health_tx, &tasks_stop) {
+                    ctl::Request::Reload => match reload(&mut engine, config_file.as_deref(), &mut health, &tasks_stop) {
                         Ok(message) => ctl::Reply::Done { message },
                         Err(message) => ctl::Reply::Error { message },
                     },
@@ -442,11 +441,11 @@ pub async fn run(launch: Launch, mut stop: watch::Receiver<Stop>) -> Result<(), 
                 let _ = call.reply.send(reply);
             }
             Some(()) = reloads.recv() => {
-                if let Err(e) = reload(&mut engine, config_file.as_deref(), &mut health, &health_tx, &tasks_stop) {
+                if let Err(e) = reload(&mut engine, config_file.as_deref(), &mut health, &tasks_stop) {
                     tracing::error!("SIGHUP: {e}");
                 }
             }
-            Some(healthy) = health_rx.recv() => engine.on_health(Some(healthy), Instant::now()),
+            Some(healthy) = health.verdict() => engine.on_health(Some(healthy), Instant::now()),
             _ = sleep_until(ending.map(|(_, at)| at)) => break,
         }
         read_ring(ring.get_mut(), &mut engine, &metrics);
@@ -525,7 +524,6 @@ fn reload(
     engine: &mut Engine,
     config_file: Option<&std::path::Path>,
     health: &mut HealthTask,
-    health_tx: &mpsc::Sender<bool>,
     stop: &watch::Receiver<bool>,
 ) -> Result<String, String> {
     let Some(path) = config_file else {
@@ -542,35 +540,60 @@ fn reload(
     })?;
     if health_changed {
         health.stop();
-        *health = HealthTask::start(engine.config(), health_tx.clone(), stop);
-        if health.0.is_none() {
+        // Verdicts of the check replaced go with its channel; the new one goes on from ours.
+        let healthy = engine.status(Instant::now()).healthy.unwrap_or(true);
+        *health = HealthTask::start(engine.config(), healthy, stop);
+        if health.task.is_none() {
             engine.on_health(None, Instant::now());
         }
     }
     Ok(done)
 }
 
-/// The running health check, if one is configured.
-struct HealthTask(Option<tokio::task::JoinHandle<()>>);
+/// The running health check, if one is configured, and its verdicts.
+struct HealthTask {
+    task: Option<tokio::task::JoinHandle<()>>,
+    verdicts: Option<mpsc::Receiver<bool>>,
+}
 
 impl HealthTask {
-    fn start(
-        config: &NodeConfig,
-        verdicts: mpsc::Sender<bool>,
-        stop: &watch::Receiver<bool>,
-    ) -> Self {
+    fn start(config: &NodeConfig, healthy: bool, stop: &watch::Receiver<bool>) -> Self {
         let check = health::Check::from_config(
             &config.health,
             config.node.address,
             &config.cluster.service_ports,
         );
-        HealthTask(check.map(|check| tokio::spawn(health::watch(check, verdicts, stop.clone()))))
+        let Some(check) = check else {
+            return HealthTask {
+                task: None,
+                verdicts: None,
+            };
+        };
+        let (tx, rx) = mpsc::channel(4);
+        HealthTask {
+            task: Some(tokio::spawn(health::watch(
+                check,
+                healthy,
+                tx,
+                stop.clone(),
+            ))),
+            verdicts: Some(rx),
+        }
+    }
+
+    /// The next verdict; never, without a check.
+    async fn verdict(&mut self) -> Option<bool> {
+        match &mut self.verdicts {
+            Some(rx) => rx.recv().await,
+            None => std::future::pending().await,
+        }
     }
 
     fn stop(&mut self) {
-        if let Some(task) = self.0.take() {
+        if let Some(task) = self.task.take() {
             task.abort();
         }
+        self.verdicts = None;
     }
 }
 

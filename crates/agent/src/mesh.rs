@@ -13,9 +13,10 @@
 //! dropped unsent (their FE has moved on; a late offer must never go live). Dialing retries with
 //! exponential backoff (100 ms doubling to 2 s).
 //!
-//! Members change at a reload ([`MeshSender::set_members`]): a new member gets a dialer, a
-//! removed one loses its dialer (its queue is dropped) and its dials in are refused. Indices never
-//! change meaning: a removed member's index stays unused (`None`).
+//! Members change at a reload ([`MeshSender::set_members`]): a new member gets a dialer; a
+//! removed one keeps its dialer (what is under way with it still needs answers) but its new
+//! dials in are refused. Indices never change meaning: a removed member's index is `None` in the
+//! member table.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -120,15 +121,14 @@ impl MeshSender {
             if Some(peer) == own {
                 continue;
             }
-            match (member, self.outbound[peer].is_some()) {
-                (Some(_), false) => {
-                    if let Some(dialers) = &self.dialers {
-                        self.outbound[peer] = Some(dialers.spawn(peer, self.rtt_us[peer].clone()));
-                    }
-                }
-                // Its dialer ends when it finds its queue closed.
-                (None, true) => self.outbound[peer] = None,
-                _ => {}
+            // A member without a dialer gets one. A removed member keeps its dialer (until the
+            // agent restarts): answers, aborts and close notices about work under way with it
+            // must still reach it. The engine sends it nothing new, and its dials in are refused.
+            if member.is_some()
+                && self.outbound[peer].is_none()
+                && let Some(dialers) = &self.dialers
+            {
+                self.outbound[peer] = Some(dialers.spawn(peer, self.rtt_us[peer].clone()));
             }
         }
     }

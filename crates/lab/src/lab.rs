@@ -1874,7 +1874,6 @@ impl Lab {
         if early == self.spec.nodes {
             return Ok(());
         }
-        self.members_now = self.spec.nodes;
         for i in 1..=early {
             let path = self.agent_config_path(i);
             let text = std::fs::read_to_string(&path)
@@ -1894,6 +1893,8 @@ impl Lab {
                 )));
             }
         }
+        // Every running agent has every node now.
+        self.members_now = self.spec.nodes;
         let exe = self.spec.resolve_exe()?;
         for i in early + 1..=self.spec.nodes {
             self.launch_agent(i, &exe)?;
@@ -2137,7 +2138,7 @@ fn scrape(addr: SocketAddr) -> Result<String, crate::http_client::HttpError> {
 /// One readiness probe of daemon `d`, from the namespace the caller is in: a 200 to `GET /` on
 /// its host and port (a node's server, HAProxy), to `GET /_stats` (the origin: it serves no
 /// web root worth asking, and `/_stats` is not counted), or an agent's metrics showing all
-/// `nodes - 1` peers up.
+/// `peers_wanted` peers up (every other member it knows).
 fn probe(d: &Daemon, peers_wanted: usize) -> Result<(), String> {
     let addr = SocketAddr::new(d.host.address().into(), d.port);
     match d.role {

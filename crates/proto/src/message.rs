@@ -27,7 +27,7 @@
 //!   (empty)
 //! NodeStatus (0x18)
 //!   0   1  flags: 0x01 the sender is drained by its operator (choose it for nothing new)
-//!   1   8  the digest of the sender's cluster configuration (members, key, ports, policy)
+//!   1   8  the digest of the sender's cluster configuration (members, ports, policy)
 //! Heartbeat (0x20)
 //!   0   4  load
 //!   4   8  sent_at_ms

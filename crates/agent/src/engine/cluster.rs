@@ -43,21 +43,27 @@ pub(super) struct Peer {
     pub removed: bool,
 }
 
-/// Assignments since a node's last report that count on top of it, at least: see
+/// Assignments since a node's last report that count in full on top of it, at least: see
 /// [`Peer::effective_load`].
 const BURST_ALLOWANCE: u32 = 8;
+/// Beyond what counts in full, one in this many assignments still counts.
+const BEYOND_ALLOWANCE_WEIGHT: u32 = 16;
 
 impl Peer {
     /// Its load as the policies see it: what it reported, plus the connections assigned to it
-    /// since, but no more of those than it reported (and at least [`BURST_ALLOWANCE`]). Between
-    /// two reports (a heartbeat period) connections also close: of λ·t assigned in time t, about
-    /// λ·min(t, W) are still open, W the connections' lifetime, and λ·W is the reported load
-    /// (Little's law). Counting all of them made a node that serves short connections look
-    /// hundreds of connections busy a heartbeat after its report (LARD then moved targets that
-    /// should have stayed); counting none would let a burst land on the node that looked idlest.
+    /// since: in full up to as many as it reported (at least [`BURST_ALLOWANCE`]), then one in
+    /// [`BEYOND_ALLOWANCE_WEIGHT`]. Between two reports (a heartbeat period) connections also
+    /// close: of λ·t assigned in time t, about λ·min(t, W) are still open, W the connections'
+    /// lifetime, and λ·W is the reported load (Little's law). Counting all of them made a node
+    /// that serves short connections look hundreds of connections busy a heartbeat after its
+    /// report (LARD then moved targets that should have stayed); counting none would let a burst
+    /// land on the node that looked idlest. Beyond the allowance it still grows, slowly, so that
+    /// least-connections keeps spreading a long burst and ties do not freeze.
     pub fn effective_load(&self) -> u32 {
-        self.load
-            .saturating_add(self.assigned.min(self.load.max(BURST_ALLOWANCE)))
+        let in_full = self.load.max(BURST_ALLOWANCE);
+        let counted = self.assigned.min(in_full)
+            + self.assigned.saturating_sub(in_full) / BEYOND_ALLOWANCE_WEIGHT;
+        self.load.saturating_add(counted)
     }
 
     /// A new report (or count) of its load: the assignments since the last are in it.
@@ -223,9 +229,10 @@ impl Cluster {
                     if self.peers[i].addr != m.address
                         || self.peers[i].control_addr != m.control_addr() =>
                 {
+                    // Its index would name two addresses (connections under way, its dialer).
                     return Err(format!(
-                        "cluster.members: {}'s address changes: remove the member, reload, then \
-                         add it with its new address",
+                        "cluster.members: {}'s address changes: a member keeps its addresses \
+                         while the agent runs (also once removed); restart the agent to apply it",
                         m.name
                     ));
                 }

@@ -439,6 +439,11 @@ impl Engine {
             return self.decide(key, self.decision(choice), now);
         }
         let dispatcher = self.cluster.dispatcher(now);
+        // A dispatcher with another member list would name members by other positions: while
+        // a change rolls out, bounded-hash decides here instead of asking it.
+        let agrees = self.cluster.peers[dispatcher]
+            .config_digest
+            .is_none_or(|d| d == self.config_digest);
         if self.dispatching && dispatcher != self.cluster.me {
             // LARD keeps one table for the cluster, at the dispatcher: ask it.
             let id = self.new_id();
@@ -446,7 +451,7 @@ impl Engine {
                 id,
                 target: head.target.clone(),
             };
-            if self.mesh.send(dispatcher, query) {
+            if agrees && self.mesh.send(dispatcher, query) {
                 if let Some(held) = self.fe.held_mut(&key) {
                     held.asking = Some((id, head.target.clone()));
                 }

@@ -293,7 +293,7 @@ impl Engine {
             .cluster
             .peers
             .iter()
-            .position(|p| p.addr.octets() == entry.peer_addr);
+            .position(|p| !p.removed && p.addr.octets() == entry.peer_addr);
         let fe_gone = fe.is_some_and(|fe| self.cluster.down_for(fe, now) >= bound);
         unanswered || fe_gone
     }

@@ -40,7 +40,7 @@ use std::time::Instant;
 use baton_bpf::{Event, EventKind};
 use baton_http::Limits as HeadLimits;
 use baton_policy::{BoundedHash, PolicyKind, Router};
-use baton_proto::Message;
+use baton_proto::{Message, RefuseReason};
 
 use crate::config::NodeConfig;
 use crate::kernel::{ConnTableOps, DatapathControl, Kernel, PacketSink, TcpStates};
@@ -211,6 +211,18 @@ impl Engine {
                 }
                 p.serving = serving;
             }
+            // A member this node removed gets nothing new here, only answers about what is
+            // under way.
+            Message::HandoffRequest(request) if self.cluster.peers[peer].removed => {
+                self.mesh.send(
+                    peer,
+                    Message::HandoffRefused {
+                        id: request.id,
+                        reason: RefuseReason::Overloaded,
+                    },
+                );
+            }
+            Message::DispatchQuery { .. } if self.cluster.peers[peer].removed => {}
             Message::HandoffRequest(request) => self.on_handoff_request(peer, request, now),
             Message::HandoffAccepted { id } => self.on_accepted(peer, id, now),
             Message::HandoffRefused { id, reason } => self.on_refused(peer, id, reason, now),

@@ -7,9 +7,9 @@
 //! serves what it has and stays a member. A stop's drain (`begin_drain`) instead stops
 //! distributing and ends in the agent's exit. A reload applies what can change without touching a
 //! connection (policy, rules, limits, health, members) and refuses the rest with the reason,
-//! keeping the running configuration. A removed member is chosen for nothing new and its control
-//! connections end; connections it carries with this node go on in the datapaths, and their ends
-//! are found from the local TCP (the BE) or by idleness (the FE's forwarding entry).
+//! keeping the running configuration. A removed member is chosen for nothing new, its new offers
+//! are refused and its new control connections too; the ones it has stay for what is under way,
+//! whose connections go on in the datapaths.
 
 use std::time::{Duration, Instant};
 
@@ -217,7 +217,7 @@ impl Engine {
             .cluster
             .peers
             .iter()
-            .filter(|p| p.config_digest.is_some_and(|d| d != ours))
+            .filter(|p| !p.removed && p.config_digest.is_some_and(|d| d != ours))
             .count();
         self.metrics.config_mismatched_peers.set(disagree as i64);
     }
@@ -312,12 +312,16 @@ impl Engine {
         }
         self.metrics.peers_up.set(self.cluster.up_count(now) as i64);
         let policy = &new.policy;
-        self.router = Router::new(
-            policy.kind,
-            &policy.params,
-            &policy.rules,
-            policy.affinity_cookie.clone(),
-        );
+        // Only a new policy starts afresh: its state (LARD's tables, round-robin's position) is
+        // where the targets live.
+        if *policy != self.config.policy {
+            self.router = Router::new(
+                policy.kind,
+                &policy.params,
+                &policy.rules,
+                policy.affinity_cookie.clone(),
+            );
+        }
         self.fallback = BoundedHash::new(policy.params.balance_factor);
         self.dispatching = matches!(policy.kind, PolicyKind::Lard | PolicyKind::LardR);
         self.datapath_decides = datapath_may_decide(&new);

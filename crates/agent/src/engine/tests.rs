@@ -1290,9 +1290,18 @@ fn short_connections_assigned_between_reports_do_not_pile_up_into_load() {
         answers.insert(node);
     }
     assert_eq!(answers.len(), 1, "one target, one node: {answers:?}");
-    // What counts on top of a report is bounded by it (or a small burst allowance).
-    let p = &n1.engine.cluster.peers[1];
-    assert!(p.effective_load() <= 3 + 8, "{}", p.effective_load());
+    // What counts on top of a report: in full up to it (or a small burst allowance), then
+    // slowly, so that it still grows.
+    let chosen = usize::from(*answers.first().unwrap());
+    let p = &n1.engine.cluster.peers[chosen];
+    let reported = p.load;
+    let assigned = p.assigned;
+    assert!(assigned > 100, "{assigned}");
+    let in_full = reported.max(8);
+    assert_eq!(
+        p.effective_load(),
+        reported + in_full + (assigned - in_full) / 16
+    );
 }
 
 #[test]
@@ -1779,4 +1788,45 @@ fn a_reload_adds_and_removes_members_keeping_every_index() {
     assert!(said.contains("members added: n2"), "{said}");
     assert_eq!(n1.engine.cluster.peers.len(), 3);
     assert_eq!(n1.engine.cluster.wire_index(1), Some(1));
+}
+
+#[test]
+fn a_removed_member_gets_nothing_new_but_answers_about_what_is_under_way() {
+    let mut n1 = node(0, PolicyKind::Lard);
+    let mut alone = n1.engine.config().clone();
+    alone.cluster.members.truncate(1);
+    n1.engine.reload(alone, n1.now).unwrap();
+    while n1.sent_to_peer().is_some() {}
+    // Its offers are refused (its FE serves them), its questions ignored.
+    n1.hear(Message::HandoffRequest(handoff_request(3)));
+    assert!(matches!(
+        n1.next_to_peer(),
+        Some(Message::HandoffRefused {
+            id: 3,
+            reason: RefuseReason::Overloaded
+        })
+    ));
+    assert!(n1.table.get(&key_at(N1)).is_none(), "nothing replayed");
+    n1.hear(Message::DispatchQuery {
+        id: 4,
+        target: "/x".into(),
+    });
+    assert!(n1.next_to_peer().is_none());
+}
+
+#[test]
+fn a_dispatcher_with_another_configuration_is_not_asked() {
+    // n2 asks n1 (the dispatcher) only while their configurations agree.
+    let mut n2 = node(1, PolicyKind::Lard);
+    n2.hear(Message::NodeStatus {
+        drained: false,
+        config_digest: n2.engine.config_digest ^ 1,
+    });
+    while n2.sent_to_peer().is_some() {}
+    hold_at(&mut n2, N2, &request("/elsewhere"));
+    assert!(
+        !matches!(n2.next_to_peer(), Some(Message::DispatchQuery { .. })),
+        "decided without asking"
+    );
+    assert_eq!(n2.metrics.dispatch_fallbacks.get(), 1);
 }
