@@ -352,7 +352,12 @@ pub async fn run(launch: Launch, mut stop: watch::Receiver<Stop>) -> Result<(), 
         tcp: Box::new(diag),
     };
     // The engine writes the datapath's configuration before anything is attached.
+    let drain_mark = drain_mark(&config);
     let mut engine = Engine::new(config, kernel, mesh, metrics.clone(), Instant::now());
+    if drain_mark.exists() {
+        // Drained by the operator under the previous agent: an upgrade keeps it so.
+        engine.set_drained(true, Instant::now());
+    }
 
     // Attach last: from here on connections are held (once the engine beats), and the engine is
     // ready for them.
@@ -436,7 +441,7 @@ pub async fn run(launch: Launch, mut stop: watch::Receiver<Stop>) -> Result<(), 
                         Ok(message) => ctl::Reply::Done { message },
                         Err(message) => ctl::Reply::Error { message },
                     },
-                    request => answer(&mut engine, request, config_file.as_deref()),
+                    request => answer(&mut engine, request, config_file.as_deref(), &drain_mark),
                 };
                 let _ = call.reply.send(reply);
             }
@@ -464,7 +469,8 @@ pub async fn run(launch: Launch, mut stop: watch::Receiver<Stop>) -> Result<(), 
         tracing::info!("handed over: the datapath stays for the next agent");
         return Ok(());
     }
-    // For good: the pins go, and with our descriptors the links and maps.
+    // For good: the pins go, and with our descriptors the links and maps; a drain ends with it.
+    remove_drain_mark(&drain_mark);
     match baton_bpf::pins::remove_dir(&pin_dir) {
         Ok(n) => tracing::info!(pins = n, "removed the datapath"),
         Err(e) => tracing::warn!("removing the pins in {}: {e}", pin_dir.display()),
@@ -487,11 +493,29 @@ fn mesh_members(members: &[config::Member], control_port: u16) -> Vec<Option<Pee
         .collect()
 }
 
+/// The file that says the operator drained this node, so that the agent that takes over (or
+/// restarts) starts drained: next to the control socket, `SOCKET.drained`.
+fn drain_mark(config: &NodeConfig) -> std::path::PathBuf {
+    let mut path = config.node.control_socket.clone().into_os_string();
+    path.push(".drained");
+    path.into()
+}
+
+fn remove_drain_mark(path: &std::path::Path) {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!("removing {}: {e}", path.display())
+        }
+        _ => {}
+    }
+}
+
 /// Answers an operator's request from the engine's state.
 fn answer(
     engine: &mut Engine,
     request: ctl::Request,
     config_file: Option<&std::path::Path>,
+    drain_mark: &std::path::Path,
 ) -> ctl::Reply {
     let now = Instant::now();
     match request {
@@ -506,12 +530,23 @@ fn answer(
         ctl::Request::Peers => ctl::Reply::Peers {
             peers: engine.peer_rows(now),
         },
-        ctl::Request::Drain => ctl::Reply::Done {
-            message: engine.set_drained(true, now),
-        },
-        ctl::Request::Undrain => ctl::Reply::Done {
-            message: engine.set_drained(false, now),
-        },
+        ctl::Request::Drain => {
+            if let Err(e) = std::fs::write(drain_mark, b"drained by the operator\n") {
+                tracing::warn!(
+                    "writing {}: {e}: a restart will start undrained",
+                    drain_mark.display()
+                );
+            }
+            ctl::Reply::Done {
+                message: engine.set_drained(true, now),
+            }
+        }
+        ctl::Request::Undrain => {
+            remove_drain_mark(drain_mark);
+            ctl::Reply::Done {
+                message: engine.set_drained(false, now),
+            }
+        }
         ctl::Request::Reload => ctl::Reply::Error {
             message: "reload is answered by the event loop".into(),
         },

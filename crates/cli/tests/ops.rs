@@ -156,8 +156,8 @@ fn ctl_lists_connections_where_they_are_and_drains_under_load() {
     let small = target_hashed_to("/f/1k", 2, 3);
     let runs = wrk_on_n1(&lab, &small, 9);
     std::thread::sleep(Duration::from_secs(2));
-    let handed_in = || metric(&lab, 2, "baton_handoffs_in_total");
-    assert!(handed_in() > 0.0, "n2 takes handoffs before the drain");
+    let handed_in = |lab: &Lab| metric(lab, 2, "baton_handoffs_in_total");
+    assert!(handed_in(&lab) > 0.0, "n2 takes handoffs before the drain");
     let (reply, ok) = ctl(&lab, 2, &["drain"]);
     assert!(ok, "{reply:?}");
     assert_eq!(status(&lab, 2).state, "drained");
@@ -180,15 +180,30 @@ fn ctl_lists_connections_where_they_are_and_drains_under_load() {
     );
     // What was offered before n1 heard has settled within a handoff timeout.
     std::thread::sleep(Duration::from_millis(1200));
-    let before = handed_in();
+    let before = handed_in(&lab);
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(handed_in(), before, "n2 was handed nothing while drained");
+    assert_eq!(
+        handed_in(&lab),
+        before,
+        "n2 was handed nothing while drained"
+    );
+    // An upgrade (a new agent taking over) keeps the drain.
+    lab.restart_agent(2).expect("n2's agent taken over");
+    assert_eq!(
+        status(&lab, 2).state,
+        "drained",
+        "still drained after a takeover"
+    );
+    wait_for(Duration::from_secs(2), "n1 still sees n2 drained", || {
+        peer(&lab, 1, "n2").state == "drained"
+    });
+    let before = handed_in(&lab);
     let (reply, ok) = ctl(&lab, 2, &["undrain"]);
     assert!(ok, "{reply:?}");
     wait_for(
         Duration::from_secs(3),
         "n2 is handed connections again",
-        || handed_in() > before,
+        || handed_in(&lab) > before,
     );
     assert_no_errors(runs);
     lab.down().expect("lab down");
