@@ -181,6 +181,30 @@ pub struct PolicySection {
     /// The cookie whose value picks the node (session affinity); none by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity_cookie: Option<String>,
+    /// Whether every request of a keep-alive connection is decided on its own (the connection
+    /// moves between nodes at request boundaries), or only its first. Unset: the policy's
+    /// default ([`PolicySection::follows_requests`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_request: Option<bool>,
+}
+
+impl PolicySection {
+    /// Whether connections follow their requests: only where the decision depends on the
+    /// request (a content-blind policy would move connections for nothing). The default is the
+    /// policy's: on for `hash` and `bounded-hash`.
+    pub fn follows_requests(&self) -> bool {
+        let content_aware = !matches!(
+            self.kind,
+            PolicyKind::Local | PolicyKind::RoundRobin | PolicyKind::LeastConn
+        ) || !self.rules.is_empty()
+            || self.affinity_cookie.is_some();
+        content_aware
+            && self
+                .per_request
+                .unwrap_or(matches!(self.kind, PolicyKind::Hash | PolicyKind::BoundedHash))
+            // LARD decides at its dispatcher, asked once per connection for now.
+            && !matches!(self.kind, PolicyKind::Lard | PolicyKind::LardR)
+    }
 }
 
 /// Bounds on what a node holds while it decides, and on how long state may live.
@@ -213,6 +237,9 @@ pub struct Limits {
     /// datapath outlives it): set this above how long an FE's agent may stay down while idle
     /// connections through it must survive.
     pub orphan_timeout_s: u64,
+    /// Most times one connection moves between nodes (`[policy] per_request`); after that its
+    /// requests are served where it is.
+    pub moves_per_connection: u32,
 }
 
 impl Default for Limits {
@@ -228,6 +255,7 @@ impl Default for Limits {
             close_linger_ms: 2000,
             heartbeat_ms: 250,
             orphan_timeout_s: 60,
+            moves_per_connection: 1000,
         }
     }
 }

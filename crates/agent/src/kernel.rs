@@ -1,7 +1,8 @@
-//! What the engine asks of the kernel, as four small traits: the datapath's conn table, the rest of
-//! the datapath (its configuration and the load counter), packet injection, and the local TCP's
-//! view of connections. The agent runs with the real ones ([`ConnTable`], [`DatapathHandles`],
-//! [`Injector`], [`SockDiag`]); the engine's unit tests run with in-memory ones.
+//! What the engine asks of the kernel, as five small traits: the datapath's conn table, its
+//! per-request maps, the rest of the datapath (its configuration and the load counter), packet
+//! injection, and the local TCP's view of connections. The agent runs with the real ones
+//! ([`ConnTable`], [`FollowMaps`], [`DatapathHandles`], [`Injector`], [`SockDiag`]); the engine's
+//! unit tests run with in-memory ones.
 
 use std::net::SocketAddrV4;
 
@@ -9,11 +10,11 @@ use std::net::Ipv4Addr;
 
 use std::sync::Arc;
 
-use baton_bpf::datapath::{AgentMap, ConfigMap, ConnTable, Counters};
-use baton_bpf::{Conn, ConnKey, NodeConfig, Stat};
+use baton_bpf::datapath::{AgentMap, ConfigMap, ConnTable, Counters, ResponsesTable, WatchTable};
+use baton_bpf::{Conn, ConnKey, NodeConfig, Responses, Stat, Watch};
 
 use crate::inject::{InjectError, Injector};
-use crate::sockdiag::{SockDiag, SockDiagError};
+use crate::sockdiag::{SockDiag, SockDiagError, TcpQueues};
 
 /// How an insertion treats an existing entry (BPF_ANY, BPF_NOEXIST, BPF_EXIST).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +44,19 @@ pub trait ConnTableOps: Send {
     fn entries(&self) -> Vec<(ConnKey, Conn)>;
 }
 
+/// The per-request maps: `watch` (the agent's word on a followed connection: where the next
+/// request head starts, whether the serving node's TCP is frozen) and `responses` (the
+/// datapath's count of the responses a serving node's server sent).
+pub trait FollowTables: Send {
+    fn set_watch(&mut self, key: ConnKey, watch: Watch) -> Result<(), String>;
+    fn remove_watch(&mut self, key: &ConnKey);
+    /// Starts counting the responses of `key`, whose first response byte is `first_seq` in the
+    /// local TCP's sequence space.
+    fn start_responses(&mut self, key: ConnKey, first_seq: u32) -> Result<(), String>;
+    fn responses(&self, key: &ConnKey) -> Option<Responses>;
+    fn remove_responses(&mut self, key: &ConnKey);
+}
+
 pub trait PacketSink: Send {
     /// Hands one complete IPv4 packet to the node's IP layer.
     fn send(&self, packet: &[u8]) -> Result<(), InjectError>;
@@ -59,6 +73,12 @@ pub trait TcpStates: Send {
     fn established(&mut self, addr: Ipv4Addr, ports: &[u16]) -> Result<u32, SockDiagError>;
     /// Whether each of `addr`'s `ports` has a listener.
     fn listening(&mut self, addr: Ipv4Addr, ports: &[u16]) -> Result<bool, SockDiagError>;
+    /// The state and queues of the connection `local` <-> `remote`, `None` if it has none.
+    fn queues(
+        &mut self,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+    ) -> Result<Option<TcpQueues>, SockDiagError>;
     /// Ends the local TCP's connection `local` <-> `remote` at once (SOCK_DESTROY: the socket is
     /// closed as by a RST, the server's reads and writes fail). False if there was none.
     fn destroy(&mut self, local: SocketAddrV4, remote: SocketAddrV4)
@@ -120,6 +140,13 @@ impl TcpStates for SockDiag {
     fn established(&mut self, addr: Ipv4Addr, ports: &[u16]) -> Result<u32, SockDiagError> {
         SockDiag::established(self, addr, ports)
     }
+    fn queues(
+        &mut self,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+    ) -> Result<Option<TcpQueues>, SockDiagError> {
+        SockDiag::queues(self, local, remote)
+    }
     fn listening(&mut self, addr: Ipv4Addr, ports: &[u16]) -> Result<bool, SockDiagError> {
         SockDiag::listening(self, addr, ports)
     }
@@ -129,6 +156,36 @@ impl TcpStates for SockDiag {
         remote: SocketAddrV4,
     ) -> Result<bool, SockDiagError> {
         SockDiag::destroy(self, local, remote)
+    }
+}
+
+/// The datapath's per-request maps.
+pub struct FollowMaps {
+    pub watch: WatchTable,
+    pub responses: ResponsesTable,
+}
+
+impl FollowTables for FollowMaps {
+    fn set_watch(&mut self, key: ConnKey, watch: Watch) -> Result<(), String> {
+        self.watch.insert(key, watch, 0).map_err(|e| e.to_string())
+    }
+    fn remove_watch(&mut self, key: &ConnKey) {
+        let _ = self.watch.remove(key);
+    }
+    fn start_responses(&mut self, key: ConnKey, first_seq: u32) -> Result<(), String> {
+        let start = Responses {
+            next_head: first_seq,
+            ..Responses::default()
+        };
+        self.responses
+            .insert(key, start, 0)
+            .map_err(|e| e.to_string())
+    }
+    fn responses(&self, key: &ConnKey) -> Option<Responses> {
+        self.responses.get(key, 0).ok()
+    }
+    fn remove_responses(&mut self, key: &ConnKey) {
+        let _ = self.responses.remove(key);
     }
 }
 
@@ -169,6 +226,7 @@ impl DatapathControl for DatapathHandles {
 /// The kernel as the engine sees it.
 pub struct Kernel {
     pub conns: Box<dyn ConnTableOps>,
+    pub follow: Box<dyn FollowTables>,
     pub datapath: Box<dyn DatapathControl>,
     pub inject: Box<dyn PacketSink>,
     pub tcp: Box<dyn TcpStates>,

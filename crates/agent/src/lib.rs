@@ -342,6 +342,10 @@ pub async fn run(launch: Launch, mut stop: watch::Receiver<Stop>) -> Result<(), 
     let (name, policy) = (config.node.name.clone(), config.policy.kind);
     let kernel = kernel::Kernel {
         conns: Box::new(conns),
+        follow: Box::new(kernel::FollowMaps {
+            watch: datapath.take_watch()?,
+            responses: datapath.take_responses()?,
+        }),
         datapath: Box::new(kernel::DatapathHandles {
             config: datapath_config,
             counters,

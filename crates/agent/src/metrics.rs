@@ -122,6 +122,15 @@ pub struct Metrics {
     pub hold_duration: Latency,
     /// FE: from a complete request head to its placement (the LARD dispatcher's round trip).
     pub decision_duration: Latency,
+    /// FE, per-request placement: requests after a connection's first, decided on their own
+    /// and served where the connection was; moves of a connection to another node; why a move
+    /// the policy wanted did not happen; from a move's decision to the new node's acceptance.
+    pub requests_stayed: IntCounter,
+    pub rehandoffs: IntCounter,
+    pub rehandoff_fallbacks: ByReason,
+    pub rehandoff_duration: Latency,
+    /// Serving node: connections that moved away from it (its TCP's side ended quietly).
+    pub moved_away: IntCounter,
     /// 1 while the operator has this node drained (`baton ctl drain`).
     pub drained: IntGauge,
     /// The HTTP health check's verdict (1 passing, 0 failing; 1 without a check).
@@ -328,6 +337,26 @@ impl Metrics {
             hold_duration: latency(
                 "hold_duration_seconds",
                 "From a connection's first segment reaching the agent to its placement (FE)",
+            ),
+            requests_stayed: counter(
+                "requests_stayed_total",
+                "Later requests of followed connections served where the connection was (FE)",
+            ),
+            rehandoffs: counter(
+                "rehandoffs_total",
+                "Connections moved to another node at a request boundary (FE)",
+            ),
+            rehandoff_fallbacks: by_reason(
+                "rehandoff_fallbacks_total",
+                "Requests meant for another node served where their connection was, by reason (FE)",
+            ),
+            rehandoff_duration: latency(
+                "rehandoff_duration_seconds",
+                "From a request's decision to move to the new node's acceptance (FE)",
+            ),
+            moved_away: counter(
+                "moved_away_total",
+                "Connections that moved from this node to another at a request boundary",
             ),
             decision_duration: latency(
                 "decision_duration_seconds",

@@ -62,6 +62,33 @@ impl SockDiag {
         Ok(self.lookup(local, remote)?.map(|(state, _)| state))
     }
 
+    /// The state and queues of the connection `local` <-> `remote`, `None` if the local TCP has
+    /// none.
+    pub fn queues(
+        &mut self,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+    ) -> Result<Option<TcpQueues>, SockDiagError> {
+        self.send_request(
+            NLM_F_REQUEST,
+            StateFlags::all(),
+            exact_id(local, remote, None),
+        )?;
+        match self.answer()?.payload {
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                let h = &response.header;
+                Ok((h.state != tcp_state::LISTEN).then_some(TcpQueues {
+                    state: h.state,
+                    unread: h.recv_queue,
+                    unacked: h.send_queue,
+                }))
+            }
+            NetlinkPayload::Error(e) if e.raw_code() == -libc::ENOENT => Ok(None),
+            NetlinkPayload::Error(e) => Err(SockDiagError::Io(e.to_io())),
+            other => Err(SockDiagError::Answer(format!("unexpected {other:?}"))),
+        }
+    }
+
     /// The state and socket cookie of the connection `local` <-> `remote`. The kernel's exact
     /// lookup falls back to a listener on `local`: that is no connection, `None`.
     fn lookup(
@@ -86,6 +113,16 @@ impl SockDiag {
             other => Err(SockDiagError::Answer(format!("unexpected {other:?}"))),
         }
     }
+}
+
+/// A connection's state and queues, as sock_diag tells them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpQueues {
+    pub state: u8,
+    /// Bytes received that the server has not read (for an established socket).
+    pub unread: u32,
+    /// Bytes the server wrote that the peer has not acknowledged, sent or not (a FIN counts one).
+    pub unacked: u32,
 }
 
 /// The netlink message type that asks the kernel to close a socket (linux/sock_diag.h).

@@ -294,6 +294,9 @@ pub struct LabSpec {
     /// [`Lab::admit_late_nodes`]: until then the others' agents list only each other, and the
     /// late nodes run no agent. Not recorded in `lab.info` either.
     pub late_nodes: usize,
+    /// The agents' `[policy] per_request` (follow every request of a keep-alive connection);
+    /// `None`: the policy's default. Not recorded in `lab.info` either.
+    pub per_request: Option<bool>,
 }
 
 impl LabSpec {
@@ -310,6 +313,7 @@ impl LabSpec {
             origin_delay_ms: DEFAULT_ORIGIN_DELAY_MS,
             health: None,
             late_nodes: 0,
+            per_request: None,
         }
     }
 
@@ -348,6 +352,12 @@ impl LabSpec {
     /// Nodes that join later ([`LabSpec::late_nodes`]).
     pub fn late_nodes(mut self, late_nodes: usize) -> Self {
         self.late_nodes = late_nodes;
+        self
+    }
+
+    /// Whether the agents follow every request ([`LabSpec::per_request`]).
+    pub fn per_request(mut self, per_request: bool) -> Self {
+        self.per_request = Some(per_request);
         self
     }
 
@@ -427,8 +437,12 @@ pub fn agent_config(spec: &LabSpec, key: &str, i: usize) -> Result<NodeConfig, L
             node_address(j)
         ));
     }
+    let per_request = match spec.per_request {
+        Some(on) => format!("per_request = {on}\n"),
+        None => String::new(),
+    };
     text.push_str(&format!(
-        "]\n\n[policy]\nkind = \"{}\"\n\n[metrics]\nlisten = \"{}:{METRICS_PORT}\"\n",
+        "]\n\n[policy]\nkind = \"{}\"\n{per_request}\n[metrics]\nlisten = \"{}:{METRICS_PORT}\"\n",
         policy_name(spec.policy),
         node_address(i)
     ));
@@ -2110,6 +2124,7 @@ pub fn parse_lab_info(text: &str) -> Result<(LabSpec, String), String> {
         origin_delay_ms,
         health: None,
         late_nodes: 0,
+        per_request: None,
     };
     Ok((spec, key))
 }

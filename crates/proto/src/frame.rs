@@ -46,6 +46,11 @@ pub mod kind {
     pub const DISPATCH_ANSWER: u8 = 0x16;
     pub const DRAINING: u8 = 0x17;
     pub const NODE_STATUS: u8 = 0x18;
+    pub const MOVE_QUIESCE: u8 = 0x19;
+    pub const MOVE_QUIET: u8 = 0x1a;
+    pub const MOVE_BUSY: u8 = 0x1b;
+    pub const MOVE_RELEASE: u8 = 0x1c;
+    pub const MOVE_RESUME: u8 = 0x1d;
     pub const HEARTBEAT: u8 = 0x20;
 }
 

@@ -44,7 +44,7 @@ mod session;
 
 pub use error::ProtoError;
 pub use message::{
-    HandoffRequest, MAX_HANDOFF_DATA_LEN, MAX_PACKET_LEN, MAX_TCP_OPTIONS_LEN, Message,
+    BusyReason, HandoffRequest, MAX_HANDOFF_DATA_LEN, MAX_PACKET_LEN, MAX_TCP_OPTIONS_LEN, Message,
     RefuseReason,
 };
 pub use session::{Event, MAX_NODE_NAME_LEN, MIN_CLUSTER_KEY_LEN, NONCE_LEN, Nonce, Role, Session};

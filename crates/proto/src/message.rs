@@ -7,7 +7,8 @@
 //!   14  4  FE service IPv4 address   18  2  FE service port
 //!   20  4  fe_isn                    24  4  fe_tsval
 //!   28  1  n = options length (<= 40), then n bytes of raw TCP options
-//!   ..  1  flags: 0x01 the FE's SYN-ACK agreed to ECN, 0x02 the client's FIN follows the data
+//!   ..  1  flags: 0x01 the FE's SYN-ACK agreed to ECN, 0x02 the client's FIN follows the data,
+//!          0x04 the FE follows the connection's requests (the BE tracks its responses)
 //!   ..  2  m = SYN length, then m bytes: the client's SYN, a whole IPv4 packet
 //!   ..  2  k = segment length, then k bytes: the client's latest segment headers, a whole IPv4
 //!          packet without payload (the template of what the BE replays)
@@ -28,6 +29,16 @@
 //! NodeStatus (0x18)
 //!   0   1  flags: 0x01 the sender is drained by its operator (choose it for nothing new)
 //!   1   8  the digest of the sender's cluster configuration (members, ports, policy)
+//! MoveQuiesce (0x19)
+//!   0   8  id (the handoff the serving node has the connection by)
+//!   8   4  requests the serving node has been given on the connection
+//!   12  2  k = segment length, then k bytes: the client's latest ACK, a whole IPv4 packet
+//!          without payload addressed to the FE's service address
+//! MoveQuiet (0x1a), MoveRelease (0x1c), MoveResume (0x1d)
+//!   0   8  id
+//! MoveBusy (0x1b)
+//!   0   8  id
+//!   8   1  reason code (BusyReason)
 //! Heartbeat (0x20)
 //!   0   4  load
 //!   4   8  sent_at_ms
@@ -50,6 +61,7 @@ pub const MAX_HANDOFF_DATA_LEN: usize = 64 * 1024;
 
 const HANDOFF_FE_ECN: u8 = 0x01;
 const HANDOFF_CLIENT_FIN: u8 = 0x02;
+const HANDOFF_FOLLOW: u8 = 0x04;
 const HEARTBEAT_SERVING: u8 = 0x01;
 const NODE_STATUS_DRAINED: u8 = 0x01;
 
@@ -111,6 +123,66 @@ impl TryFrom<u8> for RefuseReason {
     }
 }
 
+/// Why a serving node cannot let a connection move now. Codes are part of the wire format and
+/// never renumbered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum BusyReason {
+    /// Its TCP has bytes the client has not acknowledged (or not yet been sent).
+    Unacked = 1,
+    /// Its server has not read everything the client sent.
+    Unread = 2,
+    /// A response is not complete (or more responses are due than were seen).
+    Responding = 3,
+    /// Its responses could not be followed (framing the datapath cannot read): it stays.
+    Untracked = 4,
+    /// The connection is closing, or gone.
+    Closing = 5,
+    /// It has no such connection live.
+    Unknown = 6,
+    Internal = 7,
+}
+
+impl BusyReason {
+    pub const ALL: [BusyReason; 7] = [
+        BusyReason::Unacked,
+        BusyReason::Unread,
+        BusyReason::Responding,
+        BusyReason::Untracked,
+        BusyReason::Closing,
+        BusyReason::Unknown,
+        BusyReason::Internal,
+    ];
+
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            BusyReason::Unacked => "unacked",
+            BusyReason::Unread => "unread",
+            BusyReason::Responding => "responding",
+            BusyReason::Untracked => "untracked",
+            BusyReason::Closing => "closing",
+            BusyReason::Unknown => "unknown",
+            BusyReason::Internal => "internal",
+        }
+    }
+}
+
+impl TryFrom<u8> for BusyReason {
+    type Error = ProtoError;
+
+    fn try_from(code: u8) -> Result<Self, ProtoError> {
+        BusyReason::ALL
+            .into_iter()
+            .find(|reason| reason.code() == code)
+            .ok_or(ProtoError::Malformed("unknown busy reason"))
+    }
+}
+
 /// FE -> BE: take over this client connection: what the BE needs to replay its handshake and the
 /// request in one pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +208,9 @@ pub struct HandoffRequest {
     pub data: Vec<u8>,
     /// The client's FIN follows `data`.
     pub fin: bool,
+    /// The FE follows the connection's requests: the BE tracks its responses, and the connection
+    /// may move on at a request boundary.
+    pub follow: bool,
 }
 
 /// A message between node agents, after the handshake.
@@ -168,6 +243,24 @@ pub enum Message {
         sent_at_ms: u64,
         serving: bool,
     },
+    /// FE -> serving node: the client's next request goes elsewhere. Take the client's ACK
+    /// (`segment`), then say whether the connection is quiet: everything answered (`requests`
+    /// responses complete), sent, acknowledged and read. If it is, nothing its TCP sends leaves
+    /// from now on, until a Release or a Resume.
+    MoveQuiesce {
+        id: u64,
+        requests: u32,
+        segment: Vec<u8>,
+    },
+    /// Serving node -> FE: quiet and frozen; the FE may replay the connection elsewhere.
+    MoveQuiet { id: u64 },
+    /// Serving node -> FE: not now; the connection stays and its TCP speaks as before.
+    MoveBusy { id: u64, reason: BusyReason },
+    /// FE -> serving node: the connection lives elsewhere now: end your TCP's side quietly and
+    /// forget it (no ConnClosed).
+    MoveRelease { id: u64 },
+    /// FE -> serving node: the move did not happen: the connection stays with you.
+    MoveResume { id: u64 },
 }
 
 impl Message {
@@ -184,6 +277,11 @@ impl Message {
             Message::Draining => kind::DRAINING,
             Message::NodeStatus { .. } => kind::NODE_STATUS,
             Message::Heartbeat { .. } => kind::HEARTBEAT,
+            Message::MoveQuiesce { .. } => kind::MOVE_QUIESCE,
+            Message::MoveQuiet { .. } => kind::MOVE_QUIET,
+            Message::MoveBusy { .. } => kind::MOVE_BUSY,
+            Message::MoveRelease { .. } => kind::MOVE_RELEASE,
+            Message::MoveResume { .. } => kind::MOVE_RESUME,
         }
     }
 
@@ -203,6 +301,7 @@ impl Message {
                 segment,
                 data,
                 fin,
+                follow,
             }) => {
                 let options_len: u8 =
                     checked_len("fe_synack_options", fe_synack_options, MAX_TCP_OPTIONS_LEN)?;
@@ -224,6 +323,9 @@ impl Message {
                 if *fin {
                     flags |= HANDOFF_CLIENT_FIN;
                 }
+                if *follow {
+                    flags |= HANDOFF_FOLLOW;
+                }
                 out.push(flags);
                 out.extend_from_slice(&syn_len.to_be_bytes());
                 out.extend_from_slice(syn);
@@ -234,7 +336,25 @@ impl Message {
             }
             Message::HandoffAccepted { id }
             | Message::HandoffAbort { id }
-            | Message::ConnClosed { id } => out.extend_from_slice(&id.to_be_bytes()),
+            | Message::ConnClosed { id }
+            | Message::MoveQuiet { id }
+            | Message::MoveRelease { id }
+            | Message::MoveResume { id } => out.extend_from_slice(&id.to_be_bytes()),
+            Message::MoveBusy { id, reason } => {
+                out.extend_from_slice(&id.to_be_bytes());
+                out.push(reason.code());
+            }
+            Message::MoveQuiesce {
+                id,
+                requests,
+                segment,
+            } => {
+                let segment_len: u16 = checked_len("segment", segment, MAX_PACKET_LEN)?;
+                out.extend_from_slice(&id.to_be_bytes());
+                out.extend_from_slice(&requests.to_be_bytes());
+                out.extend_from_slice(&segment_len.to_be_bytes());
+                out.extend_from_slice(segment);
+            }
             Message::HandoffRefused { id, reason } => {
                 out.extend_from_slice(&id.to_be_bytes());
                 out.push(reason.code());
@@ -287,7 +407,7 @@ impl Message {
                 }
                 let fe_synack_options = reader.bytes(options_len)?.to_vec();
                 let flags = reader.u8()?;
-                if flags & !(HANDOFF_FE_ECN | HANDOFF_CLIENT_FIN) != 0 {
+                if flags & !(HANDOFF_FE_ECN | HANDOFF_CLIENT_FIN | HANDOFF_FOLLOW) != 0 {
                     return Err(ProtoError::Malformed("unknown handoff flags"));
                 }
                 let syn_len = usize::from(reader.u16()?);
@@ -311,6 +431,7 @@ impl Message {
                     segment,
                     data,
                     fin: flags & HANDOFF_CLIENT_FIN != 0,
+                    follow: flags & HANDOFF_FOLLOW != 0,
                 })
             }
             kind::HANDOFF_ACCEPTED => Message::HandoffAccepted { id: reader.u64()? },
@@ -356,6 +477,24 @@ impl Message {
                     serving: flags & HEARTBEAT_SERVING != 0,
                 }
             }
+            kind::MOVE_QUIESCE => {
+                let id = reader.u64()?;
+                let requests = reader.u32()?;
+                let len = usize::from(reader.u16()?);
+                let segment = reader.bytes(len)?.to_vec();
+                Message::MoveQuiesce {
+                    id,
+                    requests,
+                    segment,
+                }
+            }
+            kind::MOVE_QUIET => Message::MoveQuiet { id: reader.u64()? },
+            kind::MOVE_BUSY => Message::MoveBusy {
+                id: reader.u64()?,
+                reason: BusyReason::try_from(reader.u8()?)?,
+            },
+            kind::MOVE_RELEASE => Message::MoveRelease { id: reader.u64()? },
+            kind::MOVE_RESUME => Message::MoveResume { id: reader.u64()? },
             unknown => return Err(ProtoError::UnknownKind(unknown)),
         };
         reader.finish()?;

@@ -4,8 +4,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use baton_proto::frame::{self, HEADER_LEN, MAX_PAYLOAD_LEN, TAG_LEN};
 use baton_proto::{
-    Event, HandoffRequest, MAX_NODE_NAME_LEN, MAX_TCP_OPTIONS_LEN, Message, Nonce, ProtoError,
-    RefuseReason, Session,
+    BusyReason, Event, HandoffRequest, MAX_NODE_NAME_LEN, MAX_TCP_OPTIONS_LEN, Message, Nonce,
+    ProtoError, RefuseReason, Session,
 };
 use proptest::prelude::*;
 
@@ -52,7 +52,16 @@ fn sample_messages() -> Vec<Message> {
             segment: vec![0x45; 52],
             data: b"GET / HTTP/1.1\r\n\r\n".to_vec(),
             fin: false,
+            follow: true,
         }),
+        Message::MoveQuiesce {
+            id: 7,
+            requests: 3,
+            segment: vec![0x45; 52],
+        },
+        Message::MoveQuiet { id: 7 },
+        Message::MoveRelease { id: 7 },
+        Message::MoveResume { id: 7 },
         Message::HandoffAccepted { id: 7 },
         Message::HandoffAbort { id: u64::MAX },
         Message::ConnClosed { id: 0 },
@@ -77,6 +86,7 @@ fn sample_messages() -> Vec<Message> {
         },
     ];
     messages.extend(RefuseReason::ALL.map(|reason| Message::HandoffRefused { id: 9, reason }));
+    messages.extend(BusyReason::ALL.map(|reason| Message::MoveBusy { id: 9, reason }));
     messages
 }
 
@@ -92,7 +102,7 @@ fn message_strategy() -> impl Strategy<Value = Message> {
             any::<u32>(),
             any::<u32>(),
             bytes(MAX_TCP_OPTIONS_LEN),
-            (any::<bool>(), any::<bool>()),
+            (any::<bool>(), any::<bool>(), any::<bool>()),
             (bytes(200), bytes(200), bytes(300))
         )
             .prop_map(
@@ -103,7 +113,7 @@ fn message_strategy() -> impl Strategy<Value = Message> {
                     fe_isn,
                     fe_tsval,
                     fe_synack_options,
-                    (fe_ecn, fin),
+                    (fe_ecn, fin, follow),
                     (syn, segment, data),
                 )| {
                     Message::HandoffRequest(HandoffRequest {
@@ -118,9 +128,25 @@ fn message_strategy() -> impl Strategy<Value = Message> {
                         segment,
                         data,
                         fin,
+                        follow,
                     })
                 }
             ),
+        (any::<u64>(), any::<u32>(), bytes(200)).prop_map(|(id, requests, segment)| {
+            Message::MoveQuiesce {
+                id,
+                requests,
+                segment,
+            }
+        }),
+        any::<u64>().prop_map(|id| Message::MoveQuiet { id }),
+        (
+            any::<u64>(),
+            proptest::sample::select(BusyReason::ALL.to_vec())
+        )
+            .prop_map(|(id, reason)| Message::MoveBusy { id, reason }),
+        any::<u64>().prop_map(|id| Message::MoveRelease { id }),
+        any::<u64>().prop_map(|id| Message::MoveResume { id }),
         any::<u64>().prop_map(|id| Message::HandoffAccepted { id }),
         (
             any::<u64>(),

@@ -8,7 +8,9 @@
 //!   their close); BE entries still being replayed can only go live within their deadline or be
 //!   refused, as for any replay;
 //! - entries the datapath holds for an agent (FE_SYN, FE_HOLD) need nothing: their next packet
-//!   reaches this agent as a held packet, and the client retransmits what the previous one had.
+//!   reaches this agent as a held packet, and the client retransmits what the previous one had;
+//! - followed connections are followed no more (their watches go): their later requests are
+//!   served where they are.
 //!
 //! **Hand-over.** An agent told that another takes over stops beating (the datapath fails open
 //! at once: new connections are served here by the local server), tells its peers it takes
@@ -71,6 +73,10 @@ impl Engine {
                 continue;
             };
             let id = entry.handoff_id;
+            // What the previous agent followed is not known here: the datapath holds nothing
+            // more for it and lets every TCP speak (a move it left half done does not happen;
+            // the FE's release of one still ends it).
+            self.follow.remove_watch(&key);
             match (role, state) {
                 (Some(ConnRole::Fe), _) => {
                     let closed = entry.flags & (conn_flags::CLIENT_FIN | conn_flags::RST) != 0;
@@ -90,6 +96,10 @@ impl Engine {
                         AdoptedPhase::Live
                     };
                     self.be.adopt(key, peer, id, entry.client_isn, phase);
+                    if self.follow.responses(&key).is_some() {
+                        // Its responses are still counted: a move can still be answered.
+                        self.be.set_followed(&key);
+                    }
                     adopted.handed_in += 1;
                 }
                 _ => {
@@ -119,6 +129,8 @@ impl Engine {
         for key in self.fe.held() {
             self.release_local(key, LocalReason::Shutdown, now);
         }
+        // The next agent does not know what this one followed: nothing more is held for it.
+        self.stop_following_all(now);
     }
 
     /// Whether nothing is in flight that a hand-over must wait for: no offer out, no replay in.

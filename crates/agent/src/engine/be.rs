@@ -11,6 +11,12 @@
 //! - **Live**: it spoke (the datapath saw it and let it through): the FE is told Accepted. Until
 //!   the offer's deadline only: after it, the datapath lets nothing through and we refuse, so the
 //!   FE can serve the connection itself. (An abort from the FE ends a connection in any phase.)
+//! - **Moving**: the FE follows the connection's requests and wants the next one elsewhere; it
+//!   was quiet (every response it owes complete and acknowledged, everything read), so the
+//!   datapath now lets nothing our TCP sends leave. The FE then says:
+//!   - **Moved** (Release): it lives elsewhere now: our TCP's side is ended (its RST goes
+//!     nowhere) and every trace goes after a linger, without a close notice;
+//!   - Resume: the move did not happen, it is Live again.
 //! - **Closing**: the datapath saw both FINs or a RST; after a linger the local TCP confirms it
 //!   (a forged RST changes nothing), the FE is told, and every trace goes.
 
@@ -18,8 +24,8 @@ use std::collections::HashMap;
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
-use baton_bpf::{Conn, ConnKey, ConnRole, ConnState, Event, conn_flags};
-use baton_proto::{HandoffRequest, Message, RefuseReason};
+use baton_bpf::{Conn, ConnKey, ConnRole, ConnState, Event, Watch, conn_flags, watch_flags};
+use baton_proto::{BusyReason, HandoffRequest, Message, RefuseReason};
 use baton_wire::{
     SynOptions, TcpFlags, TcpPacketBuilder, Translation, rewrite_dst_addr, translate_to_server,
 };
@@ -49,6 +55,8 @@ enum BePhase {
     SynSent,
     Replayed,
     Live,
+    Moving,
+    Moved,
     Closing,
 }
 
@@ -57,6 +65,10 @@ pub(super) struct Inbound {
     id: u64,
     client_isn: u32,
     phase: BePhase,
+    /// The FE follows its requests: the datapath counts its responses.
+    follow: bool,
+    /// While Moving: when it ends by itself if the FE says nothing.
+    frozen_until: Option<Instant>,
     /// What the replay needs, until the connection is live (then dropped). An adopted
     /// connection has none: it was taken by an agent that is gone.
     replay: Option<Box<Replay>>,
@@ -119,7 +131,7 @@ impl BeState {
     pub fn open(&self) -> usize {
         self.conns
             .values()
-            .filter(|i| i.phase != BePhase::Closing)
+            .filter(|i| !matches!(i.phase, BePhase::Closing | BePhase::Moved))
             .count()
     }
 
@@ -129,6 +141,8 @@ impl BeState {
         let phase = match inbound.phase {
             BePhase::SynSent | BePhase::Replayed => "replaying",
             BePhase::Live => "live",
+            BePhase::Moving => "moving",
+            BePhase::Moved => "moved",
             BePhase::Closing => "closing",
         };
         Some((inbound.peer, phase))
@@ -156,10 +170,19 @@ impl BeState {
                 id,
                 client_isn,
                 phase,
+                follow: false,
+                frozen_until: None,
                 replay: None,
             },
         );
         self.by_handoff.insert((peer, id), key);
+    }
+
+    /// Marks an adopted connection as one whose responses the datapath counts.
+    pub fn set_followed(&mut self, key: &ConnKey) {
+        if let Some(inbound) = self.conns.get_mut(key) {
+            inbound.follow = true;
+        }
     }
 
     /// Handed-in connections not yet live nor refused: what a handover waits for.
@@ -238,7 +261,7 @@ impl Engine {
             let closed_in_datapath = self.conns.get(&key).is_some_and(|e| {
                 e.client_isn == old.client_isn && e.flags & conn_flags::CLOSE_REPORTED != 0
             });
-            if old.phase != BePhase::Closing && !closed_in_datapath {
+            if !matches!(old.phase, BePhase::Closing | BePhase::Moved) && !closed_in_datapath {
                 return Err(RefuseReason::Collision);
             }
             let old = old.conn(key);
@@ -298,6 +321,8 @@ impl Engine {
             id: r.id,
             client_isn: syn_fields.seq,
             phase: BePhase::SynSent,
+            follow: r.follow,
+            frozen_until: None,
             replay: Some(Box::new(Replay {
                 fe_isn: r.fe_isn,
                 fe_tsval: r.fe_tsval,
@@ -348,8 +373,9 @@ impl Engine {
             // It asks again: the request did not take (a full accept queue): replay it again.
             BePhase::Replayed if synack.is_some() => return self.replay_request(key),
             BePhase::Replayed => return self.refuse_inbound(key, RefuseReason::Internal, false),
-            BePhase::Live | BePhase::Closing => return,
+            BePhase::Live | BePhase::Moving | BePhase::Moved | BePhase::Closing => return,
         }
+        let follow = inbound.follow;
         let Some(replay) = inbound.replay.as_deref() else {
             // Adopted before its replay: the request went with the agent that took it.
             return self.refuse_inbound(key, RefuseReason::Internal, true);
@@ -393,6 +419,14 @@ impl Engine {
         entry.ts_delta = translation.ts_delta;
         let left = replay.deadline.saturating_duration_since(now);
         entry.live_deadline_ns = monotonic_ns() + left.as_nanos() as u64;
+        // The responses are counted from the first byte our server sends, so the FE can move
+        // the connection once every one it owes is complete.
+        if follow && let Err(e) = self.follow.start_responses(key, synack.seq.wrapping_add(1)) {
+            tracing::debug!(%key, "responses: {e}");
+            if let Some(inbound) = self.be.conns.get_mut(&key) {
+                inbound.follow = false;
+            }
+        }
         // Before the replay the datapath writes nothing but last_seen_ns: the whole entry is ours.
         if self.conns.insert(key, entry, Insert::Existing).is_err() {
             return self.refuse_inbound(key, RefuseReason::Internal, true);
@@ -505,6 +539,9 @@ impl Engine {
         {
             self.reset_local(inbound.conn(key));
             self.conns.remove(&key);
+            if inbound.follow {
+                self.follow.remove_responses(&key);
+            }
         }
     }
 
@@ -512,6 +549,9 @@ impl Engine {
         let Some(inbound) = self.be.remove(&key) else {
             return;
         };
+        if inbound.follow {
+            self.follow.remove_responses(&key);
+        }
         if reset {
             self.reset_local(inbound.conn(key));
         }
@@ -629,9 +669,202 @@ impl Engine {
     /// Removes every trace of a handed-in connection, and only of that one.
     fn forget_inbound(&mut self, conn: ConnId) {
         self.remove_entry(conn);
-        if self.be.get(conn).is_some() {
+        if let Some(inbound) = self.be.get(conn) {
+            if inbound.follow {
+                self.follow.remove_responses(&conn.key);
+                self.follow.remove_watch(&conn.key);
+            }
             self.be.remove(&conn.key);
         }
         self.metrics.handed_in_active.set(self.be.len() as i64);
+    }
+}
+
+// ----- moves: the FE follows the connection's requests --------------------------------------
+
+impl Engine {
+    /// The FE wants the connection's next request elsewhere: is it quiet here? If so it is
+    /// frozen (nothing our TCP sends leaves) until the FE releases or resumes it.
+    pub(super) fn on_move_quiesce(
+        &mut self,
+        peer: usize,
+        id: u64,
+        requests: u32,
+        segment: &[u8],
+        now: Instant,
+    ) {
+        let answer = match self.quiesce(peer, id, requests, segment) {
+            Ok(conn) => {
+                // The FE's move ends within its wait for us and its wait for the new node; a
+                // word that never comes (the FE or the mesh broke meanwhile) ends our side: the
+                // connection may live elsewhere now, and two servers must never answer it.
+                let until = now + Duration::from_millis(2 * self.config.limits.handoff_timeout_ms);
+                if let Some(inbound) = self.be.conns.get_mut(&conn.key) {
+                    inbound.frozen_until = Some(until);
+                }
+                self.timers.at(until, Timer::Frozen(conn));
+                Message::MoveQuiet { id }
+            }
+            Err(reason) => Message::MoveBusy { id, reason },
+        };
+        self.mesh.send(peer, answer);
+    }
+
+    fn quiesce(
+        &mut self,
+        peer: usize,
+        id: u64,
+        requests: u32,
+        segment: &[u8],
+    ) -> Result<ConnId, BusyReason> {
+        let key = *self
+            .be
+            .by_handoff
+            .get(&(peer, id))
+            .ok_or(BusyReason::Unknown)?;
+        let inbound = self.be.conns.get(&key).ok_or(BusyReason::Unknown)?;
+        match inbound.phase {
+            BePhase::Live => {}
+            BePhase::Closing | BePhase::Moved => return Err(BusyReason::Closing),
+            BePhase::SynSent | BePhase::Replayed | BePhase::Moving => {
+                return Err(BusyReason::Unknown);
+            }
+        }
+        if !inbound.follow {
+            return Err(BusyReason::Untracked);
+        }
+        let entry = self
+            .conns
+            .get(&key)
+            .filter(|e| e.client_isn == inbound.client_isn)
+            .ok_or(BusyReason::Unknown)?;
+        let translation = Translation {
+            seq_delta: entry.seq_delta,
+            ts_delta: entry.ts_delta,
+        };
+        // The client's latest ACK first: it usually came with the request the FE holds.
+        let ack = TcpPacketBuilder::parse(segment).map_err(|_| BusyReason::Internal)?;
+        if ack.src != *key.client().ip() || ack.src_port != key.client().port() {
+            return Err(BusyReason::Internal);
+        }
+        let mut packet = segment.to_vec();
+        if rewrite_dst_addr(&mut packet, self.my_addr).is_err()
+            || translate_to_server(&mut packet, &translation).is_err()
+        {
+            return Err(BusyReason::Internal);
+        }
+        self.send(&packet);
+        let acked = ack.ack.wrapping_add(translation.seq_delta);
+        self.quiet(key, requests, acked)?;
+        // Frozen, then looked at again: our server may have written in between.
+        let frozen = Watch {
+            flags: watch_flags::FROZEN,
+            next_head_seq: 0,
+        };
+        self.follow
+            .set_watch(key, frozen)
+            .map_err(|_| BusyReason::Internal)?;
+        if let Err(reason) = self.quiet(key, requests, acked) {
+            self.follow.remove_watch(&key);
+            return Err(reason);
+        }
+        let inbound = self.be.conns.get_mut(&key).ok_or(BusyReason::Unknown)?;
+        inbound.phase = BePhase::Moving;
+        Ok(inbound.conn(key))
+    }
+
+    /// Whether `key` is quiet: our server has answered all `requests` in full, the client has
+    /// acknowledged exactly up to the end of the last answer (`acked`, in our TCP's space), and
+    /// nothing is unsent, unacknowledged or unread.
+    fn quiet(&mut self, key: ConnKey, requests: u32, acked: u32) -> Result<(), BusyReason> {
+        let queues = match self.tcp.queues(key.local(), key.client()) {
+            Ok(Some(q)) => q,
+            Ok(None) => return Err(BusyReason::Closing),
+            Err(e) => {
+                tracing::warn!("sock_diag: {e}");
+                return Err(BusyReason::Internal);
+            }
+        };
+        if queues.state != tcp_state::ESTABLISHED {
+            return Err(BusyReason::Closing);
+        }
+        if queues.unread > 0 {
+            return Err(BusyReason::Unread);
+        }
+        if queues.unacked > 0 {
+            return Err(BusyReason::Unacked);
+        }
+        let responses = self.follow.responses(&key).ok_or(BusyReason::Untracked)?;
+        if responses.flags & baton_bpf::RESP_OPAQUE != 0 {
+            return Err(BusyReason::Untracked);
+        }
+        if responses.count != requests || responses.next_head != acked {
+            return Err(BusyReason::Responding);
+        }
+        Ok(())
+    }
+
+    /// The FE moved the connection on: our TCP's side ends (its RST is dropped by the frozen
+    /// datapath), the entry lingers for packets still on their way, no close notice.
+    pub(super) fn on_move_release(&mut self, peer: usize, id: u64, now: Instant) {
+        let Some(key) = self.be.by_handoff.get(&(peer, id)).copied() else {
+            return;
+        };
+        let Some(inbound) = self.be.conns.get_mut(&key) else {
+            return;
+        };
+        // Live too: an agent that adopted the connection after its predecessor froze it.
+        if !matches!(inbound.phase, BePhase::Moving | BePhase::Live) {
+            return;
+        }
+        if inbound.phase == BePhase::Live {
+            let frozen = Watch {
+                flags: watch_flags::FROZEN,
+                next_head_seq: 0,
+            };
+            if let Err(e) = self.follow.set_watch(key, frozen) {
+                tracing::warn!(%key, "freezing a released connection: {e}");
+            }
+        }
+        inbound.phase = BePhase::Moved;
+        inbound.follow = true;
+        let conn = inbound.conn(key);
+        if let Err(e) = self.tcp.destroy(key.local(), key.client()) {
+            tracing::warn!(%key, "sock_diag destroy of a connection that moved away: {e}");
+        }
+        self.metrics.moved_away.inc();
+        let linger = Duration::from_millis(self.config.limits.close_linger_ms);
+        self.timers.at(now + linger, Timer::Moved(conn));
+    }
+
+    /// The move did not happen: the connection is ours again.
+    pub(super) fn on_move_resume(&mut self, peer: usize, id: u64) {
+        let Some(key) = self.be.by_handoff.get(&(peer, id)).copied() else {
+            return;
+        };
+        if let Some(inbound) = self.be.conns.get_mut(&key)
+            && inbound.phase == BePhase::Moving
+        {
+            inbound.phase = BePhase::Live;
+            self.follow.remove_watch(&key);
+        }
+    }
+
+    /// Frozen, and the FE said neither Release nor Resume in time: our side ends.
+    pub(super) fn frozen_too_long(&mut self, conn: ConnId, now: Instant) {
+        let Some(inbound) = self.be.get(conn) else {
+            return;
+        };
+        if inbound.phase == BePhase::Moving && inbound.frozen_until.is_some_and(|t| t <= now) {
+            tracing::warn!(key = %conn.key, "a moving connection heard no release nor resume: ended");
+            let (peer, id) = (inbound.peer, inbound.id);
+            self.on_move_release(peer, id, now);
+        }
+    }
+
+    pub(super) fn moved_linger_over(&mut self, conn: ConnId) {
+        if self.be.get(conn).map(|i| i.phase) == Some(BePhase::Moved) {
+            self.forget_inbound(conn);
+        }
     }
 }

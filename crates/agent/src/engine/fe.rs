@@ -24,6 +24,7 @@ use baton_policy::{ClusterView, Policy, RequestInfo, RoutedRequest};
 use baton_proto::{HandoffRequest, Message, RefuseReason};
 use baton_wire::{TcpFlags, TcpPacketBuilder, rewrite_dst_addr};
 
+use super::follow::Following;
 use super::packets;
 use super::timers::{ConnId, Timer};
 use super::{Decision, Engine};
@@ -106,31 +107,79 @@ pub(super) enum FePhase {
         peer: usize,
         id: u64,
         since: Instant,
+        /// Its later requests are followed (`[policy] per_request`).
+        follow: Option<Box<Following>>,
     },
     Forwarded {
         peer: usize,
         id: u64,
         /// The peer reported it closed: only its linger is left.
         closed: bool,
+        follow: Option<Box<Following>>,
     },
     Local,
 }
 
 pub(super) struct FeConn {
-    client_isn: u32,
-    phase: FePhase,
+    pub(super) client_isn: u32,
+    pub(super) phase: FePhase,
 }
 
 #[derive(Default)]
 pub(super) struct FeState {
-    conns: HashMap<ConnKey, FeConn>,
+    pub(super) conns: HashMap<ConnKey, FeConn>,
     /// Offered and forwarded connections by handoff id.
-    handoffs: HashMap<u64, ConnKey>,
+    pub(super) handoffs: HashMap<u64, ConnKey>,
     /// Questions out to the LARD dispatcher by id.
     asks: HashMap<u64, ConnKey>,
+    /// Moves of followed connections under way, by the new node's handoff id.
+    pub(super) moves: HashMap<u64, ConnKey>,
 }
 
 impl FeState {
+    /// Whether `id` is a move of a followed connection, under way.
+    pub fn is_move(&self, id: u64) -> bool {
+        self.moves.contains_key(&id)
+    }
+
+    /// A followed connection (offered or forwarded, open): its serving node and what is followed.
+    pub fn following_mut(&mut self, key: &ConnKey) -> Option<(usize, &mut Following)> {
+        match &mut self.conns.get_mut(key)?.phase {
+            FePhase::Offered {
+                peer,
+                follow: Some(f),
+                ..
+            }
+            | FePhase::Forwarded {
+                peer,
+                follow: Some(f),
+                closed: false,
+                ..
+            } => Some((*peer, f)),
+            _ => None,
+        }
+    }
+
+    /// Connections followed now.
+    pub fn followed(&self) -> Vec<ConnKey> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| {
+                matches!(
+                    c.phase,
+                    FePhase::Offered {
+                        follow: Some(_),
+                        ..
+                    } | FePhase::Forwarded {
+                        follow: Some(_),
+                        ..
+                    }
+                )
+            })
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
     /// Whether the agent has a record of `key` (held, offered, forwarded or recently local).
     pub fn knows(&self, key: &ConnKey) -> bool {
         self.conns.contains_key(key)
@@ -181,8 +230,11 @@ impl FeState {
                     self.asks.remove(id);
                 }
             }
-            FePhase::Offered { id, .. } | FePhase::Forwarded { id, .. } => {
+            FePhase::Offered { id, follow, .. } | FePhase::Forwarded { id, follow, .. } => {
                 self.handoffs.remove(id);
+                if let Some(m) = follow.as_ref().and_then(|f| f.move_id()) {
+                    self.moves.remove(&m);
+                }
             }
             FePhase::Local => {}
         }
@@ -216,7 +268,12 @@ impl FeState {
             key,
             FeConn {
                 client_isn,
-                phase: FePhase::Forwarded { peer, id, closed },
+                phase: FePhase::Forwarded {
+                    peer,
+                    id,
+                    closed,
+                    follow: None,
+                },
             },
         );
         self.handoffs.insert(id, key);
@@ -528,7 +585,10 @@ impl Engine {
         let Some(FePhase::Held(held)) = self.fe.conns.get(&key).map(|c| &c.phase) else {
             return;
         };
-        let Some(request) = handoff_request(id, &key, held) else {
+        // Followed from the end of the first request, if it can be: the datapath holds the next
+        // head from the moment the client's packets follow the offer.
+        let next_head = self.first_follow(held.stream.contiguous(), held.entry.client_isn);
+        let Some(request) = handoff_request(id, &key, held, next_head.is_some()) else {
             return self.release_local(key, LocalReason::Internal, now);
         };
         // The client's packets follow the offer: from now on the datapath forwards them. Only a
@@ -546,8 +606,17 @@ impl Engine {
         entry.state = ConnState::FeForward as u8;
         entry.peer_addr = self.cluster.peers[peer].addr.octets();
         entry.handoff_id = id;
+        let follow = match next_head {
+            Some(next_head) if self.watch_heads(key, next_head) => {
+                Some(Following::new(entry, next_head))
+            }
+            _ => None,
+        };
         if let Err(e) = self.conns.insert(key, entry, Insert::Existing) {
             tracing::debug!(%key, "connection gone before it was offered: {e}");
+            if follow.is_some() {
+                self.follow.remove_watch(&key);
+            }
             self.fe.forget(ConnId { key, client_isn });
             return;
         }
@@ -565,6 +634,7 @@ impl Engine {
             peer,
             id,
             since: now,
+            follow,
         };
         self.fe.handoffs.insert(id, key);
         let wait = Duration::from_millis(self.config.limits.handoff_timeout_ms);
@@ -656,14 +726,20 @@ impl Engine {
         let Some(conn) = self.fe.conns.get_mut(&key) else {
             return;
         };
-        if let FePhase::Offered { since, .. } = conn.phase {
-            let took = now.saturating_duration_since(since);
-            self.metrics.handoff_duration.observe(took.as_secs_f64());
-        }
+        let follow = match std::mem::replace(&mut conn.phase, FePhase::Local) {
+            FePhase::Offered { since, follow, .. } => {
+                let took = now.saturating_duration_since(since);
+                self.metrics.handoff_duration.observe(took.as_secs_f64());
+                follow
+            }
+            _ => None,
+        };
+        let next_waits = follow.as_ref().is_some_and(|f| f.held_next().is_some());
         conn.phase = FePhase::Forwarded {
             peer,
             id,
             closed: false,
+            follow,
         };
         // Our own TCP still has the half-open connection: a RST only it sees ends it quietly.
         let conn = ConnId {
@@ -673,6 +749,10 @@ impl Engine {
         self.reset_local(conn);
         self.metrics.handoffs_out.inc();
         self.count_for_peer(&self.metrics.peer.handoffs_to, peer);
+        // The client's next request came before the answer: decided now.
+        if next_waits {
+            self.decide_next(conn.key, now);
+        }
     }
 
     pub(super) fn on_refused(&mut self, peer: usize, id: u64, reason: RefuseReason, now: Instant) {
@@ -711,6 +791,8 @@ impl Engine {
         let Some(&key) = self.fe.handoffs.get(&id) else {
             return;
         };
+        // Closed with a request held or a move under way: it goes to the node that had it.
+        self.end_following(key, now);
         let Some(conn) = self.fe.conns.get_mut(&key) else {
             return;
         };
@@ -730,10 +812,10 @@ impl Engine {
     }
 
     pub(super) fn expire_forwarded(&mut self, conn: ConnId) {
-        if matches!(
-            self.fe.get(conn).map(|c| &c.phase),
-            Some(FePhase::Forwarded { .. })
-        ) {
+        if let Some(FePhase::Forwarded { follow, .. }) = self.fe.get(conn).map(|c| &c.phase) {
+            if follow.is_some() {
+                self.follow.remove_watch(&conn.key);
+            }
             self.remove_entry(conn);
             self.fe.forget(conn);
         }
@@ -746,11 +828,17 @@ impl Engine {
             return;
         };
         let client_isn = conn.client_isn;
-        let (held, offered_to) = match std::mem::replace(&mut conn.phase, FePhase::Local) {
-            FePhase::Held(held) => (held, None),
-            FePhase::Offered { held, peer, id, .. } => {
+        let (held, offered_to, follow) = match std::mem::replace(&mut conn.phase, FePhase::Local) {
+            FePhase::Held(held) => (held, None, None),
+            FePhase::Offered {
+                held,
+                peer,
+                id,
+                follow,
+                ..
+            } => {
                 self.fe.handoffs.remove(&id);
-                (held, Some(peer))
+                (held, Some(peer), follow)
             }
             other => {
                 conn.phase = other;
@@ -778,6 +866,24 @@ impl Engine {
             for packet in segments {
                 self.send(&packet);
             }
+            // What the client sent after its first request, held for following: it comes next.
+            if let Some((stream, next_template)) = follow.as_ref().and_then(|f| f.held_next()) {
+                let segments = packets::client_segments(
+                    next_template,
+                    *key.local().ip(),
+                    stream.base(),
+                    held.entry.local_isn.wrapping_add(1),
+                    stream.contiguous(),
+                    stream.finished(),
+                    LOCAL_CHUNK + 100,
+                );
+                for packet in segments {
+                    self.send(&packet);
+                }
+            }
+        }
+        if follow.is_some() {
+            self.follow.remove_watch(&key);
         }
         let conn = ConnId { key, client_isn };
         self.timers.at(now + LOCAL_MEMORY, Timer::ForgetLocal(conn));
@@ -792,7 +898,7 @@ impl Engine {
 
 /// The offer for a held connection: its SYN rebuilt from what the datapath recorded, our ISN,
 /// SYN-ACK options and ECN, the client's latest segment headers and its bytes so far.
-fn handoff_request(id: u64, key: &ConnKey, held: &Held) -> Option<HandoffRequest> {
+fn handoff_request(id: u64, key: &ConnKey, held: &Held, follow: bool) -> Option<HandoffRequest> {
     let e = &held.entry;
     let template = held.template.as_ref()?;
     let mut segment = template.clone();
@@ -816,5 +922,6 @@ fn handoff_request(id: u64, key: &ConnKey, held: &Held) -> Option<HandoffRequest
         segment: segment.try_build().ok()?,
         data: held.stream.contiguous().to_vec(),
         fin: held.stream.finished(),
+        follow,
     })
 }

@@ -2,7 +2,9 @@
 //!
 //! Laid out along a connection's life:
 //! - [`fe`]: the accepting node (FE): held connections, the decision, the offer, forwarding;
-//! - [`be`]: the serving node (BE): the replay, going live, closes;
+//! - [`follow`]: the FE again, after placement: each later request of a keep-alive connection
+//!   decided on its own, and the connection moved between nodes at request boundaries;
+//! - [`be`]: the serving node (BE): the replay, going live, quiescing for a move, closes;
 //! - [`cluster`]: the members, their loads and the dispatcher: what decisions are made from;
 //! - [`adopt`]: a start on a datapath a previous agent left running, and this agent's hand-over;
 //! - [`housekeeping`]: the periodic work (load, listeners, heartbeats to peers and to the
@@ -26,6 +28,7 @@ mod adopt;
 mod be;
 mod cluster;
 mod fe;
+mod follow;
 mod housekeeping;
 mod ops;
 mod packets;
@@ -43,7 +46,7 @@ use baton_policy::{BoundedHash, PolicyKind, Router};
 use baton_proto::{Message, RefuseReason};
 
 use crate::config::NodeConfig;
-use crate::kernel::{ConnTableOps, DatapathControl, Kernel, PacketSink, TcpStates};
+use crate::kernel::{ConnTableOps, DatapathControl, FollowTables, Kernel, PacketSink, TcpStates};
 use crate::mesh::{MeshEvent, MeshSender};
 use crate::metrics::Metrics;
 
@@ -77,6 +80,7 @@ pub struct Engine {
     config: NodeConfig,
     my_addr: Ipv4Addr,
     conns: Box<dyn ConnTableOps>,
+    follow: Box<dyn FollowTables>,
     inject: Box<dyn PacketSink>,
     tcp: Box<dyn TcpStates>,
     datapath: Box<dyn DatapathControl>,
@@ -90,6 +94,8 @@ pub struct Engine {
     dispatching: bool,
     /// Whether the datapath may run the hash policy itself (plain `hash`, no rules, no cookie).
     datapath_decides: bool,
+    /// Whether placed connections are followed request by request (`[policy] per_request`).
+    follows_requests: bool,
     head_limits: HeadLimits,
     fe: fe::FeState,
     be: be::BeState,
@@ -121,6 +127,7 @@ impl Engine {
         let mut engine = Engine {
             my_addr: config.node.address,
             conns: kernel.conns,
+            follow: kernel.follow,
             inject: kernel.inject,
             tcp: kernel.tcp,
             datapath: kernel.datapath,
@@ -136,6 +143,7 @@ impl Engine {
             fallback: BoundedHash::new(policy.params.balance_factor),
             dispatching: matches!(policy.kind, PolicyKind::Lard | PolicyKind::LardR),
             datapath_decides: ops::datapath_may_decide(&config),
+            follows_requests: config.policy.follows_requests(),
             head_limits: HeadLimits {
                 max_head_bytes: config.limits.head_bytes,
                 ..HeadLimits::default()
@@ -175,6 +183,7 @@ impl Engine {
                 self.on_be_held_packet(event)
             }
             EventKind::HeldPacket => self.on_held_packet(event, now),
+            EventKind::NextHead => self.on_next_head(event, now),
             EventKind::BeSynAck => self.on_be_answer(event, now),
             EventKind::BeLive => self.on_be_live(event.key),
             EventKind::Closed => self.on_closed(event.key, now),
@@ -224,6 +233,12 @@ impl Engine {
             }
             Message::DispatchQuery { .. } if self.cluster.peers[peer].removed => {}
             Message::HandoffRequest(request) => self.on_handoff_request(peer, request, now),
+            Message::HandoffAccepted { id } if self.fe.is_move(id) => {
+                self.on_move_accepted(peer, id, now)
+            }
+            Message::HandoffRefused { id, reason } if self.fe.is_move(id) => {
+                self.on_move_refused(peer, id, reason, now)
+            }
             Message::HandoffAccepted { id } => self.on_accepted(peer, id, now),
             Message::HandoffRefused { id, reason } => self.on_refused(peer, id, reason, now),
             Message::HandoffAbort { id } => self.on_abort(peer, id),
@@ -234,6 +249,15 @@ impl Engine {
                 drained,
                 config_digest,
             } => self.on_node_status(peer, drained, config_digest),
+            Message::MoveQuiesce {
+                id,
+                requests,
+                segment,
+            } => self.on_move_quiesce(peer, id, requests, &segment, now),
+            Message::MoveQuiet { id } => self.on_move_quiet(peer, id, now),
+            Message::MoveBusy { id, reason } => self.on_move_busy(peer, id, reason),
+            Message::MoveRelease { id } => self.on_move_release(peer, id, now),
+            Message::MoveResume { id } => self.on_move_resume(peer, id),
             Message::Draining => {
                 self.cluster.peers[peer].draining = true;
                 tracing::info!(peer = %self.cluster.peers[peer].name, "peer is draining");
@@ -257,6 +281,10 @@ impl Engine {
                 Timer::Expire(conn) => self.expire_forwarded(conn),
                 Timer::Live(conn) => self.live_deadline(conn),
                 Timer::Closed(conn) => self.confirm_closed(conn, now),
+                Timer::NextHold(conn) => self.next_hold_expired(conn, now),
+                Timer::Move(id) => self.move_timed_out(id, now),
+                Timer::Moved(conn) => self.moved_linger_over(conn),
+                Timer::Frozen(conn) => self.frozen_too_long(conn, now),
                 Timer::Housekeeping => self.housekeeping(now),
             }
         }
@@ -285,6 +313,7 @@ impl Engine {
         for key in self.fe.undecided() {
             self.release_local(key, LocalReason::Shutdown, now);
         }
+        self.stop_following_all(now);
     }
 
     // ----- shared -------------------------------------------------------------------------

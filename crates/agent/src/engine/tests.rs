@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use baton_bpf::{Conn, ConnKey, ConnRole, ConnState, DecideMode, Event, EventKind};
+use baton_bpf::{Conn, ConnKey, ConnRole, ConnState, DecideMode, Event, EventKind, Responses, Watch};
 use baton_policy::PolicyKind;
 use baton_proto::{HandoffRequest, Message, RefuseReason};
 use baton_wire::{
@@ -20,11 +20,12 @@ use super::Engine;
 use crate::config::NodeConfig;
 use crate::inject::InjectError;
 use crate::kernel::{
-    ConnTableOps, DatapathControl, Insert, Kernel, PacketSink, ServiceChanges, TcpStates,
+    ConnTableOps, DatapathControl, FollowTables, Insert, Kernel, PacketSink, ServiceChanges,
+    TcpStates,
 };
 use crate::mesh::{MeshEvent, MeshSender};
 use crate::metrics::Metrics;
-use crate::sockdiag::{SockDiagError, tcp_state};
+use crate::sockdiag::{SockDiagError, TcpQueues, tcp_state};
 
 const N1: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const N2: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -71,6 +72,53 @@ impl ConnTableOps for Table {
     }
 }
 
+/// The per-request maps: the agent's watches and the datapath's response counts.
+#[derive(Clone, Default)]
+struct Follow(Arc<Mutex<FollowMaps>>);
+
+#[derive(Default)]
+struct FollowMaps {
+    watches: HashMap<ConnKey, Watch>,
+    responses: HashMap<ConnKey, Responses>,
+}
+
+impl FollowTables for Follow {
+    fn set_watch(&mut self, key: ConnKey, watch: Watch) -> Result<(), String> {
+        self.0.lock().unwrap().watches.insert(key, watch);
+        Ok(())
+    }
+    fn remove_watch(&mut self, key: &ConnKey) {
+        self.0.lock().unwrap().watches.remove(key);
+    }
+    fn start_responses(&mut self, key: ConnKey, first_seq: u32) -> Result<(), String> {
+        let start = Responses {
+            next_head: first_seq,
+            ..Responses::default()
+        };
+        self.0.lock().unwrap().responses.insert(key, start);
+        Ok(())
+    }
+    fn responses(&self, key: &ConnKey) -> Option<Responses> {
+        self.0.lock().unwrap().responses.get(key).copied()
+    }
+    fn remove_responses(&mut self, key: &ConnKey) {
+        self.0.lock().unwrap().responses.remove(key);
+    }
+}
+
+impl Follow {
+    fn watch(&self, key: &ConnKey) -> Option<Watch> {
+        self.0.lock().unwrap().watches.get(key).copied()
+    }
+    /// The datapath saw a complete response of `len` bytes on `key`.
+    fn responded(&self, key: &ConnKey, len: u32) {
+        let mut maps = self.0.lock().unwrap();
+        let r = maps.responses.get_mut(key).expect("responses counted");
+        r.next_head = r.next_head.wrapping_add(len);
+        r.count += 1;
+    }
+}
+
 #[derive(Clone, Default)]
 struct Sent(Arc<Mutex<Vec<Vec<u8>>>>);
 
@@ -104,6 +152,8 @@ impl Sent {
 /// The local TCP: connection states by (local, remote), and whether the server listens.
 struct LocalTcp {
     states: HashMap<(SocketAddrV4, SocketAddrV4), u8>,
+    /// Unread and unacknowledged bytes, where not zero.
+    queues: HashMap<(SocketAddrV4, SocketAddrV4), (u32, u32)>,
     listening: bool,
 }
 
@@ -114,6 +164,7 @@ impl Default for Tcp {
     fn default() -> Self {
         Tcp(Arc::new(Mutex::new(LocalTcp {
             states: HashMap::new(),
+            queues: HashMap::new(),
             listening: true,
         })))
     }
@@ -157,6 +208,19 @@ impl TcpStates for Tcp {
     }
     fn listening(&mut self, _addr: Ipv4Addr, _ports: &[u16]) -> Result<bool, SockDiagError> {
         Ok(self.0.lock().unwrap().listening)
+    }
+    fn queues(
+        &mut self,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+    ) -> Result<Option<TcpQueues>, SockDiagError> {
+        let tcp = self.0.lock().unwrap();
+        let (unread, unacked) = tcp.queues.get(&(local, remote)).copied().unwrap_or((0, 0));
+        Ok(tcp.states.get(&(local, remote)).map(|&state| TcpQueues {
+            state,
+            unread,
+            unacked,
+        }))
     }
     fn destroy(
         &mut self,
@@ -215,6 +279,7 @@ impl Written {
 struct Node {
     engine: Engine,
     table: Table,
+    follow: Follow,
     sent: Sent,
     tcp: Tcp,
     written: Written,
@@ -298,11 +363,12 @@ fn node(me: usize, policy: PolicyKind) -> Node {
 
 fn node_with(me: usize, policy: PolicyKind, extra: &str) -> Node {
     let config = NodeConfig::from_toml(&config_text(me, policy, extra)).unwrap();
-    let (table, sent, tcp, written) = (
+    let (table, sent, tcp, written, follow) = (
         Table::default(),
         Sent::default(),
         Tcp::default(),
         Written::default(),
+        Follow::default(),
     );
     let (tx, to_peer) = mpsc::channel(64);
     let mut outbound = vec![None, None];
@@ -310,6 +376,7 @@ fn node_with(me: usize, policy: PolicyKind, extra: &str) -> Node {
     let metrics = Metrics::default();
     let kernel = Kernel {
         conns: Box::new(table.clone()),
+        follow: Box::new(follow.clone()),
         datapath: Box::new(written.clone()),
         inject: Box::new(sent.clone()),
         tcp: Box::new(tcp.clone()),
@@ -325,6 +392,7 @@ fn node_with(me: usize, policy: PolicyKind, extra: &str) -> Node {
     let mut node = Node {
         engine,
         table,
+        follow,
         sent,
         tcp,
         written,
@@ -720,6 +788,7 @@ fn handoff_request(id: u64) -> HandoffRequest {
         segment: client_segment(N1, 0, TcpFlags::ACK, b"").build(),
         data: request("/f/1k"),
         fin: false,
+        follow: false,
     }
 }
 

@@ -31,6 +31,14 @@ pub(super) enum Timer {
     Live(ConnId),
     /// BE: a close the datapath saw is confirmed with the local TCP.
     Closed(ConnId),
+    /// FE: a followed connection's next request head took too long.
+    NextHold(ConnId),
+    /// FE: the move `id` (the new node's handoff id) got no answer in time.
+    Move(u64),
+    /// BE: a connection that moved away stops lingering.
+    Moved(ConnId),
+    /// BE: a frozen connection has waited for the FE's word long enough.
+    Frozen(ConnId),
     /// Load count, heartbeats of big changes, the datapath's view of the cluster, garbage.
     Housekeeping,
 }

@@ -1,0 +1,829 @@
+//! FE: a placed keep-alive connection followed request by request (`[policy] per_request`).
+//!
+//! Once a connection is offered to a peer, the FE's datapath holds the client's data from where
+//! the next request head starts (`watch`): the agent reads that head, decides it on its own and
+//! either lets it go where the connection is (**stays**) or **moves** the connection there:
+//!
+//! 1. **Quiescing**: the serving node is given the client's latest ACK and asked whether the
+//!    connection is quiet: every response it owes complete, sent, acknowledged, and everything
+//!    the client sent read (`MoveQuiesce`). If it is, it freezes: nothing its TCP sends leaves
+//!    (`MoveQuiet`); otherwise the request stays (`MoveBusy`).
+//! 2. **Offered**: the new node gets a handoff whose replayed handshake continues the client's
+//!    stream: the SYN's sequence number is the next request's minus one, the server's side is
+//!    offset to continue at the client's ACK and its clock at the TSval the client last echoed, the
+//!    client's original SYN options; then the held request. The datapath forwards the client's
+//!    packets to the new node from now on.
+//! 3. The new node accepts: the old one is told to end its TCP's side quietly (`MoveRelease`).
+//!    It refuses, or does not answer: the datapath forwards to the old node again, which is told
+//!    to go on (`MoveResume`), and the request goes there.
+//!
+//! Nothing is lost: until the new node accepts, the old one keeps the connection, frozen; every
+//! failure serves the request where the connection was. What is not followed (a head that does
+//! not parse, a chunked body, pipelined requests, Upgrade, CONNECT, HEAD, the last request)
+//! stays where it is and following ends. Connections this node serves itself are not followed
+//! (yet): a request for this node from a connection served elsewhere stays there.
+
+use std::time::{Duration, Instant};
+
+use baton_bpf::{Conn, ConnKey, ConnState, Event, Watch, watch_flags};
+use baton_http::{Framing, Persistence, RequestHead, Sniff};
+use baton_policy::{RequestInfo, RoutedRequest};
+use baton_proto::{BusyReason, HandoffRequest, Message, RefuseReason};
+use baton_wire::{SeqNumber, TcpFlags, TcpPacketBuilder, rewrite_dst_addr};
+
+use super::fe::FePhase;
+use super::packets;
+use super::timers::{ConnId, Timer};
+use super::{Decision, Engine};
+use crate::hold::StreamAssembler;
+use crate::kernel::Insert;
+
+/// Largest packet the FE sends toward a peer on a client's behalf (the lab's and most cluster
+/// networks' MTU).
+const PEER_MTU: usize = 1500;
+
+/// What the FE keeps of a connection it follows.
+pub(super) struct Following {
+    /// The datapath's entry when the connection was first held: the client's SYN options and
+    /// ours, replayed at every move.
+    entry: Conn,
+    /// Client sequence number where the next request head starts.
+    next_head: u32,
+    /// Requests the serving node has been given since it took the connection.
+    requests: u32,
+    moves: u32,
+    /// The next request, once its first bytes are held.
+    next: Option<Box<NextRequest>>,
+}
+
+impl Following {
+    pub fn new(entry: Conn, next_head: u32) -> Box<Self> {
+        Box::new(Following {
+            entry,
+            next_head,
+            requests: 1,
+            moves: 0,
+            next: None,
+        })
+    }
+
+    pub fn next_head(&self) -> u32 {
+        self.next_head
+    }
+
+    /// The next request's bytes held so far, and its headers, for whoever serves it.
+    pub fn held_next(&self) -> Option<(&StreamAssembler, &TcpPacketBuilder)> {
+        let next = self.next.as_deref()?;
+        Some((&next.stream, next.template.as_ref()?))
+    }
+
+    pub fn is_moving(&self) -> bool {
+        self.move_id().is_some()
+    }
+
+    /// The new node's handoff id, while the connection moves.
+    pub fn move_id(&self) -> Option<u64> {
+        Some(self.next.as_ref()?.moving.as_ref()?.id)
+    }
+}
+
+pub(super) struct NextRequest {
+    stream: StreamAssembler,
+    template: Option<TcpPacketBuilder>,
+    segments: usize,
+    moving: Option<Move>,
+}
+
+struct Move {
+    to: usize,
+    /// The new node's handoff id.
+    id: u64,
+    /// The offer went out (the datapath forwards to `to`).
+    offered: bool,
+    /// Where the request after this one starts, relative to this one's head (None: following
+    /// ends with this request).
+    after: Option<u32>,
+    decided: Instant,
+    /// The current stage ends by then: the serving node's answer, then the new node's (armed
+    /// when the offer goes, so the new node's own deadline, half the wait, is always over first).
+    deadline: Instant,
+}
+
+/// What a request's head says for following: whether the connection may move for it, and where
+/// the next request starts, counted from this head's first byte (None: nothing can be followed
+/// after it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct After {
+    pub movable: bool,
+    pub next: Option<u32>,
+}
+
+pub(super) fn after(head: &RequestHead) -> After {
+    let persistence = Persistence::of(head);
+    let movable = !matches!(persistence, Persistence::Upgrade | Persistence::Connect);
+    // A response to HEAD announces a length it does not carry: the serving node could not find
+    // the next response, so nothing after a HEAD is followed.
+    let continues = persistence.carries_next_request() && head.method != "HEAD";
+    let next = match Framing::of(head) {
+        Framing::NoBody => u32::try_from(head.head_len).ok(),
+        Framing::Length(n) => u64::try_from(head.head_len)
+            .ok()
+            .and_then(|h| h.checked_add(n))
+            .filter(|len| *len < 1 << 30)
+            .map(|len| len as u32),
+        Framing::Chunked => None,
+    };
+    After {
+        movable,
+        next: next.filter(|_| continues),
+    }
+}
+
+/// Why a request the policy wanted elsewhere was served where its connection was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StayReason {
+    Busy(BusyReason),
+    Refused(RefuseReason),
+    Timeout,
+    PeerDown,
+    /// The policy chose this node, which follows but does not serve moved connections yet.
+    AcceptingNode,
+    MoveLimit,
+    NotMovable,
+    Internal,
+}
+
+impl StayReason {
+    fn label(self) -> String {
+        match self {
+            StayReason::Busy(r) => format!("busy_{}", r.label()),
+            StayReason::Refused(r) => format!("refused_{}", r.label()),
+            StayReason::Timeout => "timeout".into(),
+            StayReason::PeerDown => "peer_down".into(),
+            StayReason::AcceptingNode => "accepting_node".into(),
+            StayReason::MoveLimit => "move_limit".into(),
+            StayReason::NotMovable => "not_movable".into(),
+            StayReason::Internal => "internal".into(),
+        }
+    }
+}
+
+impl Engine {
+    /// Where a placed connection's next request head starts, if it may be followed: the first
+    /// request's head is complete in `data` and nothing beyond it came (pipelined bytes are not
+    /// followed).
+    pub(super) fn first_follow(&self, data: &[u8], client_isn: u32) -> Option<u32> {
+        if !self.follows_requests {
+            return None;
+        }
+        let Sniff::Complete(head) = baton_http::sniff(data, &self.head_limits) else {
+            return None;
+        };
+        let len = after(&head).next?;
+        if data.len() > len as usize {
+            return None;
+        }
+        Some(client_isn.wrapping_add(1).wrapping_add(len))
+    }
+
+    /// Tells the datapath to hold `key`'s client data from `next_head` on; false if it would not.
+    pub(super) fn watch_heads(&mut self, key: ConnKey, next_head: u32) -> bool {
+        let watch = Watch {
+            flags: watch_flags::HEADS,
+            next_head_seq: next_head,
+        };
+        match self.follow.set_watch(key, watch) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(%key, "watch: {e}");
+                false
+            }
+        }
+    }
+
+    /// A client segment the datapath held because it carries a followed connection's next
+    /// request head (or what follows it).
+    pub(super) fn on_next_head(&mut self, event: Event, now: Instant) {
+        let key = event.key;
+        let Some(segment) = packets::parse_captured(&event.packet, event.pkt_len) else {
+            self.metrics.malformed_events.inc();
+            return;
+        };
+        let mut packet = event.packet;
+        packets::fill_checksums(&mut packet);
+        let Some(conn) = self.fe.conns.get_mut(&key) else {
+            // Nothing followed here (a watch left behind): it goes where the entry forwards.
+            self.follow.remove_watch(&key);
+            if let Some(entry) = self.conns.get(&key) {
+                self.send_to(&mut packet, entry.peer_addr.into());
+            }
+            return;
+        };
+        let client_isn = conn.client_isn;
+        let (peer, follow) = match &mut conn.phase {
+            FePhase::Offered { peer, follow, .. } => (*peer, follow),
+            FePhase::Forwarded {
+                peer,
+                follow,
+                closed: false,
+                ..
+            } => (*peer, follow),
+            _ => {
+                // Not followed any more: the packet goes where the connection is.
+                let to = self.conns.get(&key).map(|e| e.peer_addr);
+                self.follow.remove_watch(&key);
+                if let Some(to) = to {
+                    self.send_to(&mut packet, to.into());
+                }
+                return;
+            }
+        };
+        let Some(f) = follow.as_deref_mut() else {
+            self.follow.remove_watch(&key);
+            let to = self.cluster.peers[peer].addr;
+            self.send_to(&mut packet, to);
+            return;
+        };
+        let end = segment
+            .seq
+            .wrapping_add(segment.payload.len() as u32)
+            .wrapping_add(u32::from(segment.flags.contains(TcpFlags::FIN)));
+        // Entirely before the next head: held before the datapath learned the new boundary.
+        if SeqNumber(end).distance(SeqNumber(f.next_head)) <= 0 {
+            let to = self.cluster.peers[peer].addr;
+            self.send_to(&mut packet, to);
+            return;
+        }
+        if let Some(m) = f.next.as_ref().and_then(|n| n.moving.as_ref())
+            && m.offered
+        {
+            // The new node has it from here on: its datapath joins it to the replay.
+            let to = self.cluster.peers[m.to].addr;
+            self.send_to(&mut packet, to);
+            return;
+        }
+        if SeqNumber(segment.seq).distance(SeqNumber(f.next_head)) < 0 {
+            // The previous request's bytes and the next head in one segment: pipelined, or a
+            // body longer than announced. It stays where it is, unfollowed from now on.
+            let to = self.cluster.peers[peer].addr;
+            let held = f.next.take();
+            *follow = None;
+            self.follow.remove_watch(&key);
+            if let Some(next) = held
+                && let Some(template) = &next.template
+            {
+                self.send_stream(template, to, &next.stream);
+            }
+            self.send_to(&mut packet, to);
+            self.metrics.rehandoff_fallbacks.count("pipelined");
+            return;
+        }
+        let first = f.next.is_none();
+        let next = f.next.get_or_insert_with(|| {
+            Box::new(NextRequest {
+                stream: StreamAssembler::new(f.next_head, baton_proto::MAX_HANDOFF_DATA_LEN),
+                template: None,
+                segments: 0,
+                moving: None,
+            })
+        });
+        next.stream.add(
+            segment.seq,
+            &segment.payload,
+            segment.flags.contains(TcpFlags::FIN),
+        );
+        next.segments += 1;
+        let mut template = segment;
+        template.payload.clear();
+        next.template = Some(template);
+        let deciding = next.moving.is_none();
+        let placed = matches!(conn.phase, FePhase::Forwarded { .. });
+        if first {
+            let hold = Duration::from_millis(self.config.limits.hold_ms);
+            self.timers.at(
+                now + hold,
+                Timer::NextHold(ConnId { key, client_isn }),
+            );
+        }
+        // While the first offer is out, the next request waits for its answer.
+        if deciding && placed {
+            self.decide_next(key, now);
+        }
+    }
+
+    /// The followed connection's next request, if its head is complete: where it goes.
+    pub(super) fn decide_next(&mut self, key: ConnKey, now: Instant) {
+        let Some((peer, f)) = self.fe.following_mut(&key) else {
+            return;
+        };
+        let Some(next) = f.next.as_deref() else {
+            return;
+        };
+        let head = match baton_http::sniff(next.stream.contiguous(), &self.head_limits) {
+            Sniff::Complete(head) => head,
+            Sniff::Invalid(reason) => return self.stay(key, None, Some(reason.as_str())),
+            Sniff::Incomplete => {
+                if next.stream.finished() || next.segments >= self.config.limits.hold_segments {
+                    return self.stay(key, None, Some("incomplete_head"));
+                }
+                return;
+            }
+        };
+        let after = after(&head);
+        if let Some(len) = after.next
+            && next.stream.contiguous().len() > len as usize
+        {
+            // The request after it is already here: pipelined, not followed.
+            return self.stay(key, None, Some("pipelined"));
+        }
+        let moves = f.moves;
+        let decision = self.decide_request(&head, now);
+        let to = match decision {
+            Decision::Node(to) if to == peer => return self.stay(key, after.next, None),
+            Decision::Node(to) => to,
+            Decision::Local => {
+                return self.stay_instead(key, after.next, StayReason::AcceptingNode);
+            }
+        };
+        if !after.movable {
+            return self.stay_instead(key, None, StayReason::NotMovable);
+        }
+        if moves >= self.config.limits.moves_per_connection {
+            return self.stay_instead(key, after.next, StayReason::MoveLimit);
+        }
+        if !self.cluster.is_up(to, now) || self.standing_down {
+            return self.stay_instead(key, after.next, StayReason::PeerDown);
+        }
+        self.start_move(key, to, after.next, now);
+    }
+
+    /// The policy's decision for a later request of a followed connection: content rules and
+    /// cookies first, then the default policy (LARD is not followed: no dispatcher question).
+    fn decide_request(&mut self, head: &RequestHead, now: Instant) -> Decision {
+        let nodes = self.cluster.node_states(now);
+        let view = self.cluster.view(&nodes, now);
+        let info = RequestInfo {
+            method: &head.method,
+            target: &head.target,
+            host: head.host.as_deref(),
+        };
+        let routed = RoutedRequest {
+            info,
+            cookies: &head.cookies,
+        };
+        if let Some(choice) = self.router.route_fixed(&routed, &view) {
+            return self.decision(choice);
+        }
+        let choice = self.router.choose_default(&info, &view);
+        self.unless_drained(self.decision(choice), &head.target, now)
+    }
+
+    fn stay_instead(&mut self, key: ConnKey, after: Option<u32>, reason: StayReason) {
+        self.metrics.rehandoff_fallbacks.count(&reason.label());
+        self.stay(key, after, None);
+    }
+
+    /// The held next request goes where the connection is; following goes on after it (from
+    /// `after` bytes past its head) or ends (`None`, and `stop` says why, for the log).
+    fn stay(&mut self, key: ConnKey, after: Option<u32>, stop: Option<&str>) {
+        let Some((peer, f)) = self.fe.following_mut(&key) else {
+            return;
+        };
+        let Some(next) = f.next.take() else {
+            return;
+        };
+        f.requests += 1;
+        let next_head = after.map(|len| f.next_head.wrapping_add(len));
+        if let Some(next_head) = next_head {
+            f.next_head = next_head;
+        }
+        if let Some(reason) = stop {
+            tracing::debug!(%key, reason, "request not followed: the connection stays");
+        }
+        match next_head {
+            Some(next_head) if self.watch_heads(key, next_head) => {}
+            _ => self.unfollow(key),
+        }
+        self.metrics.requests_stayed.inc();
+        if let Some(template) = &next.template {
+            let to = self.cluster.peers[peer].addr;
+            self.send_stream(template, to, &next.stream);
+        }
+    }
+
+    /// Ends following `key`: the datapath holds nothing more of it.
+    fn unfollow(&mut self, key: ConnKey) {
+        self.follow.remove_watch(&key);
+        if let Some(conn) = self.fe.conns.get_mut(&key)
+            && let FePhase::Offered { follow, .. } | FePhase::Forwarded { follow, .. } =
+                &mut conn.phase
+        {
+            *follow = None;
+        }
+    }
+
+    /// The client's held bytes `stream`, rebuilt as its segments (headers of `template`), to
+    /// the node at `to`, whose datapath translates them.
+    fn send_stream(&self, template: &TcpPacketBuilder, to: std::net::Ipv4Addr, stream: &StreamAssembler) {
+        for packet in packets::client_segments(
+            template,
+            to,
+            stream.base(),
+            template.ack,
+            stream.contiguous(),
+            stream.finished(),
+            PEER_MTU,
+        ) {
+            self.send(&packet);
+        }
+    }
+
+    /// A captured client packet, sent on to the node at `to` (this node: into our own TCP).
+    fn send_to(&self, packet: &mut [u8], to: std::net::Ipv4Addr) {
+        if to == self.my_addr || rewrite_dst_addr(packet, to).is_ok() {
+            self.send(packet);
+        }
+    }
+
+    /// Asks the serving node whether the connection may leave it now.
+    fn start_move(&mut self, key: ConnKey, to: usize, after: Option<u32>, now: Instant) {
+        let id = self.new_id();
+        let Some(conn) = self.fe.conns.get(&key) else {
+            return;
+        };
+        let FePhase::Forwarded {
+            peer, id: serving, ..
+        } = conn.phase
+        else {
+            return;
+        };
+        let Some((_, f)) = self.fe.following_mut(&key) else {
+            return;
+        };
+        let requests = f.requests;
+        let next_head = f.next_head;
+        let Some(next) = f.next.as_deref_mut() else {
+            return;
+        };
+        // The client's latest ACK, without the request it came with: the serving node cannot be
+        // quiet before it has it, and it usually rides on the request the datapath holds.
+        let segment = next.template.as_ref().and_then(|t| {
+            let mut ack = t.clone();
+            ack.seq = next_head;
+            ack.flags = TcpFlags::ACK;
+            ack.payload.clear();
+            ack.try_build().ok()
+        });
+        let Some(segment) = segment else {
+            return self.stay_instead(key, after, StayReason::Internal);
+        };
+        let wait = Duration::from_millis(self.config.limits.handoff_timeout_ms);
+        next.moving = Some(Move {
+            to,
+            id,
+            offered: false,
+            after,
+            decided: now,
+            deadline: now + wait,
+        });
+        self.fe.moves.insert(id, key);
+        let quiesce = Message::MoveQuiesce {
+            id: serving,
+            requests,
+            segment,
+        };
+        if !self.mesh.send(peer, quiesce) {
+            self.fe.moves.remove(&id);
+            if let Some(next) = self.fe.following_mut(&key).and_then(|(_, f)| f.next.as_deref_mut()) {
+                next.moving = None;
+            }
+            return self.stay_instead(key, after, StayReason::PeerDown);
+        }
+        self.timers.at(now + wait, Timer::Move(id));
+    }
+
+    /// The connection `id` of ours whose move the serving node `peer` answered, with its move.
+    fn answered_move(&mut self, peer: usize, id: u64) -> Option<(ConnKey, u64)> {
+        let key = *self.fe.handoffs.get(&id)?;
+        let conn = self.fe.conns.get(&key)?;
+        let FePhase::Forwarded {
+            peer: p,
+            id: i,
+            follow: Some(f),
+            ..
+        } = &conn.phase
+        else {
+            return None;
+        };
+        let m = f.next.as_ref()?.moving.as_ref()?;
+        (*p == peer && *i == id && !m.offered).then_some((key, m.id))
+    }
+
+    /// The serving node is quiet and frozen: the connection is offered to its new node.
+    pub(super) fn on_move_quiet(&mut self, peer: usize, id: u64, now: Instant) {
+        let Some((key, move_id)) = self.answered_move(peer, id) else {
+            // A move we gave up: the serving node must speak again.
+            self.mesh.send(peer, Message::MoveResume { id });
+            return;
+        };
+        let Some(request) = self.move_request(key, move_id) else {
+            return self.cancel_move(key, StayReason::Internal);
+        };
+        let Some((_, f)) = self.fe.following_mut(&key) else {
+            return;
+        };
+        let Some(m) = f.next.as_mut().and_then(|n| n.moving.as_mut()) else {
+            return;
+        };
+        let to = m.to;
+        if !self.forward_to(key, to, move_id) {
+            return self.cancel_move(key, StayReason::Internal);
+        }
+        let wait = Duration::from_millis(self.config.limits.handoff_timeout_ms);
+        if let Some(m) = self
+            .fe
+            .following_mut(&key)
+            .and_then(|(_, f)| f.next.as_mut())
+            .and_then(|n| n.moving.as_mut())
+        {
+            m.offered = true;
+            m.deadline = now + wait;
+        }
+        self.timers.at(now + wait, Timer::Move(move_id));
+        if !self.mesh.send(to, Message::HandoffRequest(request)) {
+            return self.cancel_move(key, StayReason::PeerDown);
+        }
+        self.cluster.assign(to);
+    }
+
+    /// The serving node cannot let the connection go now: the request stays there.
+    pub(super) fn on_move_busy(&mut self, peer: usize, id: u64, reason: BusyReason) {
+        let Some((key, move_id)) = self.answered_move(peer, id) else {
+            return;
+        };
+        self.fe.moves.remove(&move_id);
+        let after = self.take_move(key).and_then(|m| m.after);
+        let stop = reason == BusyReason::Untracked;
+        self.metrics
+            .rehandoff_fallbacks
+            .count(&StayReason::Busy(reason).label());
+        if stop {
+            self.stay(key, None, Some("responses not followed"));
+        } else {
+            self.stay(key, after, None);
+        }
+    }
+
+    /// The offer for a move: the replayed handshake continues the client's stream where it is.
+    fn move_request(&self, key: ConnKey, id: u64) -> Option<HandoffRequest> {
+        let conn = self.fe.conns.get(&key)?;
+        let FePhase::Forwarded {
+            follow: Some(f), ..
+        } = &conn.phase
+        else {
+            return None;
+        };
+        let next = f.next.as_deref()?;
+        let template = next.template.as_ref()?;
+        let m = next.moving.as_ref()?;
+        let e = &f.entry;
+        // The SYN says the client's stream starts with the held request; the server's side
+        // starts where the client's ACK is, its clock where the client's echo is.
+        let mut syn_entry = *e;
+        syn_entry.client_isn = f.next_head.wrapping_sub(1);
+        let mut segment = template.clone();
+        segment.seq = f.next_head;
+        segment.flags = TcpFlags::ACK;
+        segment.payload.clear();
+        Some(HandoffRequest {
+            id,
+            client: key.client(),
+            fe_service: key.local(),
+            fe_isn: template.ack.wrapping_sub(1),
+            fe_tsval: packets::echoed_tsval(template).unwrap_or(0),
+            fe_synack_options: e.synack_options().to_vec(),
+            fe_ecn: TcpFlags(e.synack_tcp_flags).contains(TcpFlags::ECE),
+            syn: packets::client_syn(&key, &syn_entry)?,
+            segment: segment.try_build().ok()?,
+            data: next.stream.contiguous().to_vec(),
+            fin: next.stream.finished(),
+            follow: m.after.is_some(),
+        })
+    }
+
+    /// Points the datapath's forwarding of `key` at `to` (handoff `id`). The client's request is
+    /// held and the serving node frozen, so the datapath changes nothing of the entry meanwhile
+    /// but its timestamps and counters (a client FIN or RST in that instant is retransmitted or
+    /// was the end anyway).
+    fn forward_to(&mut self, key: ConnKey, to: usize, id: u64) -> bool {
+        let Some(mut entry) = self
+            .conns
+            .get(&key)
+            .filter(|e| e.state() == Some(ConnState::FeForward))
+        else {
+            return false;
+        };
+        entry.peer_addr = self.cluster.peers[to].addr.octets();
+        entry.handoff_id = id;
+        self.conns.insert(key, entry, Insert::Existing).is_ok()
+    }
+
+    fn take_move(&mut self, key: ConnKey) -> Option<Move> {
+        let (_, f) = self.fe.following_mut(&key)?;
+        f.next.as_mut()?.moving.take()
+    }
+
+    /// A move that did not happen: the connection stays with its serving node, which speaks
+    /// again, and gets the request.
+    fn cancel_move(&mut self, key: ConnKey, reason: StayReason) {
+        let Some(conn) = self.fe.conns.get(&key) else {
+            return;
+        };
+        let FePhase::Forwarded { peer, id, .. } = conn.phase else {
+            return;
+        };
+        let Some(m) = self.take_move(key) else {
+            return;
+        };
+        self.fe.moves.remove(&m.id);
+        if m.offered {
+            // The new node may still go live within its deadline: it must drop its side.
+            self.mesh.send(m.to, Message::HandoffAbort { id: m.id });
+            self.cluster.unassign(m.to);
+            if !self.forward_to(key, peer, id) {
+                tracing::warn!(%key, "a cancelled move could not point the datapath back");
+            }
+        }
+        self.mesh.send(peer, Message::MoveResume { id });
+        self.stay_instead(key, m.after, reason);
+    }
+
+    /// The new node has the connection: the old one ends its side, following goes on there.
+    pub(super) fn on_move_accepted(&mut self, peer: usize, id: u64, now: Instant) {
+        let Some(key) = self.fe.moves.get(&id).copied() else {
+            return;
+        };
+        let Some(conn) = self.fe.conns.get_mut(&key) else {
+            return;
+        };
+        let FePhase::Forwarded {
+            peer: old_peer,
+            id: old_id,
+            follow: Some(f),
+            ..
+        } = &mut conn.phase
+        else {
+            return;
+        };
+        let Some(m) = f.next.as_ref().and_then(|n| n.moving.as_ref()) else {
+            return;
+        };
+        if m.to != peer || m.id != id || !m.offered {
+            return;
+        }
+        let (from, from_id) = (*old_peer, *old_id);
+        let after = m.after;
+        let took = now.saturating_duration_since(m.decided);
+        *old_peer = peer;
+        *old_id = id;
+        f.next = None;
+        f.requests = 1;
+        f.moves += 1;
+        let next_head = after.map(|len| f.next_head.wrapping_add(len));
+        if let Some(next_head) = next_head {
+            f.next_head = next_head;
+        }
+        self.fe.moves.remove(&id);
+        self.fe.handoffs.remove(&from_id);
+        self.fe.handoffs.insert(id, key);
+        match next_head {
+            Some(next_head) if self.watch_heads(key, next_head) => {}
+            _ => self.unfollow(key),
+        }
+        self.mesh.send(from, Message::MoveRelease { id: from_id });
+        self.cluster.unassign(from);
+        self.metrics.rehandoffs.inc();
+        self.metrics.rehandoff_duration.observe(took.as_secs_f64());
+        self.count_for_peer(&self.metrics.peer.handoffs_to, peer);
+    }
+
+    pub(super) fn on_move_refused(
+        &mut self,
+        peer: usize,
+        id: u64,
+        reason: RefuseReason,
+        now: Instant,
+    ) {
+        let Some(key) = self.fe.moves.get(&id).copied() else {
+            return;
+        };
+        self.count_for_peer(&self.metrics.peer.refusals, peer);
+        if reason == RefuseReason::NoListener {
+            self.cluster.peers[peer].serving = false;
+            self.write_datapath_config(now);
+        }
+        self.cancel_move(key, StayReason::Refused(reason));
+    }
+
+    pub(super) fn move_timed_out(&mut self, id: u64, now: Instant) {
+        let Some(key) = self.fe.moves.get(&id).copied() else {
+            return;
+        };
+        let due = self
+            .fe
+            .following_mut(&key)
+            .and_then(|(_, f)| f.next.as_ref()?.moving.as_ref())
+            .is_some_and(|m| m.id == id && m.deadline <= now);
+        if due {
+            self.cancel_move(key, StayReason::Timeout);
+        }
+    }
+
+    /// The next request's head did not complete in time: it goes where the connection is.
+    pub(super) fn next_hold_expired(&mut self, conn: ConnId, _now: Instant) {
+        let Some((_, f)) = self.fe.following_mut(&conn.key) else {
+            return;
+        };
+        if self.fe.conns.get(&conn.key).map(|c| c.client_isn) != Some(conn.client_isn) {
+            return;
+        }
+        if f.next.as_ref().is_some_and(|n| n.moving.is_none()) {
+            self.stay(conn.key, None, Some("hold_timeout"));
+        }
+    }
+
+    /// Following `key` ends: a move under way is called off, a held request goes where the
+    /// connection is, the datapath holds nothing more.
+    pub(super) fn end_following(&mut self, key: ConnKey, _now: Instant) {
+        if self
+            .fe
+            .following_mut(&key)
+            .is_some_and(|(_, f)| f.is_moving())
+        {
+            self.cancel_move(key, StayReason::Internal);
+        }
+        self.stay(key, None, Some("following ends"));
+        self.unfollow(key);
+    }
+
+    /// Shutdown: every held next request goes where its connection is; nothing is followed.
+    pub(super) fn stop_following_all(&mut self, now: Instant) {
+        for key in self.fe.followed() {
+            self.end_following(key, now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> RequestHead {
+        match baton_http::sniff(text.as_bytes(), &baton_http::Limits::default()) {
+            Sniff::Complete(head) => head,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_get_is_followed_from_the_end_of_its_head() {
+        let text = "GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(
+            after(&head(text)),
+            After {
+                movable: true,
+                next: Some(text.len() as u32)
+            }
+        );
+    }
+
+    #[test]
+    fn a_body_with_a_length_is_passed_over() {
+        let text = "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n";
+        assert_eq!(after(&head(text)).next, Some(text.len() as u32 + 10));
+    }
+
+    #[test]
+    fn chunked_head_close_and_upgrade_end_following() {
+        let chunked = "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(after(&head(chunked)).next, None);
+        assert!(after(&head(chunked)).movable);
+        let head_request = "HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(after(&head(head_request)).next, None);
+        let close = "GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        assert_eq!(after(&head(close)).next, None);
+        assert!(after(&head(close)).movable);
+        let upgrade = "GET /a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+        assert_eq!(
+            after(&head(upgrade)),
+            After {
+                movable: false,
+                next: None
+            }
+        );
+        let http10 = "GET /a HTTP/1.0\r\n\r\n";
+        assert_eq!(after(&head(http10)).next, None);
+        let http10_keep = "GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
+        assert!(after(&head(http10_keep)).next.is_some());
+    }
+}

@@ -1,0 +1,166 @@
+//! End to end: keep-alive connections followed request by request (`[policy] per_request`).
+//! Real labs, real agents and datapaths, nginx; clients in the lab's client namespace. Needs
+//! root, eBPF and nginx; a missing piece fails the test.
+//!
+//! With `hash`, every target has one node, and a connection to n1 that asks for targets of
+//! n2 and n3 in turn must move between them at each request boundary, byte for byte.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use baton_lab::content::lab_file;
+use baton_lab::http_client::HttpClient;
+use baton_lab::{Lab, LabSpec, ServerKind};
+use baton_policy::PolicyKind;
+
+mod common;
+use common::metric;
+
+const BATON: &str = env!("CARGO_BIN_EXE_baton");
+
+fn lab(prefix: &str) -> Lab {
+    let spec = LabSpec::new(baton_lab::lab::unique_name(prefix), 3)
+        .server(ServerKind::Nginx)
+        .policy(PolicyKind::Hash)
+        .per_request(true)
+        .exe(BATON);
+    Lab::up(spec).expect("lab up (needs root, iproute2, nginx)")
+}
+
+/// `count` distinct targets for `path` that `hash` assigns to `node` (1-based) of n1..n3;
+/// `salt` keeps the targets of different callers apart.
+fn targets_for(path: &str, node: usize, count: usize, salt: &str) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            let base = format!("{path}?{salt}{i}");
+            baton_policy::Hash::target_for(&base, &["n1", "n2", "n3"], node - 1)
+                .expect("a target for every node")
+        })
+        .collect()
+}
+
+fn failed(lab: &Lab, what: &str) -> String {
+    let mut out = format!("{what}\n");
+    for i in 1..=3 {
+        for name in [
+            "baton_rehandoffs_total",
+            "baton_requests_stayed_total",
+            "baton_moved_away_total",
+        ] {
+            out.push_str(&format!("n{i} {name} = {}\n", metric(lab, i, name)));
+        }
+        if let Ok(text) = lab.metrics_text(i) {
+            for line in text.lines().filter(|l| l.starts_with("baton_rehandoff_fallbacks_total")) {
+                out.push_str(&format!("n{i} {line}\n"));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_request_of_a_keep_alive_connection_is_served_by_its_targets_node() {
+    let mut lab = lab("preq");
+    let n1: SocketAddr = lab.node_http_addr(1);
+    // Six browser-like connections, each fetching 20 targets of n2 and n3 in turn (and back).
+    let plan: Vec<Vec<(String, usize)>> = (0..6)
+        .map(|c| {
+            let mut two = targets_for("/f/1k", 2, 10, &format!("c{c}-")).into_iter();
+            let mut three = targets_for("/f/1k", 3, 10, &format!("c{c}-")).into_iter();
+            (0..20)
+                .map(|r| {
+                    // Offset per connection so the connections do not move in step.
+                    if (r + c) % 2 == 0 {
+                        (two.next().unwrap(), 2)
+                    } else {
+                        (three.next().unwrap(), 3)
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let results = lab
+        .in_client(move || {
+            let mut out = Vec::new();
+            for requests in plan {
+                let mut client = HttpClient::connect(n1).expect("connect to n1");
+                for (target, node) in requests {
+                    let response = client.get(&target).expect("GET on the kept-alive connection");
+                    out.push((
+                        target,
+                        node,
+                        response.status,
+                        response.served_by().unwrap_or("?").to_string(),
+                        response.body == lab_file("/f/1k").unwrap(),
+                    ));
+                }
+                assert_eq!(client.connects(), 1, "the connection was kept alive");
+            }
+            out
+        })
+        .expect("run in the client namespace");
+    let mut wrong = Vec::new();
+    for (target, node, status, served_by, body_ok) in &results {
+        if *status != 200 || !body_ok || served_by != &format!("n{node}") {
+            wrong.push(format!("{target}: {status} from {served_by}, body ok {body_ok}, want n{node}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{}",
+        failed(&lab, &format!("{} of {} requests wrong:\n{}", wrong.len(), results.len(), wrong.join("\n")))
+    );
+    assert!(
+        metric(&lab, 1, "baton_rehandoffs_total") >= 6.0 * 19.0,
+        "{}",
+        failed(&lab, "every request after the first moved")
+    );
+    lab.down().expect("lab down");
+}
+
+/// A request the serving node has not answered in full cannot move: with two requests in one
+/// segment (pipelined), both are answered by the node that has the connection, in order.
+#[test]
+fn pipelined_requests_stay_where_they_are_and_are_answered_in_order() {
+    let mut lab = lab("ppipe");
+    let n1: SocketAddr = lab.node_http_addr(1);
+    let first = targets_for("/f/1k", 2, 1, "first").remove(0);
+    let then: Vec<String> = targets_for("/f/100k", 3, 2, "then");
+    let (a, b) = (then[0].clone(), then[1].clone());
+    let text = lab
+        .in_client(move || {
+            let mut s = TcpStream::connect(n1).expect("connect");
+            let get = |t: &str| format!("GET {t} HTTP/1.1\r\nHost: lab\r\n\r\n");
+            // Everything that arrives until the connection has been silent for a second.
+            let read_all = |s: &mut TcpStream, got: &mut Vec<u8>, want: usize| {
+                s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                        Err(_) if got.len() >= want => break,
+                        Err(e) => panic!("read: {e} after {} bytes", got.len()),
+                    }
+                }
+            };
+            // The first request places the connection on n2; then two at once.
+            s.write_all(get(&first).as_bytes()).unwrap();
+            let mut got = Vec::new();
+            read_all(&mut s, &mut got, 1024);
+            s.write_all(format!("{}{}", get(&a), get(&b)).as_bytes())
+                .unwrap();
+            let want = got.len() + 2 * 102_400;
+            read_all(&mut s, &mut got, want);
+            String::from_utf8_lossy(&got).to_string()
+        })
+        .expect("run in the client namespace");
+    let served: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("X-Served-By: ").or_else(|| l.strip_prefix("x-served-by: ")))
+        .collect();
+    assert_eq!(served.len(), 3, "three responses: {served:?}");
+    assert!(served.iter().all(|s| s.trim() == "n2"), "{served:?}");
+    lab.down().expect("lab down");
+}
