@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* baton's programs: TC ingress and egress of a node's cluster interface, and a TCP state-change
  * tracepoint that counts the node's load. Dispatch only: the logic lives in lib/fe.h (the
- * accepting node), lib/be.h (the serving node) and lib/load.h.
+ * accepting node), lib/be.h (the serving node), lib/follow.h and lib/response.h (a placed
+ * connection followed request by request) and lib/load.h.
  * A packet that is not IPv4/TCP for this node's service address and ports passes untouched; a
  * connection served locally has no conn entry and passes after one lookup.
  */

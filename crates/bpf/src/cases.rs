@@ -14,10 +14,11 @@ use baton_wire::{
     Translation, rewrite_dst_addr, rewrite_src_addr, translate_to_client, translate_to_server,
 };
 
-use crate::datapath::{AgentMap, ConnTable, EventRing};
+use crate::datapath::{AgentMap, ConnTable, Counters, EventRing, ResponsesTable, WatchTable};
 use crate::{
-    Conn, ConnKey, ConnRole, ConnState, Datapath, DatapathError, DpNode, EGRESS_PROGRAM, Event,
-    EventKind, INGRESS_PROGRAM, NodeConfig, conn_flags,
+    Conn, ConnKey, ConnRole, ConnState, Datapath, DatapathError, DpNode, DropReason,
+    EGRESS_PROGRAM, Event, EventKind, INGRESS_PROGRAM, NodeConfig, Responses, Stat, Watch,
+    conn_flags, responses_flags, watch_flags,
 };
 
 pub const TC_ACT_OK: u32 = 0;
@@ -64,6 +65,32 @@ pub struct Case {
     pub entry_after: EntryCheck,
     /// The event expected on the ring (packet events carry the input from its IPv4 header).
     pub event: Option<EventKind>,
+    /// The tables that follow a placed connection, and what the packet counts.
+    pub follow: Follow,
+}
+
+/// A case's watch and responses entries before the packet and the responses entry expected after
+/// it (the watch entry must come out unchanged: the datapath never writes it), and the counters
+/// the packet moves. [`Follow::NONE`]: no entries before, none after, counters not checked.
+#[derive(Clone, Copy, Debug)]
+pub struct Follow {
+    pub watch: Option<Watch>,
+    pub responses: Option<Responses>,
+    pub responses_after: Option<Responses>,
+    /// The one drop reason the packet counts, once (no other reason counts).
+    pub dropped: Option<DropReason>,
+    /// Stats and by how much the packet moves them.
+    pub counted: &'static [(Stat, u64)],
+}
+
+impl Follow {
+    pub const NONE: Follow = Follow {
+        watch: None,
+        responses: None,
+        responses_after: None,
+        dropped: None,
+        counted: &[],
+    };
 }
 
 impl Case {
@@ -262,6 +289,14 @@ pub fn tables() -> Vec<Table> {
             cases: be_translate(),
         },
         Table {
+            name: "follow_heads",
+            cases: follow_heads(),
+        },
+        Table {
+            name: "follow_responses",
+            cases: follow_responses(),
+        },
+        Table {
             name: "be_close",
             cases: be_close(),
         },
@@ -367,6 +402,7 @@ fn fe_handshake() -> Vec<Case> {
                 Ok(())
             }),
             event: None,
+            follow: Follow::NONE,
         },
         Case {
             name: "fe_syn_not_distributing_passes_untracked",
@@ -379,6 +415,7 @@ fn fe_handshake() -> Vec<Case> {
             output: syn,
             entry_after: expect_absent(),
             event: None,
+            follow: Follow::NONE,
         },
         Case {
             name: "fe_synack_recorded",
@@ -405,6 +442,7 @@ fn fe_handshake() -> Vec<Case> {
                 Ok(())
             }),
             event: None,
+            follow: Follow::NONE,
         },
         // The bare ACK never reaches our TCP, nor the agent: the data segment completes it.
         Case {
@@ -418,6 +456,7 @@ fn fe_handshake() -> Vec<Case> {
             output: hs_ack,
             entry_after: expect_state(ConnState::FeHold),
             event: None,
+            follow: Follow::NONE,
         },
         // The bare ACK was lost: the first data segment carries the ACK, and is held.
         Case {
@@ -431,6 +470,7 @@ fn fe_handshake() -> Vec<Case> {
             output: request,
             entry_after: expect_flags(ConnState::FeHold, conn_flags::AGENT_HOLDS),
             event: Some(EventKind::HeldPacket),
+            follow: Follow::NONE,
         },
         Case {
             name: "fe_ack_of_something_else_passes",
@@ -443,6 +483,7 @@ fn fe_handshake() -> Vec<Case> {
             output: wrong_ack,
             entry_after: expect_state(ConnState::FeSyn),
             event: None,
+            follow: Follow::NONE,
         },
     ]
 }
@@ -467,6 +508,7 @@ fn fe_hold() -> Vec<Case> {
             output: request,
             entry_after: expect_flags(ConnState::FeHold, conn_flags::AGENT_HOLDS),
             event: Some(EventKind::HeldPacket),
+            follow: Follow::NONE,
         },
         Case {
             name: "fe_duplicate_handshake_ack_absorbed",
@@ -479,6 +521,7 @@ fn fe_hold() -> Vec<Case> {
             output: hs_ack.clone(),
             entry_after: expect_state(ConnState::FeHold),
             event: None,
+            follow: Follow::NONE,
         },
         // Once the agent holds the connection, it sees every packet.
         Case {
@@ -492,6 +535,7 @@ fn fe_hold() -> Vec<Case> {
             output: hs_ack,
             entry_after: expect_state(ConnState::FeHold),
             event: Some(EventKind::HeldPacket),
+            follow: Follow::NONE,
         },
         Case {
             name: "fe_client_rst_while_held_forgets_and_passes",
@@ -504,6 +548,7 @@ fn fe_hold() -> Vec<Case> {
             output: rst.clone(),
             entry_after: expect_absent(),
             event: Some(EventKind::HeldPacket),
+            follow: Follow::NONE,
         },
         Case {
             name: "fe_client_rst_before_any_data_forgets_quietly",
@@ -516,6 +561,7 @@ fn fe_hold() -> Vec<Case> {
             output: rst,
             entry_after: expect_absent(),
             event: None,
+            follow: Follow::NONE,
         },
         Case {
             name: "fe_synack_retransmit_passes_while_held",
@@ -528,6 +574,7 @@ fn fe_hold() -> Vec<Case> {
             output: synack,
             entry_after: expect_state(ConnState::FeHold),
             event: None,
+            follow: Follow::NONE,
         },
     ]
 }
@@ -554,6 +601,7 @@ fn fe_decide() -> Vec<Case> {
             output: here,
             entry_after: expect_absent(),
             event: None,
+            follow: Follow::NONE,
         },
         Case {
             name: "fe_hash_remote_target_held",
@@ -566,6 +614,7 @@ fn fe_decide() -> Vec<Case> {
             output: there.clone(),
             entry_after: expect_flags(ConnState::FeHold, conn_flags::AGENT_HOLDS),
             event: Some(EventKind::HeldPacket),
+            follow: Follow::NONE,
         },
         // With the peer down, every target is this node's.
         Case {
@@ -579,6 +628,7 @@ fn fe_decide() -> Vec<Case> {
             output: there,
             entry_after: expect_absent(),
             event: None,
+            follow: Follow::NONE,
         },
         Case {
             name: "fe_hash_without_a_request_line_held",
@@ -591,6 +641,7 @@ fn fe_decide() -> Vec<Case> {
             output: no_line,
             entry_after: expect_flags(ConnState::FeHold, conn_flags::AGENT_HOLDS),
             event: Some(EventKind::HeldPacket),
+            follow: Follow::NONE,
         },
     ]
 }
@@ -615,6 +666,7 @@ fn fe_forward() -> Vec<Case> {
             output: fwd_out,
             entry_after: expect_state(ConnState::FeForward),
             event: None,
+            follow: Follow::NONE,
         },
         Case {
             name: "fe_own_tcp_silenced_when_forwarding",
@@ -627,6 +679,7 @@ fn fe_forward() -> Vec<Case> {
             output: fe_own,
             entry_after: expect_state(ConnState::FeForward),
             event: None,
+            follow: Follow::NONE,
         },
         // While the offer is out our TCP keeps its half-open side, for a refusal to fall back to.
         Case {
@@ -640,6 +693,7 @@ fn fe_forward() -> Vec<Case> {
             output: synack,
             entry_after: expect_state(ConnState::FeForward),
             event: None,
+            follow: Follow::NONE,
         },
     ]
 }
@@ -700,6 +754,7 @@ fn be_replay() -> Vec<Case> {
             output: synack.clone(),
             entry_after: expect_state(ConnState::BeSynSent),
             event: Some(EventKind::BeSynAck),
+            follow: Follow::NONE,
         },
         // The FE forwards from the moment it offers; before the replay our TCP cannot read it:
         // data goes to the agent, which adds it to the request; a bare ACK is dropped.
@@ -714,6 +769,7 @@ fn be_replay() -> Vec<Case> {
             output: be_request.clone(),
             entry_after: expect_state(ConnState::BeSynSent),
             event: Some(EventKind::HeldPacket),
+            follow: Follow::NONE,
         },
         Case {
             name: "be_client_ack_before_the_replay_dropped",
@@ -726,6 +782,7 @@ fn be_replay() -> Vec<Case> {
             output: be_ack,
             entry_after: expect_state(ConnState::BeSynSent),
             event: None,
+            follow: Follow::NONE,
         },
         Case {
             name: "be_client_packet_after_the_replay_translated",
@@ -738,6 +795,7 @@ fn be_replay() -> Vec<Case> {
             output: rewritten(&be_request, |ip| translate_to_server(ip, &t).unwrap()),
             entry_after: expect_state(ConnState::BeReplayed),
             event: None,
+            follow: Follow::NONE,
         },
         // What the server's TCP says first proves it took the connection: it goes to the client.
         Case {
@@ -751,6 +809,7 @@ fn be_replay() -> Vec<Case> {
             output: to_client_translated(&ack),
             entry_after: expect_flags(ConnState::BeEstablished, conn_flags::LIVE_REPORTED),
             event: Some(EventKind::BeLive),
+            follow: Follow::NONE,
         },
         // After its deadline the agent has refused the handoff: nothing may reach the client.
         Case {
@@ -764,6 +823,7 @@ fn be_replay() -> Vec<Case> {
             output: ack,
             entry_after: expect_state(ConnState::BeReplayed),
             event: None,
+            follow: Follow::NONE,
         },
         // The server's TCP did not take the replayed request: it asks again, the agent replays again.
         Case {
@@ -777,6 +837,7 @@ fn be_replay() -> Vec<Case> {
             output: synack,
             entry_after: expect_state(ConnState::BeReplayed),
             event: Some(EventKind::BeSynAck),
+            follow: Follow::NONE,
         },
     ]
 }
@@ -830,6 +891,7 @@ fn be_translate() -> Vec<Case> {
             output: rewritten(&sack, |ip| translate_to_server(ip, &t).unwrap()),
             entry_after: expect_state(ConnState::BeEstablished),
             event: None,
+            follow: Follow::NONE,
         },
         Case {
             name: "be_to_server_odd_offset_timestamps",
@@ -842,6 +904,7 @@ fn be_translate() -> Vec<Case> {
             output: rewritten(&odd, |ip| translate_to_server(ip, &t).unwrap()),
             entry_after: expect_state(ConnState::BeEstablished),
             event: None,
+            follow: Follow::NONE,
         },
         Case {
             name: "be_to_client_translates_saddr_seq_tsval",
@@ -854,6 +917,7 @@ fn be_translate() -> Vec<Case> {
             output: to_client_translated(&response),
             entry_after: expect_state(ConnState::BeEstablished),
             event: None,
+            follow: Follow::NONE,
         },
         Case {
             name: "be_tuple_collision_syn_dropped",
@@ -866,6 +930,7 @@ fn be_translate() -> Vec<Case> {
             output: be_syn,
             entry_after: expect_state(ConnState::BeEstablished),
             event: None,
+            follow: Follow::NONE,
         },
     ]
 }
@@ -922,6 +987,7 @@ fn be_close() -> Vec<Case> {
                 other => Err(format!("expected a fresh FE entry, found {other:?}")),
             }),
             event: None,
+            follow: Follow::NONE,
         },
         Case {
             name: "be_second_fin_reports_close",
@@ -937,8 +1003,615 @@ fn be_close() -> Vec<Case> {
                 conn_flags::CLIENT_FIN | conn_flags::SERVER_FIN | conn_flags::CLOSE_REPORTED,
             ),
             event: Some(EventKind::Closed),
+            follow: Follow::NONE,
         },
     ]
+}
+
+/// The client seq where the second request of the connection starts (after `client_request`).
+const NEXT_REQUEST: u32 = CLIENT_ISN.wrapping_add(1 + 35);
+const SECOND_REQUEST: &[u8] = b"GET /f/2k HTTP/1.1\r\nHost: baton\r\n\r\n";
+
+/// A client segment of a placed connection at `seq`, in the FE's view, to `to`.
+fn client_segment(to: Ipv4Addr, seq: u32, flags: TcpFlags, payload: &[u8]) -> TcpPacketBuilder {
+    let mut p = client_request(to);
+    p.seq = seq;
+    p.ack = FE_ISN.wrapping_add(1 + 1200);
+    p.flags = flags;
+    p.options = ts(CLIENT_TSVAL + 20, FE_TSVAL.wrapping_add(90));
+    p.payload = payload.to_vec();
+    p
+}
+
+/// The FE holds the next request for the agent: the watch asks for heads from `NEXT_REQUEST`.
+fn watch_heads() -> Option<Watch> {
+    Some(Watch::heads(NEXT_REQUEST))
+}
+
+/// A packet that goes on, with no hold counted.
+fn not_held(watch: Option<Watch>) -> Follow {
+    Follow {
+        watch,
+        counted: &[(Stat::NextHeadsHeld, 0)],
+        ..Follow::NONE
+    }
+}
+
+/// A packet held for the agent as the next request head.
+fn held(watch: Option<Watch>) -> Follow {
+    Follow {
+        watch,
+        dropped: Some(DropReason::Held),
+        counted: &[(Stat::NextHeadsHeld, 1)],
+        ..Follow::NONE
+    }
+}
+
+/// The FE keeps deciding a placed connection's requests: what carries the next request head is
+/// held for the agent, everything else goes on to where the connection is (forwarded from an
+/// FE_FORWARD entry; translated from a BE_ESTABLISHED entry at the FE, a connection moved back).
+fn follow_heads() -> Vec<Case> {
+    let t = translation();
+    let frame_of = |p: TcpPacketBuilder| frame(&p.build());
+    let forwarded = |input: &[u8]| rewritten(input, |ip| rewrite_dst_addr(ip, BE).unwrap());
+    let to_server = |input: &[u8]| rewritten(input, |ip| translate_to_server(ip, &t).unwrap());
+    let psh = TcpFlags::ACK | TcpFlags::PSH;
+    let at_next = frame_of(client_segment(FE, NEXT_REQUEST, psh, SECOND_REQUEST));
+    // The first request again: it ends where the next one starts (and crosses 2^32 on the way).
+    let first = frame_of(client_segment(
+        FE,
+        CLIENT_ISN.wrapping_add(1),
+        psh,
+        &client_request(FE).payload,
+    ));
+    let mut straddling_bytes = b"\r\n".to_vec();
+    straddling_bytes.extend_from_slice(SECOND_REQUEST);
+    let straddling = frame_of(client_segment(
+        FE,
+        NEXT_REQUEST.wrapping_sub(2),
+        psh,
+        &straddling_bytes,
+    ));
+    let ack = frame_of(client_segment(FE, NEXT_REQUEST, TcpFlags::ACK, &[]));
+    // Without options a pure ACK is 54 bytes: a NIC pads it to the 60-byte minimum, and the skb
+    // is 6 bytes longer than the packet.
+    let mut padded = client_segment(FE, NEXT_REQUEST, TcpFlags::ACK, &[]);
+    padded.options.clear();
+    let mut padded = frame_of(padded);
+    padded.resize(60, 0);
+    let fin = frame_of(client_segment(
+        FE,
+        NEXT_REQUEST,
+        TcpFlags::ACK | TcpFlags::FIN,
+        &[],
+    ));
+    let mut rst = client_segment(FE, NEXT_REQUEST, TcpFlags::RST, &[]);
+    rst.options.clear();
+    let rst = frame_of(rst);
+    let be_at_next = frame_of(client_segment(FE, NEXT_REQUEST, psh, SECOND_REQUEST));
+    let be_first = first.clone();
+    let be_ack = ack.clone();
+    // A connection moved back to the FE: its server is the FE's own TCP, the entry translates.
+    let moved_back = be_entry(ConnState::BeEstablished);
+    let mut replayed_back = be_entry(ConnState::BeReplayed);
+    replayed_back.live_deadline_ns = u64::MAX;
+    let forward_case = |name, input: &Vec<u8>, follow| Case {
+        name,
+        hook: Hook::Ingress,
+        agent_alive: true,
+        config: distributing(FE),
+        entry: Some(fe_entry(ConnState::FeForward)),
+        input: input.clone(),
+        verdict: TC_ACT_REDIRECT,
+        output: forwarded(input),
+        entry_after: expect_state(ConnState::FeForward),
+        event: None,
+        follow,
+    };
+    vec![
+        forward_case(
+            "fe_watch_data_before_next_head_forwarded",
+            &first,
+            not_held(watch_heads()),
+        ),
+        Case {
+            name: "fe_watch_data_at_next_head_held",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: distributing(FE),
+            entry: Some(fe_entry(ConnState::FeForward)),
+            input: at_next.clone(),
+            verdict: TC_ACT_SHOT,
+            output: at_next.clone(),
+            entry_after: expect_state(ConnState::FeForward),
+            event: Some(EventKind::NextHead),
+            follow: held(watch_heads()),
+        },
+        Case {
+            name: "fe_watch_segment_straddling_next_head_held",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: distributing(FE),
+            entry: Some(fe_entry(ConnState::FeForward)),
+            input: straddling.clone(),
+            verdict: TC_ACT_SHOT,
+            output: straddling,
+            entry_after: expect_state(ConnState::FeForward),
+            event: Some(EventKind::NextHead),
+            follow: held(watch_heads()),
+        },
+        // The current server must keep hearing the client while the agent decides.
+        forward_case(
+            "fe_watch_pure_ack_at_next_head_forwarded",
+            &ack,
+            not_held(watch_heads()),
+        ),
+        forward_case(
+            "fe_watch_padded_pure_ack_forwarded",
+            &padded,
+            not_held(watch_heads()),
+        ),
+        Case {
+            name: "fe_watch_fin_at_next_head_forwarded",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: distributing(FE),
+            entry: Some(fe_entry(ConnState::FeForward)),
+            input: fin.clone(),
+            verdict: TC_ACT_REDIRECT,
+            output: forwarded(&fin),
+            entry_after: expect_flags(ConnState::FeForward, conn_flags::CLIENT_FIN),
+            event: None,
+            follow: not_held(watch_heads()),
+        },
+        Case {
+            name: "fe_watch_rst_at_next_head_forwarded",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: distributing(FE),
+            entry: Some(fe_entry(ConnState::FeForward)),
+            input: rst.clone(),
+            verdict: TC_ACT_REDIRECT,
+            output: forwarded(&rst),
+            entry_after: expect_flags(ConnState::FeForward, conn_flags::RST),
+            event: None,
+            follow: not_held(watch_heads()),
+        },
+        forward_case(
+            "fe_no_watch_next_request_forwarded",
+            &at_next,
+            not_held(None),
+        ),
+        // FROZEN is the serving node's business: the FE's ingress holds only for HEADS.
+        forward_case(
+            "fe_watch_without_heads_forwarded",
+            &at_next,
+            not_held(Some(Watch {
+                flags: watch_flags::FROZEN,
+                next_head_seq: NEXT_REQUEST,
+            })),
+        ),
+        // A hold would reach no agent: the request goes on to the connection's server.
+        Case {
+            agent_alive: false,
+            ..forward_case(
+                "fe_watch_no_agent_next_head_forwarded",
+                &at_next,
+                not_held(watch_heads()),
+            )
+        },
+        Case {
+            name: "fe_moved_back_next_head_held",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: distributing(FE),
+            entry: Some(moved_back),
+            input: be_at_next.clone(),
+            verdict: TC_ACT_SHOT,
+            output: be_at_next,
+            entry_after: expect_state(ConnState::BeEstablished),
+            event: Some(EventKind::NextHead),
+            follow: held(watch_heads()),
+        },
+        Case {
+            name: "fe_moved_back_data_before_next_head_translated",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: distributing(FE),
+            entry: Some(moved_back),
+            input: be_first.clone(),
+            verdict: TC_ACT_OK,
+            output: to_server(&be_first),
+            entry_after: expect_state(ConnState::BeEstablished),
+            event: None,
+            follow: not_held(watch_heads()),
+        },
+        Case {
+            name: "fe_moved_back_pure_ack_translated",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: distributing(FE),
+            entry: Some(moved_back),
+            input: be_ack.clone(),
+            verdict: TC_ACT_OK,
+            output: to_server(&be_ack),
+            entry_after: expect_state(ConnState::BeEstablished),
+            event: None,
+            follow: not_held(watch_heads()),
+        },
+        // Only an established connection is followed; a replay in progress is translated.
+        Case {
+            name: "be_replayed_ignores_the_watch",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: distributing(FE),
+            entry: Some(replayed_back),
+            input: at_next.clone(),
+            verdict: TC_ACT_OK,
+            output: to_server(&at_next),
+            entry_after: expect_state(ConnState::BeReplayed),
+            event: None,
+            follow: not_held(watch_heads()),
+        },
+    ]
+}
+
+/// The server's seq where its first response starts.
+const FIRST_RESPONSE: u32 = BE_ISN.wrapping_add(1);
+
+/// A server segment at `seq` (its own space) carrying `payload`.
+fn server_segment(seq: u32, payload: &[u8]) -> Vec<u8> {
+    let mut p = server_response();
+    p.seq = seq;
+    p.payload = payload.to_vec();
+    frame(&p.build())
+}
+
+/// A response head, then `body` bytes of its body.
+fn response(head: &str, body: usize) -> Vec<u8> {
+    let mut bytes = head.as_bytes().to_vec();
+    bytes.resize(head.len() + body, b'b');
+    bytes
+}
+
+/// The responses entry `r` after a packet that left it alone.
+fn unchanged(r: Responses) -> Follow {
+    Follow {
+        responses: Some(r),
+        responses_after: Some(r),
+        counted: &[(Stat::ResponseHeads, 0), (Stat::ResponsesOpaque, 0)],
+        ..Follow::NONE
+    }
+}
+
+/// From `before`, the entry after a head was read: `next_head` and `count`.
+fn advanced(before: Responses, next_head: u32, count: u32) -> Follow {
+    Follow {
+        responses: Some(before),
+        responses_after: Some(Responses {
+            next_head,
+            count,
+            ..before
+        }),
+        counted: &[(Stat::ResponseHeads, 1), (Stat::ResponsesOpaque, 0)],
+        ..Follow::NONE
+    }
+}
+
+/// From `before`, the entry after its responses could no longer be followed.
+fn opaque(before: Responses) -> Follow {
+    Follow {
+        responses: Some(before),
+        responses_after: Some(Responses {
+            flags: before.flags | responses_flags::OPAQUE,
+            ..before
+        }),
+        counted: &[(Stat::ResponseHeads, 0), (Stat::ResponsesOpaque, 1)],
+        ..Follow::NONE
+    }
+}
+
+/// The serving node follows its server's responses (where the next head starts, how many final
+/// responses began) and, once the connection is moving away, keeps its TCP quiet.
+fn follow_responses() -> Vec<Case> {
+    let start = Responses::new(FIRST_RESPONSE);
+    let ok_head = "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nContent-Type: text/plain\r\n\r\n";
+    let ok = server_segment(FIRST_RESPONSE, &response(ok_head, 200));
+    let after_ok = FIRST_RESPONSE.wrapping_add(ok_head.len() as u32 + 1000);
+    let no_content_head = "HTTP/1.1 204 No Content\r\nDate: Tue, 01 Dec 2026 13:00:00 GMT\r\n\r\n";
+    let no_content = server_segment(FIRST_RESPONSE, no_content_head.as_bytes());
+    let not_modified_head = "HTTP/1.1 304 Not Modified\r\nContent-Length: 512\r\n\r\n";
+    let not_modified = server_segment(FIRST_RESPONSE, not_modified_head.as_bytes());
+    let continue_head = "HTTP/1.1 100 Continue\r\n\r\n";
+    let continue_ = server_segment(FIRST_RESPONSE, continue_head.as_bytes());
+    let chunked = server_segment(
+        FIRST_RESPONSE,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    );
+    let no_length = server_segment(
+        FIRST_RESPONSE,
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end",
+    );
+    let unfinished = server_segment(
+        FIRST_RESPONSE,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-Cut: the segment ends in the head",
+    );
+    let lower_head = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n";
+    let lower = server_segment(FIRST_RESPONSE, &response(lower_head, 5));
+    let spaced_head = "HTTP/1.0 404 Not Found\r\nCONTENT-LENGTH:\t 42 \t\r\n\r\n";
+    let spaced = server_segment(FIRST_RESPONSE, &response(spaced_head, 10));
+    let largest_head = "HTTP/1.1 200 OK\r\nContent-Length: 2147483648\r\n\r\n";
+    let largest = server_segment(FIRST_RESPONSE, &response(largest_head, 100));
+    let too_long = server_segment(
+        FIRST_RESPONSE,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2147483649\r\n\r\n",
+    );
+    let two_lengths = server_segment(
+        FIRST_RESPONSE,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+    );
+    let not_digits = server_segment(
+        FIRST_RESPONSE,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3x\r\n\r\nabc",
+    );
+    let pipelined = server_segment(
+        FIRST_RESPONSE,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nho",
+    );
+    let switching = server_segment(
+        FIRST_RESPONSE,
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    );
+    let bad_status = server_segment(
+        FIRST_RESPONSE,
+        b"HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n",
+    );
+    let mut big_head = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Filler: ".to_string();
+    big_head.push_str(&"f".repeat(crate::sizes::RESPONSE_SCAN_MAX));
+    big_head.push_str("\r\n\r\n");
+    let big = server_segment(FIRST_RESPONSE, big_head.as_bytes());
+    // Body bytes of a response whose head was read: its next head is 3000 bytes on.
+    let in_body = Responses {
+        next_head: FIRST_RESPONSE.wrapping_add(3000),
+        count: 1,
+        ..start
+    };
+    let body = server_segment(FIRST_RESPONSE.wrapping_add(1000), &[0x5a; 1200]);
+    let past = server_segment(FIRST_RESPONSE.wrapping_add(100), &response(ok_head, 10));
+    let covering = Responses {
+        next_head: FIRST_RESPONSE.wrapping_add(100),
+        ..start
+    };
+    let parsed = Responses {
+        next_head: after_ok,
+        count: 1,
+        ..start
+    };
+    let gone_opaque = Responses {
+        flags: responses_flags::OPAQUE,
+        ..start
+    };
+    let server_ack = server_ack();
+    let frozen = Some(Watch {
+        flags: watch_flags::FROZEN,
+        next_head_seq: 0,
+    });
+    let head_len = |h: &str| h.len() as u32;
+    let translated = |name, input: &Vec<u8>, follow| Case {
+        name,
+        hook: Hook::Egress,
+        agent_alive: true,
+        config: distributing(BE),
+        entry: Some(be_entry(ConnState::BeEstablished)),
+        input: input.clone(),
+        verdict: TC_ACT_OK,
+        output: to_client_translated(input),
+        entry_after: expect_state(ConnState::BeEstablished),
+        event: None,
+        follow,
+    };
+    vec![
+        Case {
+            name: "be_frozen_server_data_dropped",
+            hook: Hook::Egress,
+            agent_alive: true,
+            config: distributing(BE),
+            entry: Some(be_entry(ConnState::BeEstablished)),
+            input: ok.clone(),
+            verdict: TC_ACT_SHOT,
+            output: ok.clone(),
+            entry_after: expect_state(ConnState::BeEstablished),
+            event: None,
+            // What never leaves is no response: the entry stays as it was.
+            follow: Follow {
+                watch: frozen,
+                dropped: Some(DropReason::Moving),
+                ..unchanged(start)
+            },
+        },
+        Case {
+            name: "be_frozen_server_ack_dropped",
+            hook: Hook::Egress,
+            agent_alive: true,
+            config: distributing(BE),
+            entry: Some(be_entry(ConnState::BeEstablished)),
+            input: server_ack.clone(),
+            verdict: TC_ACT_SHOT,
+            output: server_ack.clone(),
+            entry_after: expect_state(ConnState::BeEstablished),
+            event: None,
+            follow: Follow {
+                watch: frozen,
+                dropped: Some(DropReason::Moving),
+                ..Follow::NONE
+            },
+        },
+        // HEADS is the accepting node's business: the server's packets go out.
+        translated(
+            "be_watch_heads_only_server_data_sent",
+            &ok,
+            Follow {
+                watch: watch_heads(),
+                ..advanced(start, after_ok, 1)
+            },
+        ),
+        translated(
+            "be_response_content_length_advances_next_head",
+            &ok,
+            advanced(start, after_ok, 1),
+        ),
+        translated(
+            "be_response_204_is_its_head",
+            &no_content,
+            advanced(
+                start,
+                FIRST_RESPONSE.wrapping_add(head_len(no_content_head)),
+                1,
+            ),
+        ),
+        translated(
+            "be_response_304_is_its_head_whatever_its_length",
+            &not_modified,
+            advanced(
+                start,
+                FIRST_RESPONSE.wrapping_add(head_len(not_modified_head)),
+                1,
+            ),
+        ),
+        translated(
+            "be_response_100_continue_is_not_counted",
+            &continue_,
+            advanced(
+                start,
+                FIRST_RESPONSE.wrapping_add(head_len(continue_head)),
+                0,
+            ),
+        ),
+        translated(
+            "be_response_lowercase_content_length",
+            &lower,
+            advanced(
+                start,
+                FIRST_RESPONSE.wrapping_add(head_len(lower_head) + 5),
+                1,
+            ),
+        ),
+        translated(
+            "be_response_content_length_in_whitespace",
+            &spaced,
+            advanced(
+                start,
+                FIRST_RESPONSE.wrapping_add(head_len(spaced_head) + 42),
+                1,
+            ),
+        ),
+        translated(
+            "be_response_content_length_2_pow_31",
+            &largest,
+            advanced(
+                start,
+                FIRST_RESPONSE.wrapping_add(head_len(largest_head) + (1 << 31)),
+                1,
+            ),
+        ),
+        // Where the next head starts is the datapath's to know; one it cannot tell stops it.
+        translated("be_response_chunked_goes_opaque", &chunked, opaque(start)),
+        translated(
+            "be_response_without_length_goes_opaque",
+            &no_length,
+            opaque(start),
+        ),
+        translated(
+            "be_response_head_unfinished_in_segment_goes_opaque",
+            &unfinished,
+            opaque(start),
+        ),
+        translated(
+            "be_response_head_beyond_the_scan_goes_opaque",
+            &big,
+            opaque(start),
+        ),
+        translated(
+            "be_response_content_length_over_2_pow_31_goes_opaque",
+            &too_long,
+            opaque(start),
+        ),
+        translated(
+            "be_response_two_content_lengths_go_opaque",
+            &two_lengths,
+            opaque(start),
+        ),
+        translated(
+            "be_response_content_length_not_digits_goes_opaque",
+            &not_digits,
+            opaque(start),
+        ),
+        translated(
+            "be_response_next_head_in_the_same_segment_goes_opaque",
+            &pipelined,
+            opaque(start),
+        ),
+        translated(
+            "be_response_101_switching_protocols_goes_opaque",
+            &switching,
+            opaque(start),
+        ),
+        translated(
+            "be_response_malformed_status_line_goes_opaque",
+            &bad_status,
+            opaque(start),
+        ),
+        translated(
+            "be_response_body_before_next_head_unchanged",
+            &body,
+            unchanged(in_body),
+        ),
+        translated(
+            "be_response_head_retransmitted_unchanged",
+            &ok,
+            unchanged(parsed),
+        ),
+        translated(
+            "be_response_pure_ack_unchanged",
+            &server_ack,
+            unchanged(start),
+        ),
+        translated(
+            "be_response_segment_past_next_head_goes_opaque",
+            &past,
+            opaque(start),
+        ),
+        translated(
+            "be_response_segment_covering_next_head_goes_opaque",
+            &body_from(FIRST_RESPONSE),
+            opaque(covering),
+        ),
+        translated(
+            "be_response_opaque_stays_opaque",
+            &ok,
+            unchanged(gone_opaque),
+        ),
+        translated("be_response_without_an_entry_untracked", &ok, Follow::NONE),
+        // The server's first packet is the response: live, then followed, then translated.
+        Case {
+            name: "be_response_of_a_connection_going_live_followed",
+            hook: Hook::Egress,
+            agent_alive: true,
+            config: distributing(BE),
+            entry: Some(replayed(u64::MAX)),
+            input: ok.clone(),
+            verdict: TC_ACT_OK,
+            output: to_client_translated(&ok),
+            entry_after: expect_flags(ConnState::BeEstablished, conn_flags::LIVE_REPORTED),
+            event: Some(EventKind::BeLive),
+            follow: advanced(start, after_ok, 1),
+        },
+    ]
+}
+
+/// 1200 body bytes from server seq `seq`.
+fn body_from(seq: u32) -> Vec<u8> {
+    server_segment(seq, &[0x5a; 1200])
 }
 
 /// No agent runs (its heartbeat is stale): nothing new is held, what was held is passed up and
@@ -959,6 +1632,7 @@ fn fail_open() -> Vec<Case> {
             output: syn,
             entry_after: expect_absent(),
             event: None,
+            follow: Follow::NONE,
         },
         // Our TCP gets the handshake ACK and completes the connection itself.
         Case {
@@ -972,6 +1646,7 @@ fn fail_open() -> Vec<Case> {
             output: hs_ack,
             entry_after: expect_absent(),
             event: None,
+            follow: Follow::NONE,
         },
         // The dead agent had the first bytes: the client's retransmission completes the handshake
         // with our TCP, which still has the half-open connection.
@@ -986,6 +1661,7 @@ fn fail_open() -> Vec<Case> {
             output: request,
             entry_after: expect_absent(),
             event: None,
+            follow: Follow::NONE,
         },
     ];
     // Forwarding and translating do not need the agent.
@@ -1023,6 +1699,7 @@ fn not_ours() -> Vec<Case> {
             output: other_port,
             entry_after: expect_absent(),
             event: None,
+            follow: Follow::NONE,
         },
         Case {
             name: "truncated_tcp_header_untouched",
@@ -1035,6 +1712,7 @@ fn not_ours() -> Vec<Case> {
             output: truncated,
             entry_after: expect_absent(),
             event: None,
+            follow: Follow::NONE,
         },
     ]
 }
@@ -1043,15 +1721,24 @@ fn not_ours() -> Vec<Case> {
 pub struct Runner {
     datapath: Datapath,
     conns: ConnTable,
+    watch: WatchTable,
+    responses: ResponsesTable,
     events: EventRing,
     agent: AgentMap,
+    counters: Counters,
 }
 
 pub struct Outcome {
     pub verdict: u32,
     pub output: Vec<u8>,
     pub entry_after: Option<Conn>,
+    pub watch_after: Option<Watch>,
+    pub responses_after: Option<Responses>,
     pub events: Vec<Event>,
+    /// Drop reasons the run counted, with how often (read only when the case checks them).
+    pub dropped: Vec<(DropReason, u64)>,
+    /// How far the run moved each stat of the case's `follow.counted`.
+    pub counted: Vec<(Stat, u64)>,
     /// Mean time per run as the kernel measured it.
     pub duration: Duration,
 }
@@ -1060,13 +1747,19 @@ impl Runner {
     pub fn new() -> Result<Self, DatapathError> {
         let mut datapath = Datapath::load()?;
         let conns = datapath.take_conns()?;
+        let watch = datapath.take_watch()?;
+        let responses = datapath.take_responses()?;
         let events = datapath.take_events()?;
         let agent = datapath.take_agent_map()?;
+        let counters = datapath.take_counters()?;
         Ok(Runner {
             datapath,
             conns,
+            watch,
+            responses,
             events,
             agent,
+            counters,
         })
     }
 
@@ -1076,7 +1769,7 @@ impl Runner {
         self.execute(case, repeat)
     }
 
-    /// The maps as `case` wants them: node config, an empty table but for its entry, no events.
+    /// The maps as `case` wants them: node config, empty tables but for its entries, no events.
     pub fn prepare(&mut self, case: &Case) -> Result<(), String> {
         self.datapath
             .set_node_config(&case.config)
@@ -1084,6 +1777,14 @@ impl Runner {
         let keys: Vec<ConnKey> = self.conns.keys().filter_map(Result::ok).collect();
         for k in keys {
             let _ = self.conns.remove(&k);
+        }
+        let keys: Vec<ConnKey> = self.watch.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = self.watch.remove(&k);
+        }
+        let keys: Vec<ConnKey> = self.responses.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = self.responses.remove(&k);
         }
         while self.events.next().is_some() {}
         if case.agent_alive {
@@ -1096,7 +1797,37 @@ impl Runner {
                 .insert(case.key(), entry, 0)
                 .map_err(|e| e.to_string())?;
         }
+        if let Some(watch) = case.follow.watch {
+            self.watch
+                .insert(case.key(), watch, 0)
+                .map_err(|e| e.to_string())?;
+        }
+        if let Some(responses) = case.follow.responses {
+            self.responses
+                .insert(case.key(), responses, 0)
+                .map_err(|e| e.to_string())?;
+        }
         Ok(())
+    }
+
+    /// Every drop reason's count, and the stats of `case.follow.counted`, if the case checks them.
+    fn read_counters(&self, case: &Case) -> Result<(Vec<u64>, Vec<u64>), String> {
+        let drops = match case.follow.dropped {
+            None => Vec::new(),
+            Some(_) => DropReason::ALL
+                .iter()
+                .map(|r| self.counters.dropped(*r))
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?,
+        };
+        let stats = case
+            .follow
+            .counted
+            .iter()
+            .map(|(stat, _)| self.counters.stat(*stat))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        Ok((drops, stats))
     }
 
     /// Fills the conn table with `n` entries of other connections (a SYN flood's aftermath).
@@ -1117,6 +1848,7 @@ impl Runner {
             Hook::Ingress => INGRESS_PROGRAM,
             Hook::Egress => EGRESS_PROGRAM,
         };
+        let (drops_before, stats_before) = self.read_counters(case)?;
         let program = self.datapath.program(name).map_err(|e| e.to_string())?;
         let mut out = vec![0u8; case.input.len() + 256];
         let result = program
@@ -1129,15 +1861,35 @@ impl Runner {
             .map_err(|e| format!("BPF_PROG_TEST_RUN: {e}"))?;
         out.truncate(result.data_size_out as usize);
         let entry_after = self.conns.get(&case.key(), 0).ok();
+        let watch_after = self.watch.get(&case.key(), 0).ok();
+        let responses_after = self.responses.get(&case.key(), 0).ok();
         let mut events = Vec::new();
         while let Some(record) = self.events.next() {
             events.push(Event::parse(&record).map_err(|e| e.to_string())?);
         }
+        let (drops_after, stats_after) = self.read_counters(case)?;
+        let dropped = DropReason::ALL
+            .iter()
+            .zip(drops_after.iter().zip(&drops_before))
+            .map(|(r, (after, before))| (*r, after - before))
+            .filter(|(_, n)| *n != 0)
+            .collect();
+        let counted = case
+            .follow
+            .counted
+            .iter()
+            .zip(stats_after.iter().zip(&stats_before))
+            .map(|((stat, _), (after, before))| (*stat, after - before))
+            .collect();
         Ok(Outcome {
             verdict: result.return_value,
             output: out,
             entry_after,
+            watch_after,
+            responses_after,
             events,
+            dropped,
+            counted,
             duration: result.duration,
         })
     }
@@ -1169,6 +1921,30 @@ pub fn check(case: &Case, outcome: &Outcome) -> Result<(), String> {
     }
     if let Err(e) = (case.entry_after)(outcome.entry_after.as_ref()) {
         problems.push(e);
+    }
+    if outcome.watch_after != case.follow.watch {
+        problems.push(format!(
+            "watch entry {:?} after, {:?} before: the datapath never writes it",
+            outcome.watch_after, case.follow.watch
+        ));
+    }
+    if outcome.responses_after != case.follow.responses_after {
+        problems.push(format!(
+            "responses entry {:?}, want {:?}",
+            outcome.responses_after, case.follow.responses_after
+        ));
+    }
+    if let Some(reason) = case.follow.dropped
+        && outcome.dropped != [(reason, 1)]
+    {
+        problems.push(format!(
+            "drops counted {:?}, want {reason:?} once",
+            outcome.dropped
+        ));
+    }
+    let want: Vec<(Stat, u64)> = case.follow.counted.to_vec();
+    if outcome.counted != want {
+        problems.push(format!("stats moved {:?}, want {want:?}", outcome.counted));
     }
     match (case.event, outcome.events.as_slice()) {
         (None, []) => {}

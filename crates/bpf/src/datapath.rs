@@ -9,8 +9,8 @@
 //! pinned (a previous agent's), replaces their programs atomically (`bpf_link_update`): the
 //! interface is never without a program, and the datapath outlives the process. Removing the
 //! pins ends it ([`crate::pins::remove_dir`]); a link pin whose interface is gone is replaced. The maps are taken out by their single owners
-//! (`take_*`): the agent's engine owns the conn table and the configuration, its event loop the
-//! ring, its metrics the counters.
+//! (`take_*`): the agent's engine owns the conn table, the watch and responses tables and the
+//! configuration, its event loop the ring, its metrics the counters.
 
 use std::path::Path;
 
@@ -22,7 +22,8 @@ use aya::{Ebpf, EbpfLoader};
 
 use crate::{
     AGENT_MAP, CONFIG_MAP, CONNS_MAP, Conn, ConnKey, DROPS_MAP, DropReason, EGRESS_PROGRAM,
-    EVENTS_MAP, INGRESS_PROGRAM, LOAD_PROGRAM, NodeConfig, OBJECT, STATS_MAP, Stat,
+    EVENTS_MAP, INGRESS_PROGRAM, LOAD_PROGRAM, NodeConfig, OBJECT, RESPONSES_MAP, Responses,
+    STATS_MAP, Stat, WATCH_MAP, Watch,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -95,9 +96,11 @@ impl std::fmt::Display for MapShape {
 
 /// The maps that outlive the agent, pinned by name in the pin directory, with the shape this
 /// build gives them: the connections, the configuration the programs run by, the agent's word
-/// (its heartbeat: a dead agent's programs must see it stop), and the counters. The event ring
-/// and the scratch maps are each agent's own.
-pub const PINNED_MAPS: [(&str, MapShape); 5] = [
+/// (its heartbeat: a dead agent's programs must see it stop), the counters, and what follows
+/// placed connections (the watch and responses tables: holds and freezes must outlive an agent,
+/// and so must what the programs learnt of the responses). The event ring and the scratch maps
+/// are each agent's own.
+pub const PINNED_MAPS: [(&str, MapShape); 7] = [
     (
         CONNS_MAP,
         MapShape {
@@ -143,6 +146,24 @@ pub const PINNED_MAPS: [(&str, MapShape); 5] = [
             max_entries: DropReason::ALL.len() as u32 + 1,
         },
     ),
+    (
+        WATCH_MAP,
+        MapShape {
+            map_type: MapType::Hash,
+            key_size: size_of::<ConnKey>() as u32,
+            value_size: size_of::<Watch>() as u32,
+            max_entries: crate::sizes::CONNS_MAX,
+        },
+    ),
+    (
+        RESPONSES_MAP,
+        MapShape {
+            map_type: MapType::Hash,
+            key_size: size_of::<ConnKey>() as u32,
+            value_size: size_of::<Responses>() as u32,
+            max_entries: crate::sizes::CONNS_MAX,
+        },
+    ),
 ];
 
 /// The shape of the map pinned at `path`, or `None` if nothing is pinned there.
@@ -179,6 +200,11 @@ pub enum Attachment {
 }
 
 pub type ConnTable = HashMap<MapData, ConnKey, Conn>;
+/// The agent writes it, the programs read it (`c/lib/follow.h`).
+pub type WatchTable = HashMap<MapData, ConnKey, Watch>;
+/// The programs write it once the agent created an entry; the agent reads and deletes
+/// (`c/lib/response.h`).
+pub type ResponsesTable = HashMap<MapData, ConnKey, Responses>;
 pub type ConfigMap = Array<MapData, NodeConfig>;
 pub type EventRing = RingBuf<MapData>;
 
@@ -572,6 +598,16 @@ impl Datapath {
 
     pub fn take_conns(&mut self) -> Result<ConnTable, DatapathError> {
         self.take(CONNS_MAP)
+    }
+
+    /// What the agent asks of the programs about placed connections (see [`Watch`]).
+    pub fn take_watch(&mut self) -> Result<WatchTable, DatapathError> {
+        self.take(WATCH_MAP)
+    }
+
+    /// Where each followed connection's responses stand (see [`Responses`]).
+    pub fn take_responses(&mut self) -> Result<ResponsesTable, DatapathError> {
+        self.take(RESPONSES_MAP)
     }
 
     /// The node configuration map, for an owner that rewrites it as the cluster changes.

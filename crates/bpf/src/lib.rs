@@ -35,6 +35,11 @@ pub const CONFIG_MAP: &str = "config";
 pub const EVENTS_MAP: &str = "events";
 pub const STATS_MAP: &str = "stats";
 pub const DROPS_MAP: &str = "drops";
+/// What the agent asks of the datapath about a placed connection ([`Watch`]).
+pub const WATCH_MAP: &str = "watch";
+/// Where the local server's responses stand ([`Responses`]).
+pub const RESPONSES_MAP: &str = "responses";
+pub const RESPONSE_SCRATCH_MAP: &str = "response_scratch";
 
 /// Mirrors `struct conn_key`: a connection as this node's TCP sees it.
 #[repr(C)]
@@ -125,6 +130,82 @@ pub mod conn_flags {
     pub const LIVE_REPORTED: u32 = 0x40;
 }
 
+/// Mirrors `struct watch`: what the agent asks of the datapath about a placed connection, in the
+/// `watch` map. The agent alone writes it (always the whole value); the datapath only reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Watch {
+    /// [`watch_flags`].
+    pub flags: u32,
+    /// The client seq where the next request head starts.
+    pub next_head_seq: u32,
+}
+
+// SAFETY: repr(C), two u32, no padding.
+unsafe impl Pod for Watch {}
+
+/// `watch.flags` bits.
+pub mod watch_flags {
+    /// Ingress (FE_FORWARD, or BE_ESTABLISHED at the FE): client data at or after
+    /// `next_head_seq` is held (copied as [`crate::EventKind::NextHead`], dropped).
+    pub const HEADS: u32 = 0x01;
+    /// Egress (BE_ESTABLISHED): the connection is moving away; nothing the local TCP sends
+    /// leaves ([`crate::DropReason::Moving`]).
+    pub const FROZEN: u32 = 0x02;
+}
+
+impl Watch {
+    /// Hold client data from `next_head_seq` on.
+    pub fn heads(next_head_seq: u32) -> Self {
+        Watch {
+            flags: watch_flags::HEADS,
+            next_head_seq,
+        }
+    }
+}
+
+/// Mirrors `struct responses`: where the local server's responses stand, in the `responses` map.
+/// Created by the agent with the first `next_head`; then the datapath alone writes it (`next_head`
+/// and `count` in one 8-byte store) and the agent only reads and deletes it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Responses {
+    /// The server seq (the local TCP's own space, before translation) where the next response
+    /// head starts.
+    pub next_head: u32,
+    /// Final (non-1xx) responses whose head was seen.
+    pub count: u32,
+    /// [`responses_flags`].
+    pub flags: u32,
+    pub pad: u32,
+}
+
+// SAFETY: repr(C), four u32, no padding.
+unsafe impl Pod for Responses {}
+
+/// `responses.flags` bits.
+pub mod responses_flags {
+    /// Tracking stopped: a head the datapath could not read where one had to be. The entry no
+    /// longer changes.
+    pub const OPAQUE: u32 = 0x01;
+}
+
+/// [`responses_flags::OPAQUE`].
+pub const RESP_OPAQUE: u32 = responses_flags::OPAQUE;
+
+impl Responses {
+    /// An entry as the agent creates it: the next response head starts at server seq `next_head`.
+    pub fn new(next_head: u32) -> Self {
+        Responses {
+            next_head,
+            ..Responses::default()
+        }
+    }
+    pub fn is_opaque(&self) -> bool {
+        self.flags & responses_flags::OPAQUE != 0
+    }
+}
+
 /// The datapath's sizes (`c/lib/sizes.h`).
 pub mod sizes {
     pub const CONNS_MAX: u32 = 65536;
@@ -134,13 +215,15 @@ pub mod sizes {
     pub const EVENTS_RING_BYTES: u32 = 4 << 20;
     pub const HEAD_SCAN_MAX: usize = 512;
     pub const METHOD_MAX: usize = 16;
+    pub const RESPONSE_SCAN_MAX: usize = 1024;
 }
 
 pub use sizes::{DP_NODES_MAX, SERVICE_PORTS_MAX};
 
-/// The version of the maps' layouts (`struct conn`, `struct node_config`, the event header): it
-/// changes whenever one of them does.
-pub const LAYOUT_VERSION: u32 = 3;
+/// The version of the pinned maps' layouts (`struct conn`, `struct node_config`, the event
+/// header, `struct watch`, `struct responses`, the set of pinned maps and their sizes): it changes
+/// whenever one of them does.
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Longest TCP options area.
 pub const TCP_OPTS_MAX: usize = 40;
@@ -311,6 +394,8 @@ pub enum EventKind {
     BeSynAck = 2,
     Closed = 3,
     BeLive = 4,
+    /// A held client packet of a placed connection at or past its next request head (watch).
+    NextHead = 5,
 }
 
 /// Mirrors `struct event_hdr`; the captured packet bytes follow it in the ring record.
@@ -362,6 +447,7 @@ impl Event {
             2 => EventKind::BeSynAck,
             3 => EventKind::Closed,
             4 => EventKind::BeLive,
+            5 => EventKind::NextHead,
             k => return Err(EventError::UnknownKind(k)),
         };
         let body = &record[HDR..];
@@ -395,10 +481,11 @@ pub enum DropReason {
     EventLost = 7,
     RedirectFailed = 8,
     BeLate = 9,
+    Moving = 10,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::Held,
         DropReason::SynAckHidden,
         DropReason::FeSilenced,
@@ -408,6 +495,7 @@ impl DropReason {
         DropReason::EventLost,
         DropReason::RedirectFailed,
         DropReason::BeLate,
+        DropReason::Moving,
     ];
     pub fn label(self) -> &'static str {
         match self {
@@ -420,6 +508,7 @@ impl DropReason {
             DropReason::EventLost => "event_lost",
             DropReason::RedirectFailed => "redirect_failed",
             DropReason::BeLate => "be_late",
+            DropReason::Moving => "moving",
         }
     }
 }
@@ -447,10 +536,13 @@ pub enum Stat {
     ListenOpened = 16,
     ListenClosed = 17,
     FailOpen = 18,
+    NextHeadsHeld = 19,
+    ResponseHeads = 20,
+    ResponsesOpaque = 21,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 22;
 }
 
 #[cfg(test)]
@@ -464,6 +556,8 @@ mod tests {
         assert_eq!(size_of::<Conn>(), 176);
         assert_eq!(size_of::<NodeConfig>(), 32 + 16 * DP_NODES_MAX);
         assert_eq!(size_of::<EventHeader>(), 40);
+        assert_eq!(size_of::<Watch>(), 8);
+        assert_eq!(size_of::<Responses>(), 16);
     }
 
     #[test]

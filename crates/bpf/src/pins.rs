@@ -2,7 +2,7 @@
 //!
 //! Layout: `/sys/fs/bpf/baton/v{LAYOUT_VERSION}/ns{netns inode}/{interface}/`, holding the TCX
 //! links (`link_ingress`, `link_egress`) and the maps that carry connections (`conns`, `config`,
-//! `agent`, `stats`, `drops`). The layout version in the path keeps an agent from ever reusing
+//! `agent`, `stats`, `drops`, `watch`, `responses`: `datapath::PINNED_MAPS`). The layout version in the path keeps an agent from ever reusing
 //! maps of another layout; the network namespace keeps apart nodes whose interfaces share a name
 //! (every lab node's namespace shares this machine's bpffs).
 

@@ -53,6 +53,7 @@ fn drop_reasons_match() {
         ("DROP_EVENT_LOST", DropReason::EventLost),
         ("DROP_REDIRECT_FAILED", DropReason::RedirectFailed),
         ("DROP_BE_LATE", DropReason::BeLate),
+        ("DROP_MOVING", DropReason::Moving),
     ];
     assert_eq!(names.len(), DropReason::ALL.len());
     let pairs: Vec<(&str, u32)> = names.iter().map(|(n, r)| (*n, *r as u32)).collect();
@@ -86,6 +87,10 @@ fn stats_match() {
             ("STAT_SERVING_CLOSED", Stat::ServingClosed as u32),
             ("STAT_LISTEN_OPENED", Stat::ListenOpened as u32),
             ("STAT_LISTEN_CLOSED", Stat::ListenClosed as u32),
+            ("STAT_FAIL_OPEN", Stat::FailOpen as u32),
+            ("STAT_NEXT_HEADS_HELD", Stat::NextHeadsHeld as u32),
+            ("STAT_RESPONSE_HEADS", Stat::ResponseHeads as u32),
+            ("STAT_RESPONSES_OPAQUE", Stat::ResponsesOpaque as u32),
             ("STAT_MAX", Stat::COUNT),
         ],
     );
@@ -100,6 +105,7 @@ fn event_kinds_and_states_match() {
             ("EV_BE_SYNACK", EventKind::BeSynAck as u32),
             ("EV_CLOSED", EventKind::Closed as u32),
             ("EV_BE_LIVE", EventKind::BeLive as u32),
+            ("EV_NEXT_HEAD", EventKind::NextHead as u32),
         ],
     );
     check(
@@ -137,6 +143,20 @@ fn conn_flags_match() {
 }
 
 #[test]
+fn follow_flags_match() {
+    use baton_bpf::{responses_flags, watch_flags};
+    check(
+        "conn.h",
+        &[
+            ("WATCH_HEADS", watch_flags::HEADS),
+            ("WATCH_FROZEN", watch_flags::FROZEN),
+            ("RESP_OPAQUE", responses_flags::OPAQUE),
+            ("RESP_OPAQUE", baton_bpf::RESP_OPAQUE),
+        ],
+    );
+}
+
+#[test]
 fn sizes_match() {
     use baton_bpf::sizes::*;
     check(
@@ -148,6 +168,7 @@ fn sizes_match() {
             ("EVENT_CAPTURE_MAX", EVENT_CAPTURE_MAX as u32),
             ("HEAD_SCAN_MAX", HEAD_SCAN_MAX as u32),
             ("METHOD_MAX", METHOD_MAX as u32),
+            ("RESPONSE_SCAN_MAX", RESPONSE_SCAN_MAX as u32),
         ],
     );
     // `(4 << 20)` is an expression the simple reader above does not evaluate.

@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 
 use baton_bpf::datapath::{PINNED_MAPS, pinned_shape};
-use baton_bpf::{Conn, ConnKey, ConnState, Datapath, DatapathError, pins};
+use baton_bpf::{Conn, ConnKey, ConnState, Datapath, DatapathError, Responses, Watch, pins};
 
 /// A pin directory of its own for one test, removed when dropped.
 struct PinDir(PathBuf);
@@ -49,6 +49,16 @@ fn a_second_load_reuses_the_pinned_connections() {
         let mut first = Datapath::load_pinned(&dir.0).unwrap();
         let mut conns = first.take_conns().unwrap();
         conns.insert(key, entry, 0).unwrap();
+        first
+            .take_watch()
+            .unwrap()
+            .insert(key, Watch::heads(1000), 0)
+            .unwrap();
+        first
+            .take_responses()
+            .unwrap()
+            .insert(key, Responses::new(2000), 0)
+            .unwrap();
         let agent = first.take_agent_map().unwrap();
         agent.heartbeat(42);
     }
@@ -57,6 +67,14 @@ fn a_second_load_reuses_the_pinned_connections() {
     let conns = second.take_conns().unwrap();
     let found = conns.get(&key, 0).expect("the entry outlived its loader");
     assert_eq!(found.state(), Some(ConnState::BeSynSent));
+    let watch = second.take_watch().unwrap();
+    assert_eq!(
+        watch.get(&key, 0).unwrap(),
+        Watch::heads(1000),
+        "a watch outlives its agent"
+    );
+    let responses = second.take_responses().unwrap();
+    assert_eq!(responses.get(&key, 0).unwrap(), Responses::new(2000));
     let record = second.take_agent_map().unwrap().record();
     assert_eq!(record.alive_until_ns, 42);
     assert_eq!(record.pid, std::process::id());

@@ -14,8 +14,13 @@
  *                             live_deadline_ns: after it the agent has given up (and tells the FE),
  *                             so the connection must never reach the client
  *   ingress BE_REPLAYED    -> translated (the FE forwards from the moment it offers)
- *   ingress BE_ESTABLISHED -> ack, SACK edges, TSecr into the server's spaces
- *   egress  BE_ESTABLISHED -> saddr := FE, seq and TSval into the client's view; sent directly
+ *   ingress BE_ESTABLISHED -> ack, SACK edges, TSecr into the server's spaces; with a watch entry
+ *                             (WATCH_HEADS: the FE serving a connection moved back to it) data at
+ *                             or past the next request head is held for the agent (follow.h)
+ *   egress  BE_ESTABLISHED -> saddr := FE, seq and TSval into the client's view; sent directly.
+ *                             Before that, a watch entry with WATCH_FROZEN drops it (the
+ *                             connection is moving away), and a responses entry follows where the
+ *                             server's responses end (response.h)
  *   a client SYN for a handed-in tuple is a tuple collision: dropped, never merged; once that
  *   connection closed, it is the client's new connection to this node: the entry starts afresh
  *   both FINs or a RST     -> EV_CLOSED once; the agent tells the FE and removes the entry later
@@ -23,8 +28,10 @@
 #pragma once
 #include "conn.h"
 #include "fe.h"
+#include "follow.h"
 #include "maps.h"
 #include "parse.h"
+#include "response.h"
 #include "translate.h"
 
 __always void be_note_close(struct conn *c, const struct conn_key *key, __u32 fin_flag, __u8 tcp_flags)
@@ -62,6 +69,11 @@ __always int be_ingress(struct __sk_buff *skb, const struct node_config *cfg, co
 	}
 	if (c->state != BE_ESTABLISHED && c->state != BE_REPLAYED)
 		return drop(DROP_BE_NOT_READY);
+	if (c->state == BE_ESTABLISHED) {
+		int verdict = follow_hold_head(skb, p, key);
+		if (verdict)
+			return verdict;
+	}
 	be_note_close(c, key, CONN_CLIENT_FIN, p->flags);
 	c->packets++;
 	stat_add(STAT_TO_SERVER_PACKETS, 1);
@@ -103,6 +115,10 @@ __always int be_egress(struct __sk_buff *skb, const struct pkt *p, const struct 
 	}
 	if (c->state != BE_ESTABLISHED)
 		return drop(DROP_BE_NOT_READY);
+	int frozen = follow_frozen(key);
+	if (frozen)
+		return frozen;
+	follow_responses(skb, p, key);
 	be_note_close(c, key, CONN_SERVER_FIN, p->flags);
 	c->bytes += skb->len;
 	stat_add(STAT_TO_CLIENT_PACKETS, 1);

@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* The connection table's types: one entry per client connection that baton is holding, forwarding
  * (as FE) or translating (as BE). Connections served locally have no entry: they cost one failed
- * lookup. And the node's configuration, as the agent writes it.
+ * lookup. The two tables that follow a placed connection request by request (watch, responses;
+ * see follow.h and response.h). And the node's configuration, as the agent writes it.
  *
- * Layouts are ABI with the agent (`baton_bpf::ConnKey`, `Conn`, `NodeConfig`): a change of layout
- * changes `baton_bpf::LAYOUT_VERSION`.
+ * Layouts are ABI with the agent (`baton_bpf::ConnKey`, `Conn`, `Watch`, `Responses`,
+ * `NodeConfig`): a change of layout changes `baton_bpf::LAYOUT_VERSION`.
  */
 #pragma once
 #include "common.h"
@@ -72,6 +73,26 @@ struct conn {
 			       * it), so an agent that adopts the table can speak of it to the peer */
 	__u64 client_seen_ns; /* the last packet from the client (last_seen_ns counts both ways) */
 };
+
+/* What the agent asks of the datapath about a placed connection (the watch map). The agent alone
+ * writes it, always the whole value; the datapath only reads it. */
+struct watch {
+	__u32 flags;         /* WATCH_* */
+	__u32 next_head_seq; /* client seq where the next request head starts */
+};
+#define WATCH_HEADS 0x01  /* hold client data at or after next_head_seq (FE) */
+#define WATCH_FROZEN 0x02 /* the connection is moving away: nothing the local TCP sends leaves (serving node) */
+
+/* Where the local server's responses stand (the responses map). The agent creates it with the
+ * first next_head; from then on the datapath alone writes it (in place: a server's packets leave
+ * one at a time, under its socket's lock) and the agent only reads and deletes it. */
+struct responses {
+	__u32 next_head; /* server seq (the local TCP's own space, before translation) where the next response head starts */
+	__u32 count;     /* final (non-1xx) responses whose head was seen */
+	__u32 flags;     /* RESP_* */
+	__u32 pad;
+};
+#define RESP_OPAQUE 0x01 /* tracking stopped: a head the datapath could not read where one had to be */
 
 /* How the datapath may decide a connection itself (node_config.decide). */
 enum decide_mode {

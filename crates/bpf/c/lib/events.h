@@ -17,6 +17,7 @@ enum event_kind {
 	EV_BE_SYNACK = 2,   /* BE: the server's answer to a replayed SYN or request (SYN-ACK, RST, ...) */
 	EV_CLOSED = 3,      /* BE: the handed-in connection closed (both FINs, or a RST) */
 	EV_BE_LIVE = 4,     /* BE: the server's TCP took the replayed connection and spoke: it is live */
+	EV_NEXT_HEAD = 5,   /* a held client packet of a placed connection: at or past its next request head (watch) */
 };
 
 struct event_hdr {

@@ -12,7 +12,9 @@
  *   ingress held            -> copied to the agent and dropped (RST: forget and pass, it ends SYN-RECV)
  *   no agent alive          -> fail open: nothing new is tracked, a held connection is forgotten and
  *                              its packet passed up (the client retransmits what the agent had)
- *   ingress in FE_FORWARD   -> daddr := BE, redirect out toward the BE
+ *   ingress in FE_FORWARD   -> daddr := BE, redirect out toward the BE; but with a watch entry
+ *                              (WATCH_HEADS) data at or past the next request head is held for
+ *                              the agent (EV_NEXT_HEAD, follow.h)
  *   egress  in HOLD/FORWARD -> our TCP has no say: dropped, but for SYN-ACK retransmissions (a failed
  *                              one would make our TCP drop the half-open connection that a refused
  *                              offer falls back to; once the BE has it, the agent resets that side)
@@ -23,6 +25,7 @@
 #pragma once
 #include "conn.h"
 #include "decide.h"
+#include "follow.h"
 #include "maps.h"
 #include "options.h"
 #include "parse.h"
@@ -109,6 +112,7 @@ __always int fe_ingress(struct __sk_buff *skb, const struct node_config *cfg, co
 			const struct conn_key *key, struct conn *c)
 {
 	__u8 syn_only = (p->flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
+	int verdict;
 
 	switch (c->state) {
 	case FE_SYN:
@@ -149,6 +153,9 @@ __always int fe_ingress(struct __sk_buff *skb, const struct node_config *cfg, co
 			fe_init(skb, p, c, bpf_ktime_get_ns());
 			return TC_ACT_OK;
 		}
+		verdict = follow_hold_head(skb, p, key);
+		if (verdict)
+			return verdict;
 		if (p->flags & TCPF_FIN)
 			conn_set_flags(c, CONN_CLIENT_FIN);
 		if (p->flags & TCPF_RST)

@@ -52,6 +52,38 @@ struct {
 	__type(value, struct head_scan);
 } head_scratch SEC(".maps");
 
+/* Why: the agent follows a placed keep-alive connection request by request; here it tells the
+ * programs what to hold of the client's next request and when the local TCP must keep quiet
+ * (follow.h). The agent writes, the programs read; pinned: a freeze must outlive its agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, CONNS_MAX);
+	__type(key, struct conn_key);
+	__type(value, struct watch);
+} watch SEC(".maps");
+
+/* Why: the agent may move a connection only when its server has answered everything; only the
+ * egress program sees where each response ends (response.h). Created by the agent, then written
+ * by the programs alone; pinned with the connections it describes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, CONNS_MAX);
+	__type(key, struct conn_key);
+	__type(value, struct responses);
+} responses SEC(".maps");
+
+/* Why: a response head is read from a copy of the packet's first bytes, too big for the stack. */
+struct response_scan {
+	__u8 buf[RESPONSE_SCAN_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct response_scan);
+} response_scratch SEC(".maps");
+
 /* What the agent says about itself, in memory it writes without a syscall (mmap):
  * - whether it is alive (alive_until_ns, refreshed every housekeeping round): while it is not, the
  *   datapath fails open: it holds nothing new and passes up what it held, so a node without a

@@ -91,3 +91,18 @@ __always int parse_tcp4(struct __sk_buff *skb, struct pkt *p)
 	r = parse_linear(skb, p);
 	return r == PARSE_NEED_PULL ? -1 : r;
 }
+
+/* TCP payload bytes as the IPv4 total length counts them. payload_len counts the skb, which on
+ * ingress includes the link layer's padding of short frames (a 54-byte pure ACK arrives padded to
+ * 60, "carrying" 6 bytes); GSO super-packets carry their whole length in both. A total length of 0
+ * (BIG TCP) or one beyond the skb falls back to payload_len. */
+__always __u32 pkt_data_len(const struct pkt *p)
+{
+	__u32 hdrs = p->opts_off + p->opts_len - p->l3_off;
+	if (!p->ip_len)
+		return p->payload_len;
+	if (p->ip_len < hdrs)
+		return 0;
+	__u32 n = p->ip_len - hdrs;
+	return n < p->payload_len ? n : p->payload_len;
+}

@@ -16,7 +16,8 @@ enum drop_reason {
 	DROP_EVENT_LOST = 7,      /* held packet could not be copied to the agent (ring full): client retransmits */
 	DROP_REDIRECT_FAILED = 8, /* forwarding redirect was refused */
 	DROP_BE_LATE = 9,         /* server packet of a replayed connection after its deadline to go live */
-	DROP_REASON_MAX = 10,
+	DROP_MOVING = 10,         /* server packet of a connection moving to another node */
+	DROP_REASON_MAX = 11,
 };
 
 enum stat {
@@ -39,5 +40,8 @@ enum stat {
 	STAT_LISTEN_OPENED = 16,    /* listeners on a service port that opened (load.h) */
 	STAT_LISTEN_CLOSED = 17,    /* ... and that closed */
 	STAT_FAIL_OPEN = 18,        /* FE: connections passed to the local server because no agent ran */
-	STAT_MAX = 19,
+	STAT_NEXT_HEADS_HELD = 19,  /* client packets of a placed connection's next request head, held (watch) */
+	STAT_RESPONSE_HEADS = 20,   /* server response heads read (interim ones included) */
+	STAT_RESPONSES_OPAQUE = 21, /* connections whose responses could no longer be followed */
+	STAT_MAX = 22,
 };

@@ -17,3 +17,5 @@
 #define HEAD_SCAN_MAX 512
 /* Longest method the datapath recognises in a request line. */
 #define METHOD_MAX 16
+/* Bytes of a server packet the datapath reads for a response head (status line to empty line). */
+#define RESPONSE_SCAN_MAX 1024

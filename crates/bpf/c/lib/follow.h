@@ -1,0 +1,60 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Following a placed keep-alive connection: the node that accepted it keeps deciding each later
+ * request, and may move the connection between requests. The agent says what it needs in the
+ * watch map (conn.h: struct watch), which the programs only read:
+ *
+ *   WATCH_HEADS  ingress, FE_FORWARD (FE), or BE_ESTABLISHED at the FE (a connection moved back
+ *                to the node that accepted it: its client's packets arrive directly): a data
+ *                segment with any byte at or after next_head_seq (one straddling it included) is
+ *                held: copied to the agent as EV_NEXT_HEAD and dropped, as held packets are
+ *                (DROP_HELD, and STAT_NEXT_HEADS_HELD): from then on only the agent has those
+ *                bytes, until it moves next_head_seq on or clears the flag. Pure ACKs, window updates, FIN-only and RST segments and data wholly before
+ *                next_head_seq (retransmissions) go on as if unwatched: the current server must
+ *                keep hearing the client while the decision is out.
+ *   WATCH_FROZEN egress, BE_ESTABLISHED: the connection is moving to another node, whose TCP
+ *                takes the client from here: whatever the local TCP sends is dropped (DROP_MOVING).
+ *
+ * Contract: follow_*() return 0 when the packet goes on, else its verdict. Without a watch entry
+ * a packet costs one failed lookup (ingress: data segments only) and goes on exactly as before.
+ * While no agent runs nothing is held: a hold would reach no one, and the client's request goes
+ * to the server the connection is on (the datapath fails open, as everywhere). A frozen
+ * connection stays frozen: its client may already be another node's; the next agent adopts it.
+ */
+#pragma once
+#include "conn.h"
+#include "maps.h"
+#include "parse.h"
+
+/* Whether a client packet carries the next request head: 0, or the verdict of holding it. */
+__always int follow_hold_head(struct __sk_buff *skb, const struct pkt *p, const struct conn_key *key)
+{
+	__u32 len = pkt_data_len(p);
+	if (!len || (p->flags & (TCPF_RST | TCPF_SYN)))
+		return 0;
+	struct watch *w = bpf_map_lookup_elem(&watch, key);
+	if (!w)
+		return 0;
+	struct watch wv = *w; /* one read of what the agent may be rewriting */
+	if (!(wv.flags & WATCH_HEADS))
+		return 0;
+	/* Its end is at or before the next head: a retransmission of what went on already. */
+	if ((__s32)(p->seq + len - wv.next_head_seq) <= 0)
+		return 0;
+	if (!agent_alive())
+		return 0;
+	if (emit_packet(skb, EV_NEXT_HEAD, key))
+		return drop(DROP_EVENT_LOST);
+	stat_add(STAT_NEXT_HEADS_HELD, 1);
+	return drop(DROP_HELD);
+}
+
+/* A server packet of a connection moving away: 0, or the verdict that keeps it here. The local TCP
+ * sees the send fail (TCX has no "stolen" verdict) and retries on its timers, into the same drop,
+ * until the agent ends the local side or clears the flag. */
+__always int follow_frozen(const struct conn_key *key)
+{
+	struct watch *w = bpf_map_lookup_elem(&watch, key);
+	if (w && (w->flags & WATCH_FROZEN))
+		return drop(DROP_MOVING);
+	return 0;
+}
