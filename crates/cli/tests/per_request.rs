@@ -51,7 +51,10 @@ fn failed(lab: &Lab, what: &str) -> String {
             out.push_str(&format!("n{i} {name} = {}\n", metric(lab, i, name)));
         }
         if let Ok(text) = lab.metrics_text(i) {
-            for line in text.lines().filter(|l| l.starts_with("baton_rehandoff_fallbacks_total")) {
+            for line in text
+                .lines()
+                .filter(|l| l.starts_with("baton_rehandoff_fallbacks_total"))
+            {
                 out.push_str(&format!("n{i} {line}\n"));
             }
         }
@@ -86,7 +89,9 @@ fn every_request_of_a_keep_alive_connection_is_served_by_its_targets_node() {
             for requests in plan {
                 let mut client = HttpClient::connect(n1).expect("connect to n1");
                 for (target, node) in requests {
-                    let response = client.get(&target).expect("GET on the kept-alive connection");
+                    let response = client
+                        .get(&target)
+                        .expect("GET on the kept-alive connection");
                     out.push((
                         target,
                         node,
@@ -103,13 +108,23 @@ fn every_request_of_a_keep_alive_connection_is_served_by_its_targets_node() {
     let mut wrong = Vec::new();
     for (target, node, status, served_by, body_ok) in &results {
         if *status != 200 || !body_ok || served_by != &format!("n{node}") {
-            wrong.push(format!("{target}: {status} from {served_by}, body ok {body_ok}, want n{node}"));
+            wrong.push(format!(
+                "{target}: {status} from {served_by}, body ok {body_ok}, want n{node}"
+            ));
         }
     }
     assert!(
         wrong.is_empty(),
         "{}",
-        failed(&lab, &format!("{} of {} requests wrong:\n{}", wrong.len(), results.len(), wrong.join("\n")))
+        failed(
+            &lab,
+            &format!(
+                "{} of {} requests wrong:\n{}",
+                wrong.len(),
+                results.len(),
+                wrong.join("\n")
+            )
+        )
     );
     assert!(
         metric(&lab, 1, "baton_rehandoffs_total") >= 6.0 * 19.0,
@@ -158,7 +173,10 @@ fn pipelined_requests_stay_where_they_are_and_are_answered_in_order() {
         .expect("run in the client namespace");
     let served: Vec<&str> = text
         .lines()
-        .filter_map(|l| l.strip_prefix("X-Served-By: ").or_else(|| l.strip_prefix("x-served-by: ")))
+        .filter_map(|l| {
+            l.strip_prefix("X-Served-By: ")
+                .or_else(|| l.strip_prefix("x-served-by: "))
+        })
         .collect();
     assert_eq!(served.len(), 3, "three responses: {served:?}");
     assert!(served.iter().all(|s| s.trim() == "n2"), "{served:?}");

@@ -530,7 +530,12 @@ impl Engine {
     /// A node its operator drained takes nothing new: what the policy would keep here goes to a
     /// peer instead (the one that hashing the target picks among the live peers), as long as one
     /// is up. Content rules and cookies are obeyed as they are (they may name this node only).
-    fn unless_drained(&self, decision: Decision, target: &str, now: Instant) -> Decision {
+    pub(super) fn unless_drained(
+        &self,
+        decision: Decision,
+        target: &str,
+        now: Instant,
+    ) -> Decision {
         let drained = self.cluster.peers[self.cluster.me].drained;
         if decision != Decision::Local || !drained || self.cluster.draining {
             return decision;
@@ -554,7 +559,7 @@ impl Engine {
     }
 
     /// A policy's answer (an index into the member list) as a decision.
-    fn decision(&self, choice: usize) -> Decision {
+    pub(super) fn decision(&self, choice: usize) -> Decision {
         if choice == self.cluster.me || choice >= self.cluster.peers.len() {
             Decision::Local
         } else {
@@ -792,6 +797,7 @@ impl Engine {
             return;
         };
         // Closed with a request held or a move under way: it goes to the node that had it.
+        tracing::debug!(%key, peer, id, "the serving node reports the connection closed");
         self.end_following(key, now);
         let Some(conn) = self.fe.conns.get_mut(&key) else {
             return;

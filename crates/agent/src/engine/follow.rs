@@ -67,10 +67,6 @@ impl Following {
         })
     }
 
-    pub fn next_head(&self) -> u32 {
-        self.next_head
-    }
-
     /// The next request's bytes held so far, and its headers, for whoever serves it.
     pub fn held_next(&self) -> Option<(&StreamAssembler, &TcpPacketBuilder)> {
         let next = self.next.as_deref()?;
@@ -94,6 +90,30 @@ pub(super) struct NextRequest {
     moving: Option<Move>,
 }
 
+impl NextRequest {
+    fn new(base: u32) -> Box<Self> {
+        Box::new(NextRequest {
+            stream: StreamAssembler::new(base, baton_proto::MAX_HANDOFF_DATA_LEN),
+            template: None,
+            segments: 0,
+            moving: None,
+        })
+    }
+
+    /// Adds a held client segment; its headers become the template.
+    fn add(&mut self, segment: TcpPacketBuilder) {
+        self.stream.add(
+            segment.seq,
+            &segment.payload,
+            segment.flags.contains(TcpFlags::FIN),
+        );
+        self.segments += 1;
+        let mut template = segment;
+        template.payload.clear();
+        self.template = Some(template);
+    }
+}
+
 struct Move {
     to: usize,
     /// The new node's handoff id.
@@ -103,6 +123,9 @@ struct Move {
     /// Where the request after this one starts, relative to this one's head (None: following
     /// ends with this request).
     after: Option<u32>,
+    /// The request after this one, arrived before the new node's answer (its response already
+    /// came from the new node): decided once the move is over.
+    later: Option<Box<NextRequest>>,
     decided: Instant,
     /// The current stage ends by then: the serving node's answer, then the new node's (armed
     /// when the offer goes, so the new node's own deadline, half the wait, is always over first).
@@ -150,6 +173,8 @@ enum StayReason {
     AcceptingNode,
     MoveLimit,
     NotMovable,
+    /// The request after it came before it was answered.
+    Pipelined,
     Internal,
 }
 
@@ -163,6 +188,7 @@ impl StayReason {
             StayReason::AcceptingNode => "accepting_node".into(),
             StayReason::MoveLimit => "move_limit".into(),
             StayReason::NotMovable => "not_movable".into(),
+            StayReason::Pipelined => "pipelined".into(),
             StayReason::Internal => "internal".into(),
         }
     }
@@ -213,6 +239,7 @@ impl Engine {
         packets::fill_checksums(&mut packet);
         let Some(conn) = self.fe.conns.get_mut(&key) else {
             // Nothing followed here (a watch left behind): it goes where the entry forwards.
+            tracing::debug!(%key, "a next head for a connection this agent does not know");
             self.follow.remove_watch(&key);
             if let Some(entry) = self.conns.get(&key) {
                 self.send_to(&mut packet, entry.peer_addr.into());
@@ -230,6 +257,7 @@ impl Engine {
             } => (*peer, follow),
             _ => {
                 // Not followed any more: the packet goes where the connection is.
+                tracing::debug!(%key, "a next head for a connection no longer followed");
                 let to = self.conns.get(&key).map(|e| e.peer_addr);
                 self.follow.remove_watch(&key);
                 if let Some(to) = to {
@@ -239,6 +267,7 @@ impl Engine {
             }
         };
         let Some(f) = follow.as_deref_mut() else {
+            tracing::debug!(%key, "a next head for a connection not followed");
             self.follow.remove_watch(&key);
             let to = self.cluster.peers[peer].addr;
             self.send_to(&mut packet, to);
@@ -254,12 +283,34 @@ impl Engine {
             self.send_to(&mut packet, to);
             return;
         }
-        if let Some(m) = f.next.as_ref().and_then(|n| n.moving.as_ref())
+        let next_head = f.next_head;
+        if let Some(m) = f.next.as_mut().and_then(|n| n.moving.as_mut())
             && m.offered
         {
-            // The new node has it from here on: its datapath joins it to the replay.
-            let to = self.cluster.peers[m.to].addr;
-            self.send_to(&mut packet, to);
+            let end = m.after.map(|len| next_head.wrapping_add(len));
+            match end {
+                // The next request already: the new node answered this one before its
+                // acceptance reached us. Held until the move is over, then decided.
+                Some(end) if SeqNumber(segment.seq).distance(SeqNumber(end)) >= 0 => {
+                    m.later
+                        .get_or_insert_with(|| NextRequest::new(end))
+                        .add(segment);
+                }
+                _ => {
+                    // This request's bytes (a body), or its end and more in one segment
+                    // (following ends after the move): the new node joins them to the replay.
+                    if end.is_some_and(|end| {
+                        SeqNumber(end).distance(SeqNumber(segment.seq)) > 0
+                            && SeqNumber(segment.seq.wrapping_add(segment.payload.len() as u32))
+                                .distance(SeqNumber(end))
+                                > 0
+                    }) {
+                        m.after = None;
+                    }
+                    let to = self.cluster.peers[m.to].addr;
+                    self.send_to(&mut packet, to);
+                }
+            }
             return;
         }
         if SeqNumber(segment.seq).distance(SeqNumber(f.next_head)) < 0 {
@@ -279,31 +330,14 @@ impl Engine {
             return;
         }
         let first = f.next.is_none();
-        let next = f.next.get_or_insert_with(|| {
-            Box::new(NextRequest {
-                stream: StreamAssembler::new(f.next_head, baton_proto::MAX_HANDOFF_DATA_LEN),
-                template: None,
-                segments: 0,
-                moving: None,
-            })
-        });
-        next.stream.add(
-            segment.seq,
-            &segment.payload,
-            segment.flags.contains(TcpFlags::FIN),
-        );
-        next.segments += 1;
-        let mut template = segment;
-        template.payload.clear();
-        next.template = Some(template);
+        let next = f.next.get_or_insert_with(|| NextRequest::new(next_head));
+        next.add(segment);
         let deciding = next.moving.is_none();
         let placed = matches!(conn.phase, FePhase::Forwarded { .. });
         if first {
             let hold = Duration::from_millis(self.config.limits.hold_ms);
-            self.timers.at(
-                now + hold,
-                Timer::NextHold(ConnId { key, client_isn }),
-            );
+            self.timers
+                .at(now + hold, Timer::NextHold(ConnId { key, client_isn }));
         }
         // While the first offer is out, the next request waits for its answer.
         if deciding && placed {
@@ -424,7 +458,12 @@ impl Engine {
 
     /// The client's held bytes `stream`, rebuilt as its segments (headers of `template`), to
     /// the node at `to`, whose datapath translates them.
-    fn send_stream(&self, template: &TcpPacketBuilder, to: std::net::Ipv4Addr, stream: &StreamAssembler) {
+    fn send_stream(
+        &self,
+        template: &TcpPacketBuilder,
+        to: std::net::Ipv4Addr,
+        stream: &StreamAssembler,
+    ) {
         for packet in packets::client_segments(
             template,
             to,
@@ -483,6 +522,7 @@ impl Engine {
             id,
             offered: false,
             after,
+            later: None,
             decided: now,
             deadline: now + wait,
         });
@@ -494,7 +534,11 @@ impl Engine {
         };
         if !self.mesh.send(peer, quiesce) {
             self.fe.moves.remove(&id);
-            if let Some(next) = self.fe.following_mut(&key).and_then(|(_, f)| f.next.as_deref_mut()) {
+            if let Some(next) = self
+                .fe
+                .following_mut(&key)
+                .and_then(|(_, f)| f.next.as_deref_mut())
+            {
                 next.moving = None;
             }
             return self.stay_instead(key, after, StayReason::PeerDown);
@@ -526,8 +570,18 @@ impl Engine {
             self.mesh.send(peer, Message::MoveResume { id });
             return;
         };
+        let pipelined = self.fe.following_mut(&key).is_some_and(|(_, f)| {
+            f.next.as_ref().is_some_and(|n| {
+                let after = n.moving.as_ref().and_then(|m| m.after);
+                after.is_some_and(|len| n.stream.contiguous().len() > len as usize)
+            })
+        });
+        if pipelined {
+            // The request after it came while the serving node was asked: pipelined.
+            return self.cancel_move(key, StayReason::Pipelined, now);
+        }
         let Some(request) = self.move_request(key, move_id) else {
-            return self.cancel_move(key, StayReason::Internal);
+            return self.cancel_move(key, StayReason::Internal, now);
         };
         let Some((_, f)) = self.fe.following_mut(&key) else {
             return;
@@ -537,7 +591,7 @@ impl Engine {
         };
         let to = m.to;
         if !self.forward_to(key, to, move_id) {
-            return self.cancel_move(key, StayReason::Internal);
+            return self.cancel_move(key, StayReason::Internal, now);
         }
         let wait = Duration::from_millis(self.config.limits.handoff_timeout_ms);
         if let Some(m) = self
@@ -551,7 +605,7 @@ impl Engine {
         }
         self.timers.at(now + wait, Timer::Move(move_id));
         if !self.mesh.send(to, Message::HandoffRequest(request)) {
-            return self.cancel_move(key, StayReason::PeerDown);
+            return self.cancel_move(key, StayReason::PeerDown, now);
         }
         self.cluster.assign(to);
     }
@@ -635,16 +689,20 @@ impl Engine {
 
     /// A move that did not happen: the connection stays with its serving node, which speaks
     /// again, and gets the request.
-    fn cancel_move(&mut self, key: ConnKey, reason: StayReason) {
-        let Some(conn) = self.fe.conns.get(&key) else {
-            return;
-        };
+    /// A move that did not happen, and the requests after it decided.
+    fn cancel_move(&mut self, key: ConnKey, reason: StayReason, now: Instant) {
+        let later = self.call_off_move(key, reason);
+        self.decide_later(key, later, now);
+    }
+
+    /// Calls off a move (see [`Engine::cancel_move`]); the request that came after the moving
+    /// one, if any, is returned undecided.
+    fn call_off_move(&mut self, key: ConnKey, reason: StayReason) -> Option<Box<NextRequest>> {
+        let conn = self.fe.conns.get(&key)?;
         let FePhase::Forwarded { peer, id, .. } = conn.phase else {
-            return;
+            return None;
         };
-        let Some(m) = self.take_move(key) else {
-            return;
-        };
+        let m = self.take_move(key)?;
         self.fe.moves.remove(&m.id);
         if m.offered {
             // The new node may still go live within its deadline: it must drop its side.
@@ -655,7 +713,41 @@ impl Engine {
             }
         }
         self.mesh.send(peer, Message::MoveResume { id });
-        self.stay_instead(key, m.after, reason);
+        // Pipelined: the bytes after this request go with it, and following ends.
+        let after = m.after.filter(|_| reason != StayReason::Pipelined);
+        self.stay_instead(key, after, reason);
+        m.later
+    }
+
+    /// The request that came while the one before it moved, now that the move is over.
+    fn decide_later(&mut self, key: ConnKey, later: Option<Box<NextRequest>>, now: Instant) {
+        let Some(later) = later else {
+            return;
+        };
+        match self.fe.following_mut(&key) {
+            Some((_, f)) if f.next_head == later.stream.base() => {
+                f.next = Some(later);
+                self.decide_next(key, now);
+            }
+            // Not followed on (or at another boundary): it goes where the connection is.
+            Some((peer, _)) => self.send_unfollowed(key, peer, &later),
+            None => {
+                if let Some(FePhase::Forwarded { peer, .. }) =
+                    self.fe.conns.get(&key).map(|c| &c.phase)
+                {
+                    let peer = *peer;
+                    self.send_unfollowed(key, peer, &later);
+                }
+            }
+        }
+    }
+
+    fn send_unfollowed(&mut self, key: ConnKey, peer: usize, held: &NextRequest) {
+        self.unfollow(key);
+        if let Some(template) = &held.template {
+            let to = self.cluster.peers[peer].addr;
+            self.send_stream(template, to, &held.stream);
+        }
     }
 
     /// The new node has the connection: the old one ends its side, following goes on there.
@@ -684,6 +776,11 @@ impl Engine {
         let (from, from_id) = (*old_peer, *old_id);
         let after = m.after;
         let took = now.saturating_duration_since(m.decided);
+        let later = f
+            .next
+            .as_mut()
+            .and_then(|n| n.moving.as_mut())
+            .and_then(|m| m.later.take());
         *old_peer = peer;
         *old_id = id;
         f.next = None;
@@ -705,6 +802,7 @@ impl Engine {
         self.metrics.rehandoffs.inc();
         self.metrics.rehandoff_duration.observe(took.as_secs_f64());
         self.count_for_peer(&self.metrics.peer.handoffs_to, peer);
+        self.decide_later(key, later, now);
     }
 
     pub(super) fn on_move_refused(
@@ -722,7 +820,7 @@ impl Engine {
             self.cluster.peers[peer].serving = false;
             self.write_datapath_config(now);
         }
-        self.cancel_move(key, StayReason::Refused(reason));
+        self.cancel_move(key, StayReason::Refused(reason), now);
     }
 
     pub(super) fn move_timed_out(&mut self, id: u64, now: Instant) {
@@ -735,18 +833,18 @@ impl Engine {
             .and_then(|(_, f)| f.next.as_ref()?.moving.as_ref())
             .is_some_and(|m| m.id == id && m.deadline <= now);
         if due {
-            self.cancel_move(key, StayReason::Timeout);
+            self.cancel_move(key, StayReason::Timeout, now);
         }
     }
 
     /// The next request's head did not complete in time: it goes where the connection is.
     pub(super) fn next_hold_expired(&mut self, conn: ConnId, _now: Instant) {
-        let Some((_, f)) = self.fe.following_mut(&conn.key) else {
-            return;
-        };
         if self.fe.conns.get(&conn.key).map(|c| c.client_isn) != Some(conn.client_isn) {
             return;
         }
+        let Some((_, f)) = self.fe.following_mut(&conn.key) else {
+            return;
+        };
         if f.next.as_ref().is_some_and(|n| n.moving.is_none()) {
             self.stay(conn.key, None, Some("hold_timeout"));
         }
@@ -755,14 +853,22 @@ impl Engine {
     /// Following `key` ends: a move under way is called off, a held request goes where the
     /// connection is, the datapath holds nothing more.
     pub(super) fn end_following(&mut self, key: ConnKey, _now: Instant) {
-        if self
+        let moving = self
             .fe
             .following_mut(&key)
-            .is_some_and(|(_, f)| f.is_moving())
-        {
-            self.cancel_move(key, StayReason::Internal);
-        }
+            .is_some_and(|(_, f)| f.is_moving());
+        let later = if moving {
+            self.call_off_move(key, StayReason::Internal)
+        } else {
+            None
+        };
         self.stay(key, None, Some("following ends"));
+        if let Some(later) = later
+            && let Some(FePhase::Forwarded { peer, .. }) = self.fe.conns.get(&key).map(|c| &c.phase)
+        {
+            let peer = *peer;
+            self.send_unfollowed(key, peer, &later);
+        }
         self.unfollow(key);
     }
 
@@ -813,7 +919,8 @@ mod tests {
         let close = "GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
         assert_eq!(after(&head(close)).next, None);
         assert!(after(&head(close)).movable);
-        let upgrade = "GET /a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+        let upgrade =
+            "GET /a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
         assert_eq!(
             after(&head(upgrade)),
             After {

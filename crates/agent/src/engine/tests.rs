@@ -8,7 +8,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use baton_bpf::{Conn, ConnKey, ConnRole, ConnState, DecideMode, Event, EventKind, Responses, Watch};
+use baton_bpf::{
+    Conn, ConnKey, ConnRole, ConnState, DecideMode, Event, EventKind, Responses, Watch,
+};
 use baton_policy::PolicyKind;
 use baton_proto::{HandoffRequest, Message, RefuseReason};
 use baton_wire::{
