@@ -49,6 +49,7 @@ pub trait ConnTableOps: Send {
 /// datapath's count of the responses a serving node's server sent).
 pub trait FollowTables: Send {
     fn set_watch(&mut self, key: ConnKey, watch: Watch) -> Result<(), String>;
+    fn watch(&self, key: &ConnKey) -> Option<Watch>;
     fn remove_watch(&mut self, key: &ConnKey);
     /// Starts counting the responses of `key`, whose first response byte is `first_seq` in the
     /// local TCP's sequence space.
@@ -168,6 +169,9 @@ pub struct FollowMaps {
 impl FollowTables for FollowMaps {
     fn set_watch(&mut self, key: ConnKey, watch: Watch) -> Result<(), String> {
         self.watch.insert(key, watch, 0).map_err(|e| e.to_string())
+    }
+    fn watch(&self, key: &ConnKey) -> Option<Watch> {
+        self.watch.get(key, 0).ok()
     }
     fn remove_watch(&mut self, key: &ConnKey) {
         let _ = self.watch.remove(key);

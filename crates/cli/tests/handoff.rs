@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use baton_lab::content::{expected_sha256, sha256_hex};
 use baton_lab::http_client::HttpClient;
-use baton_lab::lab::target_hashed_to;
+use baton_lab::lab::{node_hashed_for, target_hashed_to};
 use baton_lab::{Lab, LabSpec, ServerKind};
 use baton_policy::PolicyKind;
 
@@ -228,7 +228,8 @@ fn handoff_suite(server: ServerKind, prefix: &str) {
         assert_eq!(curl_get(&lab, 1, &local), ("n1".to_string(), want.clone()));
     }
 
-    // Keep-alive: several requests on one connection, all served where the first one went.
+    // Keep-alive: several requests on one connection, each served by its target's node (the
+    // connection follows its requests between nodes).
     let addr = SocketAddr::new(lab.node_address(1).into(), 80);
     let first = target_hashed_to("/f/1k", 2, 2);
     let (connects, results) = lab
@@ -243,17 +244,18 @@ fn handoff_suite(server: ServerKind, prefix: &str) {
                     r.served_by().map(str::to_string),
                     base,
                     sha256_hex(&r.body),
+                    format!("n{}", node_hashed_for(path, 2)),
                 ));
             }
             (c.connects(), results)
         })
         .unwrap();
     assert_eq!(connects, 1, "keep-alive requests must share one connection");
-    for (status, by, path, sha) in results {
+    for (status, by, path, sha, node) in results {
         assert_eq!(status, 200);
         assert_eq!(
             by.as_deref(),
-            Some("n2"),
+            Some(node.as_str()),
             "{path} on the handed-off connection{}",
             why_not_handed_off(&lab)
         );

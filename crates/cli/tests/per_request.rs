@@ -66,19 +66,16 @@ fn failed(lab: &Lab, what: &str) -> String {
 fn every_request_of_a_keep_alive_connection_is_served_by_its_targets_node() {
     let mut lab = lab("preq");
     let n1: SocketAddr = lab.node_http_addr(1);
-    // Six browser-like connections, each fetching 20 targets of n2 and n3 in turn (and back).
+    // Six browser-like connections, each fetching 20 targets of n1, n2 and n3 in turn, so that
+    // each connection moves away from the node that accepted it and back, at every request.
     let plan: Vec<Vec<(String, usize)>> = (0..6)
         .map(|c| {
-            let mut two = targets_for("/f/1k", 2, 10, &format!("c{c}-")).into_iter();
-            let mut three = targets_for("/f/1k", 3, 10, &format!("c{c}-")).into_iter();
             (0..20)
                 .map(|r| {
                     // Offset per connection so the connections do not move in step.
-                    if (r + c) % 2 == 0 {
-                        (two.next().unwrap(), 2)
-                    } else {
-                        (three.next().unwrap(), 3)
-                    }
+                    let node = (r + c) % 3 + 1;
+                    let target = targets_for("/f/1k", node, 1, &format!("c{c}r{r}-")).remove(0);
+                    (target, node)
                 })
                 .collect()
         })

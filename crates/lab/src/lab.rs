@@ -254,6 +254,13 @@ pub fn target_hashed_to(path: &str, node: usize, nodes: usize) -> String {
         .expect("some query string hashes to every node")
 }
 
+/// The node (1-based) of a lab of `nodes` nodes that the `hash` policy gives `target`.
+pub fn node_hashed_for(target: &str, nodes: usize) -> usize {
+    let names: Vec<String> = (1..=nodes).map(|i| format!("n{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    baton_policy::Hash::node_for(target, &names) + 1
+}
+
 /// The network namespace of `host` (`sw`, `client`, `n1`, ...) in lab `lab`.
 pub fn ns_name(lab: &str, host: &str) -> String {
     format!("baton-{lab}-{host}")

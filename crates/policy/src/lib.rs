@@ -303,6 +303,29 @@ impl Hash {
     /// A request target, `path` with a `?k=N` query, that this policy gives to `names[node]` when
     /// every node of `names` is up: how tests and benchmarks pick requests that must, or must not,
     /// be handed off. `None` if no N below 100 000 does (or `node` is not an index of `names`).
+    /// The index in `names` of the node this policy gives `target` when every node is up.
+    pub fn node_for(target: &str, names: &[&str]) -> usize {
+        let nodes: Vec<NodeState> = names
+            .iter()
+            .map(|name| NodeState {
+                name: name.to_string(),
+                up: true,
+                load: 0,
+            })
+            .collect();
+        let view = ClusterView {
+            self_index: 0,
+            nodes: &nodes,
+            now_ms: 0,
+        };
+        let request = RequestInfo {
+            method: "GET",
+            target,
+            host: None,
+        };
+        Hash.choose(&request, &view)
+    }
+
     pub fn target_for(path: &str, names: &[&str], node: usize) -> Option<String> {
         let nodes: Vec<NodeState> = names
             .iter()

@@ -59,7 +59,9 @@ impl Engine {
                 .peers
                 .iter()
                 .position(|p| p.addr == peer_addr)
-                .filter(|&p| p != self.cluster.me);
+                // A translating entry may name this node: a connection it accepted and serves
+                // itself, followed. A forwarding one never does.
+                .filter(|&p| p != self.cluster.me || entry.role() == Some(ConnRole::Be));
             let (role, state) = (entry.role(), entry.state());
             let tracked = matches!(
                 (role, state),
@@ -96,6 +98,11 @@ impl Engine {
                         AdoptedPhase::Live
                     };
                     self.be.adopt(key, peer, id, entry.client_isn, phase);
+                    if peer == self.cluster.me {
+                        // Its FE side too, for the close it reports to itself.
+                        self.fe
+                            .adopt_forwarded(key, entry.client_isn, peer, id, closing);
+                    }
                     if self.follow.responses(&key).is_some() {
                         // Its responses are still counted: a move can still be answered.
                         self.be.set_followed(&key);

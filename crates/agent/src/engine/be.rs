@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
-use baton_bpf::{Conn, ConnKey, ConnRole, ConnState, Event, Watch, conn_flags, watch_flags};
+use baton_bpf::{Conn, ConnKey, ConnRole, ConnState, Event, conn_flags, watch_flags};
 use baton_proto::{BusyReason, HandoffRequest, Message, RefuseReason};
 use baton_wire::{
     SynOptions, TcpFlags, TcpPacketBuilder, Translation, rewrite_dst_addr, translate_to_server,
@@ -178,6 +178,24 @@ impl BeState {
         self.by_handoff.insert((peer, id), key);
     }
 
+    /// A connection this node accepted and serves itself, followed (the FE side moves it): live
+    /// here as handoff `id` from this node, its responses counted.
+    pub fn serve_here(&mut self, key: ConnKey, me: usize, id: u64, client_isn: u32) {
+        self.conns.insert(
+            key,
+            Inbound {
+                peer: me,
+                id,
+                client_isn,
+                phase: BePhase::Live,
+                follow: true,
+                frozen_until: None,
+                replay: None,
+            },
+        );
+        self.by_handoff.insert((me, id), key);
+    }
+
     /// Marks an adopted connection as one whose responses the datapath counts.
     pub fn set_followed(&mut self, key: &ConnKey) {
         if let Some(inbound) = self.conns.get_mut(key) {
@@ -211,7 +229,7 @@ impl Engine {
         let id = r.id;
         if let Err(reason) = self.take_handoff(peer, r, now) {
             self.count_refusal(reason);
-            self.mesh.send(peer, Message::HandoffRefused { id, reason });
+            self.tell(peer, Message::HandoffRefused { id, reason });
         }
     }
 
@@ -301,7 +319,14 @@ impl Engine {
         let mut entry = Conn::new_be(*r.fe_service.ip(), syn_fields.seq, monotonic_ns());
         entry.handoff_id = r.id;
         // NOEXIST: a tuple this node already tracks (as FE or BE) is a collision, never merged.
-        if self.conns.insert(key, entry, Insert::New).is_err() {
+        // But for a connection this node accepted and moves back to itself: its forwarding
+        // entry (to the frozen node it leaves) becomes the translating one in one write.
+        let mode = if peer == self.cluster.me {
+            Insert::Existing
+        } else {
+            Insert::New
+        };
+        if self.conns.insert(key, entry, mode).is_err() {
             tracing::debug!(%key, "collision: the datapath tracks the tuple");
             return Err(RefuseReason::Collision);
         }
@@ -507,7 +532,7 @@ impl Engine {
         // Live: the replay is done, its bytes are no longer needed.
         inbound.replay = None;
         let (peer, id) = (inbound.peer, inbound.id);
-        self.mesh.send(peer, Message::HandoffAccepted { id });
+        self.tell(peer, Message::HandoffAccepted { id });
         self.metrics.handoffs_in.inc();
         self.count_for_peer(&self.metrics.peer.handoffs_from, peer);
     }
@@ -537,8 +562,9 @@ impl Engine {
         if let Some(key) = self.be.by_handoff.get(&(peer, id)).copied()
             && let Some(inbound) = self.be.remove(&key)
         {
-            self.reset_local(inbound.conn(key));
-            self.conns.remove(&key);
+            let conn = inbound.conn(key);
+            self.end_replayed(inbound.peer, conn);
+            self.remove_be_entry(conn);
             if inbound.follow {
                 self.follow.remove_responses(&key);
             }
@@ -553,11 +579,14 @@ impl Engine {
             self.follow.remove_responses(&key);
         }
         if reset {
-            self.reset_local(inbound.conn(key));
+            self.end_replayed(inbound.peer, inbound.conn(key));
         }
-        self.conns.remove(&key);
+        // Moving back here: the FE side points the entry at the node the connection stays with.
+        if inbound.peer != self.cluster.me {
+            self.conns.remove(&key);
+        }
         self.count_refusal(reason);
-        self.mesh.send(
+        self.tell(
             inbound.peer,
             Message::HandoffRefused {
                 id: inbound.id,
@@ -568,6 +597,52 @@ impl Engine {
 
     fn count_refusal(&self, reason: RefuseReason) {
         self.metrics.refused.count(reason.label());
+    }
+
+    /// Removes `conn`'s translating entry, and only that: on a connection this node accepted,
+    /// the key may hold its forwarding entry by now.
+    fn remove_be_entry(&mut self, conn: ConnId) {
+        let ours = self
+            .conns
+            .get(&conn.key)
+            .is_some_and(|e| e.role() == Some(ConnRole::Be) && e.client_isn == conn.client_isn);
+        if ours {
+            self.conns.remove(&conn.key);
+        }
+    }
+
+    /// Ends a replayed connection our TCP may have taken. For a connection this node accepted
+    /// (moving back here), whose datapath entry the FE side rewrites at once, the socket is
+    /// destroyed (its RST goes nowhere: the entry forwards); elsewhere a RST only our TCP sees.
+    fn end_replayed(&mut self, peer: usize, conn: ConnId) {
+        if peer == self.cluster.me {
+            if let Err(e) = self.tcp.destroy(conn.key.local(), conn.key.client()) {
+                tracing::debug!(key = %conn.key, "sock_diag destroy: {e}");
+            }
+        } else {
+            self.reset_local(conn);
+        }
+    }
+
+    /// Lets `key`'s TCP speak again: the FROZEN bit of its watch goes (the FE's own watch of
+    /// the key, on a connection this node accepted, stays).
+    pub(super) fn unfreeze(&mut self, key: ConnKey) {
+        let Some(mut watch) = self.follow.watch(&key) else {
+            return;
+        };
+        watch.flags &= !watch_flags::FROZEN;
+        if watch.flags == 0 {
+            self.follow.remove_watch(&key);
+        } else if let Err(e) = self.follow.set_watch(key, watch) {
+            tracing::warn!(%key, "watch: {e}");
+        }
+    }
+
+    /// Stops everything `key`'s TCP sends from leaving (see [`Engine::unfreeze`]).
+    fn freeze(&mut self, key: ConnKey) -> Result<(), String> {
+        let mut watch = self.follow.watch(&key).unwrap_or_default();
+        watch.flags |= watch_flags::FROZEN;
+        self.follow.set_watch(key, watch)
     }
 
     /// The datapath saw both FINs or a RST. The local TCP has the last word (a RST outside the
@@ -660,19 +735,19 @@ impl Engine {
     /// The local TCP is done with a handed-in connection: the FE is told, every trace goes.
     pub(super) fn closed_at_be(&mut self, conn: ConnId) {
         if let Some(inbound) = self.be.get(conn) {
-            self.mesh
-                .send(inbound.peer, Message::ConnClosed { id: inbound.id });
+            let (peer, id) = (inbound.peer, inbound.id);
+            self.tell(peer, Message::ConnClosed { id });
         }
         self.forget_inbound(conn);
     }
 
     /// Removes every trace of a handed-in connection, and only of that one.
     fn forget_inbound(&mut self, conn: ConnId) {
-        self.remove_entry(conn);
+        self.remove_be_entry(conn);
         if let Some(inbound) = self.be.get(conn) {
             if inbound.follow {
                 self.follow.remove_responses(&conn.key);
-                self.follow.remove_watch(&conn.key);
+                self.unfreeze(conn.key);
             }
             self.be.remove(&conn.key);
         }
@@ -707,7 +782,7 @@ impl Engine {
             }
             Err(reason) => Message::MoveBusy { id, reason },
         };
-        self.mesh.send(peer, answer);
+        self.tell(peer, answer);
     }
 
     fn quiesce(
@@ -757,15 +832,9 @@ impl Engine {
         let acked = ack.ack.wrapping_add(translation.seq_delta);
         self.quiet(key, requests, acked)?;
         // Frozen, then looked at again: our server may have written in between.
-        let frozen = Watch {
-            flags: watch_flags::FROZEN,
-            next_head_seq: 0,
-        };
-        self.follow
-            .set_watch(key, frozen)
-            .map_err(|_| BusyReason::Internal)?;
+        self.freeze(key).map_err(|_| BusyReason::Internal)?;
         if let Err(reason) = self.quiet(key, requests, acked) {
-            self.follow.remove_watch(&key);
+            self.unfreeze(key);
             return Err(reason);
         }
         let inbound = self.be.conns.get_mut(&key).ok_or(BusyReason::Unknown)?;
@@ -817,18 +886,13 @@ impl Engine {
         if !matches!(inbound.phase, BePhase::Moving | BePhase::Live) {
             return;
         }
-        if inbound.phase == BePhase::Live {
-            let frozen = Watch {
-                flags: watch_flags::FROZEN,
-                next_head_seq: 0,
-            };
-            if let Err(e) = self.follow.set_watch(key, frozen) {
-                tracing::warn!(%key, "freezing a released connection: {e}");
-            }
-        }
+        let was_live = inbound.phase == BePhase::Live;
         inbound.phase = BePhase::Moved;
         inbound.follow = true;
         let conn = inbound.conn(key);
+        if was_live && let Err(e) = self.freeze(key) {
+            tracing::warn!(%key, "freezing a released connection: {e}");
+        }
         if let Err(e) = self.tcp.destroy(key.local(), key.client()) {
             tracing::warn!(%key, "sock_diag destroy of a connection that moved away: {e}");
         }
@@ -846,7 +910,7 @@ impl Engine {
             && inbound.phase == BePhase::Moving
         {
             inbound.phase = BePhase::Live;
-            self.follow.remove_watch(&key);
+            self.unfreeze(key);
         }
     }
 

@@ -27,7 +27,7 @@ use baton_wire::{TcpFlags, TcpPacketBuilder, rewrite_dst_addr};
 use super::follow::Following;
 use super::packets;
 use super::timers::{ConnId, Timer};
-use super::{Decision, Engine};
+use super::{Decision, Engine, monotonic_ns};
 use crate::hold::StreamAssembler;
 use crate::kernel::Insert;
 
@@ -577,6 +577,9 @@ impl Engine {
             }
         }
         let Decision::Node(peer) = decision else {
+            if self.serve_here_followed(key) {
+                return;
+            }
             return self.release_local(key, LocalReason::Policy, now);
         };
         if self.standing_down {
@@ -899,6 +902,85 @@ impl Engine {
             self.metrics.fallbacks.count(label);
             tracing::debug!(%key, reason = label, "served locally");
         }
+    }
+}
+
+impl Engine {
+    /// Serves a held connection here and follows its later requests (they may move it away):
+    /// the datapath's entry becomes a translating one at offset zero (what our TCP sends goes
+    /// through the response count), and the held bytes are replayed into our TCP. False if the
+    /// connection cannot be followed (then it is served here unfollowed).
+    fn serve_here_followed(&mut self, key: ConnKey) -> bool {
+        let Some(FePhase::Held(held)) = self.fe.conns.get(&key).map(|c| &c.phase) else {
+            return false;
+        };
+        if self.standing_down {
+            return false;
+        }
+        let Some(next_head) = self.first_follow(held.stream.contiguous(), held.entry.client_isn)
+        else {
+            return false;
+        };
+        let (client_isn, local_isn) = (held.entry.client_isn, held.entry.local_isn);
+        let still_held = self
+            .conns
+            .get(&key)
+            .is_some_and(|e| e.state() == Some(ConnState::FeHold) && e.client_isn == client_isn);
+        if !still_held {
+            return false;
+        }
+        let id = self.new_id();
+        let mut entry = Conn::new_be(self.my_addr, client_isn, monotonic_ns());
+        entry.state = ConnState::BeEstablished as u8;
+        entry.local_isn = local_isn;
+        entry.handoff_id = id;
+        if self
+            .follow
+            .start_responses(key, local_isn.wrapping_add(1))
+            .is_err()
+        {
+            return false;
+        }
+        // In FE_HOLD the datapath writes nothing but last_seen_ns: the whole entry is ours.
+        if !self.watch_heads(key, next_head)
+            || self.conns.insert(key, entry, Insert::Existing).is_err()
+        {
+            self.follow.remove_responses(&key);
+            self.follow.remove_watch(&key);
+            return false;
+        }
+        let me = self.cluster.me;
+        let Some(conn) = self.fe.conns.get_mut(&key) else {
+            return false;
+        };
+        let FePhase::Held(held) = std::mem::replace(&mut conn.phase, FePhase::Local) else {
+            return false;
+        };
+        conn.phase = FePhase::Forwarded {
+            peer: me,
+            id,
+            closed: false,
+            follow: Some(Following::new(held.entry, next_head)),
+        };
+        self.fe.handoffs.insert(id, key);
+        self.be.serve_here(key, me, id, client_isn);
+        if let Some(template) = &held.template {
+            let segments = packets::client_segments(
+                template,
+                *key.local().ip(),
+                held.stream.base(),
+                local_isn.wrapping_add(1),
+                held.stream.contiguous(),
+                held.stream.finished(),
+                LOCAL_CHUNK + 100,
+            );
+            for packet in segments {
+                self.send(&packet);
+            }
+        }
+        self.cluster.assign(me);
+        self.metrics.local.inc();
+        true
     }
 }
 

@@ -23,13 +23,16 @@
 //! stays where it is and following ends. Connections this node serves itself are not followed
 //! (yet): a request for this node from a connection served elsewhere stays there.
 
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use baton_bpf::{Conn, ConnKey, ConnState, Event, Watch, watch_flags};
+use baton_bpf::{Conn, ConnKey, ConnRole, ConnState, Event, Watch, watch_flags};
 use baton_http::{Framing, Persistence, RequestHead, Sniff};
 use baton_policy::{RequestInfo, RoutedRequest};
 use baton_proto::{BusyReason, HandoffRequest, Message, RefuseReason};
-use baton_wire::{SeqNumber, TcpFlags, TcpPacketBuilder, rewrite_dst_addr};
+use baton_wire::{
+    SeqNumber, TcpFlags, TcpPacketBuilder, Translation, rewrite_dst_addr, translate_to_server,
+};
 
 use super::fe::FePhase;
 use super::packets;
@@ -123,6 +126,9 @@ struct Move {
     /// Where the request after this one starts, relative to this one's head (None: following
     /// ends with this request).
     after: Option<u32>,
+    /// The translating entry the move replaced (this node served the connection): put back if
+    /// the move does not happen.
+    restore: Option<Conn>,
     /// The request after this one, arrived before the new node's answer (its response already
     /// came from the new node): decided once the move is over.
     later: Option<Box<NextRequest>>,
@@ -169,8 +175,6 @@ enum StayReason {
     Refused(RefuseReason),
     Timeout,
     PeerDown,
-    /// The policy chose this node, which follows but does not serve moved connections yet.
-    AcceptingNode,
     MoveLimit,
     NotMovable,
     /// The request after it came before it was answered.
@@ -185,7 +189,6 @@ impl StayReason {
             StayReason::Refused(r) => format!("refused_{}", r.label()),
             StayReason::Timeout => "timeout".into(),
             StayReason::PeerDown => "peer_down".into(),
-            StayReason::AcceptingNode => "accepting_node".into(),
             StayReason::MoveLimit => "move_limit".into(),
             StayReason::NotMovable => "not_movable".into(),
             StayReason::Pipelined => "pipelined".into(),
@@ -242,7 +245,7 @@ impl Engine {
             tracing::debug!(%key, "a next head for a connection this agent does not know");
             self.follow.remove_watch(&key);
             if let Some(entry) = self.conns.get(&key) {
-                self.send_to(&mut packet, entry.peer_addr.into());
+                self.send_to(key, &mut packet, entry.peer_addr.into());
             }
             return;
         };
@@ -261,7 +264,7 @@ impl Engine {
                 let to = self.conns.get(&key).map(|e| e.peer_addr);
                 self.follow.remove_watch(&key);
                 if let Some(to) = to {
-                    self.send_to(&mut packet, to.into());
+                    self.send_to(key, &mut packet, to.into());
                 }
                 return;
             }
@@ -270,7 +273,7 @@ impl Engine {
             tracing::debug!(%key, "a next head for a connection not followed");
             self.follow.remove_watch(&key);
             let to = self.cluster.peers[peer].addr;
-            self.send_to(&mut packet, to);
+            self.send_to(key, &mut packet, to);
             return;
         };
         let end = segment
@@ -280,7 +283,7 @@ impl Engine {
         // Entirely before the next head: held before the datapath learned the new boundary.
         if SeqNumber(end).distance(SeqNumber(f.next_head)) <= 0 {
             let to = self.cluster.peers[peer].addr;
-            self.send_to(&mut packet, to);
+            self.send_to(key, &mut packet, to);
             return;
         }
         let next_head = f.next_head;
@@ -308,7 +311,7 @@ impl Engine {
                         m.after = None;
                     }
                     let to = self.cluster.peers[m.to].addr;
-                    self.send_to(&mut packet, to);
+                    self.send_to(key, &mut packet, to);
                 }
             }
             return;
@@ -323,9 +326,9 @@ impl Engine {
             if let Some(next) = held
                 && let Some(template) = &next.template
             {
-                self.send_stream(template, to, &next.stream);
+                self.send_stream(key, template, to, &next.stream);
             }
-            self.send_to(&mut packet, to);
+            self.send_to(key, &mut packet, to);
             self.metrics.rehandoff_fallbacks.count("pipelined");
             return;
         }
@@ -373,12 +376,12 @@ impl Engine {
         let moves = f.moves;
         let decision = self.decide_request(&head, now);
         let to = match decision {
-            Decision::Node(to) if to == peer => return self.stay(key, after.next, None),
             Decision::Node(to) => to,
-            Decision::Local => {
-                return self.stay_instead(key, after.next, StayReason::AcceptingNode);
-            }
+            Decision::Local => self.cluster.me,
         };
+        if to == peer {
+            return self.stay(key, after.next, None);
+        }
         if !after.movable {
             return self.stay_instead(key, None, StayReason::NotMovable);
         }
@@ -441,7 +444,7 @@ impl Engine {
         self.metrics.requests_stayed.inc();
         if let Some(template) = &next.template {
             let to = self.cluster.peers[peer].addr;
-            self.send_stream(template, to, &next.stream);
+            self.send_stream(key, template, to, &next.stream);
         }
     }
 
@@ -460,11 +463,12 @@ impl Engine {
     /// the node at `to`, whose datapath translates them.
     fn send_stream(
         &self,
+        key: ConnKey,
         template: &TcpPacketBuilder,
-        to: std::net::Ipv4Addr,
+        to: Ipv4Addr,
         stream: &StreamAssembler,
     ) {
-        for packet in packets::client_segments(
+        for mut packet in packets::client_segments(
             template,
             to,
             stream.base(),
@@ -473,15 +477,33 @@ impl Engine {
             stream.finished(),
             PEER_MTU,
         ) {
-            self.send(&packet);
+            self.send_to(key, &mut packet, to);
         }
     }
 
-    /// A captured client packet, sent on to the node at `to` (this node: into our own TCP).
-    fn send_to(&self, packet: &mut [u8], to: std::net::Ipv4Addr) {
-        if to == self.my_addr || rewrite_dst_addr(packet, to).is_ok() {
-            self.send(packet);
+    /// A client packet of `key`, sent on to the node at `to`, whose datapath translates it; to
+    /// this node itself, into our own TCP, translated here (injected packets pass no datapath).
+    fn send_to(&self, key: ConnKey, packet: &mut [u8], to: Ipv4Addr) {
+        if to != self.my_addr {
+            if rewrite_dst_addr(packet, to).is_ok() {
+                self.send(packet);
+            }
+            return;
         }
+        if let Some(e) = self
+            .conns
+            .get(&key)
+            .filter(|e| e.role() == Some(ConnRole::Be))
+        {
+            let translation = Translation {
+                seq_delta: e.seq_delta,
+                ts_delta: e.ts_delta,
+            };
+            if translate_to_server(packet, &translation).is_err() {
+                return;
+            }
+        }
+        self.send(packet);
     }
 
     /// Asks the serving node whether the connection may leave it now.
@@ -522,6 +544,7 @@ impl Engine {
             id,
             offered: false,
             after,
+            restore: None,
             later: None,
             decided: now,
             deadline: now + wait,
@@ -532,7 +555,7 @@ impl Engine {
             requests,
             segment,
         };
-        if !self.mesh.send(peer, quiesce) {
+        if !self.tell(peer, quiesce) {
             self.fe.moves.remove(&id);
             if let Some(next) = self
                 .fe
@@ -567,7 +590,7 @@ impl Engine {
     pub(super) fn on_move_quiet(&mut self, peer: usize, id: u64, now: Instant) {
         let Some((key, move_id)) = self.answered_move(peer, id) else {
             // A move we gave up: the serving node must speak again.
-            self.mesh.send(peer, Message::MoveResume { id });
+            self.tell(peer, Message::MoveResume { id });
             return;
         };
         let pipelined = self.fe.following_mut(&key).is_some_and(|(_, f)| {
@@ -590,9 +613,15 @@ impl Engine {
             return;
         };
         let to = m.to;
-        if !self.forward_to(key, to, move_id) {
-            return self.cancel_move(key, StayReason::Internal, now);
-        }
+        // Back to this node: its replay turns the forwarding entry into a translating one.
+        let restore = if to == self.cluster.me {
+            None
+        } else {
+            match self.forward_to(key, to, move_id) {
+                Ok(replaced) => replaced,
+                Err(()) => return self.cancel_move(key, StayReason::Internal, now),
+            }
+        };
         let wait = Duration::from_millis(self.config.limits.handoff_timeout_ms);
         if let Some(m) = self
             .fe
@@ -602,9 +631,10 @@ impl Engine {
         {
             m.offered = true;
             m.deadline = now + wait;
+            m.restore = restore;
         }
         self.timers.at(now + wait, Timer::Move(move_id));
-        if !self.mesh.send(to, Message::HandoffRequest(request)) {
+        if !self.tell(to, Message::HandoffRequest(request)) {
             return self.cancel_move(key, StayReason::PeerDown, now);
         }
         self.cluster.assign(to);
@@ -665,21 +695,32 @@ impl Engine {
         })
     }
 
-    /// Points the datapath's forwarding of `key` at `to` (handoff `id`). The client's request is
-    /// held and the serving node frozen, so the datapath changes nothing of the entry meanwhile
-    /// but its timestamps and counters (a client FIN or RST in that instant is retransmitted or
-    /// was the end anyway).
-    fn forward_to(&mut self, key: ConnKey, to: usize, id: u64) -> bool {
-        let Some(mut entry) = self
-            .conns
-            .get(&key)
-            .filter(|e| e.state() == Some(ConnState::FeForward))
-        else {
-            return false;
+    /// Points the datapath's entry of `key` at `to` (handoff `id`): its client packets go there.
+    /// The client's request is held and the serving node frozen, so the datapath changes
+    /// nothing of the entry meanwhile but its timestamps and counters (a client FIN or RST in
+    /// that instant is retransmitted or was the end anyway). Returns the translating entry it
+    /// replaced, when this node served the connection itself. `Err` if there is no entry.
+    fn forward_to(&mut self, key: ConnKey, to: usize, id: u64) -> Result<Option<Conn>, ()> {
+        let current = self.conns.get(&key).ok_or(())?;
+        let (mut entry, replaced) = if current.state() == Some(ConnState::FeForward) {
+            (current, None)
+        } else {
+            // Served here (translating) or being replayed here: forwarding starts again from
+            // the connection's own record.
+            let (_, f) = self.fe.following_mut(&key).ok_or(())?;
+            let mut entry = f.entry;
+            entry.role = ConnRole::Fe as u8;
+            entry.state = ConnState::FeForward as u8;
+            let served_here = current.role() == Some(ConnRole::Be)
+                && current.state() == Some(ConnState::BeEstablished);
+            (entry, served_here.then_some(current))
         };
         entry.peer_addr = self.cluster.peers[to].addr.octets();
         entry.handoff_id = id;
-        self.conns.insert(key, entry, Insert::Existing).is_ok()
+        self.conns
+            .insert(key, entry, Insert::Existing)
+            .map_err(|_| ())?;
+        Ok(replaced)
     }
 
     fn take_move(&mut self, key: ConnKey) -> Option<Move> {
@@ -706,13 +747,17 @@ impl Engine {
         self.fe.moves.remove(&m.id);
         if m.offered {
             // The new node may still go live within its deadline: it must drop its side.
-            self.mesh.send(m.to, Message::HandoffAbort { id: m.id });
+            self.tell(m.to, Message::HandoffAbort { id: m.id });
             self.cluster.unassign(m.to);
-            if !self.forward_to(key, peer, id) {
+            let back = match m.restore {
+                Some(entry) => self.conns.insert(key, entry, Insert::Any).is_ok(),
+                None => self.forward_to(key, peer, id).is_ok(),
+            };
+            if !back {
                 tracing::warn!(%key, "a cancelled move could not point the datapath back");
             }
         }
-        self.mesh.send(peer, Message::MoveResume { id });
+        self.tell(peer, Message::MoveResume { id });
         // Pipelined: the bytes after this request go with it, and following ends.
         let after = m.after.filter(|_| reason != StayReason::Pipelined);
         self.stay_instead(key, after, reason);
@@ -746,7 +791,7 @@ impl Engine {
         self.unfollow(key);
         if let Some(template) = &held.template {
             let to = self.cluster.peers[peer].addr;
-            self.send_stream(template, to, &held.stream);
+            self.send_stream(key, template, to, &held.stream);
         }
     }
 
@@ -797,7 +842,7 @@ impl Engine {
             Some(next_head) if self.watch_heads(key, next_head) => {}
             _ => self.unfollow(key),
         }
-        self.mesh.send(from, Message::MoveRelease { id: from_id });
+        self.tell(from, Message::MoveRelease { id: from_id });
         self.cluster.unassign(from);
         self.metrics.rehandoffs.inc();
         self.metrics.rehandoff_duration.observe(took.as_secs_f64());

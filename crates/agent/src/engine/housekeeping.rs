@@ -294,7 +294,8 @@ impl Engine {
             .peers
             .iter()
             .position(|p| !p.removed && p.addr.octets() == entry.peer_addr);
-        let fe_gone = fe.is_some_and(|fe| self.cluster.down_for(fe, now) >= bound);
+        let fe_gone =
+            fe.is_some_and(|fe| fe != self.cluster.me && self.cluster.down_for(fe, now) >= bound);
         unanswered || fe_gone
     }
 

@@ -113,6 +113,9 @@ pub struct Engine {
     config_digest: u64,
     /// What the last summary log line counted from.
     last_summary: Option<housekeeping::Summary>,
+    /// Messages from this node to itself (it is the serving node of connections it accepted and
+    /// follows), handled when the input that sent them is done.
+    to_self: std::collections::VecDeque<Message>,
 }
 
 impl Engine {
@@ -160,6 +163,7 @@ impl Engine {
             standing_down: false,
             config_digest: config.cluster_digest(),
             last_summary: None,
+            to_self: Default::default(),
             config,
         };
         engine.write_datapath_config(now);
@@ -188,6 +192,7 @@ impl Engine {
             EventKind::BeLive => self.on_be_live(event.key),
             EventKind::Closed => self.on_closed(event.key, now),
         }
+        self.deliver_to_self(now);
     }
 
     pub fn on_mesh(&mut self, event: MeshEvent, now: Instant) {
@@ -207,6 +212,7 @@ impl Engine {
                 self.on_message(peer, message, now);
             }
         }
+        self.deliver_to_self(now);
         self.write_datapath_config(now);
     }
 
@@ -287,6 +293,7 @@ impl Engine {
                 Timer::Frozen(conn) => self.frozen_too_long(conn, now),
                 Timer::Housekeeping => self.housekeeping(now),
             }
+            self.deliver_to_self(now);
         }
     }
 
@@ -314,9 +321,27 @@ impl Engine {
             self.release_local(key, LocalReason::Shutdown, now);
         }
         self.stop_following_all(now);
+        self.deliver_to_self(now);
     }
 
     // ----- shared -------------------------------------------------------------------------
+
+    /// Sends `message` to `peer`, or, if that is this node, handles it once the current input is
+    /// done. False if it could not be sent.
+    fn tell(&mut self, peer: usize, message: Message) -> bool {
+        if peer == self.cluster.me {
+            self.to_self.push_back(message);
+            true
+        } else {
+            self.mesh.send(peer, message)
+        }
+    }
+
+    fn deliver_to_self(&mut self, now: Instant) {
+        while let Some(message) = self.to_self.pop_front() {
+            self.on_message(self.cluster.me, message, now);
+        }
+    }
 
     fn new_id(&mut self) -> u64 {
         let id = self.next_id;

@@ -325,6 +325,7 @@ impl Engine {
         self.fallback = BoundedHash::new(policy.params.balance_factor);
         self.dispatching = matches!(policy.kind, PolicyKind::Lard | PolicyKind::LardR);
         self.datapath_decides = datapath_may_decide(&new);
+        self.follows_requests = new.policy.follows_requests();
         self.head_limits.max_head_bytes = new.limits.head_bytes;
         self.cluster.fresh_for = Duration::from_millis(new.limits.heartbeat_ms.saturating_mul(5));
         self.config_digest = new.cluster_digest();
@@ -341,5 +342,10 @@ impl Engine {
 /// Whether the datapath may run the policy itself: plain `hash`, no rules, no cookie.
 pub(super) fn datapath_may_decide(config: &NodeConfig) -> bool {
     let policy = &config.policy;
-    policy.kind == PolicyKind::Hash && policy.rules.is_empty() && policy.affinity_cookie.is_none()
+    // A connection the datapath keeps here is not followed: with per-request placement the
+    // agent decides.
+    policy.kind == PolicyKind::Hash
+        && policy.rules.is_empty()
+        && policy.affinity_cookie.is_none()
+        && !policy.follows_requests()
 }

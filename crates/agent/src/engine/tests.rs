@@ -12,7 +12,7 @@ use baton_bpf::{
     Conn, ConnKey, ConnRole, ConnState, DecideMode, Event, EventKind, Responses, Watch,
 };
 use baton_policy::PolicyKind;
-use baton_proto::{HandoffRequest, Message, RefuseReason};
+use baton_proto::{BusyReason, HandoffRequest, Message, RefuseReason};
 use baton_wire::{
     Ipv4Packet, SynOptions, TcpFlags, TcpOption, TcpPacketBuilder, TcpSegment, emit_options,
 };
@@ -89,6 +89,9 @@ impl FollowTables for Follow {
         self.0.lock().unwrap().watches.insert(key, watch);
         Ok(())
     }
+    fn watch(&self, key: &ConnKey) -> Option<Watch> {
+        self.0.lock().unwrap().watches.get(key).copied()
+    }
     fn remove_watch(&mut self, key: &ConnKey) {
         self.0.lock().unwrap().watches.remove(key);
     }
@@ -109,9 +112,6 @@ impl FollowTables for Follow {
 }
 
 impl Follow {
-    fn watch(&self, key: &ConnKey) -> Option<Watch> {
-        self.0.lock().unwrap().watches.get(key).copied()
-    }
     /// The datapath saw a complete response of `len` bytes on `key`.
     fn responded(&self, key: &ConnKey, len: u32) {
         let mut maps = self.0.lock().unwrap();
@@ -333,8 +333,15 @@ impl Node {
     }
 }
 
+/// Node `me`'s configuration. Connections are not followed past their first request unless
+/// `extra` says `per_request = true` (the tests of first placement see it alone).
 fn config_text(me: usize, policy: PolicyKind, extra: &str) -> String {
     let name = format!("n{}", me + 1);
+    let extra = if extra.contains("per_request") {
+        extra.to_string()
+    } else {
+        format!("per_request = false\n{extra}")
+    };
     let address = [N1, N2][me];
     format!(
         r#"
@@ -1900,4 +1907,292 @@ fn a_dispatcher_with_another_configuration_is_not_asked() {
         "decided without asking"
     );
     assert_eq!(n2.metrics.dispatch_fallbacks.get(), 1);
+}
+
+// ----- per-request following ----------------------------------------------------------------
+
+const FOLLOW: &str = "per_request = true";
+
+/// The first request of a followed connection, offered by n1 to n2 and accepted: n1, the key,
+/// the handoff id and where the next head starts.
+fn followed_at_n2() -> (Node, ConnKey, u64, u32) {
+    let mut n1 = node_with(0, PolicyKind::Hash, FOLLOW);
+    let head = request(&target_for(1));
+    let key = hold(&mut n1, &head);
+    let Some(Message::HandoffRequest(r)) = n1.next_to_peer() else {
+        panic!("no offer")
+    };
+    assert!(r.follow, "the BE is told to count responses");
+    let next_head = CLIENT_ISN.wrapping_add(1 + head.len() as u32);
+    assert_eq!(
+        n1.follow.watch(&key),
+        Some(Watch::heads(next_head)),
+        "the datapath holds from the next head on, from the offer on"
+    );
+    n1.hear(Message::HandoffAccepted { id: r.id });
+    n1.sent.take();
+    (n1, key, r.id, next_head)
+}
+
+#[test]
+fn a_next_request_for_the_same_node_goes_there_and_the_watch_moves_on() {
+    let (mut n1, key, _, next_head) = followed_at_n2();
+    let offset = next_head.wrapping_sub(CLIENT_ISN + 1);
+    let head = request(&target_for(1));
+    let mut segment = client_segment(N1, offset, TcpFlags::ACK | TcpFlags::PSH, &head);
+    segment.ack = FE_ISN + 1 + 1200;
+    n1.datapath(event(EventKind::NextHead, key, &segment));
+    let sent = n1.sent.take();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(
+        (
+            sent[0].dst,
+            sent[0].seq,
+            sent[0].ack,
+            sent[0].payload.as_slice()
+        ),
+        (N2, next_head, FE_ISN + 1 + 1200, head.as_slice()),
+        "the held request goes to the node that has the connection"
+    );
+    assert_eq!(
+        n1.follow.watch(&key),
+        Some(Watch::heads(next_head.wrapping_add(head.len() as u32)))
+    );
+    assert_eq!(n1.metrics.requests_stayed.get(), 1);
+    assert!(n1.next_to_peer().is_none(), "no move");
+}
+
+#[test]
+fn a_next_request_for_this_node_moves_the_connection_back_by_replay() {
+    let (mut n1, key, id, next_head) = followed_at_n2();
+    let offset = next_head.wrapping_sub(CLIENT_ISN + 1);
+    let head = request(&target_for(0));
+    let server_next = FE_ISN + 1 + 1200;
+    let mut segment = client_segment(N1, offset, TcpFlags::ACK | TcpFlags::PSH, &head);
+    segment.ack = server_next;
+    n1.datapath(event(EventKind::NextHead, key, &segment));
+    let Some(Message::MoveQuiesce {
+        id: asked,
+        requests,
+        segment: ack,
+    }) = n1.next_to_peer()
+    else {
+        panic!("the serving node is asked first")
+    };
+    assert_eq!((asked, requests), (id, 1));
+    let ack = TcpPacketBuilder::parse(&ack).unwrap();
+    assert_eq!(
+        (ack.seq, ack.ack, ack.flags, ack.payload.len()),
+        (next_head, server_next, TcpFlags::ACK, 0),
+        "the client's ACK without its request"
+    );
+    assert!(n1.sent.take().is_empty(), "nothing goes anywhere meanwhile");
+
+    // Quiet: n1 replays the connection into its own TCP, continuing the client's stream.
+    n1.hear(Message::MoveQuiet { id });
+    let entry = n1.table.get(&key).unwrap();
+    assert_eq!(
+        (entry.role(), entry.state(), entry.client_isn),
+        (
+            Some(ConnRole::Be),
+            Some(ConnState::BeSynSent),
+            next_head.wrapping_sub(1)
+        )
+    );
+    let sent = n1.sent.take();
+    assert_eq!(
+        (
+            sent.len(),
+            sent[0].flags & TcpFlags::SYN,
+            sent[0].seq,
+            sent[0].dst
+        ),
+        (1, TcpFlags::SYN, next_head.wrapping_sub(1), N1),
+        "the SYN starts where the request does"
+    );
+    let mut synack = TcpPacketBuilder::new(N1, 80, CLIENT, CLIENT_PORT);
+    synack.seq = BE_ISN;
+    synack.ack = next_head;
+    synack.flags = TcpFlags::SYN | TcpFlags::ACK | TcpFlags::ECE;
+    synack.options = syn_options(BE_TSVAL, 100);
+    n1.datapath(event(EventKind::BeSynAck, key, &synack));
+    let entry = n1.table.get(&key).unwrap();
+    assert_eq!(
+        entry.seq_delta,
+        BE_ISN.wrapping_sub(server_next.wrapping_sub(1)),
+        "the server's side continues at the client's ACK"
+    );
+    assert_eq!(
+        entry.ts_delta,
+        BE_TSVAL.wrapping_sub(FE_TSVAL),
+        "and its clock at the client's echo"
+    );
+    let replay = n1.sent.take();
+    assert_eq!(replay.len(), 1);
+    assert_eq!(
+        (replay[0].seq, replay[0].ack, replay[0].payload.as_slice()),
+        (next_head, BE_ISN + 1, head.as_slice())
+    );
+    n1.datapath(notice(EventKind::BeLive, key));
+    assert!(
+        matches!(n1.next_to_peer(), Some(Message::MoveRelease { id: released }) if released == id),
+        "the old node ends its side"
+    );
+    assert_eq!(n1.metrics.rehandoffs.get(), 1);
+    assert_eq!(
+        n1.follow.watch(&key),
+        Some(Watch::heads(next_head.wrapping_add(head.len() as u32)))
+    );
+}
+
+#[test]
+fn a_serving_node_that_is_not_quiet_keeps_the_request() {
+    let (mut n1, key, id, next_head) = followed_at_n2();
+    let offset = next_head.wrapping_sub(CLIENT_ISN + 1);
+    let head = request(&target_for(0));
+    let segment = client_segment(N1, offset, TcpFlags::ACK | TcpFlags::PSH, &head);
+    n1.datapath(event(EventKind::NextHead, key, &segment));
+    assert!(matches!(
+        n1.next_to_peer(),
+        Some(Message::MoveQuiesce { .. })
+    ));
+    n1.hear(Message::MoveBusy {
+        id,
+        reason: BusyReason::Responding,
+    });
+    let sent = n1.sent.take();
+    assert_eq!(
+        (sent.len(), sent[0].dst),
+        (1, N2),
+        "the request goes where the connection is"
+    );
+    assert_eq!(n1.metrics.rehandoff_fallbacks.get("busy_responding"), 1);
+    assert_eq!(n1.table.get(&key).unwrap().peer_addr, N2.octets());
+}
+
+/// n2 with a followed connection from n1 live, its TCP established.
+fn live_followed(id: u64) -> (Node, ConnKey) {
+    let mut n2 = node_with(1, PolicyKind::Hash, FOLLOW);
+    n2.hear(Message::HandoffRequest(HandoffRequest {
+        follow: true,
+        ..handoff_request(id)
+    }));
+    let key = key_at(N2);
+    n2.datapath(be_synack());
+    n2.datapath(notice(EventKind::BeLive, key));
+    n2.next_to_peer();
+    n2.tcp.set(&key, tcp_state::ESTABLISHED);
+    n2.sent.take();
+    (n2, key)
+}
+
+fn client_ack(acked: u32) -> Vec<u8> {
+    let mut ack = client_segment(N1, 40, TcpFlags::ACK, b"");
+    ack.ack = acked;
+    ack.build()
+}
+
+#[test]
+fn a_serving_node_freezes_only_when_every_response_is_out_and_acknowledged() {
+    let (mut n2, key) = live_followed(5);
+    assert_eq!(
+        n2.follow.responses(&key).map(|r| r.next_head),
+        Some(BE_ISN + 1),
+        "responses are counted from the first byte our server sends"
+    );
+    let quiesce = |acked| Message::MoveQuiesce {
+        id: 5,
+        requests: 1,
+        segment: client_ack(acked),
+    };
+    n2.hear(quiesce(FE_ISN + 1 + 1000));
+    assert!(matches!(
+        n2.next_to_peer(),
+        Some(Message::MoveBusy {
+            reason: BusyReason::Responding,
+            ..
+        })
+    ));
+    let sent = n2.sent.take();
+    assert_eq!(
+        (sent.len(), sent[0].dst, sent[0].ack),
+        (1, N2, BE_ISN + 1 + 1000),
+        "the client's ACK is given to our TCP, translated"
+    );
+    n2.follow.responded(&key, 1000);
+    n2.tcp
+        .0
+        .lock()
+        .unwrap()
+        .queues
+        .insert((key.local(), key.client()), (0, 20));
+    n2.hear(quiesce(FE_ISN + 1 + 1000));
+    assert!(matches!(
+        n2.next_to_peer(),
+        Some(Message::MoveBusy {
+            reason: BusyReason::Unacked,
+            ..
+        })
+    ));
+    n2.tcp.0.lock().unwrap().queues.clear();
+    n2.hear(quiesce(FE_ISN + 1 + 900));
+    assert!(
+        matches!(
+            n2.next_to_peer(),
+            Some(Message::MoveBusy {
+                reason: BusyReason::Responding,
+                ..
+            })
+        ),
+        "the client has not acknowledged the whole response"
+    );
+    assert_eq!(n2.follow.watch(&key), None);
+    n2.hear(quiesce(FE_ISN + 1 + 1000));
+    assert!(matches!(
+        n2.next_to_peer(),
+        Some(Message::MoveQuiet { id: 5 })
+    ));
+    assert!(
+        n2.follow
+            .watch(&key)
+            .is_some_and(|w| w.flags & baton_bpf::watch_flags::FROZEN != 0),
+        "frozen: nothing our TCP sends leaves"
+    );
+
+    // Released: our side ends, without a close notice; its traces go after the linger.
+    n2.hear(Message::MoveRelease { id: 5 });
+    assert_eq!(n2.tcp.state(&key), None, "the socket is destroyed");
+    assert_eq!(n2.metrics.moved_away.get(), 1);
+    n2.wait(LINGER);
+    assert!(n2.table.get(&key).is_none());
+    assert_eq!(n2.follow.watch(&key), None);
+    assert!(n2.follow.responses(&key).is_none());
+    assert!(
+        n2.next_to_peer().is_none(),
+        "no ConnClosed for a connection that moved"
+    );
+}
+
+#[test]
+fn a_resumed_connection_speaks_again_and_a_forgotten_one_ends() {
+    let (mut n2, key) = live_followed(6);
+    n2.follow.responded(&key, 500);
+    let quiesce = Message::MoveQuiesce {
+        id: 6,
+        requests: 1,
+        segment: client_ack(FE_ISN + 1 + 500),
+    };
+    n2.hear(quiesce.clone());
+    assert!(matches!(n2.next_to_peer(), Some(Message::MoveQuiet { .. })));
+    n2.hear(Message::MoveResume { id: 6 });
+    assert_eq!(n2.follow.watch(&key), None, "unfrozen");
+    assert_eq!(n2.tcp.state(&key), Some(tcp_state::ESTABLISHED));
+
+    // Frozen again, and the FE never says: the side ends after twice the handoff wait.
+    n2.hear(quiesce);
+    assert!(matches!(n2.next_to_peer(), Some(Message::MoveQuiet { .. })));
+    n2.wait(HANDOFF_TIMEOUT);
+    assert_eq!(n2.tcp.state(&key), Some(tcp_state::ESTABLISHED));
+    n2.wait(HANDOFF_TIMEOUT);
+    assert_eq!(n2.tcp.state(&key), None);
 }
