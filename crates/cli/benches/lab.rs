@@ -35,6 +35,18 @@
 //!      yet), over BATON_BENCH_IDLE_SECONDS, as % of one core per agent and the max (goal:
 //!      ≤ 0.2 %).
 //!
+//! 4. **Per-request placement** (`[policy] per_request`): one keep-alive connection to n1 per
+//!    batch asking for 1 KB targets of n2, n2, n3, n3, n1, n1, ... (every other request moves
+//!    the connection), under `hash` with `per_request` off (every request served where the
+//!    first went) and on, interleaved in rounds: from each request's write to its first byte,
+//!    p50 and p99 of the requests that stay on their node (against per_request off) and of those
+//!    that move (against those that stay; goal: a move adds ≤ 100 µs). Then wrk keep-alive
+//!    (`-s` a script cycling through 30 targets spread over the nodes), per_request off and on:
+//!    requests/s, their ratio, and moves per second.
+//!
+//! Sections 1-3 run the policies with `per_request = false` (connections placed by their first
+//! request, as the issue of the fast handoff measures them).
+//!
 //! `cargo bench -p baton --bench lab` (as root). Environment, defaults in parentheses:
 //! BATON_BENCH_TTFB_SAMPLES (500), BATON_BENCH_TTFB_BATCH (50), BATON_BENCH_WRK_SECONDS (5),
 //! BATON_BENCH_WRK_ROUNDS (3), BATON_BENCH_IDLE_SECONDS (10). A default run takes about five
@@ -66,11 +78,13 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// What the agents run: nothing, or a policy.
+/// What the agents run: nothing, or a policy (connections placed by their first request only,
+/// as sections 1-3 measure), or a policy following every request (section 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Config {
     NoAgent,
     Agents(PolicyKind),
+    Following(PolicyKind),
 }
 
 impl Config {
@@ -81,7 +95,10 @@ impl Config {
                     lab.stop_agent(i).expect("stop agent");
                 }
             }
-            Config::Agents(policy) => lab.restart_agents(policy).expect("restart agents"),
+            Config::Agents(policy) | Config::Following(policy) => {
+                lab.set_per_request(Some(matches!(self, Config::Following(_))));
+                lab.restart_agents(policy).expect("restart agents");
+            }
         }
     }
 }
@@ -222,7 +239,9 @@ fn ttfb_batch(config: Config, n1: SocketAddr, kept: &str, handed: &str, size: us
                 }
             }
         }
-        Config::Agents(other) => unreachable!("no TTFB variant under {other}"),
+        Config::Agents(other) | Config::Following(other) => {
+            unreachable!("no TTFB variant under {other}")
+        }
     }
     batch
 }
@@ -633,6 +652,294 @@ fn idle_cpu(lab: &Lab, seconds: u64) -> String {
     )
 }
 
+// ----- per request: keep-alive connections following their requests -----------------------------
+
+/// One request on an open keep-alive connection: from its write to the first response byte, and
+/// the node named by `X-Served-By`. The whole response is read (Content-Length).
+fn keep_alive_request(
+    s: &mut TcpStream,
+    target: &str,
+) -> Result<(Duration, Option<usize>), String> {
+    let request = format!("GET {target} HTTP/1.1\r\nHost: baton\r\n\r\n");
+    let start = Instant::now();
+    s.write_all(request.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buf = vec![0u8; 8192];
+    let mut got = Vec::new();
+    let mut first = None;
+    let head_end = loop {
+        let n = s.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("closed".into());
+        }
+        first.get_or_insert_with(|| start.elapsed());
+        got.extend_from_slice(&buf[..n]);
+        if let Some(at) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&got[..head_end]).to_string();
+    let header = |name: &str| {
+        head.lines().find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    };
+    let length: usize = header("content-length")
+        .and_then(|v| v.parse().ok())
+        .ok_or("no Content-Length")?;
+    while got.len() < head_end + length {
+        let n = s.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("closed mid-body".into());
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!(
+            "answered {:?}",
+            head.lines().next().unwrap_or_default()
+        ));
+    }
+    let served_by = header("x-served-by").and_then(|v| v.strip_prefix('n')?.parse().ok());
+    Ok((first.unwrap_or_default(), served_by))
+}
+
+/// The per-request variants, in the order printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Follow {
+    /// `per_request = false`: every request where the first went.
+    FirstOnly,
+    /// `per_request = true`, the request's node is the one the previous request had.
+    Stays,
+    /// `per_request = true`, another node: the connection moves.
+    Moves,
+}
+
+impl Follow {
+    const ALL: [Follow; 3] = [Follow::FirstOnly, Follow::Stays, Follow::Moves];
+
+    fn label(self) -> &'static str {
+        match self {
+            Follow::FirstOnly => "hash, first request only (per_request off)",
+            Follow::Stays => "hash per_request, stays on its node",
+            Follow::Moves => "hash per_request, moves to another node",
+        }
+    }
+}
+
+/// Targets in pairs per node, n2 n2 n3 n3 n1 n1 ...: every other request moves the connection.
+fn follow_targets(count: usize, round: usize) -> Vec<(String, usize)> {
+    (0..count)
+        .map(|i| {
+            let node = (i / 2) % NODES + 1;
+            let node = node % NODES + 1; // start on n2
+            let base = format!("/f/1k?r{round}i{i}");
+            let names: Vec<String> = (1..=NODES).map(|n| format!("n{n}")).collect();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let target = baton_policy::Hash::target_for(&base, &names, node - 1)
+                .expect("a target for every node");
+            (target, node)
+        })
+        .collect()
+}
+
+/// One connection's batch: `targets` in turn (the first request, on a fresh connection, is left
+/// out), classified for `config`.
+fn follow_batch(
+    config: Config,
+    n1: SocketAddr,
+    targets: &[(String, usize)],
+) -> (Vec<(Follow, Duration)>, usize, Vec<String>) {
+    let mut samples = Vec::new();
+    let (mut misplaced, mut errors) = (0, Vec::new());
+    let mut s = match TcpStream::connect_timeout(&n1, Duration::from_secs(5)) {
+        Ok(s) => s,
+        Err(e) => return (samples, 0, vec![format!("connect: {e}")]),
+    };
+    let _ = s.set_nodelay(true);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut first_node = None;
+    for (i, (target, node)) in targets.iter().enumerate() {
+        match keep_alive_request(&mut s, target) {
+            Ok((t, served)) => {
+                let first = *first_node.get_or_insert(*node);
+                let (variant, want) = match config {
+                    Config::Following(_) if targets[i.saturating_sub(1)].1 == *node => {
+                        (Follow::Stays, *node)
+                    }
+                    Config::Following(_) => (Follow::Moves, *node),
+                    _ => (Follow::FirstOnly, first),
+                };
+                if served != Some(want) {
+                    misplaced += 1;
+                } else if i > 0 {
+                    samples.push((variant, t));
+                }
+            }
+            Err(e) => {
+                errors.push(e);
+                break;
+            }
+        }
+    }
+    (samples, misplaced, errors)
+}
+
+/// A counter summed over every node's agent.
+fn cluster_total(lab: &Lab, name: &str) -> f64 {
+    (1..=lab.nodes())
+        .filter_map(|i| lab.scrape_metrics(i).ok())
+        .filter_map(|m| metric_sum(&m, name))
+        .sum()
+}
+
+fn follow_section(lab: &mut Lab, samples: usize, batch_size: usize, seconds: u64, rounds: u64) {
+    let n1 = lab.node_http_addr(1);
+    let configs = [
+        Config::Agents(PolicyKind::Hash),
+        Config::Following(PolicyKind::Hash),
+    ];
+    let mut all: HashMap<Follow, Vec<Duration>> = HashMap::new();
+    let (mut misplaced, mut errors) = (0usize, Vec::new());
+    let started = Instant::now();
+    let mut round = 0;
+    while Follow::ALL
+        .iter()
+        .any(|v| all.get(v).map_or(0, Vec::len) < samples)
+        && round < samples.div_ceil(batch_size.max(1)) * 2 + 3
+    {
+        round += 1;
+        for config in configs {
+            config.apply(lab);
+            // Two per node and connection: half the samples of the following run move.
+            let targets = follow_targets(2 * batch_size + 1, round);
+            let (batch, wrong, failed) = lab
+                .in_client(move || follow_batch(config, n1, &targets))
+                .expect("client namespace");
+            for (v, t) in batch {
+                all.entry(v).or_default().push(t);
+            }
+            misplaced += wrong;
+            errors.extend(failed);
+        }
+    }
+    println!(
+        "per-request placement: requests on one keep-alive connection to n1, GET 1 KB, from the \
+         request's write to its first byte; {round} rounds ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "  {:<44} {:>5} {:>8} {:>9} {:>8} {:>9}",
+        "", "n", "p50 us", "+us", "p99 us", "+us"
+    );
+    let stays = quantiles(all.get(&Follow::Stays).cloned().unwrap_or_default());
+    let first_only = quantiles(all.get(&Follow::FirstOnly).cloned().unwrap_or_default());
+    for v in Follow::ALL {
+        let samples = all.get(&v).cloned().unwrap_or_default();
+        let n = samples.len();
+        let against = match v {
+            Follow::FirstOnly => None,
+            Follow::Stays => first_only,
+            Follow::Moves => stays,
+        };
+        match (quantiles(samples), against) {
+            (Some((p50, p99)), Some((b50, b99))) => println!(
+                "  {:<44} {n:>5} {p50:>8.0} {:>+9.0} {p99:>8.0} {:>+9.0}",
+                v.label(),
+                p50 - b50,
+                p99 - b99
+            ),
+            (Some((p50, p99)), None) => println!(
+                "  {:<44} {n:>5} {p50:>8.0} {:>9} {p99:>8.0} {:>9}",
+                v.label(),
+                "-",
+                "-"
+            ),
+            (None, _) => println!("  {:<44} {n:>5} (no samples)", v.label()),
+        }
+    }
+    println!(
+        "  (stays: against first-request-only; moves: against stays; goal: a move adds <= 100 us)"
+    );
+    if misplaced > 0 {
+        println!("  ! {misplaced} responses from another node than expected, left out");
+    }
+    if !errors.is_empty() {
+        println!(
+            "  ! {} connections failed, e.g. {}",
+            errors.len(),
+            errors[0]
+        );
+    }
+
+    // wrk, keep-alive, every connection cycling through 30 targets spread over the nodes.
+    let script = lab.state_dir().join("mixed.lua");
+    let targets: Vec<String> = (0..30).map(|k| format!("\"/f/1k?m={k}\"")).collect();
+    std::fs::write(
+        &script,
+        format!(
+            "local targets = {{ {} }}\nlocal i = math.random(#targets)\n\
+             request = function()\n  i = i % #targets + 1\n  \
+             return wrk.format(\"GET\", targets[i])\nend\n",
+            targets.join(", ")
+        ),
+    )
+    .expect("write the wrk script");
+    let url = format!("http://{}/", lab.node_address(1));
+    let mut rps: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut moved = 0.0;
+    let mut problems = Vec::new();
+    for _ in 0..rounds {
+        for (name, config) in [("off", configs[0]), ("on", configs[1])] {
+            config.apply(lab);
+            let before = cluster_total(lab, "baton_rehandoffs_total");
+            let duration = format!("-d{seconds}s");
+            let args = [
+                "wrk",
+                WRK_ARGS[0],
+                WRK_ARGS[1],
+                duration.as_str(),
+                "-s",
+                script.to_str().unwrap_or_default(),
+                url.as_str(),
+            ];
+            let out = lab.exec("client", &args).expect("run wrk");
+            let text = String::from_utf8_lossy(&out.stdout);
+            problems.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| l.starts_with("Non-2xx") || l.starts_with("Socket errors"))
+                    .map(str::to_string),
+            );
+            let r = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Requests/sec:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(f64::NAN);
+            rps.entry(name).or_default().push(r);
+            if name == "on" {
+                moved += cluster_total(lab, "baton_rehandoffs_total") - before;
+            }
+        }
+    }
+    let (off, on) = (
+        median(rps.get("off").cloned().unwrap_or_default()),
+        median(rps.get("on").cloned().unwrap_or_default()),
+    );
+    println!(
+        "  wrk {} {} keep-alive, 30 targets over {NODES} nodes, {rounds} x {seconds} s: \
+         per_request off {off:.0} req/s, on {on:.0} req/s ({:.2}x); {:.0} moves/s",
+        WRK_ARGS[0],
+        WRK_ARGS[1],
+        on / off,
+        moved / (rounds * seconds) as f64
+    );
+    for p in problems {
+        println!("  ! wrk: {p}");
+    }
+}
+
 // ----- main --------------------------------------------------------------------------------------
 
 fn main() {
@@ -674,6 +981,8 @@ fn main() {
 
     // Agent CPU per handoff, over the round-robin connection-per-request 1 KB runs.
     let c = wrk_section(&mut lab, seconds, wrk_rounds);
+    println!();
+    follow_section(&mut lab, samples, batch, seconds, wrk_rounds);
     println!();
     let cpu_us = c.cpu_ns as f64 / 1e3;
     println!("agent CPU, time on CPU of the {NODES} agents (/proc/PID/schedstat)");

@@ -376,6 +376,7 @@ mod metrics_reference {
             &metrics.refused,
             &metrics.mesh_rejected,
             &metrics.dropped,
+            &metrics.rehandoff_fallbacks,
         ] {
             family.count("any");
         }

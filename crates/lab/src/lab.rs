@@ -1653,6 +1653,11 @@ impl Lab {
 
     /// Restarts every agent with `policy` and waits until they are ready again: the same lab,
     /// servers and addresses under another policy (benchmarks compare policies this way).
+    /// The agents' `[policy] per_request` from their next start on ([`LabSpec::per_request`]).
+    pub fn set_per_request(&mut self, per_request: Option<bool>) {
+        self.spec.per_request = per_request;
+    }
+
     pub fn restart_agents(&mut self, policy: PolicyKind) -> Result<(), LabError> {
         if !self.spec.agents {
             return Ok(());
