@@ -31,14 +31,20 @@
 //!   1   8  the digest of the sender's cluster configuration (members, ports, policy)
 //! MoveQuiesce (0x19)
 //!   0   8  id (the handoff the serving node has the connection by)
-//!   8   4  requests the serving node has been given on the connection
-//!   12  2  k = segment length, then k bytes: the client's latest ACK, a whole IPv4 packet
+//!   8   8  attempt (the move's own id: every answer and word about the move repeats it)
+//!   16  4  requests the serving node has been given on the connection
+//!   20  2  k = segment length, then k bytes: the client's latest ACK, a whole IPv4 packet
 //!          without payload addressed to the FE's service address
-//! MoveQuiet (0x1a), MoveRelease (0x1c), MoveResume (0x1d)
-//!   0   8  id
+//! MoveQuiet (0x1a), MoveRelease (0x1c)
+//!   0   8  id                        8   8  attempt
 //! MoveBusy (0x1b)
-//!   0   8  id
-//!   8   1  reason code (BusyReason)
+//!   0   8  id                        8   8  attempt
+//!   16  1  reason code (BusyReason)
+//! MoveResume (0x1d)
+//!   0   8  id                        8   8  attempt
+//!   16  2  k = segment length, then k bytes: the headers of the client's latest segment, a whole
+//!          IPv4 packet without payload (0: nothing to replay)
+//!   ..  4  d = data length, then d bytes: the client's held request, from the segment's seq
 //! Heartbeat (0x20)
 //!   0   4  load
 //!   4   8  sent_at_ms
@@ -249,18 +255,31 @@ pub enum Message {
     /// from now on, until a Release or a Resume.
     MoveQuiesce {
         id: u64,
+        attempt: u64,
         requests: u32,
         segment: Vec<u8>,
     },
-    /// Serving node -> FE: quiet and frozen; the FE may replay the connection elsewhere.
-    MoveQuiet { id: u64 },
+    /// Serving node -> FE: quiet and frozen for `attempt`; the FE may replay the connection
+    /// elsewhere.
+    MoveQuiet { id: u64, attempt: u64 },
     /// Serving node -> FE: not now; the connection stays and its TCP speaks as before.
-    MoveBusy { id: u64, reason: BusyReason },
+    MoveBusy {
+        id: u64,
+        attempt: u64,
+        reason: BusyReason,
+    },
     /// FE -> serving node: the connection lives elsewhere now: end your TCP's side quietly and
     /// forget it (no ConnClosed).
-    MoveRelease { id: u64 },
-    /// FE -> serving node: the move did not happen: the connection stays with you.
-    MoveResume { id: u64 },
+    MoveRelease { id: u64, attempt: u64 },
+    /// FE -> serving node: the move `attempt` did not happen: the connection stays with you;
+    /// once your TCP may speak again, replay the client's held request (`data`, with the headers
+    /// of `segment`) into it.
+    MoveResume {
+        id: u64,
+        attempt: u64,
+        segment: Vec<u8>,
+        data: Vec<u8>,
+    },
 }
 
 impl Message {
@@ -336,24 +355,47 @@ impl Message {
             }
             Message::HandoffAccepted { id }
             | Message::HandoffAbort { id }
-            | Message::ConnClosed { id }
-            | Message::MoveQuiet { id }
-            | Message::MoveRelease { id }
-            | Message::MoveResume { id } => out.extend_from_slice(&id.to_be_bytes()),
-            Message::MoveBusy { id, reason } => {
+            | Message::ConnClosed { id } => out.extend_from_slice(&id.to_be_bytes()),
+            Message::MoveQuiet { id, attempt } | Message::MoveRelease { id, attempt } => {
                 out.extend_from_slice(&id.to_be_bytes());
+                out.extend_from_slice(&attempt.to_be_bytes());
+            }
+            Message::MoveBusy {
+                id,
+                attempt,
+                reason,
+            } => {
+                out.extend_from_slice(&id.to_be_bytes());
+                out.extend_from_slice(&attempt.to_be_bytes());
                 out.push(reason.code());
             }
             Message::MoveQuiesce {
                 id,
+                attempt,
                 requests,
                 segment,
             } => {
                 let segment_len: u16 = checked_len("segment", segment, MAX_PACKET_LEN)?;
                 out.extend_from_slice(&id.to_be_bytes());
+                out.extend_from_slice(&attempt.to_be_bytes());
                 out.extend_from_slice(&requests.to_be_bytes());
                 out.extend_from_slice(&segment_len.to_be_bytes());
                 out.extend_from_slice(segment);
+            }
+            Message::MoveResume {
+                id,
+                attempt,
+                segment,
+                data,
+            } => {
+                let segment_len: u16 = checked_len("segment", segment, MAX_PACKET_LEN)?;
+                let data_len: u32 = checked_len("data", data, MAX_HANDOFF_DATA_LEN)?;
+                out.extend_from_slice(&id.to_be_bytes());
+                out.extend_from_slice(&attempt.to_be_bytes());
+                out.extend_from_slice(&segment_len.to_be_bytes());
+                out.extend_from_slice(segment);
+                out.extend_from_slice(&data_len.to_be_bytes());
+                out.extend_from_slice(data);
             }
             Message::HandoffRefused { id, reason } => {
                 out.extend_from_slice(&id.to_be_bytes());
@@ -479,22 +521,47 @@ impl Message {
             }
             kind::MOVE_QUIESCE => {
                 let id = reader.u64()?;
+                let attempt = reader.u64()?;
                 let requests = reader.u32()?;
                 let len = usize::from(reader.u16()?);
                 let segment = reader.bytes(len)?.to_vec();
                 Message::MoveQuiesce {
                     id,
+                    attempt,
                     requests,
                     segment,
                 }
             }
-            kind::MOVE_QUIET => Message::MoveQuiet { id: reader.u64()? },
+            kind::MOVE_QUIET => Message::MoveQuiet {
+                id: reader.u64()?,
+                attempt: reader.u64()?,
+            },
             kind::MOVE_BUSY => Message::MoveBusy {
                 id: reader.u64()?,
+                attempt: reader.u64()?,
                 reason: BusyReason::try_from(reader.u8()?)?,
             },
-            kind::MOVE_RELEASE => Message::MoveRelease { id: reader.u64()? },
-            kind::MOVE_RESUME => Message::MoveResume { id: reader.u64()? },
+            kind::MOVE_RELEASE => Message::MoveRelease {
+                id: reader.u64()?,
+                attempt: reader.u64()?,
+            },
+            kind::MOVE_RESUME => {
+                let id = reader.u64()?;
+                let attempt = reader.u64()?;
+                let segment_len = usize::from(reader.u16()?);
+                let segment = reader.bytes(segment_len)?.to_vec();
+                let data_len = reader.u32()? as usize;
+                if data_len > MAX_HANDOFF_DATA_LEN {
+                    return Err(ProtoError::Malformed("resume data longer than its limit"));
+                }
+                let data = reader.bytes(data_len)?.to_vec();
+                Message::MoveResume {
+                    id,
+                    attempt,
+                    segment,
+                    data,
+                }
+            }
             unknown => return Err(ProtoError::UnknownKind(unknown)),
         };
         reader.finish()?;

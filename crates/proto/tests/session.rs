@@ -56,12 +56,24 @@ fn sample_messages() -> Vec<Message> {
         }),
         Message::MoveQuiesce {
             id: 7,
+            attempt: 8,
             requests: 3,
             segment: vec![0x45; 52],
         },
-        Message::MoveQuiet { id: 7 },
-        Message::MoveRelease { id: 7 },
-        Message::MoveResume { id: 7 },
+        Message::MoveQuiet { id: 7, attempt: 8 },
+        Message::MoveRelease { id: 7, attempt: 8 },
+        Message::MoveResume {
+            id: 7,
+            attempt: 8,
+            segment: vec![0x45; 52],
+            data: b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        },
+        Message::MoveResume {
+            id: 7,
+            attempt: 9,
+            segment: vec![],
+            data: vec![],
+        },
         Message::HandoffAccepted { id: 7 },
         Message::HandoffAbort { id: u64::MAX },
         Message::ConnClosed { id: 0 },
@@ -86,7 +98,11 @@ fn sample_messages() -> Vec<Message> {
         },
     ];
     messages.extend(RefuseReason::ALL.map(|reason| Message::HandoffRefused { id: 9, reason }));
-    messages.extend(BusyReason::ALL.map(|reason| Message::MoveBusy { id: 9, reason }));
+    messages.extend(BusyReason::ALL.map(|reason| Message::MoveBusy {
+        id: 9,
+        attempt: 10,
+        reason,
+    }));
     messages
 }
 
@@ -132,21 +148,34 @@ fn message_strategy() -> impl Strategy<Value = Message> {
                     })
                 }
             ),
-        (any::<u64>(), any::<u32>(), bytes(200)).prop_map(|(id, requests, segment)| {
-            Message::MoveQuiesce {
+        (any::<u64>(), any::<u64>(), any::<u32>(), bytes(200)).prop_map(
+            |(id, attempt, requests, segment)| Message::MoveQuiesce {
                 id,
+                attempt,
                 requests,
                 segment,
             }
-        }),
-        any::<u64>().prop_map(|id| Message::MoveQuiet { id }),
+        ),
+        (any::<u64>(), any::<u64>()).prop_map(|(id, attempt)| Message::MoveQuiet { id, attempt }),
         (
+            any::<u64>(),
             any::<u64>(),
             proptest::sample::select(BusyReason::ALL.to_vec())
         )
-            .prop_map(|(id, reason)| Message::MoveBusy { id, reason }),
-        any::<u64>().prop_map(|id| Message::MoveRelease { id }),
-        any::<u64>().prop_map(|id| Message::MoveResume { id }),
+            .prop_map(|(id, attempt, reason)| Message::MoveBusy {
+                id,
+                attempt,
+                reason
+            }),
+        (any::<u64>(), any::<u64>()).prop_map(|(id, attempt)| Message::MoveRelease { id, attempt }),
+        (any::<u64>(), any::<u64>(), bytes(100), bytes(300)).prop_map(
+            |(id, attempt, segment, data)| Message::MoveResume {
+                id,
+                attempt,
+                segment,
+                data
+            }
+        ),
         any::<u64>().prop_map(|id| Message::HandoffAccepted { id }),
         (
             any::<u64>(),

@@ -75,10 +75,25 @@ impl Engine {
                 continue;
             };
             let id = entry.handoff_id;
-            // What the previous agent followed is not known here: the datapath holds nothing
-            // more for it and lets every TCP speak (a move it left half done does not happen;
-            // the FE's release of one still ends it).
-            self.follow.remove_watch(&key);
+            // What the previous agent followed is not known here: the datapath holds no more
+            // request heads for it. A connection it froze for a move stays frozen (the move may
+            // have happened: the new node may serve it), until the FE's word or its bound.
+            let frozen = self
+                .follow
+                .watch(&key)
+                .is_some_and(|w| w.flags & baton_bpf::watch_flags::FROZEN != 0)
+                && role == Some(ConnRole::Be);
+            if frozen {
+                let only_frozen = baton_bpf::Watch {
+                    flags: baton_bpf::watch_flags::FROZEN,
+                    next_head_seq: 0,
+                };
+                if let Err(e) = self.follow.set_watch(key, only_frozen) {
+                    tracing::warn!(%key, "watch: {e}");
+                }
+            } else {
+                self.follow.remove_watch(&key);
+            }
             match (role, state) {
                 (Some(ConnRole::Fe), _) => {
                     let closed = entry.flags & (conn_flags::CLIENT_FIN | conn_flags::RST) != 0;
@@ -94,6 +109,11 @@ impl Engine {
                     let phase = if closing {
                         self.timers.at(now + linger, Timer::Closed(conn));
                         AdoptedPhase::Closing
+                    } else if frozen {
+                        let bound =
+                            Duration::from_millis(2 * self.config.limits.handoff_timeout_ms);
+                        self.timers.at(now + bound, Timer::Frozen(conn));
+                        AdoptedPhase::Moving { until: now + bound }
                     } else {
                         AdoptedPhase::Live
                     };
@@ -140,9 +160,10 @@ impl Engine {
         self.stop_following_all(now);
     }
 
-    /// Whether nothing is in flight that a hand-over must wait for: no offer out, no replay in.
+    /// Whether nothing is in flight that a hand-over must wait for: no offer out, no move under
+    /// way (a move's offer is never cut short), no replay in.
     /// (Held connections are served here when it ends: [`Engine::release_all`].)
     pub fn settled(&self) -> bool {
-        self.fe.offers_out() == 0 && self.be.replaying() == 0
+        self.fe.offers_out() == 0 && self.fe.moves.is_empty() && self.be.replaying() == 0
     }
 }

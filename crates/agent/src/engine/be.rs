@@ -46,6 +46,10 @@ pub(super) const LIVE_MARGIN: Duration = Duration::from_millis(10);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum AdoptedPhase {
     Live,
+    /// Frozen by the previous agent for a move: ends by itself unless the FE says otherwise.
+    Moving {
+        until: Instant,
+    },
     Closing,
     Replaying,
 }
@@ -67,8 +71,12 @@ pub(super) struct Inbound {
     phase: BePhase,
     /// The FE follows its requests: the datapath counts its responses.
     follow: bool,
-    /// While Moving: when it ends by itself if the FE says nothing.
+    /// While Moving: when it ends by itself if the FE says nothing, and the move that froze it
+    /// (`None`: frozen by a previous agent, whose move is unknown here).
     frozen_until: Option<Instant>,
+    frozen_by: Option<u64>,
+    /// The datapath reported its close while it was Moving: handled if it resumes.
+    closed_while_moving: bool,
     /// What the replay needs, until the connection is live (then dropped). An adopted
     /// connection has none: it was taken by an agent that is gone.
     replay: Option<Box<Replay>>,
@@ -158,10 +166,11 @@ impl BeState {
         client_isn: u32,
         phase: AdoptedPhase,
     ) {
-        let phase = match phase {
-            AdoptedPhase::Live => BePhase::Live,
-            AdoptedPhase::Closing => BePhase::Closing,
-            AdoptedPhase::Replaying => BePhase::Replayed,
+        let (phase, frozen_until) = match phase {
+            AdoptedPhase::Live => (BePhase::Live, None),
+            AdoptedPhase::Moving { until } => (BePhase::Moving, Some(until)),
+            AdoptedPhase::Closing => (BePhase::Closing, None),
+            AdoptedPhase::Replaying => (BePhase::Replayed, None),
         };
         self.conns.insert(
             key,
@@ -171,7 +180,9 @@ impl BeState {
                 client_isn,
                 phase,
                 follow: false,
-                frozen_until: None,
+                frozen_until,
+                frozen_by: None,
+                closed_while_moving: false,
                 replay: None,
             },
         );
@@ -190,6 +201,8 @@ impl BeState {
                 phase: BePhase::Live,
                 follow: true,
                 frozen_until: None,
+                frozen_by: None,
+                closed_while_moving: false,
                 replay: None,
             },
         );
@@ -348,6 +361,8 @@ impl Engine {
             phase: BePhase::SynSent,
             follow: r.follow,
             frozen_until: None,
+            frozen_by: None,
+            closed_while_moving: false,
             replay: Some(Box::new(Replay {
                 fe_isn: r.fe_isn,
                 fe_tsval: r.fe_tsval,
@@ -397,7 +412,8 @@ impl Engine {
             BePhase::SynSent => {}
             // It asks again: the request did not take (a full accept queue): replay it again.
             BePhase::Replayed if synack.is_some() => return self.replay_request(key),
-            BePhase::Replayed => return self.refuse_inbound(key, RefuseReason::Internal, false),
+            // Our TCP has the request and ended it: its side is ended for good.
+            BePhase::Replayed => return self.refuse_inbound(key, RefuseReason::Internal, true),
             BePhase::Live | BePhase::Moving | BePhase::Moved | BePhase::Closing => return,
         }
         let follow = inbound.follow;
@@ -651,6 +667,11 @@ impl Engine {
         let Some(inbound) = self.be.conns.get_mut(&key) else {
             return;
         };
+        if inbound.phase == BePhase::Moving {
+            // The datapath reports a close once: kept for a resume (a release ends it anyway).
+            inbound.closed_while_moving = true;
+            return;
+        }
         if inbound.phase != BePhase::Live {
             return;
         }
@@ -763,12 +784,12 @@ impl Engine {
     pub(super) fn on_move_quiesce(
         &mut self,
         peer: usize,
-        id: u64,
+        (id, attempt): (u64, u64),
         requests: u32,
         segment: &[u8],
         now: Instant,
     ) {
-        let answer = match self.quiesce(peer, id, requests, segment) {
+        let answer = match self.quiesce(peer, id, attempt, requests, segment) {
             Ok(conn) => {
                 // The FE's move ends within its wait for us and its wait for the new node; a
                 // word that never comes (the FE or the mesh broke meanwhile) ends our side: the
@@ -778,9 +799,13 @@ impl Engine {
                     inbound.frozen_until = Some(until);
                 }
                 self.timers.at(until, Timer::Frozen(conn));
-                Message::MoveQuiet { id }
+                Message::MoveQuiet { id, attempt }
             }
-            Err(reason) => Message::MoveBusy { id, reason },
+            Err(reason) => Message::MoveBusy {
+                id,
+                attempt,
+                reason,
+            },
         };
         self.tell(peer, answer);
     }
@@ -789,6 +814,7 @@ impl Engine {
         &mut self,
         peer: usize,
         id: u64,
+        attempt: u64,
         requests: u32,
         segment: &[u8],
     ) -> Result<ConnId, BusyReason> {
@@ -839,6 +865,8 @@ impl Engine {
         }
         let inbound = self.be.conns.get_mut(&key).ok_or(BusyReason::Unknown)?;
         inbound.phase = BePhase::Moving;
+        inbound.frozen_by = Some(attempt);
+        inbound.closed_while_moving = false;
         Ok(inbound.conn(key))
     }
 
@@ -875,24 +903,20 @@ impl Engine {
 
     /// The FE moved the connection on: our TCP's side ends (its RST is dropped by the frozen
     /// datapath), the entry lingers for packets still on their way, no close notice.
-    pub(super) fn on_move_release(&mut self, peer: usize, id: u64, now: Instant) {
+    pub(super) fn on_move_release(&mut self, peer: usize, id: u64, attempt: u64, now: Instant) {
         let Some(key) = self.be.by_handoff.get(&(peer, id)).copied() else {
             return;
         };
         let Some(inbound) = self.be.conns.get_mut(&key) else {
             return;
         };
-        // Live too: an agent that adopted the connection after its predecessor froze it.
-        if !matches!(inbound.phase, BePhase::Moving | BePhase::Live) {
+        // Only the move that froze it (or any, if a previous agent froze it) releases it.
+        if inbound.phase != BePhase::Moving || inbound.frozen_by.is_some_and(|a| a != attempt) {
             return;
         }
-        let was_live = inbound.phase == BePhase::Live;
         inbound.phase = BePhase::Moved;
         inbound.follow = true;
         let conn = inbound.conn(key);
-        if was_live && let Err(e) = self.freeze(key) {
-            tracing::warn!(%key, "freezing a released connection: {e}");
-        }
         if let Err(e) = self.tcp.destroy(key.local(), key.client()) {
             tracing::warn!(%key, "sock_diag destroy of a connection that moved away: {e}");
         }
@@ -901,16 +925,76 @@ impl Engine {
         self.timers.at(now + linger, Timer::Moved(conn));
     }
 
-    /// The move did not happen: the connection is ours again.
-    pub(super) fn on_move_resume(&mut self, peer: usize, id: u64) {
+    /// The move did not happen: the connection is ours again, and so is the request the FE held
+    /// for it (`segment`'s headers, `data`), replayed now that our TCP may speak.
+    pub(super) fn on_move_resume(
+        &mut self,
+        peer: usize,
+        (id, attempt): (u64, u64),
+        segment: &[u8],
+        data: &[u8],
+        now: Instant,
+    ) {
         let Some(key) = self.be.by_handoff.get(&(peer, id)).copied() else {
             return;
         };
-        if let Some(inbound) = self.be.conns.get_mut(&key)
-            && inbound.phase == BePhase::Moving
-        {
+        let Some(inbound) = self.be.conns.get_mut(&key) else {
+            return;
+        };
+        let frozen_by_it =
+            inbound.phase == BePhase::Moving && inbound.frozen_by.is_none_or(|a| a == attempt);
+        if frozen_by_it {
             inbound.phase = BePhase::Live;
+            inbound.frozen_by = None;
+            let closed = std::mem::take(&mut inbound.closed_while_moving);
             self.unfreeze(key);
+            if closed {
+                self.on_closed(key, now);
+            }
+        }
+        let live = self
+            .be
+            .conns
+            .get(&key)
+            .is_some_and(|i| i.phase == BePhase::Live);
+        if live && !data.is_empty() {
+            self.replay_resumed(key, segment, data);
+        }
+    }
+
+    /// The client's request the FE held during a move that did not happen, into our TCP.
+    fn replay_resumed(&mut self, key: ConnKey, segment: &[u8], data: &[u8]) {
+        let Some(entry) = self
+            .conns
+            .get(&key)
+            .filter(|e| e.role() == Some(ConnRole::Be))
+        else {
+            return;
+        };
+        let Ok(template) = TcpPacketBuilder::parse(segment) else {
+            self.metrics.malformed_events.inc();
+            return;
+        };
+        if template.src != *key.client().ip() || template.src_port != key.client().port() {
+            return;
+        }
+        let translation = Translation {
+            seq_delta: entry.seq_delta,
+            ts_delta: entry.ts_delta,
+        };
+        let segments = packets::client_segments(
+            &template,
+            self.my_addr,
+            template.seq,
+            template.ack,
+            data,
+            false,
+            LOCAL_CHUNK + 100,
+        );
+        for mut packet in segments {
+            if translate_to_server(&mut packet, &translation).is_ok() {
+                self.send(&packet);
+            }
         }
     }
 
@@ -921,8 +1005,8 @@ impl Engine {
         };
         if inbound.phase == BePhase::Moving && inbound.frozen_until.is_some_and(|t| t <= now) {
             tracing::warn!(key = %conn.key, "a moving connection heard no release nor resume: ended");
-            let (peer, id) = (inbound.peer, inbound.id);
-            self.on_move_release(peer, id, now);
+            let (peer, id, attempt) = (inbound.peer, inbound.id, inbound.frozen_by);
+            self.on_move_release(peer, id, attempt.unwrap_or_default(), now);
         }
     }
 

@@ -384,6 +384,8 @@ impl Engine {
                     key,
                     client_isn: isn,
                 });
+                // A watch of the old one would hold the new one's data.
+                self.follow.remove_watch(&key);
             }
         }
         if segment.flags.contains(TcpFlags::RST) {
@@ -629,6 +631,9 @@ impl Engine {
             return;
         }
         if !self.mesh.send(peer, Message::HandoffRequest(request)) {
+            if follow.is_some() {
+                self.follow.remove_watch(&key);
+            }
             return self.release_local(key, LocalReason::PeerDown, now);
         }
         let Some(conn) = self.fe.conns.get_mut(&key) else {

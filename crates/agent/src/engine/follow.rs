@@ -18,15 +18,20 @@
 //!    to go on (`MoveResume`), and the request goes there.
 //!
 //! Nothing is lost: until the new node accepts, the old one keeps the connection, frozen; every
-//! failure serves the request where the connection was. What is not followed (a head that does
-//! not parse, a chunked body, pipelined requests, Upgrade, CONNECT, HEAD, the last request)
-//! stays where it is and following ends. Connections this node serves itself are not followed
-//! (yet): a request for this node from a connection served elsewhere stays there.
+//! failure serves the request where the connection was (its request rides on the resume). Every
+//! word about a move names it (its id is the new node's handoff id), so a late answer to an
+//! attempt given up is not taken for the next one's; a move whose offer is out is never cut
+//! short. This node is a node like any other: a connection it serves itself is followed through
+//! a translating entry at offset zero, and moves back to it by a replay into its own TCP.
+//!
+//! After a request with a chunked body, a HEAD, a last request (`Connection: close`, HTTP/1.0),
+//! following ends (that request may still move); Upgrade and CONNECT never move; a head that
+//! does not parse or complete, or pipelined requests, end following where the connection is.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use baton_bpf::{Conn, ConnKey, ConnRole, ConnState, Event, Watch, watch_flags};
+use baton_bpf::{Conn, ConnKey, ConnRole, ConnState, Event, Watch, conn_flags, watch_flags};
 use baton_http::{Framing, Persistence, RequestHead, Sniff};
 use baton_policy::{RequestInfo, RoutedRequest};
 use baton_proto::{BusyReason, HandoffRequest, Message, RefuseReason};
@@ -91,15 +96,18 @@ pub(super) struct NextRequest {
     template: Option<TcpPacketBuilder>,
     segments: usize,
     moving: Option<Move>,
+    /// When its first bytes were held: its head must be complete within `hold_ms`.
+    since: Instant,
 }
 
 impl NextRequest {
-    fn new(base: u32) -> Box<Self> {
+    fn new(base: u32, since: Instant) -> Box<Self> {
         Box::new(NextRequest {
             stream: StreamAssembler::new(base, baton_proto::MAX_HANDOFF_DATA_LEN),
             template: None,
             segments: 0,
             moving: None,
+            since,
         })
     }
 
@@ -119,8 +127,16 @@ impl NextRequest {
 
 struct Move {
     to: usize,
-    /// The new node's handoff id.
+    /// The new node's handoff id, and the move's own in every word about it: an answer to an
+    /// earlier attempt is told apart.
     id: u64,
+    /// The client's ACK and echoed TSval the serving node was quiesced with: where the new
+    /// node's side starts.
+    ack: u32,
+    tsecr: u32,
+    /// Following ends with this move (the connection closes or the agent stops): its answer is
+    /// still awaited, never cut short once the offer is out (the new node may be live).
+    ending: bool,
     /// The offer went out (the datapath forwards to `to`).
     offered: bool,
     /// Where the request after this one starts, relative to this one's head (None: following
@@ -241,12 +257,10 @@ impl Engine {
         let mut packet = event.packet;
         packets::fill_checksums(&mut packet);
         let Some(conn) = self.fe.conns.get_mut(&key) else {
-            // Nothing followed here (a watch left behind): it goes where the entry forwards.
+            // Nothing followed here (a watch left behind): it goes where the connection is.
             tracing::debug!(%key, "a next head for a connection this agent does not know");
             self.follow.remove_watch(&key);
-            if let Some(entry) = self.conns.get(&key) {
-                self.send_to(key, &mut packet, entry.peer_addr.into());
-            }
+            self.send_unknown(key, &mut packet);
             return;
         };
         let client_isn = conn.client_isn;
@@ -261,11 +275,8 @@ impl Engine {
             _ => {
                 // Not followed any more: the packet goes where the connection is.
                 tracing::debug!(%key, "a next head for a connection no longer followed");
-                let to = self.conns.get(&key).map(|e| e.peer_addr);
                 self.follow.remove_watch(&key);
-                if let Some(to) = to {
-                    self.send_to(key, &mut packet, to.into());
-                }
+                self.send_unknown(key, &mut packet);
                 return;
             }
         };
@@ -296,7 +307,7 @@ impl Engine {
                 // acceptance reached us. Held until the move is over, then decided.
                 Some(end) if SeqNumber(segment.seq).distance(SeqNumber(end)) >= 0 => {
                     m.later
-                        .get_or_insert_with(|| NextRequest::new(end))
+                        .get_or_insert_with(|| NextRequest::new(end, now))
                         .add(segment);
                 }
                 _ => {
@@ -311,6 +322,10 @@ impl Engine {
                         m.after = None;
                     }
                     let to = self.cluster.peers[m.to].addr;
+                    // Kept too: should the move not happen, the serving node gets it all.
+                    if let Some(next) = f.next.as_mut() {
+                        next.add(segment);
+                    }
                     self.send_to(key, &mut packet, to);
                 }
             }
@@ -320,27 +335,25 @@ impl Engine {
             // The previous request's bytes and the next head in one segment: pipelined, or a
             // body longer than announced. It stays where it is, unfollowed from now on.
             let to = self.cluster.peers[peer].addr;
-            let held = f.next.take();
-            *follow = None;
-            self.follow.remove_watch(&key);
-            if let Some(next) = held
-                && let Some(template) = &next.template
-            {
-                self.send_stream(key, template, to, &next.stream);
+            if f.is_moving() {
+                // Still quiescing (an offered move returned above): called off.
+                self.call_off_move(key, StayReason::Pipelined);
+            } else {
+                self.stay_instead(key, None, StayReason::Pipelined);
             }
+            self.unfollow(key);
             self.send_to(key, &mut packet, to);
-            self.metrics.rehandoff_fallbacks.count("pipelined");
             return;
         }
         let first = f.next.is_none();
-        let next = f.next.get_or_insert_with(|| NextRequest::new(next_head));
+        let next = f
+            .next
+            .get_or_insert_with(|| NextRequest::new(next_head, now));
         next.add(segment);
         let deciding = next.moving.is_none();
         let placed = matches!(conn.phase, FePhase::Forwarded { .. });
         if first {
-            let hold = Duration::from_millis(self.config.limits.hold_ms);
-            self.timers
-                .at(now + hold, Timer::NextHold(ConnId { key, client_isn }));
+            self.arm_next_hold(ConnId { key, client_isn }, now);
         }
         // While the first offer is out, the next request waits for its answer.
         if deciding && placed {
@@ -423,10 +436,27 @@ impl Engine {
     /// The held next request goes where the connection is; following goes on after it (from
     /// `after` bytes past its head) or ends (`None`, and `stop` says why, for the log).
     fn stay(&mut self, key: ConnKey, after: Option<u32>, stop: Option<&str>) {
+        self.stay_by(key, after, stop, None);
+    }
+
+    /// As [`Engine::stay`]; with `resume` (the serving node's handoff id and the move's), the
+    /// request goes in the serving node's MoveResume instead, which replays it once its TCP may
+    /// speak again (sent on its own, it would reach a TCP still frozen, whose answer would wait
+    /// for a retransmission).
+    fn stay_by(
+        &mut self,
+        key: ConnKey,
+        after: Option<u32>,
+        stop: Option<&str>,
+        resume: Option<(u64, u64)>,
+    ) {
         let Some((peer, f)) = self.fe.following_mut(&key) else {
             return;
         };
         let Some(next) = f.next.take() else {
+            if let Some((id, attempt)) = resume {
+                self.tell(peer, resume_message(id, attempt, None));
+            }
             return;
         };
         f.requests += 1;
@@ -442,7 +472,9 @@ impl Engine {
             _ => self.unfollow(key),
         }
         self.metrics.requests_stayed.inc();
-        if let Some(template) = &next.template {
+        if let Some((id, attempt)) = resume {
+            self.tell(peer, resume_message(id, attempt, Some(&next)));
+        } else if let Some(template) = &next.template {
             let to = self.cluster.peers[peer].addr;
             self.send_stream(key, template, to, &next.stream);
         }
@@ -462,7 +494,7 @@ impl Engine {
     /// The client's held bytes `stream`, rebuilt as its segments (headers of `template`), to
     /// the node at `to`, whose datapath translates them.
     fn send_stream(
-        &self,
+        &mut self,
         key: ConnKey,
         template: &TcpPacketBuilder,
         to: Ipv4Addr,
@@ -482,13 +514,24 @@ impl Engine {
     }
 
     /// A client packet of `key`, sent on to the node at `to`, whose datapath translates it; to
-    /// this node itself, into our own TCP, translated here (injected packets pass no datapath).
-    fn send_to(&self, key: ConnKey, packet: &mut [u8], to: Ipv4Addr) {
+    /// this node itself, into our own TCP, translated here (injected packets pass no datapath),
+    /// or, while our TCP is being given the connection (a move back here), to its replay.
+    fn send_to(&mut self, key: ConnKey, packet: &mut [u8], to: Ipv4Addr) {
         if to != self.my_addr {
             if rewrite_dst_addr(packet, to).is_ok() {
                 self.send(packet);
             }
             return;
+        }
+        if self.be.is_replaying(&key) {
+            let event = Event {
+                kind: baton_bpf::EventKind::HeldPacket,
+                key,
+                pkt_len: packet.len() as u32,
+                ts_ns: 0,
+                packet: packet.to_vec(),
+            };
+            return self.on_be_held_packet(event);
         }
         if let Some(e) = self
             .conns
@@ -504,6 +547,17 @@ impl Engine {
             }
         }
         self.send(packet);
+    }
+
+    /// A held client packet of a connection not followed (any more): to the node the
+    /// datapath's entry forwards to, or into our own TCP (translating entry, or none: served
+    /// here).
+    fn send_unknown(&mut self, key: ConnKey, packet: &mut [u8]) {
+        let to = match self.conns.get(&key) {
+            Some(e) if e.role() == Some(ConnRole::Fe) => Ipv4Addr::from(e.peer_addr),
+            _ => self.my_addr,
+        };
+        self.send_to(key, packet, to);
     }
 
     /// Asks the serving node whether the connection may leave it now.
@@ -538,10 +592,17 @@ impl Engine {
         let Some(segment) = segment else {
             return self.stay_instead(key, after, StayReason::Internal);
         };
+        let Some(template) = next.template.as_ref() else {
+            return;
+        };
+        let (ack, tsecr) = (template.ack, packets::echoed_tsval(template).unwrap_or(0));
         let wait = Duration::from_millis(self.config.limits.handoff_timeout_ms);
         next.moving = Some(Move {
             to,
             id,
+            ack,
+            tsecr,
+            ending: false,
             offered: false,
             after,
             restore: None,
@@ -552,6 +613,7 @@ impl Engine {
         self.fe.moves.insert(id, key);
         let quiesce = Message::MoveQuiesce {
             id: serving,
+            attempt: id,
             requests,
             segment,
         };
@@ -570,8 +632,8 @@ impl Engine {
     }
 
     /// The connection `id` of ours whose move the serving node `peer` answered, with its move.
-    fn answered_move(&mut self, peer: usize, id: u64) -> Option<(ConnKey, u64)> {
-        let key = *self.fe.handoffs.get(&id)?;
+    fn answered_move(&mut self, peer: usize, id: u64, attempt: u64) -> Option<ConnKey> {
+        let key = *self.fe.moves.get(&attempt)?;
         let conn = self.fe.conns.get(&key)?;
         let FePhase::Forwarded {
             peer: p,
@@ -583,16 +645,18 @@ impl Engine {
             return None;
         };
         let m = f.next.as_ref()?.moving.as_ref()?;
-        (*p == peer && *i == id && !m.offered).then_some((key, m.id))
+        (*p == peer && *i == id && m.id == attempt && !m.offered).then_some(key)
     }
 
     /// The serving node is quiet and frozen: the connection is offered to its new node.
-    pub(super) fn on_move_quiet(&mut self, peer: usize, id: u64, now: Instant) {
-        let Some((key, move_id)) = self.answered_move(peer, id) else {
-            // A move we gave up: the serving node must speak again.
-            self.tell(peer, Message::MoveResume { id });
+    pub(super) fn on_move_quiet(&mut self, peer: usize, id: u64, attempt: u64, now: Instant) {
+        let Some(key) = self.answered_move(peer, id, attempt) else {
+            // A move we gave up (its resume, with the request, went already), or an answer
+            // to nothing: whatever that attempt froze speaks again.
+            self.tell(peer, resume_message(id, attempt, None));
             return;
         };
+        let move_id = attempt;
         let pipelined = self.fe.following_mut(&key).is_some_and(|(_, f)| {
             f.next.as_ref().is_some_and(|n| {
                 let after = n.moving.as_ref().and_then(|m| m.after);
@@ -634,18 +698,19 @@ impl Engine {
             m.restore = restore;
         }
         self.timers.at(now + wait, Timer::Move(move_id));
-        if !self.tell(to, Message::HandoffRequest(request)) {
-            return self.cancel_move(key, StayReason::PeerDown, now);
-        }
+        // Counted before it goes: a failed send is called off, which counts it out again.
         self.cluster.assign(to);
+        if !self.tell(to, Message::HandoffRequest(request)) {
+            self.cancel_move(key, StayReason::PeerDown, now);
+        }
     }
 
     /// The serving node cannot let the connection go now: the request stays there.
-    pub(super) fn on_move_busy(&mut self, peer: usize, id: u64, reason: BusyReason) {
-        let Some((key, move_id)) = self.answered_move(peer, id) else {
+    pub(super) fn on_move_busy(&mut self, peer: usize, id: u64, attempt: u64, reason: BusyReason) {
+        let Some(key) = self.answered_move(peer, id, attempt) else {
             return;
         };
-        self.fe.moves.remove(&move_id);
+        self.fe.moves.remove(&attempt);
         let after = self.take_move(key).and_then(|m| m.after);
         let stop = reason == BusyReason::Untracked;
         self.metrics
@@ -677,14 +742,15 @@ impl Engine {
         syn_entry.client_isn = f.next_head.wrapping_sub(1);
         let mut segment = template.clone();
         segment.seq = f.next_head;
+        segment.ack = m.ack;
         segment.flags = TcpFlags::ACK;
         segment.payload.clear();
         Some(HandoffRequest {
             id,
             client: key.client(),
             fe_service: key.local(),
-            fe_isn: template.ack.wrapping_sub(1),
-            fe_tsval: packets::echoed_tsval(template).unwrap_or(0),
+            fe_isn: m.ack.wrapping_sub(1),
+            fe_tsval: m.tsecr,
             fe_synack_options: e.synack_options().to_vec(),
             fe_ecn: TcpFlags(e.synack_tcp_flags).contains(TcpFlags::ECE),
             syn: packets::client_syn(&key, &syn_entry)?,
@@ -711,6 +777,12 @@ impl Engine {
             let mut entry = f.entry;
             entry.role = ConnRole::Fe as u8;
             entry.state = ConnState::FeForward as u8;
+            // Live now (the record is from the first hold): idle collection must not take it,
+            // and a close the client began is kept.
+            let now_ns = super::monotonic_ns();
+            entry.last_seen_ns = now_ns;
+            entry.client_seen_ns = now_ns;
+            entry.flags |= current.flags & (conn_flags::CLIENT_FIN | conn_flags::RST);
             let served_here = current.role() == Some(ConnRole::Be)
                 && current.state() == Some(ConnState::BeEstablished);
             (entry, served_here.then_some(current))
@@ -757,10 +829,10 @@ impl Engine {
                 tracing::warn!(%key, "a cancelled move could not point the datapath back");
             }
         }
-        self.tell(peer, Message::MoveResume { id });
         // Pipelined: the bytes after this request go with it, and following ends.
         let after = m.after.filter(|_| reason != StayReason::Pipelined);
-        self.stay_instead(key, after, reason);
+        self.metrics.rehandoff_fallbacks.count(&reason.label());
+        self.stay_by(key, after, None, Some((id, m.id)));
         m.later
     }
 
@@ -771,7 +843,15 @@ impl Engine {
         };
         match self.fe.following_mut(&key) {
             Some((_, f)) if f.next_head == later.stream.base() => {
+                let since = later.since;
                 f.next = Some(later);
+                if let Some(conn) = self.fe.conns.get(&key) {
+                    let conn = ConnId {
+                        key,
+                        client_isn: conn.client_isn,
+                    };
+                    self.arm_next_hold(conn, since);
+                }
                 self.decide_next(key, now);
             }
             // Not followed on (or at another boundary): it goes where the connection is.
@@ -819,7 +899,7 @@ impl Engine {
             return;
         }
         let (from, from_id) = (*old_peer, *old_id);
-        let after = m.after;
+        let after = m.after.filter(|_| !m.ending);
         let took = now.saturating_duration_since(m.decided);
         let later = f
             .next
@@ -842,7 +922,13 @@ impl Engine {
             Some(next_head) if self.watch_heads(key, next_head) => {}
             _ => self.unfollow(key),
         }
-        self.tell(from, Message::MoveRelease { id: from_id });
+        self.tell(
+            from,
+            Message::MoveRelease {
+                id: from_id,
+                attempt: id,
+            },
+        );
         self.cluster.unassign(from);
         self.metrics.rehandoffs.inc();
         self.metrics.rehandoff_duration.observe(took.as_secs_f64());
@@ -883,21 +969,41 @@ impl Engine {
     }
 
     /// The next request's head did not complete in time: it goes where the connection is.
-    pub(super) fn next_hold_expired(&mut self, conn: ConnId, _now: Instant) {
+    pub(super) fn next_hold_expired(&mut self, conn: ConnId, now: Instant) {
         if self.fe.conns.get(&conn.key).map(|c| c.client_isn) != Some(conn.client_isn) {
             return;
         }
+        let hold = Duration::from_millis(self.config.limits.hold_ms);
         let Some((_, f)) = self.fe.following_mut(&conn.key) else {
             return;
         };
-        if f.next.as_ref().is_some_and(|n| n.moving.is_none()) {
+        // The request held now, if it is the one this timer was armed for (or older).
+        if f.next
+            .as_ref()
+            .is_some_and(|n| n.moving.is_none() && n.since + hold <= now)
+        {
             self.stay(conn.key, None, Some("hold_timeout"));
         }
     }
 
-    /// Following `key` ends: a move under way is called off, a held request goes where the
-    /// connection is, the datapath holds nothing more.
+    fn arm_next_hold(&mut self, conn: ConnId, since: Instant) {
+        let hold = Duration::from_millis(self.config.limits.hold_ms);
+        self.timers.at(since + hold, Timer::NextHold(conn));
+    }
+
+    /// Following `key` ends: a move still asking the serving node is called off, one offered to
+    /// its new node ends as it ends (the new node may be live already: it is never cut short)
+    /// and following with it; a held request goes where the connection is.
     pub(super) fn end_following(&mut self, key: ConnKey, _now: Instant) {
+        let offered = self.fe.following_mut(&key).and_then(|(_, f)| {
+            let m = f.next.as_mut()?.moving.as_mut()?;
+            m.offered.then(|| {
+                m.ending = true;
+            })
+        });
+        if offered.is_some() {
+            return;
+        }
         let moving = self
             .fe
             .following_mut(&key)
@@ -922,6 +1028,24 @@ impl Engine {
         for key in self.fe.followed() {
             self.end_following(key, now);
         }
+    }
+}
+
+/// The MoveResume for `attempt` of the connection the serving node has as `id`, carrying the
+/// held request `next` (if any) for it to replay once its TCP may speak.
+fn resume_message(id: u64, attempt: u64, next: Option<&NextRequest>) -> Message {
+    let replay = next.and_then(|next| {
+        let mut segment = next.template.clone()?;
+        segment.seq = next.stream.base();
+        segment.payload.clear();
+        Some((segment.try_build().ok()?, next.stream.contiguous().to_vec()))
+    });
+    let (segment, data) = replay.unwrap_or_default();
+    Message::MoveResume {
+        id,
+        attempt,
+        segment,
+        data,
     }
 }
 

@@ -387,6 +387,9 @@ impl Engine {
                 }
                 _ => {
                     self.conns.remove(&conn.key);
+                    if self.follows_requests {
+                        self.follow.remove_watch(&conn.key);
+                    }
                     self.fe.forget(conn);
                 }
             }

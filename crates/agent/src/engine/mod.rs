@@ -257,13 +257,23 @@ impl Engine {
             } => self.on_node_status(peer, drained, config_digest),
             Message::MoveQuiesce {
                 id,
+                attempt,
                 requests,
                 segment,
-            } => self.on_move_quiesce(peer, id, requests, &segment, now),
-            Message::MoveQuiet { id } => self.on_move_quiet(peer, id, now),
-            Message::MoveBusy { id, reason } => self.on_move_busy(peer, id, reason),
-            Message::MoveRelease { id } => self.on_move_release(peer, id, now),
-            Message::MoveResume { id } => self.on_move_resume(peer, id),
+            } => self.on_move_quiesce(peer, (id, attempt), requests, &segment, now),
+            Message::MoveQuiet { id, attempt } => self.on_move_quiet(peer, id, attempt, now),
+            Message::MoveBusy {
+                id,
+                attempt,
+                reason,
+            } => self.on_move_busy(peer, id, attempt, reason),
+            Message::MoveRelease { id, attempt } => self.on_move_release(peer, id, attempt, now),
+            Message::MoveResume {
+                id,
+                attempt,
+                segment,
+                data,
+            } => self.on_move_resume(peer, (id, attempt), &segment, &data, now),
             Message::Draining => {
                 self.cluster.peers[peer].draining = true;
                 tracing::info!(peer = %self.cluster.peers[peer].name, "peer is draining");

@@ -1973,6 +1973,7 @@ fn a_next_request_for_this_node_moves_the_connection_back_by_replay() {
     n1.datapath(event(EventKind::NextHead, key, &segment));
     let Some(Message::MoveQuiesce {
         id: asked,
+        attempt,
         requests,
         segment: ack,
     }) = n1.next_to_peer()
@@ -1988,8 +1989,18 @@ fn a_next_request_for_this_node_moves_the_connection_back_by_replay() {
     );
     assert!(n1.sent.take().is_empty(), "nothing goes anywhere meanwhile");
 
+    // An answer to another attempt is not this move's.
+    n1.hear(Message::MoveQuiet {
+        id,
+        attempt: attempt + 1,
+    });
+    assert!(matches!(
+        n1.next_to_peer(),
+        Some(Message::MoveResume { data, .. }) if data.is_empty()
+    ));
+    assert!(n1.sent.take().is_empty());
     // Quiet: n1 replays the connection into its own TCP, continuing the client's stream.
-    n1.hear(Message::MoveQuiet { id });
+    n1.hear(Message::MoveQuiet { id, attempt });
     let entry = n1.table.get(&key).unwrap();
     assert_eq!(
         (entry.role(), entry.state(), entry.client_isn),
@@ -2035,7 +2046,7 @@ fn a_next_request_for_this_node_moves_the_connection_back_by_replay() {
     );
     n1.datapath(notice(EventKind::BeLive, key));
     assert!(
-        matches!(n1.next_to_peer(), Some(Message::MoveRelease { id: released }) if released == id),
+        matches!(n1.next_to_peer(), Some(Message::MoveRelease { id: released, attempt: a }) if released == id && a == attempt),
         "the old node ends its side"
     );
     assert_eq!(n1.metrics.rehandoffs.get(), 1);
@@ -2052,12 +2063,12 @@ fn a_serving_node_that_is_not_quiet_keeps_the_request() {
     let head = request(&target_for(0));
     let segment = client_segment(N1, offset, TcpFlags::ACK | TcpFlags::PSH, &head);
     n1.datapath(event(EventKind::NextHead, key, &segment));
-    assert!(matches!(
-        n1.next_to_peer(),
-        Some(Message::MoveQuiesce { .. })
-    ));
+    let Some(Message::MoveQuiesce { attempt, .. }) = n1.next_to_peer() else {
+        panic!("no quiesce")
+    };
     n1.hear(Message::MoveBusy {
         id,
+        attempt,
         reason: BusyReason::Responding,
     });
     let sent = n1.sent.take();
@@ -2102,6 +2113,7 @@ fn a_serving_node_freezes_only_when_every_response_is_out_and_acknowledged() {
     );
     let quiesce = |acked| Message::MoveQuiesce {
         id: 5,
+        attempt: 50,
         requests: 1,
         segment: client_ack(acked),
     };
@@ -2150,7 +2162,7 @@ fn a_serving_node_freezes_only_when_every_response_is_out_and_acknowledged() {
     n2.hear(quiesce(FE_ISN + 1 + 1000));
     assert!(matches!(
         n2.next_to_peer(),
-        Some(Message::MoveQuiet { id: 5 })
+        Some(Message::MoveQuiet { id: 5, attempt: 50 })
     ));
     assert!(
         n2.follow
@@ -2160,7 +2172,13 @@ fn a_serving_node_freezes_only_when_every_response_is_out_and_acknowledged() {
     );
 
     // Released: our side ends, without a close notice; its traces go after the linger.
-    n2.hear(Message::MoveRelease { id: 5 });
+    n2.hear(Message::MoveRelease { id: 5, attempt: 49 });
+    assert_eq!(
+        n2.tcp.state(&key),
+        Some(tcp_state::ESTABLISHED),
+        "not by another attempt's word"
+    );
+    n2.hear(Message::MoveRelease { id: 5, attempt: 50 });
     assert_eq!(n2.tcp.state(&key), None, "the socket is destroyed");
     assert_eq!(n2.metrics.moved_away.get(), 1);
     n2.wait(LINGER);
@@ -2179,14 +2197,42 @@ fn a_resumed_connection_speaks_again_and_a_forgotten_one_ends() {
     n2.follow.responded(&key, 500);
     let quiesce = Message::MoveQuiesce {
         id: 6,
+        attempt: 60,
         requests: 1,
         segment: client_ack(FE_ISN + 1 + 500),
     };
     n2.hear(quiesce.clone());
     assert!(matches!(n2.next_to_peer(), Some(Message::MoveQuiet { .. })));
-    n2.hear(Message::MoveResume { id: 6 });
+    n2.sent.take();
+    // The request the FE held comes with the resume, and goes in once our TCP may speak.
+    let head = request("/f/1k");
+    let mut held = client_segment(N1, 40, TcpFlags::ACK | TcpFlags::PSH, b"");
+    held.ack = FE_ISN + 1 + 500;
+    n2.hear(Message::MoveResume {
+        id: 6,
+        attempt: 60,
+        segment: held.build(),
+        data: head.clone(),
+    });
     assert_eq!(n2.follow.watch(&key), None, "unfrozen");
     assert_eq!(n2.tcp.state(&key), Some(tcp_state::ESTABLISHED));
+    let sent = n2.sent.take();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(
+        (
+            sent[0].dst,
+            sent[0].seq,
+            sent[0].ack,
+            sent[0].payload.as_slice()
+        ),
+        (
+            N2,
+            CLIENT_ISN.wrapping_add(41),
+            BE_ISN + 1 + 500,
+            head.as_slice()
+        ),
+        "translated into our TCP's space"
+    );
 
     // Frozen again, and the FE never says: the side ends after twice the handoff wait.
     n2.hear(quiesce);

@@ -121,8 +121,12 @@ __always int be_egress(struct __sk_buff *skb, const struct pkt *p, const struct 
 	follow_responses(skb, p, key);
 	be_note_close(c, key, CONN_SERVER_FIN, p->flags);
 	c->bytes += skb->len;
-	stat_add(STAT_TO_CLIENT_PACKETS, 1);
-	stat_add(STAT_TO_CLIENT_BYTES, skb->len - ETH_HLEN);
+	/* Counted as handed in only if another node accepted it: a connection this node accepted
+	 * and serves itself, followed, is translated too (at offset zero, or moved back here). */
+	if (c->peer_addr != p->saddr) {
+		stat_add(STAT_TO_CLIENT_PACKETS, 1);
+		stat_add(STAT_TO_CLIENT_BYTES, skb->len - ETH_HLEN);
+	}
 	if (translate_to_client(skb, p, c->seq_delta, c->ts_delta, c->peer_addr))
 		return TC_ACT_SHOT;
 	return TC_ACT_OK;

@@ -27,7 +27,7 @@ enum stat {
 	STAT_FORWARD_PACKETS = 3,  /* FE: client packets forwarded to a BE */
 	STAT_FORWARD_BYTES = 4,
 	STAT_TO_SERVER_PACKETS = 5, /* BE: client packets translated toward the local server */
-	STAT_TO_CLIENT_PACKETS = 6, /* BE: server packets translated toward the client */
+	STAT_TO_CLIENT_PACKETS = 6, /* BE: server packets translated toward the client (another node accepted it) */
 	STAT_TO_CLIENT_BYTES = 7,
 	STAT_CLIENT_BYTES_SENT = 8, /* every byte this node sent to clients from a service port */
 	STAT_EVENTS = 9,            /* events written to the ring */
