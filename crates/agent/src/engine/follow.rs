@@ -829,8 +829,11 @@ impl Engine {
                 tracing::warn!(%key, "a cancelled move could not point the datapath back");
             }
         }
-        // Pipelined: the bytes after this request go with it, and following ends.
-        let after = m.after.filter(|_| reason != StayReason::Pipelined);
+        // Pipelined: the bytes after this request go with it, and following ends; so it does if
+        // it was to end with this move.
+        let after = m
+            .after
+            .filter(|_| !m.ending && reason != StayReason::Pipelined);
         self.metrics.rehandoff_fallbacks.count(&reason.label());
         self.stay_by(key, after, None, Some((id, m.id)));
         m.later

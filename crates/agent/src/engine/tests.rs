@@ -2242,3 +2242,52 @@ fn a_resumed_connection_speaks_again_and_a_forgotten_one_ends() {
     n2.wait(HANDOFF_TIMEOUT);
     assert_eq!(n2.tcp.state(&key), None);
 }
+
+#[test]
+fn a_refused_move_resumes_the_serving_node_with_the_request_and_an_offered_one_is_awaited() {
+    let (mut n1, key, id, next_head) = followed_at_n2();
+    let offset = next_head.wrapping_sub(CLIENT_ISN + 1);
+    let head = request(&target_for(0));
+    let segment = client_segment(N1, offset, TcpFlags::ACK | TcpFlags::PSH, &head);
+    n1.datapath(event(EventKind::NextHead, key, &segment));
+    let Some(Message::MoveQuiesce { attempt, .. }) = n1.next_to_peer() else {
+        panic!("no quiesce")
+    };
+    n1.hear(Message::MoveQuiet { id, attempt });
+    n1.sent.take();
+    // The offer (to this node itself) is out: a stop must wait for it, never cut it short.
+    assert!(!n1.engine.settled(), "a hand-over waits for the move");
+    n1.engine.stop_following_all(n1.now);
+    assert!(
+        n1.next_to_peer().is_none(),
+        "no resume while the new node may be live"
+    );
+    // Refused (here: our TCP answered the replayed SYN with a RST): the entry forwards to n2
+    // again, and n2 gets the request with its resume.
+    let mut rst = TcpPacketBuilder::new(N1, 80, CLIENT, CLIENT_PORT);
+    rst.seq = 0;
+    rst.ack = next_head;
+    rst.flags = TcpFlags::RST | TcpFlags::ACK;
+    n1.datapath(event(EventKind::BeSynAck, key, &rst));
+    let entry = n1.table.get(&key).unwrap();
+    assert_eq!(
+        (entry.state(), entry.peer_addr),
+        (Some(ConnState::FeForward), N2.octets())
+    );
+    let Some(Message::MoveResume {
+        id: resumed,
+        attempt: a,
+        data,
+        ..
+    }) = n1.next_to_peer()
+    else {
+        panic!("no resume")
+    };
+    assert_eq!((resumed, a, data), (id, attempt, head));
+    assert!(
+        n1.sent.take().iter().all(|p| p.dst != N2),
+        "the request is not sent on its own to a TCP that may still be frozen"
+    );
+    assert!(n1.engine.settled());
+    assert_eq!(n1.follow.watch(&key), None, "following ended with the stop");
+}
