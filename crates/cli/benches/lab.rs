@@ -49,8 +49,8 @@
 //!
 //! `cargo bench -p baton --bench lab` (as root). Environment, defaults in parentheses:
 //! BATON_BENCH_TTFB_SAMPLES (500), BATON_BENCH_TTFB_BATCH (50), BATON_BENCH_WRK_SECONDS (5),
-//! BATON_BENCH_WRK_ROUNDS (3), BATON_BENCH_IDLE_SECONDS (10). A default run takes about five
-//! minutes, most of it wrk (36 runs) and agent restarts (49).
+//! BATON_BENCH_WRK_ROUNDS (3), BATON_BENCH_IDLE_SECONDS (10). A default run takes about six
+//! minutes, most of it wrk (42 runs) and agent restarts (75).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};

@@ -304,3 +304,95 @@ fn a_request_body_between_two_gets_arrives_whole_where_it_is_served() {
     assert_eq!(responses[2].body, lab_file("/f/1k").unwrap());
     lab.down().expect("lab down");
 }
+
+/// Every node's datapath holds no connection any more (`baton ctl conns`, read from the tables
+/// themselves), within `within`.
+fn assert_tables_drain(lab: &Lab, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let left: Vec<String> = (1..=3)
+            .map(|i| {
+                let out = lab.ctl(i, &["conns"]).expect("baton ctl conns");
+                String::from_utf8_lossy(&out.stdout).to_string()
+            })
+            .filter(|text| !text.contains("\n0 connections"))
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            failed(lab, &format!("connections left:\n{}", left.join("\n")))
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn a_client_that_resets_during_a_move_leaves_nothing_behind() {
+    let mut lab = lab("prst");
+    let n1: SocketAddr = lab.node_http_addr(1);
+    let first = targets_for("/f/1k", 2, 1, "first").remove(0);
+    let second = targets_for("/f/1k", 3, 1, "second").remove(0);
+    let hold_back = |on: bool| {
+        // n2's words on the control mesh wait (TCP retransmits them): a move away from n2
+        // stays at its first step, n2 frozen, for as long.
+        let rules = if on {
+            "table inet slowmesh {
+                chain out { type filter hook output priority 0; tcp dport 7070 drop; }
+            }"
+        } else {
+            "delete table inet slowmesh"
+        };
+        let out = lab.exec("n2", &["nft", rules]).expect("run nft in n2");
+        assert!(
+            out.status.success(),
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let mut s = lab
+        .in_client(move || {
+            let mut s = TcpStream::connect(n1).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(format!("GET {first} HTTP/1.1\r\nHost: lab\r\n\r\n").as_bytes())
+                .unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while got.len() < 1024 || !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+                let n = s.read(&mut buf).expect("first response");
+                assert!(n > 0, "closed");
+                got.extend_from_slice(&buf[..n]);
+            }
+            s
+        })
+        .expect("run in the client namespace");
+    hold_back(true);
+    s.write_all(format!("GET {second} HTTP/1.1\r\nHost: lab\r\n\r\n").as_bytes())
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // The client gives up on the connection with a RST (SO_LINGER 0), mid-move.
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+    std::thread::sleep(Duration::from_millis(300));
+    hold_back(false);
+    // The move went on (n2 answered late) or was called off, and every node lets go of the
+    // connection; the cluster serves on.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(&lab, 2, "baton_moved_away_total") + metric(&lab, 1, "baton_requests_stayed_total")
+        < 1.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            failed(&lab, "the move neither happened nor was called off")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_tables_drain(&lab, Duration::from_secs(30));
+    run_plan(&lab, large_and_small_plan("after-rst"));
+    lab.down().expect("lab down");
+}
