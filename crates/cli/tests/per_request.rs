@@ -329,46 +329,138 @@ fn assert_tables_drain(lab: &Lab, within: Duration) {
     }
 }
 
+/// Node `node`'s words on the control mesh wait (TCP retransmits them) while `on`: a move away
+/// from it stays at its first step, the node frozen, for as long.
+fn hold_back(lab: &Lab, node: usize, on: bool) {
+    let rules = if on {
+        "table inet slowmesh {
+            chain out { type filter hook output priority 0; tcp dport 7070 drop; }
+        }"
+    } else {
+        "delete table inet slowmesh"
+    };
+    let out = lab
+        .exec(&format!("n{node}"), &["nft", rules])
+        .expect("run nft in the node");
+    assert!(
+        out.status.success(),
+        "nft: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A keep-alive connection to n1 whose first request (`target`) was answered.
+fn placed_connection(lab: &Lab, target: String) -> TcpStream {
+    let n1: SocketAddr = lab.node_http_addr(1);
+    lab.in_client(move || {
+        let mut s = TcpStream::connect(n1).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(format!("GET {target} HTTP/1.1\r\nHost: lab\r\n\r\n").as_bytes())
+            .unwrap();
+        read_response(&mut s);
+        s
+    })
+    .expect("run in the client namespace")
+}
+
+/// One whole response (Content-Length): its X-Served-By and body.
+fn read_response(s: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16384];
+    let head_end = loop {
+        if let Some(at) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = s.read(&mut buf).expect("a response");
+        assert!(n > 0, "closed before a response");
+        got.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&got[..head_end]).to_string();
+    let field = |name: &str| {
+        head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    };
+    let length: usize = field("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    while got.len() < head_end + length {
+        let n = s.read(&mut buf).expect("the body");
+        assert!(n > 0, "closed mid-body");
+        got.extend_from_slice(&buf[..n]);
+    }
+    (
+        field("x-served-by").unwrap_or_default(),
+        got[head_end..head_end + length].to_vec(),
+    )
+}
+
+#[test]
+fn a_server_that_closes_the_connection_during_a_move_is_not_heard() {
+    let mut lab = lab("pclose");
+    let first = targets_for("/f/1k", 2, 1, "first").remove(0);
+    let second = targets_for("/f/1k", 3, 1, "second").remove(0);
+    let third = targets_for("/f/1k", 1, 1, "third").remove(0);
+    let mut s = placed_connection(&lab, first);
+    hold_back(&lab, 2, true);
+    s.write_all(format!("GET {second} HTTP/1.1\r\nHost: lab\r\n\r\n").as_bytes())
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // n2's nginx reloads: its old worker closes the idle keep-alive connection (a FIN the
+    // frozen datapath keeps from the client).
+    let conf = lab.node_dir(2).join("nginx.conf");
+    let conf = conf.to_str().unwrap();
+    let out = lab
+        .exec(
+            "n2",
+            &["nginx", "-e", "/dev/null", "-c", conf, "-s", "reload"],
+        )
+        .expect("nginx -s reload");
+    assert!(
+        out.status.success(),
+        "reload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    hold_back(&lab, 2, false);
+    // The move goes on: the request is n3's, and the connection lives on.
+    let (by, body) = read_response(&mut s);
+    assert_eq!(
+        by,
+        "n3",
+        "{}",
+        failed(&lab, "the held request after the move")
+    );
+    assert_eq!(body, lab_file("/f/1k").unwrap());
+    s.write_all(format!("GET {third} HTTP/1.1\r\nHost: lab\r\n\r\n").as_bytes())
+        .unwrap();
+    let (by, body) = read_response(&mut s);
+    assert_eq!(by, "n1", "{}", failed(&lab, "the next request"));
+    assert_eq!(body, lab_file("/f/1k").unwrap());
+    assert!(metric(&lab, 2, "baton_moved_away_total") >= 1.0);
+    // n2's FIN and the RST of its socket's end, both kept from the client.
+    let kept = lab
+        .scrape_metrics(2)
+        .unwrap_or_default()
+        .get("baton_dropped_packets_total{reason=\"moving\"}")
+        .copied()
+        .unwrap_or(0.0);
+    assert!(
+        kept >= 2.0,
+        "{}",
+        failed(&lab, &format!("n2 kept {kept} packets"))
+    );
+    lab.down().expect("lab down");
+}
+
 #[test]
 fn a_client_that_resets_during_a_move_leaves_nothing_behind() {
     let mut lab = lab("prst");
-    let n1: SocketAddr = lab.node_http_addr(1);
     let first = targets_for("/f/1k", 2, 1, "first").remove(0);
     let second = targets_for("/f/1k", 3, 1, "second").remove(0);
-    let hold_back = |on: bool| {
-        // n2's words on the control mesh wait (TCP retransmits them): a move away from n2
-        // stays at its first step, n2 frozen, for as long.
-        let rules = if on {
-            "table inet slowmesh {
-                chain out { type filter hook output priority 0; tcp dport 7070 drop; }
-            }"
-        } else {
-            "delete table inet slowmesh"
-        };
-        let out = lab.exec("n2", &["nft", rules]).expect("run nft in n2");
-        assert!(
-            out.status.success(),
-            "nft: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let mut s = lab
-        .in_client(move || {
-            let mut s = TcpStream::connect(n1).expect("connect");
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            s.write_all(format!("GET {first} HTTP/1.1\r\nHost: lab\r\n\r\n").as_bytes())
-                .unwrap();
-            let mut got = Vec::new();
-            let mut buf = [0u8; 4096];
-            while got.len() < 1024 || !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
-                let n = s.read(&mut buf).expect("first response");
-                assert!(n > 0, "closed");
-                got.extend_from_slice(&buf[..n]);
-            }
-            s
-        })
-        .expect("run in the client namespace");
-    hold_back(true);
+    let mut s = placed_connection(&lab, first);
+    hold_back(&lab, 2, true);
     s.write_all(format!("GET {second} HTTP/1.1\r\nHost: lab\r\n\r\n").as_bytes())
         .unwrap();
     std::thread::sleep(Duration::from_millis(200));
@@ -378,7 +470,7 @@ fn a_client_that_resets_during_a_move_leaves_nothing_behind() {
         .unwrap();
     drop(s);
     std::thread::sleep(Duration::from_millis(300));
-    hold_back(false);
+    hold_back(&lab, 2, false);
     // The move went on (n2 answered late) or was called off, and every node lets go of the
     // connection; the cluster serves on.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
