@@ -191,19 +191,21 @@ pub struct PolicySection {
 impl PolicySection {
     /// Whether connections follow their requests: only where the decision depends on the
     /// request (a content-blind policy would move connections for nothing). The default is the
-    /// policy's: on for `hash` and `bounded-hash`.
+    /// policy's: on for `hash` and `bounded-hash`, off for `lard` and `lard-r` (each followed
+    /// request costs a round trip to the dispatcher).
     pub fn follows_requests(&self) -> bool {
         let content_aware = !matches!(
             self.kind,
             PolicyKind::Local | PolicyKind::RoundRobin | PolicyKind::LeastConn
         ) || !self.rules.is_empty()
             || self.affinity_cookie.is_some();
+        // LARD asks its dispatcher for every request it follows (a round trip each): only
+        // when asked for.
         content_aware
-            && self
-                .per_request
-                .unwrap_or(matches!(self.kind, PolicyKind::Hash | PolicyKind::BoundedHash))
-            // LARD decides at its dispatcher, asked once per connection for now.
-            && !matches!(self.kind, PolicyKind::Lard | PolicyKind::LardR)
+            && self.per_request.unwrap_or(matches!(
+                self.kind,
+                PolicyKind::Hash | PolicyKind::BoundedHash
+            ))
     }
 }
 

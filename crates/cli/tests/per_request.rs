@@ -488,3 +488,62 @@ fn a_client_that_resets_during_a_move_leaves_nothing_behind() {
     run_plan(&lab, large_and_small_plan("after-rst"));
     lab.down().expect("lab down");
 }
+
+/// LARD, following: each request of a keep-alive connection goes where the dispatcher's table
+/// has its target, which is where a fresh connection for it goes.
+#[test]
+fn lard_followed_requests_go_where_the_dispatcher_keeps_their_targets() {
+    let spec = LabSpec::new(baton_lab::lab::unique_name("plard"), 3)
+        .server(ServerKind::Nginx)
+        .policy(PolicyKind::Lard)
+        .per_request(true)
+        .exe(BATON);
+    let mut lab = Lab::up(spec).expect("lab up");
+    let n1: SocketAddr = lab.node_http_addr(1);
+    let targets: Vec<String> = (0..6).map(|i| format!("/f/1k?lard={i}")).collect();
+    let placed = targets.clone();
+    let (homes, followed) = lab
+        .in_client(move || {
+            // Where each target lives: a fresh connection each (loads stay low: LARD keeps a
+            // target on its node).
+            let homes: Vec<String> = placed
+                .iter()
+                .map(|t| {
+                    let mut c = HttpClient::connect(n1).expect("connect");
+                    c.get(t)
+                        .expect("GET")
+                        .served_by()
+                        .unwrap_or("?")
+                        .to_string()
+                })
+                .collect();
+            let mut c = HttpClient::connect(n1).expect("connect");
+            let followed: Vec<(String, bool)> = placed
+                .iter()
+                .chain(placed.iter().rev())
+                .map(|t| {
+                    let r = c.get(t).expect("GET on the kept-alive connection");
+                    let ok = r.status == 200 && r.body == lab_file("/f/1k").unwrap();
+                    (r.served_by().unwrap_or("?").to_string(), ok)
+                })
+                .collect();
+            assert_eq!(c.connects(), 1, "kept alive");
+            (homes, followed)
+        })
+        .expect("run in the client namespace");
+    let want: Vec<&String> = homes.iter().chain(homes.iter().rev()).collect();
+    let got: Vec<&String> = followed.iter().map(|(by, _)| by).collect();
+    assert_eq!(
+        got,
+        want,
+        "{}",
+        failed(&lab, "each request at its target's node")
+    );
+    assert!(followed.iter().all(|(_, ok)| *ok), "bodies");
+    let distinct: std::collections::BTreeSet<&String> = homes.iter().collect();
+    assert!(
+        distinct.len() > 1,
+        "the targets live on more than one node: {homes:?}"
+    );
+    lab.down().expect("lab down");
+}

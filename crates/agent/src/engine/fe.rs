@@ -130,8 +130,8 @@ pub(super) struct FeState {
     pub(super) conns: HashMap<ConnKey, FeConn>,
     /// Offered and forwarded connections by handoff id.
     pub(super) handoffs: HashMap<u64, ConnKey>,
-    /// Questions out to the LARD dispatcher by id.
-    asks: HashMap<u64, ConnKey>,
+    /// Questions out to the LARD dispatcher by id (first requests, and followed ones').
+    pub(super) asks: HashMap<u64, ConnKey>,
     /// Moves of followed connections under way, by the new node's handoff id.
     pub(super) moves: HashMap<u64, ConnKey>,
 }
@@ -663,6 +663,14 @@ impl Engine {
         let Some(key) = self.fe.asks.remove(&id) else {
             return; // too late: the fallback decided already
         };
+        if let Some((target, after)) = self.asked_for_next(&key, id) {
+            let decision = match self.cluster.member_at_wire(node) {
+                Some(index) => self.decision(index),
+                None => Decision::Local,
+            };
+            let decision = self.unless_drained(decision, &target, now);
+            return self.place_next(key, decision, after, now);
+        }
         let target = self
             .fe
             .held_mut(&key)
@@ -700,7 +708,16 @@ impl Engine {
         let Some(key) = self.fe.asks.remove(&id) else {
             return;
         };
-        let Some((_, target)) = self.fe.held_mut(&key).and_then(|h| h.asking.take()) else {
+        let followed = self.asked_for_next(&key, id);
+        let target = match &followed {
+            Some((target, _)) => Some(target.clone()),
+            None => self
+                .fe
+                .held_mut(&key)
+                .and_then(|h| h.asking.take())
+                .map(|(_, t)| t),
+        };
+        let Some(target) = target else {
             return;
         };
         let nodes = self.cluster.node_states(now);
@@ -713,7 +730,10 @@ impl Engine {
         let choice = self.fallback.choose(&request, &view);
         self.metrics.dispatch_fallbacks.inc();
         let decision = self.unless_drained(self.decision(choice), &target, now);
-        self.decide(key, decision, now);
+        match followed {
+            Some((_, after)) => self.place_next(key, decision, after, now),
+            None => self.decide(key, decision, now),
+        }
     }
 
     pub(super) fn hold_expired(&mut self, conn: ConnId, now: Instant) {

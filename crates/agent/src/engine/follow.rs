@@ -24,6 +24,9 @@
 //! short. This node is a node like any other: a connection it serves itself is followed through
 //! a translating entry at offset zero, and moves back to it by a replay into its own TCP.
 //!
+//! With LARD (when `per_request = true`) each followed request asks the cluster's dispatcher, as a
+//! first request does.
+//!
 //! After a request with a chunked body, a HEAD, a last request (`Connection: close`, HTTP/1.0),
 //! following ends (that request may still move); Upgrade and CONNECT never move; a head that
 //! does not parse or complete, or pipelined requests, end following where the connection is.
@@ -98,6 +101,9 @@ pub(super) struct NextRequest {
     moving: Option<Move>,
     /// When its first bytes were held: its head must be complete within `hold_ms`.
     since: Instant,
+    /// A question to the LARD dispatcher about it, while out: its id, the target, the head's
+    /// framing.
+    asking: Option<(u64, String, After)>,
 }
 
 impl NextRequest {
@@ -108,6 +114,7 @@ impl NextRequest {
             segments: 0,
             moving: None,
             since,
+            asking: None,
         })
     }
 
@@ -350,12 +357,12 @@ impl Engine {
             .next
             .get_or_insert_with(|| NextRequest::new(next_head, now));
         next.add(segment);
-        let deciding = next.moving.is_none();
+        let deciding = next.moving.is_none() && next.asking.is_none();
         let placed = matches!(conn.phase, FePhase::Forwarded { .. });
         if first {
             self.arm_next_hold(ConnId { key, client_isn }, now);
         }
-        // While the first offer is out, the next request waits for its answer.
+        // While the first offer (or the dispatcher's answer) is out, the next request waits.
         if deciding && placed {
             self.decide_next(key, now);
         }
@@ -363,7 +370,7 @@ impl Engine {
 
     /// The followed connection's next request, if its head is complete: where it goes.
     pub(super) fn decide_next(&mut self, key: ConnKey, now: Instant) {
-        let Some((peer, f)) = self.fe.following_mut(&key) else {
+        let Some((_, f)) = self.fe.following_mut(&key) else {
             return;
         };
         let Some(next) = f.next.as_deref() else {
@@ -386,8 +393,30 @@ impl Engine {
             // The request after it is already here: pipelined, not followed.
             return self.stay(key, None, Some("pipelined"));
         }
+        // `None` (LARD): the dispatcher's answer, or its silence, places it.
+        if let Some(decision) = self.decide_request(key, &head, after, now) {
+            self.place_next(key, decision, after, now);
+        }
+    }
+
+    /// Where the followed connection's next request goes, decided: it stays or moves.
+    pub(super) fn place_next(
+        &mut self,
+        key: ConnKey,
+        decision: Decision,
+        after: After,
+        now: Instant,
+    ) {
+        let Some((peer, f)) = self.fe.following_mut(&key) else {
+            return;
+        };
+        if f.next.as_ref().is_none_or(|n| n.moving.is_some()) {
+            return;
+        }
+        if let Some(next) = f.next.as_mut() {
+            next.asking = None;
+        }
         let moves = f.moves;
-        let decision = self.decide_request(&head, now);
         let to = match decision {
             Decision::Node(to) => to,
             Decision::Local => self.cluster.me,
@@ -408,8 +437,15 @@ impl Engine {
     }
 
     /// The policy's decision for a later request of a followed connection: content rules and
-    /// cookies first, then the default policy (LARD is not followed: no dispatcher question).
-    fn decide_request(&mut self, head: &RequestHead, now: Instant) -> Decision {
+    /// cookies first, then the default policy; with LARD the cluster's dispatcher is asked, as for
+    /// a first request (`None`: the question is out, its answer or its timeout goes on).
+    fn decide_request(
+        &mut self,
+        key: ConnKey,
+        head: &RequestHead,
+        after: After,
+        now: Instant,
+    ) -> Option<Decision> {
         let nodes = self.cluster.node_states(now);
         let view = self.cluster.view(&nodes, now);
         let info = RequestInfo {
@@ -422,10 +458,51 @@ impl Engine {
             cookies: &head.cookies,
         };
         if let Some(choice) = self.router.route_fixed(&routed, &view) {
-            return self.decision(choice);
+            return Some(self.decision(choice));
+        }
+        let dispatcher = self.cluster.dispatcher(now);
+        let agrees = self.cluster.peers[dispatcher]
+            .config_digest
+            .is_none_or(|d| d == self.config_digest);
+        if self.dispatching && dispatcher != self.cluster.me {
+            let id = self.new_id();
+            let query = Message::DispatchQuery {
+                id,
+                target: head.target.clone(),
+            };
+            if agrees && self.mesh.send(dispatcher, query) {
+                if let Some(next) = self
+                    .fe
+                    .following_mut(&key)
+                    .and_then(|(_, f)| f.next.as_deref_mut())
+                {
+                    next.asking = Some((id, head.target.clone(), after));
+                }
+                self.fe.asks.insert(id, key);
+                let wait = Duration::from_millis(self.config.limits.dispatch_timeout_ms);
+                self.timers.at(now + wait, Timer::Dispatch(id));
+                return None;
+            }
+            let choice = baton_policy::Policy::choose(&mut self.fallback, &info, &view);
+            self.metrics.dispatch_fallbacks.inc();
+            return Some(self.unless_drained(self.decision(choice), &head.target, now));
         }
         let choice = self.router.choose_default(&info, &view);
-        self.unless_drained(self.decision(choice), &head.target, now)
+        Some(self.unless_drained(self.decision(choice), &head.target, now))
+    }
+
+    /// The LARD dispatcher's question `id` for a followed connection's next request, if it is
+    /// one: the request's target and what its head said.
+    pub(super) fn asked_for_next(&mut self, key: &ConnKey, id: u64) -> Option<(String, After)> {
+        let (_, f) = self.fe.following_mut(key)?;
+        let next = f.next.as_deref_mut()?;
+        match next.asking.take() {
+            Some((asked, target, after)) if asked == id => Some((target, after)),
+            other => {
+                next.asking = other;
+                None
+            }
+        }
     }
 
     fn stay_instead(&mut self, key: ConnKey, after: Option<u32>, reason: StayReason) {

@@ -2291,3 +2291,58 @@ fn a_refused_move_resumes_the_serving_node_with_the_request_and_an_offered_one_i
     assert!(n1.engine.settled());
     assert_eq!(n1.follow.watch(&key), None, "following ended with the stop");
 }
+
+#[test]
+fn lard_asks_its_dispatcher_for_every_followed_request() {
+    // n1 is the dispatcher (the first live member); n2 accepts and follows.
+    let mut n2 = node_with(1, PolicyKind::Lard, FOLLOW);
+    let head = request("/a");
+    let key = hold_at(&mut n2, N2, &head);
+    let Some(Message::DispatchQuery { id, .. }) = n2.next_to_peer() else {
+        panic!("the first request asks the dispatcher")
+    };
+    // Its answer names n2 (position 1): served here, followed.
+    n2.hear(Message::DispatchAnswer { id, node: 1 });
+    let next_head = CLIENT_ISN.wrapping_add(1 + head.len() as u32);
+    assert_eq!(n2.follow.watch(&key), Some(Watch::heads(next_head)));
+    n2.sent.take();
+    let second = request("/b");
+    let segment = client_segment(
+        N2,
+        head.len() as u32,
+        TcpFlags::ACK | TcpFlags::PSH,
+        &second,
+    );
+    n2.datapath(event(EventKind::NextHead, key, &segment));
+    let Some(Message::DispatchQuery { id, target }) = n2.next_to_peer() else {
+        panic!("the next request asks the dispatcher too")
+    };
+    assert_eq!(target, "/b");
+    assert!(
+        n2.sent.take().is_empty(),
+        "held while the dispatcher decides"
+    );
+    n2.hear(Message::DispatchAnswer { id, node: 1 });
+    let sent = n2.sent.take();
+    assert_eq!(
+        (sent.len(), sent[0].dst, sent[0].payload.as_slice()),
+        (1, N2, second.as_slice()),
+        "it stays: into our own TCP"
+    );
+    assert_eq!(n2.metrics.requests_stayed.get(), 1);
+
+    // A silent dispatcher: bounded-load hashing decides, as for a first request.
+    let third = request("/c");
+    let offset = (head.len() + second.len()) as u32;
+    let segment = client_segment(N2, offset, TcpFlags::ACK | TcpFlags::PSH, &third);
+    n2.datapath(event(EventKind::NextHead, key, &segment));
+    assert!(matches!(
+        n2.next_to_peer(),
+        Some(Message::DispatchQuery { .. })
+    ));
+    n2.wait(Duration::from_millis(30));
+    assert_eq!(n2.metrics.dispatch_fallbacks.get(), 1);
+    let placed = n2.metrics.requests_stayed.get() == 2
+        || matches!(n2.next_to_peer(), Some(Message::MoveQuiesce { .. }));
+    assert!(placed, "placed by the fallback");
+}
