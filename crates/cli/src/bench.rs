@@ -95,6 +95,28 @@ pub struct CacheArgs {
     /// Leave the lab up afterwards (as the last variant left it), to look at its nodes.
     #[arg(long)]
     pub keep_lab: bool,
+    /// The agents' `[policy] per_request` for every baton variant: on, off, or each policy's
+    /// default (on for hash and bounded-hash, off for lard and lard-r).
+    #[arg(long, value_enum, default_value_t = PerRequest::Default)]
+    pub per_request: PerRequest,
+}
+
+/// Whether the bench's agents follow every request ([`CacheArgs::per_request`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PerRequest {
+    Default,
+    On,
+    Off,
+}
+
+impl PerRequest {
+    fn setting(self) -> Option<bool> {
+        match self {
+            PerRequest::Default => None,
+            PerRequest::On => Some(true),
+            PerRequest::Off => Some(false),
+        }
+    }
 }
 
 /// One way of distributing the cluster's requests.
@@ -282,6 +304,7 @@ fn run_variant(
         Variant::Baton(kind) => kind,
         Variant::HaproxyFront | Variant::HaproxyEvery => PolicyKind::Local,
     };
+    lab.set_per_request(args.per_request.setting());
     lab.restart_agents(policy)?;
     let (entries, accepting): (Vec<SocketAddr>, Vec<usize>) = match variant {
         Variant::Baton(_) => (
