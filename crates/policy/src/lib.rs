@@ -300,19 +300,9 @@ impl Policy for Hash {
 }
 
 impl Hash {
-    /// A request target, `path` with a `?k=N` query, that this policy gives to `names[node]` when
-    /// every node of `names` is up: how tests and benchmarks pick requests that must, or must not,
-    /// be handed off. `None` if no N below 100 000 does (or `node` is not an index of `names`).
     /// The index in `names` of the node this policy gives `target` when every node is up.
     pub fn node_for(target: &str, names: &[&str]) -> usize {
-        let nodes: Vec<NodeState> = names
-            .iter()
-            .map(|name| NodeState {
-                name: name.to_string(),
-                up: true,
-                load: 0,
-            })
-            .collect();
+        let nodes = all_up(names);
         let view = ClusterView {
             self_index: 0,
             nodes: &nodes,
@@ -326,15 +316,11 @@ impl Hash {
         Hash.choose(&request, &view)
     }
 
+    /// A request target, `path` with a `?k=N` query, that this policy gives to `names[node]` when
+    /// every node of `names` is up: how tests and benchmarks pick requests that must, or must not,
+    /// be handed off. `None` if no N below 100 000 does (or `node` is not an index of `names`).
     pub fn target_for(path: &str, names: &[&str], node: usize) -> Option<String> {
-        let nodes: Vec<NodeState> = names
-            .iter()
-            .map(|name| NodeState {
-                name: name.to_string(),
-                up: true,
-                load: 0,
-            })
-            .collect();
+        let nodes = all_up(names);
         let view = ClusterView {
             self_index: 0,
             nodes: &nodes,
@@ -351,6 +337,18 @@ impl Hash {
                 Hash.choose(&request, &view) == node
             })
     }
+}
+
+/// `names` as nodes that are all up and idle.
+fn all_up(names: &[&str]) -> Vec<NodeState> {
+    names
+        .iter()
+        .map(|name| NodeState {
+            name: name.to_string(),
+            up: true,
+            load: 0,
+        })
+        .collect()
 }
 
 /// The weight of `node_name` for `target`: 64-bit FNV-1a over the name, a separator and the

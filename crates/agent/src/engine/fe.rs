@@ -497,26 +497,12 @@ impl Engine {
         if let Some(choice) = self.router.route_fixed(&routed, &view) {
             return self.decide(key, self.decision(choice), now);
         }
-        let dispatcher = self.cluster.dispatcher(now);
-        // A dispatcher with another member list would name members by other positions: while
-        // a change rolls out, bounded-hash decides here instead of asking it.
-        let agrees = self.cluster.peers[dispatcher]
-            .config_digest
-            .is_none_or(|d| d == self.config_digest);
-        if self.dispatching && dispatcher != self.cluster.me {
+        if self.dispatching && self.cluster.dispatcher(now) != self.cluster.me {
             // LARD keeps one table for the cluster, at the dispatcher: ask it.
-            let id = self.new_id();
-            let query = Message::DispatchQuery {
-                id,
-                target: head.target.clone(),
-            };
-            if agrees && self.mesh.send(dispatcher, query) {
+            if let Some(id) = self.ask_dispatcher(key, &head.target, now) {
                 if let Some(held) = self.fe.held_mut(&key) {
                     held.asking = Some((id, head.target.clone()));
                 }
-                self.fe.asks.insert(id, key);
-                let wait = Duration::from_millis(self.config.limits.dispatch_timeout_ms);
-                self.timers.at(now + wait, Timer::Dispatch(id));
                 return;
             }
             let choice = self.fallback.choose(&request, &view);
@@ -653,6 +639,35 @@ impl Engine {
         let wait = Duration::from_millis(self.config.limits.handoff_timeout_ms);
         self.timers.at(now + wait, Timer::Offer(id));
         self.cluster.assign(peer);
+    }
+
+    /// Asks the LARD dispatcher where `target` (of `key`) goes: the question's id, or `None` if
+    /// it could not be asked (its configuration differs from ours, or it cannot be reached):
+    /// then bounded-hash decides here.
+    pub(super) fn ask_dispatcher(
+        &mut self,
+        key: ConnKey,
+        target: &str,
+        now: Instant,
+    ) -> Option<u64> {
+        let dispatcher = self.cluster.dispatcher(now);
+        // A dispatcher with another member list would name members by other positions: while
+        // a change rolls out, bounded-hash decides here instead of asking it.
+        let agrees = self.cluster.peers[dispatcher]
+            .config_digest
+            .is_none_or(|d| d == self.config_digest);
+        let id = self.new_id();
+        let query = Message::DispatchQuery {
+            id,
+            target: target.to_string(),
+        };
+        if !agrees || !self.mesh.send(dispatcher, query) {
+            return None;
+        }
+        self.fe.asks.insert(id, key);
+        let wait = Duration::from_millis(self.config.limits.dispatch_timeout_ms);
+        self.timers.at(now + wait, Timer::Dispatch(id));
+        Some(id)
     }
 
     /// The dispatcher's answer for a held connection.

@@ -460,17 +460,8 @@ impl Engine {
         if let Some(choice) = self.router.route_fixed(&routed, &view) {
             return Some(self.decision(choice));
         }
-        let dispatcher = self.cluster.dispatcher(now);
-        let agrees = self.cluster.peers[dispatcher]
-            .config_digest
-            .is_none_or(|d| d == self.config_digest);
-        if self.dispatching && dispatcher != self.cluster.me {
-            let id = self.new_id();
-            let query = Message::DispatchQuery {
-                id,
-                target: head.target.clone(),
-            };
-            if agrees && self.mesh.send(dispatcher, query) {
+        if self.dispatching && self.cluster.dispatcher(now) != self.cluster.me {
+            if let Some(id) = self.ask_dispatcher(key, &head.target, now) {
                 if let Some(next) = self
                     .fe
                     .following_mut(&key)
@@ -478,9 +469,6 @@ impl Engine {
                 {
                     next.asking = Some((id, head.target.clone(), after));
                 }
-                self.fe.asks.insert(id, key);
-                let wait = Duration::from_millis(self.config.limits.dispatch_timeout_ms);
-                self.timers.at(now + wait, Timer::Dispatch(id));
                 return None;
             }
             let choice = baton_policy::Policy::choose(&mut self.fallback, &info, &view);
