@@ -11,7 +11,9 @@ use netlink_packet_core::{
 };
 use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_packet_sock_diag::constants::{AF_INET, IPPROTO_TCP, SOCK_DIAG_BY_FAMILY};
-use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
+use netlink_packet_sock_diag::inet::{
+    ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags,
+};
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 use netlink_sys::{Socket, SocketAddr};
 
@@ -59,7 +61,7 @@ impl SockDiag {
         local: SocketAddrV4,
         remote: SocketAddrV4,
     ) -> Result<Option<u8>, SockDiagError> {
-        Ok(self.lookup(local, remote)?.map(|(state, _)| state))
+        Ok(self.lookup(local, remote)?.map(|h| h.state))
     }
 
     /// The state and queues of the connection `local` <-> `remote`, `None` if the local TCP has
@@ -69,33 +71,20 @@ impl SockDiag {
         local: SocketAddrV4,
         remote: SocketAddrV4,
     ) -> Result<Option<TcpQueues>, SockDiagError> {
-        self.send_request(
-            NLM_F_REQUEST,
-            StateFlags::all(),
-            exact_id(local, remote, None),
-        )?;
-        match self.answer()?.payload {
-            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                let h = &response.header;
-                Ok((h.state != tcp_state::LISTEN).then_some(TcpQueues {
-                    state: h.state,
-                    unread: h.recv_queue,
-                    unacked: h.send_queue,
-                }))
-            }
-            NetlinkPayload::Error(e) if e.raw_code() == -libc::ENOENT => Ok(None),
-            NetlinkPayload::Error(e) => Err(SockDiagError::Io(e.to_io())),
-            other => Err(SockDiagError::Answer(format!("unexpected {other:?}"))),
-        }
+        Ok(self.lookup(local, remote)?.map(|h| TcpQueues {
+            state: h.state,
+            unread: h.recv_queue,
+            unacked: h.send_queue,
+        }))
     }
 
-    /// The state and socket cookie of the connection `local` <-> `remote`. The kernel's exact
-    /// lookup falls back to a listener on `local`: that is no connection, `None`.
+    /// What sock_diag says of the connection `local` <-> `remote` (state, queues, cookie). The
+    /// kernel's exact lookup falls back to a listener on `local`: that is no connection, `None`.
     fn lookup(
         &mut self,
         local: SocketAddrV4,
         remote: SocketAddrV4,
-    ) -> Result<Option<(u8, [u8; 8])>, SockDiagError> {
+    ) -> Result<Option<InetResponseHeader>, SockDiagError> {
         // No DUMP flag: an exact lookup.
         self.send_request(
             NLM_F_REQUEST,
@@ -104,9 +93,7 @@ impl SockDiag {
         )?;
         match self.answer()?.payload {
             NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                let state = response.header.state;
-                Ok((state != tcp_state::LISTEN)
-                    .then_some((state, response.header.socket_id.cookie)))
+                Ok((response.header.state != tcp_state::LISTEN).then_some(response.header))
             }
             NetlinkPayload::Error(e) if e.raw_code() == -libc::ENOENT => Ok(None),
             NetlinkPayload::Error(e) => Err(SockDiagError::Io(e.to_io())),
@@ -149,7 +136,7 @@ impl SockDiag {
         local: SocketAddrV4,
         remote: SocketAddrV4,
     ) -> Result<bool, SockDiagError> {
-        let Some((_, cookie)) = self.lookup(local, remote)? else {
+        let Some(cookie) = self.lookup(local, remote)?.map(|h| h.socket_id.cookie) else {
             return Ok(false);
         };
         let states = StateFlags::all() - StateFlags::LISTEN;

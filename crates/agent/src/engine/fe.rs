@@ -807,13 +807,18 @@ impl Engine {
         let Some(key) = self.fe.offer(id, peer) else {
             return;
         };
+        self.peer_refused(peer, reason, now);
+        self.release_local(key, LocalReason::Refused(reason), now);
+    }
+
+    /// A peer refused an offer (a first one or a move's): counted; one without a listener is
+    /// not chosen again until its own agent reports one.
+    pub(super) fn peer_refused(&mut self, peer: usize, reason: RefuseReason, now: Instant) {
         self.count_for_peer(&self.metrics.peer.refusals, peer);
         if reason == RefuseReason::NoListener {
-            // Not chosen again until its own agent reports a listener.
             self.cluster.peers[peer].serving = false;
             self.write_datapath_config(now);
         }
-        self.release_local(key, LocalReason::Refused(reason), now);
     }
 
     /// An offer without an answer: the peer may still go live, but only within half the wait

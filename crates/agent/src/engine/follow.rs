@@ -1014,11 +1014,7 @@ impl Engine {
         let Some(key) = self.fe.moves.get(&id).copied() else {
             return;
         };
-        self.count_for_peer(&self.metrics.peer.refusals, peer);
-        if reason == RefuseReason::NoListener {
-            self.cluster.peers[peer].serving = false;
-            self.write_datapath_config(now);
-        }
+        self.peer_refused(peer, reason, now);
         self.cancel_move(key, StayReason::Refused(reason), now);
     }
 
