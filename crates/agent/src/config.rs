@@ -242,6 +242,10 @@ pub struct Limits {
     /// Most times one connection moves between nodes (`[policy] per_request`); after that its
     /// requests are served where it is.
     pub moves_per_connection: u32,
+    /// Whether this node's datapath hands connections off by itself where it decides them
+    /// (`hash`, first requests): it offers them to peers' datapaths and takes theirs, with no
+    /// agent on the handoff's path. Off: every handoff goes by the agents' control mesh.
+    pub datapath_offers: bool,
 }
 
 impl Default for Limits {
@@ -258,6 +262,7 @@ impl Default for Limits {
             heartbeat_ms: 250,
             orphan_timeout_s: 60,
             moves_per_connection: 1000,
+            datapath_offers: true,
         }
     }
 }

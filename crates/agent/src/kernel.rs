@@ -200,12 +200,16 @@ pub struct DatapathHandles {
     pub counters: Arc<Counters>,
     pub agent: Arc<AgentMap>,
     pub netns_inum: u32,
+    /// The cluster interface's MTU: a datapath offer must fit it.
+    pub mtu: u16,
 }
 
 impl DatapathControl for DatapathHandles {
     fn write(&mut self, config: &NodeConfig) -> Result<(), String> {
         let config = NodeConfig {
             netns_inum: self.netns_inum,
+            mtu: self.mtu,
+            tai_offset_ns: tai_offset_ns(),
             ..*config
         };
         self.config.set(0, config, 0).map_err(|e| e.to_string())
@@ -234,4 +238,45 @@ pub struct Kernel {
     pub datapath: Box<dyn DatapathControl>,
     pub inject: Box<dyn PacketSink>,
     pub tcp: Box<dyn TcpStates>,
+}
+
+/// The MTU of `interface` in the calling thread's network namespace (`SIOCGIFMTU`).
+pub fn interface_mtu(interface: &str) -> std::io::Result<u16> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let name = interface.as_bytes();
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(std::io::Error::other("interface name too long"));
+    }
+    // SAFETY: plain socket(2); the result is checked before it is wrapped.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, b) in req.ifr_name.iter_mut().zip(name) {
+        *slot = *b as libc::c_char;
+    }
+    // SAFETY: the request and its buffer are valid for the call.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFMTU, &mut req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFMTU filled the mtu member of the union.
+    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
+    Ok(u16::try_from(mtu).unwrap_or(u16::MAX))
+}
+
+/// CLOCK_TAI − UTC as the kernel keeps it (`adjtimex`, read only), in ns; 0 if it cannot tell.
+/// NTP daemons that know the leap seconds set it (37 s since 2017); many leave it at 0. The
+/// datapath subtracts it so that every node stamps its offers in UTC.
+fn tai_offset_ns() -> i64 {
+    // SAFETY: timex is plain data; all-zero (modes 0) asks adjtimex to read only.
+    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid timex for the duration of the call.
+    if unsafe { libc::adjtimex(&mut tx) } < 0 {
+        return 0;
+    }
+    i64::from(tx.tai) * 1_000_000_000
 }

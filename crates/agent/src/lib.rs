@@ -112,6 +112,11 @@ pub enum AgentError {
     Ring(std::io::Error),
     #[error("reading this network namespace (stat /proc/thread-self/ns/net): {0}")]
     Netns(std::io::Error),
+    #[error("ioctl(SIOCGIFMTU) of {interface}: {source}")]
+    Mtu {
+        interface: String,
+        source: std::io::Error,
+    },
     #[error("starting the tokio runtime: {0}")]
     Runtime(std::io::Error),
     #[error("installing signal handlers (sigaction): {0}")]
@@ -351,6 +356,10 @@ pub async fn run(launch: Launch, mut stop: watch::Receiver<Stop>) -> Result<(), 
             counters,
             agent: agent.clone(),
             netns_inum,
+            mtu: kernel::interface_mtu(&interface).map_err(|source| AgentError::Mtu {
+                interface: interface.clone(),
+                source,
+            })?,
         }),
         inject: Box::new(inject),
         tcp: Box::new(diag),

@@ -100,6 +100,12 @@ pub struct Metrics {
     pub decided_in_datapath: IntCounter,
     /// Connections the datapath passed to the local server because no agent ran.
     pub failed_open: IntCounter,
+    /// Datapath offers (handoffs made by the programs alone): made (FE), taken (BE), refused
+    /// and sent back (BE), come back (FE).
+    pub datapath_offers: IntCounter,
+    pub datapath_offers_taken: IntCounter,
+    pub datapath_offers_refused: IntCounter,
+    pub datapath_offers_returned: IntCounter,
     /// Connections taken on from a previous agent's datapath at start.
     pub adopted: IntCounter,
     /// Handed-in connections freed because their client or FE was gone.
@@ -302,6 +308,22 @@ impl Metrics {
                 "datapath_failed_open_total",
                 "Connections the datapath served locally because no agent was running",
             ),
+            datapath_offers: counter(
+                "datapath_offers_total",
+                "Connections this node's datapath offered to another node itself (no agent asked)",
+            ),
+            datapath_offers_taken: counter(
+                "datapath_offers_taken_total",
+                "Peers' datapath offers whose replayed handshake this node's TCP took",
+            ),
+            datapath_offers_refused: counter(
+                "datapath_offers_refused_total",
+                "Peers' datapath offers this node's datapath sent back refused",
+            ),
+            datapath_offers_returned: counter(
+                "datapath_offers_returned_total",
+                "This node's datapath offers that came back refused (served here, or by the agent's offer)",
+            ),
             adopted: counter(
                 "connections_adopted_total",
                 "Forwarded and handed-in connections taken on from a previous agent",
@@ -471,6 +493,10 @@ impl DatapathCounters {
             (Stat::HandshakeAbsorbed, "absorbed", &m.absorbed_acks),
             (Stat::DecidedLocal, "decided_local", &m.decided_in_datapath),
             (Stat::FailOpen, "fail_open", &m.failed_open),
+            (Stat::DpOffers, "dp_offers", &m.datapath_offers),
+            (Stat::DpTaken, "dp_taken", &m.datapath_offers_taken),
+            (Stat::DpRefused, "dp_refused", &m.datapath_offers_refused),
+            (Stat::DpReturned, "dp_returned", &m.datapath_offers_returned),
         ];
         for (stat, name, counter) in stats {
             if let Ok(v) = self.counters.stat(stat) {

@@ -3,7 +3,8 @@
  * tracepoint that counts the node's load. Dispatch only: the logic lives in lib/fe.h (the
  * accepting node), lib/be.h (the serving node), lib/follow.h and lib/response.h (a placed
  * connection followed request by request) and lib/load.h.
- * A packet that is not IPv4/TCP for this node's service address and ports passes untouched; a
+ * A datapath offer (lib/offer.h) is the one non-TCP packet read on ingress. A packet that is not
+ * IPv4/TCP for this node's service address and ports passes untouched; a
  * connection served locally has no conn entry and passes after one lookup.
  */
 #include "lib/common.h"
@@ -20,8 +21,10 @@ int baton_ingress(struct __sk_buff *skb)
 	struct node_config *cfg = node_config();
 	struct pkt p;
 
-	if (!cfg || parse_tcp4(skb, &p))
+	if (!cfg)
 		return TC_ACT_OK;
+	if (parse_tcp4(skb, &p))
+		return offer_ingress(skb, cfg);
 	if (p.daddr != cfg->service_addr || !is_service_port(cfg, p.dport))
 		return TC_ACT_OK;
 

@@ -9,16 +9,20 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use aya::programs::{TestRun, TestRunOptions};
+use baton_wire::offer::kind as offer_kind;
 use baton_wire::{
-    Ipv4Packet, SackBlocks, SynOptions, TcpFlags, TcpOption, TcpPacketBuilder, TcpSegment,
-    Translation, rewrite_dst_addr, rewrite_src_addr, translate_to_client, translate_to_server,
+    Ipv4Packet, OFFER_IPPROTO, OFFER_LEN, OfferRepr, PROTO_TCP, SackBlocks, SynOptions, TcpFlags,
+    TcpOption, TcpPacketBuilder, TcpSegment, Translation, insert_offer, remove_offer,
+    rewrite_dst_addr, rewrite_src_addr, translate_to_client, translate_to_server,
 };
 
-use crate::datapath::{AgentMap, ConnTable, Counters, EventRing, ResponsesTable, WatchTable};
+use crate::datapath::{
+    AgentMap, ConnTable, Counters, EventRing, RefusedOffers, ResponsesTable, WatchTable,
+};
 use crate::{
     Conn, ConnKey, ConnRole, ConnState, Datapath, DatapathError, DpNode, DropReason,
-    EGRESS_PROGRAM, Event, EventKind, INGRESS_PROGRAM, NodeConfig, Responses, Stat, Watch,
-    conn_flags, responses_flags, watch_flags,
+    EGRESS_PROGRAM, Event, EventKind, INGRESS_PROGRAM, NodeConfig, RefuseCode, Responses, Stat,
+    SynDigest, Watch, conn_flags, responses_flags, watch_flags,
 };
 
 pub const TC_ACT_OK: u32 = 0;
@@ -63,15 +67,17 @@ pub struct Case {
     pub output: Vec<u8>,
     /// The conn entry of the case's connection after the packet.
     pub entry_after: EntryCheck,
-    /// The event expected on the ring (packet events carry the input from its IPv4 header).
+    /// The event expected on the ring (packet events carry the packet as the program left it, the
+    /// output, from its IPv4 header), after `follow.notice` if any.
     pub event: Option<EventKind>,
     /// The tables that follow a placed connection, and what the packet counts.
     pub follow: Follow,
 }
 
 /// A case's watch and responses entries before the packet and the responses entry expected after
-/// it (the watch entry must come out unchanged: the datapath never writes it), and the counters
-/// the packet moves. [`Follow::NONE`]: no entries before, none after, counters not checked.
+/// it (the watch entry must come out unchanged: the datapath never writes it), the counters the
+/// packet moves, and what a datapath offer's case adds (its input's clock, a notice).
+/// [`Follow::NONE`]: no entries before, none after, counters not checked, no offer.
 #[derive(Clone, Copy, Debug)]
 pub struct Follow {
     pub watch: Option<Watch>,
@@ -81,6 +87,13 @@ pub struct Follow {
     pub dropped: Option<DropReason>,
     /// Stats and by how much the packet moves them.
     pub counted: &'static [(Stat, u64)],
+    /// The input carries an offer header, stamped at the run ([`Stamp`]).
+    pub stamp: Option<Stamp>,
+    /// A notice (an event without a packet) and its detail, expected before `Case::event`.
+    pub notice: Option<(EventKind, u32)>,
+    /// The input's offer was refused here before, for this reason (a tombstone in
+    /// `refused_offers`).
+    pub refused_before: Option<u32>,
 }
 
 impl Follow {
@@ -90,7 +103,111 @@ impl Follow {
         responses_after: None,
         dropped: None,
         counted: &[],
+        stamp: None,
+        notice: None,
+        refused_before: None,
     };
+}
+
+/// A datapath offer (offer.h) is good only from a quarter of the live window ahead of the taker's
+/// clock to the live window behind it: the runner stamps the offer header of the case's input when it runs it, `offered_ns` = now -
+/// `age_ns`, and seals it again with the case's key if `sealed` (else its MAC stays as built: a
+/// forgery). An offer header in the expected output gets the same clock, and the same seal.
+#[derive(Clone, Copy, Debug)]
+pub struct Stamp {
+    pub age_ns: i64,
+    pub sealed: bool,
+}
+
+/// How far from the test's clock an offer the FE's datapath stamped itself may be.
+pub const OFFER_CLOCK_SKEW_NS: u64 = 1_000_000_000;
+
+/// CLOCK_TAI in nanoseconds: the datapath's `bpf_ktime_get_tai_ns()`.
+pub fn tai_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to write.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_TAI, &mut ts) };
+    assert_eq!(r, 0, "clock_gettime(CLOCK_TAI)");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Where the offer header starts in a frame: after Ethernet and an option-less IPv4 header.
+const OFFER_AT: usize = 14 + 20;
+
+/// The offer header of Ethernet frame `f`, if it is an IPv4 packet of [`OFFER_IPPROTO`] that
+/// carries one.
+pub fn offer_in(f: &[u8]) -> Option<OfferRepr> {
+    let ip = Ipv4Packet::new_checked(f.get(14..)?).ok()?;
+    if ip.protocol() != OFFER_IPPROTO || ip.header_len() != 20 {
+        return None;
+    }
+    OfferRepr::parse(ip.payload()).ok()
+}
+
+/// `f` with offer header `o` in place of the one it carries.
+fn with_offer(f: &[u8], o: &OfferRepr) -> Vec<u8> {
+    let mut f = f.to_vec();
+    o.emit(&mut f[OFFER_AT..])
+        .expect("a frame with an offer header");
+    f
+}
+
+/// The case's input as the run sends it: its offer header stamped (see [`Stamp`]).
+fn stamped_input(case: &Case) -> Result<Vec<u8>, String> {
+    let Some(stamp) = case.follow.stamp else {
+        return Ok(case.input.clone());
+    };
+    let mut o = offer_in(&case.input).ok_or("a stamped input without an offer header")?;
+    o.offered_ns = tai_now_ns().wrapping_add_signed(-stamp.age_ns);
+    if stamp.sealed {
+        o.seal(&case.config.offer_key);
+    }
+    Ok(with_offer(&case.input, &o))
+}
+
+/// The output `case` expects of the run `outcome`. An offer header in it gets what the table
+/// cannot know: the clock of the input as run (see [`Stamp`]); or, for an offer the datapath
+/// made itself, its clock (within the skew of ours) and, where the table left it 0, its new
+/// handoff id (high bit set, and the one its entry keeps). Then it is sealed with the case's
+/// key, so that the output's MAC must be what the `siphasher` crate computes.
+fn expected_output(case: &Case, outcome: &Outcome) -> Result<Vec<u8>, String> {
+    let Some(mut want) = offer_in(&case.output) else {
+        return Ok(case.output.clone());
+    };
+    let key = case.config.offer_key;
+    if let Some(stamp) = case.follow.stamp {
+        let sent = offer_in(&outcome.input).ok_or("the input lost its offer header")?;
+        want.offered_ns = sent.offered_ns;
+        if stamp.sealed {
+            want.seal(&key);
+        }
+        return Ok(with_offer(&case.output, &want));
+    }
+    let got = offer_in(&outcome.output).ok_or("the output carries no offer header")?;
+    let now = tai_now_ns();
+    if got.offered_ns.abs_diff(now) > OFFER_CLOCK_SKEW_NS {
+        return Err(format!(
+            "offer sent at TAI {} ns, {} ns from now",
+            got.offered_ns,
+            got.offered_ns.abs_diff(now)
+        ));
+    }
+    want.offered_ns = got.offered_ns;
+    if want.handoff_id == 0 {
+        let kept = outcome.entry_after.map(|c| c.handoff_id);
+        if got.handoff_id >> 63 != 1 || kept != Some(got.handoff_id) {
+            return Err(format!(
+                "offer's handoff id {:#x}, the entry's {kept:x?}: want the same, high bit set",
+                got.handoff_id
+            ));
+        }
+        want.handoff_id = got.handoff_id;
+    }
+    want.seal(&key);
+    Ok(with_offer(&case.output, &want))
 }
 
 impl Case {
@@ -129,7 +246,7 @@ pub fn hashing_fe() -> NodeConfig {
             hash_seed: baton_policy::rendezvous_seed(name),
             eligible: 1,
             rank: rank as u8,
-            pad: [0; 6],
+            ..DpNode::default()
         })
         .collect();
     config.set_hash_nodes(0, &nodes);
@@ -275,6 +392,10 @@ pub fn tables() -> Vec<Table> {
         Table {
             name: "fe_decide",
             cases: fe_decide(),
+        },
+        Table {
+            name: "datapath_offers",
+            cases: datapath_offers(),
         },
         Table {
             name: "fe_forward",
@@ -644,6 +765,806 @@ fn fe_decide() -> Vec<Case> {
             follow: Follow::NONE,
         },
     ]
+}
+
+/// The cluster's key for datapath offers, in every offering node's configuration.
+pub const OFFER_KEY: [u8; 16] = *b"baton tables key";
+/// The interface MTU of the offering nodes.
+const MTU: u16 = 1500;
+/// How long a BE's TCP may take a datapath offer to go live.
+const LIVE_WINDOW_NS: u64 = 2_000_000_000;
+/// The FE's id of the handoff of [`dp_offered`]: high bit set, as the datapath makes them.
+const HANDOFF_ID: u64 = 0x8000_0000_0000_0000 | 0x0123_4567_89ab_cdef;
+
+/// Why a datapath offer was refused (`enum refuse_reason`, the mesh's codes).
+mod refuse {
+    use crate::RefuseCode;
+    pub const COLLISION: RefuseCode = 1;
+    pub const OPTION_MISMATCH: RefuseCode = 2;
+    pub const OVERLOADED: RefuseCode = 3;
+    pub const NO_LISTENER: RefuseCode = 7;
+}
+
+/// The FE of [`hashing_fe`] making datapath offers to the BE (n2), which has an address.
+pub fn offering_fe() -> NodeConfig {
+    let mut config = hashing_fe();
+    config.nodes[0].addr = FE.octets();
+    config.nodes[1].addr = BE.octets();
+    config.set_offers(true, OFFER_KEY, LIVE_WINDOW_NS);
+    config.mtu = MTU;
+    config
+}
+
+/// The BE taking datapath offers.
+pub fn taking_be() -> NodeConfig {
+    let mut config = distributing(BE);
+    config.set_offers(true, OFFER_KEY, LIVE_WINDOW_NS);
+    config.mtu = MTU;
+    config
+}
+
+/// A held FE entry as the datapath has it when the first data segment comes: the SYN's and the
+/// SYN-ACK's flags (both sides asked for ECN) and what the SYN-ACK negotiated.
+fn held_for_offer() -> Conn {
+    let mut c = fe_entry(ConnState::FeHold);
+    c.peer_addr = [0; 4];
+    c.syn_tcp_flags = (TcpFlags::SYN | TcpFlags::ECE | TcpFlags::CWR).bits();
+    c.synack_tcp_flags = (TcpFlags::SYN | TcpFlags::ACK | TcpFlags::ECE).bits();
+    c.synack_digest = SynDigest {
+        mss: 1460,
+        wscale: 7,
+        bits: SynDigest::SACK_OK | SynDigest::TS_OK,
+    };
+    c
+}
+
+/// The FE entry of a connection its datapath offered to the BE.
+fn dp_offered() -> Conn {
+    let mut c = held_for_offer();
+    c.state = ConnState::FeForward as u8;
+    c.flags |= conn_flags::DP_OFFER;
+    c.peer_addr = BE.octets();
+    c.handoff_id = HANDOFF_ID;
+    // Just offered (the node config's TAI offset is 0): the FE offers it again.
+    c.offered_ns = tai_now_ns();
+    c
+}
+
+/// The offer header the FE's datapath makes of entry `c` (sent to the BE): its clock 0, and its
+/// handoff id that of the entry, 0 for one the datapath picks (see [`expected_output`]).
+fn offer_of(c: &Conn) -> OfferRepr {
+    OfferRepr {
+        kind: offer_kind::OFFER,
+        reason: 0,
+        syn_opts_len: c.syn_opts_len,
+        syn_tcp_flags: TcpFlags(c.syn_tcp_flags),
+        synack_tcp_flags: TcpFlags(c.synack_tcp_flags),
+        syn_window: c.syn_window,
+        client_addr: CLIENT,
+        fe_addr: FE,
+        be_addr: BE,
+        client_port: CLIENT_PORT,
+        service_port: SERVICE_PORT,
+        client_isn: c.client_isn,
+        fe_isn: c.local_isn,
+        fe_tsval: c.synack_tsval,
+        synack_mss: c.synack_digest.mss,
+        synack_wscale: c.synack_digest.wscale,
+        synack_bits: c.synack_digest.bits,
+        handoff_id: c.handoff_id,
+        offered_ns: 0,
+        syn_opts: c.syn_opts,
+        mac: 0,
+    }
+}
+
+/// The client's first data segment, to the FE, for a target that n2 (the BE) serves.
+fn request_for_the_be() -> Vec<u8> {
+    frame(&client_request_for(FE, &target_hashed_to(1)).build())
+}
+
+/// `segment` (a client segment to the FE) as the FE's datapath offers it: daddr := BE, then
+/// header `o`.
+fn offered(segment: &[u8], o: &OfferRepr) -> Vec<u8> {
+    let mut ip = segment[14..].to_vec();
+    rewrite_dst_addr(&mut ip, BE).unwrap();
+    frame(&insert_offer(&ip, o).unwrap())
+}
+
+/// The offer of [`dp_offered`]'s connection as it reaches the BE, of `kind` (its clock and seal
+/// are the run's: [`Stamp`]).
+fn offer_to_the_be(kind: u8) -> Vec<u8> {
+    let mut o = offer_of(&dp_offered());
+    o.kind = kind;
+    offered(&request_for_the_be(), &o)
+}
+
+fn swap_macs(f: &mut [u8]) {
+    let (dst, src) = f[..12].split_at_mut(6);
+    dst.swap_with_slice(src);
+}
+
+/// Offer packet `f` as the BE turns it back (offer.h, offer_turn_back): REFUSED for `reason`,
+/// from the BE to the FE, the TCP segment as it was (sealed at the run: [`Stamp`]).
+fn turned_back(f: &[u8], reason: RefuseCode) -> Vec<u8> {
+    let mut o = offer_in(f).expect("an offer packet");
+    o.kind = offer_kind::REFUSED;
+    o.reason = reason;
+    let mut f = with_offer(f, &o);
+    swap_macs(&mut f);
+    let mut ip = Ipv4Packet::new_checked(&mut f[14..]).unwrap();
+    ip.set_src_addr(BE);
+    ip.set_dst_addr(FE);
+    ip.fill_checksum();
+    f
+}
+
+/// An offer header stamped now and sealed with the case's key.
+const FRESH: Option<Stamp> = Some(Stamp {
+    age_ns: 0,
+    sealed: true,
+});
+
+/// An offer (or refusal) that authenticates no more, or never did: dropped, counted.
+const REJECTED: Follow = Follow {
+    dropped: Some(DropReason::OfferRejected),
+    counted: &[(Stat::DpRefused, 0), (Stat::DpReturned, 0)],
+    stamp: FRESH,
+    ..Follow::NONE
+};
+
+/// An offer the BE refuses: back to the FE.
+const REFUSED: Follow = Follow {
+    counted: &[(Stat::DpRefused, 1)],
+    stamp: FRESH,
+    ..Follow::NONE
+};
+
+fn expect_offered(handoff_id: Option<u64>) -> EntryCheck {
+    Box::new(move |c| match c {
+        Some(c)
+            if c.state() == Some(ConnState::FeForward)
+                && c.flags & conn_flags::DP_OFFER != 0
+                && c.flags & conn_flags::AGENT_HOLDS == 0
+                && c.peer_addr == BE.octets()
+                && c.handoff_id >> 63 == 1
+                && handoff_id.is_none_or(|id| c.handoff_id == id) =>
+        {
+            Ok(())
+        }
+        other => Err(format!(
+            "expected FE_FORWARD, DP_OFFER to {BE}, handoff id {handoff_id:x?}, found {other:?}"
+        )),
+    })
+}
+
+fn expect_held_not_offered() -> EntryCheck {
+    Box::new(|c| match c {
+        Some(c)
+            if c.state() == Some(ConnState::FeHold)
+                && c.flags & conn_flags::AGENT_HOLDS != 0
+                && c.flags & conn_flags::DP_OFFER == 0 =>
+        {
+            Ok(())
+        }
+        other => Err(format!(
+            "expected FE_HOLD, AGENT_HOLDS, no DP_OFFER, found {other:?}"
+        )),
+    })
+}
+
+/// The BE entry of a datapath offer whose SYN our TCP has (BE_SYN_SENT, as be_take_offer makes it).
+fn dp_taking() -> Conn {
+    let fe = dp_offered();
+    Conn {
+        role: ConnRole::Be as u8,
+        state: ConnState::BeSynSent as u8,
+        flags: conn_flags::DP_OFFER,
+        client_isn: CLIENT_ISN,
+        fe_isn: FE_ISN,
+        synack_tsval: FE_TSVAL,
+        synack_digest: SynDigest {
+            mss: 1460,
+            wscale: 7,
+            bits: SynDigest::SACK_OK | SynDigest::TS_OK,
+        },
+        // The server's SYN-ACK of `be_synack` does not agree to ECN: neither did the FE's here.
+        synack_tcp_flags: (TcpFlags::SYN | TcpFlags::ACK).bits(),
+        syn_tcp_flags: fe.syn_tcp_flags,
+        syn_window: fe.syn_window,
+        peer_addr: FE.octets(),
+        handoff_id: HANDOFF_ID,
+        live_deadline_ns: u64::MAX,
+        ..Conn::default()
+    }
+}
+
+/// Handoffs by the datapaths alone (offer.h): the FE's offer of a connection its hash policy
+/// gives to the BE, the BE's checks of it and its refusals, its TCP's answer to the replayed SYN,
+/// the replayed segment, and the refusal back at the FE.
+fn datapath_offers() -> Vec<Case> {
+    let request = request_for_the_be();
+    let held = held_for_offer();
+    let offer_out = offered(&request, &offer_of(&held));
+    let resent_out = offered(&request, &offer_of(&dp_offered()));
+    // Pure ACKs of the client: of 1000 bytes the BE sent, and of our SYN-ACK alone.
+    let client_ack = |acked: u32| {
+        let mut p = client_request(FE);
+        p.seq = CLIENT_ISN.wrapping_add(1 + 40);
+        p.ack = FE_ISN.wrapping_add(1 + acked);
+        p.flags = TcpFlags::ACK;
+        p.payload.clear();
+        frame(&p.build())
+    };
+    let (acked_be_data, acked_synack) = (client_ack(1000), client_ack(0));
+    let ip_len = request.len() - 14;
+    let mut offers_off = offering_fe();
+    offers_off.offers = 0;
+    let mut no_address = offering_fe();
+    no_address.nodes[1].addr = [0; 4];
+    let mut too_small = offering_fe();
+    too_small.mtu = (ip_len + OFFER_LEN - 1) as u16;
+    let mut just_fits = offering_fe();
+    just_fits.mtu = (ip_len + OFFER_LEN) as u16;
+    let fe_offers = Follow {
+        counted: &[(Stat::DpOffers, 1), (Stat::ForwardPackets, 1)],
+        notice: Some((EventKind::DpOffered, 0)),
+        ..Follow::NONE
+    };
+    let fe_holds = Follow {
+        dropped: Some(DropReason::Held),
+        counted: &[(Stat::DpOffers, 0)],
+        ..Follow::NONE
+    };
+    let offer = offer_to_the_be(offer_kind::OFFER);
+    let replay = offer_to_the_be(offer_kind::REPLAY);
+    let mut forged = offer_in(&offer).unwrap();
+    forged.mac = 0x0bad_0bad_0bad_0bad;
+    let forged = with_offer(&offer, &forged);
+    // An offer for a third node that reached this one.
+    let third = Ipv4Addr::new(198, 18, 0, 3);
+    let mut elsewhere = request.clone();
+    rewrite_dst_addr(&mut elsewhere[14..], third).unwrap();
+    let mut o = offer_of(&dp_offered());
+    o.be_addr = third;
+    let mut elsewhere = frame(&insert_offer(&elsewhere[14..], &o).unwrap());
+    let mut ip = Ipv4Packet::new_checked(&mut elsewhere[14..]).unwrap();
+    ip.set_dst_addr(BE);
+    ip.fill_checksum();
+    let mut version_2 = offer.clone();
+    version_2[OFFER_AT] = 2;
+    let mut not_for_us = offer.clone();
+    let mut ip = Ipv4Packet::new_checked(&mut not_for_us[14..]).unwrap();
+    ip.set_dst_addr(Ipv4Addr::new(198, 18, 0, 3));
+    ip.fill_checksum();
+    let mut be_off = taking_be();
+    be_off.offers = 0;
+    let mut in_use = be_entry(ConnState::BeEstablished);
+    in_use.handoff_id = 42;
+    // The server's answers to the replayed SYN (in its own spaces).
+    let synack = be_synack();
+    let mut other_digest = dp_taking();
+    other_digest.synack_digest.mss = 1400;
+    let mut rst = to_client(BE);
+    rst.ack = CLIENT_ISN.wrapping_add(1);
+    rst.flags = TcpFlags::RST | TcpFlags::ACK;
+    let rst = frame(&rst.build());
+    // The replayed segment once the SYN-ACK gave the offsets, and once it refused.
+    let mut replayed = dp_taking();
+    replayed.state = ConnState::BeReplayed as u8;
+    let t = translation();
+    replayed.local_isn = BE_ISN;
+    replayed.seq_delta = t.seq_delta;
+    replayed.ts_delta = t.ts_delta;
+    let (_, replayed_segment) = remove_offer(&replay[14..]).unwrap();
+    let mut to_server = replayed_segment.clone();
+    translate_to_server(&mut to_server, &t).unwrap();
+    let mut no_listener = dp_taking();
+    no_listener.refuse_reason = refuse::NO_LISTENER;
+    // Back at the FE.
+    let mut served = request.clone();
+    swap_macs(&mut served);
+    let mut another = dp_offered();
+    another.handoff_id = HANDOFF_ID ^ 1;
+    let returned = |reason| Follow {
+        counted: &[(Stat::DpReturned, 1)],
+        stamp: FRESH,
+        notice: Some((EventKind::DpReturned, u32::from(reason))),
+        ..Follow::NONE
+    };
+    let fe_case = |name, config, entry, input: &Vec<u8>| Case {
+        name,
+        hook: Hook::Ingress,
+        agent_alive: true,
+        config,
+        entry: Some(entry),
+        input: input.clone(),
+        verdict: TC_ACT_SHOT,
+        output: input.clone(),
+        entry_after: expect_flags(ConnState::FeHold, conn_flags::AGENT_HOLDS),
+        event: Some(EventKind::HeldPacket),
+        follow: fe_holds,
+    };
+    let be_case = |name, input: &Vec<u8>, follow| Case {
+        name,
+        hook: Hook::Ingress,
+        agent_alive: true,
+        config: taking_be(),
+        entry: None,
+        input: input.clone(),
+        verdict: TC_ACT_SHOT,
+        output: input.clone(),
+        entry_after: expect_absent(),
+        event: None,
+        follow,
+    };
+    let refusal = |name, agent_alive, config, input: &Vec<u8>, reason| Case {
+        name,
+        hook: Hook::Ingress,
+        agent_alive,
+        config,
+        entry: None,
+        input: input.clone(),
+        verdict: TC_ACT_REDIRECT,
+        output: turned_back(input, reason),
+        entry_after: expect_absent(),
+        event: None,
+        follow: REFUSED,
+    };
+    let answer = |name, entry, input: &Vec<u8>, entry_after| Case {
+        name,
+        hook: Hook::Egress,
+        agent_alive: true,
+        config: taking_be(),
+        entry: Some(entry),
+        input: input.clone(),
+        verdict: TC_ACT_SHOT,
+        output: input.clone(),
+        entry_after,
+        event: None,
+        follow: Follow {
+            dropped: Some(DropReason::BeSynAck),
+            ..Follow::NONE
+        },
+    };
+    let refused_back = turned_back(&offer_to_the_be(offer_kind::OFFER), refuse::NO_LISTENER);
+    let collision_back = turned_back(&offer_to_the_be(offer_kind::OFFER), refuse::COLLISION);
+    let mut forged_back = offer_in(&refused_back).unwrap();
+    forged_back.mac ^= 1;
+    let forged_back = with_offer(&refused_back, &forged_back);
+    vec![
+        // The hash policy gives the request to the BE, whose address the FE knows: the datapath
+        // offers it there, the client's segment behind an offer header sealed with the key.
+        Case {
+            name: "fe_dp_offer_sent_to_the_be",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: offering_fe(),
+            entry: Some(held),
+            input: request.clone(),
+            verdict: TC_ACT_REDIRECT,
+            output: offer_out.clone(),
+            entry_after: expect_offered(None),
+            event: None,
+            follow: fe_offers,
+        },
+        // The client retransmits its segment: offered again, under the same id.
+        Case {
+            name: "fe_dp_offer_retransmission_offered_again",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: offering_fe(),
+            entry: Some(dp_offered()),
+            input: request.clone(),
+            verdict: TC_ACT_REDIRECT,
+            output: resent_out,
+            entry_after: expect_offered(Some(HANDOFF_ID)),
+            event: None,
+            follow: Follow {
+                counted: &[(Stat::DpOffers, 0), (Stat::ForwardPackets, 1)],
+                ..Follow::NONE
+            },
+        },
+        // The client acknowledges bytes only the BE can have sent: the BE has the connection.
+        Case {
+            name: "fe_dp_client_ack_of_the_bes_data_marks_it_live",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: offering_fe(),
+            entry: Some(dp_offered()),
+            input: acked_be_data.clone(),
+            verdict: TC_ACT_REDIRECT,
+            output: rewritten(&acked_be_data, |ip| rewrite_dst_addr(ip, BE).unwrap()),
+            entry_after: expect_flags(
+                ConnState::FeForward,
+                conn_flags::DP_OFFER | conn_flags::DP_LIVE,
+            ),
+            event: None,
+            follow: Follow::NONE,
+        },
+        Case {
+            name: "fe_dp_client_ack_of_our_synack_only_is_no_proof",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: offering_fe(),
+            entry: Some(dp_offered()),
+            input: acked_synack.clone(),
+            verdict: TC_ACT_REDIRECT,
+            output: rewritten(&acked_synack, |ip| rewrite_dst_addr(ip, BE).unwrap()),
+            entry_after: Box::new(|c| match c {
+                Some(c) if c.flags & conn_flags::DP_LIVE == 0 => Ok(()),
+                other => Err(format!("expected no DP_LIVE, found {other:?}")),
+            }),
+            event: None,
+            follow: Follow::NONE,
+        },
+        fe_case("fe_dp_offers_off_held", offers_off, held, &request),
+        fe_case(
+            "fe_dp_peer_without_an_address_held",
+            no_address,
+            held,
+            &request,
+        ),
+        fe_case(
+            "fe_dp_segment_too_big_for_the_mtu_held",
+            too_small,
+            held,
+            &request,
+        ),
+        Case {
+            name: "fe_dp_segment_just_fitting_the_mtu_offered",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: just_fits,
+            entry: Some(held),
+            input: request.clone(),
+            verdict: TC_ACT_REDIRECT,
+            output: offer_out,
+            entry_after: expect_offered(None),
+            event: None,
+            follow: fe_offers,
+        },
+        be_case(
+            "be_dp_offer_with_a_forged_mac_dropped",
+            &forged,
+            Follow {
+                stamp: Some(Stamp {
+                    age_ns: 0,
+                    sealed: false,
+                }),
+                ..REJECTED
+            },
+        ),
+        be_case(
+            "be_dp_stale_offer_dropped",
+            &offer,
+            Follow {
+                stamp: Some(Stamp {
+                    age_ns: 5_000_000_000,
+                    sealed: true,
+                }),
+                ..REJECTED
+            },
+        ),
+        be_case(
+            "be_dp_offer_from_the_future_dropped",
+            &offer,
+            Follow {
+                stamp: Some(Stamp {
+                    age_ns: -5_000_000_000,
+                    sealed: true,
+                }),
+                ..REJECTED
+            },
+        ),
+        be_case("be_dp_replay_without_an_entry_dropped", &replay, REJECTED),
+        be_case("be_dp_offer_for_another_node_dropped", &elsewhere, REJECTED),
+        be_case(
+            "be_dp_offer_of_another_version_dropped",
+            &version_2,
+            Follow {
+                stamp: None,
+                ..REJECTED
+            },
+        ),
+        Case {
+            verdict: TC_ACT_OK,
+            ..be_case(
+                "be_dp_offer_to_another_address_untouched",
+                &not_for_us,
+                Follow {
+                    counted: &[(Stat::DpRefused, 0)],
+                    stamp: FRESH,
+                    ..Follow::NONE
+                },
+            )
+        },
+        // Nothing listens under BPF_PROG_TEST_RUN: bpf_skc_lookup_tcp() finds no socket.
+        refusal(
+            "be_dp_offer_without_a_listener_refused",
+            true,
+            taking_be(),
+            &offer,
+            refuse::NO_LISTENER,
+        ),
+        // Refused before (overloaded): a copy of it is refused again for that, before anything
+        // else is looked at (here it would be for want of a listener).
+        Case {
+            follow: Follow {
+                refused_before: Some(u32::from(refuse::OVERLOADED)),
+                ..REFUSED
+            },
+            ..refusal(
+                "be_dp_offer_refused_before_is_refused_again",
+                true,
+                taking_be(),
+                &offer,
+                refuse::OVERLOADED,
+            )
+        },
+        refusal(
+            "be_dp_offer_without_an_agent_refused_overloaded",
+            false,
+            taking_be(),
+            &offer,
+            refuse::OVERLOADED,
+        ),
+        refusal(
+            "be_dp_offers_off_refused_overloaded",
+            true,
+            be_off,
+            &offer,
+            refuse::OVERLOADED,
+        ),
+        Case {
+            entry: Some(in_use),
+            entry_after: expect_state(ConnState::BeEstablished),
+            ..refusal(
+                "be_dp_offer_for_a_tuple_in_use_refused_collision",
+                true,
+                taking_be(),
+                &offer,
+                refuse::COLLISION,
+            )
+        },
+        // The server's TCP answers the SYN the offer became: a SYN-ACK that negotiated what the
+        // FE's did gives the offsets; anything else names the refusal its copy carries back.
+        answer(
+            "be_dp_synack_agreeing_gives_the_offsets",
+            dp_taking(),
+            &synack,
+            Box::new(move |c| match c {
+                Some(c)
+                    if c.state() == Some(ConnState::BeReplayed)
+                        && c.local_isn == BE_ISN
+                        && c.seq_delta == t.seq_delta
+                        && c.ts_delta == t.ts_delta
+                        && c.refuse_reason == 0 =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("expected BE_REPLAYED with {t:?}, found {other:?}")),
+            }),
+        ),
+        answer(
+            "be_dp_synack_of_other_options_refuses",
+            other_digest,
+            &synack,
+            expect_refusing(refuse::OPTION_MISMATCH),
+        ),
+        answer(
+            "be_dp_rst_answer_refuses_no_listener",
+            dp_taking(),
+            &rst,
+            expect_refusing(refuse::NO_LISTENER),
+        ),
+        Case {
+            name: "be_dp_replay_taken_translated",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: taking_be(),
+            entry: Some(replayed),
+            input: replay.clone(),
+            verdict: TC_ACT_OK,
+            output: frame(&to_server),
+            entry_after: expect_flags(ConnState::BeReplayed, conn_flags::DP_TAKEN),
+            event: None,
+            follow: Follow {
+                counted: &[(Stat::DpTaken, 1), (Stat::ToServerPackets, 1)],
+                stamp: FRESH,
+                notice: Some((EventKind::DpTaken, 0)),
+                ..Follow::NONE
+            },
+        },
+        Case {
+            entry: Some(no_listener),
+            ..refusal(
+                "be_dp_replay_of_a_refused_syn_goes_back",
+                true,
+                taking_be(),
+                &replay,
+                refuse::NO_LISTENER,
+            )
+        },
+        // Back at the FE: the client's segment again, for our TCP's half-open connection.
+        Case {
+            name: "fe_dp_refused_offer_served_here",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: offering_fe(),
+            entry: Some(dp_offered()),
+            input: refused_back.clone(),
+            verdict: TC_ACT_OK,
+            output: served.clone(),
+            entry_after: expect_absent(),
+            event: None,
+            follow: returned(refuse::NO_LISTENER),
+        },
+        // The tuple is in use at the BE: the agent's offer may end what holds it there.
+        Case {
+            name: "fe_dp_refused_for_a_collision_held_for_the_agent",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: offering_fe(),
+            entry: Some(dp_offered()),
+            input: collision_back.clone(),
+            verdict: TC_ACT_SHOT,
+            output: served.clone(),
+            entry_after: expect_held_not_offered(),
+            event: Some(EventKind::HeldPacket),
+            follow: Follow {
+                dropped: Some(DropReason::Held),
+                ..returned(refuse::COLLISION)
+            },
+        },
+        Case {
+            name: "fe_dp_refused_for_a_collision_without_an_agent_served_here",
+            hook: Hook::Ingress,
+            agent_alive: false,
+            config: offering_fe(),
+            entry: Some(dp_offered()),
+            input: collision_back,
+            verdict: TC_ACT_OK,
+            output: served,
+            entry_after: expect_absent(),
+            event: None,
+            follow: returned(refuse::COLLISION),
+        },
+        Case {
+            name: "fe_dp_refusal_of_another_handoff_dropped",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: offering_fe(),
+            entry: Some(another),
+            input: refused_back.clone(),
+            verdict: TC_ACT_SHOT,
+            output: refused_back.clone(),
+            entry_after: expect_offered(Some(HANDOFF_ID ^ 1)),
+            event: None,
+            follow: REJECTED,
+        },
+        Case {
+            name: "fe_dp_forged_refusal_dropped",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: offering_fe(),
+            entry: Some(dp_offered()),
+            input: forged_back.clone(),
+            verdict: TC_ACT_SHOT,
+            output: forged_back,
+            entry_after: expect_offered(Some(HANDOFF_ID)),
+            event: None,
+            follow: Follow {
+                stamp: Some(Stamp {
+                    age_ns: 0,
+                    sealed: false,
+                }),
+                ..REJECTED
+            },
+        },
+    ]
+}
+
+/// The BE's datapath offers that need a listener on the service port (which [`tables`] must not
+/// have) and whose packets really leave the program: under BPF_PROG_TEST_RUN,
+/// bpf_clone_redirect() transmits its clone, out of or into the interface of the run (loopback).
+/// Not in [`tables`]: for a network namespace of their own, its loopback up, with a listener on
+/// the service port (`tests/prog_tables.rs`).
+pub fn listening_be() -> Table {
+    let replay = offer_to_the_be(offer_kind::REPLAY);
+    let mut mismatched = dp_taking();
+    mismatched.refuse_reason = refuse::OPTION_MISMATCH;
+    // What ends the half-open connection a mismatched SYN-ACK left in our TCP: the turned-back
+    // copy goes to the FE as a clone, this packet becomes the client's RST (its MACs as turned).
+    let mut reset = from_client(BE);
+    reset.seq = CLIENT_ISN.wrapping_add(1);
+    reset.flags = TcpFlags::RST;
+    reset.window = 0;
+    let mut reset = frame(&reset.build());
+    swap_macs(&mut reset);
+    let mismatch = Case {
+        name: "be_dp_replay_of_a_mismatched_synack_resets_our_side",
+        hook: Hook::Ingress,
+        agent_alive: true,
+        config: taking_be(),
+        entry: Some(mismatched),
+        input: replay,
+        verdict: TC_ACT_OK,
+        output: reset,
+        entry_after: expect_absent(),
+        event: None,
+        follow: REFUSED,
+    };
+    Table {
+        name: "listening_be",
+        cases: vec![offer_taken(), mismatch],
+    }
+}
+
+/// The BE takes a datapath offer: a BE_SYN_SENT entry from the offer's fields, the REPLAY copy
+/// queued to our ingress, and the segment rebuilt into the client's SYN for our TCP: its ISN,
+/// window, options and ECN request, checksums whole, no ECN codepoint.
+fn offer_taken() -> Case {
+    let mut syn = from_client(BE);
+    syn.seq = CLIENT_ISN;
+    syn.flags = TcpFlags::SYN | TcpFlags::ECE | TcpFlags::CWR;
+    syn.window = 64240;
+    syn.options = linux_syn_options(CLIENT_TSVAL, 0);
+    let want = dp_taking();
+    let want = Conn {
+        synack_tcp_flags: held_for_offer().synack_tcp_flags,
+        ..want
+    };
+    Case {
+        name: "be_dp_offer_taken_by_a_listener",
+        hook: Hook::Ingress,
+        agent_alive: true,
+        config: taking_be(),
+        entry: None,
+        input: offer_to_the_be(offer_kind::OFFER),
+        verdict: TC_ACT_OK,
+        output: frame(&syn.build()),
+        entry_after: Box::new(move |c| {
+            let c = c.ok_or("no entry")?;
+            let took = c.role() == Some(ConnRole::Be)
+                && c.state() == Some(ConnState::BeSynSent)
+                && c.flags == conn_flags::DP_OFFER
+                && (c.client_isn, c.fe_isn, c.synack_tsval) == (CLIENT_ISN, FE_ISN, FE_TSVAL)
+                && c.synack_digest == want.synack_digest
+                && (c.syn_tcp_flags, c.synack_tcp_flags)
+                    == (want.syn_tcp_flags, want.synack_tcp_flags)
+                && c.syn_window == want.syn_window
+                && c.peer_addr == FE.octets()
+                && c.handoff_id == HANDOFF_ID
+                && c.refuse_reason == 0
+                // Live within the window from the first offer (just now).
+                && c.live_deadline_ns <= c.created_ns + LIVE_WINDOW_NS
+                && c.live_deadline_ns + LIVE_WINDOW_NS / 4 > c.created_ns + LIVE_WINDOW_NS;
+            if took {
+                Ok(())
+            } else {
+                Err(format!(
+                    "expected the offer's BE_SYN_SENT entry, found {c:?}"
+                ))
+            }
+        }),
+        event: None,
+        follow: Follow {
+            counted: &[(Stat::DpRefused, 0), (Stat::DpTaken, 0)],
+            stamp: FRESH,
+            ..Follow::NONE
+        },
+    }
+}
+
+/// A BE entry of a datapath offer that our TCP did not take, for `reason`.
+fn expect_refusing(reason: RefuseCode) -> EntryCheck {
+    Box::new(move |c| match c {
+        Some(c) if c.state() == Some(ConnState::BeSynSent) && c.refuse_reason == reason => Ok(()),
+        other => Err(format!(
+            "expected BE_SYN_SENT refusing for {reason}, found {other:?}"
+        )),
+    })
 }
 
 fn fe_forward() -> Vec<Case> {
@@ -1723,12 +2644,15 @@ pub struct Runner {
     conns: ConnTable,
     watch: WatchTable,
     responses: ResponsesTable,
+    refused: RefusedOffers,
     events: EventRing,
     agent: AgentMap,
     counters: Counters,
 }
 
 pub struct Outcome {
+    /// The input as run (an offer header stamped, see [`Stamp`]).
+    pub input: Vec<u8>,
     pub verdict: u32,
     pub output: Vec<u8>,
     pub entry_after: Option<Conn>,
@@ -1749,6 +2673,7 @@ impl Runner {
         let conns = datapath.take_conns()?;
         let watch = datapath.take_watch()?;
         let responses = datapath.take_responses()?;
+        let refused = datapath.take_refused_offers()?;
         let events = datapath.take_events()?;
         let agent = datapath.take_agent_map()?;
         let counters = datapath.take_counters()?;
@@ -1757,6 +2682,7 @@ impl Runner {
             conns,
             watch,
             responses,
+            refused,
             events,
             agent,
             counters,
@@ -1781,6 +2707,30 @@ impl Runner {
         let keys: Vec<ConnKey> = self.watch.keys().filter_map(Result::ok).collect();
         for k in keys {
             let _ = self.watch.remove(&k);
+        }
+        let keys: Vec<_> = self.refused.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = self.refused.remove(&k);
+        }
+        if let Some(reason) = case.follow.refused_before {
+            let o = offer_in(&case.input).ok_or("refused before, but no offer in the input")?;
+            let key = crate::RefusedOfferKey {
+                handoff_id: o.handoff_id.to_be(),
+                fe_addr: o.fe_addr.octets(),
+                pad: 0,
+            };
+            let until_ns = u64::MAX; // never expires during the run
+            self.refused
+                .insert(
+                    key,
+                    crate::RefusedOffer {
+                        until_ns,
+                        reason,
+                        pad: 0,
+                    },
+                    0,
+                )
+                .map_err(|e| e.to_string())?;
         }
         let keys: Vec<ConnKey> = self.responses.keys().filter_map(Result::ok).collect();
         for k in keys {
@@ -1850,10 +2800,11 @@ impl Runner {
         };
         let (drops_before, stats_before) = self.read_counters(case)?;
         let program = self.datapath.program(name).map_err(|e| e.to_string())?;
-        let mut out = vec![0u8; case.input.len() + 256];
+        let input = stamped_input(case)?;
+        let mut out = vec![0u8; input.len() + 256];
         let result = program
             .test_run(TestRunOptions {
-                data_in: Some(&case.input),
+                data_in: Some(&input),
                 data_out: Some(&mut out),
                 repeat,
                 ..TestRunOptions::default()
@@ -1882,6 +2833,7 @@ impl Runner {
             .map(|((stat, _), (after, before))| (*stat, after - before))
             .collect();
         Ok(Outcome {
+            input,
             verdict: result.return_value,
             output: out,
             entry_after,
@@ -1901,10 +2853,14 @@ pub fn check(case: &Case, outcome: &Outcome) -> Result<(), String> {
     if outcome.verdict != case.verdict {
         problems.push(format!("verdict {} != {}", outcome.verdict, case.verdict));
     }
-    if outcome.output != case.output {
+    let want = expected_output(case, outcome).unwrap_or_else(|e| {
+        problems.push(e);
+        case.output.clone()
+    });
+    if outcome.output != want {
         problems.push(format!(
             "output differs\n  got  {:02x?}\n  want {:02x?}",
-            outcome.output, case.output
+            outcome.output, want
         ));
     }
     if let Some(ip) = outcome.output.get(14..)
@@ -1913,8 +2869,17 @@ pub fn check(case: &Case, outcome: &Outcome) -> Result<(), String> {
         if !p.verify_checksum() {
             problems.push("output IPv4 checksum invalid".into());
         }
-        if let Ok(t) = TcpSegment::new_checked(p.payload())
-            && !t.verify_checksum(p.src_addr(), p.dst_addr())
+        // The TCP segment of an offer packet keeps the checksum it has from client to BE.
+        let segment = match p.protocol() {
+            PROTO_TCP => Some((p.payload(), p.src_addr(), p.dst_addr())),
+            OFFER_IPPROTO => OfferRepr::parse(p.payload())
+                .ok()
+                .map(|o| (&p.payload()[OFFER_LEN..], o.client_addr, o.be_addr)),
+            _ => None,
+        };
+        if let Some((segment, src, dst)) = segment
+            && let Ok(t) = TcpSegment::new_checked(segment)
+            && !t.verify_checksum(src, dst)
         {
             problems.push("output TCP checksum invalid".into());
         }
@@ -1946,26 +2911,43 @@ pub fn check(case: &Case, outcome: &Outcome) -> Result<(), String> {
     if outcome.counted != want {
         problems.push(format!("stats moved {:?}, want {want:?}", outcome.counted));
     }
-    match (case.event, outcome.events.as_slice()) {
-        (None, []) => {}
-        (Some(kind), [event]) => {
-            if event.kind != kind || event.key != case.key() {
-                problems.push(format!(
-                    "event {:?} for {}, want {kind:?} for {}",
-                    event.kind,
-                    event.key,
-                    case.key()
-                ));
-            } else if !matches!(kind, EventKind::Closed | EventKind::BeLive)
-                && event.packet != case.input[14..]
-            {
-                problems.push("event does not carry the input packet".into());
-            }
+    let want: Vec<(EventKind, Option<u32>)> = case
+        .follow
+        .notice
+        .map(|(kind, detail)| (kind, Some(detail)))
+        .into_iter()
+        .chain(case.event.map(|kind| (kind, None)))
+        .collect();
+    if outcome.events.len() != want.len() {
+        problems.push(format!(
+            "events {:?}, want {:?}",
+            outcome.events.iter().map(|e| e.kind).collect::<Vec<_>>(),
+            want.iter().map(|(kind, _)| *kind).collect::<Vec<_>>()
+        ));
+    }
+    for (event, (kind, detail)) in outcome.events.iter().zip(want) {
+        let notice = matches!(
+            kind,
+            EventKind::Closed
+                | EventKind::BeLive
+                | EventKind::DpOffered
+                | EventKind::DpTaken
+                | EventKind::DpReturned
+        );
+        if event.kind != kind || event.key != case.key() {
+            problems.push(format!(
+                "event {:?} for {}, want {kind:?} for {}",
+                event.kind,
+                event.key,
+                case.key()
+            ));
+        } else if let Some(detail) = detail
+            && event.detail != detail
+        {
+            problems.push(format!("{kind:?} detail {}, want {detail}", event.detail));
+        } else if !notice && event.packet != outcome.output[14..] {
+            problems.push(format!("{kind:?} does not carry the packet"));
         }
-        (want, got) => problems.push(format!(
-            "events {:?}, want {want:?}",
-            got.iter().map(|e| e.kind).collect::<Vec<_>>()
-        )),
     }
     if problems.is_empty() {
         Ok(())

@@ -22,8 +22,8 @@ use aya::{Ebpf, EbpfLoader};
 
 use crate::{
     AGENT_MAP, CONFIG_MAP, CONNS_MAP, Conn, ConnKey, DROPS_MAP, DropReason, EGRESS_PROGRAM,
-    EVENTS_MAP, INGRESS_PROGRAM, LOAD_PROGRAM, NodeConfig, OBJECT, RESPONSES_MAP, Responses,
-    STATS_MAP, Stat, WATCH_MAP, Watch,
+    EVENTS_MAP, INGRESS_PROGRAM, LOAD_PROGRAM, NodeConfig, OBJECT, REFUSED_OFFERS_MAP,
+    RESPONSES_MAP, Responses, STATS_MAP, Stat, WATCH_MAP, Watch,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +100,7 @@ impl std::fmt::Display for MapShape {
 /// placed connections (the watch and responses tables: holds and freezes must outlive an agent,
 /// and so must what the programs learnt of the responses). The event ring and the scratch maps
 /// are each agent's own.
-pub const PINNED_MAPS: [(&str, MapShape); 7] = [
+pub const PINNED_MAPS: [(&str, MapShape); 8] = [
     (
         CONNS_MAP,
         MapShape {
@@ -164,6 +164,15 @@ pub const PINNED_MAPS: [(&str, MapShape); 7] = [
             max_entries: crate::sizes::CONNS_MAX,
         },
     ),
+    (
+        REFUSED_OFFERS_MAP,
+        MapShape {
+            map_type: MapType::LruHash,
+            key_size: size_of::<crate::RefusedOfferKey>() as u32,
+            value_size: size_of::<crate::RefusedOffer>() as u32,
+            max_entries: crate::sizes::REFUSED_OFFERS_MAX,
+        },
+    ),
 ];
 
 /// The shape of the map pinned at `path`, or `None` if nothing is pinned there.
@@ -206,6 +215,7 @@ pub type WatchTable = HashMap<MapData, ConnKey, Watch>;
 /// (`c/lib/response.h`).
 pub type ResponsesTable = HashMap<MapData, ConnKey, Responses>;
 pub type ConfigMap = Array<MapData, NodeConfig>;
+pub type RefusedOffers = HashMap<MapData, crate::RefusedOfferKey, crate::RefusedOffer>;
 pub type EventRing = RingBuf<MapData>;
 
 /// The agent's word to the datapath (`struct agent_state` in the `agent` map), in the map's memory
@@ -611,6 +621,11 @@ impl Datapath {
     }
 
     /// The node configuration map, for an owner that rewrites it as the cluster changes.
+    /// The refused offers' tombstones (the programs alone write them; tests clear them).
+    pub fn take_refused_offers(&mut self) -> Result<RefusedOffers, DatapathError> {
+        self.take(REFUSED_OFFERS_MAP)
+    }
+
     pub fn take_config(&mut self) -> Result<ConfigMap, DatapathError> {
         self.take(CONFIG_MAP)
     }

@@ -40,6 +40,8 @@ pub const WATCH_MAP: &str = "watch";
 /// Where the local server's responses stand ([`Responses`]).
 pub const RESPONSES_MAP: &str = "responses";
 pub const RESPONSE_SCRATCH_MAP: &str = "response_scratch";
+/// Datapath offers refused here, remembered so that no copy of one is taken later.
+pub const REFUSED_OFFERS_MAP: &str = "refused_offers";
 
 /// Mirrors `struct conn_key`: a connection as this node's TCP sees it.
 #[repr(C)]
@@ -128,6 +130,11 @@ pub mod conn_flags {
     pub const SYNACK_SEEN: u32 = 0x10;
     pub const AGENT_HOLDS: u32 = 0x20;
     pub const LIVE_REPORTED: u32 = 0x40;
+    /// Handed off by the datapaths alone (a datapath offer).
+    pub const DP_OFFER: u32 = 0x80;
+    pub const DP_TAKEN: u32 = 0x100;
+    /// FE of a datapath offer: the client acknowledged data the BE sent (the BE has it).
+    pub const DP_LIVE: u32 = 0x200;
 }
 
 /// Mirrors `struct watch`: what the agent asks of the datapath about a placed connection, in the
@@ -216,14 +223,16 @@ pub mod sizes {
     pub const HEAD_SCAN_MAX: usize = 512;
     pub const METHOD_MAX: usize = 16;
     pub const RESPONSE_SCAN_MAX: usize = 1024;
+    pub const OFFER_KEY_LEN: usize = 16;
+    pub const REFUSED_OFFERS_MAX: u32 = 8192;
 }
 
-pub use sizes::{DP_NODES_MAX, SERVICE_PORTS_MAX};
+pub use sizes::{DP_NODES_MAX, OFFER_KEY_LEN, SERVICE_PORTS_MAX};
 
 /// The version of the pinned maps' layouts (`struct conn`, `struct node_config`, the event
 /// header, `struct watch`, `struct responses`, the set of pinned maps and their sizes): it changes
 /// whenever one of them does.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Longest TCP options area.
 pub const TCP_OPTS_MAX: usize = 40;
@@ -246,7 +255,8 @@ pub struct Conn {
     pub peer_addr: [u8; 4],
     pub seq_delta: u32,
     pub ts_delta: u32,
-    pub pad: u32,
+    /// FE: what our SYN-ACK negotiated; BE of a datapath offer: what the FE's did.
+    pub synack_digest: SynDigest,
     pub created_ns: u64,
     pub last_seen_ns: u64,
     pub live_deadline_ns: u64,
@@ -258,6 +268,55 @@ pub struct Conn {
     pub handoff_id: u64,
     /// The last packet from the client.
     pub client_seen_ns: u64,
+    /// BE of a datapath offer: ISN of the FE's SYN-ACK.
+    pub fe_isn: u32,
+    /// BE of a datapath offer: why our TCP did not take its SYN (a [`RefuseCode`]), 0 while it may.
+    pub refuse_reason: u8,
+    pub pad: [u8; 3],
+    /// FE of a datapath offer: when it was first offered (UTC ns, the datapath's offer clock).
+    pub offered_ns: u64,
+}
+
+/// Mirrors `struct refused_offer_key`: a refused datapath offer, by the FE's id and address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RefusedOfferKey {
+    pub handoff_id: u64,
+    pub fe_addr: [u8; 4],
+    pub pad: u32,
+}
+
+// SAFETY: repr(C), explicit padding, integers only.
+unsafe impl Pod for RefusedOfferKey {}
+
+/// Mirrors `struct refused_offer`: until when (CLOCK_MONOTONIC ns) and why.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RefusedOffer {
+    pub until_ns: u64,
+    pub reason: u32,
+    pub pad: u32,
+}
+
+// SAFETY: repr(C), explicit padding, integers only.
+unsafe impl Pod for RefusedOffer {}
+
+/// Mirrors `struct syn_digest`: what a SYN-ACK negotiated that a handoff needs identical.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SynDigest {
+    /// 0: none.
+    pub mss: u16,
+    /// [`SynDigest::NO_WSCALE`]: none.
+    pub wscale: u8,
+    /// [`SynDigest::SACK_OK`] | [`SynDigest::TS_OK`].
+    pub bits: u8,
+}
+
+impl SynDigest {
+    pub const NO_WSCALE: u8 = 0xff;
+    pub const SACK_OK: u8 = 0x01;
+    pub const TS_OK: u8 = 0x02;
 }
 
 // SAFETY: repr(C) with explicit padding fields; every bit pattern is valid.
@@ -311,6 +370,8 @@ pub enum DecideMode {
     Agent = 0,
     /// The hash policy: a target that hashes to this node is released to it at once.
     Hash = 1,
+    /// Round-robin over the eligible nodes, this one included.
+    RoundRobin = 2,
 }
 
 /// Mirrors `struct dp_node`: one member as the datapath's hash policy sees it.
@@ -322,7 +383,9 @@ pub struct DpNode {
     pub eligible: u8,
     /// The name's place among the members' names, sorted: ties go to the greatest.
     pub rank: u8,
-    pub pad: [u8; 6],
+    pub pad: [u8; 2],
+    /// Its service address, where a datapath offer goes; 0: offers to it go by the agent.
+    pub addr: [u8; 4],
 }
 
 /// Mirrors `struct node_config`.
@@ -340,6 +403,17 @@ pub struct NodeConfig {
     /// The agent's network namespace (its inode number): only its sockets count as load.
     pub netns_inum: u32,
     pub nodes: [DpNode; DP_NODES_MAX],
+    /// How long after a datapath offer the server's TCP may still go live.
+    pub live_window_ns: u64,
+    /// SipHash-2-4 key that authenticates datapath offers between nodes.
+    pub offer_key: [u8; OFFER_KEY_LEN],
+    /// The interface's MTU: an offer that would not fit goes by the agent.
+    pub mtu: u16,
+    /// 1: this node makes datapath offers and takes them.
+    pub offers: u8,
+    pub pad2: [u8; 5],
+    /// CLOCK_TAI − UTC on this node, in ns (adjtimex): offers are stamped in UTC.
+    pub tai_offset_ns: i64,
 }
 
 // SAFETY: repr(C), explicit padding, all integers.
@@ -362,15 +436,30 @@ impl NodeConfig {
         c
     }
 
+    /// Lets the datapath take offers from other nodes' datapaths (if `takes`) and authenticate
+    /// them, and its own offers' SYN-ACK go live within `live_window_ns`. It makes offers only to
+    /// nodes of [`NodeConfig::set_hash_nodes`] with an address.
+    pub fn set_offers(&mut self, takes: bool, key: [u8; OFFER_KEY_LEN], live_window_ns: u64) {
+        self.offers = u8::from(takes);
+        self.offer_key = key;
+        self.live_window_ns = live_window_ns;
+    }
+
     /// Lets the datapath run the hash policy over `nodes` (at most [`DP_NODES_MAX`], else it
     /// decides nothing), this node being `self_index`.
     pub fn set_hash_nodes(&mut self, self_index: usize, nodes: &[DpNode]) {
+        self.set_decide(DecideMode::Hash, self_index, nodes);
+    }
+
+    /// Lets the datapath decide first requests by `mode` over `nodes` (at most
+    /// [`DP_NODES_MAX`], else it decides nothing), this node being `self_index`.
+    pub fn set_decide(&mut self, mode: DecideMode, self_index: usize, nodes: &[DpNode]) {
         if nodes.len() > DP_NODES_MAX || self_index >= nodes.len() {
             self.decide = DecideMode::Agent as u8;
             self.nnodes = 0;
             return;
         }
-        self.decide = DecideMode::Hash as u8;
+        self.decide = mode as u8;
         self.self_index = self_index as u8;
         self.nnodes = nodes.len() as u8;
         self.nodes = [DpNode::default(); DP_NODES_MAX];
@@ -396,6 +485,12 @@ pub enum EventKind {
     BeLive = 4,
     /// A held client packet of a placed connection at or past its next request head (watch).
     NextHead = 5,
+    /// FE: the datapath offered the connection to the entry's peer itself.
+    DpOffered = 6,
+    /// BE: our TCP took a datapath offer's replay.
+    DpTaken = 7,
+    /// FE: a datapath offer came back refused (`detail`: a [`RefuseCode`]).
+    DpReturned = 8,
 }
 
 /// Mirrors `struct event_hdr`; the captured packet bytes follow it in the ring record.
@@ -405,10 +500,12 @@ pub struct EventHeader {
     pub kind: u32,
     pub pkt_len: u32,
     pub cap_len: u32,
-    pub pad: u32,
+    /// [`EventKind::DpReturned`]: the refusal's code; else 0.
+    pub detail: u32,
     pub ts_ns: u64,
     pub key: ConnKey,
-    pub pad2: u32,
+    /// [`EventKind::DpReturned`]: the address of the BE that refused; else 0.
+    pub peer: [u8; 4],
 }
 
 /// An event as read from the ring: header fields and the captured packet (from its IPv4 header).
@@ -419,6 +516,10 @@ pub struct Event {
     /// The packet's true length; `packet` may be shorter (capture limit).
     pub pkt_len: u32,
     pub ts_ns: u64,
+    /// [`EventKind::DpReturned`]: the refusal's code; else 0.
+    pub detail: u32,
+    /// [`EventKind::DpReturned`]: the BE that refused; else unspecified (0.0.0.0).
+    pub peer: Ipv4Addr,
     pub packet: Vec<u8>,
 }
 
@@ -448,6 +549,9 @@ impl Event {
             3 => EventKind::Closed,
             4 => EventKind::BeLive,
             5 => EventKind::NextHead,
+            6 => EventKind::DpOffered,
+            7 => EventKind::DpTaken,
+            8 => EventKind::DpReturned,
             k => return Err(EventError::UnknownKind(k)),
         };
         let body = &record[HDR..];
@@ -463,6 +567,8 @@ impl Event {
             key: hdr.key,
             pkt_len: hdr.pkt_len,
             ts_ns: hdr.ts_ns,
+            detail: hdr.detail,
+            peer: Ipv4Addr::from(hdr.peer),
             packet: body[..cap].to_vec(),
         })
     }
@@ -482,10 +588,11 @@ pub enum DropReason {
     RedirectFailed = 8,
     BeLate = 9,
     Moving = 10,
+    OfferRejected = 11,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::Held,
         DropReason::SynAckHidden,
         DropReason::FeSilenced,
@@ -496,6 +603,7 @@ impl DropReason {
         DropReason::RedirectFailed,
         DropReason::BeLate,
         DropReason::Moving,
+        DropReason::OfferRejected,
     ];
     pub fn label(self) -> &'static str {
         match self {
@@ -509,6 +617,7 @@ impl DropReason {
             DropReason::RedirectFailed => "redirect_failed",
             DropReason::BeLate => "be_late",
             DropReason::Moving => "moving",
+            DropReason::OfferRejected => "offer_rejected",
         }
     }
 }
@@ -539,11 +648,19 @@ pub enum Stat {
     NextHeadsHeld = 19,
     ResponseHeads = 20,
     ResponsesOpaque = 21,
+    DpOffers = 22,
+    DpTaken = 23,
+    DpRefused = 24,
+    DpReturned = 25,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 22;
+    pub const COUNT: u32 = 26;
 }
+
+/// Mirrors `enum refuse_reason`: why a datapath offer was refused, in the mesh's `RefuseReason`
+/// codes.
+pub type RefuseCode = u8;
 
 #[cfg(test)]
 mod tests {
@@ -553,8 +670,8 @@ mod tests {
     #[test]
     fn layouts_match_the_c_structs() {
         assert_eq!(size_of::<ConnKey>(), 12);
-        assert_eq!(size_of::<Conn>(), 176);
-        assert_eq!(size_of::<NodeConfig>(), 32 + 16 * DP_NODES_MAX);
+        assert_eq!(size_of::<Conn>(), 192);
+        assert_eq!(size_of::<NodeConfig>(), 32 + 16 * DP_NODES_MAX + 40);
         assert_eq!(size_of::<EventHeader>(), 40);
         assert_eq!(size_of::<Watch>(), 8);
         assert_eq!(size_of::<Responses>(), 16);

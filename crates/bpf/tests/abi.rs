@@ -54,6 +54,7 @@ fn drop_reasons_match() {
         ("DROP_REDIRECT_FAILED", DropReason::RedirectFailed),
         ("DROP_BE_LATE", DropReason::BeLate),
         ("DROP_MOVING", DropReason::Moving),
+        ("DROP_OFFER_REJECTED", DropReason::OfferRejected),
     ];
     assert_eq!(names.len(), DropReason::ALL.len());
     let pairs: Vec<(&str, u32)> = names.iter().map(|(n, r)| (*n, *r as u32)).collect();
@@ -91,6 +92,10 @@ fn stats_match() {
             ("STAT_NEXT_HEADS_HELD", Stat::NextHeadsHeld as u32),
             ("STAT_RESPONSE_HEADS", Stat::ResponseHeads as u32),
             ("STAT_RESPONSES_OPAQUE", Stat::ResponsesOpaque as u32),
+            ("STAT_DP_OFFERS", Stat::DpOffers as u32),
+            ("STAT_DP_TAKEN", Stat::DpTaken as u32),
+            ("STAT_DP_REFUSED", Stat::DpRefused as u32),
+            ("STAT_DP_RETURNED", Stat::DpReturned as u32),
             ("STAT_MAX", Stat::COUNT),
         ],
     );
@@ -106,6 +111,9 @@ fn event_kinds_and_states_match() {
             ("EV_CLOSED", EventKind::Closed as u32),
             ("EV_BE_LIVE", EventKind::BeLive as u32),
             ("EV_NEXT_HEAD", EventKind::NextHead as u32),
+            ("EV_DP_OFFERED", EventKind::DpOffered as u32),
+            ("EV_DP_TAKEN", EventKind::DpTaken as u32),
+            ("EV_DP_RETURNED", EventKind::DpReturned as u32),
         ],
     );
     check(
@@ -121,6 +129,10 @@ fn event_kinds_and_states_match() {
             ("ROLE_BE", baton_bpf::ConnRole::Be as u32),
             ("DECIDE_AGENT", baton_bpf::DecideMode::Agent as u32),
             ("DECIDE_HASH", baton_bpf::DecideMode::Hash as u32),
+            (
+                "DECIDE_ROUND_ROBIN",
+                baton_bpf::DecideMode::RoundRobin as u32,
+            ),
         ],
     );
 }
@@ -138,6 +150,31 @@ fn conn_flags_match() {
             ("CONN_SYNACK_SEEN", SYNACK_SEEN),
             ("CONN_AGENT_HOLDS", AGENT_HOLDS),
             ("CONN_LIVE_REPORTED", LIVE_REPORTED),
+            ("CONN_DP_OFFER", DP_OFFER),
+            ("CONN_DP_TAKEN", DP_TAKEN),
+            ("CONN_DP_LIVE", DP_LIVE),
+            ("SYN_NO_WSCALE", u32::from(baton_bpf::SynDigest::NO_WSCALE)),
+            ("SYN_SACK_OK", u32::from(baton_bpf::SynDigest::SACK_OK)),
+            ("SYN_TS_OK", u32::from(baton_bpf::SynDigest::TS_OK)),
+        ],
+    );
+}
+
+/// A datapath refusal carries the mesh's refusal code: the agent reads one as the other.
+#[test]
+fn refusal_codes_are_the_mesh_codes() {
+    use baton_proto::RefuseReason;
+    check(
+        "reasons.h",
+        &[
+            ("REFUSE_COLLISION", RefuseReason::Collision.code().into()),
+            (
+                "REFUSE_OPTION_MISMATCH",
+                RefuseReason::OptionMismatch.code().into(),
+            ),
+            ("REFUSE_OVERLOADED", RefuseReason::Overloaded.code().into()),
+            ("REFUSE_INTERNAL", RefuseReason::Internal.code().into()),
+            ("REFUSE_NO_LISTENER", RefuseReason::NoListener.code().into()),
         ],
     );
 }
@@ -169,6 +206,8 @@ fn sizes_match() {
             ("HEAD_SCAN_MAX", HEAD_SCAN_MAX as u32),
             ("METHOD_MAX", METHOD_MAX as u32),
             ("RESPONSE_SCAN_MAX", RESPONSE_SCAN_MAX as u32),
+            ("OFFER_KEY_LEN", OFFER_KEY_LEN as u32),
+            ("REFUSED_OFFERS_MAX", REFUSED_OFFERS_MAX),
         ],
     );
     // `(4 << 20)` is an expression the simple reader above does not evaluate.

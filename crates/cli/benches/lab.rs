@@ -9,7 +9,7 @@
 //!    under `round-robin` (the agent decides to keep it); handed off to n2 under `hash`; and, as
 //!    it comes with the round-robin batches, handed off under `round-robin` (to n2 or n3). A round
 //!    takes one batch of BATON_BENCH_TTFB_BATCH samples per variant under each configuration in
-//!    turn (none, `local`, `hash`, `round-robin`), after 10 discarded requests; under `hash` the
+//!    turn (none, `local`, `hash`, `hash` by the agents, `round-robin`), after 10 discarded requests; under `hash` the
 //!    kept and handed-off requests alternate request by request. Under `round-robin` the policy
 //!    picks the node of each connection, so every sample is classified by the response's
 //!    `X-Served-By` header, and requests go on until the batch has its kept samples. The other
@@ -84,6 +84,8 @@ fn env_or(name: &str, default: u64) -> u64 {
 enum Config {
     NoAgent,
     Agents(PolicyKind),
+    /// A policy with every handoff made by the agents (`[limits] datapath_offers = false`).
+    AgentsOnly(PolicyKind),
     Following(PolicyKind),
 }
 
@@ -95,8 +97,9 @@ impl Config {
                     lab.stop_agent(i).expect("stop agent");
                 }
             }
-            Config::Agents(policy) | Config::Following(policy) => {
+            Config::Agents(policy) | Config::AgentsOnly(policy) | Config::Following(policy) => {
                 lab.set_per_request(Some(matches!(self, Config::Following(_))));
+                lab.set_datapath_offers(Some(!matches!(self, Config::AgentsOnly(_))));
                 lab.restart_agents(policy).expect("restart agents");
             }
         }
@@ -113,16 +116,18 @@ enum Variant {
     HashKept,
     RrKept,
     HashHandedOff,
+    HashHandedOffByAgents,
     RrHandedOff,
 }
 
 impl Variant {
-    const ALL: [Variant; 6] = [
+    const ALL: [Variant; 7] = [
         Variant::NoAgent,
         Variant::Local,
         Variant::HashKept,
         Variant::RrKept,
         Variant::HashHandedOff,
+        Variant::HashHandedOffByAgents,
         Variant::RrHandedOff,
     ];
 
@@ -131,9 +136,10 @@ impl Variant {
             Variant::NoAgent => "no agent (plain nginx)",
             Variant::Local => "local",
             Variant::HashKept => "hash, kept by n1 (datapath)",
-            Variant::RrKept => "round-robin, kept by n1 (agent)",
-            Variant::HashHandedOff => "hash, handed off to n2",
-            Variant::RrHandedOff => "round-robin, handed off (n2, n3)",
+            Variant::RrKept => "round-robin, kept by n1 (datapath)",
+            Variant::HashHandedOff => "hash, handed off to n2 (datapaths)",
+            Variant::HashHandedOffByAgents => "hash, handed off to n2 (agents)",
+            Variant::RrHandedOff => "round-robin, handed off (datapaths)",
         }
     }
 }
@@ -220,6 +226,14 @@ fn ttfb_batch(config: Config, n1: SocketAddr, kept: &str, handed: &str, size: us
                 batch.take(Variant::HashHandedOff, 2, n1, handed);
             }
         }
+        Config::AgentsOnly(PolicyKind::Hash) => {
+            for _ in 0..size {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                batch.take(Variant::HashHandedOffByAgents, 2, n1, handed);
+            }
+        }
         Config::Agents(PolicyKind::RoundRobin) => {
             let mut kept_samples = 0;
             for _ in 0..size * RR_MAX_FACTOR {
@@ -239,7 +253,7 @@ fn ttfb_batch(config: Config, n1: SocketAddr, kept: &str, handed: &str, size: us
                 }
             }
         }
-        Config::Agents(other) | Config::Following(other) => {
+        Config::Agents(other) | Config::AgentsOnly(other) | Config::Following(other) => {
             unreachable!("no TTFB variant under {other}")
         }
     }
@@ -264,6 +278,7 @@ fn ttfb_section(lab: &mut Lab, samples: usize, batch_size: usize) {
         Config::NoAgent,
         Config::Agents(PolicyKind::Local),
         Config::Agents(PolicyKind::Hash),
+        Config::AgentsOnly(PolicyKind::Hash),
         Config::Agents(PolicyKind::RoundRobin),
     ];
     let mut all: HashMap<Variant, Vec<Duration>> = HashMap::new();

@@ -304,6 +304,9 @@ pub struct LabSpec {
     /// The agents' `[policy] per_request` (follow every request of a keep-alive connection);
     /// `None`: the policy's default. Not recorded in `lab.info` either.
     pub per_request: Option<bool>,
+    /// The agents' `[limits] datapath_offers` (handoffs made by the datapaths alone where they
+    /// decide); `None`: the agent's default (on). Not recorded in `lab.info` either.
+    pub datapath_offers: Option<bool>,
 }
 
 impl LabSpec {
@@ -321,6 +324,7 @@ impl LabSpec {
             health: None,
             late_nodes: 0,
             per_request: None,
+            datapath_offers: None,
         }
     }
 
@@ -359,6 +363,12 @@ impl LabSpec {
     /// Nodes that join later ([`LabSpec::late_nodes`]).
     pub fn late_nodes(mut self, late_nodes: usize) -> Self {
         self.late_nodes = late_nodes;
+        self
+    }
+
+    /// Whether the datapaths hand off by themselves ([`LabSpec::datapath_offers`]).
+    pub fn datapath_offers(mut self, on: bool) -> Self {
+        self.datapath_offers = Some(on);
         self
     }
 
@@ -448,8 +458,12 @@ pub fn agent_config(spec: &LabSpec, key: &str, i: usize) -> Result<NodeConfig, L
         Some(on) => format!("per_request = {on}\n"),
         None => String::new(),
     };
+    let limits = match spec.datapath_offers {
+        Some(on) => format!("[limits]\ndatapath_offers = {on}\n\n"),
+        None => String::new(),
+    };
     text.push_str(&format!(
-        "]\n\n[policy]\nkind = \"{}\"\n{per_request}\n[metrics]\nlisten = \"{}:{METRICS_PORT}\"\n",
+        "]\n\n[policy]\nkind = \"{}\"\n{per_request}\n{limits}[metrics]\nlisten = \"{}:{METRICS_PORT}\"\n",
         policy_name(spec.policy),
         node_address(i)
     ));
@@ -1653,6 +1667,12 @@ impl Lab {
 
     /// Restarts every agent with `policy` and waits until they are ready again: the same lab,
     /// servers and addresses under another policy (benchmarks compare policies this way).
+    /// The agents' `[limits] datapath_offers` from their next start on
+    /// ([`LabSpec::datapath_offers`]).
+    pub fn set_datapath_offers(&mut self, on: Option<bool>) {
+        self.spec.datapath_offers = on;
+    }
+
     /// The agents' `[policy] per_request` from their next start on ([`LabSpec::per_request`]).
     pub fn set_per_request(&mut self, per_request: Option<bool>) {
         self.spec.per_request = per_request;
@@ -2137,6 +2157,7 @@ pub fn parse_lab_info(text: &str) -> Result<(LabSpec, String), String> {
         health: None,
         late_nodes: 0,
         per_request: None,
+        datapath_offers: None,
     };
     Ok((spec, key))
 }

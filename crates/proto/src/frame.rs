@@ -51,6 +51,7 @@ pub mod kind {
     pub const MOVE_BUSY: u8 = 0x1b;
     pub const MOVE_RELEASE: u8 = 0x1c;
     pub const MOVE_RESUME: u8 = 0x1d;
+    pub const CAPABILITIES: u8 = 0x1e;
     pub const HEARTBEAT: u8 = 0x20;
 }
 

@@ -47,4 +47,18 @@ pub use message::{
     BusyReason, HandoffRequest, MAX_HANDOFF_DATA_LEN, MAX_PACKET_LEN, MAX_TCP_OPTIONS_LEN, Message,
     RefuseReason,
 };
+/// The key of the datapaths' offers (SipHash-2-4, 16 bytes), derived from the cluster key:
+/// HMAC-SHA256(cluster_key, `"baton/1 datapath offers"`), its first 16 bytes. Every member
+/// derives the same one; a holder of it can make offers, so it is as secret as the cluster key.
+pub fn datapath_offer_key(cluster_key: &[u8]) -> [u8; 16] {
+    use hmac::Mac;
+    let mut mac = <frame::HmacSha256 as Mac>::new_from_slice(cluster_key)
+        .expect("HMAC takes keys of any length");
+    mac.update(b"baton/1 datapath offers");
+    let tag = mac.finalize().into_bytes();
+    let mut key = [0; 16];
+    key.copy_from_slice(&tag[..16]);
+    key
+}
+
 pub use session::{Event, MAX_NODE_NAME_LEN, MIN_CLUSTER_KEY_LEN, NONCE_LEN, Nonce, Role, Session};

@@ -45,6 +45,9 @@
 //!   16  2  k = segment length, then k bytes: the headers of the client's latest segment, a whole
 //!          IPv4 packet without payload (0: nothing to replay)
 //!   ..  4  d = data length, then d bytes: the client's held request, from the segment's seq
+//! Capabilities (0x1e)
+//!   0   1  flags: 0x01 the sender takes datapath offers (its programs replay an offer header's
+//!          handshake themselves); unknown flags are a newer sender's and ignored
 //! Heartbeat (0x20)
 //!   0   4  load
 //!   4   8  sent_at_ms
@@ -70,6 +73,7 @@ const HANDOFF_CLIENT_FIN: u8 = 0x02;
 const HANDOFF_FOLLOW: u8 = 0x04;
 const HEARTBEAT_SERVING: u8 = 0x01;
 const NODE_STATUS_DRAINED: u8 = 0x01;
+const CAPABILITY_DATAPATH_OFFERS: u8 = 0x01;
 
 /// Why a BE refused a handoff. Codes are part of the wire format and never renumbered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -280,6 +284,9 @@ pub enum Message {
         segment: Vec<u8>,
         data: Vec<u8>,
     },
+    /// What the sender can do beyond this protocol's first version, sent when a control
+    /// connection comes up. An older peer ignores the kind, so never hears of anything new.
+    Capabilities { datapath_offers: bool },
 }
 
 impl Message {
@@ -301,6 +308,7 @@ impl Message {
             Message::MoveBusy { .. } => kind::MOVE_BUSY,
             Message::MoveRelease { .. } => kind::MOVE_RELEASE,
             Message::MoveResume { .. } => kind::MOVE_RESUME,
+            Message::Capabilities { .. } => kind::CAPABILITIES,
         }
     }
 
@@ -381,6 +389,13 @@ impl Message {
                 out.extend_from_slice(&requests.to_be_bytes());
                 out.extend_from_slice(&segment_len.to_be_bytes());
                 out.extend_from_slice(segment);
+            }
+            Message::Capabilities { datapath_offers } => {
+                out.push(if *datapath_offers {
+                    CAPABILITY_DATAPATH_OFFERS
+                } else {
+                    0
+                });
             }
             Message::MoveResume {
                 id,
@@ -562,6 +577,9 @@ impl Message {
                     data,
                 }
             }
+            kind::CAPABILITIES => Message::Capabilities {
+                datapath_offers: reader.u8()? & CAPABILITY_DATAPATH_OFFERS != 0,
+            },
             unknown => return Err(ProtoError::UnknownKind(unknown)),
         };
         reader.finish()?;

@@ -96,6 +96,12 @@ fn sample_messages() -> Vec<Message> {
             sent_at_ms: 1_700_000_000_000,
             serving: true,
         },
+        Message::Capabilities {
+            datapath_offers: true,
+        },
+        Message::Capabilities {
+            datapath_offers: false,
+        },
     ];
     messages.extend(RefuseReason::ALL.map(|reason| Message::HandoffRefused { id: 9, reason }));
     messages.extend(BusyReason::ALL.map(|reason| Message::MoveBusy {
@@ -176,6 +182,7 @@ fn message_strategy() -> impl Strategy<Value = Message> {
                 data
             }
         ),
+        any::<bool>().prop_map(|datapath_offers| Message::Capabilities { datapath_offers }),
         any::<u64>().prop_map(|id| Message::HandoffAccepted { id }),
         (
             any::<u64>(),

@@ -68,6 +68,7 @@
 pub mod build;
 pub mod checksum;
 pub mod ipv4;
+pub mod offer;
 pub mod options;
 pub mod seq;
 pub mod tcp;
@@ -75,6 +76,7 @@ pub mod translate;
 
 pub use build::TcpPacketBuilder;
 pub use ipv4::{Ipv4Packet, PROTO_TCP};
+pub use offer::{OFFER_IPPROTO, OFFER_LEN, OfferError, OfferRepr, insert_offer, remove_offer};
 pub use options::{
     OptionMismatch, SackBlocks, SynOptions, TcpOption, emit_options, find_sack, find_timestamps,
     parse_options,

@@ -584,6 +584,24 @@ impl Engine {
             if inbound.follow {
                 self.follow.remove_responses(&key);
             }
+            return;
+        }
+        // A datapath offer this agent has not heard of yet (its notice still on the ring, or
+        // lost): the datapath's table has it, and it ends here as well.
+        let addr = self.cluster.peers[peer].addr.octets();
+        let taken = self.conns.entries().into_iter().find(|(_, e)| {
+            e.handoff_id == id
+                && e.peer_addr == addr
+                && e.role() == Some(ConnRole::Be)
+                && e.flags & conn_flags::DP_OFFER != 0
+        });
+        if let Some((key, e)) = taken {
+            let conn = ConnId {
+                key,
+                client_isn: e.client_isn,
+            };
+            self.end_replayed(peer, conn);
+            self.remove_be_entry(conn);
         }
     }
 
@@ -1013,6 +1031,52 @@ impl Engine {
     pub(super) fn moved_linger_over(&mut self, conn: ConnId) {
         if self.be.get(conn).map(|i| i.phase) == Some(BePhase::Moved) {
             self.forget_inbound(conn);
+        }
+    }
+}
+
+impl Engine {
+    /// Our TCP took the replay of a peer's datapath offer: a handed-in connection like one this
+    /// agent replayed, live when the datapath says so (then the FE hears Accepted) or refused a
+    /// margin after its deadline.
+    pub(super) fn on_dp_taken(&mut self, key: ConnKey, now: Instant) {
+        let Some(entry) = self.conns.get(&key) else {
+            return;
+        };
+        if entry.role() != Some(ConnRole::Be) || entry.flags & conn_flags::DP_OFFER == 0 {
+            return;
+        }
+        let addr = std::net::Ipv4Addr::from(entry.peer_addr);
+        let Some(peer) = self.cluster.peers.iter().position(|p| p.addr == addr) else {
+            tracing::debug!(%key, %addr, "datapath offer from no member: left to expire");
+            return;
+        };
+        // Told twice (two copies completed at once on two CPUs): taken on once.
+        if let Some(old) = self.be.conns.get(&key).map(|i| i.conn(key)) {
+            if old.client_isn == entry.client_isn {
+                return;
+            }
+            // An earlier connection of the client on the tuple is over (the datapath takes an
+            // offer only on a free tuple, or one whose connection closed at both ends).
+            self.forget_inbound(old);
+        }
+        let conn = ConnId {
+            key,
+            client_isn: entry.client_isn,
+        };
+        self.be.adopt(
+            key,
+            peer,
+            entry.handoff_id,
+            entry.client_isn,
+            AdoptedPhase::Replaying,
+        );
+        let left = Duration::from_nanos(entry.live_deadline_ns.saturating_sub(monotonic_ns()));
+        self.timers.at(now + left + LIVE_MARGIN, Timer::Live(conn));
+        self.metrics.handed_in_active.set(self.be.len() as i64);
+        // Live already (its notice comes next through the ring, or came first).
+        if entry.state() == Some(ConnState::BeEstablished) {
+            self.on_be_live(key);
         }
     }
 }

@@ -41,6 +41,9 @@ pub(super) struct Peer {
     pub config_digest: Option<u64>,
     /// A reload took it out of the cluster.
     pub removed: bool,
+    /// Its agent said it takes datapath offers (`Capabilities`): our datapath may offer it
+    /// connections itself.
+    pub takes_offers: bool,
 }
 
 /// Assignments since a node's last report that count in full on top of it, at least: see
@@ -86,6 +89,7 @@ impl Peer {
             drained: false,
             config_digest: None,
             removed: false,
+            takes_offers: false,
         }
     }
 }
@@ -353,10 +357,16 @@ impl Cluster {
 
     /// Every member as the datapath's hash policy sees it: the same names, order and
     /// eligibility as [`Cluster::node_states`], so it decides as `baton_policy::Hash` would.
-    pub fn datapath_nodes(&self, now: Instant) -> Vec<DpNode> {
+    /// With `offers` (`[limits] datapath_offers`), peers whose agents take datapath offers carry their address: the datapath offers them
+    /// what it decides for them itself.
+    pub fn datapath_nodes(&self, now: Instant, offers: bool) -> Vec<DpNode> {
         let mut nodes = self.hash_nodes.clone();
         for (i, node) in nodes.iter_mut().enumerate() {
             node.eligible = u8::from(self.is_up(i, now));
+            let peer = &self.peers[i];
+            if offers && i != self.me && peer.takes_offers {
+                node.addr = peer.addr.octets();
+            }
         }
         nodes
     }
@@ -373,7 +383,7 @@ fn hash_nodes(peers: &[Peer]) -> Vec<DpNode> {
             hash_seed: baton_policy::rendezvous_seed(name),
             eligible: 0,
             rank: u8::try_from(rank).unwrap_or(u8::MAX),
-            pad: [0; 6],
+            ..DpNode::default()
         })
         .collect()
 }

@@ -763,7 +763,11 @@ impl Engine {
     }
 
     pub(super) fn on_accepted(&mut self, peer: usize, id: u64, now: Instant) {
-        let Some(key) = self.fe.offer(id, peer) else {
+        let Some(key) = self
+            .fe
+            .offer(id, peer)
+            .or_else(|| self.unread_dp_offer(id, peer, now))
+        else {
             if self.fe.is_forwarded(id, peer) {
                 return; // said again (a peer's new agent confirming what it adopted)
             }
@@ -835,6 +839,17 @@ impl Engine {
             return;
         }
         let peer = *peer;
+        // A datapath offer goes live at the peer without its agent: if the client has
+        // acknowledged the peer's data, the peer has it, whatever its agent says (or does not).
+        let live = baton_bpf::conn_flags::DP_OFFER | baton_bpf::conn_flags::DP_LIVE;
+        if self
+            .conns
+            .get(&key)
+            .is_some_and(|e| e.handoff_id == id && e.flags & live == live)
+        {
+            tracing::info!(%key, peer, "datapath offer unanswered, but the client has the peer's data: handed off");
+            return self.on_accepted(peer, id, now);
+        }
         self.mesh.send(peer, Message::HandoffAbort { id });
         self.release_local(key, LocalReason::Timeout, now);
     }
@@ -1057,4 +1072,114 @@ fn handoff_request(id: u64, key: &ConnKey, held: &Held, follow: bool) -> Option<
         fin: held.stream.finished(),
         follow,
     })
+}
+
+/// Handoffs the datapath offered itself (`lib/offer.h`): the agent learns of them after the fact
+/// and keeps them as offers of its own, with nothing held to replay (the client still owes the
+/// FE its request: its retransmission reaches our TCP once the entry is gone).
+impl Engine {
+    /// The datapath offered `key` to a peer: an offer out, answered by the peer's agent or timed
+    /// out, like any other.
+    pub(super) fn on_dp_offered(&mut self, key: ConnKey, now: Instant) {
+        let Some(entry) = self.conns.get(&key) else {
+            return;
+        };
+        if entry.state() != Some(ConnState::FeForward)
+            || entry.flags & baton_bpf::conn_flags::DP_OFFER == 0
+        {
+            return;
+        }
+        let addr = std::net::Ipv4Addr::from(entry.peer_addr);
+        let Some(peer) = self.cluster.peers.iter().position(|p| p.addr == addr) else {
+            return;
+        };
+        if let Some(known) = self.fe.conns.get(&key).map(|c| c.client_isn) {
+            // The client's earlier connection on the tuple is over.
+            self.fe.forget(ConnId {
+                key,
+                client_isn: known,
+            });
+        }
+        let id = entry.handoff_id;
+        let held = Held {
+            entry,
+            stream: StreamAssembler::new(entry.client_isn.wrapping_add(1), STREAM_CAPACITY),
+            template: None,
+            segments: 0,
+            asking: None,
+            since: now,
+            head_complete: None,
+        };
+        self.fe.conns.insert(
+            key,
+            FeConn {
+                client_isn: entry.client_isn,
+                phase: FePhase::Offered {
+                    held,
+                    peer,
+                    id,
+                    since: now,
+                    follow: None,
+                },
+            },
+        );
+        self.fe.handoffs.insert(id, key);
+        let wait = Duration::from_millis(self.config.limits.handoff_timeout_ms);
+        self.timers.at(now + wait, Timer::Offer(id));
+        self.cluster.assign(peer);
+    }
+
+    /// An Accepted for an id this agent does not know may be for a datapath offer whose notice
+    /// it never read (its ring was full): the datapath's table knows it. Taken on as offered.
+    fn unread_dp_offer(&mut self, id: u64, peer: usize, now: Instant) -> Option<ConnKey> {
+        if id >> 63 == 0 {
+            return None;
+        }
+        let addr = self.cluster.peers.get(peer)?.addr.octets();
+        let (key, _) = self.conns.entries().into_iter().find(|(_, e)| {
+            e.handoff_id == id
+                && e.peer_addr == addr
+                && e.state() == Some(ConnState::FeForward)
+                && e.flags & baton_bpf::conn_flags::DP_OFFER != 0
+        })?;
+        self.on_dp_offered(key, now);
+        self.fe.offer(id, peer)
+    }
+
+    /// A datapath offer came back refused by `from` (`code`: its reason). The datapath served it
+    /// here already, or, for a tuple in use at the peer, holds it for this agent: then its held
+    /// packet follows this notice and it is decided afresh. The refusal can come back before this
+    /// agent has read the offer's own notice (whose entry is then gone): it counts all the same.
+    pub(super) fn on_dp_returned(
+        &mut self,
+        key: ConnKey,
+        code: u32,
+        from: std::net::Ipv4Addr,
+        now: Instant,
+    ) {
+        let Some(peer) = self.cluster.peers.iter().position(|p| p.addr == from) else {
+            return;
+        };
+        let reason = u8::try_from(code)
+            .ok()
+            .and_then(|c| RefuseReason::try_from(c).ok())
+            .unwrap_or(RefuseReason::Internal);
+        if let Some(FePhase::Offered { peer: p, id, .. }) =
+            self.fe.conns.get(&key).map(|c| &c.phase)
+            && *p == peer
+        {
+            let id = *id;
+            self.fe.handoffs.remove(&id);
+            self.fe.conns.remove(&key);
+            self.cluster.unassign(peer);
+        }
+        self.peer_refused(peer, reason, now);
+        tracing::debug!(%key, peer, reason = reason.label(), "datapath offer refused");
+        if reason != RefuseReason::Collision {
+            self.metrics.local.inc();
+            self.metrics
+                .fallbacks
+                .count(LocalReason::Refused(reason).label());
+        }
+    }
 }

@@ -594,6 +594,8 @@ impl Engine {
                 key,
                 pkt_len: packet.len() as u32,
                 ts_ns: 0,
+                detail: 0,
+                peer: Ipv4Addr::UNSPECIFIED,
                 packet: packet.to_vec(),
             };
             return self.on_be_held_packet(event);

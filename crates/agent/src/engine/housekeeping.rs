@@ -110,10 +110,26 @@ impl Engine {
             &self.config.cluster.service_ports,
             distribute,
         );
+        let drained = self.cluster.peers[self.cluster.me].drained;
         // A drained node keeps nothing new here: the agent places every connection.
-        if self.datapath_decides && !self.cluster.peers[self.cluster.me].drained {
-            config.set_hash_nodes(self.cluster.me, &self.cluster.datapath_nodes(now));
+        if let Some(mode) = self.datapath_decides
+            && !drained
+        {
+            let offers = self.config.limits.datapath_offers;
+            config.set_decide(
+                mode,
+                self.cluster.me,
+                &self.cluster.datapath_nodes(now, offers),
+            );
         }
+        // Offers from peers' datapaths are taken while this node takes handoffs at all; they may
+        // go live within the same deadline as the agent's own replays.
+        let takes = self.config.limits.datapath_offers
+            && !self.cluster.draining
+            && !drained
+            && !self.standing_down;
+        let live_window = Duration::from_millis(self.config.limits.handoff_timeout_ms / 2);
+        config.set_offers(takes, self.offer_key, live_window.as_nanos() as u64);
         if self.written == Some(config) {
             return;
         }

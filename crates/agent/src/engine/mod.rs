@@ -92,8 +92,10 @@ pub struct Engine {
     fallback: BoundedHash,
     /// Whether the default policy keeps one table for the cluster at a dispatcher (LARD).
     dispatching: bool,
-    /// Whether the datapath may run the hash policy itself (plain `hash`, no rules, no cookie).
-    datapath_decides: bool,
+    /// How the datapath may decide first requests itself (plain `hash` or `round-robin`).
+    datapath_decides: Option<baton_bpf::DecideMode>,
+    /// The key of the datapaths' offers, from the cluster key.
+    offer_key: [u8; baton_bpf::OFFER_KEY_LEN],
     /// Whether placed connections are followed request by request (`[policy] per_request`).
     follows_requests: bool,
     head_limits: HeadLimits,
@@ -146,6 +148,7 @@ impl Engine {
             fallback: BoundedHash::new(policy.params.balance_factor),
             dispatching: matches!(policy.kind, PolicyKind::Lard | PolicyKind::LardR),
             datapath_decides: ops::datapath_may_decide(&config),
+            offer_key: baton_proto::datapath_offer_key(config.cluster.key.as_bytes()),
             follows_requests: config.policy.follows_requests(),
             head_limits: HeadLimits {
                 max_head_bytes: config.limits.head_bytes,
@@ -154,8 +157,9 @@ impl Engine {
             fe: fe::FeState::default(),
             be: be::BeState::default(),
             timers: Timers::default(),
-            // Ids are unique per FE; the high bits keep two restarts of one node apart.
-            next_id: (u64::from(rand::random::<u32>()) << 32) | 1,
+            // Ids are unique per FE; the high bits keep two restarts of one node apart. The top
+            // bit is the datapath's (its own offers' ids have it set).
+            next_id: (u64::from(rand::random::<u32>() >> 1) << 32) | 1,
             housekeeping_rounds: 0,
             written: None,
             load_anchor: None,
@@ -191,6 +195,9 @@ impl Engine {
             EventKind::BeSynAck => self.on_be_answer(event, now),
             EventKind::BeLive => self.on_be_live(event.key),
             EventKind::Closed => self.on_closed(event.key, now),
+            EventKind::DpOffered => self.on_dp_offered(event.key, now),
+            EventKind::DpReturned => self.on_dp_returned(event.key, event.detail, event.peer, now),
+            EventKind::DpTaken => self.on_dp_taken(event.key, now),
         }
         self.deliver_to_self(now);
     }
@@ -204,9 +211,20 @@ impl Engine {
                 p.draining = false;
                 tracing::info!(peer = %p.name, "control connection up");
                 self.send_node_status(peer);
+                self.mesh.send(
+                    peer,
+                    Message::Capabilities {
+                        datapath_offers: self.config.limits.datapath_offers,
+                    },
+                );
             }
             // An offer out to it is answered or times out: its BE may have the connection.
-            MeshEvent::PeerDown { peer } => self.cluster.peers[peer].outbound_up = false,
+            // What it can do is told again by its next agent (an older one never tells).
+            MeshEvent::PeerDown { peer } => {
+                let p = &mut self.cluster.peers[peer];
+                p.outbound_up = false;
+                p.takes_offers = false;
+            }
             MeshEvent::Message { peer, message } => {
                 self.cluster.peers[peer].last_heard = Some(now);
                 self.on_message(peer, message, now);
@@ -239,6 +257,9 @@ impl Engine {
             }
             Message::DispatchQuery { .. } if self.cluster.peers[peer].removed => {}
             Message::HandoffRequest(request) => self.on_handoff_request(peer, request, now),
+            Message::Capabilities { datapath_offers } => {
+                self.cluster.peers[peer].takes_offers = datapath_offers;
+            }
             Message::HandoffAccepted { id } if self.fe.is_move(id) => {
                 self.on_move_accepted(peer, id, now)
             }

@@ -20,6 +20,7 @@ use baton_proto::Message;
 use super::{Engine, monotonic_ns};
 use crate::config::NodeConfig;
 use crate::ctl::{ConnRow, PeerRow, Status};
+use baton_bpf::DecideMode;
 
 impl Engine {
     /// This node and its peers as an operator sees them. The caller adds what only it knows
@@ -339,13 +340,18 @@ impl Engine {
     }
 }
 
-/// Whether the datapath may run the policy itself: plain `hash`, no rules, no cookie.
-pub(super) fn datapath_may_decide(config: &NodeConfig) -> bool {
+/// How the datapath may decide first requests itself: plain `hash` (no rules, no cookie, not
+/// followed) and plain `round-robin`; `None`: the agent decides.
+pub(super) fn datapath_may_decide(config: &NodeConfig) -> Option<DecideMode> {
     let policy = &config.policy;
-    // A connection the datapath keeps here is not followed: with per-request placement the
-    // agent decides.
-    policy.kind == PolicyKind::Hash
-        && policy.rules.is_empty()
-        && policy.affinity_cookie.is_none()
-        && !policy.follows_requests()
+    if !policy.rules.is_empty() || policy.affinity_cookie.is_some() {
+        return None;
+    }
+    match policy.kind {
+        // A connection the datapath keeps here is not followed: with per-request placement the
+        // agent decides.
+        PolicyKind::Hash if !policy.follows_requests() => Some(DecideMode::Hash),
+        PolicyKind::RoundRobin => Some(DecideMode::RoundRobin),
+        _ => None,
+    }
 }

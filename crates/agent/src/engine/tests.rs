@@ -326,7 +326,9 @@ impl Node {
         loop {
             match self.sent_to_peer()? {
                 // Periodic and state reports, not part of a connection's exchange.
-                Message::Heartbeat { .. } | Message::NodeStatus { .. } => continue,
+                Message::Heartbeat { .. }
+                | Message::NodeStatus { .. }
+                | Message::Capabilities { .. } => continue,
                 m => return Some(m),
             }
         }
@@ -371,7 +373,13 @@ fn node(me: usize, policy: PolicyKind) -> Node {
 }
 
 fn node_with(me: usize, policy: PolicyKind, extra: &str) -> Node {
-    let config = NodeConfig::from_toml(&config_text(me, policy, extra)).unwrap();
+    node_from(
+        me,
+        NodeConfig::from_toml(&config_text(me, policy, extra)).unwrap(),
+    )
+}
+
+fn node_from(me: usize, config: NodeConfig) -> Node {
     let (table, sent, tcp, written, follow) = (
         Table::default(),
         Sent::default(),
@@ -493,6 +501,8 @@ fn event(kind: EventKind, key: ConnKey, packet: &TcpPacketBuilder) -> Event {
         key,
         pkt_len: bytes.len() as u32,
         ts_ns: 0,
+        detail: 0,
+        peer: Ipv4Addr::UNSPECIFIED,
         packet: bytes,
     }
 }
@@ -503,6 +513,8 @@ fn notice(kind: EventKind, key: ConnKey) -> Event {
         key,
         pkt_len: 0,
         ts_ns: 0,
+        detail: 0,
+        peer: Ipv4Addr::UNSPECIFIED,
         packet: Vec::new(),
     }
 }
@@ -759,8 +771,13 @@ fn the_datapath_runs_the_hash_policy_only_where_it_decides_alike() {
         config.nodes[1].hash_seed,
         baton_policy::rendezvous_seed("n2")
     );
+    assert_eq!(
+        node(0, PolicyKind::RoundRobin).written.get().decide,
+        DecideMode::RoundRobin as u8
+    );
     for (policy, extra) in [
-        (PolicyKind::RoundRobin, ""),
+        (PolicyKind::LeastConn, ""),
+        (PolicyKind::RoundRobin, "affinity_cookie = \"SRV\""),
         (PolicyKind::Hash, "affinity_cookie = \"SRV\""),
         (
             PolicyKind::Hash,
@@ -1789,16 +1806,16 @@ fn a_reload_applies_policy_and_limits_and_refuses_what_cannot_change() {
     assert_eq!(n1.engine.config(), &before);
 
     let mut new = before.clone();
-    new.policy.kind = PolicyKind::RoundRobin;
+    new.policy.kind = PolicyKind::LeastConn;
     new.limits.hold_ms = 77;
     let said = n1.engine.reload(new, n1.now).unwrap();
-    assert!(said.contains("hash -> round-robin"), "{said}");
+    assert!(said.contains("hash -> least-conn"), "{said}");
     assert!(said.contains("limits"), "{said}");
     assert_eq!(n1.engine.config().limits.hold_ms, 77);
     assert_eq!(
         n1.written.get().decide,
         DecideMode::Agent as u8,
-        "the datapath no longer decides for round-robin"
+        "the datapath no longer decides for least-conn"
     );
     assert_ne!(
         n1.engine.config_digest, digest,
@@ -2345,4 +2362,246 @@ fn lard_asks_its_dispatcher_for_every_followed_request() {
     let placed = n2.metrics.requests_stayed.get() == 2
         || matches!(n2.next_to_peer(), Some(Message::MoveQuiesce { .. }));
     assert!(placed, "placed by the fallback");
+}
+
+// ----- datapath offers ---------------------------------------------------------------------
+
+const DP_ID: u64 = (1 << 63) | 77;
+
+/// n1's entry for a connection its datapath offered n2 itself, with the notice it sends.
+fn dp_offered(n1: &mut Node) -> ConnKey {
+    let key = key_at(N1);
+    let mut entry = held_entry();
+    entry.state = ConnState::FeForward as u8;
+    entry.flags = baton_bpf::conn_flags::SYNACK_SEEN | baton_bpf::conn_flags::DP_OFFER;
+    entry.peer_addr = N2.octets();
+    entry.handoff_id = DP_ID;
+    n1.table.0.lock().unwrap().insert(key, entry);
+    n1.datapath(notice(EventKind::DpOffered, key));
+    key
+}
+
+fn dp_returned(key: ConnKey, reason: RefuseReason) -> Event {
+    Event {
+        detail: u32::from(reason.code()),
+        peer: N2,
+        ..notice(EventKind::DpReturned, key)
+    }
+}
+
+#[test]
+fn the_datapath_offers_only_to_peers_that_take_them() {
+    let mut n1 = node(0, PolicyKind::Hash);
+    let config = n1.written.get();
+    assert_eq!(config.offers, 1, "it takes peers' offers");
+    assert_eq!(
+        config.offer_key,
+        baton_proto::datapath_offer_key(b"0123456789abcdef0123456789abcdef")
+    );
+    assert_eq!(config.live_window_ns, HANDOFF_TIMEOUT.as_nanos() as u64 / 2);
+    assert_eq!(
+        config.nodes[1].addr, [0; 4],
+        "n2 has not said it takes them"
+    );
+    n1.hear(Message::Capabilities {
+        datapath_offers: true,
+    });
+    let config = n1.written.get();
+    assert_eq!(
+        (config.nodes[1].addr, config.nodes[0].addr),
+        (N2.octets(), [0; 4])
+    );
+    // Its agent goes: the next one says again what it can do.
+    n1.mesh(MeshEvent::PeerDown { peer: 1 });
+    assert_eq!(n1.written.get().nodes[1].addr, [0; 4]);
+
+    // Switched off: nothing offered, nothing taken, and peers are told so.
+    let mut config = NodeConfig::from_toml(&config_text(0, PolicyKind::Hash, "")).unwrap();
+    config.limits.datapath_offers = false;
+    let mut n1 = node_from(0, config);
+    let told = std::iter::from_fn(|| n1.sent_to_peer()).find_map(|m| match m {
+        Message::Capabilities { datapath_offers } => Some(datapath_offers),
+        _ => None,
+    });
+    assert_eq!(told, Some(false));
+    n1.hear(Message::Capabilities {
+        datapath_offers: true,
+    });
+    let config = n1.written.get();
+    assert_eq!((config.offers, config.nodes[1].addr), (0, [0; 4]));
+}
+
+#[test]
+fn a_datapath_offer_is_answered_like_the_agents_own() {
+    // Accepted: forwarded, and our TCP's half-open side is reset.
+    let mut n1 = node(0, PolicyKind::Hash);
+    let key = dp_offered(&mut n1);
+    assert!(!n1.engine.settled(), "an offer is out");
+    n1.hear(Message::HandoffAccepted { id: DP_ID });
+    let sent = n1.sent.take();
+    assert!(
+        sent.len() == 1 && sent[0].flags == TcpFlags::RST,
+        "{sent:?}"
+    );
+    assert_eq!(n1.metrics.handoffs_out.get(), 1);
+    assert!(n1.engine.settled());
+    n1.hear(Message::ConnClosed { id: DP_ID });
+    n1.wait(LINGER);
+    assert!(n1.table.get(&key).is_none(), "gone after its linger");
+
+    // Accepted for an offer whose notice this agent never read (a full ring): found in the
+    // datapath's table, not aborted.
+    let mut n1 = node(0, PolicyKind::Hash);
+    let key = dp_offered(&mut n1);
+    n1.engine.fe.conns.remove(&key);
+    n1.engine.fe.handoffs.remove(&DP_ID);
+    n1.hear(Message::HandoffAccepted { id: DP_ID });
+    assert!(n1.next_to_peer().is_none(), "no abort");
+    assert_eq!(n1.sent.take()[0].flags, TcpFlags::RST);
+    assert_eq!(n1.metrics.handoffs_out.get(), 1);
+
+    // No answer: the entry goes (the client's retransmission reaches our TCP), nothing is
+    // replayed (the agent has no bytes of it), and the peer is told to drop its side.
+    let mut n1 = node(0, PolicyKind::Hash);
+    let key = dp_offered(&mut n1);
+    n1.wait(HANDOFF_TIMEOUT);
+    assert!(matches!(n1.next_to_peer(), Some(Message::HandoffAbort { id }) if id == DP_ID));
+    assert!(n1.table.get(&key).is_none());
+    assert!(n1.sent.take().is_empty());
+    assert_eq!(fallbacks(&n1.metrics, "timeout"), 1);
+
+    // No answer, but the client acknowledged the peer's data (its datapath took it while its
+    // agent stalls): handed off, never served here.
+    let mut n1 = node(0, PolicyKind::Hash);
+    let key = dp_offered(&mut n1);
+    let mut entry = n1.table.get(&key).unwrap();
+    entry.flags |= baton_bpf::conn_flags::DP_LIVE;
+    n1.table.0.lock().unwrap().insert(key, entry);
+    n1.wait(HANDOFF_TIMEOUT);
+    assert!(n1.next_to_peer().is_none(), "no abort");
+    assert_eq!(n1.sent.take()[0].flags, TcpFlags::RST);
+    assert!(n1.table.get(&key).is_some(), "still forwarded");
+    assert_eq!(fallbacks(&n1.metrics, "timeout"), 0);
+
+    // Refused by the peer's agent (its deadline passed): the same.
+    let mut n1 = node(0, PolicyKind::Hash);
+    let key = dp_offered(&mut n1);
+    n1.hear(Message::HandoffRefused {
+        id: DP_ID,
+        reason: RefuseReason::Timeout,
+    });
+    assert!(n1.table.get(&key).is_none());
+    assert_eq!(fallbacks(&n1.metrics, "refused_timeout"), 1);
+}
+
+#[test]
+fn a_datapath_offer_refused_by_the_peers_datapath_is_served_here_or_offered_again() {
+    // No listener there: the datapath served it here; the agent counts it and stops choosing n2.
+    let mut n1 = node(0, PolicyKind::Hash);
+    let key = dp_offered(&mut n1);
+    n1.table.0.lock().unwrap().remove(&key);
+    n1.datapath(dp_returned(key, RefuseReason::NoListener));
+    assert_eq!(fallbacks(&n1.metrics, "refused_no_listener"), 1);
+    assert_eq!(n1.written.get().nodes[1].eligible, 0);
+    assert!(n1.engine.settled());
+    // A late Accepted is for an offer given up: n2 must drop its side.
+    n1.hear(Message::HandoffAccepted { id: DP_ID });
+    assert!(matches!(n1.next_to_peer(), Some(Message::HandoffAbort { id }) if id == DP_ID));
+
+    // Back before this agent read the offer's notice (its entry already gone): counted all the
+    // same.
+    let mut n1 = node(0, PolicyKind::Hash);
+    n1.datapath(dp_returned(key_at(N1), RefuseReason::NoListener));
+    assert_eq!(fallbacks(&n1.metrics, "refused_no_listener"), 1);
+    assert_eq!(n1.written.get().nodes[1].eligible, 0);
+
+    // The tuple in use there: the datapath holds the segment for this agent, whose own offer
+    // (by the mesh) may end what holds it.
+    let mut n1 = node(0, PolicyKind::Hash);
+    let key = dp_offered(&mut n1);
+    let mut entry = n1.table.get(&key).unwrap();
+    entry.state = ConnState::FeHold as u8;
+    entry.flags = baton_bpf::conn_flags::SYNACK_SEEN | baton_bpf::conn_flags::AGENT_HOLDS;
+    n1.table.0.lock().unwrap().insert(key, entry);
+    n1.datapath(dp_returned(key, RefuseReason::Collision));
+    let head = request(&target_for(1));
+    n1.datapath(event(
+        EventKind::HeldPacket,
+        key,
+        &client_segment(N1, 0, TcpFlags::ACK | TcpFlags::PSH, &head),
+    ));
+    let Some(Message::HandoffRequest(r)) = n1.next_to_peer() else {
+        panic!("offered by the agent")
+    };
+    assert_eq!(r.data, head);
+    assert_ne!(r.id, DP_ID);
+    assert_eq!(fallbacks(&n1.metrics, "refused_collision"), 0);
+}
+
+#[test]
+fn a_peers_datapath_offer_is_handed_in_once_live_or_refused_by_its_deadline() {
+    let mut n2 = node(1, PolicyKind::Hash);
+    let (live, late) = (
+        key_at(N2),
+        ConnKey::new(
+            SocketAddrV4::new(CLIENT, CLIENT_PORT + 1),
+            SocketAddrV4::new(N2, 80),
+        ),
+    );
+    let deadline = super::monotonic_ns() + HANDOFF_TIMEOUT.as_nanos() as u64 / 2;
+    for (key, id) in [(live, DP_ID), (late, DP_ID + 1)] {
+        let mut entry = left_behind(ConnRole::Be, ConnState::BeReplayed, N1, id);
+        entry.flags = baton_bpf::conn_flags::DP_OFFER | baton_bpf::conn_flags::DP_TAKEN;
+        entry.live_deadline_ns = deadline;
+        n2.table.0.lock().unwrap().insert(key, entry);
+        n2.datapath(notice(EventKind::DpTaken, key));
+    }
+    assert!(!n2.engine.settled(), "a hand-over would wait for them");
+    n2.datapath(notice(EventKind::BeLive, live));
+    assert!(matches!(
+        n2.next_to_peer(),
+        Some(Message::HandoffAccepted { id: DP_ID })
+    ));
+    assert_eq!(n2.metrics.handoffs_in.get(), 1);
+    n2.wait(HANDOFF_TIMEOUT);
+    assert!(matches!(
+        n2.next_to_peer(),
+        Some(Message::HandoffRefused {
+            id,
+            reason: RefuseReason::Timeout
+        }) if id == DP_ID + 1
+    ));
+    assert!(
+        n2.sent
+            .take()
+            .iter()
+            .any(|p| p.flags == TcpFlags::RST && p.src_port == CLIENT_PORT + 1),
+        "our TCP's half of the late one is reset"
+    );
+    assert!(n2.table.get(&late).is_none() && n2.table.get(&live).is_some());
+    // An abort for a datapath offer this agent has not heard of: its side ends all the same.
+    let other = ConnKey::new(
+        SocketAddrV4::new(CLIENT, CLIENT_PORT + 2),
+        SocketAddrV4::new(N2, 80),
+    );
+    let mut entry = left_behind(ConnRole::Be, ConnState::BeEstablished, N1, DP_ID + 2);
+    entry.flags = baton_bpf::conn_flags::DP_OFFER;
+    n2.table.0.lock().unwrap().insert(other, entry);
+    n2.hear(Message::HandoffAbort { id: DP_ID + 2 });
+    assert!(n2.table.get(&other).is_none());
+    assert!(
+        n2.sent
+            .take()
+            .iter()
+            .any(|p| p.flags == TcpFlags::RST && p.src_port == CLIENT_PORT + 2)
+    );
+
+    // Closed: the FE hears of it by the datapath's id.
+    n2.datapath(notice(EventKind::Closed, live));
+    n2.tcp.set(&live, tcp_state::TIME_WAIT);
+    n2.wait(LINGER);
+    assert!(matches!(
+        n2.next_to_peer(),
+        Some(Message::ConnClosed { id: DP_ID })
+    ));
 }

@@ -24,12 +24,16 @@
  *   a client SYN for a handed-in tuple is a tuple collision: dropped, never merged; once that
  *   connection closed, it is the client's new connection to this node: the entry starts afresh
  *   both FINs or a RST     -> EV_CLOSED once; the agent tells the FE and removes the entry later
+ *
+ * A datapath offer (offer.h) makes its BE_SYN_SENT entry itself (CONN_DP_OFFER), and the
+ * server's answer to its SYN is read here instead of by the agent.
  */
 #pragma once
 #include "conn.h"
 #include "fe.h"
 #include "follow.h"
 #include "maps.h"
+#include "offer.h"
 #include "parse.h"
 #include "response.h"
 #include "translate.h"
@@ -82,13 +86,52 @@ __always int be_ingress(struct __sk_buff *skb, const struct node_config *cfg, co
 	return TC_ACT_OK;
 }
 
+/* Our TCP's answer to a datapath offer's SYN (offer.h), within the SYN's own processing: a SYN-ACK
+ * that negotiated what the FE's did gives the offsets (BE_REPLAYED); anything else names why the
+ * offer is refused, which its REPLAY copy, right behind, carries back. Dropped either way: the
+ * client has its SYN-ACK. */
+__always int be_offer_answer(struct __sk_buff *skb, const struct pkt *p, struct conn *c)
+{
+	__u8 reason = REFUSE_COLLISION;
+
+	if ((p->flags & TCPF_ACK) && p->ack_seq == c->client_isn + 1) {
+		if (p->flags & TCPF_RST) {
+			reason = REFUSE_NO_LISTENER;
+		} else if (p->flags & TCPF_SYN) {
+			struct tcp_opts o;
+			find_opts(skb, p, &o);
+			if (o.syn.mss != c->synack_digest.mss || o.syn.wscale != c->synack_digest.wscale ||
+			    o.syn.bits != c->synack_digest.bits ||
+			    (p->flags & TCPF_ECE) != (c->synack_tcp_flags & TCPF_ECE)) {
+				reason = REFUSE_OPTION_MISMATCH;
+			} else {
+				__be32 tsval = 0;
+				c->ts_delta = 0;
+				if (o.ts_off >= 0 &&
+				    !bpf_skb_load_bytes(skb, p->opts_off + o.ts_off, &tsval, 4))
+					c->ts_delta = bpf_ntohl(tsval) - c->synack_tsval;
+				c->local_isn = p->seq;
+				c->seq_delta = p->seq - c->fe_isn;
+				c->state = BE_REPLAYED;
+				return drop(DROP_BE_SYNACK);
+			}
+		}
+	}
+	if (!c->refuse_reason)
+		c->refuse_reason = reason;
+	return drop(DROP_BE_SYNACK);
+}
+
 /* The server's TCP spoke on a replayed connection: it has it. Returns 0 if it may go on to the
  * client, or a verdict. */
 __always int be_go_live(struct __sk_buff *skb, const struct pkt *p, const struct conn_key *key,
 			struct conn *c)
 {
 	if (p->flags & (TCPF_SYN | TCPF_RST)) {
-		emit_packet(skb, EV_BE_SYNACK, key);
+		/* A datapath offer's request did not take yet: the client's retransmission of it
+		 * comes through the FE again; a RST is the agent's to find, by the deadline. */
+		if (!(c->flags & CONN_DP_OFFER))
+			emit_packet(skb, EV_BE_SYNACK, key);
 		return drop(DROP_BE_SYNACK);
 	}
 	if (bpf_ktime_get_ns() >= c->live_deadline_ns)
@@ -105,6 +148,8 @@ __always int be_egress(struct __sk_buff *skb, const struct pkt *p, const struct 
 		       struct conn *c)
 {
 	if (c->state == BE_SYN_SENT) {
+		if (c->flags & CONN_DP_OFFER)
+			return be_offer_answer(skb, p, c);
 		emit_packet(skb, EV_BE_SYNACK, key);
 		return drop(DROP_BE_SYNACK);
 	}
@@ -130,4 +175,180 @@ __always int be_egress(struct __sk_buff *skb, const struct pkt *p, const struct 
 	if (translate_to_client(skb, p, c->seq_delta, c->ts_delta, c->peer_addr))
 		return TC_ACT_SHOT;
 	return TC_ACT_OK;
+}
+
+/* An offer refused: back to its FE, out of the interface it came in on. */
+__always int be_refuse_offer(struct __sk_buff *skb, const struct node_config *cfg, struct offer *o,
+			     __u8 reason)
+{
+	if (offer_turn_back(skb, cfg, o, reason))
+		return drop(DROP_REDIRECT_FAILED);
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+/* The offer's segment once its connection is ours: a retransmission from the FE, or the REPLAY
+ * copy behind the SYN. Without its header it is a client data segment like any other. */
+__always int be_offer_segment(struct __sk_buff *skb, const struct node_config *cfg,
+			      const struct conn_key *key, struct conn *c)
+{
+	struct pkt p;
+	if (offer_pop(skb) || parse_tcp4(skb, &p))
+		return drop(DROP_REDIRECT_FAILED);
+	/* Whichever copy completes the handshake tells the agent, once the notice is on the ring
+	 * (a lost notice is tried again with the next copy). */
+	if (!(c->flags & CONN_DP_TAKEN) && !emit_notice(EV_DP_TAKEN, key) &&
+	    !(conn_set_flags(c, CONN_DP_TAKEN) & CONN_DP_TAKEN))
+		stat_add(STAT_DP_TAKEN, 1);
+	return be_ingress(skb, cfg, &p, key, c);
+}
+
+/* An offer whose SYN our TCP did not take as it must: refused, the entry gone, remembered.
+ * A SYN-ACK that negotiated other options left a half-open connection in our TCP: the copy goes
+ * back to the FE as a clone and the packet itself becomes the RST that ends that side. */
+__always int be_offer_refused(struct __sk_buff *skb, const struct node_config *cfg,
+			      struct offer_scratch *s, const struct conn_key *key, struct conn *c)
+{
+	__u8 reason = c->refuse_reason ? c->refuse_reason : REFUSE_INTERNAL;
+	__u32 client_isn = c->client_isn;
+	bpf_map_delete_elem(&conns, key);
+	if (reason != REFUSE_OPTION_MISMATCH)
+		return be_refuse_offer(skb, cfg, &s->o, reason);
+	if (offer_turn_back(skb, cfg, &s->o, reason) || bpf_clone_redirect(skb, skb->ifindex, 0))
+		return drop(DROP_REDIRECT_FAILED);
+	/* The turn-back swapped addresses: the RST is the client's again. */
+	if (ip_addr_set(skb, IP_SADDR_OFF, s->o.client_addr) ||
+	    ip_addr_set(skb, IP_DADDR_OFF, cfg->service_addr))
+		return drop(DROP_REDIRECT_FAILED);
+	__u32 len = bare_header(s, &s->o, client_isn + 1, TCPF_RST, 0, s->o.syn_opts, 0);
+	if (rebuild_bare_segment(skb, s, len))
+		return drop(DROP_REDIRECT_FAILED);
+	return TC_ACT_OK;
+}
+
+/* A new datapath offer for this node (offer.h): taken if our agent runs, the tuple is free here
+ * and something listens; then our TCP gets the client's SYN now and the segment right after. */
+__always int be_take_offer(struct __sk_buff *skb, const struct node_config *cfg,
+			   struct offer_scratch *s, const struct conn_key *key)
+{
+	struct offer *o = &s->o;
+
+	if (!cfg->offers || !agent_alive())
+		return be_refuse_offer(skb, cfg, o, REFUSE_OVERLOADED);
+	struct bpf_sock_tuple t = {
+		.ipv4 = {
+			.saddr = o->client_addr,
+			.daddr = cfg->service_addr,
+			.sport = o->client_port,
+			.dport = o->service_port,
+		},
+	};
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return be_refuse_offer(skb, cfg, o, REFUSE_NO_LISTENER);
+	__u32 sk_state = sk->state;
+	bpf_sk_release(sk);
+	/* A TIME_WAIT takes a SYN that is newer than what it saw, as for any client; one that is
+	 * not is answered with an ACK, which be_offer_answer() reads as a collision (then the FE's
+	 * agent offers it, and the agent here ends the TIME_WAIT). */
+	if (sk_state != BPF_TCP_LISTEN && sk_state != BPF_TCP_TIME_WAIT)
+		return be_refuse_offer(skb, cfg, o, REFUSE_COLLISION);
+
+	struct conn *n = &s->c;
+	__u64 now = bpf_ktime_get_ns();
+	__builtin_memset(n, 0, sizeof(*n));
+	n->role = ROLE_BE;
+	n->state = BE_SYN_SENT;
+	n->flags = CONN_DP_OFFER;
+	n->client_isn = bpf_ntohl(o->client_isn);
+	n->fe_isn = bpf_ntohl(o->fe_isn);
+	n->synack_tsval = bpf_ntohl(o->fe_tsval);
+	n->synack_digest.mss = bpf_ntohs(o->synack_mss);
+	n->synack_digest.wscale = o->synack_wscale;
+	n->synack_digest.bits = o->synack_bits;
+	n->synack_tcp_flags = o->synack_tcp_flags;
+	n->syn_tcp_flags = o->syn_tcp_flags;
+	n->syn_window = bpf_ntohs(o->syn_window);
+	n->peer_addr = o->fe_addr;
+	n->handoff_id = bpf_be64_to_cpu(o->handoff_id);
+	n->created_ns = now;
+	n->last_seen_ns = now;
+	n->client_seen_ns = now;
+	/* Live only within the window from the FE's first offer: the FE gives up later than that. */
+	__s64 age = offer_age_ns(cfg, o);
+	n->live_deadline_ns = now + cfg->live_window_ns - (age > 0 ? (__u64)age : 0);
+	if (bpf_map_update_elem(&conns, key, n, BPF_NOEXIST))
+		return be_refuse_offer(skb, cfg, o, REFUSE_INTERNAL);
+
+	/* The copy first: it is queued behind this packet, which our TCP handles to the end (and
+	 * answers) before the copy comes in. */
+	o->kind = OFFER_KIND_REPLAY;
+	offer_seal(cfg, o);
+	if (bpf_skb_store_bytes(skb, OFFER_OFF, o, OFFER_LEN, BPF_F_RECOMPUTE_CSUM) ||
+	    bpf_clone_redirect(skb, skb->ifindex, BPF_F_INGRESS)) {
+		bpf_map_delete_elem(&conns, key);
+		return be_refuse_offer(skb, cfg, o, REFUSE_INTERNAL);
+	}
+	__u32 len = bare_header(s, o, n->client_isn, TCPF_SYN | (o->syn_tcp_flags & (TCPF_ECE | TCPF_CWR)),
+				n->syn_window, o->syn_opts, o->syn_opts_len);
+	if (rebuild_bare_segment(skb, s, len)) {
+		/* The copy finds no answer and goes back refused. */
+		struct conn *e = bpf_map_lookup_elem(&conns, key);
+		if (e)
+			e->refuse_reason = REFUSE_INTERNAL;
+		return drop(DROP_REDIRECT_FAILED);
+	}
+	return TC_ACT_OK;
+}
+
+/* A packet with an offer header for this node: an offer, its REPLAY copy, or a refusal of ours. */
+__always int offer_ingress(struct __sk_buff *skb, const struct node_config *cfg)
+{
+	struct offer_scratch *s = offer_scratch_get();
+	if (!s || offer_parse(skb, cfg, &s->o))
+		return TC_ACT_OK;
+	struct offer *o = &s->o;
+	__u8 kind = o->kind;
+	if (kind == OFFER_KIND_REFUSED) {
+		if (offer_open(cfg, o))
+			return drop(DROP_OFFER_REJECTED);
+		return fe_offer_returned(skb, cfg, o);
+	}
+	if ((kind != OFFER_KIND_OFFER && kind != OFFER_KIND_REPLAY) ||
+	    offer_open(cfg, o) || o->be_addr != cfg->service_addr ||
+	    !is_service_port(cfg, o->service_port))
+		return drop(DROP_OFFER_REJECTED);
+	struct conn_key key = {
+		.client_addr = o->client_addr,
+		.local_addr = cfg->service_addr,
+		.client_port = o->client_port,
+		.local_port = o->service_port,
+	};
+	struct conn *c = bpf_map_lookup_elem(&conns, &key);
+	if (c && c->role == ROLE_BE && (c->flags & CONN_DP_OFFER) &&
+	    c->handoff_id == bpf_be64_to_cpu(o->handoff_id) && c->peer_addr == o->fe_addr) {
+		c->last_seen_ns = bpf_ktime_get_ns();
+		c->client_seen_ns = c->last_seen_ns;
+		if (c->state != BE_SYN_SENT)
+			return be_offer_segment(skb, cfg, &key, c);
+		/* Refused by our TCP's answer; or no answer in the window (the SYN was dropped). */
+		if (c->refuse_reason ||
+		    c->last_seen_ns - c->created_ns > cfg->live_window_ns)
+			return be_offer_refused(skb, cfg, s, &key, c);
+		/* Our TCP's answer is not out yet (it may wait for the client's neighbour entry): the
+		 * client's retransmission completes the handshake once it is. */
+		return drop(DROP_BE_NOT_READY);
+	}
+	if (kind == OFFER_KIND_REPLAY)
+		return drop(DROP_OFFER_REJECTED);
+	__u32 refused = offer_refused_before(o);
+	if (refused)
+		return be_refuse_offer(skb, cfg, o, refused);
+	if (c) {
+		/* The client reused its port: a handed-in connection over at both ends only lingers
+		 * (its agent forgets it when this one is taken); anything else holds the tuple. */
+		if (c->role != ROLE_BE || !(c->flags & CONN_CLOSE_REPORTED))
+			return be_refuse_offer(skb, cfg, o, REFUSE_COLLISION);
+		bpf_map_delete_elem(&conns, &key);
+	}
+	return be_take_offer(skb, cfg, s, &key);
 }

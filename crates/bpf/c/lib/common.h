@@ -23,6 +23,8 @@
 #define TCPF_RST 0x04
 #define TCPF_PSH 0x08
 #define TCPF_ACK 0x10
+#define TCPF_ECE 0x40
+#define TCPF_CWR 0x80
 
 /* Longest TCP options area. */
 #define TCP_OPTS_MAX 40

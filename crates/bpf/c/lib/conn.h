@@ -45,6 +45,20 @@ enum conn_state {
 #define CONN_SYNACK_SEEN 0x10  /* FE: our SYN-ACK has gone out, local_isn is valid */
 #define CONN_AGENT_HOLDS 0x20  /* FE: a held packet went to the agent, which now decides */
 #define CONN_LIVE_REPORTED 0x40 /* BE: EV_BE_LIVE sent */
+#define CONN_DP_OFFER 0x80     /* FE and BE: handed off by the datapaths alone (offer.h), no agent asked */
+#define CONN_DP_TAKEN 0x100    /* BE: EV_DP_TAKEN sent */
+#define CONN_DP_LIVE 0x200     /* FE (datapath offer): the client acknowledged data of the BE */
+
+/* What a SYN-ACK negotiated, as far as a handoff needs it identical at both ends (the agent's
+ * `SynOptions::negotiated_mismatch`): MSS, window scale, SACK and timestamps. */
+struct syn_digest {
+	__u16 mss;    /* 0: none */
+	__u8 wscale;  /* SYN_NO_WSCALE: none */
+	__u8 bits;    /* SYN_SACK_OK | SYN_TS_OK */
+};
+#define SYN_NO_WSCALE 0xff
+#define SYN_SACK_OK 0x01
+#define SYN_TS_OK 0x02
 
 struct conn {
 	__u8 role;
@@ -61,7 +75,8 @@ struct conn {
 	__be32 peer_addr;    /* FE: the BE that serves it; BE: the FE's service address */
 	__u32 seq_delta;     /* BE: server seq = client-visible seq + seq_delta */
 	__u32 ts_delta;      /* BE: server TS clock = client-visible TS clock + ts_delta */
-	__u32 pad;
+	struct syn_digest synack_digest; /* FE: our SYN-ACK's negotiated options; BE (datapath offer):
+					  * the FE's, which the server's SYN-ACK must match */
 	__u64 created_ns;
 	__u64 last_seen_ns;
 	__u64 live_deadline_ns; /* BE: the server's TCP may go live (reach the client) only before this */
@@ -72,7 +87,51 @@ struct conn {
 	__u64 handoff_id;     /* FE and BE: the handoff's id (set by the agent when it offers or takes
 			       * it), so an agent that adopts the table can speak of it to the peer */
 	__u64 client_seen_ns; /* the last packet from the client (last_seen_ns counts both ways) */
+	__u32 fe_isn;         /* BE (datapath offer): ISN of the FE's SYN-ACK, the client's view of the
+			       * server's sequence space, until the server's SYN-ACK gives the offsets */
+	__u8 refuse_reason;   /* BE (datapath offer): why the server's TCP did not take the replayed
+			       * SYN (REFUSE_*), 0 while it may */
+	__u8 pad[3];
+	__u64 offered_ns;     /* FE (datapath offer): when it was first offered (offer_clock_ns()) */
 };
+
+/* A datapath offer (offer.h): the header that follows the IPv4 header of the client's first data
+ * segment on its way from the FE to the BE (IP protocol OFFER_IPPROTO), and of the same segment
+ * sent back when the BE refuses. Everything in network byte order but `mac`: SipHash-2-4 (key:
+ * node_config.offer_key) of the OFFER_MAC_WORDS 8-byte words before it, read little-endian, and
+ * stored in host order (baton's eBPF targets are little-endian).
+ * Mirrored by `baton_wire::offer`. */
+struct offer {
+	__u8 version;          /* OFFER_VERSION */
+	__u8 kind;             /* OFFER_KIND_* */
+	__u8 reason;           /* OFFER_KIND_REFUSED: REFUSE_* (reasons.h); else 0 */
+	__u8 syn_opts_len;     /* the client's SYN options, replayed at the BE */
+	__u8 syn_tcp_flags;    /* the client's SYN flag byte (ECE|CWR: it asks for ECN) */
+	__u8 synack_tcp_flags; /* the FE's SYN-ACK flag byte (ECE: it agreed to ECN) */
+	__be16 syn_window;     /* the client's SYN window */
+	__be32 client_addr;
+	__be32 fe_addr;        /* the FE's service address: the client's peer */
+	__be32 be_addr;        /* the BE's service address */
+	__be16 client_port;
+	__be16 service_port;
+	__be32 client_isn;
+	__be32 fe_isn;         /* ISN of the FE's SYN-ACK */
+	__be32 fe_tsval;       /* TSval of the FE's SYN-ACK (the client echoes it) */
+	__be16 synack_mss;     /* what the FE's SYN-ACK negotiated (struct syn_digest) */
+	__u8 synack_wscale;
+	__u8 synack_bits;
+	__be64 handoff_id;     /* the FE's id for it, high bit set (agents' ids have it clear) */
+	__be64 offered_ns;     /* when the FE first offered it, in UTC ns (offer.h, offer_clock_ns()) */
+	__u8 syn_opts[TCP_OPTS_MAX];
+	__u64 mac;
+};
+#define OFFER_IPPROTO 253 /* RFC 3692: for experimentation; never leaves the cluster's network */
+#define OFFER_VERSION 1
+#define OFFER_KIND_OFFER 1   /* FE -> BE */
+#define OFFER_KIND_REFUSED 2 /* BE -> FE: the segment comes back; the FE serves it or asks its agent */
+#define OFFER_KIND_REPLAY 3  /* BE -> its own ingress: the segment again, after its SYN (never sent) */
+#define OFFER_MAC_WORDS 12
+#define OFFER_LEN 104
 
 /* What the agent asks of the datapath about a placed connection (the watch map). The agent alone
  * writes it, always the whole value; the datapath only reads it. */
@@ -98,6 +157,7 @@ struct responses {
 enum decide_mode {
 	DECIDE_AGENT = 0, /* every held connection goes to the agent */
 	DECIDE_HASH = 1,  /* the hash policy: a target that hashes to this node is released at once */
+	DECIDE_ROUND_ROBIN = 2, /* round-robin over the eligible nodes, this one included */
 };
 
 /* One member as the datapath's hash policy sees it (the agent's `Hash` policy, mirrored). */
@@ -105,7 +165,8 @@ struct dp_node {
 	__u64 hash_seed; /* FNV-1a 64 state after the node's name and the 0xff separator */
 	__u8 eligible;   /* up, or this node: the policy may choose it */
 	__u8 rank;       /* the name's place among the members' names sorted: ties go to the greatest */
-	__u8 pad[6];
+	__u8 pad[2];
+	__be32 addr;     /* its service address, where a datapath offer goes (0: offers to it go by the agent) */
 };
 
 /* What the agent tells the programs: this node's service address and ports, whether to distribute
@@ -123,12 +184,25 @@ struct node_config {
 	__u8 pad[3];
 	__u32 netns_inum;     /* the agent's network namespace: only its sockets count as load */
 	struct dp_node nodes[DP_NODES_MAX];
+	/* Handoffs by the datapaths alone (offer.h): */
+	__u64 live_window_ns; /* how long after an offer the server's TCP may still go live */
+	__u8 offer_key[OFFER_KEY_LEN]; /* SipHash-2-4 key that authenticates offers between nodes */
+	__u16 mtu;            /* the interface's MTU: an offer that would not fit goes by the agent */
+	__u8 offers;          /* 1: this node makes offers and takes them (else both go by the agents) */
+	__u8 pad2[5];
+	__s64 tai_offset_ns;  /* CLOCK_TAI - UTC on this node (adjtimex): offers are stamped in UTC */
 };
 
 /* Sets `bits` in c->flags atomically; returns the flags from before. */
 __always __u32 conn_set_flags(struct conn *c, __u32 bits)
 {
 	return __sync_fetch_and_or(&c->flags, bits);
+}
+
+/* Clears `bits` in c->flags atomically. */
+__always void conn_clear_flags(struct conn *c, __u32 bits)
+{
+	__sync_fetch_and_and(&c->flags, ~bits);
 }
 
 __always int is_service_port(const struct node_config *cfg, __be16 port)

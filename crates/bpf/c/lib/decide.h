@@ -1,16 +1,18 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Deciding in the datapath: a first data segment whose request line names a target that the hash
- * policy gives to this node is released to the local server at once, with no agent round trip.
+ * policy gives to this node is released to the local server at once, with no agent round trip;
+ * one it gives to another node may be offered to it by the datapath alone (offer.h). Round-robin
+ * needs no request at all: the next eligible node in turn (decide_round_robin()).
  *
  * The agent's `Hash` policy (`baton_policy::Hash`) is computed here bit for bit: rendezvous over
  * the eligible nodes, score = splitmix64(FNV-1a 64 over name, 0xff, target), the highest score
  * wins, ties to the greatest name. The agent writes each node's FNV state after "name 0xff"
  * (hash_seed), its eligibility and its name's rank into node_config.nodes.
  *
- * Contract: decide_local() returns 1 only when the agent, with the same view of the cluster, would
- * serve the request here too. The target is the bytes between the request line's first and second
+ * Contract: decide_hash() returns the index (in node_config.nodes) of the node the agent, with the
+ * same view of the cluster, would choose for the request, or -1. The target is the bytes between the request line's first and second
  * space, as the agent's parser reads it; a request line it cannot find in the segment's first
- * HEAD_SCAN_MAX bytes returns 0, and so does anything not decided here: the agent decides.
+ * HEAD_SCAN_MAX bytes returns -1, and so does anything not decided here: the agent decides.
  */
 #pragma once
 #include "common.h"
@@ -73,21 +75,21 @@ __always __u64 splitmix64_finalize(__u64 z)
 	return z ^ (z >> 31);
 }
 
-/* 1: the hash policy gives this request to this node. */
-__always int decide_local(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p)
+/* The node the hash policy gives this request to (its index), or -1. */
+__always int decide_hash(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p)
 {
 	__u32 zero = 0;
 	struct head_scan *s = bpf_map_lookup_elem(&head_scratch, &zero);
 	if (!s || cfg->decide != DECIDE_HASH || cfg->nnodes > DP_NODES_MAX ||
 	    cfg->self_index >= cfg->nnodes)
-		return 0;
+		return -1;
 	__u32 len = p->payload_len < HEAD_SCAN_MAX ? p->payload_len : HEAD_SCAN_MAX;
 	if (load_bytes_var(skb, p->opts_off + p->opts_len, s->buf, len, HEAD_SCAN_MAX))
-		return 0;
+		return -1;
 	struct head_walk w = {.s = s, .len = len, .nnodes = cfg->nnodes};
 	bpf_loop(HEAD_SCAN_MAX, find_target_step, &w, 0);
 	if (!w.target_end || w.target_end <= w.target_start)
-		return 0;
+		return -1;
 	for (int n = 0; n < DP_NODES_MAX; n++) {
 		if (n >= w.nnodes)
 			break;
@@ -111,5 +113,36 @@ __always int decide_local(struct __sk_buff *skb, const struct node_config *cfg, 
 			best_rank = rank;
 		}
 	}
-	return best == cfg->self_index;
+	return best;
+}
+
+/* Round-robin: the next node in turn that is eligible (this node always is), as the agent's
+ * `RoundRobin` cycles; one position shared by all CPUs. Returns its index, or -1. */
+__always int decide_round_robin(const struct node_config *cfg)
+{
+	__u32 zero = 0;
+	__u64 *next = bpf_map_lookup_elem(&round_robin, &zero);
+	__u32 n = cfg->nnodes;
+	if (!next || cfg->decide != DECIDE_ROUND_ROBIN || n == 0 || n > DP_NODES_MAX ||
+	    cfg->self_index >= n)
+		return -1;
+	__u32 start = (__u32)(__sync_fetch_and_add(next, 1) % n);
+	for (int i = 0; i < DP_NODES_MAX; i++) {
+		if (i >= n)
+			break;
+		__u32 at = (start + i) % n;
+		barrier_var(at); /* the mask below must stay for the verifier */
+		at &= DP_NODES_MAX - 1;
+		if (cfg->nodes[at].eligible || at == cfg->self_index)
+			return at;
+	}
+	return cfg->self_index;
+}
+
+/* The node the datapath's policy gives this first data segment to, or -1: the agent decides. */
+__always int decide_first(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p)
+{
+	if (cfg->decide == DECIDE_ROUND_ROBIN)
+		return decide_round_robin(cfg);
+	return decide_hash(skb, cfg, p);
 }

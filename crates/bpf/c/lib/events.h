@@ -18,16 +18,19 @@ enum event_kind {
 	EV_CLOSED = 3,      /* BE: the handed-in connection closed (both FINs, or a RST) */
 	EV_BE_LIVE = 4,     /* BE: the server's TCP took the replayed connection and spoke: it is live */
 	EV_NEXT_HEAD = 5,   /* a held client packet of a placed connection: at or past its next request head (watch) */
+	EV_DP_OFFERED = 6,  /* FE: the datapath offered the connection to peer_addr itself (offer.h) */
+	EV_DP_TAKEN = 7,    /* BE: our TCP took a datapath offer's replay (the entry says from whom) */
+	EV_DP_RETURNED = 8, /* FE: a datapath offer came back refused (detail: REFUSE_*, peer: the BE); served here or held */
 };
 
 struct event_hdr {
 	__u32 kind;
 	__u32 pkt_len; /* length of the packet from its IPv4 header */
 	__u32 cap_len; /* bytes of it that follow this header */
-	__u32 pad;
+	__u32 detail;  /* EV_DP_RETURNED: the refusal reason; else 0 */
 	__u64 ts_ns;
 	struct conn_key key;
-	__u32 pad2;
+	__be32 peer;   /* EV_DP_RETURNED: the BE that refused; else 0 */
 };
 
 struct event {

@@ -7,17 +7,22 @@
  *                              server never sees the connection; the client's first data segment
  *                              carries the same ACK and completes the handshake wherever it goes
  *   ingress first data      -> decided here when the policy allows it (decide.h): entry deleted and
- *                              the segment passed to our TCP, which completes the handshake with it.
+ *                              the segment passed to our TCP, which completes the handshake with it;
+ *                              for another node, offered to it by the datapath (offer.h): FE_FORWARD.
  *                              Otherwise held
  *   ingress held            -> copied to the agent and dropped (RST: forget and pass, it ends SYN-RECV)
  *   no agent alive          -> fail open: nothing new is tracked, a held connection is forgotten and
  *                              its packet passed up (the client retransmits what the agent had)
- *   ingress in FE_FORWARD   -> daddr := BE, redirect out toward the BE; but with a watch entry
+ *   ingress in FE_FORWARD   -> daddr := BE, redirect out toward the BE (the first data segment of a
+ *                              datapath offer with its offer header again); but with a watch entry
  *                              (WATCH_HEADS) data at or past the next request head is held for
  *                              the agent (EV_NEXT_HEAD, follow.h)
  *   egress  in HOLD/FORWARD -> our TCP has no say: dropped, but for SYN-ACK retransmissions (a failed
  *                              one would make our TCP drop the half-open connection that a refused
  *                              offer falls back to; once the BE has it, the agent resets that side)
+ *
+ *   ingress offer REFUSED   -> the segment of a datapath offer, back: restored and served here, or,
+ *                              for a tuple in use at the BE, held for the agent (offer.h)
  *
  * The agent moves FE_HOLD -> FE_FORWARD when it offers the connection to a peer (the client's
  * packets follow the offer), or deletes the entry when the connection is served here.
@@ -27,6 +32,7 @@
 #include "decide.h"
 #include "follow.h"
 #include "maps.h"
+#include "offer.h"
 #include "options.h"
 #include "parse.h"
 #include "translate.h"
@@ -89,6 +95,111 @@ __always int fe_hold(struct __sk_buff *skb, const struct conn_key *key)
 	return drop(DROP_HELD);
 }
 
+/* The datapath offer of a connection in FE_FORWARD (its first data segment, or a retransmission
+ * of it): daddr := BE, the offer header in, out toward the BE. */
+__always int fe_send_offer(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p,
+			   const struct conn_key *key, struct conn *c)
+{
+	struct offer_scratch *s = offer_scratch_get();
+	if (!s)
+		return drop(DROP_REDIRECT_FAILED);
+	struct offer *o = &s->o;
+	__builtin_memset(o, 0, sizeof(*o));
+	o->version = OFFER_VERSION;
+	o->kind = OFFER_KIND_OFFER;
+	o->syn_opts_len = c->syn_opts_len;
+	o->syn_tcp_flags = c->syn_tcp_flags;
+	o->synack_tcp_flags = c->synack_tcp_flags;
+	o->syn_window = bpf_htons(c->syn_window);
+	o->client_addr = key->client_addr;
+	o->fe_addr = cfg->service_addr;
+	o->be_addr = c->peer_addr;
+	o->client_port = key->client_port;
+	o->service_port = key->local_port;
+	o->client_isn = bpf_htonl(c->client_isn);
+	o->fe_isn = bpf_htonl(c->local_isn);
+	o->fe_tsval = bpf_htonl(c->synack_tsval);
+	o->synack_mss = bpf_htons(c->synack_digest.mss);
+	o->synack_wscale = c->synack_digest.wscale;
+	o->synack_bits = c->synack_digest.bits;
+	o->handoff_id = bpf_cpu_to_be64(c->handoff_id);
+	o->offered_ns = bpf_cpu_to_be64(c->offered_ns);
+	__builtin_memcpy(o->syn_opts, c->syn_opts, TCP_OPTS_MAX);
+	offer_seal(cfg, o);
+	if (p->flags & TCPF_FIN)
+		conn_set_flags(c, CONN_CLIENT_FIN);
+	c->packets++;
+	c->bytes += skb->len;
+	stat_add(STAT_FORWARD_PACKETS, 1);
+	stat_add(STAT_FORWARD_BYTES, skb->len);
+	if (rewrite_daddr(skb, p, c->peer_addr) || offer_push(skb, o))
+		return drop(DROP_REDIRECT_FAILED);
+	return bpf_redirect_neigh(skb->ifindex, NULL, 0, 0);
+}
+
+/* Whether this segment can carry a datapath offer: not a GSO packet, no IP options, and it fits
+ * the interface with the offer header. */
+__always int fe_offer_fits(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p)
+{
+	return !skb->gso_size && p->l4_off == OFFER_OFF && skb->len + OFFER_LEN <= ETH_HLEN + cfg->mtu;
+}
+
+/* Offers the connection to node `winner` from the datapath (offer.h). Returns a verdict, or -1
+ * when the agent must decide it (offers off, or no address for the node, or a segment that cannot
+ * carry the offer). */
+__always int fe_offer(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p,
+		      const struct conn_key *key, struct conn *c, int winner)
+{
+	if (!cfg->offers || winner < 0 || winner >= DP_NODES_MAX || !(c->flags & CONN_SYNACK_SEEN))
+		return -1;
+	__be32 be = cfg->nodes[winner & (DP_NODES_MAX - 1)].addr;
+	if (!be || be == cfg->service_addr || !fe_offer_fits(skb, cfg, p))
+		return -1;
+	c->peer_addr = be;
+	c->handoff_id = (1ULL << 63) | ((__u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
+	c->offered_ns = offer_clock_ns(cfg);
+	conn_set_flags(c, CONN_DP_OFFER);
+	c->state = FE_FORWARD;
+	emit_notice(EV_DP_OFFERED, key);
+	stat_add(STAT_DP_OFFERS, 1);
+	return fe_send_offer(skb, cfg, p, key, c);
+}
+
+/* A datapath offer of ours came back refused (offer.h): the segment is the client's again. It is
+ * served here (our TCP completes its half-open handshake with it), unless the tuple was in use at
+ * the BE: then it is held for the agent, whose offer may end what holds the tuple there. */
+__always int fe_offer_returned(struct __sk_buff *skb, const struct node_config *cfg,
+			       const struct offer *o)
+{
+	struct conn_key key = {
+		.client_addr = o->client_addr,
+		.local_addr = cfg->service_addr,
+		.client_port = o->client_port,
+		.local_port = o->service_port,
+	};
+	struct conn *c = bpf_map_lookup_elem(&conns, &key);
+	if (!c || c->role != ROLE_FE || c->state != FE_FORWARD || !(c->flags & CONN_DP_OFFER) ||
+	    c->handoff_id != bpf_be64_to_cpu(o->handoff_id) || o->fe_addr != cfg->service_addr)
+		return drop(DROP_OFFER_REJECTED);
+	__be32 be = c->peer_addr;
+	/* The TCP checksum still sums client -> BE: the source goes back without touching it, the
+	 * destination with it. */
+	if (offer_pop(skb) || ip_addr_set(skb, IP_SADDR_OFF, o->client_addr) ||
+	    bpf_l4_csum_replace(skb, OFFER_OFF + TCP_CSUM_OFF, be, cfg->service_addr,
+				BPF_F_PSEUDO_HDR | 4))
+		return drop(DROP_REDIRECT_FAILED);
+	stat_add(STAT_DP_RETURNED, 1);
+	emit_notice_detail(EV_DP_RETURNED, &key, o->reason, be);
+	if (o->reason == REFUSE_COLLISION && agent_alive()) {
+		conn_clear_flags(c, CONN_DP_OFFER);
+		c->state = FE_HOLD;
+		conn_set_flags(c, CONN_AGENT_HOLDS);
+		return fe_hold(skb, &key);
+	}
+	bpf_map_delete_elem(&conns, &key);
+	return TC_ACT_OK;
+}
+
 /* A held connection's packet before the agent has seen any: the bare handshake ACK (and its
  * duplicates) is absorbed, the first data segment may be decided here, anything else goes to the
  * agent, which decides from then on. */
@@ -99,10 +210,16 @@ __always int fe_first_content(struct __sk_buff *skb, const struct node_config *c
 		stat_add(STAT_HANDSHAKE_ABSORBED, 1);
 		return TC_ACT_SHOT;
 	}
-	if (p->payload_len && p->seq == c->client_isn + 1 && decide_local(skb, cfg, p)) {
-		bpf_map_delete_elem(&conns, key);
-		stat_add(STAT_DECIDED_LOCAL, 1);
-		return TC_ACT_OK;
+	if (p->payload_len && p->seq == c->client_isn + 1) {
+		int winner = decide_first(skb, cfg, p);
+		if (winner >= 0 && winner == cfg->self_index) {
+			bpf_map_delete_elem(&conns, key);
+			stat_add(STAT_DECIDED_LOCAL, 1);
+			return TC_ACT_OK;
+		}
+		int verdict = fe_offer(skb, cfg, p, key, c, winner);
+		if (verdict >= 0)
+			return verdict;
 	}
 	conn_set_flags(c, CONN_AGENT_HOLDS);
 	return fe_hold(skb, key);
@@ -153,6 +270,17 @@ __always int fe_ingress(struct __sk_buff *skb, const struct node_config *cfg, co
 			fe_init(skb, p, c, bpf_ktime_get_ns());
 			return TC_ACT_OK;
 		}
+		/* Offered again with the client's retransmissions, for as long as the BE may take it
+		 * (its deadline counts from the first offer): after that, only our agent decides. */
+		if ((c->flags & CONN_DP_OFFER) && p->seq == c->client_isn + 1 && pkt_data_len(p) &&
+		    fe_offer_fits(skb, cfg, p) &&
+		    offer_clock_ns(cfg) - c->offered_ns < cfg->live_window_ns)
+			return fe_send_offer(skb, cfg, p, key, c);
+		/* Only the BE's bytes can move the client's ACK past our SYN-ACK: it has the connection,
+		 * which the agent must know even if the BE's agent never says so. */
+		if ((c->flags & (CONN_DP_OFFER | CONN_DP_LIVE)) == CONN_DP_OFFER && (p->flags & TCPF_ACK) &&
+		    (__s32)(p->ack_seq - (c->local_isn + 1)) > 0)
+			conn_set_flags(c, CONN_DP_LIVE);
 		verdict = follow_hold_head(skb, p, key);
 		if (verdict)
 			return verdict;
@@ -181,6 +309,7 @@ __always int fe_egress(struct __sk_buff *skb, const struct pkt *p, struct conn *
 			find_opts(skb, p, &o);
 			c->local_isn = p->seq;
 			c->synack_tcp_flags = p->flags;
+			c->synack_digest = o.syn;
 			if (o.ts_off >= 0) {
 				__be32 tsval;
 				if (!bpf_skb_load_bytes(skb, p->opts_off + o.ts_off, &tsval, 4))

@@ -52,6 +52,31 @@ struct {
 	__type(value, struct head_scan);
 } head_scratch SEC(".maps");
 
+/* Why: a datapath offer refused here is never taken later (a duplicate or a replayed copy of it
+ * would be served twice: the FE served it), until it is too old to be taken anyway (offer.h). */
+struct refused_offer_key {
+	__u64 handoff_id;
+	__be32 fe_addr;
+	__u32 pad;
+};
+struct refused_offer {
+	__u64 until_ns; /* CLOCK_MONOTONIC */
+	__u32 reason;   /* REFUSE_* */
+	__u32 pad;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, REFUSED_OFFERS_MAX);
+	__type(key, struct refused_offer_key);
+	__type(value, struct refused_offer);
+} refused_offers SEC(".maps");
+/* Why: where the datapath's round-robin is (decide.h): one position, shared by all CPUs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} round_robin SEC(".maps");
 /* Why: the agent follows a placed keep-alive connection request by request; here it tells the
  * programs what to hold of the client's next request and when the local TCP must keep quiet
  * (follow.h). The agent writes, the programs read; pinned: a freeze must outlive its agent. */
@@ -84,6 +109,19 @@ struct {
 	__type(value, struct response_scan);
 } response_scratch SEC(".maps");
 
+/* Why: a datapath offer's header, the BE entry it creates and a rebuilt TCP header together do
+ * not fit the BPF stack beside the rest (offer.h). */
+struct offer_scratch {
+	struct offer o;
+	struct conn c;
+	__u8 tcp[60];
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct offer_scratch);
+} offer_scratch SEC(".maps");
 /* What the agent says about itself, in memory it writes without a syscall (mmap):
  * - whether it is alive (alive_until_ns, refreshed every housekeeping round): while it is not, the
  *   datapath fails open: it holds nothing new and passes up what it held, so a node without a
@@ -180,8 +218,8 @@ __always int emit_packet(struct __sk_buff *skb, __u32 kind, const struct conn_ke
 	ev->hdr.kind = kind;
 	ev->hdr.pkt_len = pkt_len;
 	ev->hdr.cap_len = cap;
-	ev->hdr.pad = 0;
-	ev->hdr.pad2 = 0;
+	ev->hdr.detail = 0;
+	ev->hdr.peer = 0;
 	ev->hdr.ts_ns = bpf_ktime_get_ns();
 	ev->hdr.key = *key;
 	if (load_bytes_var(skb, ETH_HLEN, ev->data, cap, EVENT_CAPTURE_MAX))
@@ -197,10 +235,12 @@ __always int emit_packet(struct __sk_buff *skb, __u32 kind, const struct conn_ke
 }
 
 /* A notice without packet bytes. */
-__always int emit_notice(__u32 kind, const struct conn_key *key)
+__always int emit_notice_detail(__u32 kind, const struct conn_key *key, __u32 detail, __be32 peer)
 {
 	struct event_hdr h = {
 		.kind = kind,
+		.detail = detail,
+		.peer = peer,
 		.ts_ns = bpf_ktime_get_ns(),
 		.key = *key,
 	};
@@ -208,4 +248,15 @@ __always int emit_notice(__u32 kind, const struct conn_key *key)
 		return -1;
 	stat_add(STAT_EVENTS, 1);
 	return 0;
+}
+
+__always int emit_notice(__u32 kind, const struct conn_key *key)
+{
+	return emit_notice_detail(kind, key, 0, 0);
+}
+
+__always struct offer_scratch *offer_scratch_get(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&offer_scratch, &zero);
 }

@@ -17,7 +17,8 @@ enum drop_reason {
 	DROP_REDIRECT_FAILED = 8, /* forwarding redirect was refused */
 	DROP_BE_LATE = 9,         /* server packet of a replayed connection after its deadline to go live */
 	DROP_MOVING = 10,         /* server packet of a connection moving to another node */
-	DROP_REASON_MAX = 11,
+	DROP_OFFER_REJECTED = 11, /* a datapath offer or refusal that does not authenticate, is stale, or fits no entry */
+	DROP_REASON_MAX = 12,
 };
 
 enum stat {
@@ -43,5 +44,19 @@ enum stat {
 	STAT_NEXT_HEADS_HELD = 19,  /* client packets of a placed connection's next request head, held (watch) */
 	STAT_RESPONSE_HEADS = 20,   /* server response heads read (interim ones included) */
 	STAT_RESPONSES_OPAQUE = 21, /* connections whose responses could no longer be followed */
-	STAT_MAX = 22,
+	STAT_DP_OFFERS = 22,        /* FE: connections the datapath offered to another node itself */
+	STAT_DP_TAKEN = 23,         /* BE: datapath offers whose replay our TCP took */
+	STAT_DP_REFUSED = 24,       /* BE: datapath offers sent back to their FE (offer.h: REFUSE_*) */
+	STAT_DP_RETURNED = 25,      /* FE: ... received back: served here, or asked of the agent */
+	STAT_MAX = 26,
+};
+
+/* Why an offer was refused: the mesh's `RefuseReason` codes (baton_proto), so that the agent
+ * reports a datapath refusal as it reports its own. Never renumber. */
+enum refuse_reason {
+	REFUSE_COLLISION = 1,       /* the tuple is in use at the BE (a socket, or another entry) */
+	REFUSE_OPTION_MISMATCH = 2, /* the BE's SYN-ACK negotiated other options or ECN than the FE's */
+	REFUSE_OVERLOADED = 3,      /* the BE takes no offers now (no agent, draining) */
+	REFUSE_INTERNAL = 5,        /* the BE could not replay it (a helper failed, no answer to the SYN) */
+	REFUSE_NO_LISTENER = 7,     /* nothing listens on the service port at the BE */
 };

@@ -19,3 +19,7 @@
 #define METHOD_MAX 16
 /* Bytes of a server packet the datapath reads for a response head (status line to empty line). */
 #define RESPONSE_SCAN_MAX 1024
+/* The key that authenticates datapath offers (SipHash-2-4). */
+#define OFFER_KEY_LEN 16
+/* Refused datapath offers remembered at once (offer.h: a copy of one is never taken later). */
+#define REFUSED_OFFERS_MAX 8192
