@@ -17,6 +17,8 @@ use baton_lab::http_client::http_get_timeout;
 use baton_lab::{Lab, LabSpec, ServerKind};
 use baton_policy::PolicyKind;
 
+mod common;
+
 const BATON: &str = env!("CARGO_BIN_EXE_baton");
 const NAMES: [&str; 3] = ["n1", "n2", "n3"];
 
@@ -791,18 +793,7 @@ fn datapath_offers_survive_a_lossy_client_link() {
     let mut lab = lab("dpo6", ServerKind::Nginx, None);
     // The client's link drops 3% of the HTTP segments both ways (SYNs, requests, ACKs and
     // responses alike): a lost request is retransmitted by the client and offered again.
-    let rules = "table inet lossy {
-        chain in { type filter hook input priority 0; tcp sport 80 numgen random mod 100 < 3 drop; }
-        chain out { type filter hook output priority 0; tcp dport 80 numgen random mod 100 < 3 drop; }
-    }";
-    let out = lab
-        .exec("client", &["nft", rules])
-        .expect("run nft (is nftables installed?)");
-    assert!(
-        out.status.success(),
-        "nft: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::make_client_link_lossy(&lab);
     let (to_n2, to_n3) = (
         targets("/f/100k", 2, 50, "lossy"),
         targets("/f/100k", 3, 50, "lossy"),

@@ -864,18 +864,7 @@ fn handed_off_transfers_survive_a_lossy_link() {
     // The client's link drops 3% of the HTTP segments both ways: the BE retransmits, the client's
     // SACK blocks (in the FE's sequence space) reach the BE translated, timestamps keep PAWS happy.
     let lab = lab("ls", 2, ServerKind::Static, PolicyKind::Hash);
-    let rules = "table inet lossy {
-        chain in { type filter hook input priority 0; tcp sport 80 numgen random mod 100 < 3 drop; }
-        chain out { type filter hook output priority 0; tcp dport 80 numgen random mod 100 < 3 drop; }
-    }";
-    let out = lab
-        .exec("client", &["nft", rules])
-        .expect("run nft (is nftables installed?)");
-    assert!(
-        out.status.success(),
-        "nft: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::make_client_link_lossy(&lab);
     let recoveries_before = tcp_ext(&lab, "n2", "TCPSackRecovery");
     let remote = target_hashed_to("/f/10m", 2, 2);
     for _ in 0..3 {

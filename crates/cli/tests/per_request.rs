@@ -235,18 +235,7 @@ fn large_and_small_responses_move_byte_for_byte_also_across_a_lossy_link() {
     run_plan(&lab, large_and_small_plan("a"));
     // The client's link drops 3% of the HTTP segments both ways: moves wait for the losses to
     // be repaired (a response is not complete before the client acknowledged all of it).
-    let rules = "table inet lossy {
-        chain in { type filter hook input priority 0; tcp sport 80 numgen random mod 100 < 3 drop; }
-        chain out { type filter hook output priority 0; tcp dport 80 numgen random mod 100 < 3 drop; }
-    }";
-    let out = lab
-        .exec("client", &["nft", rules])
-        .expect("run nft (is nftables installed?)");
-    assert!(
-        out.status.success(),
-        "nft: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::make_client_link_lossy(&lab);
     run_plan(&lab, large_and_small_plan("b"));
     lab.exec("client", &["nft", "delete table inet lossy"])
         .unwrap();

@@ -100,6 +100,21 @@ pub(super) struct Held {
     head_complete: Option<Instant>,
 }
 
+impl Held {
+    /// Nothing held yet of the connection whose datapath entry is `entry`.
+    fn new(entry: Conn, now: Instant) -> Self {
+        Held {
+            entry,
+            stream: StreamAssembler::new(entry.client_isn.wrapping_add(1), STREAM_CAPACITY),
+            template: None,
+            segments: 0,
+            asking: None,
+            since: now,
+            head_complete: None,
+        }
+    }
+}
+
 pub(super) enum FePhase {
     Held(Held),
     Offered {
@@ -440,20 +455,11 @@ impl Engine {
             Some(entry) if entry.state() == Some(ConnState::FeHold) => entry,
             _ => return false,
         };
-        let held = Held {
-            entry,
-            stream: StreamAssembler::new(entry.client_isn.wrapping_add(1), STREAM_CAPACITY),
-            template: None,
-            segments: 0,
-            asking: None,
-            since: now,
-            head_complete: None,
-        };
         self.fe.conns.insert(
             key,
             FeConn {
                 client_isn: entry.client_isn,
-                phase: FePhase::Held(held),
+                phase: FePhase::Held(Held::new(entry, now)),
             },
         );
         true
@@ -1101,15 +1107,7 @@ impl Engine {
             });
         }
         let id = entry.handoff_id;
-        let held = Held {
-            entry,
-            stream: StreamAssembler::new(entry.client_isn.wrapping_add(1), STREAM_CAPACITY),
-            template: None,
-            segments: 0,
-            asking: None,
-            since: now,
-            head_complete: None,
-        };
+        let held = Held::new(entry, now);
         self.fe.conns.insert(
             key,
             FeConn {

@@ -317,12 +317,7 @@ __always int offer_ingress(struct __sk_buff *skb, const struct node_config *cfg)
 	    offer_open(cfg, o) || o->be_addr != cfg->service_addr ||
 	    !is_service_port(cfg, o->service_port))
 		return drop(DROP_OFFER_REJECTED);
-	struct conn_key key = {
-		.client_addr = o->client_addr,
-		.local_addr = cfg->service_addr,
-		.client_port = o->client_port,
-		.local_port = o->service_port,
-	};
+	struct conn_key key = offer_conn_key(cfg, o);
 	struct conn *c = bpf_map_lookup_elem(&conns, &key);
 	if (c && c->role == ROLE_BE && (c->flags & CONN_DP_OFFER) &&
 	    c->handoff_id == bpf_be64_to_cpu(o->handoff_id) && c->peer_addr == o->fe_addr) {

@@ -171,12 +171,7 @@ __always int fe_offer(struct __sk_buff *skb, const struct node_config *cfg, cons
 __always int fe_offer_returned(struct __sk_buff *skb, const struct node_config *cfg,
 			       const struct offer *o)
 {
-	struct conn_key key = {
-		.client_addr = o->client_addr,
-		.local_addr = cfg->service_addr,
-		.client_port = o->client_port,
-		.local_port = o->service_port,
-	};
+	struct conn_key key = offer_conn_key(cfg, o);
 	struct conn *c = bpf_map_lookup_elem(&conns, &key);
 	if (!c || c->role != ROLE_FE || c->state != FE_FORWARD || !(c->flags & CONN_DP_OFFER) ||
 	    c->handoff_id != bpf_be64_to_cpu(o->handoff_id) || o->fe_addr != cfg->service_addr)

@@ -115,6 +115,18 @@ __always void offer_remember_refusal(const struct node_config *cfg, const struct
 	bpf_map_update_elem(&refused_offers, &k, &r, BPF_ANY);
 }
 
+/* The connection an offer is about, as this node's table keys it (it is the FE or the BE). */
+__always struct conn_key offer_conn_key(const struct node_config *cfg, const struct offer *o)
+{
+	struct conn_key key = {
+		.client_addr = o->client_addr,
+		.local_addr = cfg->service_addr,
+		.client_port = o->client_port,
+		.local_port = o->service_port,
+	};
+	return key;
+}
+
 /* An offer packet for this node: its header, copied into `o`. Returns 0, or -1 for anything else. */
 __always int offer_parse(struct __sk_buff *skb, const struct node_config *cfg, struct offer *o)
 {

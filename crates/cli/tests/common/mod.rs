@@ -88,3 +88,21 @@ pub fn metric(lab: &Lab, node: usize, name: &str) -> f64 {
         .copied()
         .unwrap_or(0.0)
 }
+
+/// The lab client's link drops 3 % of the HTTP segments both ways (SYNs, requests, ACKs and
+/// responses alike), by an nftables table `inet lossy` in the client's namespace (there is no
+/// netem here); `lab.exec("client", &["nft", "delete table inet lossy"])` ends it.
+pub fn make_client_link_lossy(lab: &Lab) {
+    let rules = "table inet lossy {
+        chain in { type filter hook input priority 0; tcp sport 80 numgen random mod 100 < 3 drop; }
+        chain out { type filter hook output priority 0; tcp dport 80 numgen random mod 100 < 3 drop; }
+    }";
+    let out = lab
+        .exec("client", &["nft", rules])
+        .expect("run nft (is nftables installed?)");
+    assert!(
+        out.status.success(),
+        "nft: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
