@@ -54,7 +54,7 @@ use std::time::{Duration, Instant};
 
 use baton_bpf::datapath::Attachment;
 use baton_bpf::datapath::EventRing;
-use baton_bpf::{Datapath, DatapathError, Event};
+use baton_bpf::{Datapath, DatapathError, Event, EventKind};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 
@@ -296,6 +296,7 @@ pub async fn run(launch: Launch, mut stop: watch::Receiver<Stop>) -> Result<(), 
     let conns = datapath.take_conns()?;
     let datapath_config = datapath.take_config()?;
     let ring = datapath.take_events()?;
+    let mut quiet = datapath.take_quiet_events()?;
     let counters = Arc::new(datapath.take_counters()?);
     let agent = Arc::new(datapath.take_agent_map()?);
     let inject = Injector::new(agent.clone())?;
@@ -446,8 +447,15 @@ pub async fn run(launch: Launch, mut stop: watch::Receiver<Stop>) -> Result<(), 
                 Ok(mut guard) => guard.clear_ready(),
                 Err(e) => tracing::warn!("event ring: {e}"),
             },
-            Some(event) = mesh_rx.recv() => engine.on_mesh(event, Instant::now()),
-            _ = alarm.fired() => engine.on_timers(Instant::now()),
+            Some(event) = mesh_rx.recv() => {
+                // What the datapath noted quietly comes first: an answer may be about it.
+                read_events(&mut quiet, &mut engine, &metrics);
+                engine.on_mesh(event, Instant::now())
+            }
+            _ = alarm.fired() => {
+                read_events(&mut quiet, &mut engine, &metrics);
+                engine.on_timers(Instant::now())
+            }
             Some(call) = ctl_rx.recv() => {
                 let reply = match call.request {
                     ctl::Request::Reload => match reload(&mut engine, config_file.as_deref(), &mut health, &tasks_stop) {
@@ -466,7 +474,8 @@ pub async fn run(launch: Launch, mut stop: watch::Receiver<Stop>) -> Result<(), 
             Some(healthy) = health.verdict() => engine.on_health(Some(healthy), Instant::now()),
             _ = sleep_until(ending.map(|(_, at)| at)) => break,
         }
-        read_ring(ring.get_mut(), &mut engine, &metrics);
+        read_events(&mut quiet, &mut engine, &metrics);
+        read_events(ring.get_mut(), &mut engine, &metrics);
         match ending {
             Some((Stop::ForGood, _)) if engine.drained() => break,
             Some((Stop::HandOver, _)) if engine.settled() => break,
@@ -476,7 +485,8 @@ pub async fn run(launch: Launch, mut stop: watch::Receiver<Stop>) -> Result<(), 
     let _ = tasks_stop_tx.send(true);
     // Nothing new is held from here; what is held is served locally.
     agent.stand_down();
-    read_ring(ring.get_mut(), &mut engine, &metrics);
+    read_events(&mut quiet, &mut engine, &metrics);
+    read_events(ring.get_mut(), &mut engine, &metrics);
     engine.release_all(Instant::now());
     if matches!(ending, Some((Stop::HandOver, _))) {
         tracing::info!("handed over: the datapath stays for the next agent");
@@ -654,14 +664,19 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Feeds the engine every event on the ring.
-fn read_ring(ring: &mut EventRing, engine: &mut Engine, metrics: &Metrics) {
+/// Everything on `ring`, in order, to the engine. The quiet ring is read before the main one (and
+/// before every other input): its notices come before what follows them on the main ring.
+fn read_events(ring: &mut EventRing, engine: &mut Engine, metrics: &Metrics) {
     while let Some(record) = ring.next() {
         let event = Event::parse(&record);
         drop(record);
         match event {
             Ok(event) => {
-                let delay_ns = engine::monotonic_ns().saturating_sub(event.ts_ns);
-                metrics.event_delay.observe(delay_ns as f64 * 1e-9);
+                // Quiet notices wait for the agent's next input by design: not a wakeup's delay.
+                if !matches!(event.kind, EventKind::DpOffered | EventKind::DpTaken) {
+                    let delay_ns = engine::monotonic_ns().saturating_sub(event.ts_ns);
+                    metrics.event_delay.observe(delay_ns as f64 * 1e-9);
+                }
                 engine.on_datapath(event, Instant::now())
             }
             Err(e) => {

@@ -2646,6 +2646,7 @@ pub struct Runner {
     responses: ResponsesTable,
     refused: RefusedOffers,
     events: EventRing,
+    quiet: EventRing,
     agent: AgentMap,
     counters: Counters,
 }
@@ -2675,6 +2676,7 @@ impl Runner {
         let responses = datapath.take_responses()?;
         let refused = datapath.take_refused_offers()?;
         let events = datapath.take_events()?;
+        let quiet = datapath.take_quiet_events()?;
         let agent = datapath.take_agent_map()?;
         let counters = datapath.take_counters()?;
         Ok(Runner {
@@ -2684,6 +2686,7 @@ impl Runner {
             responses,
             refused,
             events,
+            quiet,
             agent,
             counters,
         })
@@ -2737,6 +2740,7 @@ impl Runner {
             let _ = self.responses.remove(&k);
         }
         while self.events.next().is_some() {}
+        while self.quiet.next().is_some() {}
         if case.agent_alive {
             self.agent.heartbeat(u64::MAX);
         } else {
@@ -2814,7 +2818,11 @@ impl Runner {
         let entry_after = self.conns.get(&case.key(), 0).ok();
         let watch_after = self.watch.get(&case.key(), 0).ok();
         let responses_after = self.responses.get(&case.key(), 0).ok();
+        // Quiet notices first, as the agent reads them.
         let mut events = Vec::new();
+        while let Some(record) = self.quiet.next() {
+            events.push(Event::parse(&record).map_err(|e| e.to_string())?);
+        }
         while let Some(record) = self.events.next() {
             events.push(Event::parse(&record).map_err(|e| e.to_string())?);
         }

@@ -650,6 +650,11 @@ impl Datapath {
         self.take(EVENTS_MAP)
     }
 
+    /// The ring of quiet notices: nothing wakes its reader, who reads it before every input.
+    pub fn take_quiet_events(&mut self) -> Result<EventRing, DatapathError> {
+        self.take(crate::QUIET_EVENTS_MAP)
+    }
+
     pub fn take_counters(&mut self) -> Result<Counters, DatapathError> {
         Ok(Counters {
             stats: self.take(STATS_MAP)?,

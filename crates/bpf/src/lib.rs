@@ -33,6 +33,8 @@ pub const AGENT_MAP: &str = "agent";
 pub const HEAD_SCRATCH_MAP: &str = "head_scratch";
 pub const CONFIG_MAP: &str = "config";
 pub const EVENTS_MAP: &str = "events";
+/// Notices that wake no one (datapath offers' bookkeeping), read before every input.
+pub const QUIET_EVENTS_MAP: &str = "quiet_events";
 pub const STATS_MAP: &str = "stats";
 pub const DROPS_MAP: &str = "drops";
 /// What the agent asks of the datapath about a placed connection ([`Watch`]).
@@ -220,6 +222,7 @@ pub mod sizes {
     pub const DP_NODES_MAX: usize = 16;
     pub const EVENT_CAPTURE_MAX: usize = 10240;
     pub const EVENTS_RING_BYTES: u32 = 4 << 20;
+    pub const QUIET_RING_BYTES: u32 = 1 << 20;
     pub const HEAD_SCAN_MAX: usize = 512;
     pub const METHOD_MAX: usize = 16;
     pub const RESPONSE_SCAN_MAX: usize = 1024;

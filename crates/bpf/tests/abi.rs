@@ -215,4 +215,6 @@ fn sizes_match() {
     let text = std::fs::read_to_string(path).unwrap();
     assert!(text.contains("#define EVENTS_RING_BYTES (4 << 20)"));
     assert_eq!(EVENTS_RING_BYTES, 4 << 20);
+    assert!(text.contains("#define QUIET_RING_BYTES (1 << 20)"));
+    assert_eq!(QUIET_RING_BYTES, 1 << 20);
 }

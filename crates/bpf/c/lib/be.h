@@ -196,7 +196,7 @@ __always int be_offer_segment(struct __sk_buff *skb, const struct node_config *c
 		return drop(DROP_REDIRECT_FAILED);
 	/* Whichever copy completes the handshake tells the agent, once the notice is on the ring
 	 * (a lost notice is tried again with the next copy). */
-	if (!(c->flags & CONN_DP_TAKEN) && !emit_notice(EV_DP_TAKEN, key) &&
+	if (!(c->flags & CONN_DP_TAKEN) && !emit_quiet_notice(EV_DP_TAKEN, key) &&
 	    !(conn_set_flags(c, CONN_DP_TAKEN) & CONN_DP_TAKEN))
 		stat_add(STAT_DP_TAKEN, 1);
 	return be_ingress(skb, cfg, &p, key, c);

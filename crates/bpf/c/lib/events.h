@@ -4,7 +4,9 @@
  * Contract: emit_packet() copies the packet from its IPv4 header on, up to EVENT_CAPTURE_MAX
  * bytes, with its true length; the agent gets every event in order or, when the ring is full, the
  * caller learns it (negative return) and counts DROP_EVENT_LOST. The ring wakes the agent when it
- * has caught up (the kernel's adaptive notification), so no event waits for a timer.
+ * has caught up (the kernel's adaptive notification), so no event waits for a timer. Quiet notices
+ * (emit_quiet_notice()) go to a ring of their own that wakes no one: the agent reads it before
+ * every input.
  */
 #pragma once
 #include "common.h"

@@ -160,7 +160,7 @@ __always int fe_offer(struct __sk_buff *skb, const struct node_config *cfg, cons
 	c->offered_ns = offer_clock_ns(cfg);
 	conn_set_flags(c, CONN_DP_OFFER);
 	c->state = FE_FORWARD;
-	emit_notice(EV_DP_OFFERED, key);
+	emit_quiet_notice(EV_DP_OFFERED, key);
 	stat_add(STAT_DP_OFFERS, 1);
 	return fe_send_offer(skb, cfg, p, key, c);
 }

@@ -31,6 +31,13 @@ struct {
 	__uint(max_entries, EVENTS_RING_BYTES);
 } events SEC(".maps");
 
+/* Why: notices the agent needs but need not be woken for (quiet: a datapath offer's bookkeeping,
+ * read before the input that follows it). Apart from `events`, whose adaptive wakeup a pending
+ * quiet record would otherwise hold back: the kernel wakes a reader only when the ring was empty. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, QUIET_RING_BYTES);
+} quiet_events SEC(".maps");
 /* Why: an event is too big for the BPF stack; each CPU builds its event here first. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -253,6 +260,22 @@ __always int emit_notice_detail(__u32 kind, const struct conn_key *key, __u32 de
 __always int emit_notice(__u32 kind, const struct conn_key *key)
 {
 	return emit_notice_detail(kind, key, 0, 0);
+}
+
+/* A notice that need not wake the agent, on the quiet ring: it reads that ring before any input
+ * (a datapath offer's notice before the peer's answer, or the BE's going live), or at its next
+ * round. A wakeup is an IPI on the packet's path. */
+__always int emit_quiet_notice(__u32 kind, const struct conn_key *key)
+{
+	struct event_hdr h = {
+		.kind = kind,
+		.ts_ns = bpf_ktime_get_ns(),
+		.key = *key,
+	};
+	if (bpf_ringbuf_output(&quiet_events, &h, sizeof(h), BPF_RB_NO_WAKEUP))
+		return -1;
+	stat_add(STAT_EVENTS, 1);
+	return 0;
 }
 
 __always struct offer_scratch *offer_scratch_get(void)

@@ -13,6 +13,8 @@
 #define EVENT_CAPTURE_MAX 10240
 /* The event ring, in bytes. */
 #define EVENTS_RING_BYTES (4 << 20)
+/* The ring of quiet notices (datapath offers' bookkeeping), in bytes. */
+#define QUIET_RING_BYTES (1 << 20)
 /* Bytes of a first data segment the datapath reads for the request line (method and target). */
 #define HEAD_SCAN_MAX 512
 /* Longest method the datapath recognises in a request line. */
