@@ -54,7 +54,7 @@ use std::time::{Duration, Instant};
 
 use baton_bpf::datapath::Attachment;
 use baton_bpf::datapath::EventRing;
-use baton_bpf::{Datapath, DatapathError, Event, EventKind};
+use baton_bpf::{Datapath, DatapathError, Event};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 
@@ -449,11 +449,11 @@ pub async fn run(launch: Launch, mut stop: watch::Receiver<Stop>) -> Result<(), 
             },
             Some(event) = mesh_rx.recv() => {
                 // What the datapath noted quietly comes first: an answer may be about it.
-                read_events(&mut quiet, &mut engine, &metrics);
+                read_events(&mut quiet, true, &mut engine, &metrics);
                 engine.on_mesh(event, Instant::now())
             }
             _ = alarm.fired() => {
-                read_events(&mut quiet, &mut engine, &metrics);
+                read_events(&mut quiet, true, &mut engine, &metrics);
                 engine.on_timers(Instant::now())
             }
             Some(call) = ctl_rx.recv() => {
@@ -474,8 +474,8 @@ pub async fn run(launch: Launch, mut stop: watch::Receiver<Stop>) -> Result<(), 
             Some(healthy) = health.verdict() => engine.on_health(Some(healthy), Instant::now()),
             _ = sleep_until(ending.map(|(_, at)| at)) => break,
         }
-        read_events(&mut quiet, &mut engine, &metrics);
-        read_events(ring.get_mut(), &mut engine, &metrics);
+        read_events(&mut quiet, true, &mut engine, &metrics);
+        read_events(ring.get_mut(), false, &mut engine, &metrics);
         match ending {
             Some((Stop::ForGood, _)) if engine.drained() => break,
             Some((Stop::HandOver, _)) if engine.settled() => break,
@@ -485,8 +485,8 @@ pub async fn run(launch: Launch, mut stop: watch::Receiver<Stop>) -> Result<(), 
     let _ = tasks_stop_tx.send(true);
     // Nothing new is held from here; what is held is served locally.
     agent.stand_down();
-    read_events(&mut quiet, &mut engine, &metrics);
-    read_events(ring.get_mut(), &mut engine, &metrics);
+    read_events(&mut quiet, true, &mut engine, &metrics);
+    read_events(ring.get_mut(), false, &mut engine, &metrics);
     engine.release_all(Instant::now());
     if matches!(ending, Some((Stop::HandOver, _))) {
         tracing::info!("handed over: the datapath stays for the next agent");
@@ -664,16 +664,17 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Feeds the engine every event on the ring.
-/// Everything on `ring`, in order, to the engine. The quiet ring is read before the main one (and
-/// before every other input): its notices come before what follows them on the main ring.
-fn read_events(ring: &mut EventRing, engine: &mut Engine, metrics: &Metrics) {
+/// Everything on `ring`, in order, to the engine (`quiet`: it is the ring of quiet notices). The
+/// quiet ring is read before the main one and before every other input: its notices come before
+/// what follows them.
+fn read_events(ring: &mut EventRing, quiet: bool, engine: &mut Engine, metrics: &Metrics) {
     while let Some(record) = ring.next() {
         let event = Event::parse(&record);
         drop(record);
         match event {
             Ok(event) => {
                 // Quiet notices wait for the agent's next input by design: not a wakeup's delay.
-                if !matches!(event.kind, EventKind::DpOffered | EventKind::DpTaken) {
+                if !quiet {
                     let delay_ns = engine::monotonic_ns().saturating_sub(event.ts_ns);
                     metrics.event_delay.observe(delay_ns as f64 * 1e-9);
                 }

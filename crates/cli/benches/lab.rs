@@ -5,16 +5,19 @@
 //!
 //! 1. **Time to first byte**: a fresh TCP connection per request to n1, `GET` of the 1 KB file,
 //!    from before `connect` to the first response byte. Variants: no agent; policy `local`; kept
-//!    by n1 under `hash` (a target that hashes to n1: the datapath decides alone); kept by n1
-//!    under `round-robin` (the agent decides to keep it); handed off to n2 under `hash`; and, as
-//!    it comes with the round-robin batches, handed off under `round-robin` (to n2 or n3). A round
-//!    takes one batch of BATON_BENCH_TTFB_BATCH samples per variant under each configuration in
-//!    turn (none, `local`, `hash`, `hash` by the agents, `round-robin`), after 10 discarded requests; under `hash` the
-//!    kept and handed-off requests alternate request by request. Under `round-robin` the policy
-//!    picks the node of each connection, so every sample is classified by the response's
-//!    `X-Served-By` header, and requests go on until the batch has its kept samples. The other
-//!    variants check `X-Served-By` too: a sample served by another node than the variant's (a
-//!    fallback) is left out and counted. Rounds go on until every variant has
+//!    by n1 under `hash` (a target that hashes to n1) and under `round-robin` (n1's turn): the
+//!    datapath decides both alone; handed off to n2 under `hash`, by the datapaths alone (a
+//!    datapath offer) and by the agents (`[limits] datapath_offers = false`); and, as it comes
+//!    with the round-robin batches, handed off under `round-robin` (to n2 or n3, by the
+//!    datapaths). A round takes one batch of BATON_BENCH_TTFB_BATCH samples per variant under
+//!    each configuration in turn (none, `local`, `hash`, `hash` by the agents, `round-robin`),
+//!    after 10 discarded requests; under `hash` the kept requests come first, then the handed-off
+//!    ones (a kept request right after a handoff would share the two CPUs with the agents'
+//!    bookkeeping of that handoff). Under `round-robin` the policy picks the node of each
+//!    connection, so every sample is classified by the response's `X-Served-By` header (kept and
+//!    handed-off requests alternate there), and requests go on until the batch has its kept
+//!    samples. The other variants check `X-Served-By` too: a sample served by another node than
+//!    the variant's (a fallback) is left out and counted. Rounds go on until every variant has
 //!    BATON_BENCH_TTFB_SAMPLES samples. Printed: p50 and p99 over all samples, and what each
 //!    variant adds to "no agent" (µs, and the ratio of the p50s).
 //! 2. **wrk** (`wrk -t2 -c32`, Debian's, in the client namespace) against n1, with a connection
@@ -217,13 +220,19 @@ fn ttfb_batch(config: Config, n1: SocketAddr, kept: &str, handed: &str, size: us
                 batch.take(variant, 1, n1, kept);
             }
         }
+        // Kept, then handed off: a kept request right after a handoff would share the CPUs with
+        // the agents' bookkeeping of it (on 2 cores, tens of µs), which is the handoff's cost.
         Config::Agents(PolicyKind::Hash) => {
-            for _ in 0..size {
-                if Instant::now() >= deadline {
-                    break;
+            for (variant, node, target) in [
+                (Variant::HashKept, 1, kept),
+                (Variant::HashHandedOff, 2, handed),
+            ] {
+                for _ in 0..size {
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    batch.take(variant, node, n1, target);
                 }
-                batch.take(Variant::HashKept, 1, n1, kept);
-                batch.take(Variant::HashHandedOff, 2, n1, handed);
             }
         }
         Config::AgentsOnly(PolicyKind::Hash) => {

@@ -506,10 +506,18 @@ fn requests_for(
 /// Waits until what the lab's own start did (its readiness probes, handed off too) is over:
 /// every handoff accepted on both sides, every offer taken or refused.
 fn settle(lab: &Lab) {
-    let settled = wait_until(Duration::from_secs(3), || {
+    // The agents learn of datapath offers after the fact, at their next input or round (every
+    // 250 ms): settled once the counts agree and stay put over two rounds.
+    let sums = || {
         let c = Counts::take(lab);
         let sum = |name: &str| (1..=lab.nodes()).map(|i| c.get(i, name)).sum::<f64>();
-        sum(HANDOFFS_OUT) == sum(HANDOFFS_IN) && sum(OFFERS) == sum(TAKEN) + sum(REFUSED)
+        [HANDOFFS_OUT, HANDOFFS_IN, OFFERS, TAKEN, REFUSED].map(sum)
+    };
+    let settled = wait_until(Duration::from_secs(5), || {
+        let before = sums();
+        std::thread::sleep(Duration::from_millis(600));
+        let [out, inn, offers, taken, refused] = sums();
+        before == [out, inn, offers, taken, refused] && out == inn && offers == taken + refused
     });
     assert!(settled, "{}", report(lab, "the lab did not settle"));
 }

@@ -38,6 +38,19 @@
 #include "response.h"
 #include "translate.h"
 
+/* A notice about a handed-in connection. Those of a datapath offer are quiet: nothing waits for
+ * them (the FE forwards and the server answers the client meanwhile), and a wakeup is an IPI in
+ * the middle of the server's packet (tens of µs on a virtual machine); the agent reads them
+ * before its next input or round. The agent's own replays' notices wake it: a followed
+ * connection's next request waits for them. */
+__always void be_notice(const struct conn *c, __u32 kind, const struct conn_key *key)
+{
+	if (c->flags & CONN_DP_OFFER)
+		emit_quiet_notice(kind, key);
+	else
+		emit_notice(kind, key);
+}
+
 __always void be_note_close(struct conn *c, const struct conn_key *key, __u32 fin_flag, __u8 tcp_flags)
 {
 	__u32 bits = 0;
@@ -52,7 +65,7 @@ __always void be_note_close(struct conn *c, const struct conn_key *key, __u32 fi
 		      (flags & (CONN_CLIENT_FIN | CONN_SERVER_FIN)) == (CONN_CLIENT_FIN | CONN_SERVER_FIN);
 	/* Exactly one CPU wins the CLOSE_REPORTED bit, and that one reports. */
 	if (closed && !(conn_set_flags(c, CONN_CLOSE_REPORTED) & CONN_CLOSE_REPORTED))
-		emit_notice(EV_CLOSED, key);
+		be_notice(c, EV_CLOSED, key);
 }
 
 __always int be_ingress(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p,
@@ -138,7 +151,7 @@ __always int be_go_live(struct __sk_buff *skb, const struct pkt *p, const struct
 		return drop(DROP_BE_LATE);
 	c->state = BE_ESTABLISHED;
 	if (!(conn_set_flags(c, CONN_LIVE_REPORTED) & CONN_LIVE_REPORTED)) {
-		emit_notice(EV_BE_LIVE, key);
+		be_notice(c, EV_BE_LIVE, key);
 		stat_add(STAT_BE_LIVE, 1);
 	}
 	return 0;
