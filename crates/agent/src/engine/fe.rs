@@ -846,15 +846,16 @@ impl Engine {
         }
         let peer = *peer;
         // A datapath offer goes live at the peer without its agent: if the client has
-        // acknowledged the peer's data, the peer has it, whatever its agent says (or does not).
-        let live = baton_bpf::conn_flags::DP_OFFER | baton_bpf::conn_flags::DP_LIVE;
-        if self
-            .conns
-            .get(&key)
-            .is_some_and(|e| e.handoff_id == id && e.flags & live == live)
-        {
-            tracing::info!(%key, peer, "datapath offer unanswered, but the client has the peer's data: handed off");
-            return self.on_accepted(peer, id, now);
+        // acknowledged the peer's data, the peer has it, whatever its agent says (or does not);
+        // if the entry is gone or another connection's (the client reused the port), this one
+        // ended where it was: the client closed it only after its answer.
+        if id >> 63 == 1 {
+            let live = baton_bpf::conn_flags::DP_LIVE;
+            let entry = self.conns.get(&key).filter(|e| e.handoff_id == id);
+            if entry.is_none_or(|e| e.flags & live != 0) {
+                tracing::debug!(%key, peer, "datapath offer unanswered, but the peer has it: handed off");
+                return self.on_accepted(peer, id, now);
+            }
         }
         self.mesh.send(peer, Message::HandoffAbort { id });
         self.release_local(key, LocalReason::Timeout, now);
@@ -927,7 +928,8 @@ impl Engine {
             Some(peer) => self.cluster.unassign(peer),
             None => self.cluster.assign(self.cluster.me),
         }
-        self.conns.remove(&key);
+        // Only this connection's entry: the client may have reused the port by now.
+        self.remove_entry(ConnId { key, client_isn });
         if let Some(template) = &held.template {
             let segments = packets::client_segments(
                 template,

@@ -2483,6 +2483,21 @@ fn a_datapath_offer_is_answered_like_the_agents_own() {
     assert!(n1.table.get(&key).is_some(), "still forwarded");
     assert_eq!(fallbacks(&n1.metrics, "timeout"), 0);
 
+    // No answer, and the client reused the port for a new connection (the old one ended where
+    // it was): not served here, and the new connection's entry is left alone.
+    let mut n1 = node(0, PolicyKind::Hash);
+    let key = dp_offered(&mut n1);
+    let mut newer = held_entry();
+    newer.client_isn = CLIENT_ISN.wrapping_add(1 << 20);
+    n1.table.0.lock().unwrap().insert(key, newer);
+    n1.wait(HANDOFF_TIMEOUT);
+    assert!(n1.next_to_peer().is_none(), "no abort");
+    assert_eq!(
+        n1.table.get(&key).map(|e| e.client_isn),
+        Some(newer.client_isn)
+    );
+    assert_eq!(fallbacks(&n1.metrics, "timeout"), 0);
+
     // Refused by the peer's agent (its deadline passed): the same.
     let mut n1 = node(0, PolicyKind::Hash);
     let key = dp_offered(&mut n1);
