@@ -368,54 +368,28 @@ fn spread_suite(lab: &Lab, salt: &str, offers: bool) {
         )
     );
     let fail = |what: &str| report(lab, &format!("{what}: {summary}"));
-    assert_eq!(
-        delta(lab, &before, 1, HANDOFFS_OUT),
-        away,
-        "{}",
-        fail("n1 handed out")
-    );
+    // How far `name` moved at `node` since `before`: `want`, or the report says which.
+    let moved = |node: usize, name: &str, want: f64, what: &str| {
+        assert_eq!(delta(lab, &before, node, name), want, "{}", fail(what))
+    };
+    moved(1, HANDOFFS_OUT, away, "n1 handed out");
     for i in 2..=3 {
-        assert_eq!(
-            delta(lab, &before, i, HANDOFFS_IN),
-            to(i),
-            "{}",
-            fail("handed in")
-        );
+        moved(i, HANDOFFS_IN, to(i), "handed in");
     }
-    assert_eq!(
-        delta(lab, &before, 1, FALLBACKS),
-        0.0,
-        "{}",
-        fail("n1 fell back")
-    );
+    moved(1, FALLBACKS, 0.0, "n1 fell back");
     if offers {
-        assert_eq!(
-            delta(lab, &before, 1, OFFERS),
-            away,
-            "{}",
-            fail("n1's datapath offers")
-        );
+        moved(1, OFFERS, away, "n1's datapath offers");
         for i in 2..=3 {
-            assert_eq!(
-                delta(lab, &before, i, TAKEN),
-                to(i),
-                "{}",
-                fail("offers taken")
-            );
+            moved(i, TAKEN, to(i), "offers taken");
         }
         let refused: f64 = (1..=3).map(|i| delta(lab, &before, i, REFUSED)).sum();
         assert_eq!(refused, 0.0, "{}", fail("offers refused"));
-        assert_eq!(
-            delta(lab, &before, 1, RETURNED),
-            0.0,
-            "{}",
-            fail("offers returned")
-        );
-        assert_eq!(
-            delta(lab, &before, 1, DECIDED_LOCAL),
+        moved(1, RETURNED, 0.0, "offers returned");
+        moved(
+            1,
+            DECIDED_LOCAL,
             to(1),
-            "{}",
-            fail("n1's datapath released its own targets itself")
+            "n1's datapath released its own targets itself",
         );
     } else {
         for i in 1..=3 {

@@ -427,10 +427,12 @@ fn node_from(me: usize, config: NodeConfig) -> Node {
 }
 
 fn key_at(node: Ipv4Addr) -> ConnKey {
-    ConnKey::new(
-        SocketAddrV4::new(CLIENT, CLIENT_PORT),
-        SocketAddrV4::new(node, 80),
-    )
+    key_at_port(node, CLIENT_PORT)
+}
+
+/// The client's connection from `port` to `node`.
+fn key_at_port(node: Ipv4Addr, port: u16) -> ConnKey {
+    ConnKey::new(SocketAddrV4::new(CLIENT, port), SocketAddrV4::new(node, 80))
 }
 
 fn options(list: &[TcpOption]) -> ([u8; 40], u8) {
@@ -1509,13 +1511,7 @@ fn a_new_agent_adopts_forwarded_and_handed_in_connections() {
 #[test]
 fn an_adopted_replay_goes_live_or_is_refused_by_its_deadline() {
     let mut n2 = node(1, PolicyKind::Hash);
-    let (live, late) = (
-        key_at(N2),
-        ConnKey::new(
-            SocketAddrV4::new(CLIENT, CLIENT_PORT + 1),
-            SocketAddrV4::new(N2, 80),
-        ),
-    );
+    let (live, late) = (key_at(N2), key_at_port(N2, CLIENT_PORT + 1));
     let deadline = super::monotonic_ns() + HANDOFF_TIMEOUT.as_nanos() as u64 / 2;
     for (key, id) in [(live, 5), (late, 6)] {
         let mut entry = left_behind(ConnRole::Be, ConnState::BeReplayed, N1, id);
@@ -2556,13 +2552,7 @@ fn a_datapath_offer_refused_by_the_peers_datapath_is_served_here_or_offered_agai
 #[test]
 fn a_peers_datapath_offer_is_handed_in_once_live_or_refused_by_its_deadline() {
     let mut n2 = node(1, PolicyKind::Hash);
-    let (live, late) = (
-        key_at(N2),
-        ConnKey::new(
-            SocketAddrV4::new(CLIENT, CLIENT_PORT + 1),
-            SocketAddrV4::new(N2, 80),
-        ),
-    );
+    let (live, late) = (key_at(N2), key_at_port(N2, CLIENT_PORT + 1));
     let deadline = super::monotonic_ns() + HANDOFF_TIMEOUT.as_nanos() as u64 / 2;
     for (key, id) in [(live, DP_ID), (late, DP_ID + 1)] {
         let mut entry = left_behind(ConnRole::Be, ConnState::BeReplayed, N1, id);
@@ -2595,10 +2585,7 @@ fn a_peers_datapath_offer_is_handed_in_once_live_or_refused_by_its_deadline() {
     );
     assert!(n2.table.get(&late).is_none() && n2.table.get(&live).is_some());
     // An abort for a datapath offer this agent has not heard of: its side ends all the same.
-    let other = ConnKey::new(
-        SocketAddrV4::new(CLIENT, CLIENT_PORT + 2),
-        SocketAddrV4::new(N2, 80),
-    );
+    let other = key_at_port(N2, CLIENT_PORT + 2);
     let mut entry = left_behind(ConnRole::Be, ConnState::BeEstablished, N1, DP_ID + 2);
     entry.flags = baton_bpf::conn_flags::DP_OFFER;
     n2.table.0.lock().unwrap().insert(other, entry);
