@@ -6,8 +6,11 @@
 //! A packet addressed elsewhere leaves through the routing table (the FE sends held bytes to the
 //! BE this way). The caller builds complete packets with valid checksums (`baton_wire`).
 //!
-//! The local TCP handles an injected packet within the `sendto` call, so its answers (a replayed
-//! SYN's SYN-ACK) are on the event ring when the call returns. Each injection is marked
+//! The local TCP usually handles an injected packet within the `sendto` call, so its answers (a
+//! replayed SYN's SYN-ACK) are on the event ring when the call returns. Not always: a socket its
+//! server is in a call on takes the packet from its backlog when the call ends, and a busy CPU
+//! defers softirqs to ksoftirqd. What is read from the kernel after an injection must allow for
+//! that (a move's quiesce looks again). Each injection is marked
 //! (`AgentMap::around`) so that the datapath does not wake the agent for them: the contract is that
 //! the caller reads the ring after injecting.
 

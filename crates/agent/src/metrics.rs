@@ -135,8 +135,10 @@ pub struct Metrics {
     pub rehandoffs: IntCounter,
     pub rehandoff_fallbacks: ByReason,
     pub rehandoff_duration: Latency,
-    /// Serving node: connections that moved away from it (its TCP's side ended quietly).
+    /// Serving node: connections that moved away from it (its TCP's side ended quietly); moves'
+    /// quiesces that waited for its TCP to take the client's ACK.
     pub moved_away: IntCounter,
+    pub quiesce_rechecks: IntCounter,
     /// 1 while the operator has this node drained (`baton ctl drain`).
     pub drained: IntGauge,
     /// The HTTP health check's verdict (1 passing, 0 failing; 1 without a check).
@@ -379,6 +381,10 @@ impl Metrics {
             moved_away: counter(
                 "moved_away_total",
                 "Connections that moved from this node to another at a request boundary",
+            ),
+            quiesce_rechecks: counter(
+                "quiesce_rechecks_total",
+                "Times a move's quiesce looked at the serving TCP again: it had not taken the client's ACK yet",
             ),
             decision_duration: latency(
                 "decision_duration_seconds",

@@ -47,6 +47,7 @@ fn failed(lab: &Lab, what: &str) -> String {
             "baton_rehandoffs_total",
             "baton_requests_stayed_total",
             "baton_moved_away_total",
+            "baton_quiesce_rechecks_total",
         ] {
             out.push_str(&format!("n{i} {name} = {}\n", metric(lab, i, name)));
         }
@@ -57,6 +58,10 @@ fn failed(lab: &Lab, what: &str) -> String {
             {
                 out.push_str(&format!("n{i} {line}\n"));
             }
+        }
+        let log = std::fs::read_to_string(lab.agent_log(i)).unwrap_or_default();
+        for line in log.lines().filter(|l| l.contains("WARN")).take(20) {
+            out.push_str(&format!("n{i} log: {line}\n"));
         }
     }
     out

@@ -42,6 +42,12 @@ use crate::sockdiag::tcp_state;
 /// deadline itself) has long stopped letting the connection through.
 pub(super) const LIVE_MARGIN: Duration = Duration::from_millis(10);
 
+/// A quiesce whose ACK our TCP has not taken is looked at again after 1, 2, 4, 8, 16 and 32 ms
+/// (63 ms in all; fewer if a quarter of the FE's wait for the answer is shorter), then answered
+/// busy.
+const QUIESCE_RECHECK_FIRST: Duration = Duration::from_millis(1);
+const QUIESCE_RECHECKS: u32 = 6;
+
 /// The phase of an adopted handed-in connection, as its entry shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum AdoptedPhase {
@@ -77,9 +83,23 @@ pub(super) struct Inbound {
     frozen_by: Option<u64>,
     /// The datapath reported its close while it was Moving: handled if it resumes.
     closed_while_moving: bool,
+    /// A move's quiesce waiting for our TCP to take the client's ACK.
+    quiesce: Option<Box<QuiesceAsk>>,
     /// What the replay needs, until the connection is live (then dropped). An adopted
     /// connection has none: it was taken by an agent that is gone.
     replay: Option<Box<Replay>>,
+}
+
+/// A move's question to us (`MoveQuiesce`), kept while it waits for our TCP.
+struct QuiesceAsk {
+    peer: usize,
+    id: u64,
+    attempt: u64,
+    requests: u32,
+    /// The client's latest ACK, as the FE sent it.
+    segment: Vec<u8>,
+    /// Times it was looked at again.
+    rechecks: u32,
 }
 
 /// A handed-in connection's replay: the FE's numbers, the client's headers and bytes.
@@ -183,6 +203,7 @@ impl BeState {
                 frozen_until,
                 frozen_by: None,
                 closed_while_moving: false,
+                quiesce: None,
                 replay: None,
             },
         );
@@ -203,6 +224,7 @@ impl BeState {
                 frozen_until: None,
                 frozen_by: None,
                 closed_while_moving: false,
+                quiesce: None,
                 replay: None,
             },
         );
@@ -363,6 +385,7 @@ impl Engine {
             frozen_until: None,
             frozen_by: None,
             closed_while_moving: false,
+            quiesce: None,
             replay: Some(Box::new(Replay {
                 fe_isn: r.fe_isn,
                 fe_tsval: r.fe_tsval,
@@ -807,7 +830,44 @@ impl Engine {
         segment: &[u8],
         now: Instant,
     ) {
-        let answer = match self.quiesce(peer, id, attempt, requests, segment) {
+        // A newer question replaces one still waiting (the FE gave that attempt up).
+        if let Some(inbound) = self
+            .be
+            .by_handoff
+            .get(&(peer, id))
+            .and_then(|key| self.be.conns.get_mut(key))
+        {
+            inbound.quiesce = None;
+        }
+        let ask = QuiesceAsk {
+            peer,
+            id,
+            attempt,
+            requests,
+            segment: segment.to_vec(),
+            rechecks: 0,
+        };
+        self.answer_quiesce(ask, now);
+    }
+
+    /// A quiesce that waited for our TCP to take the client's ACK: looked at again.
+    pub(super) fn quiesce_recheck(&mut self, conn: ConnId, now: Instant) {
+        let Some(inbound) = self
+            .be
+            .conns
+            .get_mut(&conn.key)
+            .filter(|i| i.client_isn == conn.client_isn)
+        else {
+            return;
+        };
+        if let Some(ask) = inbound.quiesce.take() {
+            self.answer_quiesce(*ask, now);
+        }
+    }
+
+    fn answer_quiesce(&mut self, ask: QuiesceAsk, now: Instant) {
+        let (peer, id, attempt) = (ask.peer, ask.id, ask.attempt);
+        let answer = match self.quiesce(peer, id, attempt, ask.requests, &ask.segment) {
             Ok(conn) => {
                 // The FE's move ends within its wait for us and its wait for the new node; a
                 // word that never comes (the FE or the mesh broke meanwhile) ends our side: the
@@ -819,11 +879,40 @@ impl Engine {
                 self.timers.at(until, Timer::Frozen(conn));
                 Message::MoveQuiet { id, attempt }
             }
-            Err(reason) => Message::MoveBusy {
-                id,
-                attempt,
-                reason,
-            },
+            Err(BusyReason::Unacked) if ask.rechecks < self.quiesce_rechecks() => {
+                // Every response is out and the client acknowledged it, but our TCP has not
+                // taken that ACK yet: the socket was busy (its server in a call on it: the ACK
+                // waits in its backlog) or the softirq was deferred. Looked at again shortly
+                // (each time with the ACK again, in case it was dropped).
+                let Some(key) = self.be.by_handoff.get(&(peer, id)).copied() else {
+                    return;
+                };
+                let Some(inbound) = self.be.conns.get_mut(&key) else {
+                    return;
+                };
+                let conn = inbound.conn(key);
+                let delay = QUIESCE_RECHECK_FIRST * (1 << ask.rechecks);
+                inbound.quiesce = Some(Box::new(QuiesceAsk {
+                    rechecks: ask.rechecks + 1,
+                    ..ask
+                }));
+                self.metrics.quiesce_rechecks.inc();
+                self.timers.at(now + delay, Timer::Quiesce(conn));
+                return;
+            }
+            Err(reason) => {
+                if reason == BusyReason::Unacked {
+                    tracing::warn!(
+                        rechecks = ask.rechecks,
+                        "a move's quiesce gave up: our TCP did not take the client's ACK"
+                    );
+                }
+                Message::MoveBusy {
+                    id,
+                    attempt,
+                    reason,
+                }
+            }
         };
         self.tell(peer, answer);
     }
@@ -888,10 +977,27 @@ impl Engine {
         Ok(inbound.conn(key))
     }
 
+    /// How often a quiesce is looked at again: its waits together within a quarter of the
+    /// FE's wait for the answer.
+    fn quiesce_rechecks(&self) -> u32 {
+        let bound = Duration::from_millis(self.config.limits.handoff_timeout_ms) / 4;
+        (0..QUIESCE_RECHECKS)
+            .take_while(|n| QUIESCE_RECHECK_FIRST * ((2 << n) - 1) <= bound)
+            .count() as u32
+    }
+
     /// Whether `key` is quiet: our server has answered all `requests` in full, the client has
     /// acknowledged exactly up to the end of the last answer (`acked`, in our TCP's space), and
-    /// nothing is unsent, unacknowledged or unread.
+    /// nothing is unsent, unacknowledged or unread. The datapath's count first: `Unacked` then
+    /// says that our TCP has not taken the client's ACK of every byte it sent.
     fn quiet(&mut self, key: ConnKey, requests: u32, acked: u32) -> Result<(), BusyReason> {
+        let responses = self.follow.responses(&key).ok_or(BusyReason::Untracked)?;
+        if responses.flags & baton_bpf::RESP_OPAQUE != 0 {
+            return Err(BusyReason::Untracked);
+        }
+        if responses.count != requests || responses.next_head != acked {
+            return Err(BusyReason::Responding);
+        }
         let queues = match self.tcp.queues(key.local(), key.client()) {
             Ok(Some(q)) => q,
             Ok(None) => return Err(BusyReason::Closing),
@@ -908,13 +1014,6 @@ impl Engine {
         }
         if queues.unacked > 0 {
             return Err(BusyReason::Unacked);
-        }
-        let responses = self.follow.responses(&key).ok_or(BusyReason::Untracked)?;
-        if responses.flags & baton_bpf::RESP_OPAQUE != 0 {
-            return Err(BusyReason::Untracked);
-        }
-        if responses.count != requests || responses.next_head != acked {
-            return Err(BusyReason::Responding);
         }
         Ok(())
     }

@@ -322,6 +322,7 @@ impl Engine {
                 Timer::Move(id) => self.move_timed_out(id, now),
                 Timer::Moved(conn) => self.moved_linger_over(conn),
                 Timer::Frozen(conn) => self.frozen_too_long(conn, now),
+                Timer::Quiesce(conn) => self.quiesce_recheck(conn, now),
                 Timer::Housekeeping => self.housekeeping(now),
             }
             self.deliver_to_self(now);

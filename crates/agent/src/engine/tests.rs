@@ -2094,6 +2094,33 @@ fn a_serving_node_that_is_not_quiet_keeps_the_request() {
     assert_eq!(n1.table.get(&key).unwrap().peer_addr, N2.octets());
 }
 
+#[test]
+fn a_quiesce_waits_for_our_tcp_to_take_the_clients_ack() {
+    let (mut n2, key) = live_followed(5);
+    n2.follow.responded(&key, 1000);
+    let queues = (key.local(), key.client());
+    n2.tcp.0.lock().unwrap().queues.insert(queues, (0, 1000));
+    n2.hear(Message::MoveQuiesce {
+        id: 5,
+        attempt: 50,
+        requests: 1,
+        segment: client_ack(FE_ISN + 1 + 1000),
+    });
+    assert_eq!(n2.next_to_peer(), None);
+    n2.wait(Duration::from_millis(1));
+    assert_eq!(n2.next_to_peer(), None, "still not taken");
+    // Taken (its server let go of the socket): quiet at the next look.
+    n2.tcp.0.lock().unwrap().queues.clear();
+    n2.wait(Duration::from_millis(2));
+    assert_eq!(
+        n2.next_to_peer(),
+        Some(Message::MoveQuiet { id: 5, attempt: 50 })
+    );
+    assert_eq!(n2.metrics.quiesce_rechecks.get(), 2);
+    n2.wait(Duration::from_millis(100));
+    assert_eq!(n2.next_to_peer(), None, "answered once");
+}
+
 /// n2 with a followed connection from n1 live, its TCP established.
 fn live_followed(id: u64) -> (Node, ConnKey) {
     let mut n2 = node_with(1, PolicyKind::Hash, FOLLOW);
@@ -2151,7 +2178,18 @@ fn a_serving_node_freezes_only_when_every_response_is_out_and_acknowledged() {
         .unwrap()
         .queues
         .insert((key.local(), key.client()), (0, 20));
+    n2.sent.take();
     n2.hear(quiesce(FE_ISN + 1 + 1000));
+    assert_eq!(
+        n2.next_to_peer(),
+        None,
+        "no answer yet: our TCP may not have taken the ACK"
+    );
+    // It never does: busy after the rechecks (1, 2 and 4 ms: within a quarter of the 40 ms
+    // handoff timeout), the ACK given again each time.
+    for _ in 0..3 {
+        n2.wait(Duration::from_millis(4));
+    }
     assert!(matches!(
         n2.next_to_peer(),
         Some(Message::MoveBusy {
@@ -2159,6 +2197,8 @@ fn a_serving_node_freezes_only_when_every_response_is_out_and_acknowledged() {
             ..
         })
     ));
+    assert_eq!(n2.metrics.quiesce_rechecks.get(), 3);
+    assert_eq!(n2.sent.take().len(), 4);
     n2.tcp.0.lock().unwrap().queues.clear();
     n2.hear(quiesce(FE_ISN + 1 + 900));
     assert!(

@@ -39,6 +39,8 @@ pub(super) enum Timer {
     Moved(ConnId),
     /// BE: a frozen connection has waited for the FE's word long enough.
     Frozen(ConnId),
+    /// BE: a move's quiesce looks at our TCP again (it had not taken the client's ACK yet).
+    Quiesce(ConnId),
     /// Load count, heartbeats of big changes, the datapath's view of the cluster, garbage.
     Housekeeping,
 }
