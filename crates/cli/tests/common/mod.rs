@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
 
 use baton_lab::Lab;
 
@@ -87,6 +88,20 @@ pub fn metric(lab: &Lab, node: usize, name: &str) -> f64 {
         .get(name)
         .copied()
         .unwrap_or(0.0)
+}
+
+/// Waits up to `within` for node `node`'s counter `name` to reach `at_least`; its last value.
+/// For words that travel the control mesh after the client has its answer (a move's release,
+/// a close notice), which TCP may retransmit after a backoff.
+pub fn metric_reaches(lab: &Lab, node: usize, name: &str, at_least: f64, within: Duration) -> f64 {
+    let until = Instant::now() + within;
+    loop {
+        let value = metric(lab, node, name);
+        if value >= at_least || Instant::now() >= until {
+            return value;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The lab client's link drops 3 % of the HTTP segments both ways (SYNs, requests, ACKs and
