@@ -663,7 +663,6 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Feeds the engine every event on the ring.
 /// Everything on `ring`, in order, to the engine (`quiet`: it is the ring of quiet notices). The
 /// quiet ring is read before the main one and before every other input: its notices come before
 /// what follows them.

@@ -15,7 +15,7 @@
 //! - **Local**: served here (entry deleted, held bytes replayed into our TCP); packets the ring
 //!   still delivers follow it for a while.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use baton_bpf::{Conn, ConnKey, ConnState, Event};
@@ -149,6 +149,33 @@ pub(super) struct FeState {
     pub(super) asks: HashMap<u64, ConnKey>,
     /// Moves of followed connections under way, by the new node's handoff id.
     pub(super) moves: HashMap<u64, ConnKey>,
+    /// Datapath offers given up on before their answer (unanswered in time, or the client's
+    /// next connection on the tuple came first): the peer's agent may still say Accepted, late
+    /// (it learns of them off the path, in batches), and is told to drop its side without a
+    /// look through the datapath's table.
+    pub(super) given_up: GivenUp,
+}
+
+/// Handoff ids kept for one to two rounds of garbage collection (10 to 20 s).
+#[derive(Default)]
+pub(super) struct GivenUp {
+    recent: HashSet<u64>,
+    older: HashSet<u64>,
+}
+
+impl GivenUp {
+    pub fn insert(&mut self, id: u64) {
+        self.recent.insert(id);
+    }
+
+    pub fn contains(&self, id: u64) -> bool {
+        self.recent.contains(&id) || self.older.contains(&id)
+    }
+
+    /// A round of garbage collection: the older ids go.
+    pub fn age(&mut self) {
+        self.older = std::mem::take(&mut self.recent);
+    }
 }
 
 impl FeState {
@@ -246,6 +273,9 @@ impl FeState {
                 }
             }
             FePhase::Offered { id, follow, .. } | FePhase::Forwarded { id, follow, .. } => {
+                if matches!(phase, FePhase::Offered { .. }) && id >> 63 == 1 {
+                    self.given_up.insert(*id);
+                }
                 self.handoffs.remove(id);
                 if let Some(m) = follow.as_ref().and_then(|f| f.move_id()) {
                     self.moves.remove(&m);
@@ -769,14 +799,14 @@ impl Engine {
     }
 
     pub(super) fn on_accepted(&mut self, peer: usize, id: u64, now: Instant) {
+        if self.fe.is_forwarded(id, peer) {
+            return; // said again (a peer's new agent confirming what it adopted)
+        }
         let Some(key) = self
             .fe
             .offer(id, peer)
             .or_else(|| self.unread_dp_offer(id, peer, now))
         else {
-            if self.fe.is_forwarded(id, peer) {
-                return; // said again (a peer's new agent confirming what it adopted)
-            }
             // We gave up on it already, or it is not this peer's to accept: it must drop its side.
             self.mesh.send(peer, Message::HandoffAbort { id });
             return;
@@ -856,6 +886,9 @@ impl Engine {
                 tracing::debug!(%key, peer, "datapath offer unanswered, but the peer has it: handed off");
                 return self.on_accepted(peer, id, now);
             }
+        }
+        if id >> 63 == 1 {
+            self.fe.given_up.insert(id);
         }
         self.mesh.send(peer, Message::HandoffAbort { id });
         self.release_local(key, LocalReason::Timeout, now);
@@ -1131,8 +1164,10 @@ impl Engine {
 
     /// An Accepted for an id this agent does not know may be for a datapath offer whose notice
     /// it never read (its ring was full): the datapath's table knows it. Taken on as offered.
+    /// Not one given up on: a look through the whole table is for notices lost, rare; late
+    /// answers come in bursts when the agents are slow, and must not make them slower.
     fn unread_dp_offer(&mut self, id: u64, peer: usize, now: Instant) -> Option<ConnKey> {
-        if id >> 63 == 0 {
+        if id >> 63 == 0 || self.fe.given_up.contains(id) {
             return None;
         }
         let addr = self.cluster.peers.get(peer)?.addr.octets();

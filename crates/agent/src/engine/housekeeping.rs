@@ -318,6 +318,7 @@ impl Engine {
     /// Entries no phase is waiting on: half-open floods, connections never decided because they
     /// never sent data, idle forwarding, handed-in connections whose close was missed.
     fn collect_garbage(&mut self, now: Instant) {
+        self.fe.given_up.age();
         let now_ns = monotonic_ns();
         let idle_ns = self
             .config

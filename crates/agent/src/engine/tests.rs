@@ -43,8 +43,12 @@ const HANDOFF_TIMEOUT: Duration = Duration::from_millis(40);
 const HOLD: Duration = Duration::from_millis(40);
 const LINGER: Duration = Duration::from_millis(10);
 
+/// The datapath's connection table, and how often the agent looked through all of it.
 #[derive(Clone, Default)]
-struct Table(Arc<Mutex<HashMap<ConnKey, Conn>>>);
+struct Table(
+    Arc<Mutex<HashMap<ConnKey, Conn>>>,
+    Arc<std::sync::atomic::AtomicUsize>,
+);
 
 impl ConnTableOps for Table {
     fn get(&self, key: &ConnKey) -> Option<Conn> {
@@ -65,6 +69,7 @@ impl ConnTableOps for Table {
         self.0.lock().unwrap().remove(key);
     }
     fn entries(&self) -> Vec<(ConnKey, Conn)> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.0
             .lock()
             .unwrap()
@@ -2494,6 +2499,24 @@ fn a_datapath_offer_is_answered_like_the_agents_own() {
     n1.hear(Message::HandoffAccepted { id: DP_ID });
     assert!(n1.next_to_peer().is_none(), "no abort");
     assert_eq!(n1.sent.take()[0].flags, TcpFlags::RST);
+    assert_eq!(n1.metrics.handoffs_out.get(), 1);
+
+    // The client's next connection on the tuple came before the answer (the peer's agent reads
+    // its notices in batches): the late Accepted is for an offer given up, and told so at
+    // once, without a look through the whole table.
+    let mut n1 = node(0, PolicyKind::Hash);
+    let key = dp_offered(&mut n1);
+    let mut next = n1.table.get(&key).unwrap();
+    next.client_isn = CLIENT_ISN.wrapping_add(1 << 20);
+    next.handoff_id = DP_ID + 1;
+    n1.table.0.lock().unwrap().insert(key, next);
+    n1.datapath(notice(EventKind::DpOffered, key));
+    let scans = n1.table.1.load(std::sync::atomic::Ordering::Relaxed);
+    n1.hear(Message::HandoffAccepted { id: DP_ID });
+    assert!(matches!(n1.next_to_peer(), Some(Message::HandoffAbort { id }) if id == DP_ID));
+    assert_eq!(n1.table.1.load(std::sync::atomic::Ordering::Relaxed), scans);
+    n1.hear(Message::HandoffAccepted { id: DP_ID + 1 });
+    assert!(n1.next_to_peer().is_none(), "the newer one is handed off");
     assert_eq!(n1.metrics.handoffs_out.get(), 1);
 
     // No answer: the entry goes (the client's retransmission reaches our TCP), nothing is
