@@ -246,6 +246,10 @@ pub struct Limits {
     /// (`hash`, first requests): it offers them to peers' datapaths and takes theirs, with no
     /// agent on the handoff's path. Off: every handoff goes by the agents' control mesh.
     pub datapath_offers: bool,
+    /// How late a deadline that bounds a failure (an offer unanswered, a linger over) may fire,
+    /// so that at thousands of connections a second their timers share the agent's wakeups.
+    /// Deadlines on a request's path are exact. At most an eighth of `handoff_timeout_ms`.
+    pub timer_slack_ms: u64,
 }
 
 impl Default for Limits {
@@ -263,6 +267,7 @@ impl Default for Limits {
             orphan_timeout_s: 60,
             moves_per_connection: 1000,
             datapath_offers: true,
+            timer_slack_ms: 8,
         }
     }
 }
@@ -364,6 +369,15 @@ impl NodeConfig {
             problem(
                 "cluster.key",
                 format!("cluster.key must be at least {MIN_KEY_LEN} bytes"),
+            );
+        }
+        if self.limits.timer_slack_ms > self.limits.handoff_timeout_ms / 8 {
+            problem(
+                "limits.timer_slack_ms",
+                format!(
+                    "limits.timer_slack_ms ({}) must be at most an eighth of limits.handoff_timeout_ms ({})",
+                    self.limits.timer_slack_ms, self.limits.handoff_timeout_ms
+                ),
             );
         }
         if self.cluster.members.is_empty() {

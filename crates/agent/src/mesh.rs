@@ -444,6 +444,7 @@ async fn serve_outbound(
 ) -> String {
     let mut buf = vec![0u8; 4096];
     let mut frames = Vec::new();
+    let mut rtt_sampled: Option<Instant> = None;
     loop {
         let first = tokio::select! {
             _ = shutdown.changed() => return "shutdown".into(),
@@ -477,11 +478,19 @@ async fn serve_outbound(
         if let Err(e) = stream.write_all(&frames).await {
             return format!("write: {e}");
         }
-        if let Some(rtt) = smoothed_rtt_us(&stream) {
+        // The RTT is a gauge read every heartbeat: sampled now and then, not at every write.
+        if rtt_sampled.is_none_or(|at| at.elapsed() >= RTT_SAMPLE_EVERY)
+            && let Some(rtt) = smoothed_rtt_us(&stream)
+        {
             rtt_us.store(rtt.max(1), Ordering::Relaxed);
+            rtt_sampled = Some(Instant::now());
         }
     }
 }
+
+/// How often a control connection's RTT is read from the kernel (it is exported every
+/// heartbeat; a `getsockopt` after every write would cost a syscall per burst of messages).
+const RTT_SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
 /// The kernel's smoothed RTT of `stream` (`tcpi_rtt` of TCP_INFO), in µs.
 fn smoothed_rtt_us(stream: &TcpStream) -> Option<u32> {

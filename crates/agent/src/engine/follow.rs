@@ -1061,6 +1061,9 @@ impl Engine {
     /// its new node ends as it ends (the new node may be live already: it is never cut short)
     /// and following with it; a held request goes where the connection is.
     pub(super) fn end_following(&mut self, key: ConnKey, _now: Instant) {
+        if self.fe.following_mut(&key).is_none() {
+            return; // never followed, or no more: nothing to end (and no watch to remove)
+        }
         let offered = self.fe.following_mut(&key).and_then(|(_, f)| {
             let m = f.next.as_mut()?.moving.as_mut()?;
             m.offered.then(|| {

@@ -38,7 +38,7 @@ mod timers;
 mod tests;
 
 use std::net::Ipv4Addr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use baton_bpf::{Event, EventKind};
 use baton_http::Limits as HeadLimits;
@@ -156,7 +156,7 @@ impl Engine {
             },
             fe: fe::FeState::default(),
             be: be::BeState::default(),
-            timers: Timers::default(),
+            timers: Timers::with_slack(Duration::from_millis(config.limits.timer_slack_ms)),
             // Ids are unique per FE; the high bits keep two restarts of one node apart. The top
             // bit is the datapath's (its own offers' ids have it set).
             next_id: (u64::from(rand::random::<u32>() >> 1) << 32) | 1,

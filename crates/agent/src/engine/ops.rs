@@ -330,6 +330,8 @@ impl Engine {
         self.head_limits.max_head_bytes = new.limits.head_bytes;
         self.cluster.fresh_for = Duration::from_millis(new.limits.heartbeat_ms.saturating_mul(5));
         self.config_digest = new.cluster_digest();
+        self.timers
+            .set_slack(Duration::from_millis(new.limits.timer_slack_ms));
         self.config = new;
         self.write_datapath_config(now);
         self.send_node_status_to_all();

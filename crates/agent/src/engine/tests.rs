@@ -368,6 +368,7 @@ handoff_timeout_ms = 40
 dispatch_timeout_ms = 30
 close_linger_ms = 10
 heartbeat_ms = 100
+timer_slack_ms = 0
 "#
     )
 }
