@@ -527,6 +527,12 @@ fn assert_n2_takes_offers(lab: &Lab, list: &[String], what: &str) {
 }
 
 /// Fetches `target` until n2 serves it, for up to `within`; every answer must be whole.
+/// n2 serves again (`target`, within `within`), and is handed `list` by datapath offers.
+fn n2_is_back(lab: &Lab, target: &str, list: &[String], within: Duration, what: &str) {
+    until_n2_serves(lab, target, within, what);
+    assert_n2_takes_offers(lab, list, what);
+}
+
 fn until_n2_serves(lab: &Lab, target: &str, within: Duration, what: &str) {
     let target = target.to_string();
     let back = wait_until(within, || {
@@ -617,8 +623,7 @@ fn a_node_without_a_listener_sends_the_offer_back_and_nothing_fails() {
 
     // Its server back: n2 is chosen again within LISTENER_NEWS, by datapath offers.
     lab.restart_server(2).expect("restart n2's server");
-    until_n2_serves(&lab, &plan[0].0, LISTENER_NEWS, "after the restart");
-    assert_n2_takes_offers(&lab, &list, "after the restart");
+    n2_is_back(&lab, &plan[0].0, &list, LISTENER_NEWS, "after the restart");
     assert_drained(&lab, Duration::from_secs(15));
 
     // n1 counted each of them as served here for want of a listener (`on_dp_returned`), and
@@ -703,8 +708,13 @@ fn a_node_whose_agent_is_gone_is_served_around_and_comes_back() {
     );
     // Back: its new agent adopts the datapath, n1 sees it up and offers it its targets again.
     lab.start_agent(2).expect("start n2's agent again");
-    until_n2_serves(&lab, &plan[0].0, Duration::from_secs(3), "after the start");
-    assert_n2_takes_offers(&lab, &list, "after the start");
+    n2_is_back(
+        &lab,
+        &plan[0].0,
+        &list,
+        Duration::from_secs(3),
+        "after the start",
+    );
 
     // Now n2's agent stops without a word (SIGSTOP): its control connection stays open, its
     // datapath sees no heartbeat after half a second and refuses offers (overloaded), which n1
@@ -753,8 +763,13 @@ fn a_node_whose_agent_is_gone_is_served_around_and_comes_back() {
             &format!("n2's datapath refused offers while its agent was stopped: {summary}")
         )
     );
-    until_n2_serves(&lab, &plan[0].0, Duration::from_secs(3), "after SIGCONT");
-    assert_n2_takes_offers(&lab, &list, "after SIGCONT");
+    n2_is_back(
+        &lab,
+        &plan[0].0,
+        &list,
+        Duration::from_secs(3),
+        "after SIGCONT",
+    );
     assert_drained(&lab, Duration::from_secs(15));
 
     // n1 counted each refused offer as served here (`on_dp_returned`: refused_overloaded).
