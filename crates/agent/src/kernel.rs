@@ -84,6 +84,14 @@ pub trait TcpStates: Send {
     /// closed as by a RST, the server's reads and writes fail). False if there was none.
     fn destroy(&mut self, local: SocketAddrV4, remote: SocketAddrV4)
     -> Result<bool, SockDiagError>;
+    /// Ends the socket `local` <-> `remote` whose cookie is `cookie` (a timewait socket has its
+    /// connection's), in one round trip. False if there was none, or another socket.
+    fn destroy_by_cookie(
+        &mut self,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        cookie: u64,
+    ) -> Result<bool, SockDiagError>;
 }
 
 pub trait DatapathControl: Send {
@@ -157,6 +165,14 @@ impl TcpStates for SockDiag {
         remote: SocketAddrV4,
     ) -> Result<bool, SockDiagError> {
         SockDiag::destroy(self, local, remote)
+    }
+    fn destroy_by_cookie(
+        &mut self,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        cookie: u64,
+    ) -> Result<bool, SockDiagError> {
+        SockDiag::destroy_by_cookie(self, local, remote, cookie)
     }
 }
 

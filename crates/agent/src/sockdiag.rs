@@ -139,6 +139,31 @@ impl SockDiag {
         let Some(cookie) = self.lookup(local, remote)?.map(|h| h.socket_id.cookie) else {
             return Ok(false);
         };
+        self.destroy_exact(local, remote, cookie)
+    }
+
+    /// Closes the socket `local` <-> `remote` whose cookie is `cookie` (`SO_COOKIE`, the
+    /// datapath's `bpf_get_socket_cookie`; a timewait socket has its connection's) in one round
+    /// trip. False when there is no such socket: none on the tuple, or another one.
+    pub fn destroy_by_cookie(
+        &mut self,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        cookie: u64,
+    ) -> Result<bool, SockDiagError> {
+        // The kernel compares it as two host-order u32, low half first.
+        let mut bytes = [0u8; 8];
+        bytes[..4].copy_from_slice(&(cookie as u32).to_ne_bytes());
+        bytes[4..].copy_from_slice(&((cookie >> 32) as u32).to_ne_bytes());
+        self.destroy_exact(local, remote, bytes)
+    }
+
+    fn destroy_exact(
+        &mut self,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        cookie: [u8; 8],
+    ) -> Result<bool, SockDiagError> {
         let states = StateFlags::all() - StateFlags::LISTEN;
         self.send(
             SOCK_DESTROY,
@@ -369,5 +394,50 @@ mod tests {
         }
         assert!(diag.destroy(local, remote).unwrap());
         assert_eq!(diag.tcp_state(local, remote).unwrap(), None);
+    }
+
+    #[test]
+    fn a_time_wait_socket_is_destroyed_by_its_connections_cookie_and_no_other() {
+        let (_listener, mut client, server, local, remote) = connected();
+        let cookie = socket_cookie(&server);
+        drop(server);
+        let mut buf = [0u8; 1];
+        assert_eq!(client.read(&mut buf).unwrap(), 0);
+        drop(client);
+        let mut diag = SockDiag::new().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while diag.tcp_state(local, remote).unwrap() != Some(tcp_state::TIME_WAIT) {
+            assert!(std::time::Instant::now() < deadline, "no TIME_WAIT");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!diag.destroy_by_cookie(local, remote, cookie ^ 1).unwrap());
+        assert_eq!(
+            diag.tcp_state(local, remote).unwrap(),
+            Some(tcp_state::TIME_WAIT),
+            "another cookie ends nothing"
+        );
+        assert!(diag.destroy_by_cookie(local, remote, cookie).unwrap());
+        assert_eq!(diag.tcp_state(local, remote).unwrap(), None);
+        // With the tuple empty, the kernel's lookup finds the listener: its cookie is not ours.
+        assert!(!diag.destroy_by_cookie(local, remote, cookie).unwrap());
+        assert!(diag.listening(*local.ip(), &[local.port()]).unwrap());
+    }
+
+    fn socket_cookie(s: &TcpStream) -> u64 {
+        use std::os::fd::AsRawFd;
+        let mut cookie = 0u64;
+        let mut len = size_of::<u64>() as libc::socklen_t;
+        // SAFETY: SO_COOKIE writes a u64 into `cookie`, of the length given.
+        let got = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_COOKIE,
+                (&raw mut cookie).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(got, 0, "SO_COOKIE");
+        cookie
     }
 }

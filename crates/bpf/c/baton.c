@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* baton's programs: TC ingress and egress of a node's cluster interface, and a TCP state-change
- * tracepoint that counts the node's load. Dispatch only: the logic lives in lib/fe.h (the
- * accepting node), lib/be.h (the serving node), lib/follow.h and lib/response.h (a placed
- * connection followed request by request) and lib/load.h.
+ * tracepoint that counts the node's load and hears its TCP close handed-in connections. Dispatch
+ * only: the logic lives in lib/fe.h (the accepting node), lib/be.h (the serving node),
+ * lib/follow.h and lib/response.h (a placed connection followed request by request) and
+ * lib/load.h.
  * A datapath offer (lib/offer.h) is the one non-TCP packet read on ingress. A packet that is not
  * IPv4/TCP for this node's service address and ports passes untouched; a
  * connection served locally has no conn entry and passes after one lookup.
@@ -76,9 +77,10 @@ int baton_egress(struct __sk_buff *skb)
 }
 
 SEC("tracepoint/sock/inet_sock_set_state")
-int baton_load(struct inet_sock_set_state_args *args)
+int baton_tcp_state(struct inet_sock_set_state_args *args)
 {
-	return count_state_change(args);
+	count_state_change(args);
+	return be_socket_closed(args);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -20,7 +20,7 @@ use crate::datapath::{
     AgentMap, ConnTable, Counters, EventRing, RefusedOffers, ResponsesTable, WatchTable,
 };
 use crate::{
-    Conn, ConnKey, ConnRole, ConnState, Datapath, DatapathError, DpNode, DropReason,
+    CloseCode, Conn, ConnKey, ConnRole, ConnState, Datapath, DatapathError, DpNode, DropReason,
     EGRESS_PROGRAM, Event, EventKind, INGRESS_PROGRAM, NodeConfig, RefuseCode, Responses, Stat,
     SynDigest, Watch, conn_flags, responses_flags, watch_flags,
 };
@@ -1876,16 +1876,66 @@ fn direct_syn_to_be() -> Vec<u8> {
     frame(&syn.build())
 }
 
+/// The close of a handed-in connection: the datapath notes the FINs and RSTs that pass, and only
+/// our TCP reports the close (its socket closing, heard by the tracepoint; tested with real
+/// sockets in `tests/close_notice.rs`) or, once that socket is gone, its timewait socket's ACK of
+/// the client's FIN.
 fn be_close() -> Vec<Case> {
+    let t = translation();
     let mut server_fin = server_response();
     server_fin.flags = TcpFlags::ACK | TcpFlags::FIN;
     server_fin.payload.clear();
     let server_fin = frame(&server_fin.build());
+    // The client's FIN after the request, and our TCP's ACK of it.
+    let fin_seq = CLIENT_ISN.wrapping_add(1 + 35);
+    let mut client_fin = from_client(BE);
+    client_fin.seq = fin_seq;
+    client_fin.ack = BE_ISN.wrapping_add(1 + 1200 + 1).wrapping_sub(t.seq_delta);
+    client_fin.flags = TcpFlags::ACK | TcpFlags::FIN;
+    client_fin.options = ts(CLIENT_TSVAL + 9, FE_TSVAL.wrapping_add(40));
+    let client_fin = frame(&client_fin.build());
+    let ack_of = |ack: u32, flags: TcpFlags| {
+        let mut p = server_response();
+        p.seq = BE_ISN.wrapping_add(1 + 1200 + 1);
+        p.ack = ack;
+        p.flags = flags;
+        p.payload.clear();
+        frame(&p.build())
+    };
+    let fin_acked = ack_of(fin_seq.wrapping_add(1), TcpFlags::ACK);
+    let other_ack = ack_of(fin_seq, TcpFlags::ACK);
+    let rst = ack_of(fin_seq, TcpFlags::RST);
     let mut half_closed = be_entry(ConnState::BeEstablished);
     half_closed.flags = conn_flags::CLIENT_FIN;
+    half_closed.client_fin_end = fin_seq.wrapping_add(1);
+    let both_fins = conn_flags::CLIENT_FIN | conn_flags::SERVER_FIN;
+    let mut fins = half_closed;
+    fins.flags = both_fins;
+    let mut socket_closed = fins;
+    socket_closed.flags |= conn_flags::TCP_CLOSED;
     let mut closed = be_entry(ConnState::BeEstablished);
-    closed.flags = conn_flags::CLIENT_FIN | conn_flags::SERVER_FIN | conn_flags::CLOSE_REPORTED;
+    closed.flags = both_fins | conn_flags::CLOSE_REPORTED;
     let reuse = direct_syn_to_be();
+    let reported = |code: CloseCode| Follow {
+        notice: Some((EventKind::Closed, code as u32)),
+        ..Follow::NONE
+    };
+    let case = |name, hook, entry, input: &Vec<u8>, entry_after, follow| Case {
+        name,
+        hook,
+        agent_alive: true,
+        config: distributing(BE),
+        entry: Some(entry),
+        input: input.clone(),
+        verdict: TC_ACT_OK,
+        output: match hook {
+            Hook::Ingress => rewritten(input, |ip| translate_to_server(ip, &t).unwrap()),
+            Hook::Egress => to_client_translated(input),
+        },
+        entry_after,
+        event: None,
+        follow,
+    };
     vec![
         // The handed-in connection is over and the client opens one of its own to this node on the
         // same tuple (its ports toward the FE and toward us are independent): a new connection, not a
@@ -1910,23 +1960,80 @@ fn be_close() -> Vec<Case> {
             event: None,
             follow: Follow::NONE,
         },
-        Case {
-            name: "be_second_fin_reports_close",
-            hook: Hook::Egress,
-            agent_alive: true,
-            config: distributing(BE),
-            entry: Some(half_closed),
-            input: server_fin.clone(),
-            verdict: TC_ACT_OK,
-            output: to_client_translated(&server_fin),
-            entry_after: expect_flags(
-                ConnState::BeEstablished,
-                conn_flags::CLIENT_FIN | conn_flags::SERVER_FIN | conn_flags::CLOSE_REPORTED,
+        case(
+            "be_client_fin_noted_with_its_end",
+            Hook::Ingress,
+            be_entry(ConnState::BeEstablished),
+            &client_fin,
+            Box::new(move |c| match c {
+                Some(c)
+                    if c.flags == conn_flags::CLIENT_FIN
+                        && c.client_fin_end == fin_seq.wrapping_add(1) =>
+                {
+                    Ok(())
+                }
+                other => Err(format!(
+                    "expected CLIENT_FIN ending at FIN + 1, found {other:?}"
+                )),
+            }),
+            Follow::NONE,
+        ),
+        // Both FINs passed, but our TCP may not have taken them: nothing is reported yet.
+        case(
+            "be_second_fin_reports_nothing",
+            Hook::Egress,
+            half_closed,
+            &server_fin,
+            exact_flags(both_fins),
+            Follow::NONE,
+        ),
+        // The open socket's ACK of the client's FIN: it becomes a timewait socket only after this
+        // leaves (tcp_fin), and its own close reports.
+        case(
+            "be_open_socket_ack_of_client_fin_reports_nothing",
+            Hook::Egress,
+            fins,
+            &fin_acked,
+            exact_flags(both_fins),
+            Follow::NONE,
+        ),
+        case(
+            "be_timewait_ack_of_client_fin_reports_time_wait",
+            Hook::Egress,
+            socket_closed,
+            &fin_acked,
+            exact_flags(both_fins | conn_flags::TCP_CLOSED | conn_flags::CLOSE_REPORTED),
+            reported(CloseCode::TimeWait),
+        ),
+        // An ACK of something else (a segment out of its window) says nothing of the FIN.
+        case(
+            "be_timewait_other_ack_reports_nothing",
+            Hook::Egress,
+            socket_closed,
+            &other_ack,
+            exact_flags(both_fins | conn_flags::TCP_CLOSED),
+            Follow::NONE,
+        ),
+        case(
+            "be_rst_after_the_socket_closed_reports_gone",
+            Hook::Egress,
+            socket_closed,
+            &rst,
+            exact_flags(
+                both_fins | conn_flags::TCP_CLOSED | conn_flags::RST | conn_flags::CLOSE_REPORTED,
             ),
-            event: Some(EventKind::Closed),
-            follow: Follow::NONE,
-        },
+            reported(CloseCode::Gone),
+        ),
     ]
+}
+
+fn exact_flags(flags: u32) -> EntryCheck {
+    Box::new(move |c| match c {
+        Some(c) if c.state() == Some(ConnState::BeEstablished) && c.flags == flags => Ok(()),
+        other => Err(format!(
+            "expected an established entry with flags {flags:#x}, found {other:?}"
+        )),
+    })
 }
 
 /// The client seq where the second request of the connection starts (after `client_request`).
@@ -2962,4 +3069,37 @@ pub fn check(case: &Case, outcome: &Outcome) -> Result<(), String> {
     } else {
         Err(problems.join("; "))
     }
+}
+
+/// Moves the calling thread (it alone) into a new network namespace and brings its loopback up:
+/// for tests whose packets must really leave a program, or whose sockets must be theirs alone.
+pub fn own_network_namespace() -> std::io::Result<()> {
+    // SAFETY: unshare() has no memory arguments; it moves this thread alone.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: socket() has no memory arguments; its result is checked before it is owned.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new descriptor that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS and SIOCSIFFLAGS read and write `req`, a valid ifreq, in place.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }

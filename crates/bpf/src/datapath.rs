@@ -22,8 +22,8 @@ use aya::{Ebpf, EbpfLoader};
 
 use crate::{
     AGENT_MAP, CONFIG_MAP, CONNS_MAP, Conn, ConnKey, DROPS_MAP, DropReason, EGRESS_PROGRAM,
-    EVENTS_MAP, INGRESS_PROGRAM, LOAD_PROGRAM, NodeConfig, OBJECT, REFUSED_OFFERS_MAP,
-    RESPONSES_MAP, Responses, STATS_MAP, Stat, WATCH_MAP, Watch,
+    EVENTS_MAP, INGRESS_PROGRAM, NodeConfig, OBJECT, REFUSED_OFFERS_MAP, RESPONSES_MAP, Responses,
+    STATS_MAP, Stat, TCP_STATE_PROGRAM, WATCH_MAP, Watch,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -399,11 +399,11 @@ impl Datapath {
                 .map_err(|source| DatapathError::Program { name, source })?;
         }
         let load: &mut TracePoint = ebpf
-            .program_mut(LOAD_PROGRAM)
+            .program_mut(TCP_STATE_PROGRAM)
             .and_then(|p| p.try_into().ok())
-            .ok_or(DatapathError::MissingProgram(LOAD_PROGRAM))?;
+            .ok_or(DatapathError::MissingProgram(TCP_STATE_PROGRAM))?;
         load.load().map_err(|source| DatapathError::Program {
-            name: LOAD_PROGRAM,
+            name: TCP_STATE_PROGRAM,
             source,
         })?;
         Ok(Datapath { ebpf })
@@ -499,14 +499,15 @@ impl Datapath {
     /// Attaches ingress and egress to `interface` through the TCX links pinned in `dir`: a pinned
     /// link gets our program in place of its own in one step; without one, a new link is
     /// attached and pinned. A pinned link whose interface is gone (the interface was deleted and
-    /// made again) is replaced by a new one. The load counter's tracepoint link is this
-    /// process's own (the counters it feeds are pinned; a new agent re-anchors its count).
+    /// made again) is replaced by a new one. The TCP state tracepoint's link is this process's own
+    /// (the counters it feeds are pinned, a new agent re-anchors its count; closes while no agent
+    /// runs are found by the next one's liveness checks).
     pub fn attach_pinned(
         &mut self,
         interface: &str,
         dir: &Path,
     ) -> Result<Attachment, DatapathError> {
-        self.attach_load_counter()?;
+        self.attach_tcp_state()?;
         let mut attachment = Attachment::Fresh;
         for (name, kind, pin) in [
             (
@@ -564,10 +565,10 @@ impl Datapath {
         Ok(attachment)
     }
 
-    /// Attaches ingress and egress to `interface` (TCX links) and the load counter to its
-    /// tracepoint; all are detached when `self` drops.
+    /// Attaches ingress and egress to `interface` (TCX links) and the TCP state tracepoint; all
+    /// are detached when `self` drops.
     pub fn attach(&mut self, interface: &str) -> Result<(), DatapathError> {
-        self.attach_load_counter()?;
+        self.attach_tcp_state()?;
         for (name, kind) in [
             (INGRESS_PROGRAM, TcAttachType::Ingress),
             (EGRESS_PROGRAM, TcAttachType::Egress),
@@ -579,16 +580,17 @@ impl Datapath {
         Ok(())
     }
 
-    /// Attaches the load counter (`c/lib/load.h`) to the TCP state-change tracepoint.
-    pub fn attach_load_counter(&mut self) -> Result<(), DatapathError> {
+    /// Attaches the TCP state-change tracepoint: the load counter (`c/lib/load.h`) and the close
+    /// of handed-in connections as their server's TCP lets go of them (`be_socket_closed`).
+    pub fn attach_tcp_state(&mut self) -> Result<(), DatapathError> {
         let load: &mut TracePoint = self
             .ebpf
-            .program_mut(LOAD_PROGRAM)
+            .program_mut(TCP_STATE_PROGRAM)
             .and_then(|p| p.try_into().ok())
-            .ok_or(DatapathError::MissingProgram(LOAD_PROGRAM))?;
+            .ok_or(DatapathError::MissingProgram(TCP_STATE_PROGRAM))?;
         load.attach("sock", "inet_sock_set_state")
             .map_err(|source| DatapathError::Program {
-                name: LOAD_PROGRAM,
+                name: TCP_STATE_PROGRAM,
                 source,
             })?;
         Ok(())

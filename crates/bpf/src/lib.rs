@@ -24,8 +24,8 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../baton.bpf.o");
 /// Program names in the object.
 pub const INGRESS_PROGRAM: &str = "baton_ingress";
 pub const EGRESS_PROGRAM: &str = "baton_egress";
-/// The TCP state-change tracepoint that counts this node's load.
-pub const LOAD_PROGRAM: &str = "baton_load";
+/// The TCP state-change tracepoint: this node's load, and handed-in connections' closes.
+pub const TCP_STATE_PROGRAM: &str = "baton_tcp_state";
 
 /// Map names in the object.
 pub const CONNS_MAP: &str = "conns";
@@ -137,6 +137,8 @@ pub mod conn_flags {
     pub const DP_TAKEN: u32 = 0x100;
     /// FE of a datapath offer: the client acknowledged data the BE sent (the BE has it).
     pub const DP_LIVE: u32 = 0x200;
+    /// BE: the server's socket closed; what our TCP sends now is its timewait socket's, or no one's.
+    pub const TCP_CLOSED: u32 = 0x400;
 }
 
 /// Mirrors `struct watch`: what the agent asks of the datapath about a placed connection, in the
@@ -235,7 +237,7 @@ pub use sizes::{DP_NODES_MAX, OFFER_KEY_LEN, SERVICE_PORTS_MAX};
 /// The version of the pinned maps' layouts (`struct conn`, `struct node_config`, the event
 /// header, `struct watch`, `struct responses`, the set of pinned maps and their sizes): it changes
 /// whenever one of them does.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Longest TCP options area.
 pub const TCP_OPTS_MAX: usize = 40;
@@ -278,6 +280,11 @@ pub struct Conn {
     pub pad: [u8; 3],
     /// FE of a datapath offer: when it was first offered (UTC ns, the datapath's offer clock).
     pub offered_ns: u64,
+    /// BE: the client's seq after its FIN, once [`conn_flags::CLIENT_FIN`].
+    pub client_fin_end: u32,
+    pub pad2: u32,
+    /// BE: the server socket's cookie (its timewait socket inherits it).
+    pub sock_cookie: u64,
 }
 
 /// Mirrors `struct refused_offer_key`: a refused datapath offer, by the FE's id and address.
@@ -496,6 +503,31 @@ pub enum EventKind {
     DpReturned = 8,
 }
 
+/// Mirrors `enum close_code`: with [`EventKind::Closed`], what holds the tuple in our TCP now.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseCode {
+    /// Nothing: the connection is over.
+    Gone = 1,
+    /// A timewait socket in TIME_WAIT: both FINs went through our TCP.
+    TimeWait = 2,
+    /// The server's socket closed as the client's FIN came in: its timewait socket may not have
+    /// taken that FIN yet.
+    Unsure = 3,
+}
+
+impl CloseCode {
+    /// The code of an event's detail; `None` for one this build does not know.
+    pub fn from_detail(detail: u32) -> Option<Self> {
+        match detail {
+            1 => Some(Self::Gone),
+            2 => Some(Self::TimeWait),
+            3 => Some(Self::Unsure),
+            _ => None,
+        }
+    }
+}
+
 /// Mirrors `struct event_hdr`; the captured packet bytes follow it in the ring record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -503,12 +535,15 @@ pub struct EventHeader {
     pub kind: u32,
     pub pkt_len: u32,
     pub cap_len: u32,
-    /// [`EventKind::DpReturned`]: the refusal's code; else 0.
+    /// [`EventKind::DpReturned`]: the refusal's code; [`EventKind::Closed`]: a [`CloseCode`];
+    /// else 0.
     pub detail: u32,
     pub ts_ns: u64,
     pub key: ConnKey,
     /// [`EventKind::DpReturned`]: the address of the BE that refused; else 0.
     pub peer: [u8; 4],
+    /// BE notices: the server socket's cookie ([`Conn::sock_cookie`]); else 0.
+    pub sock_cookie: u64,
 }
 
 /// An event as read from the ring: header fields and the captured packet (from its IPv4 header).
@@ -519,10 +554,13 @@ pub struct Event {
     /// The packet's true length; `packet` may be shorter (capture limit).
     pub pkt_len: u32,
     pub ts_ns: u64,
-    /// [`EventKind::DpReturned`]: the refusal's code; else 0.
+    /// [`EventKind::DpReturned`]: the refusal's code; [`EventKind::Closed`]: a [`CloseCode`];
+    /// else 0.
     pub detail: u32,
     /// [`EventKind::DpReturned`]: the BE that refused; else unspecified (0.0.0.0).
     pub peer: Ipv4Addr,
+    /// BE notices: the server socket's cookie, 0 if unknown.
+    pub sock_cookie: u64,
     pub packet: Vec<u8>,
 }
 
@@ -572,6 +610,7 @@ impl Event {
             ts_ns: hdr.ts_ns,
             detail: hdr.detail,
             peer: Ipv4Addr::from(hdr.peer),
+            sock_cookie: hdr.sock_cookie,
             packet: body[..cap].to_vec(),
         })
     }
@@ -673,9 +712,9 @@ mod tests {
     #[test]
     fn layouts_match_the_c_structs() {
         assert_eq!(size_of::<ConnKey>(), 12);
-        assert_eq!(size_of::<Conn>(), 192);
+        assert_eq!(size_of::<Conn>(), 208);
         assert_eq!(size_of::<NodeConfig>(), 32 + 16 * DP_NODES_MAX + 40);
-        assert_eq!(size_of::<EventHeader>(), 40);
+        assert_eq!(size_of::<EventHeader>(), 48);
         assert_eq!(size_of::<Watch>(), 8);
         assert_eq!(size_of::<Responses>(), 16);
     }
@@ -683,7 +722,7 @@ mod tests {
     #[test]
     fn event_parse_rejects_bad_records() {
         assert_eq!(Event::parse(&[0; 10]), Err(EventError::Short(10)));
-        let mut rec = vec![0u8; 40];
+        let mut rec = vec![0u8; size_of::<EventHeader>()];
         rec[0] = 9;
         assert_eq!(Event::parse(&rec), Err(EventError::UnknownKind(9)));
         rec[0] = 1;

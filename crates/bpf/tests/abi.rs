@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use baton_bpf::{ConnState, DropReason, EventKind, Stat};
+use baton_bpf::{CloseCode, ConnState, DropReason, EventKind, Stat};
 
 /// `NAME = value` enum members and `#define NAME value` constants of a C header.
 fn c_enum_values(header: &str) -> HashMap<String, u32> {
@@ -114,6 +114,9 @@ fn event_kinds_and_states_match() {
             ("EV_DP_OFFERED", EventKind::DpOffered as u32),
             ("EV_DP_TAKEN", EventKind::DpTaken as u32),
             ("EV_DP_RETURNED", EventKind::DpReturned as u32),
+            ("CLOSE_GONE", CloseCode::Gone as u32),
+            ("CLOSE_TIME_WAIT", CloseCode::TimeWait as u32),
+            ("CLOSE_UNSURE", CloseCode::Unsure as u32),
         ],
     );
     check(
@@ -153,6 +156,7 @@ fn conn_flags_match() {
             ("CONN_DP_OFFER", DP_OFFER),
             ("CONN_DP_TAKEN", DP_TAKEN),
             ("CONN_DP_LIVE", DP_LIVE),
+            ("CONN_TCP_CLOSED", TCP_CLOSED),
             ("SYN_NO_WSCALE", u32::from(baton_bpf::SynDigest::NO_WSCALE)),
             ("SYN_SACK_OK", u32::from(baton_bpf::SynDigest::SACK_OK)),
             ("SYN_TS_OK", u32::from(baton_bpf::SynDigest::TS_OK)),

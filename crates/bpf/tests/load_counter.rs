@@ -28,7 +28,7 @@ fn service_connections_of_this_namespace_are_counted_in_and_out() {
     let mut config = NodeConfig::new(Ipv4Addr::LOCALHOST, &[port], true);
     config.netns_inum = current_netns_inum().unwrap();
     datapath.set_node_config(&config).unwrap();
-    datapath.attach_load_counter().unwrap();
+    datapath.attach_tcp_state().unwrap();
     let counters = datapath.take_counters().unwrap();
     let count = |stat| counters.stat(stat).unwrap();
     assert_eq!(

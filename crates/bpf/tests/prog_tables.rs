@@ -51,34 +51,6 @@ fn a_full_table_lets_new_connections_pass_untracked() {
     assert!(outcome.entry_after.is_none(), "no entry: the table is full");
 }
 
-/// Brings up the loopback interface of the calling thread's network namespace.
-fn loopback_up() -> std::io::Result<()> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    // SAFETY: socket() has no memory arguments; its result is checked before it is owned.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a new descriptor that nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: ifreq is plain data; all-zero is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS and SIOCSIFFLAGS read and write `req`, a valid ifreq, in place.
-    unsafe {
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 #[test]
 fn a_listening_be_takes_datapath_offers() {
     // The tables' offers find no listener; these need one, and their clones really leave the
@@ -86,9 +58,7 @@ fn a_listening_be_takes_datapath_offers() {
     // test finds the listener and nothing reaches the host's network, with its loopback up: the
     // clones go out of and into the interface of the run, loopback.
     std::thread::spawn(|| {
-        // SAFETY: unshare() has no memory arguments; it moves this thread alone.
-        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
-        loopback_up().expect("loopback up");
+        baton_bpf::cases::own_network_namespace().expect("a network namespace of its own");
         let _listener = std::net::TcpListener::bind(("0.0.0.0", baton_bpf::cases::SERVICE_PORT))
             .expect("listen on the service port");
         let mut runner =

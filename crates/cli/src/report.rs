@@ -12,14 +12,14 @@ use std::fmt::Write as _;
 /// What `baton node` needs, and why; the same list as `packaging/baton.service` and
 /// `docs/operations.md`.
 pub const PRIVILEGES: &str = "baton needs root, or the capabilities CAP_BPF and CAP_PERFMON (load \
-the eBPF programs and maps, the load-counting tracepoint), CAP_NET_ADMIN (TCX links, sock_diag's \
+the eBPF programs and maps, the TCP state tracepoint), CAP_NET_ADMIN (TCX links, sock_diag's \
 SOCK_DESTROY), CAP_NET_RAW (the raw socket that replays packets) and CAP_SYS_ADMIN (only to mount \
 bpffs at /sys/fs/bpf when it is not mounted); the lab also creates network namespaces (root)";
 
 /// Causes that name a missing prerequisite, and what to do about it.
 const PREREQUISITE_HINTS: &[(&str, &str)] = &[(
     "tracefs not found",
-    "the load-counting tracepoint needs tracefs: mount -t tracefs tracefs /sys/kernel/tracing \
+    "the TCP state tracepoint needs tracefs: mount -t tracefs tracefs /sys/kernel/tracing \
      (`ip netns exec` remounts /sys without it; enter a namespace with `nsenter --net=...`)",
 )];
 
@@ -153,8 +153,9 @@ mod tests {
 
     #[test]
     fn a_missing_tracefs_gets_its_hint() {
-        let error = anyhow::anyhow!("program baton_load: tracefs not found").context("baton node");
-        assert!(render(&error, false).contains("hint: the load-counting tracepoint needs tracefs"));
+        let error =
+            anyhow::anyhow!("program baton_tcp_state: tracefs not found").context("baton node");
+        assert!(render(&error, false).contains("hint: the TCP state tracepoint needs tracefs"));
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub struct Facts {
     pub nginx: bool,
     /// Debian's Apache binary is installed.
     pub apache: bool,
-    /// The kernel's BTF (`/sys/kernel/btf/vmlinux`), for the load-counting tracepoint.
+    /// The kernel's BTF (`/sys/kernel/btf/vmlinux`), for the TCP state tracepoint.
     pub btf: bool,
     /// tracefs is mounted in this mount namespace (the tracepoint is attached through it).
     pub tracefs: bool,

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
-use baton_bpf::{Conn, ConnKey, ConnRole, ConnState, Event, conn_flags, watch_flags};
+use baton_bpf::{CloseCode, Conn, ConnKey, ConnRole, ConnState, Event, conn_flags, watch_flags};
 use baton_proto::{BusyReason, HandoffRequest, Message, RefuseReason};
 use baton_wire::{
     SynOptions, TcpFlags, TcpPacketBuilder, Translation, rewrite_dst_addr, translate_to_server,
@@ -82,12 +82,30 @@ pub(super) struct Inbound {
     frozen_until: Option<Instant>,
     frozen_by: Option<u64>,
     /// The datapath reported its close while it was Moving: handled if it resumes.
-    closed_while_moving: bool,
+    closed_while_moving: Option<CloseNotice>,
     /// A move's quiesce waiting for our TCP to take the client's ACK.
     quiesce: Option<Box<QuiesceAsk>>,
     /// What the replay needs, until the connection is live (then dropped). An adopted
     /// connection has none: it was taken by an agent that is gone.
     replay: Option<Box<Replay>>,
+}
+
+/// The datapath's word on a handed-in connection's close (`EventKind::Closed`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct CloseNotice {
+    /// What our TCP left on the tuple; `None`: a code this build does not know.
+    pub code: Option<CloseCode>,
+    /// The server socket's cookie, which its timewait socket has too (0: unknown).
+    pub sock_cookie: u64,
+}
+
+impl CloseNotice {
+    pub fn of(event: &Event) -> Self {
+        CloseNotice {
+            code: CloseCode::from_detail(event.detail),
+            sock_cookie: event.sock_cookie,
+        }
+    }
 }
 
 /// A move's question to us (`MoveQuiesce`), kept while it waits for our TCP.
@@ -202,7 +220,7 @@ impl BeState {
                 follow: false,
                 frozen_until,
                 frozen_by: None,
-                closed_while_moving: false,
+                closed_while_moving: None,
                 quiesce: None,
                 replay: None,
             },
@@ -223,7 +241,7 @@ impl BeState {
                 follow: true,
                 frozen_until: None,
                 frozen_by: None,
-                closed_while_moving: false,
+                closed_while_moving: None,
                 quiesce: None,
                 replay: None,
             },
@@ -309,8 +327,8 @@ impl Engine {
         if let Some(old) = self.be.conns.get(&key) {
             // The client reused its port: the old connection may still linger. Replace it only if
             // that connection is over; a live one is a true collision. Over is what the datapath
-            // saw (both FINs or a RST), even if its notice is still on the ring: the next offer
-            // on the port may overtake it.
+            // heard from our TCP, even if its notice is still on the ring: the next offer on the
+            // port may overtake it.
             let closed_in_datapath = self.conns.get(&key).is_some_and(|e| {
                 e.client_isn == old.client_isn && e.flags & conn_flags::CLOSE_REPORTED != 0
             });
@@ -384,7 +402,7 @@ impl Engine {
             follow: r.follow,
             frozen_until: None,
             frozen_by: None,
-            closed_while_moving: false,
+            closed_while_moving: None,
             quiesce: None,
             replay: Some(Box::new(Replay {
                 fe_isn: r.fe_isn,
@@ -409,10 +427,11 @@ impl Engine {
             // to its clock toward us: half the time the TIME_WAIT would answer with an ACK and
             // the offer be refused as a collision. Ended, as our TCP ends it for a SYN that
             // passes.
-            self.end_time_wait(ConnId {
+            let old = ConnId {
                 key,
                 client_isn: syn_fields.seq,
-            });
+            };
+            self.end_time_wait(old, 0);
         }
         self.send(&syn);
         Ok(())
@@ -702,15 +721,16 @@ impl Engine {
         self.follow.set_watch(key, watch)
     }
 
-    /// The datapath saw both FINs or a RST. The local TCP has the last word (a RST outside the
-    /// window is ignored by TCP but not by the datapath), so the close is confirmed after a linger.
-    pub(super) fn on_closed(&mut self, key: ConnKey, now: Instant) {
+    /// Our TCP closed the server's socket of a handed-in connection (the datapath's
+    /// `be_socket_closed`), and the notice says what is left on the tuple. Over at once unless
+    /// unsure (or a code this build does not know): then our TCP is asked, as after a linger.
+    pub(super) fn on_closed(&mut self, key: ConnKey, notice: CloseNotice, now: Instant) {
         let Some(inbound) = self.be.conns.get_mut(&key) else {
             return;
         };
         if inbound.phase == BePhase::Moving {
             // The datapath reports a close once: kept for a resume (a release ends it anyway).
-            inbound.closed_while_moving = true;
+            inbound.closed_while_moving = Some(notice);
             return;
         }
         if inbound.phase != BePhase::Live {
@@ -718,14 +738,21 @@ impl Engine {
         }
         inbound.phase = BePhase::Closing;
         let conn = inbound.conn(key);
+        match notice.code {
+            Some(CloseCode::Gone) => return self.closed_at_be(conn),
+            Some(CloseCode::TimeWait) => {
+                // Ended now, the tuple is free at once: the client may reuse its port toward
+                // this node itself (the TIME_WAIT would answer its SYN, whose timestamps are
+                // unrelated, with an ACK: a RST and a SYN retransmission), and the FE's entry
+                // only lingers from our notice on, so until then an offer of the tuple from
+                // another FE would be refused as a collision.
+                self.end_time_wait(conn, notice.sock_cookie);
+                return self.closed_at_be(conn);
+            }
+            Some(CloseCode::Unsure) | None => {}
+        }
         if self.closed_by_fins(conn) {
-            // Our TCP's own word that it is over: the linger (for a close it may have ignored)
-            // has nothing to wait for. Ended now, the tuple is free at once: the client may
-            // reuse its port toward this node itself (the TIME_WAIT would answer its SYN, whose
-            // timestamps are unrelated, with an ACK: a RST and a SYN retransmission), and the
-            // FE's entry only lingers from our notice on, so until then an offer of the tuple
-            // from another FE would be refused as a collision.
-            self.end_time_wait(conn);
+            self.end_time_wait(conn, notice.sock_cookie);
             return self.closed_at_be(conn);
         }
         let linger = Duration::from_millis(self.config.limits.close_linger_ms);
@@ -765,7 +792,7 @@ impl Engine {
         match self.tcp.tcp_state(conn.key.local(), conn.key.client()) {
             Ok(None | Some(tcp_state::CLOSE)) => self.closed_at_be(conn),
             Ok(Some(tcp_state::TIME_WAIT)) => {
-                self.end_time_wait(conn);
+                self.end_time_wait(conn, 0);
                 self.closed_at_be(conn);
             }
             Ok(Some(tcp_state::ESTABLISHED)) => {
@@ -788,8 +815,14 @@ impl Engine {
     /// client's own next connection to this node on the same tuple (its ports toward the FE and
     /// toward us are independent, and so are its timestamps) with an ACK that costs that
     /// connection a RST and a SYN retransmission.
-    pub(super) fn end_time_wait(&mut self, conn: ConnId) {
-        if let Err(e) = self.tcp.destroy(conn.key.local(), conn.key.client()) {
+    /// `sock_cookie` names the timewait socket in one round trip (0: unknown, looked up first).
+    pub(super) fn end_time_wait(&mut self, conn: ConnId, sock_cookie: u64) {
+        let (local, client) = (conn.key.local(), conn.key.client());
+        let ended = match sock_cookie {
+            0 => self.tcp.destroy(local, client),
+            cookie => self.tcp.destroy_by_cookie(local, client, cookie),
+        };
+        if let Err(e) = ended {
             tracing::debug!(key = %conn.key, "sock_diag destroy of a TIME_WAIT: {e}");
         }
     }
@@ -973,7 +1006,7 @@ impl Engine {
         let inbound = self.be.conns.get_mut(&key).ok_or(BusyReason::Unknown)?;
         inbound.phase = BePhase::Moving;
         inbound.frozen_by = Some(attempt);
-        inbound.closed_while_moving = false;
+        inbound.closed_while_moving = None;
         Ok(inbound.conn(key))
     }
 
@@ -1063,10 +1096,10 @@ impl Engine {
         if frozen_by_it {
             inbound.phase = BePhase::Live;
             inbound.frozen_by = None;
-            let closed = std::mem::take(&mut inbound.closed_while_moving);
+            let closed = inbound.closed_while_moving.take();
             self.unfreeze(key);
-            if closed {
-                self.on_closed(key, now);
+            if let Some(notice) = closed {
+                self.on_closed(key, notice, now);
             }
         }
         let live = self

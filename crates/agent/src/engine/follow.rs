@@ -596,6 +596,7 @@ impl Engine {
                 ts_ns: 0,
                 detail: 0,
                 peer: Ipv4Addr::UNSPECIFIED,
+                sock_cookie: 0,
                 packet: packet.to_vec(),
             };
             return self.on_be_held_packet(event);

@@ -384,7 +384,7 @@ impl Engine {
         for conn in gone_at_be {
             match self.tcp.tcp_state(conn.key.local(), conn.key.client()) {
                 Ok(Some(tcp_state::TIME_WAIT)) => {
-                    self.end_time_wait(conn);
+                    self.end_time_wait(conn, 0);
                     self.closed_at_be(conn);
                     count -= 1;
                 }

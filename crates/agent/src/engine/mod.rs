@@ -53,6 +53,7 @@ use crate::metrics::Metrics;
 pub use adopt::Adopted;
 pub use fe::LocalReason;
 
+use be::CloseNotice;
 use cluster::Cluster;
 use timers::{ConnId, Timer, Timers};
 
@@ -194,7 +195,7 @@ impl Engine {
             EventKind::NextHead => self.on_next_head(event, now),
             EventKind::BeSynAck => self.on_be_answer(event, now),
             EventKind::BeLive => self.on_be_live(event.key),
-            EventKind::Closed => self.on_closed(event.key, now),
+            EventKind::Closed => self.on_closed(event.key, CloseNotice::of(&event), now),
             EventKind::DpOffered => self.on_dp_offered(event.key, now),
             EventKind::DpReturned => self.on_dp_returned(event.key, event.detail, event.peer, now),
             EventKind::DpTaken => self.on_dp_taken(event.key, now),

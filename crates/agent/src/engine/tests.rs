@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use baton_bpf::{
-    Conn, ConnKey, ConnRole, ConnState, DecideMode, Event, EventKind, Responses, Watch,
+    CloseCode, Conn, ConnKey, ConnRole, ConnState, DecideMode, Event, EventKind, Responses, Watch,
 };
 use baton_policy::PolicyKind;
 use baton_proto::{BusyReason, HandoffRequest, Message, RefuseReason};
@@ -162,6 +162,8 @@ struct LocalTcp {
     /// Unread and unacknowledged bytes, where not zero.
     queues: HashMap<(SocketAddrV4, SocketAddrV4), (u32, u32)>,
     listening: bool,
+    /// Questions about one connection (state, queues) asked so far.
+    questions: u32,
 }
 
 #[derive(Clone)]
@@ -173,6 +175,7 @@ impl Default for Tcp {
             states: HashMap::new(),
             queues: HashMap::new(),
             listening: true,
+            questions: 0,
         })))
     }
 }
@@ -186,6 +189,9 @@ impl Tcp {
             .states
             .get(&(key.local(), key.client()))
             .copied()
+    }
+    fn questions(&self) -> u32 {
+        self.0.lock().unwrap().questions
     }
     fn set(&self, key: &ConnKey, state: u8) {
         self.0
@@ -202,7 +208,9 @@ impl TcpStates for Tcp {
         local: SocketAddrV4,
         remote: SocketAddrV4,
     ) -> Result<Option<u8>, SockDiagError> {
-        Ok(self.0.lock().unwrap().states.get(&(local, remote)).copied())
+        let mut tcp = self.0.lock().unwrap();
+        tcp.questions += 1;
+        Ok(tcp.states.get(&(local, remote)).copied())
     }
     fn established(&mut self, addr: Ipv4Addr, ports: &[u16]) -> Result<u32, SockDiagError> {
         let tcp = self.0.lock().unwrap();
@@ -221,7 +229,8 @@ impl TcpStates for Tcp {
         local: SocketAddrV4,
         remote: SocketAddrV4,
     ) -> Result<Option<TcpQueues>, SockDiagError> {
-        let tcp = self.0.lock().unwrap();
+        let mut tcp = self.0.lock().unwrap();
+        tcp.questions += 1;
         let (unread, unacked) = tcp.queues.get(&(local, remote)).copied().unwrap_or((0, 0));
         Ok(tcp.states.get(&(local, remote)).map(|&state| TcpQueues {
             state,
@@ -229,10 +238,21 @@ impl TcpStates for Tcp {
             unacked,
         }))
     }
+    /// A question first, as sock_diag's destroy looks the socket's cookie up.
     fn destroy(
         &mut self,
         local: SocketAddrV4,
         remote: SocketAddrV4,
+    ) -> Result<bool, SockDiagError> {
+        let mut tcp = self.0.lock().unwrap();
+        tcp.questions += 1;
+        Ok(tcp.states.remove(&(local, remote)).is_some())
+    }
+    fn destroy_by_cookie(
+        &mut self,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        _cookie: u64,
     ) -> Result<bool, SockDiagError> {
         Ok(self
             .0
@@ -511,7 +531,17 @@ fn event(kind: EventKind, key: ConnKey, packet: &TcpPacketBuilder) -> Event {
         ts_ns: 0,
         detail: 0,
         peer: Ipv4Addr::UNSPECIFIED,
+        sock_cookie: 0,
         packet: bytes,
+    }
+}
+
+/// The datapath's close notice of `key`, naming the server socket.
+fn closed(key: ConnKey, code: CloseCode) -> Event {
+    Event {
+        detail: code as u32,
+        sock_cookie: 0x1234_5678_9abc,
+        ..notice(EventKind::Closed, key)
     }
 }
 
@@ -523,6 +553,7 @@ fn notice(kind: EventKind, key: ConnKey) -> Event {
         ts_ns: 0,
         detail: 0,
         peer: Ipv4Addr::UNSPECIFIED,
+        sock_cookie: 0,
         packet: Vec::new(),
     }
 }
@@ -1027,6 +1058,42 @@ fn the_be_refuses_what_it_cannot_take_and_cleans_up() {
     assert!(n2.engine.drained());
 }
 
+/// The close notice carries our TCP's own word: over at once without a question to it, and only
+/// a TIME_WAIT it names is ended.
+#[test]
+fn a_close_our_tcp_reported_is_over_without_a_question() {
+    for (code, left) in [
+        (CloseCode::Gone, None),
+        (CloseCode::TimeWait, Some(tcp_state::TIME_WAIT)),
+    ] {
+        let (mut n2, key) = live(4);
+        n2.tcp.0.lock().unwrap().states.clear();
+        if let Some(state) = left {
+            n2.tcp.set(&key, state);
+        }
+        let asked = n2.tcp.questions();
+        n2.datapath(closed(key, code));
+        assert!(
+            matches!(n2.next_to_peer(), Some(Message::ConnClosed { id: 4 })),
+            "{code:?}: the FE is told at once"
+        );
+        assert!(n2.table.get(&key).is_none(), "{code:?}: the entry goes");
+        assert_eq!(
+            n2.tcp.state(&key),
+            None,
+            "{code:?}: nothing left on the tuple"
+        );
+        assert_eq!(
+            n2.tcp.questions(),
+            asked,
+            "{code:?}: no question to our TCP"
+        );
+        assert!(n2.engine.drained());
+    }
+}
+
+/// A close notice our TCP was unsure of (the client's FIN raced the socket's close), or of a
+/// code this build does not know: our TCP is asked, as after a linger.
 #[test]
 fn a_close_counts_only_once_the_local_tcp_agrees() {
     let mut n2 = offered(4);
@@ -1039,8 +1106,8 @@ fn a_close_counts_only_once_the_local_tcp_agrees() {
     ));
     n2.tcp.set(&key, tcp_state::ESTABLISHED);
 
-    // The datapath saw a RST the local TCP ignored (out of window): nothing is torn down.
-    n2.datapath(notice(EventKind::Closed, key));
+    // Still open after all: nothing is torn down.
+    n2.datapath(closed(key, CloseCode::Unsure));
     n2.wait(LINGER);
     assert!(n2.table.get(&key).is_some());
     assert!(n2.next_to_peer().is_none());
@@ -2427,6 +2494,7 @@ fn dp_returned(key: ConnKey, reason: RefuseReason) -> Event {
     Event {
         detail: u32::from(reason.code()),
         peer: N2,
+        sock_cookie: 0,
         ..notice(EventKind::DpReturned, key)
     }
 }

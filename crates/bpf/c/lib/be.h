@@ -23,7 +23,10 @@
  *                             server's responses end (response.h)
  *   a client SYN for a handed-in tuple is a tuple collision: dropped, never merged; once that
  *   connection closed, it is the client's new connection to this node: the entry starts afresh
- *   both FINs or a RST     -> EV_CLOSED once; the agent tells the FE and removes the entry later
+ *   the close              -> EV_CLOSED once, when our TCP lets go (be_socket_closed: a FIN or a RST
+ *                             the datapath saw may have been refused by TCP), saying whether a
+ *                             timewait socket holds the tuple; the agent tells the FE, ends the
+ *                             TIME_WAIT and removes the entry
  *
  * A datapath offer (offer.h) makes its BE_SYN_SENT entry itself (CONN_DP_OFFER), and the
  * server's answer to its SYN is read here instead of by the agent.
@@ -36,6 +39,7 @@
 #include "offer.h"
 #include "parse.h"
 #include "response.h"
+#include "sock_state.h"
 #include "translate.h"
 
 /* A notice about a handed-in connection. Those of a datapath offer are quiet: nothing waits for
@@ -43,29 +47,87 @@
  * the middle of the server's packet (tens of µs on a virtual machine); the agent reads them
  * before its next input or round. The agent's own replays' notices wake it: a followed
  * connection's next request waits for them. */
-__always void be_notice(const struct conn *c, __u32 kind, const struct conn_key *key)
+__always void be_notice(const struct conn *c, __u32 kind, const struct conn_key *key, __u32 detail)
 {
-	if (c->flags & CONN_DP_OFFER)
-		emit_quiet_notice(kind, key);
-	else
-		emit_notice(kind, key);
+	struct event_hdr h = {
+		.kind = kind,
+		.detail = detail,
+		.key = *key,
+		.sock_cookie = c->sock_cookie,
+	};
+	emit_notice_hdr(&h, c->flags & CONN_DP_OFFER);
 }
 
-__always void be_note_close(struct conn *c, const struct conn_key *key, __u32 fin_flag, __u8 tcp_flags)
+/* Notes the FINs and RSTs that pass (the client's FIN with where it ends). They report nothing:
+ * our TCP has the last word on a close (be_socket_closed). */
+__always void be_note_close(struct conn *c, const struct pkt *p, __u32 fin_flag)
 {
 	__u32 bits = 0;
-	if (tcp_flags & TCPF_FIN)
+	if (p->flags & TCPF_FIN) {
 		bits |= fin_flag;
-	if (tcp_flags & TCPF_RST)
+		/* Written before the flag that makes it valid (the atomic OR orders it). */
+		if (fin_flag == CONN_CLIENT_FIN)
+			c->client_fin_end = p->seq + p->payload_len + 1;
+	}
+	if (p->flags & TCPF_RST)
 		bits |= CONN_RST;
-	if (!bits)
-		return;
-	__u32 flags = conn_set_flags(c, bits) | bits;
-	__u8 closed = (flags & CONN_RST) ||
-		      (flags & (CONN_CLIENT_FIN | CONN_SERVER_FIN)) == (CONN_CLIENT_FIN | CONN_SERVER_FIN);
-	/* Exactly one CPU wins the CLOSE_REPORTED bit, and that one reports. */
-	if (closed && !(conn_set_flags(c, CONN_CLOSE_REPORTED) & CONN_CLOSE_REPORTED))
-		be_notice(c, EV_CLOSED, key);
+	if (bits)
+		conn_set_flags(c, bits);
+}
+
+/* EV_CLOSED, once: exactly one CPU wins the CLOSE_REPORTED bit. */
+__always void be_report_close(struct conn *c, const struct conn_key *key, __u32 code)
+{
+	if (!(conn_set_flags(c, CONN_CLOSE_REPORTED) & CONN_CLOSE_REPORTED))
+		be_notice(c, EV_CLOSED, key, code);
+}
+
+/* The server's TCP closed a handed-in connection's socket (tracepoint, new state CLOSE). A socket
+ * that leaves FIN_WAIT2 or CLOSING leaves a timewait socket on the tuple: in TIME_WAIT if the
+ * client's FIN went through the socket (its rcv_nxt is past it), else in FIN_WAIT2 until that FIN
+ * comes, whose ACK reports the close (be_after_socket). That is how a socket its server closed
+ * ends: once its own FIN is acknowledged. Any other way out (LAST_ACK acknowledged, a RST, an
+ * abort) leaves nothing. */
+__always int be_socket_closed(const struct inet_sock_set_state_args *args)
+{
+	if (args->newstate != TCP_STATE_CLOSE || !is_service_socket(args, 0))
+		return 0;
+	struct conn_key key = {
+		.client_port = bpf_htons(args->dport),
+		.local_port = bpf_htons(args->sport),
+	};
+	__builtin_memcpy(&key.client_addr, args->daddr, 4);
+	__builtin_memcpy(&key.local_addr, args->saddr, 4);
+	struct conn *c = bpf_map_lookup_elem(&conns, &key);
+	if (!c || c->role != ROLE_BE || c->state != BE_ESTABLISHED)
+		return 0;
+	__u32 flags = conn_set_flags(c, CONN_TCP_CLOSED);
+	__u32 code = CLOSE_GONE;
+	if (!(flags & CONN_RST) && args->oldstate == TCP_STATE_CLOSING) {
+		code = CLOSE_TIME_WAIT;
+	} else if (!(flags & CONN_RST) && args->oldstate == TCP_STATE_FIN_WAIT2) {
+		if (!(flags & CONN_CLIENT_FIN))
+			return 0;
+		const struct tcp_sock *tp = args->skaddr;
+		if (BPF_CORE_READ(tp, rcv_nxt) == c->client_fin_end)
+			code = CLOSE_TIME_WAIT;
+		else
+			code = CLOSE_UNSURE; /* on its way to the timewait socket, or through it already */
+	}
+	be_report_close(c, &key, code);
+	return 0;
+}
+
+/* Something our TCP sent after the server's socket closed: the timewait socket's ACK of the
+ * client's FIN (it is in TIME_WAIT now), or a RST (no socket had the packet it answers, or the
+ * timewait socket ended itself). */
+__always void be_after_socket(struct conn *c, const struct pkt *p, const struct conn_key *key)
+{
+	if (p->flags & TCPF_RST)
+		be_report_close(c, key, CLOSE_GONE);
+	else if ((c->flags & CONN_CLIENT_FIN) && (p->flags & TCPF_ACK) &&
+		 p->ack_seq == c->client_fin_end)
+		be_report_close(c, key, CLOSE_TIME_WAIT);
 }
 
 __always int be_ingress(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p,
@@ -91,7 +153,7 @@ __always int be_ingress(struct __sk_buff *skb, const struct node_config *cfg, co
 		if (verdict)
 			return verdict;
 	}
-	be_note_close(c, key, CONN_CLIENT_FIN, p->flags);
+	be_note_close(c, p, CONN_CLIENT_FIN);
 	c->packets++;
 	stat_add(STAT_TO_SERVER_PACKETS, 1);
 	if (translate_to_server(skb, p, c->seq_delta, c->ts_delta))
@@ -150,8 +212,10 @@ __always int be_go_live(struct __sk_buff *skb, const struct pkt *p, const struct
 	if (bpf_ktime_get_ns() >= c->live_deadline_ns)
 		return drop(DROP_BE_LATE);
 	c->state = BE_ESTABLISHED;
+	/* The packet is the server socket's own (not a timewait's or a request's): name it now. */
+	c->sock_cookie = bpf_get_socket_cookie(skb);
 	if (!(conn_set_flags(c, CONN_LIVE_REPORTED) & CONN_LIVE_REPORTED)) {
-		be_notice(c, EV_BE_LIVE, key);
+		be_notice(c, EV_BE_LIVE, key, 0);
 		stat_add(STAT_BE_LIVE, 1);
 	}
 	return 0;
@@ -173,11 +237,13 @@ __always int be_egress(struct __sk_buff *skb, const struct pkt *p, const struct 
 	}
 	if (c->state != BE_ESTABLISHED)
 		return drop(DROP_BE_NOT_READY);
+	if (c->flags & CONN_TCP_CLOSED)
+		be_after_socket(c, p, key);
 	int frozen = follow_frozen(key);
 	if (frozen)
 		return frozen;
 	follow_responses(skb, p, key);
-	be_note_close(c, key, CONN_SERVER_FIN, p->flags);
+	be_note_close(c, p, CONN_SERVER_FIN);
 	c->bytes += skb->len;
 	/* Counted as handed in only if another node accepted it: a connection this node accepted
 	 * and serves itself, followed, is translated too (at offset zero, or moved back here). */

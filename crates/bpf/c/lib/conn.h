@@ -48,6 +48,8 @@ enum conn_state {
 #define CONN_DP_OFFER 0x80     /* FE and BE: handed off by the datapaths alone (offer.h), no agent asked */
 #define CONN_DP_TAKEN 0x100    /* BE: EV_DP_TAKEN sent */
 #define CONN_DP_LIVE 0x200     /* FE (datapath offer): the client acknowledged data of the BE */
+#define CONN_TCP_CLOSED 0x400  /* BE: the server's socket closed (sock_state.h); what our TCP sends
+				* now comes from the tuple's timewait socket, or from no socket */
 
 /* What a SYN-ACK negotiated, as far as a handoff needs it identical at both ends (the agent's
  * `SynOptions::negotiated_mismatch`): MSS, window scale, SACK and timestamps. */
@@ -93,6 +95,11 @@ struct conn {
 			       * SYN (REFUSE_*), 0 while it may */
 	__u8 pad[3];
 	__u64 offered_ns;     /* FE (datapath offer): when it was first offered (offer_clock_ns()) */
+	__u32 client_fin_end; /* BE: the client's seq after its FIN, once CONN_CLIENT_FIN: the ack that
+			       * says our TCP took that FIN */
+	__u32 pad2;
+	__u64 sock_cookie;    /* BE: the server socket's cookie, from its first packet live; its
+			       * timewait socket inherits it, and the agent ends that by it */
 };
 
 /* A datapath offer (offer.h): the header that follows the IPv4 header of the client's first data

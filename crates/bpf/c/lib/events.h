@@ -17,7 +17,7 @@
 enum event_kind {
 	EV_HELD_PACKET = 1, /* a held client packet: FE (data, FIN, RST), BE before the replay (data, FIN) */
 	EV_BE_SYNACK = 2,   /* BE: the server's answer to a replayed SYN or request (SYN-ACK, RST, ...) */
-	EV_CLOSED = 3,      /* BE: the handed-in connection closed (both FINs, or a RST) */
+	EV_CLOSED = 3,      /* BE: our TCP is done with the handed-in connection (detail: CLOSE_*) */
 	EV_BE_LIVE = 4,     /* BE: the server's TCP took the replayed connection and spoke: it is live */
 	EV_NEXT_HEAD = 5,   /* a held client packet of a placed connection: at or past its next request head (watch) */
 	EV_DP_OFFERED = 6,  /* FE: the datapath offered the connection to peer_addr itself (offer.h) */
@@ -25,14 +25,24 @@ enum event_kind {
 	EV_DP_RETURNED = 8, /* FE: a datapath offer came back refused (detail: REFUSE_*, peer: the BE); served here or held */
 };
 
+/* EV_CLOSED's detail: what holds the tuple in our TCP now. ABI, mirrored by `baton_bpf::CloseCode`.
+ * Never renumber. */
+enum close_code {
+	CLOSE_GONE = 1,      /* nothing: the connection is over */
+	CLOSE_TIME_WAIT = 2, /* a timewait socket in TIME_WAIT: both FINs went through our TCP */
+	CLOSE_UNSURE = 3,    /* the server's socket closed as the client's FIN came in: the timewait
+			      * socket left may not have taken it yet (the agent asks our TCP) */
+};
+
 struct event_hdr {
 	__u32 kind;
 	__u32 pkt_len; /* length of the packet from its IPv4 header */
 	__u32 cap_len; /* bytes of it that follow this header */
-	__u32 detail;  /* EV_DP_RETURNED: the refusal reason; else 0 */
+	__u32 detail;  /* EV_DP_RETURNED: the refusal reason; EV_CLOSED: CLOSE_*; else 0 */
 	__u64 ts_ns;
 	struct conn_key key;
 	__be32 peer;   /* EV_DP_RETURNED: the BE that refused; else 0 */
+	__u64 sock_cookie; /* BE notices: the server socket's cookie (conn.sock_cookie); else 0 */
 };
 
 struct event {

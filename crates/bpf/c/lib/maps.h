@@ -227,6 +227,7 @@ __always int emit_packet(struct __sk_buff *skb, __u32 kind, const struct conn_ke
 	ev->hdr.cap_len = cap;
 	ev->hdr.detail = 0;
 	ev->hdr.peer = 0;
+	ev->hdr.sock_cookie = 0;
 	ev->hdr.ts_ns = bpf_ktime_get_ns();
 	ev->hdr.key = *key;
 	if (load_bytes_var(skb, ETH_HLEN, ev->data, cap, EVENT_CAPTURE_MAX))
@@ -241,20 +242,30 @@ __always int emit_packet(struct __sk_buff *skb, __u32 kind, const struct conn_ke
 	return 0;
 }
 
-/* A notice without packet bytes. */
+/* A notice without packet bytes, as `h` has it (kind, key, details), stamped now: on the events
+ * ring, or (`quiet`) on the quiet ring, which wakes no one: the agent reads it before any input
+ * (a datapath offer's notice before the peer's answer, or the BE's going live), or at its next
+ * round. A wakeup is an IPI on the packet's path. */
+__always int emit_notice_hdr(struct event_hdr *h, int quiet)
+{
+	h->ts_ns = bpf_ktime_get_ns();
+	long err = quiet ? bpf_ringbuf_output(&quiet_events, h, sizeof(*h), BPF_RB_NO_WAKEUP)
+			 : bpf_ringbuf_output(&events, h, sizeof(*h), ring_wakeup());
+	if (err)
+		return -1;
+	stat_add(STAT_EVENTS, 1);
+	return 0;
+}
+
 __always int emit_notice_detail(__u32 kind, const struct conn_key *key, __u32 detail, __be32 peer)
 {
 	struct event_hdr h = {
 		.kind = kind,
 		.detail = detail,
 		.peer = peer,
-		.ts_ns = bpf_ktime_get_ns(),
 		.key = *key,
 	};
-	if (bpf_ringbuf_output(&events, &h, sizeof(h), ring_wakeup()))
-		return -1;
-	stat_add(STAT_EVENTS, 1);
-	return 0;
+	return emit_notice_hdr(&h, 0);
 }
 
 __always int emit_notice(__u32 kind, const struct conn_key *key)
@@ -262,20 +273,13 @@ __always int emit_notice(__u32 kind, const struct conn_key *key)
 	return emit_notice_detail(kind, key, 0, 0);
 }
 
-/* A notice that need not wake the agent, on the quiet ring: it reads that ring before any input
- * (a datapath offer's notice before the peer's answer, or the BE's going live), or at its next
- * round. A wakeup is an IPI on the packet's path. */
 __always int emit_quiet_notice(__u32 kind, const struct conn_key *key)
 {
 	struct event_hdr h = {
 		.kind = kind,
-		.ts_ns = bpf_ktime_get_ns(),
 		.key = *key,
 	};
-	if (bpf_ringbuf_output(&quiet_events, &h, sizeof(h), BPF_RB_NO_WAKEUP))
-		return -1;
-	stat_add(STAT_EVENTS, 1);
-	return 0;
+	return emit_notice_hdr(&h, 1);
 }
 
 __always struct offer_scratch *offer_scratch_get(void)
