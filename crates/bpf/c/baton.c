@@ -24,6 +24,10 @@ int baton_ingress(struct __sk_buff *skb)
 
 	if (!cfg)
 		return TC_ACT_OK;
+	if (skb->mark == LOCAL_DELIVERY_MARK) {
+		skb->mark = 0;
+		return TC_ACT_OK;
+	}
 	if (parse_tcp4(skb, &p))
 		return offer_ingress(skb, cfg);
 	if (p.daddr != cfg->service_addr || !is_service_port(cfg, p.dport))

@@ -544,6 +544,8 @@ pub struct EventHeader {
     pub peer: [u8; 4],
     /// BE notices: the server socket's cookie ([`Conn::sock_cookie`]); else 0.
     pub sock_cookie: u64,
+    /// [`EventKind::DpOffered`]: the offer's id ([`Conn::handoff_id`]); else 0.
+    pub handoff_id: u64,
 }
 
 /// An event as read from the ring: header fields and the captured packet (from its IPv4 header).
@@ -561,6 +563,8 @@ pub struct Event {
     pub peer: Ipv4Addr,
     /// BE notices: the server socket's cookie, 0 if unknown.
     pub sock_cookie: u64,
+    /// [`EventKind::DpOffered`]: the offer's id; else 0.
+    pub handoff_id: u64,
     pub packet: Vec<u8>,
 }
 
@@ -611,6 +615,7 @@ impl Event {
             detail: hdr.detail,
             peer: Ipv4Addr::from(hdr.peer),
             sock_cookie: hdr.sock_cookie,
+            handoff_id: hdr.handoff_id,
             packet: body[..cap].to_vec(),
         })
     }
@@ -714,7 +719,7 @@ mod tests {
         assert_eq!(size_of::<ConnKey>(), 12);
         assert_eq!(size_of::<Conn>(), 208);
         assert_eq!(size_of::<NodeConfig>(), 32 + 16 * DP_NODES_MAX + 40);
-        assert_eq!(size_of::<EventHeader>(), 48);
+        assert_eq!(size_of::<EventHeader>(), 56);
         assert_eq!(size_of::<Watch>(), 8);
         assert_eq!(size_of::<Responses>(), 16);
     }

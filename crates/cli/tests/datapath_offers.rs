@@ -391,6 +391,16 @@ fn spread_suite(lab: &Lab, salt: &str, offers: bool) {
             to(1),
             "n1's datapath released its own targets itself",
         );
+        // n1's TCP keeps no half-open side of what it handed away: its datapath ended each as
+        // the client acknowledged the BE's bytes (the agent would only as its entry expires,
+        // 2 s after the close).
+        let half_open = half_open_at(lab, 1);
+        assert_eq!(
+            half_open,
+            0,
+            "{}",
+            fail("n1's TCP holds half-open connections")
+        );
     } else {
         for i in 1..=3 {
             for name in [OFFERS, TAKEN, REFUSED, RETURNED] {
@@ -435,6 +445,17 @@ fn servers_that_defer_accept_take_datapath_offers() {
         spread_suite(&lab, "c", true);
         lab.down().expect("lab down");
     }
+}
+
+/// The connections in SYN-RECV on node `i`'s service port.
+fn half_open_at(lab: &Lab, i: usize) -> usize {
+    let out = lab
+        .exec(
+            &format!("n{i}"),
+            &["ss", "-Htan", "state", "syn-recv", "( sport = :80 )"],
+        )
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
 /// Targets of n2 (1 KB): half of them go to n1 once n2 is not chosen, half to n3. With the node

@@ -18,7 +18,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use baton_bpf::{Conn, ConnKey, ConnState, Event};
+use baton_bpf::{Conn, ConnKey, ConnRole, ConnState, Event};
 use baton_http::{InvalidReason, Sniff};
 use baton_policy::{ClusterView, Policy, RequestInfo, RoutedRequest};
 use baton_proto::{HandoffRequest, Message, RefuseReason};
@@ -273,7 +273,7 @@ impl FeState {
                 }
             }
             FePhase::Offered { id, follow, .. } | FePhase::Forwarded { id, follow, .. } => {
-                if matches!(phase, FePhase::Offered { .. }) && id >> 63 == 1 {
+                if matches!(phase, FePhase::Offered { .. }) && is_datapath_offer(*id) {
                     self.given_up.insert(*id);
                 }
                 self.handoffs.remove(id);
@@ -829,12 +829,16 @@ impl Engine {
             closed: false,
             follow,
         };
-        // Our own TCP still has the half-open connection: a RST only it sees ends it quietly.
+        // Our own TCP still has the half-open connection: a RST only it sees ends it quietly. A
+        // datapath offer's is ended by the datapath, as the client acknowledges the BE's bytes
+        // (fe_reset_local), or at its expiry if it never did.
         let conn = ConnId {
             key,
             client_isn: conn.client_isn,
         };
-        self.reset_local(conn);
+        if !is_datapath_offer(id) {
+            self.reset_local(conn);
+        }
         self.metrics.handoffs_out.inc();
         self.count_for_peer(&self.metrics.peer.handoffs_to, peer);
         // The client's next request came before the answer: decided now.
@@ -879,7 +883,7 @@ impl Engine {
         // acknowledged the peer's data, the peer has it, whatever its agent says (or does not);
         // if the entry is gone or another connection's (the client reused the port), this one
         // ended where it was: the client closed it only after its answer.
-        if id >> 63 == 1 {
+        if is_datapath_offer(id) {
             let live = baton_bpf::conn_flags::DP_LIVE;
             let entry = self.conns.get(&key).filter(|e| e.handoff_id == id);
             if entry.is_none_or(|e| e.flags & live != 0) {
@@ -887,7 +891,7 @@ impl Engine {
                 return self.on_accepted(peer, id, now);
             }
         }
-        if id >> 63 == 1 {
+        if is_datapath_offer(id) {
             self.fe.given_up.insert(id);
         }
         self.mesh.send(peer, Message::HandoffAbort { id });
@@ -925,8 +929,20 @@ impl Engine {
             if follow.is_some() {
                 self.follow.remove_watch(&conn.key);
             }
-            self.remove_entry(conn);
+            if let Some(entry) = self.remove_entry(conn) {
+                self.reset_half_open_offer(conn, &entry);
+            }
             self.fe.forget(conn);
+        }
+    }
+
+    /// A datapath offer whose client never acknowledged the BE's bytes kept our TCP's half-open
+    /// side (the datapath ends it only then): ended now, as the entry goes.
+    pub(super) fn reset_half_open_offer(&self, conn: ConnId, entry: &Conn) {
+        let dp = baton_bpf::conn_flags::DP_OFFER | baton_bpf::conn_flags::DP_LIVE;
+        if entry.role() == Some(ConnRole::Fe) && entry.flags & dp == baton_bpf::conn_flags::DP_OFFER
+        {
+            self.reset_local(conn);
         }
     }
 
@@ -1115,21 +1131,33 @@ fn handoff_request(id: u64, key: &ConnKey, held: &Held, follow: bool) -> Option<
     })
 }
 
+/// Whether `id` is a datapath offer's (`lib/offer.h` sets its high bit; the agents' have it clear).
+fn is_datapath_offer(id: u64) -> bool {
+    id >> 63 == 1
+}
+
 /// Handoffs the datapath offered itself (`lib/offer.h`): the agent learns of them after the fact
 /// and keeps them as offers of its own, with nothing held to replay (the client still owes the
 /// FE its request: its retransmission reaches our TCP once the entry is gone).
 impl Engine {
     /// The datapath offered `key` to a peer: an offer out, answered by the peer's agent or timed
     /// out, like any other.
-    pub(super) fn on_dp_offered(&mut self, key: ConnKey, now: Instant) {
-        let Some(entry) = self.conns.get(&key) else {
+    pub(super) fn on_dp_offered(&mut self, key: ConnKey, id: u64, now: Instant) {
+        let entry = self.conns.get(&key).filter(|e| {
+            e.state() == Some(ConnState::FeForward)
+                && e.flags & baton_bpf::conn_flags::DP_OFFER != 0
+                && (id == 0 || e.handoff_id == id)
+        });
+        let Some(entry) = entry else {
+            // Read late, after the client's next connection on the tuple took the entry (or
+            // after it went): its answer, when it comes, is for an offer given up. Unknown, it
+            // would cost a walk through the whole table (a notice lost), which made a slowed
+            // agent slower until it fell behind for good.
+            if is_datapath_offer(id) {
+                self.fe.given_up.insert(id);
+            }
             return;
         };
-        if entry.state() != Some(ConnState::FeForward)
-            || entry.flags & baton_bpf::conn_flags::DP_OFFER == 0
-        {
-            return;
-        }
         let addr = std::net::Ipv4Addr::from(entry.peer_addr);
         let Some(peer) = self.cluster.peers.iter().position(|p| p.addr == addr) else {
             return;
@@ -1167,7 +1195,7 @@ impl Engine {
     /// Not one given up on: a look through the whole table is for notices lost, rare; late
     /// answers come in bursts when the agents are slow, and must not make them slower.
     fn unread_dp_offer(&mut self, id: u64, peer: usize, now: Instant) -> Option<ConnKey> {
-        if id >> 63 == 0 || self.fe.given_up.contains(id) {
+        if !is_datapath_offer(id) || self.fe.given_up.contains(id) {
             return None;
         }
         let addr = self.cluster.peers.get(peer)?.addr.octets();
@@ -1177,7 +1205,7 @@ impl Engine {
                 && e.state() == Some(ConnState::FeForward)
                 && e.flags & baton_bpf::conn_flags::DP_OFFER != 0
         })?;
-        self.on_dp_offered(key, now);
+        self.on_dp_offered(key, id, now);
         self.fe.offer(id, peer)
     }
 

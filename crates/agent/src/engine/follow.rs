@@ -597,6 +597,7 @@ impl Engine {
                 detail: 0,
                 peer: Ipv4Addr::UNSPECIFIED,
                 sock_cookie: 0,
+                handoff_id: 0,
                 packet: packet.to_vec(),
             };
             return self.on_be_held_packet(event);

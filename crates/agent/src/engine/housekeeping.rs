@@ -365,7 +365,7 @@ impl Engine {
                 _ => age > idle_ns,
             };
             if stale {
-                doomed.push((conn, entry.role()));
+                doomed.push((conn, entry));
             }
         }
         // Orphans: the server's socket is closed, every trace goes.
@@ -396,13 +396,14 @@ impl Engine {
                 Err(e) => tracing::warn!("sock_diag: {e}"),
             }
         }
-        for (conn, role) in doomed {
-            match role {
+        for (conn, entry) in doomed {
+            match entry.role() {
                 Some(ConnRole::Be) => {
                     self.reset_local(conn);
                     self.conns.remove(&conn.key);
                 }
                 _ => {
+                    self.reset_half_open_offer(conn, &entry);
                     self.conns.remove(&conn.key);
                     if self.follows_requests {
                         self.follow.remove_watch(&conn.key);

@@ -196,7 +196,7 @@ impl Engine {
             EventKind::BeSynAck => self.on_be_answer(event, now),
             EventKind::BeLive => self.on_be_live(event.key),
             EventKind::Closed => self.on_closed(event.key, CloseNotice::of(&event), now),
-            EventKind::DpOffered => self.on_dp_offered(event.key, now),
+            EventKind::DpOffered => self.on_dp_offered(event.key, event.handoff_id, now),
             EventKind::DpReturned => self.on_dp_returned(event.key, event.detail, event.peer, now),
             EventKind::DpTaken => self.on_dp_taken(event.key, now),
         }
@@ -404,13 +404,13 @@ impl Engine {
 
     /// Removes the datapath's entry of `conn`, and only of that one: an entry on the same key
     /// with another ISN belongs to a newer connection and stays.
-    fn remove_entry(&mut self, conn: ConnId) {
-        if self
+    /// Returns the entry removed.
+    fn remove_entry(&mut self, conn: ConnId) -> Option<baton_bpf::Conn> {
+        let entry = self
             .conns
             .get(&conn.key)
-            .is_some_and(|e| e.client_isn == conn.client_isn)
-        {
-            self.conns.remove(&conn.key);
-        }
+            .filter(|e| e.client_isn == conn.client_isn)?;
+        self.conns.remove(&conn.key);
+        Some(entry)
     }
 }

@@ -532,6 +532,7 @@ fn event(kind: EventKind, key: ConnKey, packet: &TcpPacketBuilder) -> Event {
         detail: 0,
         peer: Ipv4Addr::UNSPECIFIED,
         sock_cookie: 0,
+        handoff_id: 0,
         packet: bytes,
     }
 }
@@ -554,6 +555,7 @@ fn notice(kind: EventKind, key: ConnKey) -> Event {
         detail: 0,
         peer: Ipv4Addr::UNSPECIFIED,
         sock_cookie: 0,
+        handoff_id: 0,
         packet: Vec::new(),
     }
 }
@@ -2486,8 +2488,16 @@ fn dp_offered(n1: &mut Node) -> ConnKey {
     entry.peer_addr = N2.octets();
     entry.handoff_id = DP_ID;
     n1.table.0.lock().unwrap().insert(key, entry);
-    n1.datapath(notice(EventKind::DpOffered, key));
+    n1.datapath(dp_offered_notice(key, DP_ID));
     key
+}
+
+/// The datapath's notice that it offered `key`'s connection under `id`.
+fn dp_offered_notice(key: ConnKey, id: u64) -> Event {
+    Event {
+        handoff_id: id,
+        ..notice(EventKind::DpOffered, key)
+    }
 }
 
 fn dp_returned(key: ConnKey, reason: RefuseReason) -> Event {
@@ -2495,6 +2505,7 @@ fn dp_returned(key: ConnKey, reason: RefuseReason) -> Event {
         detail: u32::from(reason.code()),
         peer: N2,
         sock_cookie: 0,
+        handoff_id: 0,
         ..notice(EventKind::DpReturned, key)
     }
 }
@@ -2543,21 +2554,36 @@ fn the_datapath_offers_only_to_peers_that_take_them() {
 
 #[test]
 fn a_datapath_offer_is_answered_like_the_agents_own() {
-    // Accepted: forwarded, and our TCP's half-open side is reset.
+    // Accepted: forwarded. Our TCP's half-open side is the datapath's to end, as the client
+    // acknowledges the BE's bytes (fe_reset_local).
     let mut n1 = node(0, PolicyKind::Hash);
     let key = dp_offered(&mut n1);
     assert!(!n1.engine.settled(), "an offer is out");
     n1.hear(Message::HandoffAccepted { id: DP_ID });
+    assert_eq!(n1.sent.take(), [], "no RST of ours");
+    assert_eq!(n1.metrics.handoffs_out.get(), 1);
+    assert!(n1.engine.settled());
+    let mut live = n1.table.get(&key).unwrap();
+    live.flags |= baton_bpf::conn_flags::DP_LIVE;
+    n1.table.0.lock().unwrap().insert(key, live);
+    n1.hear(Message::ConnClosed { id: DP_ID });
+    n1.wait(LINGER);
+    assert!(n1.table.get(&key).is_none(), "gone after its linger");
+    assert_eq!(n1.sent.take(), [], "the datapath ended our half-open side");
+
+    // One whose client never acknowledged the BE's bytes: its half-open side ends with the
+    // entry.
+    let mut n1 = node(0, PolicyKind::Hash);
+    let key = dp_offered(&mut n1);
+    n1.hear(Message::HandoffAccepted { id: DP_ID });
+    n1.hear(Message::ConnClosed { id: DP_ID });
+    n1.wait(LINGER);
+    assert!(n1.table.get(&key).is_none());
     let sent = n1.sent.take();
     assert!(
         sent.len() == 1 && sent[0].flags == TcpFlags::RST,
         "{sent:?}"
     );
-    assert_eq!(n1.metrics.handoffs_out.get(), 1);
-    assert!(n1.engine.settled());
-    n1.hear(Message::ConnClosed { id: DP_ID });
-    n1.wait(LINGER);
-    assert!(n1.table.get(&key).is_none(), "gone after its linger");
 
     // Accepted for an offer whose notice this agent never read (a full ring): found in the
     // datapath's table, not aborted.
@@ -2567,7 +2593,6 @@ fn a_datapath_offer_is_answered_like_the_agents_own() {
     n1.engine.fe.handoffs.remove(&DP_ID);
     n1.hear(Message::HandoffAccepted { id: DP_ID });
     assert!(n1.next_to_peer().is_none(), "no abort");
-    assert_eq!(n1.sent.take()[0].flags, TcpFlags::RST);
     assert_eq!(n1.metrics.handoffs_out.get(), 1);
 
     // The client's next connection on the tuple came before the answer (the peer's agent reads
@@ -2579,13 +2604,37 @@ fn a_datapath_offer_is_answered_like_the_agents_own() {
     next.client_isn = CLIENT_ISN.wrapping_add(1 << 20);
     next.handoff_id = DP_ID + 1;
     n1.table.0.lock().unwrap().insert(key, next);
-    n1.datapath(notice(EventKind::DpOffered, key));
+    n1.datapath(dp_offered_notice(key, DP_ID + 1));
     let scans = n1.table.1.load(std::sync::atomic::Ordering::Relaxed);
     n1.hear(Message::HandoffAccepted { id: DP_ID });
     assert!(matches!(n1.next_to_peer(), Some(Message::HandoffAbort { id }) if id == DP_ID));
     assert_eq!(n1.table.1.load(std::sync::atomic::Ordering::Relaxed), scans);
     n1.hear(Message::HandoffAccepted { id: DP_ID + 1 });
     assert!(n1.next_to_peer().is_none(), "the newer one is handed off");
+    assert_eq!(n1.metrics.handoffs_out.get(), 1);
+
+    // The agent so far behind that it reads the offer's notice only after the client's next
+    // connection on the tuple took the entry: that offer is given up as well.
+    let mut n1 = node(0, PolicyKind::Hash);
+    let key = key_at(N1);
+    let mut next = held_entry();
+    next.state = ConnState::FeForward as u8;
+    next.flags = baton_bpf::conn_flags::SYNACK_SEEN | baton_bpf::conn_flags::DP_OFFER;
+    next.peer_addr = N2.octets();
+    next.handoff_id = DP_ID + 1;
+    n1.table.0.lock().unwrap().insert(key, next);
+    n1.datapath(dp_offered_notice(key, DP_ID));
+    n1.datapath(dp_offered_notice(key, DP_ID + 1));
+    let scans = n1.table.1.load(std::sync::atomic::Ordering::Relaxed);
+    n1.hear(Message::HandoffAccepted { id: DP_ID });
+    assert!(matches!(n1.next_to_peer(), Some(Message::HandoffAbort { id }) if id == DP_ID));
+    assert_eq!(
+        n1.table.1.load(std::sync::atomic::Ordering::Relaxed),
+        scans,
+        "no walk through the table"
+    );
+    n1.hear(Message::HandoffAccepted { id: DP_ID + 1 });
+    assert!(n1.next_to_peer().is_none());
     assert_eq!(n1.metrics.handoffs_out.get(), 1);
 
     // No answer: the entry goes (the client's retransmission reaches our TCP), nothing is
@@ -2607,7 +2656,7 @@ fn a_datapath_offer_is_answered_like_the_agents_own() {
     n1.table.0.lock().unwrap().insert(key, entry);
     n1.wait(HANDOFF_TIMEOUT);
     assert!(n1.next_to_peer().is_none(), "no abort");
-    assert_eq!(n1.sent.take()[0].flags, TcpFlags::RST);
+    assert_eq!(n1.sent.take(), [], "the datapath ended our half-open side");
     assert!(n1.table.get(&key).is_some(), "still forwarded");
     assert_eq!(fallbacks(&n1.metrics, "timeout"), 0);
 

@@ -26,6 +26,10 @@
 #define TCPF_ECE 0x40
 #define TCPF_CWR 0x80
 
+/* skb->mark of a packet the programs send back in through ingress for our own TCP (fe.h's
+ * fe_reset_local): ingress passes it at once. No other packet carries it. */
+#define LOCAL_DELIVERY_MARK 0xba70de11
+
 /* Longest TCP options area. */
 #define TCP_OPTS_MAX 40
 

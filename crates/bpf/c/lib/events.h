@@ -43,6 +43,7 @@ struct event_hdr {
 	struct conn_key key;
 	__be32 peer;   /* EV_DP_RETURNED: the BE that refused; else 0 */
 	__u64 sock_cookie; /* BE notices: the server socket's cookie (conn.sock_cookie); else 0 */
+	__u64 handoff_id;  /* EV_DP_OFFERED: the offer's id (conn.handoff_id); else 0 */
 };
 
 struct event {

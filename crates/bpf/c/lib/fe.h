@@ -160,7 +160,14 @@ __always int fe_offer(struct __sk_buff *skb, const struct node_config *cfg, cons
 	c->offered_ns = offer_clock_ns(cfg);
 	conn_set_flags(c, CONN_DP_OFFER);
 	c->state = FE_FORWARD;
-	emit_quiet_notice(EV_DP_OFFERED, key);
+	/* With its id: should the agent read it only after the client's next connection on the
+	 * tuple took the entry, it still knows the offer it will never see answered. */
+	struct event_hdr h = {
+		.kind = EV_DP_OFFERED,
+		.key = *key,
+		.handoff_id = c->handoff_id,
+	};
+	emit_notice_hdr(&h, 1);
 	stat_add(STAT_DP_OFFERS, 1);
 	return fe_send_offer(skb, cfg, p, key, c);
 }
@@ -220,6 +227,62 @@ __always int fe_first_content(struct __sk_buff *skb, const struct node_config *c
 	return fe_hold(skb, key);
 }
 
+/* Writes the 4 bytes at `off` of the TCP segment with `to` (network order), the checksum kept;
+ * `from` is what was there. Returns 0 or negative. */
+__always int tcp_word_write(struct __sk_buff *skb, const struct pkt *p, __u32 off, __be32 from,
+			    __be32 to)
+{
+	if (bpf_skb_store_bytes(skb, off, &to, sizeof(to), 0))
+		return -1;
+	return bpf_l4_csum_replace(skb, p->l4_off + TCP_CSUM_OFF, from, to, sizeof(to));
+}
+
+/* Ends our TCP's half-open side of a connection the BE has (a request socket in SYN-RECV, which
+ * would otherwise answer nothing, hold a place in the listener's SYN queue and retransmit its
+ * SYN-ACK for a minute): this client segment goes back in through ingress as the RST the agent
+ * would send, marked for our TCP, which drops the request socket as for the client's own RST.
+ * What the request socket checks first must pass: no ACK (it leaves an ACK of anything but its
+ * SYN-ACK to the listener), the seq it expects (another gets a challenge ACK), a TSecr among its
+ * SYN-ACKs' TSvals (the client's echoes the BE's clock: our SYN-ACK's instead). The segment
+ * itself goes on unchanged. */
+__always void fe_reset_local(struct __sk_buff *skb, const struct pkt *p, const struct conn *c)
+{
+	/* The word of the data offset and the flags (its low byte), and seq: the first has no
+	 * 4-byte alignment of its own, so it travels with the window that follows. */
+	__u32 flags_off = p->l4_off + 12, seq_off = p->l4_off + TCP_SEQ_OFF;
+	__be32 flags, seq, tsecr = 0;
+	__be32 rst_seq = bpf_htonl(c->client_isn + 1), our_tsval = bpf_htonl(c->synack_tsval);
+	struct tcp_opts o;
+	find_opts(skb, p, &o);
+	__u32 tsecr_off = p->opts_off + o.ts_off + 4;
+	if (bpf_skb_load_bytes(skb, flags_off, &flags, 4) || bpf_skb_load_bytes(skb, seq_off, &seq, 4) ||
+	    (o.ts_off >= 0 && bpf_skb_load_bytes(skb, tsecr_off, &tsecr, 4)))
+		return;
+	__be32 rst_flags = (flags & bpf_htonl(0xff00ffff)) | bpf_htonl(TCPF_RST << 16);
+	int written = 0; /* fields rewritten so far, in this order: flags, seq, TSecr */
+	if (!tcp_word_write(skb, p, flags_off, flags, rst_flags)) {
+		written = 1;
+		if (!tcp_word_write(skb, p, seq_off, seq, rst_seq)) {
+			written = 2;
+			if (o.ts_off < 0 || !tcp_word_write(skb, p, tsecr_off, tsecr, our_tsval))
+				written = 3;
+		}
+	}
+	if (written == 3) {
+		__u32 mark = skb->mark;
+		skb->mark = LOCAL_DELIVERY_MARK;
+		bpf_clone_redirect(skb, skb->ifindex, BPF_F_INGRESS);
+		skb->mark = mark;
+		if (o.ts_off >= 0)
+			tcp_word_write(skb, p, tsecr_off, our_tsval, tsecr);
+	}
+	/* Back as it was. */
+	if (written >= 2)
+		tcp_word_write(skb, p, seq_off, rst_seq, seq);
+	if (written >= 1)
+		tcp_word_write(skb, p, flags_off, rst_flags, flags);
+}
+
 __always int fe_ingress(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p,
 			const struct conn_key *key, struct conn *c)
 {
@@ -272,10 +335,12 @@ __always int fe_ingress(struct __sk_buff *skb, const struct node_config *cfg, co
 		    offer_clock_ns(cfg) - c->offered_ns < cfg->live_window_ns)
 			return fe_send_offer(skb, cfg, p, key, c);
 		/* Only the BE's bytes can move the client's ACK past our SYN-ACK: it has the connection,
-		 * which the agent must know even if the BE's agent never says so. */
+		 * which the agent must know even if the BE's agent never says so, and our TCP's
+		 * half-open side of it is no fallback any more. */
 		if ((c->flags & (CONN_DP_OFFER | CONN_DP_LIVE)) == CONN_DP_OFFER && (p->flags & TCPF_ACK) &&
-		    (__s32)(p->ack_seq - (c->local_isn + 1)) > 0)
-			conn_set_flags(c, CONN_DP_LIVE);
+		    (__s32)(p->ack_seq - (c->local_isn + 1)) > 0 &&
+		    !(conn_set_flags(c, CONN_DP_LIVE) & CONN_DP_LIVE))
+			fe_reset_local(skb, p, c);
 		verdict = follow_hold_head(skb, p, key);
 		if (verdict)
 			return verdict;

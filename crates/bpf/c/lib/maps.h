@@ -228,6 +228,7 @@ __always int emit_packet(struct __sk_buff *skb, __u32 kind, const struct conn_ke
 	ev->hdr.detail = 0;
 	ev->hdr.peer = 0;
 	ev->hdr.sock_cookie = 0;
+	ev->hdr.handoff_id = 0;
 	ev->hdr.ts_ns = bpf_ktime_get_ns();
 	ev->hdr.key = *key;
 	if (load_bytes_var(skb, ETH_HLEN, ev->data, cap, EVENT_CAPTURE_MAX))
