@@ -378,10 +378,11 @@ mod tests {
         drop(server);
     }
 
-    #[test]
-    fn a_time_wait_socket_can_be_destroyed() {
-        let (_listener, mut client, server, local, remote) = connected();
-        // The server closes first: its side ends in TIME_WAIT once the client closes too.
+    /// A connection the server closed first, over at both ends: the server's side in TIME_WAIT.
+    /// With the listener (kept), and the cookie of the server's socket.
+    fn in_time_wait() -> (TcpListener, SockDiag, SocketAddrV4, SocketAddrV4, u64) {
+        let (listener, mut client, server, local, remote) = connected();
+        let cookie = baton_bpf::cases::socket_cookie(&server).unwrap();
         drop(server);
         let mut buf = [0u8; 1];
         assert_eq!(client.read(&mut buf).unwrap(), 0);
@@ -392,24 +393,19 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "no TIME_WAIT");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        (listener, diag, local, remote, cookie)
+    }
+
+    #[test]
+    fn a_time_wait_socket_can_be_destroyed() {
+        let (_listener, mut diag, local, remote, _) = in_time_wait();
         assert!(diag.destroy(local, remote).unwrap());
         assert_eq!(diag.tcp_state(local, remote).unwrap(), None);
     }
 
     #[test]
     fn a_time_wait_socket_is_destroyed_by_its_connections_cookie_and_no_other() {
-        let (_listener, mut client, server, local, remote) = connected();
-        let cookie = socket_cookie(&server);
-        drop(server);
-        let mut buf = [0u8; 1];
-        assert_eq!(client.read(&mut buf).unwrap(), 0);
-        drop(client);
-        let mut diag = SockDiag::new().unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        while diag.tcp_state(local, remote).unwrap() != Some(tcp_state::TIME_WAIT) {
-            assert!(std::time::Instant::now() < deadline, "no TIME_WAIT");
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        let (_listener, mut diag, local, remote, cookie) = in_time_wait();
         assert!(!diag.destroy_by_cookie(local, remote, cookie ^ 1).unwrap());
         assert_eq!(
             diag.tcp_state(local, remote).unwrap(),
@@ -421,23 +417,5 @@ mod tests {
         // With the tuple empty, the kernel's lookup finds the listener: its cookie is not ours.
         assert!(!diag.destroy_by_cookie(local, remote, cookie).unwrap());
         assert!(diag.listening(*local.ip(), &[local.port()]).unwrap());
-    }
-
-    fn socket_cookie(s: &TcpStream) -> u64 {
-        use std::os::fd::AsRawFd;
-        let mut cookie = 0u64;
-        let mut len = size_of::<u64>() as libc::socklen_t;
-        // SAFETY: SO_COOKIE writes a u64 into `cookie`, of the length given.
-        let got = unsafe {
-            libc::getsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_COOKIE,
-                (&raw mut cookie).cast(),
-                &mut len,
-            )
-        };
-        assert_eq!(got, 0, "SO_COOKIE");
-        cookie
     }
 }

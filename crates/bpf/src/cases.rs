@@ -3103,3 +3103,23 @@ pub fn own_network_namespace() -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// The cookie of a socket (`SO_COOKIE`), as `bpf_get_socket_cookie` and sock_diag name it.
+pub fn socket_cookie(socket: &impl std::os::fd::AsRawFd) -> std::io::Result<u64> {
+    let mut cookie = 0u64;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: SO_COOKIE writes a u64 into `cookie`, of the length given.
+    let got = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if got != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
+}

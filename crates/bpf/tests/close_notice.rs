@@ -73,7 +73,7 @@ impl Node {
         assert_eq!(live.state(), Some(ConnState::BeEstablished));
         assert_eq!(
             live.sock_cookie,
-            socket_cookie(&server),
+            baton_bpf::cases::socket_cookie(&server).unwrap(),
             "the server socket named"
         );
         self.cookie = live.sock_cookie;
@@ -99,23 +99,6 @@ impl Node {
         }
         found
     }
-}
-
-fn socket_cookie(s: &TcpStream) -> u64 {
-    let mut cookie = 0u64;
-    let mut len = size_of::<u64>() as libc::socklen_t;
-    // SAFETY: SO_COOKIE writes a u64 into `cookie`, of the length given.
-    let got = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_COOKIE,
-            (&raw mut cookie).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(got, 0, "SO_COOKIE");
-    cookie
 }
 
 fn read_to_end(mut s: &TcpStream) {
