@@ -84,6 +84,13 @@ pub trait TcpStates: Send {
     /// closed as by a RST, the server's reads and writes fail). False if there was none.
     fn destroy(&mut self, local: SocketAddrV4, remote: SocketAddrV4)
     -> Result<bool, SockDiagError>;
+    /// Ends the TIME_WAIT on `local` <-> `remote`, and no connection that is not in TIME_WAIT.
+    /// False if there was none.
+    fn destroy_time_wait(
+        &mut self,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+    ) -> Result<bool, SockDiagError>;
     /// Ends the socket `local` <-> `remote` whose cookie is `cookie` (a timewait socket has its
     /// connection's), in one round trip. False if there was none, or another socket.
     fn destroy_by_cookie(
@@ -165,6 +172,13 @@ impl TcpStates for SockDiag {
         remote: SocketAddrV4,
     ) -> Result<bool, SockDiagError> {
         SockDiag::destroy(self, local, remote)
+    }
+    fn destroy_time_wait(
+        &mut self,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+    ) -> Result<bool, SockDiagError> {
+        SockDiag::destroy_time_wait(self, local, remote)
     }
     fn destroy_by_cookie(
         &mut self,

@@ -142,6 +142,21 @@ impl SockDiag {
         self.destroy_exact(local, remote, cookie)
     }
 
+    /// Ends the TIME_WAIT on `local` <-> `remote`, and nothing else: a connection on the tuple
+    /// that is not in TIME_WAIT (the client's next one) stays. False when there was none.
+    pub fn destroy_time_wait(
+        &mut self,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+    ) -> Result<bool, SockDiagError> {
+        match self.lookup(local, remote)? {
+            Some(h) if h.state == tcp_state::TIME_WAIT => {
+                self.destroy_exact(local, remote, h.socket_id.cookie)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// Closes the socket `local` <-> `remote` whose cookie is `cookie` (`SO_COOKIE`, the
     /// datapath's `bpf_get_socket_cookie`; a timewait socket has its connection's) in one round
     /// trip. False when there is no such socket: none on the tuple, or another one.
@@ -399,8 +414,19 @@ mod tests {
     #[test]
     fn a_time_wait_socket_can_be_destroyed() {
         let (_listener, mut diag, local, remote, _) = in_time_wait();
-        assert!(diag.destroy(local, remote).unwrap());
+        assert!(diag.destroy_time_wait(local, remote).unwrap());
         assert_eq!(diag.tcp_state(local, remote).unwrap(), None);
+    }
+
+    #[test]
+    fn only_a_time_wait_is_ended_as_one() {
+        let (_listener, _client, _server, local, remote) = connected();
+        let mut diag = SockDiag::new().unwrap();
+        assert!(!diag.destroy_time_wait(local, remote).unwrap());
+        assert_eq!(
+            diag.tcp_state(local, remote).unwrap(),
+            Some(tcp_state::ESTABLISHED)
+        );
     }
 
     #[test]

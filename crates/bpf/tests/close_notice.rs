@@ -186,12 +186,14 @@ fn our_tcp_reports_each_close_once_with_what_holds_the_tuple() {
         assert!(read_to_end_fails(&client), "the client sees the RST");
         assert_eq!(node.closes(key), gone, "server's abort");
 
-        // The client's RST: nothing left, even half closed.
+        // The client's RST while the server's socket waits in FIN_WAIT2: a RST the datapath saw
+        // may be one our TCP ignored, so what is left is for our TCP to say.
         let (client, server, key) = node.handed_in(0);
         server.shutdown(Shutdown::Write).unwrap();
         read_to_end(&client);
+        std::thread::sleep(Duration::from_millis(100)); // the client's ACK of the FIN, delayed
         abort(client);
-        assert_eq!(node.closes(key), gone, "client's RST");
+        assert_eq!(node.closes(key), [Some(CloseCode::Unsure)], "client's RST");
         drop(server);
     })
     .join()

@@ -18,6 +18,7 @@ use baton_lab::{Lab, LabSpec, ServerKind};
 use baton_policy::PolicyKind;
 
 mod common;
+use common::wait_until;
 
 const BATON: &str = env!("CARGO_BIN_EXE_baton");
 const NAMES: [&str; 3] = ["n1", "n2", "n3"];
@@ -251,20 +252,6 @@ fn served_by(g: &Got) -> usize {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0),
         Err(_) => 0,
-    }
-}
-
-/// Waits up to `within` for `condition`; whether it came true.
-fn wait_until(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

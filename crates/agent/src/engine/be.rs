@@ -15,10 +15,13 @@
 //!   was quiet (every response it owes complete and acknowledged, everything read), so the
 //!   datapath now lets nothing our TCP sends leave. The FE then says:
 //!   - **Moved** (Release): it lives elsewhere now: our TCP's side is ended (its RST goes
-//!     nowhere) and every trace goes after a linger, without a close notice;
+//!     nowhere) and every trace goes after a linger; the close notice that ending brings is not
+//!     the FE's business;
 //!   - Resume: the move did not happen, it is Live again.
-//! - **Closing**: the datapath saw both FINs or a RST; after a linger the local TCP confirms it
-//!   (a forged RST changes nothing), the FE is told, and every trace goes.
+//! - **Closing**: our TCP closed the server's socket (the datapath's close notice says so, and
+//!   whether a TIME_WAIT is left, which is ended); the FE is told and every trace goes. Only a
+//!   notice that is unsure (the client's FIN raced the socket's close, or a RST that TCP may have
+//!   ignored) makes us ask our TCP, again after a linger if it is not done.
 
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
@@ -774,8 +777,9 @@ impl Engine {
             )
     }
 
-    /// A linger after a close: if the local TCP is done with the connection, tell the FE and
-    /// forget it; if it is still open (a forged RST, a slow close), look again later.
+    /// A linger after an unsure close: if the local TCP is done with the connection, tell the FE
+    /// and forget it; if it is not yet (a timewait socket still waiting for the client's FIN),
+    /// look again later.
     pub(super) fn confirm_closed(&mut self, conn: ConnId, now: Instant) {
         if self.be.get(conn).map(|i| i.phase) != Some(BePhase::Closing) {
             return;
@@ -796,8 +800,9 @@ impl Engine {
                 self.closed_at_be(conn);
             }
             Ok(Some(tcp_state::ESTABLISHED)) => {
-                // Not closed after all. The datapath reports a close once, so the real one is
-                // found by the idle check (garbage collection) instead.
+                // Not closed after all (an adopted entry's close, reported by an older agent's
+                // datapath from the FINs it saw). The datapath reports a close once, so the real
+                // one is found by the idle check (garbage collection) instead.
                 if let Some(inbound) = self.be.conns.get_mut(&conn.key) {
                     inbound.phase = BePhase::Live;
                 }
@@ -815,11 +820,13 @@ impl Engine {
     /// client's own next connection to this node on the same tuple (its ports toward the FE and
     /// toward us are independent, and so are its timestamps) with an ACK that costs that
     /// connection a RST and a SYN retransmission.
-    /// `sock_cookie` names the timewait socket in one round trip (0: unknown, looked up first).
+    /// `sock_cookie` names the timewait socket in one round trip; without it (0) the tuple's
+    /// socket is looked up first and ended only if it is a TIME_WAIT: by then it may be the
+    /// client's next connection.
     pub(super) fn end_time_wait(&mut self, conn: ConnId, sock_cookie: u64) {
         let (local, client) = (conn.key.local(), conn.key.client());
         let ended = match sock_cookie {
-            0 => self.tcp.destroy(local, client),
+            0 => self.tcp.destroy_time_wait(local, client),
             cookie => self.tcp.destroy_by_cookie(local, client, cookie),
         };
         if let Err(e) = ended {

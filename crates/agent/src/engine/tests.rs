@@ -248,6 +248,18 @@ impl TcpStates for Tcp {
         tcp.questions += 1;
         Ok(tcp.states.remove(&(local, remote)).is_some())
     }
+    fn destroy_time_wait(
+        &mut self,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+    ) -> Result<bool, SockDiagError> {
+        let mut tcp = self.0.lock().unwrap();
+        tcp.questions += 1;
+        if tcp.states.get(&(local, remote)) != Some(&tcp_state::TIME_WAIT) {
+            return Ok(false);
+        }
+        Ok(tcp.states.remove(&(local, remote)).is_some())
+    }
     fn destroy_by_cookie(
         &mut self,
         local: SocketAddrV4,

@@ -86,8 +86,9 @@ __always void be_report_close(struct conn *c, const struct conn_key *key, __u32 
  * that leaves FIN_WAIT2 or CLOSING leaves a timewait socket on the tuple: in TIME_WAIT if the
  * client's FIN went through the socket (its rcv_nxt is past it), else in FIN_WAIT2 until that FIN
  * comes, whose ACK reports the close (be_after_socket). That is how a socket its server closed
- * ends: once its own FIN is acknowledged. Any other way out (LAST_ACK acknowledged, a RST, an
- * abort) leaves nothing. */
+ * ends: once its own FIN is acknowledged. A RST seen on the way makes either unsure (TCP ignores
+ * one outside its window). Any other way out (LAST_ACK acknowledged, a RST, an abort) leaves
+ * nothing. */
 __always int be_socket_closed(const struct inet_sock_set_state_args *args)
 {
 	if (args->newstate != TCP_STATE_CLOSE || !is_service_socket(args, 0))
@@ -103,13 +104,15 @@ __always int be_socket_closed(const struct inet_sock_set_state_args *args)
 		return 0;
 	__u32 flags = conn_set_flags(c, CONN_TCP_CLOSED);
 	__u32 code = CLOSE_GONE;
-	if (!(flags & CONN_RST) && args->oldstate == TCP_STATE_CLOSING) {
-		code = CLOSE_TIME_WAIT;
-	} else if (!(flags & CONN_RST) && args->oldstate == TCP_STATE_FIN_WAIT2) {
-		if (!(flags & CONN_CLIENT_FIN))
-			return 0;
+	if (args->oldstate == TCP_STATE_CLOSING || args->oldstate == TCP_STATE_FIN_WAIT2) {
 		const struct tcp_sock *tp = args->skaddr;
-		if (BPF_CORE_READ(tp, rcv_nxt) == c->client_fin_end)
+		if (flags & CONN_RST)
+			code = CLOSE_UNSURE; /* a RST ended it, or our TCP ignored that RST */
+		else if (args->oldstate == TCP_STATE_CLOSING)
+			code = CLOSE_TIME_WAIT;
+		else if (!(flags & CONN_CLIENT_FIN))
+			return 0;
+		else if (BPF_CORE_READ(tp, rcv_nxt) == c->client_fin_end)
 			code = CLOSE_TIME_WAIT;
 		else
 			code = CLOSE_UNSURE; /* on its way to the timewait socket, or through it already */
@@ -212,8 +215,13 @@ __always int be_go_live(struct __sk_buff *skb, const struct pkt *p, const struct
 	if (bpf_ktime_get_ns() >= c->live_deadline_ns)
 		return drop(DROP_BE_LATE);
 	c->state = BE_ESTABLISHED;
-	/* The packet is the server socket's own (not a timewait's or a request's): name it now. */
-	c->sock_cookie = bpf_get_socket_cookie(skb);
+	/* Named by the first packet of its own: not a request socket's answer, which the kernel's
+	 * per-CPU control socket sends. */
+	struct bpf_sock *sk = skb->sk;
+	if (sk)
+		sk = bpf_sk_fullsock(sk);
+	if (sk && sk->type == SOCK_STREAM_TYPE)
+		c->sock_cookie = bpf_get_socket_cookie(skb);
 	if (!(conn_set_flags(c, CONN_LIVE_REPORTED) & CONN_LIVE_REPORTED)) {
 		be_notice(c, EV_BE_LIVE, key, 0);
 		stat_add(STAT_BE_LIVE, 1);
@@ -418,7 +426,7 @@ __always int offer_ingress(struct __sk_buff *skb, const struct node_config *cfg)
 	if (refused)
 		return be_refuse_offer(skb, cfg, o, refused);
 	if (c) {
-		/* The client reused its port: a handed-in connection over at both ends only lingers
+		/* The client reused its port: a handed-in connection our TCP is done with only lingers
 		 * (its agent forgets it when this one is taken); anything else holds the tuple. */
 		if (c->role != ROLE_BE || !(c->flags & CONN_CLOSE_REPORTED))
 			return be_refuse_offer(skb, cfg, o, REFUSE_COLLISION);

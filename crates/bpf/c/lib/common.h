@@ -30,6 +30,8 @@
  * fe_reset_local): ingress passes it at once. No other packet carries it. */
 #define LOCAL_DELIVERY_MARK 0xba70de11
 
+#define SOCK_STREAM_TYPE 1 /* struct bpf_sock.type of a TCP connection's socket */
+
 /* Longest TCP options area. */
 #define TCP_OPTS_MAX 40
 

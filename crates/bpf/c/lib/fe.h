@@ -227,16 +227,6 @@ __always int fe_first_content(struct __sk_buff *skb, const struct node_config *c
 	return fe_hold(skb, key);
 }
 
-/* Writes the 4 bytes at `off` of the TCP segment with `to` (network order), the checksum kept;
- * `from` is what was there. Returns 0 or negative. */
-__always int tcp_word_write(struct __sk_buff *skb, const struct pkt *p, __u32 off, __be32 from,
-			    __be32 to)
-{
-	if (bpf_skb_store_bytes(skb, off, &to, sizeof(to), 0))
-		return -1;
-	return bpf_l4_csum_replace(skb, p->l4_off + TCP_CSUM_OFF, from, to, sizeof(to));
-}
-
 /* Ends our TCP's half-open side of a connection the BE has (a request socket in SYN-RECV, which
  * would otherwise answer nothing, hold a place in the listener's SYN queue and retransmit its
  * SYN-ACK for a minute): this client segment goes back in through ingress as the RST the agent
@@ -383,7 +373,11 @@ __always int fe_egress(struct __sk_buff *skb, const struct pkt *p, struct conn *
 	}
 	/* Held or offered: our TCP may retransmit its SYN-ACK. It must go out: a failed retransmission
 	 * makes TCP drop the half-open connection that a local release needs. The client answers it
-	 * with a duplicate ACK, which is held or forwarded like the rest. */
+	 * with a duplicate ACK, which is held or forwarded like the rest. Once the BE has the
+	 * connection that is what we want: should our reset (fe_reset_local) have been lost, the
+	 * first retransmission fails and ends the half-open side. */
+	if (synack && (c->flags & CONN_DP_LIVE))
+		return drop(DROP_SYNACK_HIDDEN);
 	if (synack)
 		return TC_ACT_OK;
 	/* Otherwise our TCP has no say: the client's connection is held or lives at another node. */

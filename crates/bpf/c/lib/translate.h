@@ -41,6 +41,18 @@ __always int apply_csum_diff(struct __sk_buff *skb, const struct pkt *p, const s
 	return bpf_l4_csum_replace(skb, p->l4_off + TCP_CSUM_OFF, 0, csum_diff_value(d), 0);
 }
 
+/* Writes the 4 bytes at `off` (from skb->data, inside the TCP header, at any offset: an option
+ * word may be odd) with `to`, the checksum kept; `from` is what was there. Returns 0 or negative. */
+__always int tcp_word_write(struct __sk_buff *skb, const struct pkt *p, __u32 off, __be32 from,
+			    __be32 to)
+{
+	struct csum_diff d = {};
+	if (bpf_skb_store_bytes(skb, off, &to, sizeof(to), 0))
+		return -1;
+	csum_diff_add(&d, off - p->l4_off, from, to);
+	return apply_csum_diff(skb, p, &d);
+}
+
 /* Replaces an IPv4 address field (saddr or daddr) and fixes the IP and TCP (pseudo-header) sums. */
 __always int rewrite_addr(struct __sk_buff *skb, const struct pkt *p, __u32 field_off, __be32 old,
 			  __be32 new)

@@ -90,6 +90,20 @@ pub fn metric(lab: &Lab, node: usize, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Waits up to `within` for `condition`; whether it came true.
+pub fn wait_until(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits up to `within` for node `node`'s counter `name` to reach `at_least`; its last value.
 /// For words that travel the control mesh after the client has its answer (a move's release,
 /// a close notice), which TCP may retransmit after a backoff.
