@@ -9,8 +9,10 @@
 //!    datapath decides both alone; handed off to n2 under `hash`, by the datapaths alone (a
 //!    datapath offer) and by the agents (`[limits] datapath_offers = false`); and, as it comes
 //!    with the round-robin batches, handed off under `round-robin` (to n2 or n3, by the
-//!    datapaths). A round takes one batch of BATON_BENCH_TTFB_BATCH samples per variant under
-//!    each configuration in turn (none, `local`, `hash`, `hash` by the agents, `round-robin`),
+//!    datapaths); kept by n1 and handed off under `bounded-hash`, which the agents decide (16
+//!    targets in turn, classified as under `round-robin`). A round takes one batch of
+//!    BATON_BENCH_TTFB_BATCH samples per variant under each configuration in turn (none,
+//!    `local`, `hash`, `hash` by the agents, `round-robin`, `bounded-hash`),
 //!    after 10 discarded requests; under `hash` the kept requests come first, then the handed-off
 //!    ones (a kept request right after a handoff would share the two CPUs with the agents'
 //!    bookkeeping of that handoff). Under `round-robin` the policy picks the node of each
@@ -70,8 +72,9 @@ const NODES: usize = 3;
 const WARMUP: usize = 10;
 /// A batch gives up after this long (the samples it has are kept).
 const BATCH_TIME_LIMIT: Duration = Duration::from_secs(60);
-/// Under `round-robin` a batch sends at most this many times its size to get its kept samples.
-const RR_MAX_FACTOR: usize = 6;
+/// Where the policy picks the node (`round-robin`, `bounded-hash`), a batch sends at most this
+/// many times its size to get its kept samples.
+const BY_NODE_MAX_FACTOR: usize = 6;
 const WRK_ARGS: [&str; 2] = ["-t2", "-c32"];
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -121,17 +124,21 @@ enum Variant {
     HashHandedOff,
     HashHandedOffByAgents,
     RrHandedOff,
+    BhKept,
+    BhHandedOff,
 }
 
 impl Variant {
-    const ALL: [Variant; 7] = [
+    const ALL: [Variant; 9] = [
         Variant::NoAgent,
         Variant::Local,
         Variant::HashKept,
         Variant::RrKept,
+        Variant::BhKept,
         Variant::HashHandedOff,
         Variant::HashHandedOffByAgents,
         Variant::RrHandedOff,
+        Variant::BhHandedOff,
     ];
 
     fn label(self) -> &'static str {
@@ -143,6 +150,8 @@ impl Variant {
             Variant::HashHandedOff => "hash, handed off to n2 (datapaths)",
             Variant::HashHandedOffByAgents => "hash, handed off to n2 (agents)",
             Variant::RrHandedOff => "round-robin, handed off (datapaths)",
+            Variant::BhKept => "bounded-hash, kept by n1 (agent)",
+            Variant::BhHandedOff => "bounded-hash, handed off (agents)",
         }
     }
 }
@@ -190,6 +199,35 @@ struct Batch {
 }
 
 impl Batch {
+    /// Requests for `targets` in turn, where the policy picks the node: each sample classified
+    /// by its `X-Served-By` as kept by n1 or handed off (`variants`), until `size` were kept.
+    fn take_by_node(
+        &mut self,
+        (kept, handed): (Variant, Variant),
+        n1: SocketAddr,
+        targets: &[&str],
+        size: usize,
+        deadline: Instant,
+    ) {
+        let mut kept_samples = 0;
+        for target in targets.iter().cycle().take(size * BY_NODE_MAX_FACTOR) {
+            if kept_samples >= size || Instant::now() >= deadline {
+                break;
+            }
+            match ttfb(n1, target) {
+                Ok((t, Some(1))) => {
+                    kept_samples += 1;
+                    self.samples.push((kept, t));
+                }
+                Ok((t, Some(node))) if (2..=NODES).contains(&node) => {
+                    self.samples.push((handed, t))
+                }
+                Ok((_, node)) => self.misplaced.push((kept, node)),
+                Err(e) => self.errors.push(e),
+            }
+        }
+    }
+
     fn take(&mut self, variant: Variant, expect: usize, n1: SocketAddr, target: &str) {
         match ttfb(n1, target) {
             Ok((t, Some(node))) if node == expect => self.samples.push((variant, t)),
@@ -244,23 +282,15 @@ fn ttfb_batch(config: Config, n1: SocketAddr, kept: &str, handed: &str, size: us
             }
         }
         Config::Agents(PolicyKind::RoundRobin) => {
-            let mut kept_samples = 0;
-            for _ in 0..size * RR_MAX_FACTOR {
-                if kept_samples >= size || Instant::now() >= deadline {
-                    break;
-                }
-                match ttfb(n1, kept) {
-                    Ok((t, Some(1))) => {
-                        kept_samples += 1;
-                        batch.samples.push((Variant::RrKept, t));
-                    }
-                    Ok((t, Some(node))) if (2..=NODES).contains(&node) => {
-                        batch.samples.push((Variant::RrHandedOff, t))
-                    }
-                    Ok((_, node)) => batch.misplaced.push((Variant::RrKept, node)),
-                    Err(e) => batch.errors.push(e),
-                }
-            }
+            let by_node = (Variant::RrKept, Variant::RrHandedOff);
+            batch.take_by_node(by_node, n1, &[kept], size, deadline);
+        }
+        // The agent decides every connection: targets that it keeps and that it hands off.
+        Config::Agents(PolicyKind::BoundedHash) => {
+            let targets: Vec<String> = (0..16).map(|i| format!("{kept}?b={i}")).collect();
+            let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+            let by_node = (Variant::BhKept, Variant::BhHandedOff);
+            batch.take_by_node(by_node, n1, &targets, size, deadline);
         }
         Config::Agents(other) | Config::AgentsOnly(other) | Config::Following(other) => {
             unreachable!("no TTFB variant under {other}")
@@ -289,6 +319,7 @@ fn ttfb_section(lab: &mut Lab, samples: usize, batch_size: usize) {
         Config::Agents(PolicyKind::Hash),
         Config::AgentsOnly(PolicyKind::Hash),
         Config::Agents(PolicyKind::RoundRobin),
+        Config::Agents(PolicyKind::BoundedHash),
     ];
     let mut all: HashMap<Variant, Vec<Duration>> = HashMap::new();
     let mut misplaced: HashMap<(Variant, Option<usize>), usize> = HashMap::new();
