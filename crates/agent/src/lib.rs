@@ -449,11 +449,11 @@ pub async fn run(launch: Launch, mut stop: watch::Receiver<Stop>) -> Result<(), 
             },
             Some(event) = mesh_rx.recv() => {
                 // What the datapath noted quietly comes first: an answer may be about it.
-                read_events(&mut quiet, true, &mut engine, &metrics);
+                read_quiet(&mut quiet, &mut engine, &metrics);
                 engine.on_mesh(event, Instant::now())
             }
             _ = alarm.fired() => {
-                read_events(&mut quiet, true, &mut engine, &metrics);
+                read_quiet(&mut quiet, &mut engine, &metrics);
                 engine.on_timers(Instant::now())
             }
             Some(call) = ctl_rx.recv() => {
@@ -474,8 +474,8 @@ pub async fn run(launch: Launch, mut stop: watch::Receiver<Stop>) -> Result<(), 
             Some(healthy) = health.verdict() => engine.on_health(Some(healthy), Instant::now()),
             _ = sleep_until(ending.map(|(_, at)| at)) => break,
         }
-        read_events(&mut quiet, true, &mut engine, &metrics);
-        read_events(ring.get_mut(), false, &mut engine, &metrics);
+        read_quiet(&mut quiet, &mut engine, &metrics);
+        read_events(ring.get_mut(), &mut quiet, &mut engine, &metrics);
         match ending {
             Some((Stop::ForGood, _)) if engine.drained() => break,
             Some((Stop::HandOver, _)) if engine.settled() => break,
@@ -485,8 +485,8 @@ pub async fn run(launch: Launch, mut stop: watch::Receiver<Stop>) -> Result<(), 
     let _ = tasks_stop_tx.send(true);
     // Nothing new is held from here; what is held is served locally.
     agent.stand_down();
-    read_events(&mut quiet, true, &mut engine, &metrics);
-    read_events(ring.get_mut(), false, &mut engine, &metrics);
+    read_quiet(&mut quiet, &mut engine, &metrics);
+    read_events(ring.get_mut(), &mut quiet, &mut engine, &metrics);
     engine.release_all(Instant::now());
     if matches!(ending, Some((Stop::HandOver, _))) {
         tracing::info!("handed over: the datapath stays for the next agent");
@@ -663,25 +663,44 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Everything on `ring`, in order, to the engine (`quiet`: it is the ring of quiet notices). The
-/// quiet ring is read before the main one and before every other input: its notices come before
-/// what follows them.
-fn read_events(ring: &mut EventRing, quiet: bool, engine: &mut Engine, metrics: &Metrics) {
+/// Everything on the events ring, in order, to the engine; before each event, the quiet notices
+/// written so far: a quiet notice comes before what follows it (a request the datapath let stay
+/// before the next one it holds).
+fn read_events(
+    ring: &mut EventRing,
+    quiet: &mut EventRing,
+    engine: &mut Engine,
+    metrics: &Metrics,
+) {
     while let Some(record) = ring.next() {
         let event = Event::parse(&record);
         drop(record);
+        read_quiet(quiet, engine, metrics);
         match event {
             Ok(event) => {
-                // Quiet notices wait for the agent's next input by design: not a wakeup's delay.
-                if !quiet {
-                    let delay_ns = engine::monotonic_ns().saturating_sub(event.ts_ns);
-                    metrics.event_delay.observe(delay_ns as f64 * 1e-9);
-                }
+                let delay_ns = engine::monotonic_ns().saturating_sub(event.ts_ns);
+                metrics.event_delay.observe(delay_ns as f64 * 1e-9);
                 engine.on_datapath(event, Instant::now())
             }
             Err(e) => {
                 metrics.malformed_events.inc();
                 tracing::warn!("datapath event: {e}");
+            }
+        }
+    }
+}
+
+/// Every quiet notice (the ring that wakes no one) to the engine, in order. Read before every
+/// input: its notices come before what follows them. Their delay is by design, not a wakeup's.
+fn read_quiet(quiet: &mut EventRing, engine: &mut Engine, metrics: &Metrics) {
+    while let Some(record) = quiet.next() {
+        let event = Event::parse(&record);
+        drop(record);
+        match event {
+            Ok(event) => engine.on_datapath(event, Instant::now()),
+            Err(e) => {
+                metrics.malformed_events.inc();
+                tracing::warn!("datapath notice: {e}");
             }
         }
     }

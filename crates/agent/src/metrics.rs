@@ -106,6 +106,8 @@ pub struct Metrics {
     pub datapath_offers_taken: IntCounter,
     pub datapath_offers_refused: IntCounter,
     pub datapath_offers_returned: IntCounter,
+    /// Followed requests the datapath let stay on their connection's node itself (`hash`).
+    pub datapath_requests_stayed: IntCounter,
     /// Connections taken on from a previous agent's datapath at start.
     pub adopted: IntCounter,
     /// Handed-in connections freed because their client or FE was gone.
@@ -326,6 +328,10 @@ impl Metrics {
                 "datapath_offers_returned_total",
                 "This node's datapath offers that came back refused (served here, or by the agent's offer)",
             ),
+            datapath_requests_stayed: counter(
+                "datapath_requests_stayed_total",
+                "Followed requests the datapath itself let go on to the node their connection is on",
+            ),
             adopted: counter(
                 "connections_adopted_total",
                 "Forwarded and handed-in connections taken on from a previous agent",
@@ -503,6 +509,11 @@ impl DatapathCounters {
             (Stat::DpTaken, "dp_taken", &m.datapath_offers_taken),
             (Stat::DpRefused, "dp_refused", &m.datapath_offers_refused),
             (Stat::DpReturned, "dp_returned", &m.datapath_offers_returned),
+            (
+                Stat::NextHeadsStayed,
+                "dp_stayed",
+                &m.datapath_requests_stayed,
+            ),
         ];
         for (stat, name, counter) in stats {
             if let Ok(v) = self.counters.stat(stat) {

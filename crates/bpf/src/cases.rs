@@ -81,6 +81,8 @@ pub struct Case {
 #[derive(Clone, Copy, Debug)]
 pub struct Follow {
     pub watch: Option<Watch>,
+    /// The watch entry after the packet, where the datapath writes it (`None`: as before).
+    pub watch_after: Option<Watch>,
     pub responses: Option<Responses>,
     pub responses_after: Option<Responses>,
     /// The one drop reason the packet counts, once (no other reason counts).
@@ -99,6 +101,7 @@ pub struct Follow {
 impl Follow {
     pub const NONE: Follow = Follow {
         watch: None,
+        watch_after: None,
         responses: None,
         responses_after: None,
         dropped: None,
@@ -412,6 +415,10 @@ pub fn tables() -> Vec<Table> {
         Table {
             name: "follow_heads",
             cases: follow_heads(),
+        },
+        Table {
+            name: "follow_stays",
+            cases: follow_stays(),
         },
         Table {
             name: "follow_responses",
@@ -2065,10 +2072,14 @@ fn not_held(watch: Option<Watch>) -> Follow {
     }
 }
 
-/// A packet held for the agent as the next request head.
+/// A packet held for the agent as the next request head: the watch says the agent has it.
 fn held(watch: Option<Watch>) -> Follow {
     Follow {
         watch,
+        watch_after: watch.map(|w| Watch {
+            flags: w.flags | watch_flags::AGENT_HEAD,
+            ..w
+        }),
         dropped: Some(DropReason::Held),
         counted: &[(Stat::NextHeadsHeld, 1)],
         ..Follow::NONE
@@ -2217,6 +2228,7 @@ fn follow_heads() -> Vec<Case> {
             not_held(Some(Watch {
                 flags: watch_flags::FROZEN,
                 next_head_seq: NEXT_REQUEST,
+                ..Watch::default()
             })),
         ),
         // A hold would reach no agent: the request goes on to the connection's server.
@@ -2280,6 +2292,190 @@ fn follow_heads() -> Vec<Case> {
             entry_after: expect_state(ConnState::BeReplayed),
             event: None,
             follow: not_held(watch_heads()),
+        },
+    ]
+}
+
+/// The FE of [`hashing_fe`]'s cluster with requests followed: the datapath lets a followed
+/// request stay where its connection is when the hash policy gives it to that node.
+fn hashing_followed_fe() -> NodeConfig {
+    let mut config = hashing_fe();
+    config.decide = crate::DecideMode::HashStays as u8;
+    config
+}
+
+/// A followed request the datapath places itself or holds for the agent: only a whole plain head
+/// (GET, HTTP/1.1, nothing that frames a body or ends the connection, nothing after it) that
+/// starts at the next head and hashes to the connection's node goes on, while the agent holds no
+/// head of it; the watch then moves past it and a quiet notice tells the agent.
+fn follow_stays() -> Vec<Case> {
+    let t = translation();
+    let frame_of = |p: TcpPacketBuilder| frame(&p.build());
+    let psh = TcpFlags::ACK | TcpFlags::PSH;
+    let request = |target: &str, headers: &str| {
+        format!("GET {target} HTTP/1.1\r\nHost: baton\r\n{headers}\r\n").into_bytes()
+    };
+    let to_n2 = target_hashed_to(1);
+    let to_n1 = target_hashed_to(0);
+    let at_next = |payload: &[u8]| frame_of(client_segment(FE, NEXT_REQUEST, psh, payload));
+    let forwarded = |input: &[u8]| rewritten(input, |ip| rewrite_dst_addr(ip, BE).unwrap());
+    let to_server = |input: &[u8]| rewritten(input, |ip| translate_to_server(ip, &t).unwrap());
+    // The connection is on n2 (index 1), forwarded there.
+    let on_n2 = Some(Watch::heads_at(NEXT_REQUEST, 1));
+    let stays = |name, payload: Vec<u8>| {
+        let input = at_next(&payload);
+        let next = NEXT_REQUEST.wrapping_add(payload.len() as u32);
+        Case {
+            name,
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: hashing_followed_fe(),
+            entry: Some(fe_entry(ConnState::FeForward)),
+            output: forwarded(&input),
+            input,
+            verdict: TC_ACT_REDIRECT,
+            entry_after: expect_state(ConnState::FeForward),
+            event: None,
+            follow: Follow {
+                watch: on_n2,
+                watch_after: Some(Watch::heads_at(next, 1)),
+                counted: &[(Stat::NextHeadsStayed, 1), (Stat::NextHeadsHeld, 0)],
+                notice: Some((EventKind::NextHeadStayed, next)),
+                ..Follow::NONE
+            },
+        }
+    };
+    let held_with = |name, payload: Vec<u8>, config: NodeConfig, watch: Option<Watch>| {
+        let input = at_next(&payload);
+        Case {
+            name,
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config,
+            entry: Some(fe_entry(ConnState::FeForward)),
+            output: input.clone(),
+            input,
+            verdict: TC_ACT_SHOT,
+            entry_after: expect_state(ConnState::FeForward),
+            event: Some(EventKind::NextHead),
+            follow: Follow {
+                counted: &[(Stat::NextHeadsStayed, 0), (Stat::NextHeadsHeld, 1)],
+                ..held(watch)
+            },
+        }
+    };
+    let held_here = |name, payload: Vec<u8>| held_with(name, payload, hashing_followed_fe(), on_n2);
+    let mut pipelined = request(&to_n2, "");
+    pipelined.extend_from_slice(&request(&to_n2, ""));
+    let mut agent_holds = Watch::heads_at(NEXT_REQUEST, 1);
+    agent_holds.flags |= watch_flags::AGENT_HEAD;
+    let mut straddling = b"\r\n".to_vec();
+    straddling.extend_from_slice(&request(&to_n2, ""));
+    let straddling_input = frame_of(client_segment(
+        FE,
+        NEXT_REQUEST.wrapping_sub(2),
+        psh,
+        &straddling,
+    ));
+    // A connection moved back to the FE (index 0): its requests that hash here go into our TCP.
+    let back = request(&to_n1, "");
+    let back_input = at_next(&back);
+    let back_next = NEXT_REQUEST.wrapping_add(back.len() as u32);
+    vec![
+        stays(
+            "fe_follow_request_hashed_to_its_node_stays",
+            request(&to_n2, ""),
+        ),
+        stays(
+            "fe_follow_keep_alive_request_stays",
+            request(&to_n2, "Connection: Keep-Alive\r\nAccept: */*\r\n"),
+        ),
+        held_here(
+            "fe_follow_request_hashed_elsewhere_held",
+            request(&to_n1, ""),
+        ),
+        held_with(
+            "fe_follow_agent_holding_a_head_decides",
+            request(&to_n2, ""),
+            hashing_followed_fe(),
+            Some(agent_holds),
+        ),
+        held_with(
+            "fe_follow_no_node_decides_in_the_agent",
+            request(&to_n2, ""),
+            hashing_followed_fe(),
+            Some(Watch::heads(NEXT_REQUEST)),
+        ),
+        held_with(
+            "fe_follow_first_requests_hashed_decide_nothing_followed",
+            request(&to_n2, ""),
+            hashing_fe(),
+            on_n2,
+        ),
+        held_here(
+            "fe_follow_body_length_held",
+            request(&to_n2, "Content-Length: 0\r\n"),
+        ),
+        held_here(
+            "fe_follow_chunked_held",
+            request(&to_n2, "Transfer-Encoding: chunked\r\n"),
+        ),
+        held_here(
+            "fe_follow_connection_close_held",
+            request(&to_n2, "connection: close\r\n"),
+        ),
+        held_here(
+            "fe_follow_upgrade_held",
+            request(&to_n2, "Upgrade: websocket\r\nConnection: Upgrade\r\n"),
+        ),
+        held_here(
+            "fe_follow_http_1_0_held",
+            format!("GET {to_n2} HTTP/1.0\r\nHost: baton\r\n\r\n").into_bytes(),
+        ),
+        held_here(
+            "fe_follow_post_held",
+            format!("POST {to_n2} HTTP/1.1\r\nHost: baton\r\n\r\n").into_bytes(),
+        ),
+        held_here(
+            "fe_follow_bare_lf_held",
+            format!("GET {to_n2} HTTP/1.1\nHost: baton\n\n").into_bytes(),
+        ),
+        held_here(
+            "fe_follow_incomplete_head_held",
+            format!("GET {to_n2} HTTP/1.1\r\nHost: ba").into_bytes(),
+        ),
+        held_here("fe_follow_pipelined_pair_held", pipelined),
+        Case {
+            name: "fe_follow_head_not_at_the_boundary_held",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: hashing_followed_fe(),
+            entry: Some(fe_entry(ConnState::FeForward)),
+            output: straddling_input.clone(),
+            input: straddling_input,
+            verdict: TC_ACT_SHOT,
+            entry_after: expect_state(ConnState::FeForward),
+            event: Some(EventKind::NextHead),
+            follow: held(on_n2),
+        },
+        Case {
+            name: "fe_moved_back_request_hashed_here_stays",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: hashing_followed_fe(),
+            entry: Some(be_entry(ConnState::BeEstablished)),
+            output: to_server(&back_input),
+            input: back_input,
+            verdict: TC_ACT_OK,
+            entry_after: expect_state(ConnState::BeEstablished),
+            event: None,
+            follow: Follow {
+                watch: Some(Watch::heads_at(NEXT_REQUEST, 0)),
+                watch_after: Some(Watch::heads_at(back_next, 0)),
+                counted: &[(Stat::NextHeadsStayed, 1), (Stat::NextHeadsHeld, 0)],
+                notice: Some((EventKind::NextHeadStayed, back_next)),
+                ..Follow::NONE
+            },
         },
     ]
 }
@@ -2423,6 +2619,7 @@ fn follow_responses() -> Vec<Case> {
     let frozen = Some(Watch {
         flags: watch_flags::FROZEN,
         next_head_seq: 0,
+        ..Watch::default()
     });
     let head_len = |h: &str| h.len() as u32;
     let translated = |name, input: &Vec<u8>, follow| Case {
@@ -3002,10 +3199,11 @@ pub fn check(case: &Case, outcome: &Outcome) -> Result<(), String> {
     if let Err(e) = (case.entry_after)(outcome.entry_after.as_ref()) {
         problems.push(e);
     }
-    if outcome.watch_after != case.follow.watch {
+    let watch_wanted = case.follow.watch_after.or(case.follow.watch);
+    if outcome.watch_after != watch_wanted {
         problems.push(format!(
-            "watch entry {:?} after, {:?} before: the datapath never writes it",
-            outcome.watch_after, case.follow.watch
+            "watch entry {:?} after, want {:?}",
+            outcome.watch_after, watch_wanted
         ));
     }
     if outcome.responses_after != case.follow.responses_after {
@@ -3045,6 +3243,7 @@ pub fn check(case: &Case, outcome: &Outcome) -> Result<(), String> {
             kind,
             EventKind::Closed
                 | EventKind::BeLive
+                | EventKind::NextHeadStayed
                 | EventKind::DpOffered
                 | EventKind::DpTaken
                 | EventKind::DpReturned

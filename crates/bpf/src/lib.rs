@@ -142,18 +142,35 @@ pub mod conn_flags {
 }
 
 /// Mirrors `struct watch`: what the agent asks of the datapath about a placed connection, in the
-/// `watch` map. The agent alone writes it (always the whole value); the datapath only reads it.
+/// `watch` map. The agent writes the whole value; the datapath writes in place only
+/// [`watch_flags::AGENT_HEAD`], and `next_head_seq` past a request it let stay (never while the
+/// agent holds a head of the connection).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Watch {
     /// [`watch_flags`].
     pub flags: u32,
     /// The client seq where the next request head starts.
     pub next_head_seq: u32,
+    /// The node the connection is on (its index in the datapath's node list), or
+    /// [`Watch::NO_NODE`]: the datapath lets no request stay by itself.
+    pub node: u8,
+    pub pad: [u8; 3],
 }
 
-// SAFETY: repr(C), two u32, no padding.
+// SAFETY: repr(C), two u32 and four u8, no padding.
 unsafe impl Pod for Watch {}
+
+impl Default for Watch {
+    fn default() -> Self {
+        Watch {
+            flags: 0,
+            next_head_seq: 0,
+            node: Watch::NO_NODE,
+            pad: [0; 3],
+        }
+    }
+}
 
 /// `watch.flags` bits.
 pub mod watch_flags {
@@ -163,14 +180,30 @@ pub mod watch_flags {
     /// Egress (BE_ESTABLISHED): the connection is moving away; nothing the local TCP sends
     /// leaves ([`crate::DropReason::Moving`]).
     pub const FROZEN: u32 = 0x02;
+    /// Set by the datapath as it holds a head: the agent has it, and the datapath lets no request
+    /// stay by itself until the agent writes the watch again.
+    pub const AGENT_HEAD: u32 = 0x04;
 }
 
 impl Watch {
+    /// Mirrors `WATCH_NO_NODE`.
+    pub const NO_NODE: u8 = 0xff;
+
     /// Hold client data from `next_head_seq` on.
     pub fn heads(next_head_seq: u32) -> Self {
         Watch {
             flags: watch_flags::HEADS,
             next_head_seq,
+            ..Watch::default()
+        }
+    }
+
+    /// As [`Watch::heads`], on the node with `index` in the datapath's node list: a request the
+    /// hash policy gives to it stays there without the agent ([`DecideMode::HashStays`]).
+    pub fn heads_at(next_head_seq: u32, index: usize) -> Self {
+        Watch {
+            node: u8::try_from(index).unwrap_or(Watch::NO_NODE),
+            ..Watch::heads(next_head_seq)
         }
     }
 }
@@ -237,7 +270,7 @@ pub use sizes::{DP_NODES_MAX, OFFER_KEY_LEN, SERVICE_PORTS_MAX};
 /// The version of the pinned maps' layouts (`struct conn`, `struct node_config`, the event
 /// header, `struct watch`, `struct responses`, the set of pinned maps and their sizes): it changes
 /// whenever one of them does.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Longest TCP options area.
 pub const TCP_OPTS_MAX: usize = 40;
@@ -382,6 +415,9 @@ pub enum DecideMode {
     Hash = 1,
     /// Round-robin over the eligible nodes, this one included.
     RoundRobin = 2,
+    /// Hash, requests followed: first requests go to the agent; a followed request that hashes
+    /// to the node its connection is on goes on there ([`EventKind::NextHeadStayed`]).
+    HashStays = 3,
 }
 
 /// Mirrors `struct dp_node`: one member as the datapath's hash policy sees it.
@@ -501,6 +537,9 @@ pub enum EventKind {
     DpTaken = 7,
     /// FE: a datapath offer came back refused (`detail`: a [`RefuseCode`]).
     DpReturned = 8,
+    /// FE, quiet: a followed request went on to its connection's node, decided by the datapath
+    /// (`detail`: where the next request head starts).
+    NextHeadStayed = 9,
 }
 
 /// Mirrors `enum close_code`: with [`EventKind::Closed`], what holds the tuple in our TCP now.
@@ -597,6 +636,7 @@ impl Event {
             6 => EventKind::DpOffered,
             7 => EventKind::DpTaken,
             8 => EventKind::DpReturned,
+            9 => EventKind::NextHeadStayed,
             k => return Err(EventError::UnknownKind(k)),
         };
         let body = &record[HDR..];
@@ -699,10 +739,11 @@ pub enum Stat {
     DpTaken = 23,
     DpRefused = 24,
     DpReturned = 25,
+    NextHeadsStayed = 26,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 26;
+    pub const COUNT: u32 = 27;
 }
 
 /// Mirrors `enum refuse_reason`: why a datapath offer was refused, in the mesh's `RefuseReason`
@@ -720,7 +761,7 @@ mod tests {
         assert_eq!(size_of::<Conn>(), 208);
         assert_eq!(size_of::<NodeConfig>(), 32 + 16 * DP_NODES_MAX + 40);
         assert_eq!(size_of::<EventHeader>(), 56);
-        assert_eq!(size_of::<Watch>(), 8);
+        assert_eq!(size_of::<Watch>(), 12);
         assert_eq!(size_of::<Responses>(), 16);
     }
 

@@ -96,6 +96,7 @@ fn stats_match() {
             ("STAT_DP_TAKEN", Stat::DpTaken as u32),
             ("STAT_DP_REFUSED", Stat::DpRefused as u32),
             ("STAT_DP_RETURNED", Stat::DpReturned as u32),
+            ("STAT_NEXT_HEADS_STAYED", Stat::NextHeadsStayed as u32),
             ("STAT_MAX", Stat::COUNT),
         ],
     );
@@ -114,6 +115,7 @@ fn event_kinds_and_states_match() {
             ("EV_DP_OFFERED", EventKind::DpOffered as u32),
             ("EV_DP_TAKEN", EventKind::DpTaken as u32),
             ("EV_DP_RETURNED", EventKind::DpReturned as u32),
+            ("EV_NEXT_HEAD_STAYED", EventKind::NextHeadStayed as u32),
             ("CLOSE_GONE", CloseCode::Gone as u32),
             ("CLOSE_TIME_WAIT", CloseCode::TimeWait as u32),
             ("CLOSE_UNSURE", CloseCode::Unsure as u32),
@@ -136,6 +138,7 @@ fn event_kinds_and_states_match() {
                 "DECIDE_ROUND_ROBIN",
                 baton_bpf::DecideMode::RoundRobin as u32,
             ),
+            ("DECIDE_HASH_STAYS", baton_bpf::DecideMode::HashStays as u32),
         ],
     );
 }
@@ -191,6 +194,8 @@ fn follow_flags_match() {
         &[
             ("WATCH_HEADS", watch_flags::HEADS),
             ("WATCH_FROZEN", watch_flags::FROZEN),
+            ("WATCH_AGENT_HEAD", watch_flags::AGENT_HEAD),
+            ("WATCH_NO_NODE", u32::from(baton_bpf::Watch::NO_NODE)),
             ("RESP_OPAQUE", responses_flags::OPAQUE),
             ("RESP_OPAQUE", baton_bpf::RESP_OPAQUE),
         ],

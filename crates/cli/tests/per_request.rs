@@ -46,6 +46,7 @@ fn failed(lab: &Lab, what: &str) -> String {
         for name in [
             "baton_rehandoffs_total",
             "baton_requests_stayed_total",
+            "baton_datapath_requests_stayed_total",
             "baton_moved_away_total",
             "baton_quiesce_rechecks_total",
         ] {
@@ -220,6 +221,37 @@ fn run_plan(lab: &Lab, plan: Vec<(String, usize)>) {
         })
         .collect();
     assert!(wrong.is_empty(), "{}", failed(lab, &wrong.join("\n")));
+}
+
+/// Runs of requests for one node (n2, n1, n3, n2), 1 KB and 100 KB in turn: each run's first
+/// request moves the connection there and the rest stay, decided by n1's datapath (plain GETs
+/// hashed where the connection is); the move after a run asks for every response of it.
+#[test]
+fn requests_that_stay_are_kept_there_by_the_datapath_and_the_next_move_waits_for_them() {
+    let mut lab = lab("pstay");
+    let plan: Vec<(String, usize)> = [2, 1, 3, 2]
+        .into_iter()
+        .enumerate()
+        .flat_map(|(run, node)| {
+            (0..4).map(move |r| {
+                let path = if r % 2 == 0 { "/f/1k" } else { "/f/100k" };
+                let salt = format!("s{run}r{r}-");
+                (targets_for(path, node, 1, &salt).remove(0), node)
+            })
+        })
+        .collect();
+    run_plan(&lab, plan);
+    assert!(
+        metric(&lab, 1, "baton_datapath_requests_stayed_total") >= 12.0,
+        "{}",
+        failed(&lab, "the datapath kept every request after a run's first")
+    );
+    assert!(
+        metric(&lab, 1, "baton_rehandoffs_total") >= 3.0,
+        "{}",
+        failed(&lab, "each run after the first moved the connection")
+    );
+    lab.down().expect("lab down");
 }
 
 /// 10 MB responses and 1 KB ones in turn, each from its own node, on one connection.

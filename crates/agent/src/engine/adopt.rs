@@ -87,6 +87,7 @@ impl Engine {
                 let only_frozen = baton_bpf::Watch {
                     flags: baton_bpf::watch_flags::FROZEN,
                     next_head_seq: 0,
+                    ..baton_bpf::Watch::default()
                 };
                 if let Err(e) = self.follow.set_watch(key, only_frozen) {
                     tracing::warn!(%key, "watch: {e}");

@@ -34,7 +34,7 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use baton_bpf::{Conn, ConnKey, ConnRole, ConnState, Event, Watch, conn_flags, watch_flags};
+use baton_bpf::{Conn, ConnKey, ConnRole, ConnState, Event, Watch, conn_flags};
 use baton_http::{Framing, Persistence, RequestHead, Sniff};
 use baton_policy::{RequestInfo, RoutedRequest};
 use baton_proto::{BusyReason, HandoffRequest, Message, RefuseReason};
@@ -238,12 +238,11 @@ impl Engine {
         Some(client_isn.wrapping_add(1).wrapping_add(len))
     }
 
-    /// Tells the datapath to hold `key`'s client data from `next_head` on; false if it would not.
-    pub(super) fn watch_heads(&mut self, key: ConnKey, next_head: u32) -> bool {
-        let watch = Watch {
-            flags: watch_flags::HEADS,
-            next_head_seq: next_head,
-        };
+    /// Tells the datapath to hold `key`'s client data from `next_head` on, the connection being
+    /// on the member `node` (the datapath may let a request that the policy gives to it stay
+    /// there: `DecideMode::HashStays`); false if it would not.
+    pub(super) fn watch_heads(&mut self, key: ConnKey, next_head: u32, node: usize) -> bool {
+        let watch = Watch::heads_at(next_head, node);
         match self.follow.set_watch(key, watch) {
             Ok(()) => true,
             Err(e) => {
@@ -251,6 +250,21 @@ impl Engine {
                 false
             }
         }
+    }
+
+    /// A followed request that the datapath let go on to where its connection is (its head
+    /// hashed there: `DecideMode::HashStays`): the serving node has one more request to answer,
+    /// and the next head starts at `next_head`. The datapath decides none while the agent holds
+    /// a head of the connection, and its notice is read before the next hold.
+    pub(super) fn on_next_head_stayed(&mut self, key: ConnKey, next_head: u32) {
+        let Some((_, f)) = self.fe.following_mut(&key) else {
+            return;
+        };
+        f.requests += 1;
+        if f.next.is_none() {
+            f.next_head = next_head;
+        }
+        self.metrics.requests_stayed.inc();
     }
 
     /// A client segment the datapath held because it carries a followed connection's next
@@ -533,7 +547,7 @@ impl Engine {
             tracing::debug!(%key, reason, "request not followed: the connection stays");
         }
         match next_head {
-            Some(next_head) if self.watch_heads(key, next_head) => {}
+            Some(next_head) if self.watch_heads(key, next_head, peer) => {}
             _ => self.unfollow(key),
         }
         self.metrics.requests_stayed.inc();
@@ -991,7 +1005,7 @@ impl Engine {
         self.fe.handoffs.remove(&from_id);
         self.fe.handoffs.insert(id, key);
         match next_head {
-            Some(next_head) if self.watch_heads(key, next_head) => {}
+            Some(next_head) if self.watch_heads(key, next_head, peer) => {}
             _ => self.unfollow(key),
         }
         self.tell(

@@ -199,6 +199,7 @@ impl Engine {
             EventKind::DpOffered => self.on_dp_offered(event.key, event.handoff_id, now),
             EventKind::DpReturned => self.on_dp_returned(event.key, event.detail, event.peer, now),
             EventKind::DpTaken => self.on_dp_taken(event.key, now),
+            EventKind::NextHeadStayed => self.on_next_head_stayed(event.key, event.detail),
         }
         self.deliver_to_self(now);
     }

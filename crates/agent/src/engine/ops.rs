@@ -342,17 +342,19 @@ impl Engine {
     }
 }
 
-/// How the datapath may decide first requests itself: plain `hash` (no rules, no cookie, not
-/// followed) and plain `round-robin`; `None`: the agent decides.
+/// What the datapath may decide itself: with plain `hash` (no rules, no cookie) first requests,
+/// or, when requests are followed, the later requests that stay where their connection is; with
+/// plain `round-robin` first requests; `None`: the agent decides.
 pub(super) fn datapath_may_decide(config: &NodeConfig) -> Option<DecideMode> {
     let policy = &config.policy;
     if !policy.rules.is_empty() || policy.affinity_cookie.is_some() {
         return None;
     }
     match policy.kind {
-        // A connection the datapath keeps here is not followed: with per-request placement the
-        // agent decides.
-        PolicyKind::Hash if !policy.follows_requests() => Some(DecideMode::Hash),
+        // A connection the datapath kept here would not be followed: with per-request placement
+        // the agent places first requests, the datapath keeps later ones where they are.
+        PolicyKind::Hash if policy.follows_requests() => Some(DecideMode::HashStays),
+        PolicyKind::Hash => Some(DecideMode::Hash),
         PolicyKind::RoundRobin => Some(DecideMode::RoundRobin),
         _ => None,
     }

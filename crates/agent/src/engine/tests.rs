@@ -2026,7 +2026,7 @@ fn followed_at_n2() -> (Node, ConnKey, u64, u32) {
     let next_head = CLIENT_ISN.wrapping_add(1 + head.len() as u32);
     assert_eq!(
         n1.follow.watch(&key),
-        Some(Watch::heads(next_head)),
+        Some(Watch::heads_at(next_head, 1)),
         "the datapath holds from the next head on, from the offer on"
     );
     n1.hear(Message::HandoffAccepted { id: r.id });
@@ -2056,7 +2056,10 @@ fn a_next_request_for_the_same_node_goes_there_and_the_watch_moves_on() {
     );
     assert_eq!(
         n1.follow.watch(&key),
-        Some(Watch::heads(next_head.wrapping_add(head.len() as u32)))
+        Some(Watch::heads_at(
+            next_head.wrapping_add(head.len() as u32),
+            1
+        ))
     );
     assert_eq!(n1.metrics.requests_stayed.get(), 1);
     assert!(n1.next_to_peer().is_none(), "no move");
@@ -2152,8 +2155,50 @@ fn a_next_request_for_this_node_moves_the_connection_back_by_replay() {
     assert_eq!(n1.metrics.rehandoffs.get(), 1);
     assert_eq!(
         n1.follow.watch(&key),
-        Some(Watch::heads(next_head.wrapping_add(head.len() as u32)))
+        Some(Watch::heads_at(
+            next_head.wrapping_add(head.len() as u32),
+            0
+        ))
     );
+}
+
+#[test]
+fn requests_the_datapath_let_stay_are_counted_for_the_next_move() {
+    let (mut n1, key, _, next_head) = followed_at_n2();
+    assert_eq!(
+        n1.written.get().decide,
+        DecideMode::HashStays as u8,
+        "the datapath keeps followed requests where they hash"
+    );
+    // Two requests hashed to n2 went on there, decided by n1's datapath.
+    let head = request(&target_for(1));
+    let mut at = next_head;
+    for _ in 0..2 {
+        at = at.wrapping_add(head.len() as u32);
+        n1.datapath(Event {
+            detail: at,
+            ..notice(EventKind::NextHeadStayed, key)
+        });
+    }
+    assert_eq!(n1.metrics.requests_stayed.get(), 2);
+    assert!(
+        n1.sent.take().is_empty(),
+        "the agent sends nothing for them"
+    );
+    // The next one, for n1, is held where the datapath said the next head starts: n2 is asked
+    // for all three responses.
+    let next = request(&target_for(0));
+    let segment = client_segment(
+        N1,
+        at.wrapping_sub(CLIENT_ISN + 1),
+        TcpFlags::ACK | TcpFlags::PSH,
+        &next,
+    );
+    n1.datapath(event(EventKind::NextHead, key, &segment));
+    let Some(Message::MoveQuiesce { requests, .. }) = n1.next_to_peer() else {
+        panic!("no quiesce: the held head was not read at the next head")
+    };
+    assert_eq!(requests, 3);
 }
 
 #[test]
@@ -2444,7 +2489,7 @@ fn lard_asks_its_dispatcher_for_every_followed_request() {
     // Its answer names n2 (position 1): served here, followed.
     n2.hear(Message::DispatchAnswer { id, node: 1 });
     let next_head = CLIENT_ISN.wrapping_add(1 + head.len() as u32);
-    assert_eq!(n2.follow.watch(&key), Some(Watch::heads(next_head)));
+    assert_eq!(n2.follow.watch(&key), Some(Watch::heads_at(next_head, 1)));
     n2.sent.take();
     let second = request("/b");
     let segment = client_segment(

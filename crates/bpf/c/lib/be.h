@@ -152,7 +152,7 @@ __always int be_ingress(struct __sk_buff *skb, const struct node_config *cfg, co
 	if (c->state != BE_ESTABLISHED && c->state != BE_REPLAYED)
 		return drop(DROP_BE_NOT_READY);
 	if (c->state == BE_ESTABLISHED) {
-		int verdict = follow_hold_head(skb, p, key);
+		int verdict = follow_hold_head(skb, cfg, p, key);
 		if (verdict)
 			return verdict;
 	}

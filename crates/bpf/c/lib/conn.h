@@ -140,14 +140,19 @@ struct offer {
 #define OFFER_MAC_WORDS 12
 #define OFFER_LEN 104
 
-/* What the agent asks of the datapath about a placed connection (the watch map). The agent alone
- * writes it, always the whole value; the datapath only reads it. */
+/* What the agent asks of the datapath about a placed connection (the watch map). The agent
+ * writes the whole value; the datapath writes in place only what follow.h says (WATCH_AGENT_HEAD,
+ * and next_head_seq past a request it let stay), never while the agent holds a head of it. */
 struct watch {
 	__u32 flags;         /* WATCH_* */
 	__u32 next_head_seq; /* client seq where the next request head starts */
+	__u8 node;           /* the node the connection is on (node_config.nodes), or WATCH_NO_NODE */
+	__u8 pad[3];
 };
 #define WATCH_HEADS 0x01  /* hold client data at or after next_head_seq (FE) */
 #define WATCH_FROZEN 0x02 /* the connection is moving away: nothing the local TCP sends leaves (serving node) */
+#define WATCH_AGENT_HEAD 0x04 /* set by the datapath as it holds a head: the agent has it, the datapath decides none */
+#define WATCH_NO_NODE 0xff    /* the datapath lets no request stay by itself: the agent decides each */
 
 /* Where the local server's responses stand (the responses map). The agent creates it with the
  * first next_head; from then on the datapath alone writes it (in place: a server's packets leave
@@ -165,6 +170,8 @@ enum decide_mode {
 	DECIDE_AGENT = 0, /* every held connection goes to the agent */
 	DECIDE_HASH = 1,  /* the hash policy: a target that hashes to this node is released at once */
 	DECIDE_ROUND_ROBIN = 2, /* round-robin over the eligible nodes, this one included */
+	DECIDE_HASH_STAYS = 3, /* hash, requests followed: first requests go to the agent; a followed
+				* request that hashes to the node its connection is on goes on (follow.h) */
 };
 
 /* One member as the datapath's hash policy sees it (the agent's `Hash` policy, mirrored). */

@@ -9,6 +9,10 @@
  * wins, ties to the greatest name. The agent writes each node's FNV state after "name 0xff"
  * (hash_seed), its eligibility and its name's rank into node_config.nodes.
  *
+ * Followed requests (DECIDE_HASH_STAYS): a request head wholly in one segment that the hash policy
+ * gives to the node its connection is on goes on there (decide_stays(), follow.h); any other the
+ * agent decides.
+ *
  * Contract: decide_hash() returns the index (in node_config.nodes) of the node the agent, with the
  * same view of the cluster, would choose for the request, or -1. The target is the bytes between the request line's first and second
  * space, as the agent's parser reads it; a request line it cannot find in the segment's first
@@ -75,16 +79,11 @@ __always __u64 splitmix64_finalize(__u64 z)
 	return z ^ (z >> 31);
 }
 
-/* The node the hash policy gives this request to (its index), or -1. */
-__always int decide_hash(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p)
+/* The node the hash policy gives the request whose first `len` bytes are in s->buf (its index),
+ * or -1. */
+__always int hash_choice(struct head_scan *s, const struct node_config *cfg, __u32 len)
 {
-	__u32 zero = 0;
-	struct head_scan *s = bpf_map_lookup_elem(&head_scratch, &zero);
-	if (!s || cfg->decide != DECIDE_HASH || cfg->nnodes > DP_NODES_MAX ||
-	    cfg->self_index >= cfg->nnodes)
-		return -1;
-	__u32 len = p->payload_len < HEAD_SCAN_MAX ? p->payload_len : HEAD_SCAN_MAX;
-	if (load_bytes_var(skb, p->opts_off + p->opts_len, s->buf, len, HEAD_SCAN_MAX))
+	if (cfg->nnodes > DP_NODES_MAX || cfg->self_index >= cfg->nnodes)
 		return -1;
 	struct head_walk w = {.s = s, .len = len, .nnodes = cfg->nnodes};
 	bpf_loop(HEAD_SCAN_MAX, find_target_step, &w, 0);
@@ -114,6 +113,132 @@ __always int decide_hash(struct __sk_buff *skb, const struct node_config *cfg, c
 		}
 	}
 	return best;
+}
+
+/* The segment's first bytes (up to HEAD_SCAN_MAX) in the per-CPU scratch buffer, or NULL. */
+__always struct head_scan *load_head(struct __sk_buff *skb, const struct pkt *p, __u32 *len)
+{
+	__u32 zero = 0;
+	struct head_scan *s = bpf_map_lookup_elem(&head_scratch, &zero);
+	if (!s)
+		return NULL;
+	*len = p->payload_len < HEAD_SCAN_MAX ? p->payload_len : HEAD_SCAN_MAX;
+	if (load_bytes_var(skb, p->opts_off + p->opts_len, s->buf, *len, HEAD_SCAN_MAX))
+		return NULL;
+	return s;
+}
+
+/* The node the hash policy gives this request to (its index), or -1. */
+__always int decide_hash(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p)
+{
+	if (cfg->decide != DECIDE_HASH)
+		return -1;
+	__u32 len;
+	struct head_scan *s = load_head(skb, p, &len);
+	return s ? hash_choice(s, cfg, len) : -1;
+}
+
+/* A followed request's head that the datapath may place itself (follow.h): "GET <target>
+ * HTTP/1.1", CRLF line ends, no header that changes what follows it (Content-Length,
+ * Transfer-Encoding, Upgrade; Connection other than "keep-alive"), and the segment holds the
+ * head and nothing more (no body, no pipelined request). Anything else is the agent's. */
+struct head_check {
+	struct head_scan *s;
+	__u32 len;
+	__u32 line_start; /* offset of the current line's first byte */
+	__u32 lines;      /* lines ended so far */
+	__u32 head_end;   /* offset just past the empty line; 0 until found */
+	__u32 bad;
+};
+
+/* Whether the bytes at `at` (before `end`) are `lit` (lowercase), ASCII case aside. */
+#define HEAD_MATCH(c, at, end, lit) head_match((c), (at), (end), lit, sizeof(lit) - 1)
+static __always_inline int head_match(const struct head_check *c, __u32 at, __u32 end,
+				      const char *lit, __u32 n)
+{
+	if (at + n > end)
+		return 0;
+#pragma unroll
+	for (__u32 k = 0; k < 20; k++) {
+		if (k >= n)
+			break;
+		__u8 b = c->s->buf[(at + k) & (HEAD_SCAN_MAX - 1)];
+		if (b >= 'A' && b <= 'Z')
+			b += 'a' - 'A';
+		if (b != (__u8)lit[k])
+			return 0;
+	}
+	return 1;
+}
+
+/* Whether the header line [at, end) leaves the request plain (see struct head_check). */
+static __always_inline int header_is_plain(const struct head_check *c, __u32 at, __u32 end)
+{
+	if (HEAD_MATCH(c, at, end, "content-length:") ||
+	    HEAD_MATCH(c, at, end, "transfer-encoding:") || HEAD_MATCH(c, at, end, "upgrade:"))
+		return 0;
+	if (!HEAD_MATCH(c, at, end, "connection:"))
+		return 1;
+	__u32 v = at + sizeof("connection:") - 1;
+#pragma unroll
+	for (int k = 0; k < 4; k++) {
+		__u8 b = c->s->buf[v & (HEAD_SCAN_MAX - 1)];
+		if (v < end && (b == ' ' || b == '\t'))
+			v++;
+	}
+	return HEAD_MATCH(c, v, end, "keep-alive") && v + sizeof("keep-alive") - 1 == end;
+}
+
+/* One byte of the head: at each line's end, the line is checked. */
+static long head_check_step(__u64 i, void *ctx)
+{
+	struct head_check *c = ctx;
+
+	if (i >= c->len)
+		return 1;
+	if (c->s->buf[i & (HEAD_SCAN_MAX - 1)] != '\n')
+		return 0;
+	if (i == 0 || c->s->buf[(i - 1) & (HEAD_SCAN_MAX - 1)] != '\r') {
+		c->bad = 1;
+		return 1;
+	}
+	__u32 end = i - 1; /* the line is [line_start, end) */
+	if (end == c->line_start) {
+		c->head_end = i + 1;
+		return 1;
+	}
+	if (c->lines == 0) {
+		if (!HEAD_MATCH(c, 0, end, "get ") || end < 13 ||
+		    !HEAD_MATCH(c, end - 9, end, " http/1.1")) {
+			c->bad = 1;
+			return 1;
+		}
+	} else if (!header_is_plain(c, c->line_start, end)) {
+		c->bad = 1;
+		return 1;
+	}
+	c->lines++;
+	c->line_start = i + 1;
+	return 0;
+}
+
+/* For a followed connection on node `node`: 1 if the request that this segment holds whole goes
+ * there by the hash policy (the datapath lets it go on), else 0 (the agent decides). */
+__always int decide_stays(struct __sk_buff *skb, const struct node_config *cfg,
+			  const struct pkt *p, __u8 node)
+{
+	if (cfg->decide != DECIDE_HASH_STAYS || node >= cfg->nnodes ||
+	    p->payload_len > HEAD_SCAN_MAX)
+		return 0;
+	__u32 len;
+	struct head_scan *s = load_head(skb, p, &len);
+	if (!s)
+		return 0;
+	struct head_check c = {.s = s, .len = len};
+	bpf_loop(HEAD_SCAN_MAX, head_check_step, &c, 0);
+	if (c.bad || c.head_end != len)
+		return 0;
+	return hash_choice(s, cfg, len) == node;
 }
 
 /* Round-robin: the next node in turn that is eligible (this node always is), as the agent's

@@ -23,6 +23,7 @@ enum event_kind {
 	EV_DP_OFFERED = 6,  /* FE: the datapath offered the connection to peer_addr itself (offer.h) */
 	EV_DP_TAKEN = 7,    /* BE: our TCP took a datapath offer's replay (the entry says from whom) */
 	EV_DP_RETURNED = 8, /* FE: a datapath offer came back refused (detail: REFUSE_*, peer: the BE); served here or held */
+	EV_NEXT_HEAD_STAYED = 9, /* FE, quiet: a followed request went on to where its connection is, decided here (detail: the next head's seq) */
 };
 
 /* EV_CLOSED's detail: what holds the tuple in our TCP now. ABI, mirrored by `baton_bpf::CloseCode`.
@@ -38,7 +39,7 @@ struct event_hdr {
 	__u32 kind;
 	__u32 pkt_len; /* length of the packet from its IPv4 header */
 	__u32 cap_len; /* bytes of it that follow this header */
-	__u32 detail;  /* EV_DP_RETURNED: the refusal reason; EV_CLOSED: CLOSE_*; else 0 */
+	__u32 detail;  /* EV_DP_RETURNED: the refusal reason; EV_CLOSED: CLOSE_*; EV_NEXT_HEAD_STAYED: seq; else 0 */
 	__u64 ts_ns;
 	struct conn_key key;
 	__be32 peer;   /* EV_DP_RETURNED: the BE that refused; else 0 */

@@ -331,7 +331,7 @@ __always int fe_ingress(struct __sk_buff *skb, const struct node_config *cfg, co
 		    (__s32)(p->ack_seq - (c->local_isn + 1)) > 0 &&
 		    !(conn_set_flags(c, CONN_DP_LIVE) & CONN_DP_LIVE))
 			fe_reset_local(skb, p, c);
-		verdict = follow_hold_head(skb, p, key);
+		verdict = follow_hold_head(skb, cfg, p, key);
 		if (verdict)
 			return verdict;
 		if (p->flags & TCPF_FIN)

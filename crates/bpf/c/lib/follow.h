@@ -8,9 +8,16 @@
  *                segment with any byte at or after next_head_seq (one straddling it included) is
  *                held: copied to the agent as EV_NEXT_HEAD and dropped, as held packets are
  *                (DROP_HELD, and STAT_NEXT_HEADS_HELD): from then on only the agent has those
- *                bytes, until it moves next_head_seq on or clears the flag. Pure ACKs, window updates, FIN-only and RST segments and data wholly before
- *                next_head_seq (retransmissions) go on as if unwatched: the current server must
- *                keep hearing the client while the decision is out.
+ *                bytes, until it moves next_head_seq on or clears the flag (the hold sets
+ *                WATCH_AGENT_HEAD; the agent's next write of the watch clears it). Pure ACKs,
+ *                window updates, FIN-only and RST segments and data wholly before next_head_seq
+ *                (retransmissions) go on as if unwatched: the current server must keep hearing
+ *                the client while the decision is out.
+ *                Unless the datapath decides (DECIDE_HASH_STAYS, decide.h): a segment that
+ *                starts at next_head_seq and holds a whole plain head that the hash policy gives
+ *                to watch.node (the connection's node), while the agent holds no head of it,
+ *                goes on, next_head_seq moves past it in place, and a quiet EV_NEXT_HEAD_STAYED
+ *                tells the agent (STAT_NEXT_HEADS_STAYED).
  *   WATCH_FROZEN egress, BE_ESTABLISHED: the connection is moving to another node, whose TCP
  *                takes the client from here: whatever the local TCP sends is dropped (DROP_MOVING).
  *
@@ -22,11 +29,13 @@
  */
 #pragma once
 #include "conn.h"
+#include "decide.h"
 #include "maps.h"
 #include "parse.h"
 
 /* Whether a client packet carries the next request head: 0, or the verdict of holding it. */
-__always int follow_hold_head(struct __sk_buff *skb, const struct pkt *p, const struct conn_key *key)
+__always int follow_hold_head(struct __sk_buff *skb, const struct node_config *cfg,
+			      const struct pkt *p, const struct conn_key *key)
 {
 	__u32 len = pkt_data_len(p);
 	if (!len || (p->flags & (TCPF_RST | TCPF_SYN)))
@@ -42,6 +51,22 @@ __always int follow_hold_head(struct __sk_buff *skb, const struct pkt *p, const 
 		return 0;
 	if (!agent_alive())
 		return 0;
+	/* A whole head that stays where the connection is goes on, told quietly: the agent counts it
+	 * (a move later asks the serving node for every response it owes) before its next input. */
+	if (!(wv.flags & WATCH_AGENT_HEAD) && p->seq == wv.next_head_seq &&
+	    decide_stays(skb, cfg, p, wv.node)) {
+		struct event_hdr h = {
+			.kind = EV_NEXT_HEAD_STAYED,
+			.detail = wv.next_head_seq + len,
+			.key = *key,
+		};
+		if (!emit_notice_hdr(&h, 1)) {
+			w->next_head_seq = wv.next_head_seq + len;
+			stat_add(STAT_NEXT_HEADS_STAYED, 1);
+			return 0;
+		}
+	}
+	__sync_fetch_and_or(&w->flags, WATCH_AGENT_HEAD);
 	if (emit_packet(skb, EV_NEXT_HEAD, key))
 		return drop(DROP_EVENT_LOST);
 	stat_add(STAT_NEXT_HEADS_HELD, 1);

@@ -48,7 +48,8 @@ enum stat {
 	STAT_DP_TAKEN = 23,         /* BE: datapath offers whose replay our TCP took */
 	STAT_DP_REFUSED = 24,       /* BE: datapath offers sent back to their FE (offer.h: REFUSE_*) */
 	STAT_DP_RETURNED = 25,      /* FE: ... received back: served here, or asked of the agent */
-	STAT_MAX = 26,
+	STAT_NEXT_HEADS_STAYED = 26, /* FE: followed requests the datapath let go on to their connection's node itself */
+	STAT_MAX = 27,
 };
 
 /* Why an offer was refused: the mesh's `RefuseReason` codes (baton_proto), so that the agent
