@@ -2445,6 +2445,22 @@ fn follow_stays() -> Vec<Case> {
             format!("GET {to_n2} HTTP/1.1\r\nHost: ba").into_bytes(),
         ),
         held_here("fe_follow_pipelined_pair_held", pipelined),
+        held_here(
+            "fe_follow_lowercase_version_held",
+            format!("GET {to_n2} http/1.1\r\nHost: baton\r\n\r\n").into_bytes(),
+        ),
+        held_here(
+            "fe_follow_space_in_target_held",
+            format!("GET {to_n2} x HTTP/1.1\r\nHost: baton\r\n\r\n").into_bytes(),
+        ),
+        held_here(
+            "fe_follow_folded_header_held",
+            request(&to_n2, "X-A: 1\r\n Content-Length: 5\r\n"),
+        ),
+        held_here(
+            "fe_follow_keep_alive_then_close_held",
+            request(&to_n2, "Connection: keep-alive, close\r\n"),
+        ),
         Case {
             name: "fe_follow_head_not_at_the_boundary_held",
             hook: Hook::Ingress,

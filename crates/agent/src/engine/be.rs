@@ -706,7 +706,12 @@ impl Engine {
     /// Lets `key`'s TCP speak again: the FROZEN bit of its watch goes (the FE's own watch of
     /// the key, on a connection this node accepted, stays).
     pub(super) fn unfreeze(&mut self, key: ConnKey) {
-        let Some(mut watch) = self.follow.watch(&key) else {
+        // Not frozen: nothing to undo, and a write could undo what the datapath wrote in place.
+        let Some(mut watch) = self
+            .follow
+            .watch(&key)
+            .filter(|w| w.flags & watch_flags::FROZEN != 0)
+        else {
             return;
         };
         watch.flags &= !watch_flags::FROZEN;

@@ -639,7 +639,7 @@ impl Engine {
         entry.peer_addr = self.cluster.peers[peer].addr.octets();
         entry.handoff_id = id;
         let follow = match next_head {
-            Some(next_head) if self.watch_heads(key, next_head, peer) => {
+            Some(next_head) if self.watch_heads(key, next_head, peer, false) => {
                 Some(Following::new(entry, next_head))
             }
             _ => None,
@@ -1059,7 +1059,7 @@ impl Engine {
             return false;
         }
         // In FE_HOLD the datapath writes nothing but last_seen_ns: the whole entry is ours.
-        if !self.watch_heads(key, next_head, self.cluster.me)
+        if !self.watch_heads(key, next_head, self.cluster.me, false)
             || self.conns.insert(key, entry, Insert::Existing).is_err()
         {
             self.follow.remove_responses(&key);

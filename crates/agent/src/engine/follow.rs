@@ -240,9 +240,19 @@ impl Engine {
 
     /// Tells the datapath to hold `key`'s client data from `next_head` on, the connection being
     /// on the member `node` (the datapath may let a request that the policy gives to it stay
-    /// there: `DecideMode::HashStays`); false if it would not.
-    pub(super) fn watch_heads(&mut self, key: ConnKey, next_head: u32, node: usize) -> bool {
-        let watch = Watch::heads_at(next_head, node);
+    /// there: `DecideMode::HashStays`, unless `agent_holds`: bytes from there on are held here
+    /// already, and only the agent decides them); false if it would not.
+    pub(super) fn watch_heads(
+        &mut self,
+        key: ConnKey,
+        next_head: u32,
+        node: usize,
+        agent_holds: bool,
+    ) -> bool {
+        let mut watch = Watch::heads_at(next_head, node);
+        if agent_holds {
+            watch.flags |= baton_bpf::watch_flags::AGENT_HEAD;
+        }
         match self.follow.set_watch(key, watch) {
             Ok(()) => true,
             Err(e) => {
@@ -515,19 +525,21 @@ impl Engine {
     /// The held next request goes where the connection is; following goes on after it (from
     /// `after` bytes past its head) or ends (`None`, and `stop` says why, for the log).
     fn stay(&mut self, key: ConnKey, after: Option<u32>, stop: Option<&str>) {
-        self.stay_by(key, after, stop, None);
+        self.stay_by(key, after, stop, None, false);
     }
 
     /// As [`Engine::stay`]; with `resume` (the serving node's handoff id and the move's), the
     /// request goes in the serving node's MoveResume instead, which replays it once its TCP may
     /// speak again (sent on its own, it would reach a TCP still frozen, whose answer would wait
     /// for a retransmission).
+    /// `holds_later`: the agent holds what the client sent after the request too.
     fn stay_by(
         &mut self,
         key: ConnKey,
         after: Option<u32>,
         stop: Option<&str>,
         resume: Option<(u64, u64)>,
+        holds_later: bool,
     ) {
         let Some((peer, f)) = self.fe.following_mut(&key) else {
             return;
@@ -547,7 +559,7 @@ impl Engine {
             tracing::debug!(%key, reason, "request not followed: the connection stays");
         }
         match next_head {
-            Some(next_head) if self.watch_heads(key, next_head, peer) => {}
+            Some(next_head) if self.watch_heads(key, next_head, peer, holds_later) => {}
             _ => self.unfollow(key),
         }
         self.metrics.requests_stayed.inc();
@@ -918,7 +930,7 @@ impl Engine {
             .after
             .filter(|_| !m.ending && reason != StayReason::Pipelined);
         self.metrics.rehandoff_fallbacks.count(&reason.label());
-        self.stay_by(key, after, None, Some((id, m.id)));
+        self.stay_by(key, after, None, Some((id, m.id)), m.later.is_some());
         m.later
     }
 
@@ -1005,7 +1017,7 @@ impl Engine {
         self.fe.handoffs.remove(&from_id);
         self.fe.handoffs.insert(id, key);
         match next_head {
-            Some(next_head) if self.watch_heads(key, next_head, peer) => {}
+            Some(next_head) if self.watch_heads(key, next_head, peer, later.is_some()) => {}
             _ => self.unfollow(key),
         }
         self.tell(

@@ -139,7 +139,8 @@ __always int decide_hash(struct __sk_buff *skb, const struct node_config *cfg, c
 }
 
 /* A followed request's head that the datapath may place itself (follow.h): "GET <target>
- * HTTP/1.1", CRLF line ends, no header that changes what follows it (Content-Length,
+ * HTTP/1.1" (exactly: no other space in the request line), CRLF line ends, no folded header line,
+ * no header that changes what follows it (Content-Length,
  * Transfer-Encoding, Upgrade; Connection other than "keep-alive"), and the segment holds the
  * head and nothing more (no body, no pipelined request). Anything else is the agent's. */
 struct head_check {
@@ -151,10 +152,12 @@ struct head_check {
 	__u32 bad;
 };
 
-/* Whether the bytes at `at` (before `end`) are `lit` (lowercase), ASCII case aside. */
-#define HEAD_MATCH(c, at, end, lit) head_match((c), (at), (end), lit, sizeof(lit) - 1)
+/* Whether the bytes at `at` (before `end`) are `lit` (lowercase), ASCII case aside (a header
+ * name); HEAD_MATCH_EXACT: byte for byte (the method and version are case-sensitive). */
+#define HEAD_MATCH(c, at, end, lit) head_match((c), (at), (end), lit, sizeof(lit) - 1, 1)
+#define HEAD_MATCH_EXACT(c, at, end, lit) head_match((c), (at), (end), lit, sizeof(lit) - 1, 0)
 static __always_inline int head_match(const struct head_check *c, __u32 at, __u32 end,
-				      const char *lit, __u32 n)
+				      const char *lit, __u32 n, int fold)
 {
 	if (at + n > end)
 		return 0;
@@ -163,7 +166,7 @@ static __always_inline int head_match(const struct head_check *c, __u32 at, __u3
 		if (k >= n)
 			break;
 		__u8 b = c->s->buf[(at + k) & (HEAD_SCAN_MAX - 1)];
-		if (b >= 'A' && b <= 'Z')
+		if (fold && b >= 'A' && b <= 'Z')
 			b += 'a' - 'A';
 		if (b != (__u8)lit[k])
 			return 0;
@@ -196,7 +199,18 @@ static long head_check_step(__u64 i, void *ctx)
 
 	if (i >= c->len)
 		return 1;
-	if (c->s->buf[i & (HEAD_SCAN_MAX - 1)] != '\n')
+	__u8 b = c->s->buf[i & (HEAD_SCAN_MAX - 1)];
+	/* The request line's spaces: the method's, and the one before the version. */
+	if (b == ' ' && c->lines == 0 && i > 3 && !HEAD_MATCH_EXACT(c, i, c->len, " HTTP/1.1\r")) {
+		c->bad = 1;
+		return 1;
+	}
+	/* A header line that starts with a space or tab folds onto the one before it. */
+	if ((b == ' ' || b == '\t') && c->lines > 0 && i == c->line_start) {
+		c->bad = 1;
+		return 1;
+	}
+	if (b != '\n')
 		return 0;
 	if (i == 0 || c->s->buf[(i - 1) & (HEAD_SCAN_MAX - 1)] != '\r') {
 		c->bad = 1;
@@ -208,8 +222,8 @@ static long head_check_step(__u64 i, void *ctx)
 		return 1;
 	}
 	if (c->lines == 0) {
-		if (!HEAD_MATCH(c, 0, end, "get ") || end < 13 ||
-		    !HEAD_MATCH(c, end - 9, end, " http/1.1")) {
+		if (end < 14 || !HEAD_MATCH_EXACT(c, 0, end, "GET ") ||
+		    !HEAD_MATCH_EXACT(c, end - 9, end, " HTTP/1.1")) {
 			c->bad = 1;
 			return 1;
 		}
