@@ -769,8 +769,8 @@ mod tests {
     fn event_parse_rejects_bad_records() {
         assert_eq!(Event::parse(&[0; 10]), Err(EventError::Short(10)));
         let mut rec = vec![0u8; size_of::<EventHeader>()];
-        rec[0] = 9;
-        assert_eq!(Event::parse(&rec), Err(EventError::UnknownKind(9)));
+        rec[0] = 10;
+        assert_eq!(Event::parse(&rec), Err(EventError::UnknownKind(10)));
         rec[0] = 1;
         rec[8] = 5; // cap_len 5, nothing follows
         assert_eq!(
