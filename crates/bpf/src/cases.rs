@@ -715,6 +715,7 @@ fn fe_decide() -> Vec<Case> {
     let no_line = frame(&no_line.build());
     let mut only_n1 = hashing_fe();
     only_n1.nodes[1].eligible = 0;
+    let here_next = followed_next_head(&here);
     vec![
         // The hash policy gives the target to this node: our TCP gets the segment, which completes
         // the handshake, and the connection is forgotten. No agent, no copy.
@@ -726,9 +727,61 @@ fn fe_decide() -> Vec<Case> {
             entry: Some(fe_entry(ConnState::FeHold)),
             input: here.clone(),
             verdict: TC_ACT_OK,
-            output: here,
+            output: here.clone(),
             entry_after: expect_absent(),
             event: None,
+            follow: Follow::NONE,
+        },
+        // Requests followed: served here as well, and followed (the agent hears of it quietly):
+        // the entry translates at offset zero, the responses are counted, the next head watched.
+        Case {
+            name: "fe_hash_followed_local_target_served_and_followed",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: hashing_followed_fe(),
+            entry: Some(fe_entry(ConnState::FeHold)),
+            output: here.clone(),
+            input: here,
+            verdict: TC_ACT_OK,
+            entry_after: Box::new(|c| match c {
+                Some(c)
+                    if c.role() == Some(ConnRole::Be)
+                        && c.state() == Some(ConnState::BeEstablished)
+                        && (c.seq_delta, c.ts_delta, c.flags) == (0, 0, 0)
+                        && c.local_isn == FE_ISN
+                        && c.client_isn == CLIENT_ISN
+                        && c.peer_addr == FE.octets()
+                        && c.handoff_id >> 63 == 1 =>
+                {
+                    Ok(())
+                }
+                other => Err(format!(
+                    "expected a translating entry at offset zero, found {other:?}"
+                )),
+            }),
+            event: None,
+            follow: Follow {
+                watch_after: Some(Watch::heads_at(here_next, 0)),
+                responses_after: Some(Responses {
+                    next_head: FE_ISN.wrapping_add(1),
+                    ..Responses::default()
+                }),
+                counted: &[(Stat::DecidedLocal, 1)],
+                notice: Some((EventKind::DpFollowedHere, here_next)),
+                ..Follow::NONE
+            },
+        },
+        Case {
+            name: "fe_hash_followed_remote_target_held",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: hashing_followed_fe(),
+            entry: Some(fe_entry(ConnState::FeHold)),
+            input: there.clone(),
+            verdict: TC_ACT_SHOT,
+            output: there.clone(),
+            entry_after: expect_flags(ConnState::FeHold, conn_flags::AGENT_HOLDS),
+            event: Some(EventKind::HeldPacket),
             follow: Follow::NONE,
         },
         Case {
@@ -2296,6 +2349,13 @@ fn follow_heads() -> Vec<Case> {
     ]
 }
 
+/// Where the request after the first one in `frame` starts (the client's seq).
+fn followed_next_head(frame: &[u8]) -> u32 {
+    let ip = Ipv4Packet::new_checked(&frame[14..]).expect("an IPv4 frame");
+    let tcp = TcpSegment::new_checked(ip.payload()).expect("a TCP segment");
+    CLIENT_ISN.wrapping_add(1 + tcp.payload().len() as u32)
+}
+
 /// The FE of [`hashing_fe`]'s cluster with requests followed: the datapath lets a followed
 /// request stay where its connection is when the hash policy gives it to that node.
 fn hashing_followed_fe() -> NodeConfig {
@@ -3260,6 +3320,7 @@ pub fn check(case: &Case, outcome: &Outcome) -> Result<(), String> {
             EventKind::Closed
                 | EventKind::BeLive
                 | EventKind::NextHeadStayed
+                | EventKind::DpFollowedHere
                 | EventKind::DpOffered
                 | EventKind::DpTaken
                 | EventKind::DpReturned
@@ -3275,6 +3336,10 @@ pub fn check(case: &Case, outcome: &Outcome) -> Result<(), String> {
             && event.detail != detail
         {
             problems.push(format!("{kind:?} detail {}, want {detail}", event.detail));
+        } else if kind == EventKind::DpFollowedHere
+            && Conn::from_event(&event.packet).map(replay_fields) != case.entry.map(replay_fields)
+        {
+            problems.push(format!("{kind:?} does not carry the entry as it was"));
         } else if !notice && event.packet != outcome.output[14..] {
             problems.push(format!("{kind:?} does not carry the packet"));
         }
@@ -3284,6 +3349,29 @@ pub fn check(case: &Case, outcome: &Outcome) -> Result<(), String> {
     } else {
         Err(problems.join("; "))
     }
+}
+
+/// What a move replays of a connection's FE entry: it must reach the agent as it was.
+type ReplayFields = (
+    u8,
+    u8,
+    u32,
+    u32,
+    u32,
+    [u8; crate::TCP_OPTS_MAX],
+    [u8; crate::TCP_OPTS_MAX],
+);
+
+fn replay_fields(c: Conn) -> ReplayFields {
+    (
+        c.role,
+        c.state,
+        c.client_isn,
+        c.local_isn,
+        c.synack_tsval,
+        c.syn_opts,
+        c.synack_opts,
+    )
 }
 
 /// Moves the calling thread (it alone) into a new network namespace and brings its loopback up:

@@ -390,6 +390,17 @@ impl Conn {
         &self.synack_opts[..usize::from(self.synack_opts_len).min(TCP_OPTS_MAX)]
     }
     /// A BE entry as the agent creates it before replaying the SYN.
+    /// The entry an event carries in place of packet bytes
+    /// ([`EventKind::DpFollowedHere`]), if it carries a whole one.
+    pub fn from_event(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != size_of::<Conn>() {
+            return None;
+        }
+        // SAFETY: Conn is Pod and the slice holds exactly its size; read_unaligned copes with
+        // any alignment.
+        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+    }
+
     pub fn new_be(fe_addr: Ipv4Addr, client_isn: u32, now_ns: u64) -> Self {
         Conn {
             role: ConnRole::Be as u8,
@@ -540,6 +551,10 @@ pub enum EventKind {
     /// FE, quiet: a followed request went on to its connection's node, decided by the datapath
     /// (`detail`: where the next request head starts).
     NextHeadStayed = 9,
+    /// FE, quiet: a first request served here and followed, decided by the datapath (`detail`:
+    /// where the next request head starts; `handoff_id`: its id; the packet bytes: the FE entry
+    /// as it was, [`Conn::from_event`]).
+    DpFollowedHere = 10,
 }
 
 /// Mirrors `enum close_code`: with [`EventKind::Closed`], what holds the tuple in our TCP now.
@@ -637,6 +652,7 @@ impl Event {
             7 => EventKind::DpTaken,
             8 => EventKind::DpReturned,
             9 => EventKind::NextHeadStayed,
+            10 => EventKind::DpFollowedHere,
             k => return Err(EventError::UnknownKind(k)),
         };
         let body = &record[HDR..];
@@ -769,8 +785,8 @@ mod tests {
     fn event_parse_rejects_bad_records() {
         assert_eq!(Event::parse(&[0; 10]), Err(EventError::Short(10)));
         let mut rec = vec![0u8; size_of::<EventHeader>()];
-        rec[0] = 10;
-        assert_eq!(Event::parse(&rec), Err(EventError::UnknownKind(10)));
+        rec[0] = 11;
+        assert_eq!(Event::parse(&rec), Err(EventError::UnknownKind(11)));
         rec[0] = 1;
         rec[8] = 5; // cap_len 5, nothing follows
         assert_eq!(

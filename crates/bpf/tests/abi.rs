@@ -116,6 +116,7 @@ fn event_kinds_and_states_match() {
             ("EV_DP_TAKEN", EventKind::DpTaken as u32),
             ("EV_DP_RETURNED", EventKind::DpReturned as u32),
             ("EV_NEXT_HEAD_STAYED", EventKind::NextHeadStayed as u32),
+            ("EV_DP_FOLLOWED_HERE", EventKind::DpFollowedHere as u32),
             ("CLOSE_GONE", CloseCode::Gone as u32),
             ("CLOSE_TIME_WAIT", CloseCode::TimeWait as u32),
             ("CLOSE_UNSURE", CloseCode::Unsure as u32),

@@ -10,9 +10,11 @@
 //!    datapath offer) and by the agents (`[limits] datapath_offers = false`); and, as it comes
 //!    with the round-robin batches, handed off under `round-robin` (to n2 or n3, by the
 //!    datapaths); kept by n1 and handed off under `bounded-hash`, which the agents decide (16
-//!    targets in turn, classified as under `round-robin`). A round takes one batch of
+//!    targets in turn, classified as under `round-robin`); and under `hash` with `per_request`
+//!    (the connection kept alive, so followed): kept by n1 (the datapath decides and sets up the
+//!    following) and handed off to n2 (the agents decide). A round takes one batch of
 //!    BATON_BENCH_TTFB_BATCH samples per variant under each configuration in turn (none,
-//!    `local`, `hash`, `hash` by the agents, `round-robin`, `bounded-hash`),
+//!    `local`, `hash`, `hash` by the agents, `round-robin`, `bounded-hash`, `hash` followed),
 //!    after 10 discarded requests; under `hash` the kept requests come first, then the handed-off
 //!    ones (a kept request right after a handoff would share the two CPUs with the agents'
 //!    bookkeeping of that handoff). Under `round-robin` the policy picks the node of each
@@ -127,18 +129,22 @@ enum Variant {
     RrHandedOff,
     BhKept,
     BhHandedOff,
+    FollowedKept,
+    FollowedHandedOff,
 }
 
 impl Variant {
-    const ALL: [Variant; 9] = [
+    const ALL: [Variant; 11] = [
         Variant::NoAgent,
         Variant::Local,
         Variant::HashKept,
         Variant::RrKept,
+        Variant::FollowedKept,
         Variant::BhKept,
         Variant::HashHandedOff,
         Variant::HashHandedOffByAgents,
         Variant::RrHandedOff,
+        Variant::FollowedHandedOff,
         Variant::BhHandedOff,
     ];
 
@@ -153,6 +159,8 @@ impl Variant {
             Variant::RrHandedOff => "round-robin, handed off (datapaths)",
             Variant::BhKept => "bounded-hash, kept by n1 (agent)",
             Variant::BhHandedOff => "bounded-hash, handed off (agents)",
+            Variant::FollowedKept => "hash per_request, kept (datapath)",
+            Variant::FollowedHandedOff => "hash per_request, handed off (agents)",
         }
     }
 }
@@ -189,6 +197,20 @@ fn ttfb(addr: SocketAddr, target: &str) -> Result<(Duration, Option<usize>), Str
             .then(|| value.trim().strip_prefix('n')?.parse().ok())?
     });
     Ok((elapsed, served_by))
+}
+
+/// As [`ttfb`], on a connection kept alive (no `Connection: close`, so that it is followed under
+/// `per_request`): from before `connect` to the first response byte.
+fn ttfb_kept_alive(addr: SocketAddr, target: &str) -> Result<(Duration, Option<usize>), String> {
+    let start = Instant::now();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect: {e}"))?;
+    let connected = start.elapsed();
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let (first, served_by) = keep_alive_request(&mut s, target)?;
+    Ok((connected + first, served_by))
 }
 
 #[derive(Default)]
@@ -230,7 +252,11 @@ impl Batch {
     }
 
     fn take(&mut self, variant: Variant, expect: usize, n1: SocketAddr, target: &str) {
-        match ttfb(n1, target) {
+        let sample = match variant {
+            Variant::FollowedKept | Variant::FollowedHandedOff => ttfb_kept_alive(n1, target),
+            _ => ttfb(n1, target),
+        };
+        match sample {
             Ok((t, Some(node))) if node == expect => self.samples.push((variant, t)),
             Ok((_, node)) => self.misplaced.push((variant, node)),
             Err(e) => self.errors.push(e),
@@ -265,6 +291,19 @@ fn ttfb_batch(config: Config, n1: SocketAddr, kept: &str, handed: &str, size: us
             for (variant, node, target) in [
                 (Variant::HashKept, 1, kept),
                 (Variant::HashHandedOff, 2, handed),
+            ] {
+                for _ in 0..size {
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    batch.take(variant, node, n1, target);
+                }
+            }
+        }
+        Config::Following(PolicyKind::Hash) => {
+            for (variant, node, target) in [
+                (Variant::FollowedKept, 1, kept),
+                (Variant::FollowedHandedOff, 2, handed),
             ] {
                 for _ in 0..size {
                     if Instant::now() >= deadline {
@@ -321,6 +360,7 @@ fn ttfb_section(lab: &mut Lab, samples: usize, batch_size: usize) {
         Config::AgentsOnly(PolicyKind::Hash),
         Config::Agents(PolicyKind::RoundRobin),
         Config::Agents(PolicyKind::BoundedHash),
+        Config::Following(PolicyKind::Hash),
     ];
     let mut all: HashMap<Variant, Vec<Duration>> = HashMap::new();
     let mut misplaced: HashMap<(Variant, Option<usize>), usize> = HashMap::new();

@@ -1101,6 +1101,42 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// The datapath served a first request here and follows the connection (hash, the request
+    /// hashed here: `DecideMode::HashStays`), as [`Engine::serve_here_followed`] would have: the
+    /// agent's side of it, from the FE entry the notice carries.
+    pub(super) fn on_dp_followed_here(&mut self, event: &Event) {
+        let Some(entry) = Conn::from_event(&event.packet) else {
+            self.metrics.malformed_events.inc();
+            return;
+        };
+        let (key, id, me) = (event.key, event.handoff_id, self.cluster.me);
+        // Whatever was known of an earlier connection on the tuple is over.
+        if let Some(old) = self.fe.conns.get(&key).map(|c| c.client_isn) {
+            self.fe.forget(ConnId {
+                key,
+                client_isn: old,
+            });
+        }
+        self.fe.conns.insert(
+            key,
+            FeConn {
+                client_isn: entry.client_isn,
+                phase: FePhase::Forwarded {
+                    peer: me,
+                    id,
+                    closed: false,
+                    follow: Some(Following::new(entry, event.detail)),
+                },
+            },
+        );
+        self.fe.handoffs.insert(id, key);
+        self.be.serve_here(key, me, id, entry.client_isn);
+        self.cluster.assign(me);
+        self.metrics.local.inc();
+    }
+}
+
 /// The offer for a held connection: its SYN rebuilt from what the datapath recorded, our ISN,
 /// SYN-ACK options and ECN, the client's latest segment headers and its bytes so far.
 fn handoff_request(id: u64, key: &ConnKey, held: &Held, follow: bool) -> Option<HandoffRequest> {

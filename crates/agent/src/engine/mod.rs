@@ -200,6 +200,7 @@ impl Engine {
             EventKind::DpReturned => self.on_dp_returned(event.key, event.detail, event.peer, now),
             EventKind::DpTaken => self.on_dp_taken(event.key, now),
             EventKind::NextHeadStayed => self.on_next_head_stayed(event.key, event.detail),
+            EventKind::DpFollowedHere => self.on_dp_followed_here(&event),
         }
         self.deliver_to_self(now);
     }

@@ -2163,6 +2163,50 @@ fn a_next_request_for_this_node_moves_the_connection_back_by_replay() {
 }
 
 #[test]
+fn a_first_request_the_datapath_served_here_is_followed_and_can_move_away() {
+    let mut n1 = node_with(0, PolicyKind::Hash, FOLLOW);
+    let head = request(&target_for(0));
+    // The datapath's FE entry as it held the connection, which the notice carries.
+    let key = key_at(N1);
+    let entry = held_entry();
+    let next_head = CLIENT_ISN.wrapping_add(1 + head.len() as u32);
+    let id = (1 << 63) | 77;
+    // SAFETY: Conn is plain old data (repr(C), no padding); its bytes are what the datapath
+    // copies.
+    let bytes = unsafe {
+        std::slice::from_raw_parts((&entry as *const Conn).cast::<u8>(), size_of::<Conn>())
+    };
+    n1.datapath(Event {
+        detail: next_head,
+        handoff_id: id,
+        pkt_len: bytes.len() as u32,
+        packet: bytes.to_vec(),
+        ..notice(EventKind::DpFollowedHere, key)
+    });
+    assert_eq!(n1.metrics.local.get(), 1);
+    assert!(
+        n1.sent.take().is_empty(),
+        "the datapath gave our TCP the request"
+    );
+    let Some((serving, _)) = n1.engine.fe.following_mut(&key) else {
+        panic!("not followed")
+    };
+    assert_eq!(serving, 0, "served here");
+    // A malformed notice is counted and changes nothing.
+    n1.datapath(Event {
+        packet: vec![0; 7],
+        ..notice(EventKind::DpFollowedHere, key_at_port(N1, CLIENT_PORT + 1))
+    });
+    assert_eq!(n1.metrics.malformed_events.get(), 1);
+    assert!(
+        n1.engine
+            .fe
+            .following_mut(&key_at_port(N1, CLIENT_PORT + 1))
+            .is_none()
+    );
+}
+
+#[test]
 fn requests_the_datapath_let_stay_are_counted_for_the_next_move() {
     let (mut n1, key, _, next_head) = followed_at_n2();
     assert_eq!(

@@ -128,16 +128,6 @@ __always struct head_scan *load_head(struct __sk_buff *skb, const struct pkt *p,
 	return s;
 }
 
-/* The node the hash policy gives this request to (its index), or -1. */
-__always int decide_hash(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p)
-{
-	if (cfg->decide != DECIDE_HASH)
-		return -1;
-	__u32 len;
-	struct head_scan *s = load_head(skb, p, &len);
-	return s ? hash_choice(s, cfg, len) : -1;
-}
-
 /* A followed request's head that the datapath may place itself (follow.h): "GET <target>
  * HTTP/1.1" (exactly: no other space in the request line), CRLF line ends, no folded header line,
  * no header that changes what follows it (Content-Length,
@@ -238,21 +228,35 @@ static long head_check_step(__u64 i, void *ctx)
 
 /* For a followed connection on node `node`: 1 if the request that this segment holds whole goes
  * there by the hash policy (the datapath lets it go on), else 0 (the agent decides). */
+/* Whether the segment's first `len` bytes, in s->buf, are a whole plain head and nothing more
+ * (see struct head_check). */
+__always int head_is_plain(struct head_scan *s, __u32 len)
+{
+	struct head_check c = {.s = s, .len = len};
+	bpf_loop(HEAD_SCAN_MAX, head_check_step, &c, 0);
+	return !c.bad && c.head_end == len;
+}
+
+/* The node the hash policy gives this request to (its index), or -1; with `plain`, only a
+ * request the segment holds whole and plain is decided. */
+__always int decide_hash(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p,
+			 int plain)
+{
+	if (plain && p->payload_len > HEAD_SCAN_MAX)
+		return -1;
+	__u32 len;
+	struct head_scan *s = load_head(skb, p, &len);
+	if (!s || (plain && !head_is_plain(s, len)))
+		return -1;
+	return hash_choice(s, cfg, len);
+}
+
 __always int decide_stays(struct __sk_buff *skb, const struct node_config *cfg,
 			  const struct pkt *p, __u8 node)
 {
-	if (cfg->decide != DECIDE_HASH_STAYS || node >= cfg->nnodes ||
-	    p->payload_len > HEAD_SCAN_MAX)
+	if (cfg->decide != DECIDE_HASH_STAYS || node >= cfg->nnodes)
 		return 0;
-	__u32 len;
-	struct head_scan *s = load_head(skb, p, &len);
-	if (!s)
-		return 0;
-	struct head_check c = {.s = s, .len = len};
-	bpf_loop(HEAD_SCAN_MAX, head_check_step, &c, 0);
-	if (c.bad || c.head_end != len)
-		return 0;
-	return hash_choice(s, cfg, len) == node;
+	return decide_hash(skb, cfg, p, 1) == node;
 }
 
 /* Round-robin: the next node in turn that is eligible (this node always is), as the agent's
@@ -278,10 +282,18 @@ __always int decide_round_robin(const struct node_config *cfg)
 	return cfg->self_index;
 }
 
-/* The node the datapath's policy gives this first data segment to, or -1: the agent decides. */
+/* The node the datapath's policy gives this first data segment to, or -1: the agent decides.
+ * With requests followed (DECIDE_HASH_STAYS) only a whole plain head is decided here (the next
+ * one must be found), and only for this node (fe_follow_here: a peer's would need following set
+ * up at both ends, which the agent does). */
 __always int decide_first(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p)
 {
 	if (cfg->decide == DECIDE_ROUND_ROBIN)
 		return decide_round_robin(cfg);
-	return decide_hash(skb, cfg, p);
+	if (cfg->decide != DECIDE_HASH && cfg->decide != DECIDE_HASH_STAYS)
+		return -1;
+	int winner = decide_hash(skb, cfg, p, cfg->decide == DECIDE_HASH_STAYS);
+	if (cfg->decide == DECIDE_HASH_STAYS && winner != cfg->self_index)
+		return -1;
+	return winner;
 }

@@ -24,6 +24,7 @@ enum event_kind {
 	EV_DP_TAKEN = 7,    /* BE: our TCP took a datapath offer's replay (the entry says from whom) */
 	EV_DP_RETURNED = 8, /* FE: a datapath offer came back refused (detail: REFUSE_*, peer: the BE); served here or held */
 	EV_NEXT_HEAD_STAYED = 9, /* FE, quiet: a followed request went on to where its connection is, decided here (detail: the next head's seq) */
+	EV_DP_FOLLOWED_HERE = 10, /* FE, quiet: a first request served here and followed, decided here (detail: the next head's seq; the FE entry as it was follows) */
 };
 
 /* EV_CLOSED's detail: what holds the tuple in our TCP now. ABI, mirrored by `baton_bpf::CloseCode`.

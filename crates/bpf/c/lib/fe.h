@@ -202,6 +202,63 @@ __always int fe_offer_returned(struct __sk_buff *skb, const struct node_config *
 	return TC_ACT_OK;
 }
 
+/* Hash with requests followed (DECIDE_HASH_STAYS): a first request whose whole plain head hashes
+ * to this node is served here and followed, as the agent would (`serve_here_followed`): the
+ * responses and the watch begin, a quiet EV_DP_FOLLOWED_HERE carries the FE entry to the agent,
+ * and the entry becomes a translating one at offset zero (what our TCP sends goes through the
+ * response count). The segment goes on into our TCP and completes its handshake. 1 if done, 0:
+ * nothing changed. */
+__always int fe_follow_here(struct __sk_buff *skb, const struct node_config *cfg,
+			    const struct pkt *p, const struct conn_key *key, struct conn *c)
+{
+	if (!(c->flags & CONN_SYNACK_SEEN))
+		return 0;
+	struct responses r = {.next_head = c->local_isn + 1};
+	struct watch w = {
+		.flags = WATCH_HEADS,
+		.next_head_seq = c->client_isn + 1 + p->payload_len,
+		.node = cfg->self_index,
+	};
+	__u64 id = (1ULL << 63) | ((__u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
+	struct event_hdr h = {
+		.kind = EV_DP_FOLLOWED_HERE,
+		.detail = w.next_head_seq,
+		.key = *key,
+		.handoff_id = id,
+	};
+	if (bpf_map_update_elem(&responses, key, &r, BPF_ANY))
+		return 0;
+	if (bpf_map_update_elem(&watch, key, &w, BPF_ANY) || emit_quiet_conn(&h, c)) {
+		bpf_map_delete_elem(&watch, key);
+		bpf_map_delete_elem(&responses, key);
+		return 0;
+	}
+	__u64 now = bpf_ktime_get_ns();
+	c->role = ROLE_BE;
+	c->state = BE_ESTABLISHED;
+	__sync_fetch_and_and(&c->flags, 0);
+	c->syn_opts_len = 0;
+	c->synack_opts_len = 0;
+	c->synack_tsval = 0;
+	c->syn_window = 0;
+	c->syn_tcp_flags = 0;
+	c->synack_tcp_flags = 0;
+	c->peer_addr = cfg->service_addr;
+	c->seq_delta = 0;
+	c->ts_delta = 0;
+	c->synack_digest = (struct syn_digest){};
+	c->created_ns = now;
+	c->last_seen_ns = now;
+	c->client_seen_ns = now;
+	c->live_deadline_ns = 0;
+	c->packets = 0;
+	c->bytes = 0;
+	c->handoff_id = id;
+	c->offered_ns = 0;
+	stat_add(STAT_DECIDED_LOCAL, 1);
+	return 1;
+}
+
 /* A held connection's packet before the agent has seen any: the bare handshake ACK (and its
  * duplicates) is absorbed, the first data segment may be decided here, anything else goes to the
  * agent, which decides from then on. */
@@ -214,7 +271,10 @@ __always int fe_first_content(struct __sk_buff *skb, const struct node_config *c
 	}
 	if (p->payload_len && p->seq == c->client_isn + 1) {
 		int winner = decide_first(skb, cfg, p);
-		if (winner >= 0 && winner == cfg->self_index) {
+		if (winner >= 0 && winner == cfg->self_index && cfg->decide == DECIDE_HASH_STAYS) {
+			if (fe_follow_here(skb, cfg, p, key, c))
+				return TC_ACT_OK;
+		} else if (winner >= 0 && winner == cfg->self_index) {
 			bpf_map_delete_elem(&conns, key);
 			stat_add(STAT_DECIDED_LOCAL, 1);
 			return TC_ACT_OK;

@@ -258,6 +258,25 @@ __always int emit_notice_hdr(struct event_hdr *h, int quiet)
 	return 0;
 }
 
+/* A quiet notice that carries a copy of a conn entry (as the packet bytes of an event: cap_len
+ * bytes of struct conn), stamped now. Returns 0 or a negative error. */
+__always int emit_quiet_conn(struct event_hdr *h, const struct conn *c)
+{
+	__u32 zero = 0;
+	struct event *ev = bpf_map_lookup_elem(&event_scratch, &zero);
+	if (!ev)
+		return -1;
+	ev->hdr = *h;
+	ev->hdr.ts_ns = bpf_ktime_get_ns();
+	ev->hdr.pkt_len = sizeof(*c);
+	ev->hdr.cap_len = sizeof(*c);
+	__builtin_memcpy(ev->data, c, sizeof(*c));
+	if (bpf_ringbuf_output(&quiet_events, ev, sizeof(ev->hdr) + sizeof(*c), BPF_RB_NO_WAKEUP))
+		return -1;
+	stat_add(STAT_EVENTS, 1);
+	return 0;
+}
+
 __always int emit_notice_detail(__u32 kind, const struct conn_key *key, __u32 detail, __be32 peer)
 {
 	struct event_hdr h = {
