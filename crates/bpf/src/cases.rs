@@ -716,6 +716,13 @@ fn fe_decide() -> Vec<Case> {
     let mut only_n1 = hashing_fe();
     only_n1.nodes[1].eligible = 0;
     let here_next = followed_next_head(&here);
+    let mut closing_here = client_request_for(FE, &target_hashed_to(0));
+    closing_here.payload = format!(
+        "GET {} HTTP/1.1\r\nHost: baton\r\nConnection: close\r\n\r\n",
+        target_hashed_to(0)
+    )
+    .into_bytes();
+    let closing_here = frame(&closing_here.build());
     vec![
         // The hash policy gives the target to this node: our TCP gets the segment, which completes
         // the handshake, and the connection is forgotten. No agent, no copy.
@@ -770,6 +777,20 @@ fn fe_decide() -> Vec<Case> {
                 notice: Some((EventKind::DpFollowedHere, here_next)),
                 ..Follow::NONE
             },
+        },
+        // A head the datapath cannot follow (the connection's last request) is the agent's.
+        Case {
+            name: "fe_hash_followed_local_target_not_plain_held",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: hashing_followed_fe(),
+            entry: Some(fe_entry(ConnState::FeHold)),
+            input: closing_here.clone(),
+            verdict: TC_ACT_SHOT,
+            output: closing_here,
+            entry_after: expect_flags(ConnState::FeHold, conn_flags::AGENT_HOLDS),
+            event: Some(EventKind::HeldPacket),
+            follow: Follow::NONE,
         },
         Case {
             name: "fe_hash_followed_remote_target_held",

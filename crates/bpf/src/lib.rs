@@ -389,7 +389,6 @@ impl Conn {
     pub fn synack_options(&self) -> &[u8] {
         &self.synack_opts[..usize::from(self.synack_opts_len).min(TCP_OPTS_MAX)]
     }
-    /// A BE entry as the agent creates it before replaying the SYN.
     /// The entry an event carries in place of packet bytes
     /// ([`EventKind::DpFollowedHere`]), if it carries a whole one.
     pub fn from_event(bytes: &[u8]) -> Option<Self> {
@@ -401,6 +400,7 @@ impl Conn {
         Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
     }
 
+    /// A BE entry as the agent creates it before replaying the SYN.
     pub fn new_be(fe_addr: Ipv4Addr, client_isn: u32, now_ns: u64) -> Self {
         Conn {
             role: ConnRole::Be as u8,
@@ -426,8 +426,10 @@ pub enum DecideMode {
     Hash = 1,
     /// Round-robin over the eligible nodes, this one included.
     RoundRobin = 2,
-    /// Hash, requests followed: first requests go to the agent; a followed request that hashes
-    /// to the node its connection is on goes on there ([`EventKind::NextHeadStayed`]).
+    /// Hash, requests followed: a whole plain first request that hashes here is served and
+    /// followed here ([`EventKind::DpFollowedHere`]), any other goes to the agent; a followed
+    /// request that hashes to the node its connection is on goes on there
+    /// ([`EventKind::NextHeadStayed`]).
     HashStays = 3,
 }
 

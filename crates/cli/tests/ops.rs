@@ -200,10 +200,18 @@ fn ctl_lists_connections_where_they_are_and_drains_under_load() {
     let before = handed_in(&lab);
     let (reply, ok) = ctl(&lab, 2, &["undrain"]);
     assert!(ok, "{reply:?}");
+    // A GET of our own at each look: on a slow machine the load may be over by now.
+    let n1 = lab.node_http_addr(1);
     wait_for(
-        Duration::from_secs(3),
+        Duration::from_secs(5),
         "n2 is handed connections again",
-        || handed_in(&lab) > before,
+        || {
+            let small = small.clone();
+            let got = lab
+                .in_client(move || http_get_timeout(n1, &small, Duration::from_secs(5)))
+                .unwrap();
+            got.is_ok_and(|r| r.served_by() == Some("n2")) && handed_in(&lab) > before
+        },
     );
     assert_no_errors(runs);
     lab.down().expect("lab down");

@@ -1111,6 +1111,31 @@ impl Engine {
             return;
         };
         let (key, id, me) = (event.key, event.handoff_id, self.cluster.me);
+        // Read late (a notice outlives its connection, or an agent): only the connection the
+        // table still has is taken on, as the datapath turned it (or is turning it) into ours.
+        let current = self.conns.get(&key);
+        let ours = current.is_some_and(|e| {
+            e.client_isn == entry.client_isn
+                && match (e.role(), e.state()) {
+                    (Some(ConnRole::Be), Some(ConnState::BeEstablished)) => e.handoff_id == id,
+                    (Some(ConnRole::Fe), Some(ConnState::FeHold)) => {
+                        e.flags & baton_bpf::conn_flags::AGENT_HOLDS == 0
+                    }
+                    _ => false,
+                }
+        });
+        if !ours {
+            if current.is_none() {
+                self.follow.remove_responses(&key);
+                self.follow.remove_watch(&key);
+            }
+            return;
+        }
+        // Followed while the datapath's watch is the one it wrote (a new agent adopting the
+        // table removed the watches: then it is served here unfollowed).
+        let watched = self.follow.watch(&key).is_some_and(|w| {
+            w.flags & baton_bpf::watch_flags::HEADS != 0 && w.next_head_seq == event.detail
+        });
         // Whatever was known of an earlier connection on the tuple is over.
         if let Some(old) = self.fe.conns.get(&key).map(|c| c.client_isn) {
             self.fe.forget(ConnId {
@@ -1126,7 +1151,7 @@ impl Engine {
                     peer: me,
                     id,
                     closed: false,
-                    follow: Some(Following::new(entry, event.detail)),
+                    follow: watched.then(|| Following::new(entry, event.detail)),
                 },
             },
         );

@@ -403,6 +403,15 @@ impl Engine {
                     self.conns.remove(&conn.key);
                 }
                 _ => {
+                    // Changed since the walk (the datapath may have served it here and followed
+                    // it meanwhile): not the one found stale.
+                    let now_entry = self.conns.get(&conn.key);
+                    if now_entry.is_some_and(|e| {
+                        (e.role, e.state, e.client_isn)
+                            != (entry.role, entry.state, entry.client_isn)
+                    }) {
+                        continue;
+                    }
                     self.reset_half_open_offer(conn, &entry);
                     self.conns.remove(&conn.key);
                     if self.follows_requests {

@@ -351,8 +351,8 @@ pub(super) fn datapath_may_decide(config: &NodeConfig) -> Option<DecideMode> {
         return None;
     }
     match policy.kind {
-        // A connection the datapath kept here would not be followed: with per-request placement
-        // the agent places first requests, the datapath keeps later ones where they are.
+        // With per-request placement the datapath serves and follows a first request here, and
+        // keeps later ones where they are; the agent places the rest.
         PolicyKind::Hash if policy.follows_requests() => Some(DecideMode::HashStays),
         PolicyKind::Hash => Some(DecideMode::Hash),
         PolicyKind::RoundRobin => Some(DecideMode::RoundRobin),

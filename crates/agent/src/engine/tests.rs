@@ -2163,7 +2163,7 @@ fn a_next_request_for_this_node_moves_the_connection_back_by_replay() {
 }
 
 #[test]
-fn a_first_request_the_datapath_served_here_is_followed_and_can_move_away() {
+fn a_first_request_the_datapath_served_here_is_followed_from_its_notice() {
     let mut n1 = node_with(0, PolicyKind::Hash, FOLLOW);
     let head = request(&target_for(0));
     // The datapath's FE entry as it held the connection, which the notice carries.
@@ -2171,6 +2171,18 @@ fn a_first_request_the_datapath_served_here_is_followed_and_can_move_away() {
     let entry = held_entry();
     let next_head = CLIENT_ISN.wrapping_add(1 + head.len() as u32);
     let id = (1 << 63) | 77;
+    // What the datapath wrote: the entry translating at offset zero, the watch of the next head.
+    let mut served = Conn::new_be(N1, CLIENT_ISN, super::monotonic_ns());
+    served.state = ConnState::BeEstablished as u8;
+    served.local_isn = FE_ISN;
+    served.handoff_id = id;
+    n1.table.0.lock().unwrap().insert(key, served);
+    n1.follow
+        .0
+        .lock()
+        .unwrap()
+        .watches
+        .insert(key, Watch::heads_at(next_head, 0));
     // SAFETY: Conn is plain old data (repr(C), no padding); its bytes are what the datapath
     // copies.
     let bytes = unsafe {
@@ -2204,6 +2216,17 @@ fn a_first_request_the_datapath_served_here_is_followed_and_can_move_away() {
             .following_mut(&key_at_port(N1, CLIENT_PORT + 1))
             .is_none()
     );
+    // A notice read after its connection's entry went (a late reader) takes nothing on.
+    let gone = key_at_port(N1, CLIENT_PORT + 2);
+    n1.datapath(Event {
+        detail: next_head,
+        handoff_id: id + 1,
+        pkt_len: bytes.len() as u32,
+        packet: bytes.to_vec(),
+        ..notice(EventKind::DpFollowedHere, gone)
+    });
+    assert!(n1.engine.fe.following_mut(&gone).is_none());
+    assert_eq!(n1.metrics.local.get(), 1);
 }
 
 #[test]

@@ -226,8 +226,6 @@ static long head_check_step(__u64 i, void *ctx)
 	return 0;
 }
 
-/* For a followed connection on node `node`: 1 if the request that this segment holds whole goes
- * there by the hash policy (the datapath lets it go on), else 0 (the agent decides). */
 /* Whether the segment's first `len` bytes, in s->buf, are a whole plain head and nothing more
  * (see struct head_check). */
 __always int head_is_plain(struct head_scan *s, __u32 len)
@@ -251,6 +249,8 @@ __always int decide_hash(struct __sk_buff *skb, const struct node_config *cfg, c
 	return hash_choice(s, cfg, len);
 }
 
+/* For a followed connection on node `node`: 1 if the request that this segment holds whole goes
+ * there by the hash policy (the datapath lets it go on), else 0 (the agent decides). */
 __always int decide_stays(struct __sk_buff *skb, const struct node_config *cfg,
 			  const struct pkt *p, __u8 node)
 {

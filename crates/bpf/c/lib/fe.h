@@ -7,7 +7,9 @@
  *                              server never sees the connection; the client's first data segment
  *                              carries the same ACK and completes the handshake wherever it goes
  *   ingress first data      -> decided here when the policy allows it (decide.h): entry deleted and
- *                              the segment passed to our TCP, which completes the handshake with it;
+ *                              the segment passed to our TCP, which completes the handshake with it
+ *                              (requests followed: the entry translates at offset zero instead,
+ *                              fe_follow_here);
  *                              for another node, offered to it by the datapath (offer.h): FE_FORWARD.
  *                              Otherwise held
  *   ingress held            -> copied to the agent and dropped (RST: forget and pass, it ends SYN-RECV)
@@ -211,7 +213,7 @@ __always int fe_offer_returned(struct __sk_buff *skb, const struct node_config *
 __always int fe_follow_here(struct __sk_buff *skb, const struct node_config *cfg,
 			    const struct pkt *p, const struct conn_key *key, struct conn *c)
 {
-	if (!(c->flags & CONN_SYNACK_SEEN))
+	if (!(c->flags & CONN_SYNACK_SEEN) || (p->flags & TCPF_FIN))
 		return 0;
 	struct responses r = {.next_head = c->local_isn + 1};
 	struct watch w = {
@@ -233,9 +235,9 @@ __always int fe_follow_here(struct __sk_buff *skb, const struct node_config *cfg
 		bpf_map_delete_elem(&responses, key);
 		return 0;
 	}
+	/* The role and state last: a packet of the connection on another CPU sees the FE entry or
+	 * the whole translating one. */
 	__u64 now = bpf_ktime_get_ns();
-	c->role = ROLE_BE;
-	c->state = BE_ESTABLISHED;
 	__sync_fetch_and_and(&c->flags, 0);
 	c->syn_opts_len = 0;
 	c->synack_opts_len = 0;
@@ -255,6 +257,9 @@ __always int fe_follow_here(struct __sk_buff *skb, const struct node_config *cfg
 	c->bytes = 0;
 	c->handoff_id = id;
 	c->offered_ns = 0;
+	barrier(); /* stores in this order (x86 keeps them so for other CPUs too) */
+	c->state = BE_ESTABLISHED;
+	c->role = ROLE_BE;
 	stat_add(STAT_DECIDED_LOCAL, 1);
 	return 1;
 }
