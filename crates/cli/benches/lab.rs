@@ -12,7 +12,8 @@
 //!    datapaths); kept by n1 and handed off under `bounded-hash`, which the agents decide (16
 //!    targets in turn, classified as under `round-robin`); and under `hash` with `per_request`
 //!    (the connection kept alive, so followed): kept by n1 (the datapath decides and sets up the
-//!    following) and handed off to n2 (the agents decide). A round takes one batch of
+//!    following) and handed off to n2 (the agents decide), against no agent with the same
+//!    requests (no `Connection: close`: "no agent, kept alive"). A round takes one batch of
 //!    BATON_BENCH_TTFB_BATCH samples per variant under each configuration in turn (none,
 //!    `local`, `hash`, `hash` by the agents, `round-robin`, `bounded-hash`, `hash` followed),
 //!    after 10 discarded requests; under `hash` the kept requests come first, then the handed-off
@@ -121,6 +122,7 @@ impl Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Variant {
     NoAgent,
+    NoAgentKeptAlive,
     Local,
     HashKept,
     RrKept,
@@ -134,8 +136,9 @@ enum Variant {
 }
 
 impl Variant {
-    const ALL: [Variant; 11] = [
+    const ALL: [Variant; 12] = [
         Variant::NoAgent,
+        Variant::NoAgentKeptAlive,
         Variant::Local,
         Variant::HashKept,
         Variant::RrKept,
@@ -151,6 +154,7 @@ impl Variant {
     fn label(self) -> &'static str {
         match self {
             Variant::NoAgent => "no agent (plain nginx)",
+            Variant::NoAgentKeptAlive => "no agent, kept alive",
             Variant::Local => "local",
             Variant::HashKept => "hash, kept by n1 (datapath)",
             Variant::RrKept => "round-robin, kept by n1 (datapath)",
@@ -253,7 +257,9 @@ impl Batch {
 
     fn take(&mut self, variant: Variant, expect: usize, n1: SocketAddr, target: &str) {
         let sample = match variant {
-            Variant::FollowedKept | Variant::FollowedHandedOff => ttfb_kept_alive(n1, target),
+            Variant::NoAgentKeptAlive | Variant::FollowedKept | Variant::FollowedHandedOff => {
+                ttfb_kept_alive(n1, target)
+            }
             _ => ttfb(n1, target),
         };
         match sample {
@@ -283,6 +289,15 @@ fn ttfb_batch(config: Config, n1: SocketAddr, kept: &str, handed: &str, size: us
                     break;
                 }
                 batch.take(variant, 1, n1, kept);
+            }
+            // The baseline of the rows under per_request, whose connections are kept alive.
+            if config == Config::NoAgent {
+                for _ in 0..size {
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    batch.take(Variant::NoAgentKeptAlive, 1, n1, kept);
+                }
             }
         }
         // Kept, then handed off: a kept request right after a handoff would share the CPUs with
@@ -403,18 +418,32 @@ fn ttfb_section(lab: &mut Lab, samples: usize, batch_size: usize) {
         "  {:<34} {:>5} {:>8} {:>9} {:>7} {:>8} {:>9}",
         "", "n", "p50 us", "+us", "x none", "p99 us", "+us"
     );
-    let base = quantiles(all.get(&Variant::NoAgent).cloned().unwrap_or_default());
+    let plain = quantiles(all.get(&Variant::NoAgent).cloned().unwrap_or_default());
+    let kept_alive = quantiles(
+        all.get(&Variant::NoAgentKeptAlive)
+            .cloned()
+            .unwrap_or_default(),
+    );
     for v in Variant::ALL {
         let samples = all.get(&v).cloned().unwrap_or_default();
         let n = samples.len();
+        // Requests on connections kept alive against no agent with the same requests.
+        let base = match v {
+            Variant::FollowedKept | Variant::FollowedHandedOff => kept_alive,
+            _ => plain,
+        };
         match (quantiles(samples), base) {
-            (Some((p50, p99)), Some((b50, b99))) if v != Variant::NoAgent => println!(
-                "  {:<34} {n:>5} {p50:>8.0} {:>+9.0} {:>6.2}x {p99:>8.0} {:>+9.0}",
-                v.label(),
-                p50 - b50,
-                p50 / b50,
-                p99 - b99,
-            ),
+            (Some((p50, p99)), Some((b50, b99)))
+                if !matches!(v, Variant::NoAgent | Variant::NoAgentKeptAlive) =>
+            {
+                println!(
+                    "  {:<34} {n:>5} {p50:>8.0} {:>+9.0} {:>6.2}x {p99:>8.0} {:>+9.0}",
+                    v.label(),
+                    p50 - b50,
+                    p50 / b50,
+                    p99 - b99,
+                )
+            }
             (Some((p50, p99)), _) => println!(
                 "  {:<34} {n:>5} {p50:>8.0} {:>9} {:>7} {p99:>8.0} {:>9}",
                 v.label(),
