@@ -255,6 +255,24 @@ impl Batch {
         }
     }
 
+    /// `size` samples of each (variant, node it expects, target) in turn, until `deadline`.
+    fn take_runs(
+        &mut self,
+        runs: [(Variant, usize, &str); 2],
+        n1: SocketAddr,
+        size: usize,
+        deadline: Instant,
+    ) {
+        for (variant, node, target) in runs {
+            for _ in 0..size {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                self.take(variant, node, n1, target);
+            }
+        }
+    }
+
     fn take(&mut self, variant: Variant, expect: usize, n1: SocketAddr, target: &str) {
         let sample = match variant {
             Variant::NoAgentKeptAlive | Variant::FollowedKept | Variant::FollowedHandedOff => {
@@ -302,32 +320,24 @@ fn ttfb_batch(config: Config, n1: SocketAddr, kept: &str, handed: &str, size: us
         }
         // Kept, then handed off: a kept request right after a handoff would share the CPUs with
         // the agents' bookkeeping of it (on 2 cores, tens of µs), which is the handoff's cost.
-        Config::Agents(PolicyKind::Hash) => {
-            for (variant, node, target) in [
+        Config::Agents(PolicyKind::Hash) => batch.take_runs(
+            [
                 (Variant::HashKept, 1, kept),
                 (Variant::HashHandedOff, 2, handed),
-            ] {
-                for _ in 0..size {
-                    if Instant::now() >= deadline {
-                        break;
-                    }
-                    batch.take(variant, node, n1, target);
-                }
-            }
-        }
-        Config::Following(PolicyKind::Hash) => {
-            for (variant, node, target) in [
+            ],
+            n1,
+            size,
+            deadline,
+        ),
+        Config::Following(PolicyKind::Hash) => batch.take_runs(
+            [
                 (Variant::FollowedKept, 1, kept),
                 (Variant::FollowedHandedOff, 2, handed),
-            ] {
-                for _ in 0..size {
-                    if Instant::now() >= deadline {
-                        break;
-                    }
-                    batch.take(variant, node, n1, target);
-                }
-            }
-        }
+            ],
+            n1,
+            size,
+            deadline,
+        ),
         Config::AgentsOnly(PolicyKind::Hash) => {
             for _ in 0..size {
                 if Instant::now() >= deadline {
