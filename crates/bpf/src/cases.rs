@@ -83,6 +83,8 @@ pub struct Follow {
     pub watch: Option<Watch>,
     /// The watch entry after the packet, where the datapath writes it (`None`: as before).
     pub watch_after: Option<Watch>,
+    /// The datapath removes the watch entry (`watch_after` is then not looked at).
+    pub watch_gone: bool,
     pub responses: Option<Responses>,
     pub responses_after: Option<Responses>,
     /// The one drop reason the packet counts, once (no other reason counts).
@@ -102,6 +104,7 @@ impl Follow {
     pub const NONE: Follow = Follow {
         watch: None,
         watch_after: None,
+        watch_gone: false,
         responses: None,
         responses_after: None,
         dropped: None,
@@ -399,6 +402,10 @@ pub fn tables() -> Vec<Table> {
         Table {
             name: "datapath_offers",
             cases: datapath_offers(),
+        },
+        Table {
+            name: "followed_offers",
+            cases: followed_offers(),
         },
         Table {
             name: "fe_forward",
@@ -1578,7 +1585,16 @@ pub fn listening_be() -> Table {
     };
     Table {
         name: "listening_be",
-        cases: vec![offer_taken(), mismatch],
+        cases: vec![
+            offer_taken(),
+            // Followed by the FE: the entry says so, for its SYN-ACK to start the responses.
+            offer_taken_as(
+                "be_dp_followed_offer_taken_by_a_listener",
+                offer_kind::FOLLOWED,
+                conn_flags::FOLLOWED,
+            ),
+            mismatch,
+        ],
     }
 }
 
@@ -1586,6 +1602,11 @@ pub fn listening_be() -> Table {
 /// queued to our ingress, and the segment rebuilt into the client's SYN for our TCP: its ISN,
 /// window, options and ECN request, checksums whole, no ECN codepoint.
 fn offer_taken() -> Case {
+    offer_taken_as("be_dp_offer_taken_by_a_listener", offer_kind::OFFER, 0)
+}
+
+/// [`offer_taken`] for an offer of `kind`, whose entry gets `flags` beside DP_OFFER.
+fn offer_taken_as(name: &'static str, kind: u8, flags: u32) -> Case {
     let mut syn = from_client(BE);
     syn.seq = CLIENT_ISN;
     syn.flags = TcpFlags::SYN | TcpFlags::ECE | TcpFlags::CWR;
@@ -1597,19 +1618,19 @@ fn offer_taken() -> Case {
         ..want
     };
     Case {
-        name: "be_dp_offer_taken_by_a_listener",
+        name,
         hook: Hook::Ingress,
         agent_alive: true,
         config: taking_be(),
         entry: None,
-        input: offer_to_the_be(offer_kind::OFFER),
+        input: offer_to_the_be(kind),
         verdict: TC_ACT_OK,
         output: frame(&syn.build()),
         entry_after: Box::new(move |c| {
             let c = c.ok_or("no entry")?;
             let took = c.role() == Some(ConnRole::Be)
                 && c.state() == Some(ConnState::BeSynSent)
-                && c.flags == conn_flags::DP_OFFER
+                && c.flags == conn_flags::DP_OFFER | flags
                 && (c.client_isn, c.fe_isn, c.synack_tsval) == (CLIENT_ISN, FE_ISN, FE_TSVAL)
                 && c.synack_digest == want.synack_digest
                 && (c.syn_tcp_flags, c.synack_tcp_flags)
@@ -1646,6 +1667,173 @@ fn expect_refusing(reason: RefuseCode) -> EntryCheck {
             "expected BE_SYN_SENT refusing for {reason}, found {other:?}"
         )),
     })
+}
+
+/// The FE of [`offering_fe`] with requests followed, its peer taking followed offers.
+fn offering_followed_fe() -> NodeConfig {
+    let mut config = offering_fe();
+    config.decide = crate::DecideMode::HashStays as u8;
+    config.nodes[1].follows = 1;
+    config
+}
+
+/// [`dp_offered`], followed.
+fn dp_offered_followed() -> Conn {
+    let mut c = dp_offered();
+    c.flags |= conn_flags::FOLLOWED;
+    c
+}
+
+/// Followed datapath offers (hash with requests followed): a whole plain first request for a
+/// peer that takes them is offered followed (the watch written at the FE, the responses counted
+/// from the server's SYN-ACK at the BE); anything else is the agent's.
+fn followed_offers() -> Vec<Case> {
+    let request = request_for_the_be();
+    let next = followed_next_head(&request);
+    let mut followed = offer_of(&held_for_offer());
+    followed.kind = offer_kind::FOLLOWED;
+    let offer_out = offered(&request, &followed);
+    let mut resent = offer_of(&dp_offered_followed());
+    resent.kind = offer_kind::FOLLOWED;
+    let resent_out = offered(&request, &resent);
+    let mut with_fin = client_request_for(FE, &target_hashed_to(1));
+    with_fin.flags |= TcpFlags::FIN;
+    let with_fin = frame(&with_fin.build());
+    let mut not_following_peer = offering_followed_fe();
+    not_following_peer.nodes[1].follows = 0;
+    let mut taking = dp_taking();
+    taking.flags |= conn_flags::FOLLOWED;
+    let t = translation();
+    let mut served = request.clone();
+    swap_macs(&mut served);
+    let watched = Some(Watch::heads_at(next, 1));
+    let held = |name, config, input: &Vec<u8>| Case {
+        name,
+        hook: Hook::Ingress,
+        agent_alive: true,
+        config,
+        entry: Some(held_for_offer()),
+        input: input.clone(),
+        verdict: TC_ACT_SHOT,
+        output: input.clone(),
+        entry_after: expect_held_not_offered(),
+        event: Some(EventKind::HeldPacket),
+        follow: Follow {
+            dropped: Some(DropReason::Held),
+            counted: &[(Stat::DpOffers, 0)],
+            ..Follow::NONE
+        },
+    };
+    let expect_followed = |c: Option<&Conn>| {
+        let flags = c.map(|c| c.flags).unwrap_or_default();
+        if flags & conn_flags::FOLLOWED == 0 {
+            return Err(format!("expected FOLLOWED, flags {flags:#x}"));
+        }
+        Ok(())
+    };
+    vec![
+        Case {
+            name: "fe_dp_followed_offer_sent_with_the_watch",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: offering_followed_fe(),
+            entry: Some(held_for_offer()),
+            input: request.clone(),
+            verdict: TC_ACT_REDIRECT,
+            output: offer_out,
+            entry_after: Box::new(move |c| {
+                expect_offered(None)(c)?;
+                expect_followed(c)
+            }),
+            event: None,
+            follow: Follow {
+                watch_after: watched,
+                counted: &[(Stat::DpOffers, 1), (Stat::ForwardPackets, 1)],
+                notice: Some((EventKind::DpOffered, next)),
+                ..Follow::NONE
+            },
+        },
+        Case {
+            name: "fe_dp_followed_offer_retransmission_offered_followed_again",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: offering_followed_fe(),
+            entry: Some(dp_offered_followed()),
+            input: request.clone(),
+            verdict: TC_ACT_REDIRECT,
+            output: resent_out,
+            entry_after: expect_offered(Some(HANDOFF_ID)),
+            event: None,
+            follow: Follow {
+                watch: watched,
+                counted: &[(Stat::DpOffers, 0), (Stat::ForwardPackets, 1)],
+                ..Follow::NONE
+            },
+        },
+        // A peer whose agent does not say it takes followed offers (an older one) gets the
+        // agent's offer.
+        held(
+            "fe_dp_followed_offer_to_a_peer_that_does_not_take_them_held",
+            not_following_peer,
+            &request,
+        ),
+        // The connection ends with this request: nothing to follow, the agent decides.
+        held(
+            "fe_dp_followed_offer_with_a_fin_held",
+            offering_followed_fe(),
+            &with_fin,
+        ),
+        Case {
+            name: "be_dp_followed_synack_starts_the_responses",
+            hook: Hook::Egress,
+            agent_alive: true,
+            config: taking_be(),
+            entry: Some(taking),
+            input: be_synack(),
+            verdict: TC_ACT_SHOT,
+            output: be_synack(),
+            entry_after: Box::new(move |c| match c {
+                Some(c)
+                    if c.state() == Some(ConnState::BeReplayed)
+                        && c.seq_delta == t.seq_delta
+                        && c.flags & conn_flags::FOLLOWED != 0 =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("expected BE_REPLAYED, FOLLOWED, found {other:?}")),
+            }),
+            event: None,
+            follow: Follow {
+                dropped: Some(DropReason::BeSynAck),
+                responses_after: Some(Responses {
+                    next_head: BE_ISN.wrapping_add(1),
+                    ..Responses::default()
+                }),
+                ..Follow::NONE
+            },
+        },
+        // Refused: served here, followed nowhere.
+        Case {
+            name: "fe_dp_refused_followed_offer_served_here_unwatched",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: offering_followed_fe(),
+            entry: Some(dp_offered_followed()),
+            input: turned_back(&offer_to_the_be(offer_kind::FOLLOWED), refuse::NO_LISTENER),
+            verdict: TC_ACT_OK,
+            output: served,
+            entry_after: expect_absent(),
+            event: None,
+            follow: Follow {
+                watch: watched,
+                watch_gone: true,
+                counted: &[(Stat::DpReturned, 1)],
+                stamp: FRESH,
+                notice: Some((EventKind::DpReturned, u32::from(refuse::NO_LISTENER))),
+                ..Follow::NONE
+            },
+        },
+    ]
 }
 
 fn fe_forward() -> Vec<Case> {
@@ -3296,7 +3484,11 @@ pub fn check(case: &Case, outcome: &Outcome) -> Result<(), String> {
     if let Err(e) = (case.entry_after)(outcome.entry_after.as_ref()) {
         problems.push(e);
     }
-    let watch_wanted = case.follow.watch_after.or(case.follow.watch);
+    let watch_wanted = if case.follow.watch_gone {
+        None
+    } else {
+        case.follow.watch_after.or(case.follow.watch)
+    };
     if outcome.watch_after != watch_wanted {
         problems.push(format!(
             "watch entry {:?} after, want {:?}",

@@ -139,6 +139,9 @@ pub mod conn_flags {
     pub const DP_LIVE: u32 = 0x200;
     /// BE: the server's socket closed; what our TCP sends now is its timewait socket's, or no one's.
     pub const TCP_CLOSED: u32 = 0x400;
+    /// A datapath offer whose requests the FE follows (FE: it wrote the watch; BE: it counts the
+    /// responses).
+    pub const FOLLOWED: u32 = 0x800;
 }
 
 /// Mirrors `struct watch`: what the agent asks of the datapath about a placed connection, in the
@@ -442,7 +445,9 @@ pub struct DpNode {
     pub eligible: u8,
     /// The name's place among the members' names, sorted: ties go to the greatest.
     pub rank: u8,
-    pub pad: [u8; 2],
+    /// Its agent takes followed datapath offers (1), so the datapath may make them to it.
+    pub follows: u8,
+    pub pad: u8,
     /// Its service address, where a datapath offer goes; 0: offers to it go by the agent.
     pub addr: [u8; 4],
 }

@@ -81,6 +81,14 @@ const BATCH_TIME_LIMIT: Duration = Duration::from_secs(60);
 const BY_NODE_MAX_FACTOR: usize = 6;
 const WRK_ARGS: [&str; 2] = ["-t2", "-c32"];
 
+/// The connections `-cN` of [`WRK_ARGS`] open.
+fn wrk_connections() -> f64 {
+    WRK_ARGS[1]
+        .strip_prefix("-c")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -164,7 +172,7 @@ impl Variant {
             Variant::BhKept => "bounded-hash, kept by n1 (agent)",
             Variant::BhHandedOff => "bounded-hash, handed off (agents)",
             Variant::FollowedKept => "hash per_request, kept (datapath)",
-            Variant::FollowedHandedOff => "hash per_request, handed off (agents)",
+            Variant::FollowedHandedOff => "hash per_request, handed off (datapaths)",
         }
     }
 }
@@ -1038,12 +1046,13 @@ fn follow_section(lab: &mut Lab, samples: usize, batch_size: usize, seconds: u64
     .expect("write the wrk script");
     let url = format!("http://{}/", lab.node_address(1));
     let mut rps: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    let mut moved = 0.0;
+    let (mut moved, mut stayed, mut answered) = (0.0, 0.0, 0.0);
     let mut problems = Vec::new();
     for _ in 0..rounds {
         for (name, config) in [("off", configs[0]), ("on", configs[1])] {
             config.apply(lab);
             let before = cluster_total(lab, "baton_rehandoffs_total");
+            let stayed_before = cluster_total(lab, "baton_requests_stayed_total");
             let duration = format!("-d{seconds}s");
             let args = [
                 "wrk",
@@ -1070,6 +1079,15 @@ fn follow_section(lab: &mut Lab, samples: usize, batch_size: usize, seconds: u64
             rps.entry(name).or_default().push(r);
             if name == "on" {
                 moved += cluster_total(lab, "baton_rehandoffs_total") - before;
+                stayed += cluster_total(lab, "baton_requests_stayed_total") - stayed_before;
+                // "N requests in 5.00s, ...": each connection's first request is placed, not
+                // followed; every later one moves or stays, unless following ended.
+                answered += text
+                    .lines()
+                    .find_map(|l| l.trim().split_once(" requests in "))
+                    .and_then(|(n, _)| n.trim().parse::<f64>().ok())
+                    .unwrap_or(f64::NAN)
+                    - wrk_connections();
             }
         }
     }
@@ -1079,11 +1097,13 @@ fn follow_section(lab: &mut Lab, samples: usize, batch_size: usize, seconds: u64
     );
     println!(
         "  wrk {} {} keep-alive, 30 targets over {NODES} nodes, {rounds} x {seconds} s: \
-         per_request off {off:.0} req/s, on {on:.0} req/s ({:.2}x); {:.0} moves/s",
+         per_request off {off:.0} req/s, on {on:.0} req/s ({:.2}x); {:.0} moves/s; \
+         followed (moved or stayed) {:.1} % of the requests after the first",
         WRK_ARGS[0],
         WRK_ARGS[1],
         on / off,
-        moved / (rounds * seconds) as f64
+        moved / (rounds * seconds) as f64,
+        100.0 * (moved + stayed) / answered
     );
     for p in problems {
         println!("  ! wrk: {p}");

@@ -243,6 +243,16 @@ fn requests_that_stay_are_kept_there_by_the_datapath_and_the_next_move_waits_for
         })
         .collect();
     run_plan(&lab, plan);
+    // The first request, n2's, was offered followed by n1's datapath and taken by n2's.
+    assert_eq!(
+        (
+            metric(&lab, 1, "baton_datapath_offers_total"),
+            metric(&lab, 2, "baton_datapath_offers_taken_total")
+        ),
+        (1.0, 1.0),
+        "{}",
+        failed(&lab, "the first request went by a followed datapath offer")
+    );
     assert!(
         metric(&lab, 1, "baton_datapath_requests_stayed_total") >= 8.0,
         "{}",

@@ -47,7 +47,8 @@
 //!   ..  4  d = data length, then d bytes: the client's held request, from the segment's seq
 //! Capabilities (0x1e)
 //!   0   1  flags: 0x01 the sender takes datapath offers (its programs replay an offer header's
-//!          handshake themselves); unknown flags are a newer sender's and ignored
+//!          handshake themselves); 0x02 it takes followed datapath offers (it counts their
+//!          responses); unknown flags are a newer sender's and ignored
 //! Heartbeat (0x20)
 //!   0   4  load
 //!   4   8  sent_at_ms
@@ -74,6 +75,7 @@ const HANDOFF_FOLLOW: u8 = 0x04;
 const HEARTBEAT_SERVING: u8 = 0x01;
 const NODE_STATUS_DRAINED: u8 = 0x01;
 const CAPABILITY_DATAPATH_OFFERS: u8 = 0x01;
+const CAPABILITY_FOLLOWED_OFFERS: u8 = 0x02;
 
 /// Why a BE refused a handoff. Codes are part of the wire format and never renumbered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -286,7 +288,12 @@ pub enum Message {
     },
     /// What the sender can do beyond this protocol's first version, sent when a control
     /// connection comes up. An older peer ignores the kind, so never hears of anything new.
-    Capabilities { datapath_offers: bool },
+    Capabilities {
+        /// It takes datapath offers (`baton_wire::offer`).
+        datapath_offers: bool,
+        /// It takes followed datapath offers (`kind::FOLLOWED`): it counts their responses.
+        followed_offers: bool,
+    },
 }
 
 impl Message {
@@ -390,12 +397,18 @@ impl Message {
                 out.extend_from_slice(&segment_len.to_be_bytes());
                 out.extend_from_slice(segment);
             }
-            Message::Capabilities { datapath_offers } => {
-                out.push(if *datapath_offers {
-                    CAPABILITY_DATAPATH_OFFERS
-                } else {
-                    0
-                });
+            Message::Capabilities {
+                datapath_offers,
+                followed_offers,
+            } => {
+                let mut bits = 0;
+                if *datapath_offers {
+                    bits |= CAPABILITY_DATAPATH_OFFERS;
+                }
+                if *followed_offers {
+                    bits |= CAPABILITY_FOLLOWED_OFFERS;
+                }
+                out.push(bits);
             }
             Message::MoveResume {
                 id,
@@ -577,9 +590,14 @@ impl Message {
                     data,
                 }
             }
-            kind::CAPABILITIES => Message::Capabilities {
-                datapath_offers: reader.u8()? & CAPABILITY_DATAPATH_OFFERS != 0,
-            },
+            kind::CAPABILITIES => {
+                // Bits this version does not know are a newer peer's: ignored.
+                let bits = reader.u8()?;
+                Message::Capabilities {
+                    datapath_offers: bits & CAPABILITY_DATAPATH_OFFERS != 0,
+                    followed_offers: bits & CAPABILITY_FOLLOWED_OFFERS != 0,
+                }
+            }
             unknown => return Err(ProtoError::UnknownKind(unknown)),
         };
         reader.finish()?;

@@ -98,9 +98,15 @@ fn sample_messages() -> Vec<Message> {
         },
         Message::Capabilities {
             datapath_offers: true,
+            followed_offers: true,
+        },
+        Message::Capabilities {
+            datapath_offers: true,
+            followed_offers: false,
         },
         Message::Capabilities {
             datapath_offers: false,
+            followed_offers: false,
         },
     ];
     messages.extend(RefuseReason::ALL.map(|reason| Message::HandoffRefused { id: 9, reason }));
@@ -182,7 +188,12 @@ fn message_strategy() -> impl Strategy<Value = Message> {
                 data
             }
         ),
-        any::<bool>().prop_map(|datapath_offers| Message::Capabilities { datapath_offers }),
+        (any::<bool>(), any::<bool>()).prop_map(|(datapath_offers, followed_offers)| {
+            Message::Capabilities {
+                datapath_offers,
+                followed_offers,
+            }
+        }),
         any::<u64>().prop_map(|id| Message::HandoffAccepted { id }),
         (
             any::<u64>(),

@@ -103,6 +103,8 @@ pub mod kind {
     pub const REFUSED: u8 = 2;
     /// BE -> its own ingress: the segment again, after its SYN (never sent between nodes).
     pub const REPLAY: u8 = 3;
+    /// FE -> BE: take this connection, whose requests the FE follows: count its responses.
+    pub const FOLLOWED: u8 = 4;
 }
 
 /// Why bytes could not be read as (or made into) an offer header, or a packet carrying one.

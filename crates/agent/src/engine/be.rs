@@ -1215,6 +1215,10 @@ impl Engine {
             entry.client_isn,
             AdoptedPhase::Replaying,
         );
+        // Followed by the FE: our datapath counts its responses (from its SYN-ACK on).
+        if entry.flags & conn_flags::FOLLOWED != 0 {
+            self.be.set_followed(&key);
+        }
         let left = Duration::from_nanos(entry.live_deadline_ns.saturating_sub(monotonic_ns()));
         self.timers.at(now + left + LIVE_MARGIN, Timer::Live(conn));
         self.metrics.handed_in_active.set(self.be.len() as i64);

@@ -44,6 +44,8 @@ pub(super) struct Peer {
     /// Its agent said it takes datapath offers (`Capabilities`): our datapath may offer it
     /// connections itself.
     pub takes_offers: bool,
+    /// Its agent said it takes followed datapath offers (it counts their responses).
+    pub takes_followed_offers: bool,
 }
 
 /// Assignments since a node's last report that count in full on top of it, at least: see
@@ -90,6 +92,7 @@ impl Peer {
             config_digest: None,
             removed: false,
             takes_offers: false,
+            takes_followed_offers: false,
         }
     }
 }
@@ -357,8 +360,9 @@ impl Cluster {
 
     /// Every member as the datapath's hash policy sees it: the same names, order and
     /// eligibility as [`Cluster::node_states`], so it decides as `baton_policy::Hash` would.
-    /// With `offers` (`[limits] datapath_offers`), peers whose agents take datapath offers carry their address: the datapath offers them
-    /// what it decides for them itself.
+    /// With `offers` (`[limits] datapath_offers`), peers whose agents take datapath offers carry
+    /// their address: the datapath offers them what it decides for them itself (followed offers
+    /// only to those that take these too).
     pub fn datapath_nodes(&self, now: Instant, offers: bool) -> Vec<DpNode> {
         let mut nodes = self.hash_nodes.clone();
         for (i, node) in nodes.iter_mut().enumerate() {
@@ -366,6 +370,7 @@ impl Cluster {
             let peer = &self.peers[i];
             if offers && i != self.me && peer.takes_offers {
                 node.addr = peer.addr.octets();
+                node.follows = u8::from(peer.takes_followed_offers);
             }
         }
         nodes

@@ -22,7 +22,7 @@ use baton_bpf::{Conn, ConnKey, ConnRole, ConnState, Event};
 use baton_http::{InvalidReason, Sniff};
 use baton_policy::{ClusterView, Policy, RequestInfo, RoutedRequest};
 use baton_proto::{HandoffRequest, Message, RefuseReason};
-use baton_wire::{TcpFlags, TcpPacketBuilder, rewrite_dst_addr};
+use baton_wire::{SeqNumber, TcpFlags, TcpPacketBuilder, rewrite_dst_addr};
 
 use super::follow::Following;
 use super::packets;
@@ -1131,11 +1131,7 @@ impl Engine {
             }
             return;
         }
-        // Followed while the datapath's watch is the one it wrote (a new agent adopting the
-        // table removed the watches: then it is served here unfollowed).
-        let watched = self.follow.watch(&key).is_some_and(|w| {
-            w.flags & baton_bpf::watch_flags::HEADS != 0 && w.next_head_seq == event.detail
-        });
+        let watched = self.datapath_watches(&key, event.detail);
         // Whatever was known of an earlier connection on the tuple is over.
         if let Some(old) = self.fe.conns.get(&key).map(|c| c.client_isn) {
             self.fe.forget(ConnId {
@@ -1197,13 +1193,26 @@ fn is_datapath_offer(id: u64) -> bool {
     id >> 63 == 1
 }
 
+impl Engine {
+    /// Whether the datapath follows `key`'s requests with the watch it wrote when it placed the
+    /// connection with the next head at `next_head` (told in its notice): the watch is there, at
+    /// that head or past it (requests it let stay since, whose notices come next). A new agent
+    /// adopting the table removed the watches: then the connection is not followed.
+    fn datapath_watches(&self, key: &ConnKey, next_head: u32) -> bool {
+        self.follow.watch(key).is_some_and(|w| {
+            w.flags & baton_bpf::watch_flags::HEADS != 0
+                && SeqNumber(w.next_head_seq).ge(SeqNumber(next_head))
+        })
+    }
+}
+
 /// Handoffs the datapath offered itself (`lib/offer.h`): the agent learns of them after the fact
 /// and keeps them as offers of its own, with nothing held to replay (the client still owes the
 /// FE its request: its retransmission reaches our TCP once the entry is gone).
 impl Engine {
     /// The datapath offered `key` to a peer: an offer out, answered by the peer's agent or timed
     /// out, like any other.
-    pub(super) fn on_dp_offered(&mut self, key: ConnKey, id: u64, now: Instant) {
+    pub(super) fn on_dp_offered(&mut self, key: ConnKey, id: u64, next_head: u32, now: Instant) {
         let entry = self.conns.get(&key).filter(|e| {
             e.state() == Some(ConnState::FeForward)
                 && e.flags & baton_bpf::conn_flags::DP_OFFER != 0
@@ -1231,6 +1240,8 @@ impl Engine {
             });
         }
         let id = entry.handoff_id;
+        let followed = entry.flags & baton_bpf::conn_flags::FOLLOWED != 0
+            && self.datapath_watches(&key, next_head);
         let held = Held::new(entry, now);
         self.fe.conns.insert(
             key,
@@ -1241,7 +1252,7 @@ impl Engine {
                     peer,
                     id,
                     since: now,
-                    follow: None,
+                    follow: followed.then(|| Following::new(entry, next_head)),
                 },
             },
         );
@@ -1249,6 +1260,26 @@ impl Engine {
         let wait = Duration::from_millis(self.config.limits.handoff_timeout_ms);
         self.timers.at(now + wait, Timer::Offer(id));
         self.cluster.assign(peer);
+    }
+
+    /// A datapath offer whose client acknowledged bytes only the BE can have sent (`DP_LIVE`) is
+    /// the BE's, whatever its agent has said yet (it hears of it quietly, and answers at its next
+    /// wakeup): taken as accepted, so that the followed connection's next request is decided
+    /// now. The BE's Accepted, when it comes, says it again.
+    pub(super) fn accept_if_proven_live(&mut self, key: ConnKey, now: Instant) {
+        let Some(&FePhase::Offered { peer, id, .. }) = self.fe.conns.get(&key).map(|c| &c.phase)
+        else {
+            return;
+        };
+        let live = baton_bpf::conn_flags::DP_LIVE;
+        if is_datapath_offer(id)
+            && self
+                .conns
+                .get(&key)
+                .is_some_and(|e| e.handoff_id == id && e.flags & live != 0)
+        {
+            self.on_accepted(peer, id, now);
+        }
     }
 
     /// An Accepted for an id this agent does not know may be for a datapath offer whose notice
@@ -1266,7 +1297,8 @@ impl Engine {
                 && e.state() == Some(ConnState::FeForward)
                 && e.flags & baton_bpf::conn_flags::DP_OFFER != 0
         })?;
-        self.on_dp_offered(key, id, now);
+        let next_head = self.follow.watch(&key).map_or(0, |w| w.next_head_seq);
+        self.on_dp_offered(key, id, next_head, now);
         self.fe.offer(id, peer)
     }
 

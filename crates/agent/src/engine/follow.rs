@@ -386,9 +386,12 @@ impl Engine {
         if first {
             self.arm_next_hold(ConnId { key, client_isn }, now);
         }
-        // While the first offer (or the dispatcher's answer) is out, the next request waits.
+        // While the first offer (or the dispatcher's answer) is out, the next request waits;
+        // but a datapath offer the client's ACKs prove live is placed already.
         if deciding && placed {
             self.decide_next(key, now);
+        } else if deciding {
+            self.accept_if_proven_live(key, now);
         }
     }
 

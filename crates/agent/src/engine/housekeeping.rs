@@ -401,6 +401,8 @@ impl Engine {
                 Some(ConnRole::Be) => {
                     self.reset_local(conn);
                     self.conns.remove(&conn.key);
+                    // Counted for a peer that follows it (whatever this node's own policy).
+                    self.follow.remove_responses(&conn.key);
                 }
                 _ => {
                     // Changed since the walk (the datapath may have served it here and followed

@@ -196,7 +196,9 @@ impl Engine {
             EventKind::BeSynAck => self.on_be_answer(event, now),
             EventKind::BeLive => self.on_be_live(event.key),
             EventKind::Closed => self.on_closed(event.key, CloseNotice::of(&event), now),
-            EventKind::DpOffered => self.on_dp_offered(event.key, event.handoff_id, now),
+            EventKind::DpOffered => {
+                self.on_dp_offered(event.key, event.handoff_id, event.detail, now)
+            }
             EventKind::DpReturned => self.on_dp_returned(event.key, event.detail, event.peer, now),
             EventKind::DpTaken => self.on_dp_taken(event.key, now),
             EventKind::NextHeadStayed => self.on_next_head_stayed(event.key, event.detail),
@@ -218,6 +220,7 @@ impl Engine {
                     peer,
                     Message::Capabilities {
                         datapath_offers: self.config.limits.datapath_offers,
+                        followed_offers: self.config.limits.datapath_offers,
                     },
                 );
             }
@@ -227,6 +230,7 @@ impl Engine {
                 let p = &mut self.cluster.peers[peer];
                 p.outbound_up = false;
                 p.takes_offers = false;
+                p.takes_followed_offers = false;
             }
             MeshEvent::Message { peer, message } => {
                 self.cluster.peers[peer].last_heard = Some(now);
@@ -260,8 +264,13 @@ impl Engine {
             }
             Message::DispatchQuery { .. } if self.cluster.peers[peer].removed => {}
             Message::HandoffRequest(request) => self.on_handoff_request(peer, request, now),
-            Message::Capabilities { datapath_offers } => {
-                self.cluster.peers[peer].takes_offers = datapath_offers;
+            Message::Capabilities {
+                datapath_offers,
+                followed_offers,
+            } => {
+                let p = &mut self.cluster.peers[peer];
+                p.takes_offers = datapath_offers;
+                p.takes_followed_offers = followed_offers;
             }
             Message::HandoffAccepted { id } if self.fe.is_move(id) => {
                 self.on_move_accepted(peer, id, now)

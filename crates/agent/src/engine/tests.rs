@@ -2230,6 +2230,140 @@ fn a_first_request_the_datapath_served_here_is_followed_from_its_notice() {
 }
 
 #[test]
+fn a_first_request_the_datapath_offered_followed_is_followed_from_its_notice() {
+    let mut n1 = node_with(0, PolicyKind::Hash, FOLLOW);
+    let head = request(&target_for(1));
+    let next_head = CLIENT_ISN.wrapping_add(1 + head.len() as u32);
+    // What the datapath wrote: the entry offered to n2, followed, and the watch of the next head,
+    // which it already moved past a request it let stay on n2 before this agent read a word.
+    let offered = |key: ConnKey, id: u64, flags: u32| {
+        let mut entry = held_entry();
+        entry.state = ConnState::FeForward as u8;
+        entry.flags = baton_bpf::conn_flags::SYNACK_SEEN | baton_bpf::conn_flags::DP_OFFER | flags;
+        entry.peer_addr = N2.octets();
+        entry.handoff_id = id;
+        (key, entry)
+    };
+    let stayed = next_head.wrapping_add(head.len() as u32);
+    let (key, entry) = offered(key_at(N1), DP_ID, baton_bpf::conn_flags::FOLLOWED);
+    n1.table.0.lock().unwrap().insert(key, entry);
+    n1.follow
+        .0
+        .lock()
+        .unwrap()
+        .watches
+        .insert(key, Watch::heads_at(stayed, 1));
+    n1.datapath(Event {
+        detail: next_head,
+        ..dp_offered_notice(key, DP_ID)
+    });
+    n1.datapath(Event {
+        detail: stayed,
+        ..notice(EventKind::NextHeadStayed, key)
+    });
+    let Some((serving, _)) = n1.engine.fe.following_mut(&key) else {
+        panic!("not followed")
+    };
+    assert_eq!(serving, 1, "on n2");
+    // n2's agent has not said Accepted yet (it hears of the offer quietly), but the client
+    // acknowledged n2's bytes: n2 has the connection.
+    let mut live = n1.table.get(&key).unwrap();
+    live.flags |= baton_bpf::conn_flags::DP_LIVE;
+    n1.table.0.lock().unwrap().insert(key, live);
+    // The next request is for n1: n2 is asked for both responses, from where the stay left the
+    // next head.
+    let next = request(&target_for(0));
+    let segment = client_segment(
+        N1,
+        stayed.wrapping_sub(CLIENT_ISN + 1),
+        TcpFlags::ACK | TcpFlags::PSH,
+        &next,
+    );
+    n1.datapath(event(EventKind::NextHead, key, &segment));
+    let Some(Message::MoveQuiesce { requests, id, .. }) = n1.next_to_peer() else {
+        panic!("no quiesce: the held head was not read at the next head")
+    };
+    assert_eq!((requests, id), (2, DP_ID));
+    assert_eq!(n1.metrics.handoffs_out.get(), 1, "taken as accepted");
+    n1.hear(Message::HandoffAccepted { id: DP_ID });
+    assert_eq!(n1.metrics.handoffs_out.get(), 1, "said again");
+
+    // Not followed: the offer's entry does not say so, or the watch is gone (a new agent
+    // adopting the table removed the watches).
+    for (port, flags, watched) in [
+        (CLIENT_PORT + 1, 0, true),
+        (CLIENT_PORT + 2, baton_bpf::conn_flags::FOLLOWED, false),
+    ] {
+        let (key, entry) = offered(key_at_port(N1, port), DP_ID + u64::from(port), flags);
+        n1.table.0.lock().unwrap().insert(key, entry);
+        if watched {
+            let w = Watch::heads_at(next_head, 1);
+            n1.follow.0.lock().unwrap().watches.insert(key, w);
+        }
+        n1.datapath(Event {
+            detail: next_head,
+            ..dp_offered_notice(key, DP_ID + u64::from(port))
+        });
+        assert!(n1.engine.fe.knows(&key), "an offer out");
+        assert!(n1.engine.fe.following_mut(&key).is_none(), "port {port}");
+    }
+}
+
+#[test]
+fn a_followed_datapath_offer_taken_here_is_quiesced_by_its_responses() {
+    let mut n2 = node_with(1, PolicyKind::Hash, FOLLOW);
+    let deadline = super::monotonic_ns() + HANDOFF_TIMEOUT.as_nanos() as u64 / 2;
+    let (followed, plain) = (key_at(N2), key_at_port(N2, CLIENT_PORT + 1));
+    for (key, id, flags) in [
+        (followed, DP_ID, baton_bpf::conn_flags::FOLLOWED),
+        (plain, DP_ID + 1, 0),
+    ] {
+        let mut entry = left_behind(ConnRole::Be, ConnState::BeEstablished, N1, id);
+        entry.flags = baton_bpf::conn_flags::DP_OFFER | baton_bpf::conn_flags::DP_TAKEN | flags;
+        entry.live_deadline_ns = deadline;
+        n2.table.0.lock().unwrap().insert(key, entry);
+        n2.tcp.set(&key, tcp_state::ESTABLISHED);
+        n2.datapath(notice(EventKind::DpTaken, key));
+        assert!(matches!(
+            n2.next_to_peer(),
+            Some(Message::HandoffAccepted { .. })
+        ));
+    }
+    // The datapath counted the followed one's responses from the server's SYN-ACK on: one,
+    // 1000 bytes.
+    let counted = Responses {
+        next_head: 1000,
+        count: 1,
+        ..Responses::default()
+    };
+    n2.follow
+        .0
+        .lock()
+        .unwrap()
+        .responses
+        .insert(followed, counted);
+    for (id, port, answer) in [
+        (DP_ID, CLIENT_PORT, None),
+        (DP_ID + 1, CLIENT_PORT + 1, Some(BusyReason::Untracked)),
+    ] {
+        let mut ack = client_segment(N1, 40, TcpFlags::ACK, b"");
+        ack.src_port = port;
+        ack.ack = 1000;
+        n2.hear(Message::MoveQuiesce {
+            id,
+            attempt: 7,
+            requests: 1,
+            segment: ack.build(),
+        });
+        match (n2.next_to_peer(), answer) {
+            (Some(Message::MoveQuiet { id: i, .. }), None) => assert_eq!(i, id),
+            (Some(Message::MoveBusy { reason, .. }), Some(want)) => assert_eq!(reason, want),
+            (other, want) => panic!("port {port}: {other:?}, want busy {want:?}"),
+        }
+    }
+}
+
+#[test]
 fn requests_the_datapath_let_stay_are_counted_for_the_next_move() {
     let (mut n1, key, _, next_head) = followed_at_n2();
     assert_eq!(
@@ -2650,27 +2784,39 @@ fn the_datapath_offers_only_to_peers_that_take_them() {
     );
     n1.hear(Message::Capabilities {
         datapath_offers: true,
+        followed_offers: false,
     });
     let config = n1.written.get();
     assert_eq!(
         (config.nodes[1].addr, config.nodes[0].addr),
         (N2.octets(), [0; 4])
     );
+    assert_eq!(config.nodes[1].follows, 0, "n2 takes no followed offers");
+    n1.hear(Message::Capabilities {
+        datapath_offers: true,
+        followed_offers: true,
+    });
+    assert_eq!(n1.written.get().nodes[1].follows, 1);
     // Its agent goes: the next one says again what it can do.
     n1.mesh(MeshEvent::PeerDown { peer: 1 });
-    assert_eq!(n1.written.get().nodes[1].addr, [0; 4]);
+    let config = n1.written.get();
+    assert_eq!((config.nodes[1].addr, config.nodes[1].follows), ([0; 4], 0));
 
     // Switched off: nothing offered, nothing taken, and peers are told so.
     let mut config = NodeConfig::from_toml(&config_text(0, PolicyKind::Hash, "")).unwrap();
     config.limits.datapath_offers = false;
     let mut n1 = node_from(0, config);
     let told = std::iter::from_fn(|| n1.sent_to_peer()).find_map(|m| match m {
-        Message::Capabilities { datapath_offers } => Some(datapath_offers),
+        Message::Capabilities {
+            datapath_offers,
+            followed_offers,
+        } => Some((datapath_offers, followed_offers)),
         _ => None,
     });
-    assert_eq!(told, Some(false));
+    assert_eq!(told, Some((false, false)));
     n1.hear(Message::Capabilities {
         datapath_offers: true,
+        followed_offers: true,
     });
     let config = n1.written.get();
     assert_eq!((config.offers, config.nodes[1].addr), (0, [0; 4]));

@@ -29,7 +29,8 @@
  *                             TIME_WAIT and removes the entry
  *
  * A datapath offer (offer.h) makes its BE_SYN_SENT entry itself (CONN_DP_OFFER), and the
- * server's answer to its SYN is read here instead of by the agent.
+ * server's answer to its SYN is read here instead of by the agent; a followed one
+ * (CONN_FOLLOWED) starts the responses entry with it.
  */
 #pragma once
 #include "conn.h"
@@ -168,7 +169,8 @@ __always int be_ingress(struct __sk_buff *skb, const struct node_config *cfg, co
  * that negotiated what the FE's did gives the offsets (BE_REPLAYED); anything else names why the
  * offer is refused, which its REPLAY copy, right behind, carries back. Dropped either way: the
  * client has its SYN-ACK. */
-__always int be_offer_answer(struct __sk_buff *skb, const struct pkt *p, struct conn *c)
+__always int be_offer_answer(struct __sk_buff *skb, const struct pkt *p, const struct conn_key *key,
+			     struct conn *c)
 {
 	__u8 reason = REFUSE_COLLISION;
 
@@ -190,6 +192,13 @@ __always int be_offer_answer(struct __sk_buff *skb, const struct pkt *p, struct 
 					c->ts_delta = bpf_ntohl(tsval) - c->synack_tsval;
 				c->local_isn = p->seq;
 				c->seq_delta = p->seq - c->fe_isn;
+				/* Followed: the server's responses are counted from its first byte on,
+				 * as the agent's replay starts them. Without the entry a move finds the
+				 * connection untracked, and its request stays here. */
+				if (c->flags & CONN_FOLLOWED) {
+					struct responses r = {.next_head = p->seq + 1};
+					bpf_map_update_elem(&responses, key, &r, BPF_ANY);
+				}
 				c->state = BE_REPLAYED;
 				return drop(DROP_BE_SYNACK);
 			}
@@ -234,7 +243,7 @@ __always int be_egress(struct __sk_buff *skb, const struct pkt *p, const struct 
 {
 	if (c->state == BE_SYN_SENT) {
 		if (c->flags & CONN_DP_OFFER)
-			return be_offer_answer(skb, p, c);
+			return be_offer_answer(skb, p, key, c);
 		emit_packet(skb, EV_BE_SYNACK, key);
 		return drop(DROP_BE_SYNACK);
 	}
@@ -345,7 +354,7 @@ __always int be_take_offer(struct __sk_buff *skb, const struct node_config *cfg,
 	__builtin_memset(n, 0, sizeof(*n));
 	n->role = ROLE_BE;
 	n->state = BE_SYN_SENT;
-	n->flags = CONN_DP_OFFER;
+	n->flags = CONN_DP_OFFER | (o->kind == OFFER_KIND_FOLLOWED ? CONN_FOLLOWED : 0);
 	n->client_isn = bpf_ntohl(o->client_isn);
 	n->fe_isn = bpf_ntohl(o->fe_isn);
 	n->synack_tsval = bpf_ntohl(o->fe_tsval);
@@ -400,7 +409,7 @@ __always int offer_ingress(struct __sk_buff *skb, const struct node_config *cfg)
 			return drop(DROP_OFFER_REJECTED);
 		return fe_offer_returned(skb, cfg, o);
 	}
-	if ((kind != OFFER_KIND_OFFER && kind != OFFER_KIND_REPLAY) ||
+	if ((kind != OFFER_KIND_OFFER && kind != OFFER_KIND_FOLLOWED && kind != OFFER_KIND_REPLAY) ||
 	    offer_open(cfg, o) || o->be_addr != cfg->service_addr ||
 	    !is_service_port(cfg, o->service_port))
 		return drop(DROP_OFFER_REJECTED);

@@ -50,6 +50,8 @@ enum conn_state {
 #define CONN_DP_LIVE 0x200     /* FE (datapath offer): the client acknowledged data of the BE */
 #define CONN_TCP_CLOSED 0x400  /* BE: the server's socket closed (sock_state.h); what our TCP sends
 				* now comes from the tuple's timewait socket, or from no socket */
+#define CONN_FOLLOWED 0x800    /* datapath offer: the FE follows its requests (FE: its watch entry;
+				* BE: its responses counted from the server's SYN-ACK on) */
 
 /* What a SYN-ACK negotiated, as far as a handoff needs it identical at both ends (the agent's
  * `SynOptions::negotiated_mismatch`): MSS, window scale, SACK and timestamps. */
@@ -137,6 +139,8 @@ struct offer {
 #define OFFER_KIND_OFFER 1   /* FE -> BE */
 #define OFFER_KIND_REFUSED 2 /* BE -> FE: the segment comes back; the FE serves it or asks its agent */
 #define OFFER_KIND_REPLAY 3  /* BE -> its own ingress: the segment again, after its SYN (never sent) */
+#define OFFER_KIND_FOLLOWED 4 /* FE -> BE: an offer whose requests the FE follows: the BE counts
+			       * its responses (only to a node whose agent said it takes these) */
 #define OFFER_MAC_WORDS 12
 #define OFFER_LEN 104
 
@@ -181,7 +185,8 @@ struct dp_node {
 	__u64 hash_seed; /* FNV-1a 64 state after the node's name and the 0xff separator */
 	__u8 eligible;   /* up, or this node: the policy may choose it */
 	__u8 rank;       /* the name's place among the members' names sorted: ties go to the greatest */
-	__u8 pad[2];
+	__u8 follows;    /* its agent takes followed offers (OFFER_KIND_FOLLOWED) */
+	__u8 pad;
 	__be32 addr;     /* its service address, where a datapath offer goes (0: offers to it go by the agent) */
 };
 

@@ -9,9 +9,10 @@
  * wins, ties to the greatest name. The agent writes each node's FNV state after "name 0xff"
  * (hash_seed), its eligibility and its name's rank into node_config.nodes.
  *
- * Followed requests (DECIDE_HASH_STAYS): a request head wholly in one segment that the hash policy
- * gives to the node its connection is on goes on there (decide_stays(), follow.h); any other the
- * agent decides.
+ * Followed requests (DECIDE_HASH_STAYS): a first request decided here must be a whole plain head
+ * (its end is where the next one starts); a later request head wholly in one segment that the
+ * hash policy gives to the node its connection is on goes on there (decide_stays(), follow.h);
+ * any other the agent decides.
  *
  * Contract: decide_hash() returns the index (in node_config.nodes) of the node the agent, with the
  * same view of the cluster, would choose for the request, or -1. The target is the bytes between the request line's first and second
@@ -283,17 +284,13 @@ __always int decide_round_robin(const struct node_config *cfg)
 }
 
 /* The node the datapath's policy gives this first data segment to, or -1: the agent decides.
- * With requests followed (DECIDE_HASH_STAYS) only a whole plain head is decided here (the next
- * one must be found), and only for this node (fe_follow_here: a peer's would need following set
- * up at both ends, which the agent does). */
+ * With requests followed (DECIDE_HASH_STAYS) only a whole plain head is decided here: the next
+ * one starts right after it (fe_follow_here for this node, a followed offer for a peer). */
 __always int decide_first(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p)
 {
 	if (cfg->decide == DECIDE_ROUND_ROBIN)
 		return decide_round_robin(cfg);
 	if (cfg->decide != DECIDE_HASH && cfg->decide != DECIDE_HASH_STAYS)
 		return -1;
-	int winner = decide_hash(skb, cfg, p, cfg->decide == DECIDE_HASH_STAYS);
-	if (cfg->decide == DECIDE_HASH_STAYS && winner != cfg->self_index)
-		return -1;
-	return winner;
+	return decide_hash(skb, cfg, p, cfg->decide == DECIDE_HASH_STAYS);
 }

@@ -10,7 +10,8 @@
  *                              the segment passed to our TCP, which completes the handshake with it
  *                              (requests followed: the entry translates at offset zero instead,
  *                              fe_follow_here);
- *                              for another node, offered to it by the datapath (offer.h): FE_FORWARD.
+ *                              for another node, offered to it by the datapath (offer.h): FE_FORWARD
+ *                              (requests followed: with a watch entry, fe_offer_follow).
  *                              Otherwise held
  *   ingress held            -> copied to the agent and dropped (RST: forget and pass, it ends SYN-RECV)
  *   no agent alive          -> fail open: nothing new is tracked, a held connection is forgotten and
@@ -108,7 +109,7 @@ __always int fe_send_offer(struct __sk_buff *skb, const struct node_config *cfg,
 	struct offer *o = &s->o;
 	__builtin_memset(o, 0, sizeof(*o));
 	o->version = OFFER_VERSION;
-	o->kind = OFFER_KIND_OFFER;
+	o->kind = (c->flags & CONN_FOLLOWED) ? OFFER_KIND_FOLLOWED : OFFER_KIND_OFFER;
 	o->syn_opts_len = c->syn_opts_len;
 	o->syn_tcp_flags = c->syn_tcp_flags;
 	o->synack_tcp_flags = c->synack_tcp_flags;
@@ -146,9 +147,30 @@ __always int fe_offer_fits(struct __sk_buff *skb, const struct node_config *cfg,
 	return !skb->gso_size && p->l4_off == OFFER_OFF && skb->len + OFFER_LEN <= ETH_HLEN + cfg->mtu;
 }
 
+/* Hash with requests followed (DECIDE_HASH_STAYS): the offer of a whole plain first request to
+ * node `winner` is followed, as the agent's would be: the watch holds the client's data from the
+ * next head on (or lets it stay on `winner`, follow.h), and the BE counts the responses
+ * (OFFER_KIND_FOLLOWED). Only to a node whose agent takes such offers, and not with a FIN (the
+ * connection ends with this request). 0 if followed, -1: the agent decides. */
+__always int fe_offer_follow(const struct node_config *cfg, const struct pkt *p,
+			     const struct conn_key *key, struct conn *c, int winner)
+{
+	if (!cfg->nodes[winner & (DP_NODES_MAX - 1)].follows || (p->flags & TCPF_FIN))
+		return -1;
+	struct watch w = {
+		.flags = WATCH_HEADS,
+		.next_head_seq = c->client_isn + 1 + p->payload_len,
+		.node = winner,
+	};
+	if (bpf_map_update_elem(&watch, key, &w, BPF_ANY))
+		return -1;
+	conn_set_flags(c, CONN_FOLLOWED);
+	return 0;
+}
+
 /* Offers the connection to node `winner` from the datapath (offer.h). Returns a verdict, or -1
  * when the agent must decide it (offers off, or no address for the node, or a segment that cannot
- * carry the offer). */
+ * carry the offer, or one that must be followed and cannot be). */
 __always int fe_offer(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p,
 		      const struct conn_key *key, struct conn *c, int winner)
 {
@@ -157,15 +179,19 @@ __always int fe_offer(struct __sk_buff *skb, const struct node_config *cfg, cons
 	__be32 be = cfg->nodes[winner & (DP_NODES_MAX - 1)].addr;
 	if (!be || be == cfg->service_addr || !fe_offer_fits(skb, cfg, p))
 		return -1;
+	if (cfg->decide == DECIDE_HASH_STAYS && fe_offer_follow(cfg, p, key, c, winner))
+		return -1;
 	c->peer_addr = be;
 	c->handoff_id = (1ULL << 63) | ((__u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
 	c->offered_ns = offer_clock_ns(cfg);
 	conn_set_flags(c, CONN_DP_OFFER);
 	c->state = FE_FORWARD;
 	/* With its id: should the agent read it only after the client's next connection on the
-	 * tuple took the entry, it still knows the offer it will never see answered. */
+	 * tuple took the entry, it still knows the offer it will never see answered. A followed
+	 * one carries where the next request head starts. */
 	struct event_hdr h = {
 		.kind = EV_DP_OFFERED,
+		.detail = (c->flags & CONN_FOLLOWED) ? c->client_isn + 1 + p->payload_len : 0,
 		.key = *key,
 		.handoff_id = c->handoff_id,
 	};
@@ -193,9 +219,12 @@ __always int fe_offer_returned(struct __sk_buff *skb, const struct node_config *
 				BPF_F_PSEUDO_HDR | 4))
 		return drop(DROP_REDIRECT_FAILED);
 	stat_add(STAT_DP_RETURNED, 1);
+	/* Followed nowhere now: what the agent decides next is its own. */
+	if (c->flags & CONN_FOLLOWED)
+		bpf_map_delete_elem(&watch, &key);
 	emit_notice_detail(EV_DP_RETURNED, &key, o->reason, be);
 	if (o->reason == REFUSE_COLLISION && agent_alive()) {
-		conn_clear_flags(c, CONN_DP_OFFER);
+		conn_clear_flags(c, CONN_DP_OFFER | CONN_FOLLOWED);
 		c->state = FE_HOLD;
 		conn_set_flags(c, CONN_AGENT_HOLDS);
 		return fe_hold(skb, &key);
