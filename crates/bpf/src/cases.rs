@@ -95,6 +95,9 @@ pub struct Follow {
     pub stamp: Option<Stamp>,
     /// A notice (an event without a packet) and its detail, expected before `Case::event`.
     pub notice: Option<(EventKind, u32)>,
+    /// Whether that notice goes to the quiet ring (`Some(true)`) or the one that wakes the agent
+    /// (`Some(false)`); `None`: not looked at.
+    pub notice_quiet: Option<bool>,
     /// The input's offer was refused here before, for this reason (a tombstone in
     /// `refused_offers`).
     pub refused_before: Option<u32>,
@@ -111,6 +114,7 @@ impl Follow {
         counted: &[],
         stamp: None,
         notice: None,
+        notice_quiet: None,
         refused_before: None,
     };
 }
@@ -761,7 +765,7 @@ fn fe_decide() -> Vec<Case> {
                 Some(c)
                     if c.role() == Some(ConnRole::Be)
                         && c.state() == Some(ConnState::BeEstablished)
-                        && (c.seq_delta, c.ts_delta, c.flags) == (0, 0, 0)
+                        && (c.seq_delta, c.ts_delta, c.flags) == (0, 0, conn_flags::FOLLOWED)
                         && c.local_isn == FE_ISN
                         && c.client_isn == CLIENT_ISN
                         && c.peer_addr == FE.octets()
@@ -1707,6 +1711,9 @@ fn followed_offers() -> Vec<Case> {
     let mut served = request.clone();
     swap_macs(&mut served);
     let watched = Some(Watch::heads_at(next, 1));
+    let short_head = Some(Watch::heads_at(next.wrapping_sub(5), 1));
+    let mut live_followed = dp_offered_followed();
+    live_followed.flags |= conn_flags::DP_LIVE;
     let held = |name, config, input: &Vec<u8>| Case {
         name,
         hook: Hook::Ingress,
@@ -1809,6 +1816,81 @@ fn followed_offers() -> Vec<Case> {
                     next_head: BE_ISN.wrapping_add(1),
                     ..Responses::default()
                 }),
+                ..Follow::NONE
+            },
+        },
+        // The client acknowledged the BE's bytes: the BE has the connection (it may have moved
+        // on since), so a copy of the first segment is data like any other, not an offer.
+        Case {
+            name: "fe_dp_followed_first_segment_after_the_bes_bytes_not_offered_again",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: offering_followed_fe(),
+            entry: Some(live_followed),
+            input: request.clone(),
+            verdict: TC_ACT_REDIRECT,
+            output: rewritten(&request, |ip| rewrite_dst_addr(ip, BE).unwrap()),
+            entry_after: expect_flags(
+                ConnState::FeForward,
+                conn_flags::DP_OFFER | conn_flags::DP_LIVE | conn_flags::FOLLOWED,
+            ),
+            event: None,
+            follow: Follow {
+                watch: watched,
+                counted: &[(Stat::DpOffers, 0), (Stat::ForwardPackets, 1)],
+                ..Follow::NONE
+            },
+        },
+        // A copy that runs past the next head (a pipelining client's retransmission joined to
+        // its next request) is the watch's: held for the agent, not offered with a request the
+        // FE would not count.
+        Case {
+            name: "fe_dp_followed_resend_past_the_next_head_held",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: offering_followed_fe(),
+            entry: Some(dp_offered_followed()),
+            input: request.clone(),
+            verdict: TC_ACT_SHOT,
+            output: request.clone(),
+            entry_after: expect_offered(Some(HANDOFF_ID)),
+            event: Some(EventKind::NextHead),
+            follow: Follow {
+                watch: short_head,
+                watch_after: short_head.map(|w| Watch {
+                    flags: w.flags | watch_flags::AGENT_HEAD,
+                    ..w
+                }),
+                dropped: Some(DropReason::Held),
+                counted: &[(Stat::DpOffers, 0)],
+                ..Follow::NONE
+            },
+        },
+        // Refused for a tuple in use at the BE: the agent decides it afresh, unfollowed.
+        Case {
+            name: "fe_dp_followed_offer_back_for_a_collision_held_unfollowed",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: offering_followed_fe(),
+            entry: Some(dp_offered_followed()),
+            input: turned_back(&offer_to_the_be(offer_kind::FOLLOWED), refuse::COLLISION),
+            verdict: TC_ACT_SHOT,
+            output: served.clone(),
+            entry_after: Box::new(|c| {
+                expect_held_not_offered()(c)?;
+                match c.map(|c| c.flags & conn_flags::FOLLOWED) {
+                    Some(0) => Ok(()),
+                    _ => Err("FOLLOWED left on the held entry".into()),
+                }
+            }),
+            event: Some(EventKind::HeldPacket),
+            follow: Follow {
+                watch: watched,
+                watch_gone: true,
+                dropped: Some(DropReason::Held),
+                counted: &[(Stat::DpReturned, 1)],
+                stamp: FRESH,
+                notice: Some((EventKind::DpReturned, u32::from(refuse::COLLISION))),
                 ..Follow::NONE
             },
         },
@@ -2272,7 +2354,31 @@ fn be_close() -> Vec<Case> {
             socket_closed,
             &fin_acked,
             exact_flags(both_fins | conn_flags::TCP_CLOSED | conn_flags::CLOSE_REPORTED),
-            reported(CloseCode::TimeWait),
+            Follow {
+                notice_quiet: Some(false),
+                ..reported(CloseCode::TimeWait)
+            },
+        ),
+        // A connection the datapath placed and follows (served where it was accepted, or a
+        // followed datapath offer): its close is told quietly.
+        case(
+            "be_followed_close_reported_quietly",
+            Hook::Egress,
+            Conn {
+                flags: socket_closed.flags | conn_flags::FOLLOWED,
+                ..socket_closed
+            },
+            &fin_acked,
+            exact_flags(
+                both_fins
+                    | conn_flags::TCP_CLOSED
+                    | conn_flags::CLOSE_REPORTED
+                    | conn_flags::FOLLOWED,
+            ),
+            Follow {
+                notice_quiet: Some(true),
+                ..reported(CloseCode::TimeWait)
+            },
         ),
         // An ACK of something else (a segment out of its window) says nothing of the FIN.
         case(
@@ -3249,6 +3355,8 @@ pub struct Outcome {
     pub watch_after: Option<Watch>,
     pub responses_after: Option<Responses>,
     pub events: Vec<Event>,
+    /// How many of `events` (the first ones) came from the quiet ring.
+    pub quiet_events: usize,
     /// Drop reasons the run counted, with how often (read only when the case checks them).
     pub dropped: Vec<(DropReason, u64)>,
     /// How far the run moved each stat of the case's `follow.counted`.
@@ -3412,6 +3520,7 @@ impl Runner {
         while let Some(record) = self.quiet.next() {
             events.push(Event::parse(&record).map_err(|e| e.to_string())?);
         }
+        let quiet_events = events.len();
         while let Some(record) = self.events.next() {
             events.push(Event::parse(&record).map_err(|e| e.to_string())?);
         }
@@ -3437,6 +3546,7 @@ impl Runner {
             watch_after,
             responses_after,
             events,
+            quiet_events,
             dropped,
             counted,
             duration: result.duration,
@@ -3520,6 +3630,15 @@ pub fn check(case: &Case, outcome: &Outcome) -> Result<(), String> {
         .into_iter()
         .chain(case.event.map(|kind| (kind, None)))
         .collect();
+    if let Some(quiet) = case.follow.notice_quiet
+        && (outcome.quiet_events > 0) != quiet
+    {
+        problems.push(format!(
+            "the notice went to the {} ring, want the {}",
+            if quiet { "main" } else { "quiet" },
+            if quiet { "quiet" } else { "main" }
+        ));
+    }
     if outcome.events.len() != want.len() {
         problems.push(format!(
             "events {:?}, want {:?}",

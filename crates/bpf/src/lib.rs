@@ -139,8 +139,9 @@ pub mod conn_flags {
     pub const DP_LIVE: u32 = 0x200;
     /// BE: the server's socket closed; what our TCP sends now is its timewait socket's, or no one's.
     pub const TCP_CLOSED: u32 = 0x400;
-    /// A datapath offer whose requests the FE follows (FE: it wrote the watch; BE: it counts the
-    /// responses).
+    /// Placed by the datapath and followed: a followed datapath offer (FE: it wrote the watch;
+    /// BE: it counts the responses), or a connection it serves where it was accepted. Its
+    /// notices are quiet.
     pub const FOLLOWED: u32 = 0x800;
 }
 

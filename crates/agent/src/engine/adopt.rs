@@ -134,6 +134,10 @@ impl Engine {
                     // Live by its deadline (the datapath tells), or refused a margin after it.
                     self.be
                         .adopt(key, peer, id, entry.client_isn, AdoptedPhase::Replaying);
+                    if entry.flags & conn_flags::FOLLOWED != 0 {
+                        // A followed datapath offer: its datapath counts the responses.
+                        self.be.set_followed(&key);
+                    }
                     let left = Duration::from_nanos(entry.live_deadline_ns.saturating_sub(now_ns));
                     self.timers
                         .at(now + left + super::be::LIVE_MARGIN, Timer::Live(conn));

@@ -91,6 +91,9 @@ pub(super) struct Inbound {
     /// What the replay needs, until the connection is live (then dropped). An adopted
     /// connection has none: it was taken by an agent that is gone.
     replay: Option<Box<Replay>>,
+    /// Our server socket's cookie, as the datapath read it from the socket's first packet
+    /// (0: unknown): a move ends that socket in one sock_diag round trip.
+    sock_cookie: u64,
 }
 
 /// The datapath's word on a handed-in connection's close (`EventKind::Closed`).
@@ -226,6 +229,7 @@ impl BeState {
                 closed_while_moving: None,
                 quiesce: None,
                 replay: None,
+                sock_cookie: 0,
             },
         );
         self.by_handoff.insert((peer, id), key);
@@ -247,6 +251,7 @@ impl BeState {
                 closed_while_moving: None,
                 quiesce: None,
                 replay: None,
+                sock_cookie: 0,
             },
         );
         self.by_handoff.insert((me, id), key);
@@ -418,6 +423,7 @@ impl Engine {
                 translation: None,
                 deadline,
             })),
+            sock_cookie: 0,
         };
         self.timers
             .at(deadline + LIVE_MARGIN, Timer::Live(inbound.conn(key)));
@@ -582,7 +588,8 @@ impl Engine {
     }
 
     /// The datapath let the replayed connection through: it is ours.
-    pub(super) fn on_be_live(&mut self, key: ConnKey) {
+    /// Our TCP spoke on a replayed connection (`sock_cookie`: its socket's, 0 if unknown): live.
+    pub(super) fn on_be_live(&mut self, key: ConnKey, sock_cookie: u64) {
         let Some(inbound) = self.be.conns.get_mut(&key) else {
             return;
         };
@@ -590,6 +597,7 @@ impl Engine {
             return;
         }
         inbound.phase = BePhase::Live;
+        inbound.sock_cookie = sock_cookie;
         // Live: the replay is done, its bytes are no longer needed.
         inbound.replay = None;
         let (peer, id) = (inbound.peer, inbound.id);
@@ -607,12 +615,12 @@ impl Engine {
             return;
         }
         // The notice may still be on its way through the ring.
-        if self
+        if let Some(e) = self
             .conns
             .get(&conn.key)
-            .is_some_and(|e| e.state() == Some(ConnState::BeEstablished))
+            .filter(|e| e.state() == Some(ConnState::BeEstablished))
         {
-            return self.on_be_live(conn.key);
+            return self.on_be_live(conn.key, e.sock_cookie);
         }
         tracing::info!(key = %conn.key, phase = ?inbound.phase, "replayed connection not live in time");
         self.refuse_inbound(conn.key, RefuseReason::Timeout, true);
@@ -680,14 +688,21 @@ impl Engine {
 
     /// Removes `conn`'s translating entry, and only that: on a connection this node accepted,
     /// the key may hold its forwarding entry by now.
-    fn remove_be_entry(&mut self, conn: ConnId) {
-        let ours = self
-            .conns
-            .get(&conn.key)
-            .is_some_and(|e| e.role() == Some(ConnRole::Be) && e.client_isn == conn.client_isn);
-        if ours {
-            self.conns.remove(&conn.key);
+    /// Removes `conn`'s entry, if the tuple's entry is still its own (with the responses the
+    /// datapath counted for a connection it placed and follows). Returns whether the tuple has
+    /// another connection's entry now (the client reused its port), whose maps are not ours.
+    fn remove_be_entry(&mut self, conn: ConnId) -> bool {
+        let Some(e) = self.conns.get(&conn.key) else {
+            return false;
+        };
+        if e.role() != Some(ConnRole::Be) || e.client_isn != conn.client_isn {
+            return e.client_isn != conn.client_isn;
         }
+        self.conns.remove(&conn.key);
+        if e.flags & conn_flags::FOLLOWED != 0 {
+            self.follow.remove_responses(&conn.key);
+        }
+        false
     }
 
     /// Ends a replayed connection our TCP may have taken. For a connection this node accepted
@@ -850,9 +865,11 @@ impl Engine {
 
     /// Removes every trace of a handed-in connection, and only of that one.
     fn forget_inbound(&mut self, conn: ConnId) {
-        self.remove_be_entry(conn);
+        let reused = self.remove_be_entry(conn);
         if let Some(inbound) = self.be.get(conn) {
-            if inbound.follow {
+            // A new connection on the tuple has maps of its own already (a followed datapath
+            // offer's responses begin at its server's SYN-ACK, before we hear of it).
+            if inbound.follow && !reused {
                 self.follow.remove_responses(&conn.key);
                 self.unfreeze(conn.key);
             }
@@ -1008,8 +1025,11 @@ impl Engine {
         }
         self.send(&packet);
         let acked = ack.ack.wrapping_add(translation.seq_delta);
-        self.quiet(key, requests, acked)?;
-        // Frozen, then looked at again: our server may have written in between.
+        // Every response out and acknowledged, by the datapath's count: freezing it now drops
+        // nothing our server sends (it has sent all it owes). Then looked at whole, frozen: our
+        // TCP's queues (one sock_diag question, not one before freezing too), and the count
+        // again (our server may have written in between).
+        self.responses_complete(key, requests, acked)?;
         self.freeze(key).map_err(|_| BusyReason::Internal)?;
         if let Err(reason) = self.quiet(key, requests, acked) {
             self.unfreeze(key);
@@ -1031,11 +1051,14 @@ impl Engine {
             .count() as u32
     }
 
-    /// Whether `key` is quiet: our server has answered all `requests` in full, the client has
-    /// acknowledged exactly up to the end of the last answer (`acked`, in our TCP's space), and
-    /// nothing is unsent, unacknowledged or unread. The datapath's count first: `Unacked` then
-    /// says that our TCP has not taken the client's ACK of every byte it sent.
-    fn quiet(&mut self, key: ConnKey, requests: u32, acked: u32) -> Result<(), BusyReason> {
+    /// Whether the datapath counted exactly `requests` responses of `key` and the client
+    /// acknowledged up to the end of the last (`acked`, in our TCP's space).
+    fn responses_complete(
+        &self,
+        key: ConnKey,
+        requests: u32,
+        acked: u32,
+    ) -> Result<(), BusyReason> {
         let responses = self.follow.responses(&key).ok_or(BusyReason::Untracked)?;
         if responses.flags & baton_bpf::RESP_OPAQUE != 0 {
             return Err(BusyReason::Untracked);
@@ -1043,6 +1066,15 @@ impl Engine {
         if responses.count != requests || responses.next_head != acked {
             return Err(BusyReason::Responding);
         }
+        Ok(())
+    }
+
+    /// Whether `key` is quiet: our server has answered all `requests` in full, the client has
+    /// acknowledged exactly up to the end of the last answer (`acked`, in our TCP's space), and
+    /// nothing is unsent, unacknowledged or unread. The datapath's count first: `Unacked` then
+    /// says that our TCP has not taken the client's ACK of every byte it sent.
+    fn quiet(&mut self, key: ConnKey, requests: u32, acked: u32) -> Result<(), BusyReason> {
+        self.responses_complete(key, requests, acked)?;
         let queues = match self.tcp.queues(key.local(), key.client()) {
             Ok(Some(q)) => q,
             Ok(None) => return Err(BusyReason::Closing),
@@ -1079,7 +1111,14 @@ impl Engine {
         inbound.phase = BePhase::Moved;
         inbound.follow = true;
         let conn = inbound.conn(key);
-        if let Err(e) = self.tcp.destroy(key.local(), key.client()) {
+        // By the socket's cookie when the datapath named it: one round trip, not a lookup first.
+        let ended = match inbound.sock_cookie {
+            0 => self.tcp.destroy(key.local(), key.client()),
+            cookie => self
+                .tcp
+                .destroy_by_cookie(key.local(), key.client(), cookie),
+        };
+        if let Err(e) = ended {
             tracing::warn!(%key, "sock_diag destroy of a connection that moved away: {e}");
         }
         self.metrics.moved_away.inc();
@@ -1224,7 +1263,7 @@ impl Engine {
         self.metrics.handed_in_active.set(self.be.len() as i64);
         // Live already (its notice comes next through the ring, or came first).
         if entry.state() == Some(ConnState::BeEstablished) {
-            self.on_be_live(key);
+            self.on_be_live(key, entry.sock_cookie);
         }
     }
 }

@@ -881,6 +881,9 @@ impl Engine {
             entry.last_seen_ns = now_ns;
             entry.client_seen_ns = now_ns;
             entry.flags |= current.flags & (conn_flags::CLIENT_FIN | conn_flags::RST);
+            // Forwarding of the agent's now: no datapath offer of it is left to resend, and our
+            // TCP has no half-open side of it to end (it had the connection).
+            entry.flags &= !(conn_flags::DP_OFFER | conn_flags::DP_LIVE | conn_flags::FOLLOWED);
             let served_here = current.role() == Some(ConnRole::Be)
                 && current.state() == Some(ConnState::BeEstablished);
             (entry, served_here.then_some(current))

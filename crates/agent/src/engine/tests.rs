@@ -2310,6 +2310,85 @@ fn a_first_request_the_datapath_offered_followed_is_followed_from_its_notice() {
 }
 
 #[test]
+fn a_next_request_before_the_bes_bytes_are_acknowledged_waits_for_its_acceptance() {
+    let mut n1 = node_with(0, PolicyKind::Hash, FOLLOW);
+    let head = request(&target_for(1));
+    let next_head = CLIENT_ISN.wrapping_add(1 + head.len() as u32);
+    let key = key_at(N1);
+    let mut entry = held_entry();
+    entry.state = ConnState::FeForward as u8;
+    entry.flags = baton_bpf::conn_flags::SYNACK_SEEN
+        | baton_bpf::conn_flags::DP_OFFER
+        | baton_bpf::conn_flags::FOLLOWED;
+    entry.peer_addr = N2.octets();
+    entry.handoff_id = DP_ID;
+    n1.table.0.lock().unwrap().insert(key, entry);
+    let w = Watch::heads_at(next_head, 1);
+    n1.follow.0.lock().unwrap().watches.insert(key, w);
+    n1.datapath(Event {
+        detail: next_head,
+        ..dp_offered_notice(key, DP_ID)
+    });
+    // A pipelining client: its next request before any of n2's bytes reached it. Nothing proves
+    // n2 has the connection yet: the request waits for n2's answer.
+    let next = request(&target_for(0));
+    let offset = next_head.wrapping_sub(CLIENT_ISN + 1);
+    let segment = client_segment(N1, offset, TcpFlags::ACK | TcpFlags::PSH, &next);
+    n1.datapath(event(EventKind::NextHead, key, &segment));
+    assert_eq!(
+        n1.next_to_peer(),
+        None,
+        "decided before the offer is answered"
+    );
+    assert_eq!(n1.metrics.handoffs_out.get(), 0);
+    n1.hear(Message::HandoffAccepted { id: DP_ID });
+    assert!(matches!(
+        n1.next_to_peer(),
+        Some(Message::MoveQuiesce { requests: 1, .. })
+    ));
+}
+
+#[test]
+fn a_reused_tuple_keeps_the_new_followed_offers_responses() {
+    let mut n2 = node_with(1, PolicyKind::Hash, FOLLOW);
+    let deadline = super::monotonic_ns() + HANDOFF_TIMEOUT.as_nanos() as u64 / 2;
+    let key = key_at(N2);
+    let taken = |isn: u32, id: u64| {
+        let mut entry = left_behind(ConnRole::Be, ConnState::BeEstablished, N1, id);
+        entry.client_isn = isn;
+        entry.flags = baton_bpf::conn_flags::DP_OFFER
+            | baton_bpf::conn_flags::DP_TAKEN
+            | baton_bpf::conn_flags::FOLLOWED;
+        entry.live_deadline_ns = deadline;
+        entry
+    };
+    // The old followed connection, taken and live.
+    n2.table
+        .0
+        .lock()
+        .unwrap()
+        .insert(key, taken(CLIENT_ISN, DP_ID));
+    n2.tcp.set(&key, tcp_state::ESTABLISHED);
+    n2.datapath(notice(EventKind::DpTaken, key));
+    n2.next_to_peer();
+    // The client reuses its port: the datapath took a new followed offer, whose server's
+    // SYN-ACK began its responses, before the agent read of it.
+    let new = taken(CLIENT_ISN.wrapping_add(100_000), DP_ID + 1);
+    n2.table.0.lock().unwrap().insert(key, new);
+    n2.follow
+        .0
+        .lock()
+        .unwrap()
+        .responses
+        .insert(key, Responses::default());
+    n2.datapath(notice(EventKind::DpTaken, key));
+    assert!(
+        n2.follow.responses(&key).is_some(),
+        "the new connection's responses entry was removed with the old one"
+    );
+}
+
+#[test]
 fn a_followed_datapath_offer_taken_here_is_quiesced_by_its_responses() {
     let mut n2 = node_with(1, PolicyKind::Hash, FOLLOW);
     let deadline = super::monotonic_ns() + HANDOFF_TIMEOUT.as_nanos() as u64 / 2;
@@ -2463,12 +2542,19 @@ fn live_followed(id: u64) -> (Node, ConnKey) {
     }));
     let key = key_at(N2);
     n2.datapath(be_synack());
-    n2.datapath(notice(EventKind::BeLive, key));
+    // The datapath names our server's socket by its first packet.
+    n2.datapath(Event {
+        sock_cookie: SERVER_SOCKET_COOKIE,
+        ..notice(EventKind::BeLive, key)
+    });
     n2.next_to_peer();
     n2.tcp.set(&key, tcp_state::ESTABLISHED);
     n2.sent.take();
     (n2, key)
 }
+
+/// The cookie of the server socket of [`live_followed`]'s connection.
+const SERVER_SOCKET_COOKIE: u64 = 0x5eed_c00c;
 
 fn client_ack(acked: u32) -> Vec<u8> {
     let mut ack = client_segment(N1, 40, TcpFlags::ACK, b"");
@@ -2545,11 +2631,17 @@ fn a_serving_node_freezes_only_when_every_response_is_out_and_acknowledged() {
         "the client has not acknowledged the whole response"
     );
     assert_eq!(n2.follow.watch(&key), None);
+    let questions = n2.tcp.0.lock().unwrap().questions;
     n2.hear(quiesce(FE_ISN + 1 + 1000));
     assert!(matches!(
         n2.next_to_peer(),
         Some(Message::MoveQuiet { id: 5, attempt: 50 })
     ));
+    assert_eq!(
+        n2.tcp.0.lock().unwrap().questions,
+        questions + 1,
+        "one look at our TCP's queues, once frozen"
+    );
     assert!(
         n2.follow
             .watch(&key)
@@ -2564,8 +2656,14 @@ fn a_serving_node_freezes_only_when_every_response_is_out_and_acknowledged() {
         Some(tcp_state::ESTABLISHED),
         "not by another attempt's word"
     );
+    let questions = n2.tcp.0.lock().unwrap().questions;
     n2.hear(Message::MoveRelease { id: 5, attempt: 50 });
     assert_eq!(n2.tcp.state(&key), None, "the socket is destroyed");
+    assert_eq!(
+        n2.tcp.0.lock().unwrap().questions,
+        questions,
+        "by its cookie, with no lookup first"
+    );
     assert_eq!(n2.metrics.moved_away.get(), 1);
     n2.wait(LINGER);
     assert!(n2.table.get(&key).is_none());

@@ -43,11 +43,12 @@
 #include "sock_state.h"
 #include "translate.h"
 
-/* A notice about a handed-in connection. Those of a datapath offer are quiet: nothing waits for
- * them (the FE forwards and the server answers the client meanwhile), and a wakeup is an IPI in
- * the middle of the server's packet (tens of µs on a virtual machine); the agent reads them
- * before its next input or round. The agent's own replays' notices wake it: a followed
- * connection's next request waits for them. */
+/* A notice about a handed-in connection. Those of a connection the datapath placed (a datapath
+ * offer, or one it serves here and follows: fe_follow_here) are quiet: nothing waits for them
+ * (the FE forwards and the server answers the client meanwhile), and a wakeup is an IPI in the
+ * middle of the server's packet (tens of µs on a virtual machine); the agent reads them before
+ * its next input or round. The agent's own replays' notices wake it: a followed connection's
+ * next request waits for them. */
 __always void be_notice(const struct conn *c, __u32 kind, const struct conn_key *key, __u32 detail)
 {
 	struct event_hdr h = {
@@ -56,7 +57,7 @@ __always void be_notice(const struct conn *c, __u32 kind, const struct conn_key 
 		.key = *key,
 		.sock_cookie = c->sock_cookie,
 	};
-	emit_notice_hdr(&h, c->flags & CONN_DP_OFFER);
+	emit_notice_hdr(&h, c->flags & (CONN_DP_OFFER | CONN_FOLLOWED));
 }
 
 /* Notes the FINs and RSTs that pass (the client's FIN with where it ends). They report nothing:

@@ -50,8 +50,9 @@ enum conn_state {
 #define CONN_DP_LIVE 0x200     /* FE (datapath offer): the client acknowledged data of the BE */
 #define CONN_TCP_CLOSED 0x400  /* BE: the server's socket closed (sock_state.h); what our TCP sends
 				* now comes from the tuple's timewait socket, or from no socket */
-#define CONN_FOLLOWED 0x800    /* datapath offer: the FE follows its requests (FE: its watch entry;
-				* BE: its responses counted from the server's SYN-ACK on) */
+#define CONN_FOLLOWED 0x800    /* placed by the datapath and followed: a followed datapath offer
+				* (FE: its watch entry; BE: its responses counted from the server's
+				* SYN-ACK on), or one it serves here (fe_follow_here) */
 
 /* What a SYN-ACK negotiated, as far as a handoff needs it identical at both ends (the agent's
  * `SynOptions::negotiated_mismatch`): MSS, window scale, SACK and timestamps. */

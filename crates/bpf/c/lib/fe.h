@@ -140,6 +140,17 @@ __always int fe_send_offer(struct __sk_buff *skb, const struct node_config *cfg,
 	return bpf_redirect_neigh(skb->ifindex, NULL, 0, 0);
 }
 
+/* A followed offer's first segment again only up to the next head: one that runs past it (a
+ * pipelining client's retransmission joined to its next request) is the watch's (follow.h). */
+__always int fe_resend_within_head(const struct pkt *p, const struct conn_key *key,
+				   const struct conn *c)
+{
+	if (!(c->flags & CONN_FOLLOWED))
+		return 1;
+	struct watch *w = bpf_map_lookup_elem(&watch, key);
+	return w && (__s32)(w->next_head_seq - (p->seq + p->payload_len)) >= 0;
+}
+
 /* Whether this segment can carry a datapath offer: not a GSO packet, no IP options, and it fits
  * the interface with the offer header. */
 __always int fe_offer_fits(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p)
@@ -195,7 +206,12 @@ __always int fe_offer(struct __sk_buff *skb, const struct node_config *cfg, cons
 		.key = *key,
 		.handoff_id = c->handoff_id,
 	};
-	emit_notice_hdr(&h, 1);
+	/* Unheard, a followed offer could not be followed right (the agent would not know how
+	 * many requests the BE had): it goes unfollowed. */
+	if (emit_notice_hdr(&h, 1) && (c->flags & CONN_FOLLOWED)) {
+		bpf_map_delete_elem(&watch, key);
+		conn_clear_flags(c, CONN_FOLLOWED);
+	}
 	stat_add(STAT_DP_OFFERS, 1);
 	return fe_send_offer(skb, cfg, p, key, c);
 }
@@ -267,7 +283,9 @@ __always int fe_follow_here(struct __sk_buff *skb, const struct node_config *cfg
 	/* The role and state last: a packet of the connection on another CPU sees the FE entry or
 	 * the whole translating one. */
 	__u64 now = bpf_ktime_get_ns();
-	__sync_fetch_and_and(&c->flags, 0);
+	/* Placed by the datapath and followed: its notices are quiet, as a followed offer's. */
+	__sync_fetch_and_and(&c->flags, CONN_FOLLOWED);
+	conn_set_flags(c, CONN_FOLLOWED);
 	c->syn_opts_len = 0;
 	c->synack_opts_len = 0;
 	c->synack_tsval = 0;
@@ -413,10 +431,13 @@ __always int fe_ingress(struct __sk_buff *skb, const struct node_config *cfg, co
 			return TC_ACT_OK;
 		}
 		/* Offered again with the client's retransmissions, for as long as the BE may take it
-		 * (its deadline counts from the first offer): after that, only our agent decides. */
-		if ((c->flags & CONN_DP_OFFER) && p->seq == c->client_isn + 1 && pkt_data_len(p) &&
-		    fe_offer_fits(skb, cfg, p) &&
-		    offer_clock_ns(cfg) - c->offered_ns < cfg->live_window_ns)
+		 * (its deadline counts from the first offer) and the client has not acknowledged its
+		 * bytes (then it has the connection, which may have moved on since): after that, only
+		 * our agent decides. */
+		if ((c->flags & (CONN_DP_OFFER | CONN_DP_LIVE)) == CONN_DP_OFFER &&
+		    p->seq == c->client_isn + 1 && pkt_data_len(p) && fe_offer_fits(skb, cfg, p) &&
+		    offer_clock_ns(cfg) - c->offered_ns < cfg->live_window_ns &&
+		    fe_resend_within_head(p, key, c))
 			return fe_send_offer(skb, cfg, p, key, c);
 		/* Only the BE's bytes can move the client's ACK past our SYN-ACK: it has the connection,
 		 * which the agent must know even if the BE's agent never says so, and our TCP's
