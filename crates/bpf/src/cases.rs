@@ -1597,6 +1597,20 @@ pub fn listening_be() -> Table {
                 offer_kind::FOLLOWED,
                 conn_flags::FOLLOWED,
             ),
+            // The tuple's earlier connection moved away from here (its watch froze it): the
+            // new one is not silenced by what is left of it.
+            Case {
+                follow: Follow {
+                    watch: Some(stale_frozen_watch()),
+                    watch_gone: true,
+                    ..offer_taken().follow
+                },
+                ..offer_taken_as(
+                    "be_dp_offer_taken_over_a_stale_frozen_watch",
+                    offer_kind::OFFER,
+                    0,
+                )
+            },
             mismatch,
         ],
     }
@@ -1660,6 +1674,15 @@ fn offer_taken_as(name: &'static str, kind: u8, flags: u32) -> Case {
             stamp: FRESH,
             ..Follow::NONE
         },
+    }
+}
+
+/// The watch a move away left on a tuple (the connection froze, then was released).
+fn stale_frozen_watch() -> Watch {
+    Watch {
+        flags: watch_flags::FROZEN,
+        next_head_seq: 0,
+        ..Watch::default()
     }
 }
 
@@ -2291,6 +2314,8 @@ fn be_close() -> Vec<Case> {
         // The handed-in connection is over and the client opens one of its own to this node on the
         // same tuple (its ports toward the FE and toward us are independent): a new connection, not a
         // collision. Dropped, it would wait a SYN retransmission (1 s).
+        // What the old one left by tuple goes with it: a watch that froze it as it moved away
+        // would hold the new one's packets, its count of responses is not the new one's.
         Case {
             name: "be_closed_tuple_reused_by_a_new_connection",
             hook: Hook::Ingress,
@@ -2309,7 +2334,16 @@ fn be_close() -> Vec<Case> {
                 other => Err(format!("expected a fresh FE entry, found {other:?}")),
             }),
             event: None,
-            follow: Follow::NONE,
+            follow: Follow {
+                watch: Some(stale_frozen_watch()),
+                watch_gone: true,
+                responses: Some(Responses {
+                    next_head: 1,
+                    count: 3,
+                    ..Responses::default()
+                }),
+                ..Follow::NONE
+            },
         },
         case(
             "be_client_fin_noted_with_its_end",

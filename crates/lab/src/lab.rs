@@ -307,6 +307,9 @@ pub struct LabSpec {
     /// The agents' `[limits] datapath_offers` (handoffs made by the datapaths alone where they
     /// decide); `None`: the agent's default (on). Not recorded in `lab.info` either.
     pub datapath_offers: Option<bool>,
+    /// The agents' `[limits] moves_per_connection`; `None`: the agent's default. Not recorded in
+    /// `lab.info` either.
+    pub moves_per_connection: Option<u32>,
 }
 
 impl LabSpec {
@@ -325,6 +328,7 @@ impl LabSpec {
             late_nodes: 0,
             per_request: None,
             datapath_offers: None,
+            moves_per_connection: None,
         }
     }
 
@@ -458,10 +462,16 @@ pub fn agent_config(spec: &LabSpec, key: &str, i: usize) -> Result<NodeConfig, L
         Some(on) => format!("per_request = {on}\n"),
         None => String::new(),
     };
-    let limits = match spec.datapath_offers {
-        Some(on) => format!("[limits]\ndatapath_offers = {on}\n\n"),
-        None => String::new(),
-    };
+    let mut limits = String::new();
+    if let Some(on) = spec.datapath_offers {
+        limits.push_str(&format!("datapath_offers = {on}\n"));
+    }
+    if let Some(moves) = spec.moves_per_connection {
+        limits.push_str(&format!("moves_per_connection = {moves}\n"));
+    }
+    if !limits.is_empty() {
+        limits = format!("[limits]\n{limits}\n");
+    }
     text.push_str(&format!(
         "]\n\n[policy]\nkind = \"{}\"\n{per_request}\n{limits}[metrics]\nlisten = \"{}:{METRICS_PORT}\"\n",
         policy_name(spec.policy),
@@ -1665,8 +1675,6 @@ impl Lab {
         process_alive(pid).then_some(pid)
     }
 
-    /// Restarts every agent with `policy` and waits until they are ready again: the same lab,
-    /// servers and addresses under another policy (benchmarks compare policies this way).
     /// The agents' `[limits] datapath_offers` from their next start on
     /// ([`LabSpec::datapath_offers`]).
     pub fn set_datapath_offers(&mut self, on: Option<bool>) {
@@ -1678,6 +1686,14 @@ impl Lab {
         self.spec.per_request = per_request;
     }
 
+    /// The agents' `[limits] moves_per_connection` from their next start on
+    /// ([`LabSpec::moves_per_connection`]).
+    pub fn set_moves_per_connection(&mut self, moves: Option<u32>) {
+        self.spec.moves_per_connection = moves;
+    }
+
+    /// Restarts every agent with `policy` and waits until they are ready again: the same lab,
+    /// servers and addresses under another policy (benchmarks compare policies this way).
     pub fn restart_agents(&mut self, policy: PolicyKind) -> Result<(), LabError> {
         if !self.spec.agents {
             return Ok(());
@@ -2158,6 +2174,7 @@ pub fn parse_lab_info(text: &str) -> Result<(LabSpec, String), String> {
         late_nodes: 0,
         per_request: None,
         datapath_offers: None,
+        moves_per_connection: None,
     };
     Ok((spec, key))
 }

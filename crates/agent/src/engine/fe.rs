@@ -926,10 +926,15 @@ impl Engine {
 
     pub(super) fn expire_forwarded(&mut self, conn: ConnId) {
         if let Some(FePhase::Forwarded { follow, .. }) = self.fe.get(conn).map(|c| &c.phase) {
-            if follow.is_some() {
+            let current = self.conns.get(&conn.key);
+            // The client may have reused its port meanwhile: the tuple's entry and watch are then
+            // its new connection's (the datapath writes a followed one's watch itself).
+            let reused = current.is_some_and(|e| e.client_isn != conn.client_isn);
+            if follow.is_some() && !reused {
                 self.follow.remove_watch(&conn.key);
             }
-            if let Some(entry) = self.remove_entry(conn) {
+            if let Some(entry) = current.filter(|_| !reused) {
+                self.conns.remove(&conn.key);
                 self.reset_half_open_offer(conn, &entry);
             }
             self.fe.forget(conn);

@@ -141,14 +141,15 @@ __always int fe_send_offer(struct __sk_buff *skb, const struct node_config *cfg,
 }
 
 /* A followed offer's first segment again only up to the next head: one that runs past it (a
- * pipelining client's retransmission joined to its next request) is the watch's (follow.h). */
+ * pipelining client's retransmission joined to its next request) is the watch's (follow.h).
+ * Without a watch nothing holds it: offered again, or it would reach no one. */
 __always int fe_resend_within_head(const struct pkt *p, const struct conn_key *key,
 				   const struct conn *c)
 {
 	if (!(c->flags & CONN_FOLLOWED))
 		return 1;
 	struct watch *w = bpf_map_lookup_elem(&watch, key);
-	return w && (__s32)(w->next_head_seq - (p->seq + p->payload_len)) >= 0;
+	return !w || (__s32)(w->next_head_seq - (p->seq + p->payload_len)) >= 0;
 }
 
 /* Whether this segment can carry a datapath offer: not a GSO packet, no IP options, and it fits
