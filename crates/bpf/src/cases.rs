@@ -1976,6 +1976,30 @@ fn fe_forward() -> Vec<Case> {
             event: None,
             follow: Follow::NONE,
         },
+        // The client reuses the tuple of a connection that is over: a new one, tracked afresh,
+        // and what the old one left in the follow maps goes (it would hold the new one's data
+        // as a next request).
+        Case {
+            name: "fe_forward_closed_tuple_reused_starts_afresh",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: distributing(FE),
+            entry: Some(Conn {
+                flags: conn_flags::CLIENT_FIN | conn_flags::SERVER_FIN,
+                ..fe_entry(ConnState::FeForward)
+            }),
+            input: client_syn(),
+            verdict: TC_ACT_OK,
+            output: client_syn(),
+            entry_after: expect_state(ConnState::FeSyn),
+            event: None,
+            follow: Follow {
+                watch: Some(Watch::heads(CLIENT_ISN.wrapping_add(40))),
+                watch_gone: true,
+                responses: Some(Responses::default()),
+                ..Follow::NONE
+            },
+        },
         // While the offer is out our TCP keeps its half-open side, for a refusal to fall back to.
         Case {
             name: "fe_synack_retransmit_passes_while_offered",

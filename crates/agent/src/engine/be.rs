@@ -391,6 +391,14 @@ impl Engine {
             tracing::debug!(%key, "collision: the datapath tracks the tuple");
             return Err(RefuseReason::Collision);
         }
+        if mode == Insert::New {
+            // Nothing else is on the tuple here: what a connection before it left in the follow
+            // maps (a watch that froze it as it moved away: it would silence this one) goes.
+            self.follow.remove_watch(&key);
+            if !r.follow {
+                self.follow.remove_responses(&key);
+            }
+        }
         let mut syn = r.syn;
         if rewrite_dst_addr(&mut syn, self.my_addr).is_err() {
             self.conns.remove(&key);
@@ -690,13 +698,15 @@ impl Engine {
     /// the key may hold its forwarding entry by now.
     /// Removes `conn`'s entry, if the tuple's entry is still its own (with the responses the
     /// datapath counted for a connection it placed and follows). Returns whether the tuple has
-    /// another connection's entry now (the client reused its port), whose maps are not ours.
+    /// another handed-in connection's entry now (the client reused its port), whose maps are not
+    /// ours. (A forwarding entry of this node's is the same connection moved away from here: its
+    /// ISN is the client's first, ours the one its move back here replayed.)
     fn remove_be_entry(&mut self, conn: ConnId) -> bool {
         let Some(e) = self.conns.get(&conn.key) else {
             return false;
         };
         if e.role() != Some(ConnRole::Be) || e.client_isn != conn.client_isn {
-            return e.client_isn != conn.client_isn;
+            return e.role() == Some(ConnRole::Be) && e.client_isn != conn.client_isn;
         }
         self.conns.remove(&conn.key);
         if e.flags & conn_flags::FOLLOWED != 0 {

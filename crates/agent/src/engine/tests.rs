@@ -2349,6 +2349,33 @@ fn a_next_request_before_the_bes_bytes_are_acknowledged_waits_for_its_acceptance
 }
 
 #[test]
+fn a_handoff_onto_a_tuple_a_moved_connection_left_frozen_is_not_silenced() {
+    // A connection on the tuple moved away from here earlier and left its watch frozen and its
+    // count of responses (its entry gone with it).
+    let mut n2 = node_with(1, PolicyKind::Hash, FOLLOW);
+    let key = key_at(N2);
+    let frozen = Watch {
+        flags: baton_bpf::watch_flags::FROZEN,
+        next_head_seq: 0,
+        ..Watch::default()
+    };
+    n2.follow.0.lock().unwrap().watches.insert(key, frozen);
+    n2.follow
+        .0
+        .lock()
+        .unwrap()
+        .responses
+        .insert(key, Responses::default());
+    n2.hear(Message::HandoffRequest(handoff_request(7)));
+    assert_eq!(
+        n2.follow.watch(&key),
+        None,
+        "the new connection would be silenced"
+    );
+    assert!(n2.follow.responses(&key).is_none(), "not the new one's");
+}
+
+#[test]
 fn a_reused_tuple_keeps_the_new_followed_offers_responses() {
     let mut n2 = node_with(1, PolicyKind::Hash, FOLLOW);
     let deadline = super::monotonic_ns() + HANDOFF_TIMEOUT.as_nanos() as u64 / 2;

@@ -60,16 +60,6 @@ __always void be_notice(const struct conn *c, __u32 kind, const struct conn_key 
 	emit_notice_hdr(&h, c->flags & (CONN_DP_OFFER | CONN_FOLLOWED));
 }
 
-/* A new connection takes a tuple whose earlier one is over here: what was kept about that one by
- * tuple goes (a watch that froze it for a move away would silence the new one; its count of
- * responses is not the new one's). The agent, which forgets the old connection later, leaves the
- * tuple's maps alone once the table has another connection on it. */
-__always void be_forget_tuple_state(const struct conn_key *key)
-{
-	bpf_map_delete_elem(&watch, key);
-	bpf_map_delete_elem(&responses, key);
-}
-
 /* Notes the FINs and RSTs that pass (the client's FIN with where it ends). They report nothing:
  * our TCP has the last word on a close (be_socket_closed). */
 __always void be_note_close(struct conn *c, const struct pkt *p, __u32 fin_flag)
@@ -154,7 +144,7 @@ __always int be_ingress(struct __sk_buff *skb, const struct node_config *cfg, co
 		/* Over: the client's ports toward the FE and toward us are independent, and this is
 		 * its own connection to this node. The agent forgets the old one by its ISN. */
 		bpf_map_delete_elem(&conns, key);
-		be_forget_tuple_state(key);
+		follow_forget_tuple(key);
 		return fe_new_syn(skb, cfg, p, key);
 	}
 	if (c->state == BE_SYN_SENT && (p->payload_len || (p->flags & TCPF_FIN))) {
@@ -386,7 +376,7 @@ __always int be_take_offer(struct __sk_buff *skb, const struct node_config *cfg,
 	n->live_deadline_ns = now + cfg->live_window_ns - (age > 0 ? (__u64)age : 0);
 	if (bpf_map_update_elem(&conns, key, n, BPF_NOEXIST))
 		return be_refuse_offer(skb, cfg, o, REFUSE_INTERNAL);
-	be_forget_tuple_state(key);
+	follow_forget_tuple(key);
 
 	/* The copy first: it is queued behind this packet, which our TCP handles to the end (and
 	 * answers) before the copy comes in. */
@@ -453,6 +443,7 @@ __always int offer_ingress(struct __sk_buff *skb, const struct node_config *cfg)
 		if (c->role != ROLE_BE || !(c->flags & CONN_CLOSE_REPORTED))
 			return be_refuse_offer(skb, cfg, o, REFUSE_COLLISION);
 		bpf_map_delete_elem(&conns, &key);
+		follow_forget_tuple(&key);
 	}
 	return be_take_offer(skb, cfg, s, &key);
 }

@@ -429,6 +429,7 @@ __always int fe_ingress(struct __sk_buff *skb, const struct node_config *cfg, co
 			/* The old connection is over and the client reuses the tuple: start afresh. */
 			stat_add(STAT_SYN, 1);
 			fe_init(skb, p, c, bpf_ktime_get_ns());
+			follow_forget_tuple(key);
 			return TC_ACT_OK;
 		}
 		/* Offered again with the client's retransmissions, for as long as the BE may take it

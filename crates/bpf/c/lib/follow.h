@@ -33,6 +33,17 @@
 #include "maps.h"
 #include "parse.h"
 
+/* A tuple's connection is over and a new one takes it (the client reused its port): what the
+ * follow maps kept about the old one by tuple goes. A watch that froze it for a move away would
+ * silence the new one, one that followed it would hold the new one's data as a next request, and
+ * its count of responses is not the new one's. The agent, which forgets the old connection later,
+ * leaves the tuple's maps alone once the table has another handed-in connection on it. */
+__always void follow_forget_tuple(const struct conn_key *key)
+{
+	bpf_map_delete_elem(&watch, key);
+	bpf_map_delete_elem(&responses, key);
+}
+
 /* Whether a client packet carries the next request head: 0, or the verdict of holding it. */
 __always int follow_hold_head(struct __sk_buff *skb, const struct node_config *cfg,
 			      const struct pkt *p, const struct conn_key *key)
