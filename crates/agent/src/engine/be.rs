@@ -216,7 +216,7 @@ impl BeState {
             AdoptedPhase::Closing => (BePhase::Closing, None),
             AdoptedPhase::Replaying => (BePhase::Replayed, None),
         };
-        self.conns.insert(
+        self.insert(
             key,
             Inbound {
                 peer,
@@ -232,13 +232,12 @@ impl BeState {
                 sock_cookie: 0,
             },
         );
-        self.by_handoff.insert((peer, id), key);
     }
 
     /// A connection this node accepted and serves itself, followed (the FE side moves it): live
     /// here as handoff `id` from this node, its responses counted.
     pub fn serve_here(&mut self, key: ConnKey, me: usize, id: u64, client_isn: u32) {
-        self.conns.insert(
+        self.insert(
             key,
             Inbound {
                 peer: me,
@@ -254,7 +253,6 @@ impl BeState {
                 sock_cookie: 0,
             },
         );
-        self.by_handoff.insert((me, id), key);
     }
 
     /// Marks an adopted connection as one whose responses the datapath counts.
@@ -276,6 +274,15 @@ impl BeState {
         self.conns
             .get(&conn.key)
             .filter(|i| i.client_isn == conn.client_isn)
+    }
+
+    /// Records `inbound` as `key`'s handed-in connection: an earlier one on the tuple (the
+    /// client reused its port) is no longer found by its handoff id either, so a late message
+    /// about it cannot act on the new one.
+    fn insert(&mut self, key: ConnKey, inbound: Inbound) {
+        self.remove(&key);
+        self.by_handoff.insert((inbound.peer, inbound.id), key);
+        self.conns.insert(key, inbound);
     }
 
     fn remove(&mut self, key: &ConnKey) -> Option<Inbound> {
@@ -435,8 +442,7 @@ impl Engine {
         };
         self.timers
             .at(deadline + LIVE_MARGIN, Timer::Live(inbound.conn(key)));
-        self.be.by_handoff.insert((peer, r.id), key);
-        self.be.conns.insert(key, inbound);
+        self.be.insert(key, inbound);
         if time_wait {
             // The client's earlier connection to this node on the tuple, over at both ends. Our
             // TCP would reuse it only for a SYN whose timestamp is newer than that connection's
@@ -694,8 +700,6 @@ impl Engine {
         self.metrics.refused.count(reason.label());
     }
 
-    /// Removes `conn`'s translating entry, and only that: on a connection this node accepted,
-    /// the key may hold its forwarding entry by now.
     /// Removes `conn`'s entry, if the tuple's entry is still its own (with the responses the
     /// datapath counted for a connection it placed and follows). Returns whether the tuple has
     /// another handed-in connection's entry now (the client reused its port), whose maps are not

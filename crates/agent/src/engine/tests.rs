@@ -1170,6 +1170,61 @@ fn a_closed_tuple_the_client_reuses_is_not_taken_for_the_old_connection() {
 }
 
 #[test]
+fn a_late_message_about_an_earlier_connection_on_a_tuple_leaves_the_new_one_alone() {
+    let mut n1 = node_with(0, PolicyKind::Hash, FOLLOW);
+    let key = key_at(N1);
+    let head = request(&target_for(0));
+    // The datapath serves and follows here a first connection (handoff id 77), then the
+    // client's next one on the same port (another ISN, id 78).
+    let follow_here = |n1: &mut Node, isn: u32, id: u64| {
+        let mut entry = held_entry();
+        entry.client_isn = isn;
+        let next_head = isn.wrapping_add(1 + head.len() as u32);
+        let mut served = Conn::new_be(N1, isn, super::monotonic_ns());
+        served.state = ConnState::BeEstablished as u8;
+        served.local_isn = FE_ISN;
+        served.handoff_id = id;
+        served.flags = baton_bpf::conn_flags::FOLLOWED;
+        n1.table.0.lock().unwrap().insert(key, served);
+        n1.follow
+            .0
+            .lock()
+            .unwrap()
+            .watches
+            .insert(key, Watch::heads_at(next_head, 0));
+        // SAFETY: Conn is plain old data (repr(C), no padding); its bytes are what the
+        // datapath copies.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&entry as *const Conn).cast::<u8>(), size_of::<Conn>())
+        };
+        n1.datapath(Event {
+            detail: next_head,
+            handoff_id: id,
+            pkt_len: bytes.len() as u32,
+            packet: bytes.to_vec(),
+            ..notice(EventKind::DpFollowedHere, key)
+        });
+    };
+    let (old, new) = ((1 << 63) | 77, (1 << 63) | 78);
+    follow_here(&mut n1, CLIENT_ISN, old);
+    follow_here(&mut n1, CLIENT_ISN.wrapping_add(99_999), new);
+    n1.tcp.set(&key, tcp_state::ESTABLISHED);
+    assert_eq!(n1.engine.be.handed_in(&key).map(|(_, p)| p), Some("live"));
+    // A late word about the first connection (a withdrawal of it, as a move back here that
+    // this node gave up sends itself) is about nothing this node still has.
+    n1.mesh(MeshEvent::Message {
+        peer: 0,
+        message: Message::HandoffAbort { id: old },
+    });
+    assert_eq!(
+        n1.engine.be.handed_in(&key).map(|(_, p)| p),
+        Some("live"),
+        "the second connection was ended for the first"
+    );
+    assert_eq!(n1.tcp.state(&key), Some(tcp_state::ESTABLISHED));
+}
+
+#[test]
 fn a_new_connection_on_a_closed_handed_in_tuple_is_decided_at_once() {
     // A connection handed in from n1 closes; before its linger ends the client connects to n2
     // itself from the same port (its ports toward n1 and n2 are independent), and the datapath
