@@ -131,9 +131,10 @@ __always struct head_scan *load_head(struct __sk_buff *skb, const struct pkt *p,
 
 /* A followed request's head that the datapath may place itself (follow.h): "GET <target>
  * HTTP/1.1" (exactly: no other space in the request line), CRLF line ends, no folded header line,
- * no header that changes what follows it (Content-Length,
- * Transfer-Encoding, Upgrade; Connection other than "keep-alive"), and the segment holds the
- * head and nothing more (no body, no pipelined request). Anything else is the agent's. */
+ * no header that changes what follows it (Content-Length, Transfer-Encoding, Upgrade; Connection
+ * other than "keep-alive" or "close"), and the segment holds the head and nothing more (no body,
+ * no pipelined request). Anything else is the agent's. "Connection: close" makes it the
+ * connection's last request: placed, never followed. */
 struct head_check {
 	struct head_scan *s;
 	__u32 len;
@@ -141,6 +142,7 @@ struct head_check {
 	__u32 lines;      /* lines ended so far */
 	__u32 head_end;   /* offset just past the empty line; 0 until found */
 	__u32 bad;
+	__u32 last;       /* a "Connection: close" line */
 };
 
 /* Whether the bytes at `at` (before `end`) are `lit` (lowercase), ASCII case aside (a header
@@ -165,8 +167,9 @@ static __always_inline int head_match(const struct head_check *c, __u32 at, __u3
 	return 1;
 }
 
-/* Whether the header line [at, end) leaves the request plain (see struct head_check). */
-static __always_inline int header_is_plain(const struct head_check *c, __u32 at, __u32 end)
+/* Whether the header line [at, end) leaves the request plain (see struct head_check); a
+ * "Connection: close" marks it the last. */
+static __always_inline int header_is_plain(struct head_check *c, __u32 at, __u32 end)
 {
 	if (HEAD_MATCH(c, at, end, "content-length:") ||
 	    HEAD_MATCH(c, at, end, "transfer-encoding:") || HEAD_MATCH(c, at, end, "upgrade:"))
@@ -179,6 +182,10 @@ static __always_inline int header_is_plain(const struct head_check *c, __u32 at,
 		__u8 b = c->s->buf[v & (HEAD_SCAN_MAX - 1)];
 		if (v < end && (b == ' ' || b == '\t'))
 			v++;
+	}
+	if (HEAD_MATCH(c, v, end, "close") && v + sizeof("close") - 1 == end) {
+		c->last = 1;
+		return 1;
 	}
 	return HEAD_MATCH(c, v, end, "keep-alive") && v + sizeof("keep-alive") - 1 == end;
 }
@@ -227,26 +234,47 @@ static long head_check_step(__u64 i, void *ctx)
 	return 0;
 }
 
+/* What head_plain() finds. */
+#define HEAD_NOT_PLAIN 0
+#define HEAD_PLAIN 1      /* followed requests may come after it */
+#define HEAD_PLAIN_LAST 2 /* the connection's last request ("Connection: close") */
+
 /* Whether the segment's first `len` bytes, in s->buf, are a whole plain head and nothing more
- * (see struct head_check). */
-__always int head_is_plain(struct head_scan *s, __u32 len)
+ * (see struct head_check): HEAD_*. */
+__always int head_plain(struct head_scan *s, __u32 len)
 {
 	struct head_check c = {.s = s, .len = len};
 	bpf_loop(HEAD_SCAN_MAX, head_check_step, &c, 0);
-	return !c.bad && c.head_end == len;
+	if (c.bad || c.head_end != len)
+		return HEAD_NOT_PLAIN;
+	return c.last ? HEAD_PLAIN_LAST : HEAD_PLAIN;
 }
 
 /* The node the hash policy gives this request to (its index), or -1; with `plain`, only a
- * request the segment holds whole and plain is decided. */
-__always int decide_hash(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p,
-			 int plain)
+ * request the segment holds whole and plain is decided, and *last (where given) says whether it
+ * is its connection's last (HEAD_PLAIN_LAST).
+ * A global function: the verifier checks it once, on its own, instead of in every state of each
+ * caller (its loops over the head made the ingress program nearly too complex to load). */
+__attribute__((noinline)) int decide_hash(struct __sk_buff *skb, const struct node_config *cfg,
+					  const struct pkt *p, int plain, int *last)
 {
+	if (last)
+		*last = 0;
+	if (!cfg || !p)
+		return -1;
 	if (plain && p->payload_len > HEAD_SCAN_MAX)
 		return -1;
 	__u32 len;
 	struct head_scan *s = load_head(skb, p, &len);
-	if (!s || (plain && !head_is_plain(s, len)))
+	if (!s)
 		return -1;
+	if (plain) {
+		int found = head_plain(s, len);
+		if (found == HEAD_NOT_PLAIN)
+			return -1;
+		if (last)
+			*last = found == HEAD_PLAIN_LAST;
+	}
 	return hash_choice(s, cfg, len);
 }
 
@@ -257,7 +285,9 @@ __always int decide_stays(struct __sk_buff *skb, const struct node_config *cfg,
 {
 	if (cfg->decide != DECIDE_HASH_STAYS || node >= cfg->nnodes)
 		return 0;
-	return decide_hash(skb, cfg, p, 1) == node;
+	/* A last request ends following: the agent's (it may still move). */
+	int last = 1;
+	return decide_hash(skb, cfg, p, 1, &last) == node && !last;
 }
 
 /* Round-robin: the next node in turn that is eligible (this node always is), as the agent's
@@ -284,13 +314,20 @@ __always int decide_round_robin(const struct node_config *cfg)
 }
 
 /* The node the datapath's policy gives this first data segment to, or -1: the agent decides.
- * With requests followed (DECIDE_HASH_STAYS) only a whole plain head is decided here: the next
- * one starts right after it (fe_follow_here for this node, a followed offer for a peer). */
-__always int decide_first(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p)
+ * With requests followed (DECIDE_HASH_STAYS) only a whole plain head is decided here, and *follow
+ * says whether its connection is followed: the next head starts right after it (fe_follow_here
+ * for this node, a followed offer for a peer). A last request ("Connection: close") is placed as
+ * under DECIDE_HASH, unfollowed, as the agent would. */
+__always int decide_first(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p,
+			  int *follow)
 {
+	*follow = 0;
 	if (cfg->decide == DECIDE_ROUND_ROBIN)
 		return decide_round_robin(cfg);
 	if (cfg->decide != DECIDE_HASH && cfg->decide != DECIDE_HASH_STAYS)
 		return -1;
-	return decide_hash(skb, cfg, p, cfg->decide == DECIDE_HASH_STAYS);
+	int stays = cfg->decide == DECIDE_HASH_STAYS, last = 1;
+	int winner = decide_hash(skb, cfg, p, stays, &last);
+	*follow = stays && !last;
+	return winner;
 }
