@@ -741,6 +741,16 @@ fn fe_decide() -> Vec<Case> {
     )
     .into_bytes();
     let with_body_here = frame(&with_body_here.build());
+    let http10_here = |headers: &str| {
+        let mut p = client_request_for(FE, &target_hashed_to(0));
+        p.payload = format!(
+            "GET {} HTTP/1.0\r\nHost: baton\r\n{headers}\r\n",
+            target_hashed_to(0)
+        )
+        .into_bytes();
+        frame(&p.build())
+    };
+    let (http10, http10_kept_alive) = (http10_here(""), http10_here("Connection: keep-alive\r\n"));
     vec![
         // The hash policy gives the target to this node: our TCP gets the segment, which completes
         // the handshake, and the connection is forgotten. No agent, no copy.
@@ -813,6 +823,37 @@ fn fe_decide() -> Vec<Case> {
                 counted: &[(Stat::DecidedLocal, 1)],
                 ..Follow::NONE
             },
+        },
+        // HTTP/1.0 without keep-alive: the connection's last request as well.
+        Case {
+            name: "fe_hash_followed_local_http10_request_released_unfollowed",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: hashing_followed_fe(),
+            entry: Some(fe_entry(ConnState::FeHold)),
+            input: http10.clone(),
+            verdict: TC_ACT_OK,
+            output: http10,
+            entry_after: expect_absent(),
+            event: None,
+            follow: Follow {
+                counted: &[(Stat::DecidedLocal, 1)],
+                ..Follow::NONE
+            },
+        },
+        // HTTP/1.0 with keep-alive is followed by the agent (its later requests may move).
+        Case {
+            name: "fe_hash_followed_local_http10_keep_alive_held",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: hashing_followed_fe(),
+            entry: Some(fe_entry(ConnState::FeHold)),
+            input: http10_kept_alive.clone(),
+            verdict: TC_ACT_SHOT,
+            output: http10_kept_alive,
+            entry_after: expect_flags(ConnState::FeHold, conn_flags::AGENT_HOLDS),
+            event: Some(EventKind::HeldPacket),
+            follow: Follow::NONE,
         },
         // A head the datapath cannot place (it says a body follows) is the agent's.
         Case {

@@ -133,8 +133,9 @@ __always struct head_scan *load_head(struct __sk_buff *skb, const struct pkt *p,
  * HTTP/1.1" (exactly: no other space in the request line), CRLF line ends, no folded header line,
  * no header that changes what follows it (Content-Length, Transfer-Encoding, Upgrade; Connection
  * other than "keep-alive" or "close"), and the segment holds the head and nothing more (no body,
- * no pipelined request). Anything else is the agent's. "Connection: close" makes it the
- * connection's last request: placed, never followed. */
+ * no pipelined request). Anything else is the agent's. "Connection: close", or HTTP/1.0 without
+ * "Connection: keep-alive", makes it the connection's last request: placed, never followed
+ * (HTTP/1.0 with keep-alive is the agent's). */
 struct head_check {
 	struct head_scan *s;
 	__u32 len;
@@ -142,7 +143,7 @@ struct head_check {
 	__u32 lines;      /* lines ended so far */
 	__u32 head_end;   /* offset just past the empty line; 0 until found */
 	__u32 bad;
-	__u32 last;       /* a "Connection: close" line */
+	__u32 last;       /* HTTP/1.0, or a "Connection: close" line */
 };
 
 /* Whether the bytes at `at` (before `end`) are `lit` (lowercase), ASCII case aside (a header
@@ -187,7 +188,21 @@ static __always_inline int header_is_plain(struct head_check *c, __u32 at, __u32
 		c->last = 1;
 		return 1;
 	}
-	return HEAD_MATCH(c, v, end, "keep-alive") && v + sizeof("keep-alive") - 1 == end;
+	/* Keep-alive after HTTP/1.0 (or after a close): the agent's. */
+	return HEAD_MATCH(c, v, end, "keep-alive") && v + sizeof("keep-alive") - 1 == end &&
+	       !c->last;
+}
+
+/* Whether the bytes at `at` (before `end`) are " HTTP/1.1" or " HTTP/1.0", and all of them
+ * up to `end` or just before a CR there. */
+static __always_inline int version_at(const struct head_check *c, __u32 at, __u32 end)
+{
+	if (!HEAD_MATCH_EXACT(c, at, end, " HTTP/1.") || at + 9 > end)
+		return 0;
+	__u8 minor = c->s->buf[(at + 8) & (HEAD_SCAN_MAX - 1)];
+	if (minor != '0' && minor != '1')
+		return 0;
+	return at + 9 == end || c->s->buf[(at + 9) & (HEAD_SCAN_MAX - 1)] == '\r';
 }
 
 /* One byte of the head: at each line's end, the line is checked. */
@@ -199,7 +214,7 @@ static long head_check_step(__u64 i, void *ctx)
 		return 1;
 	__u8 b = c->s->buf[i & (HEAD_SCAN_MAX - 1)];
 	/* The request line's spaces: the method's, and the one before the version. */
-	if (b == ' ' && c->lines == 0 && i > 3 && !HEAD_MATCH_EXACT(c, i, c->len, " HTTP/1.1\r")) {
+	if (b == ' ' && c->lines == 0 && i > 3 && !version_at(c, i, c->len)) {
 		c->bad = 1;
 		return 1;
 	}
@@ -220,11 +235,11 @@ static long head_check_step(__u64 i, void *ctx)
 		return 1;
 	}
 	if (c->lines == 0) {
-		if (end < 14 || !HEAD_MATCH_EXACT(c, 0, end, "GET ") ||
-		    !HEAD_MATCH_EXACT(c, end - 9, end, " HTTP/1.1")) {
+		if (end < 14 || !HEAD_MATCH_EXACT(c, 0, end, "GET ") || !version_at(c, end - 9, end)) {
 			c->bad = 1;
 			return 1;
 		}
+		c->last = c->s->buf[(end - 1) & (HEAD_SCAN_MAX - 1)] == '0';
 	} else if (!header_is_plain(c, c->line_start, end)) {
 		c->bad = 1;
 		return 1;
@@ -237,7 +252,7 @@ static long head_check_step(__u64 i, void *ctx)
 /* What head_plain() finds. */
 #define HEAD_NOT_PLAIN 0
 #define HEAD_PLAIN 1      /* followed requests may come after it */
-#define HEAD_PLAIN_LAST 2 /* the connection's last request ("Connection: close") */
+#define HEAD_PLAIN_LAST 2 /* the connection's last request ("Connection: close", HTTP/1.0) */
 
 /* Whether the segment's first `len` bytes, in s->buf, are a whole plain head and nothing more
  * (see struct head_check): HEAD_*. */
