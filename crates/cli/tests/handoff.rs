@@ -1326,22 +1326,37 @@ fn a_node_whose_server_stops_listening_is_not_chosen_until_it_listens_again() {
         }
         served_by
     };
+    // Refused because nothing listens, and counted so on both sides: not a collision. The
+    // offers are the agents' or the datapath's (hash places a connection's last request, as
+    // these are, in the datapath): n2's datapath refuses its own with the reason in the offer
+    // it turns back, which n1 counts.
+    // n1's agent counts a datapath refusal when it reads the quiet notice of the segment
+    // that came back, at its next wakeup: waited for.
     let refused_no_listener = |lab: &Lab| {
-        let (fe, be) = (
-            metric_by_reason(lab, 1, FALLBACKS, "refused_no_listener"),
-            metric_by_reason(lab, 2, REFUSED, "no_listener"),
-        );
-        // Refused because nothing listens, and counted so on both sides: not a collision.
+        let counts = || {
+            (
+                metric_by_reason(lab, 1, FALLBACKS, "refused_no_listener"),
+                metric_by_reason(lab, 2, REFUSED, "no_listener"),
+                metric(lab, 2, "baton_datapath_offers_refused_total"),
+            )
+        };
+        let until = Instant::now() + COUNTED_WITHIN;
+        let (mut fe, mut by_agent, mut by_datapath) = counts();
+        while fe != by_agent + by_datapath && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+            (fe, by_agent, by_datapath) = counts();
+        }
         assert_eq!(
-            fe, be,
-            "n1's refused_no_listener fallbacks vs n2's no_listener refusals"
+            fe,
+            by_agent + by_datapath,
+            "n1's refused_no_listener fallbacks vs n2's refusals (agent's no_listener, datapath's)"
         );
         assert_eq!(
             metric(lab, 2, REFUSED),
-            be,
-            "n2 refused for no other reason"
+            by_agent,
+            "n2's agent refused for no other reason"
         );
-        be
+        fe
     };
     request(&lab, Some("n2"), "before the stop");
 
