@@ -1176,38 +1176,13 @@ fn a_late_message_about_an_earlier_connection_on_a_tuple_leaves_the_new_one_alon
     let head = request(&target_for(0));
     // The datapath serves and follows here a first connection (handoff id 77), then the
     // client's next one on the same port (another ISN, id 78).
-    let follow_here = |n1: &mut Node, isn: u32, id: u64| {
+    let (old, new) = ((1 << 63) | 77, (1 << 63) | 78);
+    for (isn, id) in [(CLIENT_ISN, old), (CLIENT_ISN.wrapping_add(99_999), new)] {
         let mut entry = held_entry();
         entry.client_isn = isn;
-        let next_head = isn.wrapping_add(1 + head.len() as u32);
-        let mut served = Conn::new_be(N1, isn, super::monotonic_ns());
-        served.state = ConnState::BeEstablished as u8;
-        served.local_isn = FE_ISN;
-        served.handoff_id = id;
-        served.flags = baton_bpf::conn_flags::FOLLOWED;
-        n1.table.0.lock().unwrap().insert(key, served);
-        n1.follow
-            .0
-            .lock()
-            .unwrap()
-            .watches
-            .insert(key, Watch::heads_at(next_head, 0));
-        // SAFETY: Conn is plain old data (repr(C), no padding); its bytes are what the
-        // datapath copies.
-        let bytes = unsafe {
-            std::slice::from_raw_parts((&entry as *const Conn).cast::<u8>(), size_of::<Conn>())
-        };
-        n1.datapath(Event {
-            detail: next_head,
-            handoff_id: id,
-            pkt_len: bytes.len() as u32,
-            packet: bytes.to_vec(),
-            ..notice(EventKind::DpFollowedHere, key)
-        });
-    };
-    let (old, new) = ((1 << 63) | 77, (1 << 63) | 78);
-    follow_here(&mut n1, CLIENT_ISN, old);
-    follow_here(&mut n1, CLIENT_ISN.wrapping_add(99_999), new);
+        let notice = served_here_by_datapath(&mut n1, key, entry, id, head.len());
+        n1.datapath(notice);
+    }
     n1.tcp.set(&key, tcp_state::ESTABLISHED);
     assert_eq!(n1.engine.be.handed_in(&key).map(|(_, p)| p), Some("live"));
     // A late word about the first connection (a withdrawal of it, as a move back here that
@@ -2217,20 +2192,16 @@ fn a_next_request_for_this_node_moves_the_connection_back_by_replay() {
     );
 }
 
-#[test]
-fn a_first_request_the_datapath_served_here_is_followed_from_its_notice() {
-    let mut n1 = node_with(0, PolicyKind::Hash, FOLLOW);
-    let head = request(&target_for(0));
-    // The datapath's FE entry as it held the connection, which the notice carries.
-    let key = key_at(N1);
-    let entry = held_entry();
-    let next_head = CLIENT_ISN.wrapping_add(1 + head.len() as u32);
-    let id = (1 << 63) | 77;
-    // What the datapath wrote: the entry translating at offset zero, the watch of the next head.
-    let mut served = Conn::new_be(N1, CLIENT_ISN, super::monotonic_ns());
+/// What n1's datapath writes as it serves a first request of `len` bytes here and follows it
+/// (`fe_follow_here`): `key`'s entry translating at offset zero and the watch of the next head;
+/// and its quiet notice, which carries the FE entry `held` as it was.
+fn served_here_by_datapath(n1: &mut Node, key: ConnKey, held: Conn, id: u64, len: usize) -> Event {
+    let next_head = held.client_isn.wrapping_add(1 + len as u32);
+    let mut served = Conn::new_be(N1, held.client_isn, super::monotonic_ns());
     served.state = ConnState::BeEstablished as u8;
     served.local_isn = FE_ISN;
     served.handoff_id = id;
+    served.flags = baton_bpf::conn_flags::FOLLOWED;
     n1.table.0.lock().unwrap().insert(key, served);
     n1.follow
         .0
@@ -2241,15 +2212,26 @@ fn a_first_request_the_datapath_served_here_is_followed_from_its_notice() {
     // SAFETY: Conn is plain old data (repr(C), no padding); its bytes are what the datapath
     // copies.
     let bytes = unsafe {
-        std::slice::from_raw_parts((&entry as *const Conn).cast::<u8>(), size_of::<Conn>())
+        std::slice::from_raw_parts((&held as *const Conn).cast::<u8>(), size_of::<Conn>())
     };
-    n1.datapath(Event {
+    Event {
         detail: next_head,
         handoff_id: id,
         pkt_len: bytes.len() as u32,
         packet: bytes.to_vec(),
         ..notice(EventKind::DpFollowedHere, key)
-    });
+    }
+}
+
+#[test]
+fn a_first_request_the_datapath_served_here_is_followed_from_its_notice() {
+    let mut n1 = node_with(0, PolicyKind::Hash, FOLLOW);
+    let head = request(&target_for(0));
+    // The datapath's FE entry as it held the connection, which the notice carries.
+    let key = key_at(N1);
+    let id = (1 << 63) | 77;
+    let served = served_here_by_datapath(&mut n1, key, held_entry(), id, head.len());
+    n1.datapath(served.clone());
     assert_eq!(n1.metrics.local.get(), 1);
     assert!(
         n1.sent.take().is_empty(),
@@ -2274,11 +2256,9 @@ fn a_first_request_the_datapath_served_here_is_followed_from_its_notice() {
     // A notice read after its connection's entry went (a late reader) takes nothing on.
     let gone = key_at_port(N1, CLIENT_PORT + 2);
     n1.datapath(Event {
-        detail: next_head,
         handoff_id: id + 1,
-        pkt_len: bytes.len() as u32,
-        packet: bytes.to_vec(),
-        ..notice(EventKind::DpFollowedHere, gone)
+        key: gone,
+        ..served
     });
     assert!(n1.engine.fe.following_mut(&gone).is_none());
     assert_eq!(n1.metrics.local.get(), 1);
