@@ -1265,7 +1265,7 @@ fn handed_off_connections_keep_ecn() {
         "n1 served locally: {ect} of {data} data segments ECT"
     );
 
-    let handed_in = metric(&lab, 2, "baton_handoffs_in_total");
+    let handed_in = common::settled_metric(&lab, 2, "baton_handoffs_in_total");
     let (ece, data, ect) = ecn_of_a_download(&lab, 1, &target_hashed_to("/f/10m", 2, 2), "n2");
     assert_eq!(
         ece, 1,

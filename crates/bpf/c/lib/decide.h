@@ -130,7 +130,7 @@ __always struct head_scan *load_head(struct __sk_buff *skb, const struct pkt *p,
 }
 
 /* A followed request's head that the datapath may place itself (follow.h): "GET <target>
- * HTTP/1.1" (exactly: no other space in the request line), CRLF line ends, no folded header line,
+ * HTTP/1.1" or "... HTTP/1.0" (exactly: no other space in the request line), CRLF line ends, no folded header line,
  * no header that changes what follows it (Content-Length, Transfer-Encoding, Upgrade; Connection
  * other than "keep-alive" or "close"), and the segment holds the head and nothing more (no body,
  * no pipelined request). Anything else is the agent's. "Connection: close", or HTTP/1.0 without
@@ -331,8 +331,8 @@ __always int decide_round_robin(const struct node_config *cfg)
 /* The node the datapath's policy gives this first data segment to, or -1: the agent decides.
  * With requests followed (DECIDE_HASH_STAYS) only a whole plain head is decided here, and *follow
  * says whether its connection is followed: the next head starts right after it (fe_follow_here
- * for this node, a followed offer for a peer). A last request ("Connection: close") is placed as
- * under DECIDE_HASH, unfollowed, as the agent would. */
+ * for this node, a followed offer for a peer). A last request ("Connection: close", HTTP/1.0
+ * without keep-alive) is placed as under DECIDE_HASH, unfollowed, as the agent would. */
 __always int decide_first(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p,
 			  int *follow)
 {

@@ -104,6 +104,23 @@ pub fn wait_until(within: Duration, mut condition: impl FnMut() -> bool) -> bool
     }
 }
 
+/// Node `node`'s counter `name` once it has stopped moving (the same in two reads half a second
+/// apart, for at most three seconds): a baseline that counts what came before it, such as the
+/// handoffs of the lab's readiness probes, which agents count when they read the datapath's quiet
+/// notices, at their next wakeup.
+pub fn settled_metric(lab: &Lab, node: usize, name: &str) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut last = metric(lab, node, name);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = metric(lab, node, name);
+        if now == last || Instant::now() >= deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// Waits up to `within` for node `node`'s counter `name` to reach `at_least`; its last value.
 /// For words that travel the control mesh after the client has its answer (a move's release,
 /// a close notice), which TCP may retransmit after a backoff.
