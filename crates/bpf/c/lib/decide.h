@@ -266,15 +266,13 @@ __always int head_plain(struct head_scan *s, __u32 len)
 }
 
 /* The node the hash policy gives this request to (its index), or -1; with `plain`, only a
- * request the segment holds whole and plain is decided, and *last (where given) says whether it
- * is its connection's last (HEAD_PLAIN_LAST).
+ * request the segment holds whole and plain is decided, and the scratch records whether it is its
+ * connection's last (HEAD_PLAIN_LAST; head_was_last()).
  * A global function: the verifier checks it once, on its own, instead of in every state of each
  * caller (its loops over the head made the ingress program nearly too complex to load). */
 __attribute__((noinline)) int decide_hash(struct __sk_buff *skb, const struct node_config *cfg,
-					  const struct pkt *p, int plain, int *last)
+					  const struct pkt *p, int plain)
 {
-	if (last)
-		*last = 0;
 	if (!cfg || !p)
 		return -1;
 	if (plain && p->payload_len > HEAD_SCAN_MAX)
@@ -283,14 +281,31 @@ __attribute__((noinline)) int decide_hash(struct __sk_buff *skb, const struct no
 	struct head_scan *s = load_head(skb, p, &len);
 	if (!s)
 		return -1;
+	s->last = 0;
 	if (plain) {
 		int found = head_plain(s, len);
 		if (found == HEAD_NOT_PLAIN)
 			return -1;
-		if (last)
-			*last = found == HEAD_PLAIN_LAST;
+		s->last = found == HEAD_PLAIN_LAST;
 	}
 	return hash_choice(s, cfg, len);
+}
+
+/* Whether the head decide_hash() found plain last on this CPU is its connection's last request.
+ * Read from the scratch at each use: the verifier does not carry it along as a known value
+ * through the paths after it (a flag in a register made them twice as many). */
+__always int head_was_last(void)
+{
+	__u32 zero = 0;
+	struct head_scan *s = bpf_map_lookup_elem(&head_scratch, &zero);
+	return !s || s->last;
+}
+
+/* Whether a first request decide_first() placed is followed: requests followed, and not its
+ * connection's last. */
+__always int first_is_followed(const struct node_config *cfg)
+{
+	return cfg->decide == DECIDE_HASH_STAYS && !head_was_last();
 }
 
 /* For a followed connection on node `node`: 1 if the request that this segment holds whole goes
@@ -301,8 +316,7 @@ __always int decide_stays(struct __sk_buff *skb, const struct node_config *cfg,
 	if (cfg->decide != DECIDE_HASH_STAYS || node >= cfg->nnodes)
 		return 0;
 	/* A last request ends following: the agent's (it may still move). */
-	int last = 1;
-	return decide_hash(skb, cfg, p, 1, &last) == node && !last;
+	return decide_hash(skb, cfg, p, 1) == node && !head_was_last();
 }
 
 /* Round-robin: the next node in turn that is eligible (this node always is), as the agent's
@@ -329,20 +343,15 @@ __always int decide_round_robin(const struct node_config *cfg)
 }
 
 /* The node the datapath's policy gives this first data segment to, or -1: the agent decides.
- * With requests followed (DECIDE_HASH_STAYS) only a whole plain head is decided here, and *follow
- * says whether its connection is followed: the next head starts right after it (fe_follow_here
- * for this node, a followed offer for a peer). A last request ("Connection: close", HTTP/1.0
- * without keep-alive) is placed as under DECIDE_HASH, unfollowed, as the agent would. */
-__always int decide_first(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p,
-			  int *follow)
+ * With requests followed (DECIDE_HASH_STAYS) only a whole plain head is decided here, and
+ * followed where first_is_followed(): the next head starts right after it (fe_follow_here for
+ * this node, a followed offer for a peer). A last request ("Connection: close", HTTP/1.0 without
+ * keep-alive) is placed as under DECIDE_HASH, unfollowed, as the agent would. */
+__always int decide_first(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p)
 {
-	*follow = 0;
 	if (cfg->decide == DECIDE_ROUND_ROBIN)
 		return decide_round_robin(cfg);
 	if (cfg->decide != DECIDE_HASH && cfg->decide != DECIDE_HASH_STAYS)
 		return -1;
-	int stays = cfg->decide == DECIDE_HASH_STAYS, last = 1;
-	int winner = decide_hash(skb, cfg, p, stays, &last);
-	*follow = stays && !last;
-	return winner;
+	return decide_hash(skb, cfg, p, cfg->decide == DECIDE_HASH_STAYS);
 }
