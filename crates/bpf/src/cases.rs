@@ -734,23 +734,6 @@ fn fe_decide() -> Vec<Case> {
     )
     .into_bytes();
     let closing_here = frame(&closing_here.build());
-    let mut with_body_here = client_request_for(FE, &target_hashed_to(0));
-    with_body_here.payload = format!(
-        "GET {} HTTP/1.1\r\nHost: baton\r\nContent-Length: 0\r\n\r\n",
-        target_hashed_to(0)
-    )
-    .into_bytes();
-    let with_body_here = frame(&with_body_here.build());
-    let http10_here = |headers: &str| {
-        let mut p = client_request_for(FE, &target_hashed_to(0));
-        p.payload = format!(
-            "GET {} HTTP/1.0\r\nHost: baton\r\n{headers}\r\n",
-            target_hashed_to(0)
-        )
-        .into_bytes();
-        frame(&p.build())
-    };
-    let (http10, http10_kept_alive) = (http10_here(""), http10_here("Connection: keep-alive\r\n"));
     vec![
         // The hash policy gives the target to this node: our TCP gets the segment, which completes
         // the handshake, and the connection is forgotten. No agent, no copy.
@@ -806,65 +789,16 @@ fn fe_decide() -> Vec<Case> {
                 ..Follow::NONE
             },
         },
-        // The connection's last request ("Connection: close"): nothing comes after it to
-        // follow, so it is placed as without following: released here at once, unwatched.
-        Case {
-            name: "fe_hash_followed_local_last_request_released_unfollowed",
-            hook: Hook::Ingress,
-            agent_alive: true,
-            config: hashing_followed_fe(),
-            entry: Some(fe_entry(ConnState::FeHold)),
-            input: closing_here.clone(),
-            verdict: TC_ACT_OK,
-            output: closing_here,
-            entry_after: expect_absent(),
-            event: None,
-            follow: Follow {
-                counted: &[(Stat::DecidedLocal, 1)],
-                ..Follow::NONE
-            },
-        },
-        // HTTP/1.0 without keep-alive: the connection's last request as well.
-        Case {
-            name: "fe_hash_followed_local_http10_request_released_unfollowed",
-            hook: Hook::Ingress,
-            agent_alive: true,
-            config: hashing_followed_fe(),
-            entry: Some(fe_entry(ConnState::FeHold)),
-            input: http10.clone(),
-            verdict: TC_ACT_OK,
-            output: http10,
-            entry_after: expect_absent(),
-            event: None,
-            follow: Follow {
-                counted: &[(Stat::DecidedLocal, 1)],
-                ..Follow::NONE
-            },
-        },
-        // HTTP/1.0 with keep-alive is followed by the agent (its later requests may move).
-        Case {
-            name: "fe_hash_followed_local_http10_keep_alive_held",
-            hook: Hook::Ingress,
-            agent_alive: true,
-            config: hashing_followed_fe(),
-            entry: Some(fe_entry(ConnState::FeHold)),
-            input: http10_kept_alive.clone(),
-            verdict: TC_ACT_SHOT,
-            output: http10_kept_alive,
-            entry_after: expect_flags(ConnState::FeHold, conn_flags::AGENT_HOLDS),
-            event: Some(EventKind::HeldPacket),
-            follow: Follow::NONE,
-        },
-        // A head the datapath cannot place (it says a body follows) is the agent's.
+        // A head the datapath cannot follow (the connection's last request) is the agent's.
         Case {
             name: "fe_hash_followed_local_target_not_plain_held",
             hook: Hook::Ingress,
             agent_alive: true,
             config: hashing_followed_fe(),
             entry: Some(fe_entry(ConnState::FeHold)),
-            input: with_body_here.clone(),
+            input: closing_here.clone(),
             verdict: TC_ACT_SHOT,
-            output: with_body_here,
+            output: closing_here,
             entry_after: expect_flags(ConnState::FeHold, conn_flags::AGENT_HOLDS),
             event: Some(EventKind::HeldPacket),
             follow: Follow::NONE,
@@ -1794,14 +1728,6 @@ fn followed_offers() -> Vec<Case> {
     let with_fin = frame(&with_fin.build());
     let mut not_following_peer = offering_followed_fe();
     not_following_peer.nodes[1].follows = 0;
-    let mut closing = client_request_for(FE, &target_hashed_to(1));
-    closing.payload = format!(
-        "GET {} HTTP/1.1\r\nHost: baton\r\nConnection: close\r\n\r\n",
-        target_hashed_to(1)
-    )
-    .into_bytes();
-    let closing = frame(&closing.build());
-    let closing_out = offered(&closing, &offer_of(&held_for_offer()));
     let mut taking = dp_taking();
     taking.flags |= conn_flags::FOLLOWED;
     let t = translation();
@@ -1871,31 +1797,6 @@ fn followed_offers() -> Vec<Case> {
             follow: Follow {
                 watch: watched,
                 counted: &[(Stat::DpOffers, 0), (Stat::ForwardPackets, 1)],
-                ..Follow::NONE
-            },
-        },
-        // The connection's last request ("Connection: close"): offered as without following,
-        // to any peer, and not watched.
-        Case {
-            name: "fe_dp_followed_last_request_offered_unfollowed",
-            hook: Hook::Ingress,
-            agent_alive: true,
-            config: not_following_peer,
-            entry: Some(held_for_offer()),
-            input: closing,
-            verdict: TC_ACT_REDIRECT,
-            output: closing_out,
-            entry_after: Box::new(move |c| {
-                expect_offered(None)(c)?;
-                match c.map(|c| c.flags & conn_flags::FOLLOWED) {
-                    Some(0) => Ok(()),
-                    _ => Err("expected the offer unfollowed".into()),
-                }
-            }),
-            event: None,
-            follow: Follow {
-                counted: &[(Stat::DpOffers, 1), (Stat::ForwardPackets, 1)],
-                notice: Some((EventKind::DpOffered, 0)),
                 ..Follow::NONE
             },
         },

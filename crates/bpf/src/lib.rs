@@ -430,10 +430,9 @@ pub enum DecideMode {
     Hash = 1,
     /// Round-robin over the eligible nodes, this one included.
     RoundRobin = 2,
-    /// Hash, requests followed: a whole plain first request is placed and followed by the
-    /// datapath (served here, [`EventKind::DpFollowedHere`], or a followed offer to a peer), a
-    /// last one (`Connection: close`, HTTP/1.0 without keep-alive) placed unfollowed, any other
-    /// goes to the agent; a followed request that hashes to the node its connection is on goes on there
+    /// Hash, requests followed: a whole plain first request that hashes here is served and
+    /// followed here ([`EventKind::DpFollowedHere`]), any other goes to the agent; a followed
+    /// request that hashes to the node its connection is on goes on there
     /// ([`EventKind::NextHeadStayed`]).
     HashStays = 3,
 }

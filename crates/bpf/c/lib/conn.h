@@ -175,11 +175,10 @@ enum decide_mode {
 	DECIDE_AGENT = 0, /* every held connection goes to the agent */
 	DECIDE_HASH = 1,  /* the hash policy: a target that hashes to this node is released at once */
 	DECIDE_ROUND_ROBIN = 2, /* round-robin over the eligible nodes, this one included */
-	DECIDE_HASH_STAYS = 3, /* hash, requests followed: a whole plain first request is placed
-				* and followed (fe.h), a last one ("Connection: close", HTTP/1.0
-				* without keep-alive) placed unfollowed, any other goes to the agent;
-				* a followed request that hashes to the node its connection is on
-				* goes on (follow.h) */
+	DECIDE_HASH_STAYS = 3, /* hash, requests followed: a whole plain first request that hashes
+				* here is served and followed here (fe.h), any other goes to the agent;
+				* a followed request that hashes to the node its connection is on goes
+				* on (follow.h) */
 };
 
 /* One member as the datapath's hash policy sees it (the agent's `Hash` policy, mirrored). */

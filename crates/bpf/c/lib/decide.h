@@ -130,12 +130,10 @@ __always struct head_scan *load_head(struct __sk_buff *skb, const struct pkt *p,
 }
 
 /* A followed request's head that the datapath may place itself (follow.h): "GET <target>
- * HTTP/1.1" or "... HTTP/1.0" (exactly: no other space in the request line), CRLF line ends, no folded header line,
- * no header that changes what follows it (Content-Length, Transfer-Encoding, Upgrade; Connection
- * other than "keep-alive" or "close"), and the segment holds the head and nothing more (no body,
- * no pipelined request). Anything else is the agent's. "Connection: close", or HTTP/1.0 without
- * "Connection: keep-alive", makes it the connection's last request: placed, never followed
- * (HTTP/1.0 with keep-alive is the agent's). */
+ * HTTP/1.1" (exactly: no other space in the request line), CRLF line ends, no folded header line,
+ * no header that changes what follows it (Content-Length,
+ * Transfer-Encoding, Upgrade; Connection other than "keep-alive"), and the segment holds the
+ * head and nothing more (no body, no pipelined request). Anything else is the agent's. */
 struct head_check {
 	struct head_scan *s;
 	__u32 len;
@@ -143,7 +141,6 @@ struct head_check {
 	__u32 lines;      /* lines ended so far */
 	__u32 head_end;   /* offset just past the empty line; 0 until found */
 	__u32 bad;
-	__u32 last;       /* HTTP/1.0, or a "Connection: close" line */
 };
 
 /* Whether the bytes at `at` (before `end`) are `lit` (lowercase), ASCII case aside (a header
@@ -168,9 +165,8 @@ static __always_inline int head_match(const struct head_check *c, __u32 at, __u3
 	return 1;
 }
 
-/* Whether the header line [at, end) leaves the request plain (see struct head_check); a
- * "Connection: close" marks it the last. */
-static __always_inline int header_is_plain(struct head_check *c, __u32 at, __u32 end)
+/* Whether the header line [at, end) leaves the request plain (see struct head_check). */
+static __always_inline int header_is_plain(const struct head_check *c, __u32 at, __u32 end)
 {
 	if (HEAD_MATCH(c, at, end, "content-length:") ||
 	    HEAD_MATCH(c, at, end, "transfer-encoding:") || HEAD_MATCH(c, at, end, "upgrade:"))
@@ -184,25 +180,7 @@ static __always_inline int header_is_plain(struct head_check *c, __u32 at, __u32
 		if (v < end && (b == ' ' || b == '\t'))
 			v++;
 	}
-	if (HEAD_MATCH(c, v, end, "close") && v + sizeof("close") - 1 == end) {
-		c->last = 1;
-		return 1;
-	}
-	/* Keep-alive after HTTP/1.0 (or after a close): the agent's. */
-	return HEAD_MATCH(c, v, end, "keep-alive") && v + sizeof("keep-alive") - 1 == end &&
-	       !c->last;
-}
-
-/* Whether the bytes at `at` (before `end`) are " HTTP/1.1" or " HTTP/1.0", and all of them
- * up to `end` or just before a CR there. */
-static __always_inline int version_at(const struct head_check *c, __u32 at, __u32 end)
-{
-	if (!HEAD_MATCH_EXACT(c, at, end, " HTTP/1.") || at + 9 > end)
-		return 0;
-	__u8 minor = c->s->buf[(at + 8) & (HEAD_SCAN_MAX - 1)];
-	if (minor != '0' && minor != '1')
-		return 0;
-	return at + 9 == end || c->s->buf[(at + 9) & (HEAD_SCAN_MAX - 1)] == '\r';
+	return HEAD_MATCH(c, v, end, "keep-alive") && v + sizeof("keep-alive") - 1 == end;
 }
 
 /* One byte of the head: at each line's end, the line is checked. */
@@ -214,7 +192,7 @@ static long head_check_step(__u64 i, void *ctx)
 		return 1;
 	__u8 b = c->s->buf[i & (HEAD_SCAN_MAX - 1)];
 	/* The request line's spaces: the method's, and the one before the version. */
-	if (b == ' ' && c->lines == 0 && i > 3 && !version_at(c, i, c->len)) {
+	if (b == ' ' && c->lines == 0 && i > 3 && !HEAD_MATCH_EXACT(c, i, c->len, " HTTP/1.1\r")) {
 		c->bad = 1;
 		return 1;
 	}
@@ -235,11 +213,11 @@ static long head_check_step(__u64 i, void *ctx)
 		return 1;
 	}
 	if (c->lines == 0) {
-		if (end < 14 || !HEAD_MATCH_EXACT(c, 0, end, "GET ") || !version_at(c, end - 9, end)) {
+		if (end < 14 || !HEAD_MATCH_EXACT(c, 0, end, "GET ") ||
+		    !HEAD_MATCH_EXACT(c, end - 9, end, " HTTP/1.1")) {
 			c->bad = 1;
 			return 1;
 		}
-		c->last = c->s->buf[(end - 1) & (HEAD_SCAN_MAX - 1)] == '0';
 	} else if (!header_is_plain(c, c->line_start, end)) {
 		c->bad = 1;
 		return 1;
@@ -249,25 +227,17 @@ static long head_check_step(__u64 i, void *ctx)
 	return 0;
 }
 
-/* What head_plain() finds. */
-#define HEAD_NOT_PLAIN 0
-#define HEAD_PLAIN 1      /* followed requests may come after it */
-#define HEAD_PLAIN_LAST 2 /* the connection's last request ("Connection: close", HTTP/1.0) */
-
 /* Whether the segment's first `len` bytes, in s->buf, are a whole plain head and nothing more
- * (see struct head_check): HEAD_*. */
-__always int head_plain(struct head_scan *s, __u32 len)
+ * (see struct head_check). */
+__always int head_is_plain(struct head_scan *s, __u32 len)
 {
 	struct head_check c = {.s = s, .len = len};
 	bpf_loop(HEAD_SCAN_MAX, head_check_step, &c, 0);
-	if (c.bad || c.head_end != len)
-		return HEAD_NOT_PLAIN;
-	return c.last ? HEAD_PLAIN_LAST : HEAD_PLAIN;
+	return !c.bad && c.head_end == len;
 }
 
 /* The node the hash policy gives this request to (its index), or -1; with `plain`, only a
- * request the segment holds whole and plain is decided, and the scratch records whether it is its
- * connection's last (HEAD_PLAIN_LAST; head_was_last()).
+ * request the segment holds whole and plain is decided.
  * A global function: the verifier checks it once, on its own, instead of in every state of each
  * caller (its loops over the head made the ingress program nearly too complex to load). */
 __attribute__((noinline)) int decide_hash(struct __sk_buff *skb, const struct node_config *cfg,
@@ -279,33 +249,9 @@ __attribute__((noinline)) int decide_hash(struct __sk_buff *skb, const struct no
 		return -1;
 	__u32 len;
 	struct head_scan *s = load_head(skb, p, &len);
-	if (!s)
+	if (!s || (plain && !head_is_plain(s, len)))
 		return -1;
-	s->last = 0;
-	if (plain) {
-		int found = head_plain(s, len);
-		if (found == HEAD_NOT_PLAIN)
-			return -1;
-		s->last = found == HEAD_PLAIN_LAST;
-	}
 	return hash_choice(s, cfg, len);
-}
-
-/* Whether the head decide_hash() found plain last on this CPU is its connection's last request.
- * Read from the scratch at each use: the verifier does not carry it along as a known value
- * through the paths after it (a flag in a register made them twice as many). */
-__always int head_was_last(void)
-{
-	__u32 zero = 0;
-	struct head_scan *s = bpf_map_lookup_elem(&head_scratch, &zero);
-	return !s || s->last;
-}
-
-/* Whether a first request decide_first() placed is followed: requests followed, and not its
- * connection's last. */
-__always int first_is_followed(const struct node_config *cfg)
-{
-	return cfg->decide == DECIDE_HASH_STAYS && !head_was_last();
 }
 
 /* For a followed connection on node `node`: 1 if the request that this segment holds whole goes
@@ -315,8 +261,7 @@ __always int decide_stays(struct __sk_buff *skb, const struct node_config *cfg,
 {
 	if (cfg->decide != DECIDE_HASH_STAYS || node >= cfg->nnodes)
 		return 0;
-	/* A last request ends following: the agent's (it may still move). */
-	return decide_hash(skb, cfg, p, 1) == node && !head_was_last();
+	return decide_hash(skb, cfg, p, 1) == node;
 }
 
 /* Round-robin: the next node in turn that is eligible (this node always is), as the agent's
@@ -343,10 +288,8 @@ __always int decide_round_robin(const struct node_config *cfg)
 }
 
 /* The node the datapath's policy gives this first data segment to, or -1: the agent decides.
- * With requests followed (DECIDE_HASH_STAYS) only a whole plain head is decided here, and
- * followed where first_is_followed(): the next head starts right after it (fe_follow_here for
- * this node, a followed offer for a peer). A last request ("Connection: close", HTTP/1.0 without
- * keep-alive) is placed as under DECIDE_HASH, unfollowed, as the agent would. */
+ * With requests followed (DECIDE_HASH_STAYS) only a whole plain head is decided here: the next
+ * one starts right after it (fe_follow_here for this node, a followed offer for a peer). */
 __always int decide_first(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p)
 {
 	if (cfg->decide == DECIDE_ROUND_ROBIN)

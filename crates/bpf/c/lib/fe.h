@@ -180,10 +180,9 @@ __always int fe_offer_follow(const struct node_config *cfg, const struct pkt *p,
 	return 0;
 }
 
-/* Offers the connection to node `winner` from the datapath (offer.h), followed where
- * first_is_followed(). Returns a verdict, or -1 when the agent must decide it (offers off, or no
- * address for the node, or a segment that cannot carry the offer, or one that must be followed
- * and cannot be). */
+/* Offers the connection to node `winner` from the datapath (offer.h). Returns a verdict, or -1
+ * when the agent must decide it (offers off, or no address for the node, or a segment that cannot
+ * carry the offer, or one that must be followed and cannot be). */
 __always int fe_offer(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p,
 		      const struct conn_key *key, struct conn *c, int winner)
 {
@@ -192,7 +191,7 @@ __always int fe_offer(struct __sk_buff *skb, const struct node_config *cfg, cons
 	__be32 be = cfg->nodes[winner & (DP_NODES_MAX - 1)].addr;
 	if (!be || be == cfg->service_addr || !fe_offer_fits(skb, cfg, p))
 		return -1;
-	if (first_is_followed(cfg) && fe_offer_follow(cfg, p, key, c, winner))
+	if (cfg->decide == DECIDE_HASH_STAYS && fe_offer_follow(cfg, p, key, c, winner))
 		return -1;
 	c->peer_addr = be;
 	c->handoff_id = (1ULL << 63) | ((__u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
@@ -325,7 +324,7 @@ __always int fe_first_content(struct __sk_buff *skb, const struct node_config *c
 	}
 	if (p->payload_len && p->seq == c->client_isn + 1) {
 		int winner = decide_first(skb, cfg, p);
-		if (winner >= 0 && winner == cfg->self_index && first_is_followed(cfg)) {
+		if (winner >= 0 && winner == cfg->self_index && cfg->decide == DECIDE_HASH_STAYS) {
 			if (fe_follow_here(skb, cfg, p, key, c))
 				return TC_ACT_OK;
 		} else if (winner >= 0 && winner == cfg->self_index) {

@@ -50,8 +50,6 @@ struct {
 struct head_scan {
 	__u8 buf[HEAD_SCAN_MAX];
 	__u64 hash[DP_NODES_MAX];
-	__u32 last; /* the plain head decided last on this CPU is its connection's last (decide.h) */
-	__u32 pad;
 };
 
 struct {
