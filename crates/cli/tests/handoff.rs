@@ -1326,12 +1326,10 @@ fn a_node_whose_server_stops_listening_is_not_chosen_until_it_listens_again() {
         }
         served_by
     };
-    // Refused because nothing listens, and counted so on both sides: not a collision. The
-    // offers are the agents' or the datapath's (hash places a connection's last request, as
-    // these are, in the datapath): n2's datapath refuses its own with the reason in the offer
-    // it turns back, which n1 counts.
-    // n1's agent counts a datapath refusal when it reads the quiet notice of the segment
-    // that came back, at its next wakeup: waited for.
+    // Refused because nothing listens, and counted so on both sides: not a collision. An
+    // offer is the agents' or the datapath's; n2's datapath refuses its own with the reason in
+    // the offer it turns back, which n1's agent counts when it reads the quiet notice of it, at
+    // its next wakeup: waited for.
     let refused_no_listener = |lab: &Lab| {
         let counts = || {
             (
@@ -1340,12 +1338,11 @@ fn a_node_whose_server_stops_listening_is_not_chosen_until_it_listens_again() {
                 metric(lab, 2, "baton_datapath_offers_refused_total"),
             )
         };
-        let until = Instant::now() + COUNTED_WITHIN;
-        let (mut fe, mut by_agent, mut by_datapath) = counts();
-        while fe != by_agent + by_datapath && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(50));
-            (fe, by_agent, by_datapath) = counts();
-        }
+        common::wait_until(COUNTED_WITHIN, || {
+            let (fe, by_agent, by_datapath) = counts();
+            fe == by_agent + by_datapath
+        });
+        let (fe, by_agent, by_datapath) = counts();
         assert_eq!(
             fe,
             by_agent + by_datapath,

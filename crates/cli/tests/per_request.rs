@@ -242,7 +242,7 @@ fn requests_that_stay_are_kept_there_by_the_datapath_and_the_next_move_waits_for
             })
         })
         .collect();
-    // The lab's readiness probes (their last requests) may have been datapath offers too.
+    // Counted from here: the lab's readiness probes may have made offers before.
     let offers = || {
         (
             metric(&lab, 1, "baton_datapath_offers_total"),

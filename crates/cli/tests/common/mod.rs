@@ -105,9 +105,9 @@ pub fn wait_until(within: Duration, mut condition: impl FnMut() -> bool) -> bool
 }
 
 /// Node `node`'s counter `name` once it has stopped moving (the same in two reads half a second
-/// apart, for at most three seconds): a baseline that counts what came before it, such as the
-/// handoffs of the lab's readiness probes, which agents count when they read the datapath's quiet
-/// notices, at their next wakeup.
+/// apart, for at most three seconds): a baseline that counts all that came before it (what an
+/// agent learns from the datapath's quiet notices, such as the handoffs of the lab's readiness
+/// probes when the datapath made them, it counts at its next wakeup).
 pub fn settled_metric(lab: &Lab, node: usize, name: &str) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut last = metric(lab, node, name);
