@@ -10,8 +10,11 @@ use std::net::Ipv4Addr;
 
 use std::sync::Arc;
 
-use baton_bpf::datapath::{AgentMap, ConfigMap, ConnTable, Counters, ResponsesTable, WatchTable};
-use baton_bpf::{Conn, ConnKey, NodeConfig, Responses, Stat, Watch};
+use baton_bpf::datapath::{
+    AgentMap, BoundedCountsMap, BoundedViewMap, ConfigMap, ConnTable, Counters, ResponsesTable,
+    WatchTable,
+};
+use baton_bpf::{BoundedCounts, BoundedView, Conn, ConnKey, NodeConfig, Responses, Stat, Watch};
 
 use crate::inject::{InjectError, Injector};
 use crate::sockdiag::{SockDiag, SockDiagError, TcpQueues};
@@ -106,6 +109,10 @@ pub trait DatapathControl: Send {
     fn write(&mut self, config: &NodeConfig) -> Result<(), String>;
     /// How the service sockets changed, as the datapath counted.
     fn service_changes(&self) -> Result<ServiceChanges, String>;
+    /// Replaces what the datapath's bounded-load hashing decides by.
+    fn write_bounded(&mut self, view: &BoundedView) -> Result<(), String>;
+    /// What the datapath decided by bounded loads, per member (the counts only grow).
+    fn bounded_decided(&self) -> Result<BoundedCounts, String>;
     /// This agent is alive until `alive_until_ns` (CLOCK_MONOTONIC): the datapath holds new
     /// connections for it until then, and fails open after.
     fn heartbeat(&self, alive_until_ns: u64);
@@ -227,6 +234,8 @@ impl FollowTables for FollowMaps {
 /// it counts.
 pub struct DatapathHandles {
     pub config: ConfigMap,
+    pub bounded: BoundedViewMap,
+    pub bounded_counts: BoundedCountsMap,
     pub counters: Arc<Counters>,
     pub agent: Arc<AgentMap>,
     pub netns_inum: u32,
@@ -252,6 +261,12 @@ impl DatapathControl for DatapathHandles {
             listeners_opened: read(Stat::ListenOpened)?,
             listeners_closed: read(Stat::ListenClosed)?,
         })
+    }
+    fn write_bounded(&mut self, view: &BoundedView) -> Result<(), String> {
+        self.bounded.set(0, view, 0).map_err(|e| e.to_string())
+    }
+    fn bounded_decided(&self) -> Result<BoundedCounts, String> {
+        self.bounded_counts.get(&0, 0).map_err(|e| e.to_string())
     }
     fn heartbeat(&self, alive_until_ns: u64) {
         self.agent.heartbeat(alive_until_ns);

@@ -295,6 +295,7 @@ pub async fn run(launch: Launch, mut stop: watch::Receiver<Stop>) -> Result<(), 
     let (mut datapath, took_over) = open_datapath(&config, netns_inum).await?;
     let conns = datapath.take_conns()?;
     let datapath_config = datapath.take_config()?;
+    let (bounded, bounded_counts) = datapath.take_bounded()?;
     let ring = datapath.take_events()?;
     let mut quiet = datapath.take_quiet_events()?;
     let counters = Arc::new(datapath.take_counters()?);
@@ -354,6 +355,8 @@ pub async fn run(launch: Launch, mut stop: watch::Receiver<Stop>) -> Result<(), 
         }),
         datapath: Box::new(kernel::DatapathHandles {
             config: datapath_config,
+            bounded,
+            bounded_counts,
             counters,
             agent: agent.clone(),
             netns_inum,

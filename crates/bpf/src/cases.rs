@@ -101,7 +101,26 @@ pub struct Follow {
     /// The input's offer was refused here before, for this reason (a tombstone in
     /// `refused_offers`).
     pub refused_before: Option<u32>,
+    /// The bounded-load view before the packet and what the datapath decided by it after
+    /// (`None`: no view, ring empty).
+    pub bounded: Option<BoundedLoads>,
 }
+
+/// A bounded-load case's view: the ring of the configuration's members (named n1, n2, ... in
+/// order, as [`bounding_fe`] names them), each one's load, and how many connections the datapath
+/// gives each by it in the run.
+#[derive(Clone, Copy, Debug)]
+pub struct BoundedLoads {
+    pub loads: [u32; BOUNDED_MEMBERS_MAX],
+    /// The datapath's counts before the run (the view counts from 0).
+    pub decided_before: [u64; BOUNDED_MEMBERS_MAX],
+    pub decided_after: [u64; BOUNDED_MEMBERS_MAX],
+}
+
+/// Members of the bounded-load cases' clusters at most.
+pub const BOUNDED_MEMBERS_MAX: usize = 4;
+/// The bounded-load cases' balance factor (the policy's default).
+pub const BOUNDED_FACTOR: u32 = 125;
 
 impl Follow {
     pub const NONE: Follow = Follow {
@@ -116,6 +135,7 @@ impl Follow {
         notice: None,
         notice_quiet: None,
         refused_before: None,
+        bounded: None,
     };
 }
 
@@ -269,6 +289,76 @@ pub fn target_hashed_to(node: usize) -> String {
     baton_policy::Hash::target_for("/f/1k", &["n1", "n2"], node).expect("a target for each node")
 }
 
+/// The FE (n1) of a cluster of `members` nodes n1, n2, ... (every one up) whose datapath runs
+/// bounded-load hashing.
+pub fn bounding_fe(members: usize) -> NodeConfig {
+    let mut config = distributing(FE);
+    let nodes = vec![
+        DpNode {
+            eligible: 1,
+            ..DpNode::default()
+        };
+        members
+    ];
+    config.set_decide(crate::DecideMode::Hash, 0, &nodes);
+    config.hash_kind = crate::HashKind::Bounded as u8;
+    config
+}
+
+/// The names of the bounded-load cases' members.
+pub fn bounded_names(members: usize) -> Vec<String> {
+    (1..=members).map(|i| format!("n{i}")).collect()
+}
+
+/// The view the bounded-load cases write: the ring of `members` members and their `loads`.
+pub fn bounded_view(members: usize, loads: &[u32]) -> Box<crate::BoundedView> {
+    let names = bounded_names(members);
+    let ring = baton_policy::BoundedHash::ring(&names);
+    let mut view = crate::BoundedView::new(&ring, members, BOUNDED_FACTOR);
+    for (node, &load) in view.nodes.iter_mut().zip(loads) {
+        node.load = load;
+    }
+    view
+}
+
+/// The member the agent's `BoundedHash`, from n1, gives `target` to, with every member up and
+/// carrying `loads`: the oracle for the datapath's bounded-load decisions.
+pub fn bounded_choice(target: &str, loads: &[u32]) -> usize {
+    let nodes: Vec<baton_policy::NodeState> = bounded_names(loads.len())
+        .into_iter()
+        .zip(loads)
+        .map(|(name, &load)| baton_policy::NodeState {
+            name,
+            up: true,
+            load,
+        })
+        .collect();
+    let view = baton_policy::ClusterView {
+        self_index: 0,
+        nodes: &nodes,
+        now_ms: 0,
+    };
+    let request = baton_policy::RequestInfo {
+        method: "GET",
+        target,
+        host: None,
+    };
+    baton_policy::Policy::choose(
+        &mut baton_policy::BoundedHash::new(BOUNDED_FACTOR),
+        &request,
+        &view,
+    )
+}
+
+/// A target whose ring walk (two members) meets `first` first, and that bounded-load hashing
+/// gives to `to` with the members carrying `loads`.
+fn bounded_target(first: usize, loads: [u32; 2], to: usize) -> String {
+    (0..)
+        .map(|i| format!("/o/{i}"))
+        .find(|t| bounded_choice(t, &[0, 0]) == first && bounded_choice(t, &loads) == to)
+        .expect("a target")
+}
+
 fn frame(ip: &[u8]) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00];
     f.extend_from_slice(ip);
@@ -402,6 +492,10 @@ pub fn tables() -> Vec<Table> {
         Table {
             name: "fe_decide",
             cases: fe_decide(),
+        },
+        Table {
+            name: "fe_bounded",
+            cases: fe_bounded(),
         },
         Table {
             name: "datapath_offers",
@@ -857,6 +951,169 @@ fn fe_decide() -> Vec<Case> {
             follow: Follow::NONE,
         },
     ]
+}
+
+fn fe_bounded() -> Vec<Case> {
+    let view = |loads: [u32; 2], before: [u64; 2], after: [u64; 2]| {
+        Some(BoundedLoads {
+            loads: [loads[0], loads[1], 0, 0],
+            decided_before: [before[0], before[1], 0, 0],
+            decided_after: [after[0], after[1], 0, 0],
+        })
+    };
+    let request = |target: String| frame(&client_request_for(FE, &target).build());
+    let released = |name, config, input: Vec<u8>, bounded| Case {
+        name,
+        hook: Hook::Ingress,
+        agent_alive: true,
+        config,
+        entry: Some(fe_entry(ConnState::FeHold)),
+        output: input.clone(),
+        input,
+        verdict: TC_ACT_OK,
+        entry_after: expect_absent(),
+        event: None,
+        follow: Follow {
+            counted: &[(Stat::DecidedLocal, 1)],
+            bounded,
+            ..Follow::NONE
+        },
+    };
+    let held = |name, config, input: Vec<u8>, bounded| Case {
+        name,
+        hook: Hook::Ingress,
+        agent_alive: true,
+        config,
+        entry: Some(held_for_offer()),
+        output: input.clone(),
+        input,
+        verdict: TC_ACT_SHOT,
+        entry_after: expect_flags(ConnState::FeHold, conn_flags::AGENT_HOLDS),
+        event: Some(EventKind::HeldPacket),
+        follow: Follow {
+            counted: &[(Stat::DecidedLocal, 0)],
+            bounded,
+            ..Follow::NONE
+        },
+    };
+    let mut offering = bounding_fe(2);
+    offering.nodes[0].addr = FE.octets();
+    offering.nodes[1].addr = BE.octets();
+    offering.set_offers(true, OFFER_KEY, LIVE_WINDOW_NS);
+    offering.mtu = MTU;
+    let mut peer_down = bounding_fe(2);
+    peer_down.nodes[1].eligible = 0;
+    let there = request(bounded_target(1, [0, 0], 1));
+    vec![
+        // Below the cap, a target stays on the node its ring point falls to: this one's is
+        // released at once, and counted for the caps that follow.
+        released(
+            "fe_bounded_ring_target_here_released_at_once",
+            bounding_fe(2),
+            request(bounded_target(0, [0, 0], 0)),
+            view([0, 0], [0, 0], [1, 0]),
+        ),
+        // The peer's, with no offers: the agent hands it off.
+        held(
+            "fe_bounded_ring_target_there_held",
+            bounding_fe(2),
+            there.clone(),
+            view([0, 0], [0, 0], [0, 0]),
+        ),
+        // With offers, the datapath offers it to the peer itself, and counts it there.
+        Case {
+            name: "fe_bounded_ring_target_there_offered",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: offering,
+            entry: Some(held_for_offer()),
+            input: there.clone(),
+            verdict: TC_ACT_REDIRECT,
+            output: offered(&there, &offer_of(&held_for_offer())),
+            entry_after: expect_offered(None),
+            event: None,
+            follow: Follow {
+                counted: &[(Stat::DpOffers, 1), (Stat::ForwardPackets, 1)],
+                notice: Some((EventKind::DpOffered, 0)),
+                bounded: view([0, 0], [0, 0], [0, 1]),
+                ..Follow::NONE
+            },
+        },
+        // At the cap (ceil(1.25 * 11 / 2) = 7), a node passes its targets on along the ring.
+        held(
+            "fe_bounded_target_of_a_full_node_passes_to_the_peer",
+            bounding_fe(2),
+            request(bounded_target(0, [10, 0], 1)),
+            view([10, 0], [0, 0], [0, 0]),
+        ),
+        released(
+            "fe_bounded_target_of_a_full_peer_released_here",
+            bounding_fe(2),
+            request(bounded_target(1, [0, 10], 0)),
+            view([0, 10], [0, 0], [1, 0]),
+        ),
+        // What the datapath decided since the agent's view counts as the agent would count
+        // assignments: 10 here make 8 + 2/16 = 8, over the cap of ceil(1.25 * 9 / 2) = 6.
+        held(
+            "fe_bounded_counts_what_it_decided_since_the_view",
+            bounding_fe(2),
+            request(bounded_target(0, [8, 0], 1)),
+            view([0, 0], [10, 0], [10, 0]),
+        ),
+        // A peer that is down is passed over on the ring.
+        released(
+            "fe_bounded_peer_down_released_here",
+            peer_down,
+            there.clone(),
+            view([0, 0], [0, 0], [1, 0]),
+        ),
+        // No view written (an agent that has not written one yet): the agent decides.
+        held(
+            "fe_bounded_without_a_view_held",
+            bounding_fe(2),
+            there,
+            None,
+        ),
+    ]
+}
+
+/// A first request for `target` at n1 of a cluster of `loads.len()` members (n1, n2, ...: at
+/// most [`BOUNDED_MEMBERS_MAX`], addresses 198.18.0.1, .2, ...) carrying `loads`, whose datapath
+/// decides by bounded loads and offers to every peer: released here (verdict OK, no entry after)
+/// or offered to a member (the output's destination is its address). For comparing the
+/// datapath's decisions with the agent's ([`bounded_choice`]); the case's expectations are
+/// those of a release here.
+pub fn bounded_decision(target: &str, loads: &[u32]) -> Case {
+    let members = loads.len().min(BOUNDED_MEMBERS_MAX);
+    let mut config = bounding_fe(members);
+    for (i, node) in config.nodes[..members].iter_mut().enumerate() {
+        node.addr = [198, 18, 0, i as u8 + 1];
+    }
+    config.set_offers(true, OFFER_KEY, LIVE_WINDOW_NS);
+    config.mtu = MTU;
+    let mut all = [0; BOUNDED_MEMBERS_MAX];
+    all[..members].copy_from_slice(&loads[..members]);
+    let input = frame(&client_request_for(FE, target).build());
+    Case {
+        name: "bounded_decision",
+        hook: Hook::Ingress,
+        agent_alive: true,
+        config,
+        entry: Some(held_for_offer()),
+        output: input.clone(),
+        input,
+        verdict: TC_ACT_OK,
+        entry_after: expect_absent(),
+        event: None,
+        follow: Follow {
+            bounded: Some(BoundedLoads {
+                loads: all,
+                decided_before: [0; BOUNDED_MEMBERS_MAX],
+                decided_after: [0; BOUNDED_MEMBERS_MAX],
+            }),
+            ..Follow::NONE
+        },
+    }
 }
 
 /// The cluster's key for datapath offers, in every offering node's configuration.
@@ -3402,6 +3659,8 @@ pub struct Runner {
     quiet: EventRing,
     agent: AgentMap,
     counters: Counters,
+    bounded: crate::datapath::BoundedViewMap,
+    bounded_counts: crate::datapath::BoundedCountsMap,
 }
 
 pub struct Outcome {
@@ -3419,6 +3678,8 @@ pub struct Outcome {
     pub dropped: Vec<(DropReason, u64)>,
     /// How far the run moved each stat of the case's `follow.counted`.
     pub counted: Vec<(Stat, u64)>,
+    /// The datapath's bounded-load counts after the run.
+    pub bounded_decided: [u64; crate::DP_NODES_MAX],
     /// Mean time per run as the kernel measured it.
     pub duration: Duration,
 }
@@ -3434,6 +3695,7 @@ impl Runner {
         let quiet = datapath.take_quiet_events()?;
         let agent = datapath.take_agent_map()?;
         let counters = datapath.take_counters()?;
+        let (bounded, bounded_counts) = datapath.take_bounded()?;
         Ok(Runner {
             datapath,
             conns,
@@ -3444,6 +3706,8 @@ impl Runner {
             quiet,
             agent,
             counters,
+            bounded,
+            bounded_counts,
         })
     }
 
@@ -3501,6 +3765,23 @@ impl Runner {
         } else {
             self.agent.stand_down();
         }
+        let (view, mut counts) = match case.follow.bounded {
+            Some(b) => (
+                bounded_view(case.config.nnodes.into(), &b.loads),
+                crate::BoundedCounts::default(),
+            ),
+            None => (
+                crate::BoundedView::new(&[], 0, BOUNDED_FACTOR),
+                crate::BoundedCounts::default(),
+            ),
+        };
+        if let Some(b) = case.follow.bounded {
+            counts.decided[..BOUNDED_MEMBERS_MAX].copy_from_slice(&b.decided_before);
+        }
+        self.bounded.set(0, view, 0).map_err(|e| e.to_string())?;
+        self.bounded_counts
+            .set(0, counts, 0)
+            .map_err(|e| e.to_string())?;
         if let Some(entry) = case.entry {
             self.conns
                 .insert(case.key(), entry, 0)
@@ -3596,6 +3877,11 @@ impl Runner {
             .zip(stats_after.iter().zip(&stats_before))
             .map(|((stat, _), (after, before))| (*stat, after - before))
             .collect();
+        let bounded_decided = self
+            .bounded_counts
+            .get(&0, 0)
+            .map_err(|e| e.to_string())?
+            .decided;
         Ok(Outcome {
             input,
             verdict: result.return_value,
@@ -3607,6 +3893,7 @@ impl Runner {
             quiet_events,
             dropped,
             counted,
+            bounded_decided,
             duration: result.duration,
         })
     }
@@ -3675,6 +3962,15 @@ pub fn check(case: &Case, outcome: &Outcome) -> Result<(), String> {
         problems.push(format!(
             "drops counted {:?}, want {reason:?} once",
             outcome.dropped
+        ));
+    }
+    if let Some(b) = case.follow.bounded
+        && outcome.bounded_decided[..BOUNDED_MEMBERS_MAX] != b.decided_after
+    {
+        problems.push(format!(
+            "bounded-load counts {:?} after, want {:?}",
+            &outcome.bounded_decided[..BOUNDED_MEMBERS_MAX],
+            b.decided_after
         ));
     }
     let want: Vec<(Stat, u64)> = case.follow.counted.to_vec();

@@ -215,6 +215,10 @@ pub type WatchTable = HashMap<MapData, ConnKey, Watch>;
 /// (`c/lib/response.h`).
 pub type ResponsesTable = HashMap<MapData, ConnKey, Responses>;
 pub type ConfigMap = Array<MapData, NodeConfig>;
+/// The agent writes it, the programs read it (`c/lib/decide.h`).
+pub type BoundedViewMap = Array<MapData, crate::BoundedView>;
+/// The programs count in it, the agent reads it.
+pub type BoundedCountsMap = Array<MapData, crate::BoundedCounts>;
 pub type RefusedOffers = HashMap<MapData, crate::RefusedOfferKey, crate::RefusedOffer>;
 pub type EventRing = RingBuf<MapData>;
 
@@ -630,6 +634,15 @@ impl Datapath {
 
     pub fn take_config(&mut self) -> Result<ConfigMap, DatapathError> {
         self.take(CONFIG_MAP)
+    }
+
+    /// What bounded-load hashing decides by, and what the datapath decided by it (each agent's
+    /// own: a new agent writes its view before it attaches).
+    pub fn take_bounded(&mut self) -> Result<(BoundedViewMap, BoundedCountsMap), DatapathError> {
+        Ok((
+            self.take(crate::BOUNDED_MAP)?,
+            self.take(crate::BOUNDED_COUNTS_MAP)?,
+        ))
     }
 
     /// The agent's word to the datapath (see [`AgentMap`]).

@@ -44,6 +44,10 @@ pub const RESPONSES_MAP: &str = "responses";
 pub const RESPONSE_SCRATCH_MAP: &str = "response_scratch";
 /// Datapath offers refused here, remembered so that no copy of one is taken later.
 pub const REFUSED_OFFERS_MAP: &str = "refused_offers";
+/// The ring and loads the datapath's bounded-load hashing decides by ([`BoundedView`]).
+pub const BOUNDED_MAP: &str = "bounded";
+/// What the datapath decided by bounded loads, per member ([`BoundedCounts`]).
+pub const BOUNDED_COUNTS_MAP: &str = "bounded_counts";
 
 /// Mirrors `struct conn_key`: a connection as this node's TCP sees it.
 #[repr(C)]
@@ -267,6 +271,9 @@ pub mod sizes {
     pub const RESPONSE_SCAN_MAX: usize = 1024;
     pub const OFFER_KEY_LEN: usize = 16;
     pub const REFUSED_OFFERS_MAX: u32 = 8192;
+    pub const BOUNDED_VNODES: usize = 160;
+    pub const BOUNDED_RING_MAX: usize = DP_NODES_MAX * BOUNDED_VNODES;
+    pub const BOUNDED_SEARCH_STEPS: usize = 13;
 }
 
 pub use sizes::{DP_NODES_MAX, OFFER_KEY_LEN, SERVICE_PORTS_MAX};
@@ -437,6 +444,106 @@ pub enum DecideMode {
     HashStays = 3,
 }
 
+/// Mirrors `enum hash_kind`: which hash the datapath's hash modes run.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HashKind {
+    /// The agent's `Hash`: rendezvous over the eligible nodes.
+    #[default]
+    Rendezvous = 0,
+    /// The agent's `BoundedHash`, by the [`BoundedView`] the agent writes.
+    Bounded = 1,
+}
+
+/// Mirrors `struct bounded_node`: one member's load as bounded-load hashing counts it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BoundedNode {
+    /// Active connections, as it last reported them.
+    pub load: u32,
+    /// Connections the agent counted assigned to it since that report.
+    pub assigned: u32,
+    /// [`BoundedCounts::decided`] for it when the agent wrote the view.
+    pub counted_from: u64,
+}
+
+/// Mirrors `struct ring_point`: a point of the ring, and the members in the order a walk from it
+/// meets them (4 bits each, the first in the low bits).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingPoint {
+    pub point: u64,
+    pub order: u64,
+}
+
+/// Mirrors `struct bounded_view`: what the datapath's bounded-load hashing decides by.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BoundedView {
+    /// Points in `ring`; 0: the datapath decides nothing by bounded loads.
+    pub ring_len: u32,
+    /// Percent of the mean load a member may carry.
+    pub factor: u32,
+    pub nodes: [BoundedNode; DP_NODES_MAX],
+    pub ring: [RingPoint; sizes::BOUNDED_RING_MAX],
+}
+
+// SAFETY: repr(C), no implicit padding (u32 pair, then 8-byte aligned arrays), all integers.
+unsafe impl Pod for BoundedView {}
+
+impl BoundedView {
+    /// The view of `ring` (as `baton_policy::BoundedHash::ring` makes it: sorted by point, over
+    /// `members` members) with every load 0. A ring the datapath cannot hold (more than
+    /// [`DP_NODES_MAX`] members) is left empty: the agent decides.
+    pub fn new(ring: &[(u64, usize)], members: usize, factor: u32) -> Box<Self> {
+        let mut view = Box::new(BoundedView {
+            ring_len: 0,
+            factor,
+            nodes: [BoundedNode::default(); DP_NODES_MAX],
+            ring: [RingPoint::default(); sizes::BOUNDED_RING_MAX],
+        });
+        if members > DP_NODES_MAX
+            || ring.len() > sizes::BOUNDED_RING_MAX
+            || ring.iter().any(|&(_, n)| n >= members)
+        {
+            return view;
+        }
+        let distinct = {
+            let mut seen = [false; DP_NODES_MAX];
+            ring.iter().for_each(|&(_, n)| seen[n] = true);
+            seen.iter().filter(|&&s| s).count()
+        };
+        for (start, (slot, &(point, _))) in view.ring.iter_mut().zip(ring).enumerate() {
+            let (mut order, mut met, mut seen) = (0u64, 0, [false; DP_NODES_MAX]);
+            for step in 0..ring.len() {
+                let n = ring[(start + step) % ring.len()].1;
+                if !seen[n] {
+                    seen[n] = true;
+                    order |= (n as u64) << (4 * met);
+                    met += 1;
+                    if met == distinct {
+                        break;
+                    }
+                }
+            }
+            *slot = RingPoint { point, order };
+        }
+        view.ring_len = ring.len() as u32;
+        view
+    }
+}
+
+/// Mirrors `struct bounded_counts`: the connections the datapath gave each member by bounded
+/// loads (they only grow).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BoundedCounts {
+    pub decided: [u64; DP_NODES_MAX],
+}
+
+// SAFETY: repr(C), all u64.
+unsafe impl Pod for BoundedCounts {}
+
 /// Mirrors `struct dp_node`: one member as the datapath's hash policy sees it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -464,7 +571,10 @@ pub struct NodeConfig {
     pub self_index: u8,
     pub ports: [[u8; 2]; SERVICE_PORTS_MAX],
     pub nnodes: u8,
-    pub pad: [u8; 3],
+    /// Which hash the hash modes run ([`HashKind`]). Padding (zero) before: what an older agent
+    /// wrote reads as rendezvous, and the pinned layout is unchanged.
+    pub hash_kind: u8,
+    pub pad: [u8; 2],
     /// The agent's network namespace (its inode number): only its sockets count as load.
     pub netns_inum: u32,
     pub nodes: [DpNode; DP_NODES_MAX],
@@ -787,6 +897,11 @@ mod tests {
         assert_eq!(size_of::<EventHeader>(), 56);
         assert_eq!(size_of::<Watch>(), 12);
         assert_eq!(size_of::<Responses>(), 16);
+        assert_eq!(
+            size_of::<BoundedView>(),
+            8 + 16 * DP_NODES_MAX + 16 * sizes::BOUNDED_RING_MAX
+        );
+        assert_eq!(size_of::<BoundedCounts>(), 8 * DP_NODES_MAX);
     }
 
     #[test]
@@ -818,5 +933,30 @@ mod tests {
         assert_eq!(k.client(), c);
         assert_eq!(k.local(), l);
         assert_eq!(k.client_port, [0x9c, 0x40]);
+    }
+
+    #[test]
+    fn a_bounded_view_lists_the_members_as_a_walk_from_each_point_meets_them() {
+        let names = ["n1", "n2", "n3"];
+        let ring = baton_policy::BoundedHash::ring(&names);
+        let view = BoundedView::new(&ring, names.len(), 125);
+        assert_eq!(view.ring_len as usize, ring.len());
+        for (at, point) in view.ring[..ring.len()].iter().enumerate() {
+            let mut walk: Vec<usize> = Vec::new();
+            for step in 0..ring.len() {
+                let n = ring[(at + step) % ring.len()].1;
+                if !walk.contains(&n) {
+                    walk.push(n);
+                }
+            }
+            let order: Vec<usize> = (0..3)
+                .map(|j| (point.order >> (4 * j) & 0xf) as usize)
+                .collect();
+            assert_eq!((point.point, order), (ring[at].0, walk), "at {at}");
+        }
+        // More members than the datapath knows: an empty ring, the agent decides.
+        let many: Vec<String> = (0..=DP_NODES_MAX).map(|i| format!("n{i}")).collect();
+        let ring = baton_policy::BoundedHash::ring(&many);
+        assert_eq!(BoundedView::new(&ring, many.len(), 125).ring_len, 0);
     }
 }

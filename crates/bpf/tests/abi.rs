@@ -140,6 +140,8 @@ fn event_kinds_and_states_match() {
                 baton_bpf::DecideMode::RoundRobin as u32,
             ),
             ("DECIDE_HASH_STAYS", baton_bpf::DecideMode::HashStays as u32),
+            ("HASH_RENDEZVOUS", baton_bpf::HashKind::Rendezvous as u32),
+            ("HASH_BOUNDED", baton_bpf::HashKind::Bounded as u32),
         ],
     );
 }
@@ -218,6 +220,8 @@ fn sizes_match() {
             ("RESPONSE_SCAN_MAX", RESPONSE_SCAN_MAX as u32),
             ("OFFER_KEY_LEN", OFFER_KEY_LEN as u32),
             ("REFUSED_OFFERS_MAX", REFUSED_OFFERS_MAX),
+            ("BOUNDED_VNODES", BOUNDED_VNODES as u32),
+            ("BOUNDED_SEARCH_STEPS", BOUNDED_SEARCH_STEPS as u32),
         ],
     );
     // `(4 << 20)` is an expression the simple reader above does not evaluate.
@@ -227,4 +231,9 @@ fn sizes_match() {
     assert_eq!(EVENTS_RING_BYTES, 4 << 20);
     assert!(text.contains("#define QUIET_RING_BYTES (1 << 20)"));
     assert_eq!(QUIET_RING_BYTES, 1 << 20);
+    assert!(text.contains("#define BOUNDED_RING_MAX (DP_NODES_MAX * BOUNDED_VNODES)"));
+    assert_eq!(BOUNDED_RING_MAX, DP_NODES_MAX * BOUNDED_VNODES);
+    // The datapath's ring is the agent's, and its search covers it.
+    assert_eq!(BOUNDED_VNODES as u32, baton_policy::VIRTUAL_NODES);
+    const { assert!(1usize << (BOUNDED_SEARCH_STEPS - 1) >= BOUNDED_RING_MAX) };
 }

@@ -89,3 +89,54 @@ fn a_listening_be_takes_datapath_offers() {
     .join()
     .expect("every case matches its row");
 }
+
+#[test]
+fn bounded_loads_decide_as_the_agents_policy() {
+    // The datapath's bounded-load decision for many targets and loads, against the agent's
+    // `BoundedHash` with the same view: released here (member 0) or offered to the member whose
+    // address the offer goes to.
+    std::thread::spawn(|| {
+        baton_bpf::cases::own_network_namespace().expect("a network namespace of its own");
+        let mut runner =
+            baton_bpf::cases::Runner::new().expect("load the datapath (needs root and eBPF)");
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |below: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % below) as u32
+        };
+        let mut differences = Vec::new();
+        let mut chosen = [0usize; baton_bpf::cases::BOUNDED_MEMBERS_MAX];
+        for i in 0..400 {
+            let members = 2 + (i % 3);
+            let loads: Vec<u32> = (0..members).map(|_| next(12)).collect();
+            let target = format!("/o/{}", next(1_000_000));
+            let want = baton_bpf::cases::bounded_choice(&target, &loads);
+            let case = baton_bpf::cases::bounded_decision(&target, &loads);
+            let outcome = runner.run(&case, 1).expect("run");
+            let got = match outcome.verdict {
+                baton_bpf::cases::TC_ACT_OK if outcome.entry_after.is_none() => Some(0),
+                baton_bpf::cases::TC_ACT_REDIRECT => outcome
+                    .output
+                    .get(14 + 16..14 + 20)
+                    .map(|dst| usize::from(dst[3]) - 1),
+                _ => None,
+            };
+            if got != Some(want) {
+                differences.push(format!("{target} loads {loads:?}: {got:?}, want {want}"));
+            }
+            chosen[want] += 1;
+        }
+        assert!(
+            differences.is_empty(),
+            "{} of 400 differ:\n{}",
+            differences.len(),
+            differences.join("\n")
+        );
+        // The loads moved targets off their ring members, to every member.
+        assert!(chosen.iter().all(|&n| n > 0), "{chosen:?}");
+    })
+    .join()
+    .expect("the datapath decides as the agent");
+}

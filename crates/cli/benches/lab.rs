@@ -9,13 +9,16 @@
 //!    datapath decides both alone; handed off to n2 under `hash`, by the datapaths alone (a
 //!    datapath offer) and by the agents (`[limits] datapath_offers = false`); and, as it comes
 //!    with the round-robin batches, handed off under `round-robin` (to n2 or n3, by the
-//!    datapaths); kept by n1 and handed off under `bounded-hash`, which the agents decide (16
-//!    targets in turn, classified as under `round-robin`); and under `hash` with `per_request`
+//!    datapaths); kept by n1 and handed off under `bounded-hash`, which the datapaths decide
+//!    over the agents' ring and loads, and under `lard`, which the agents decide (n1 is the
+//!    dispatcher) (16 targets in turn each, classified as under `round-robin`); and under `hash`
+//!    with `per_request`
 //!    (the connection kept alive, so followed): kept by n1 (the datapath decides and sets up the
 //!    following) and handed off to n2 (the agents decide), against no agent with the same
 //!    requests (no `Connection: close`: "no agent, kept alive"). A round takes one batch of
 //!    BATON_BENCH_TTFB_BATCH samples per variant under each configuration in turn (none,
-//!    `local`, `hash`, `hash` by the agents, `round-robin`, `bounded-hash`, `hash` followed),
+//!    `local`, `hash`, `hash` by the agents, `round-robin`, `bounded-hash`, `lard`, `hash`
+//!    followed),
 //!    after 10 discarded requests; under `hash` the kept requests come first, then the handed-off
 //!    ones (a kept request right after a handoff would share the two CPUs with the agents'
 //!    bookkeeping of that handoff). Under `round-robin` the policy picks the node of each
@@ -143,12 +146,14 @@ enum Variant {
     RrHandedOff,
     BhKept,
     BhHandedOff,
+    LardKept,
+    LardHandedOff,
     FollowedKept,
     FollowedHandedOff,
 }
 
 impl Variant {
-    const ALL: [Variant; 12] = [
+    const ALL: [Variant; 14] = [
         Variant::NoAgent,
         Variant::NoAgentKeptAlive,
         Variant::Local,
@@ -156,11 +161,13 @@ impl Variant {
         Variant::RrKept,
         Variant::FollowedKept,
         Variant::BhKept,
+        Variant::LardKept,
         Variant::HashHandedOff,
         Variant::HashHandedOffByAgents,
         Variant::RrHandedOff,
         Variant::FollowedHandedOff,
         Variant::BhHandedOff,
+        Variant::LardHandedOff,
     ];
 
     fn label(self) -> &'static str {
@@ -173,8 +180,10 @@ impl Variant {
             Variant::HashHandedOff => "hash, handed off to n2 (datapaths)",
             Variant::HashHandedOffByAgents => "hash, handed off to n2 (agents)",
             Variant::RrHandedOff => "round-robin, handed off (datapaths)",
-            Variant::BhKept => "bounded-hash, kept by n1 (agent)",
-            Variant::BhHandedOff => "bounded-hash, handed off (agents)",
+            Variant::BhKept => "bounded-hash, kept by n1 (datapath)",
+            Variant::BhHandedOff => "bounded-hash, handed off (datapaths)",
+            Variant::LardKept => "lard, kept by n1 (agent)",
+            Variant::LardHandedOff => "lard, handed off (agents)",
             Variant::FollowedKept => "hash per_request, kept (datapath)",
             Variant::FollowedHandedOff => "hash per_request, handed off (datapaths)",
         }
@@ -362,11 +371,17 @@ fn ttfb_batch(config: Config, n1: SocketAddr, kept: &str, handed: &str, size: us
             let by_node = (Variant::RrKept, Variant::RrHandedOff);
             batch.take_by_node(by_node, n1, &[kept], size, deadline);
         }
-        // The agent decides every connection: targets that it keeps and that it hands off.
-        Config::Agents(PolicyKind::BoundedHash) => {
+        // Targets that the policy keeps and that it hands off: bounded-hash decided by the
+        // datapaths (over the agents' ring and loads), LARD by the agents (n1 is its
+        // dispatcher: no round trip).
+        Config::Agents(policy @ (PolicyKind::BoundedHash | PolicyKind::Lard)) => {
             let targets: Vec<String> = (0..16).map(|i| format!("{kept}?b={i}")).collect();
             let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
-            let by_node = (Variant::BhKept, Variant::BhHandedOff);
+            let by_node = if policy == PolicyKind::Lard {
+                (Variant::LardKept, Variant::LardHandedOff)
+            } else {
+                (Variant::BhKept, Variant::BhHandedOff)
+            };
             batch.take_by_node(by_node, n1, &targets, size, deadline);
         }
         Config::Agents(other) | Config::AgentsOnly(other) | Config::Following(other) => {
@@ -397,6 +412,7 @@ fn ttfb_section(lab: &mut Lab, samples: usize, batch_size: usize) {
         Config::AgentsOnly(PolicyKind::Hash),
         Config::Agents(PolicyKind::RoundRobin),
         Config::Agents(PolicyKind::BoundedHash),
+        Config::Agents(PolicyKind::Lard),
         Config::Following(PolicyKind::Hash),
     ];
     let mut all: HashMap<Variant, Vec<Duration>> = HashMap::new();

@@ -970,6 +970,19 @@ fn locality_policies_keep_a_target_on_one_node_while_loads_are_low() {
                 "{policy}: {target} was served by {servers:?}"
             );
         }
+        if policy == PolicyKind::BoundedHash {
+            // Plain first requests, low loads: the datapaths decide every one by the agents' ring.
+            let by_datapaths: f64 = (1..=3)
+                .map(|i| {
+                    metric(&lab, i, "baton_datapath_decided_local_total")
+                        + metric(&lab, i, "baton_datapath_offers_total")
+                })
+                .sum();
+            assert!(
+                by_datapaths >= 18.0,
+                "the datapaths decided bounded-hash ({by_datapaths} of 18)"
+            );
+        }
         if policy == PolicyKind::Lard {
             let answers: f64 = (1..=3)
                 .map(|i| metric(&lab, i, "baton_dispatch_answers_total"))

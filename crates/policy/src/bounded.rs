@@ -12,7 +12,8 @@ use crate::{
 };
 
 /// Ring points per node: enough that each node's share of the ring is within a few percent.
-const VIRTUAL_NODES: u32 = 160;
+/// The datapath's ring has as many (`BOUNDED_VNODES`, `baton_bpf::sizes`).
+pub const VIRTUAL_NODES: u32 = 160;
 
 #[derive(Debug, Clone)]
 pub struct BoundedHash {
@@ -54,15 +55,27 @@ impl BoundedHash {
             return;
         }
         self.names = view.nodes.iter().map(|n| n.name.clone()).collect();
-        self.ring = view
-            .nodes
+        self.ring = Self::ring(&self.names);
+    }
+
+    /// The ring for nodes named `names` (a view's, in its order): (point, index into `names`),
+    /// sorted by point. The datapath decides by the same ring.
+    pub fn ring<S: AsRef<str>>(names: &[S]) -> Vec<(u64, usize)> {
+        let mut ring: Vec<(u64, usize)> = names
             .iter()
             .enumerate()
-            .flat_map(|(index, node)| {
-                (0..VIRTUAL_NODES).map(move |v| (point(node.name.as_bytes(), v), index))
+            .flat_map(|(index, name)| {
+                let name = name.as_ref().as_bytes();
+                (0..VIRTUAL_NODES).map(move |v| (point(name, v), index))
             })
             .collect();
-        self.ring.sort_unstable();
+        ring.sort_unstable();
+        ring
+    }
+
+    /// The point on the ring where the walk for `target` starts.
+    pub fn target_point(target: &str) -> u64 {
+        point(target.as_bytes(), u32::MAX)
     }
 }
 
@@ -82,7 +95,7 @@ impl Policy for BoundedHash {
         let cap = self.cap(total, n);
         let start = self
             .ring
-            .partition_point(|&(p, _)| p < point(request.target.as_bytes(), u32::MAX));
+            .partition_point(|&(p, _)| p < Self::target_point(request.target));
         let len = self.ring.len();
         (0..len)
             .map(|step| self.ring[(start + step) % len].1)

@@ -30,7 +30,7 @@ mod bounded;
 mod lard;
 pub mod router;
 
-pub use bounded::BoundedHash;
+pub use bounded::{BoundedHash, VIRTUAL_NODES};
 pub use lard::{Lard, LardR};
 pub use router::{RoutedRequest, Router, Rule};
 

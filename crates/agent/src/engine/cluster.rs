@@ -11,7 +11,7 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use baton_bpf::DpNode;
+use baton_bpf::{BoundedView, DpNode};
 use baton_policy::{ClusterView, NodeState};
 use baton_proto::Message;
 
@@ -109,6 +109,9 @@ pub(super) struct Cluster {
     /// Every member as the datapath's hash policy knows it, but for eligibility (which
     /// [`Cluster::datapath_nodes`] fills in): computed when the members change.
     hash_nodes: Vec<DpNode>,
+    /// The ring of bounded-load hashing over every member, as the datapath decides by it
+    /// ([`Cluster::bounded_view`] adds the loads): computed when the members change.
+    bounded_ring: Box<BoundedView>,
     /// This node's index in `peers`.
     pub me: usize,
     /// The members' indices in configuration order (removed ones are not in it).
@@ -137,6 +140,7 @@ impl Cluster {
             .collect::<Vec<Peer>>();
         Cluster {
             hash_nodes: hash_nodes(&peers),
+            bounded_ring: bounded_ring(&peers),
             order: (0..peers.len()).collect(),
             peers,
             me: config.self_index(),
@@ -278,6 +282,7 @@ impl Cluster {
         self.peers.extend(appended);
         self.order = order;
         self.hash_nodes = hash_nodes(&self.peers);
+        self.bounded_ring = bounded_ring(&self.peers);
         Ok(changes)
     }
 
@@ -375,6 +380,28 @@ impl Cluster {
         }
         nodes
     }
+}
+
+impl Cluster {
+    /// What the datapath's bounded-load hashing decides by: the ring `baton_policy::BoundedHash`
+    /// builds over every member, and each member's load as [`Cluster::node_states`] counts it
+    /// (what it reported and what was assigned to it since, which the datapath counts on from),
+    /// with balance `factor`. The datapath's counts the view starts from are the caller's.
+    pub fn bounded_view(&self, factor: u32) -> Box<BoundedView> {
+        let mut view = self.bounded_ring.clone();
+        view.factor = factor.max(100);
+        for (node, peer) in view.nodes.iter_mut().zip(&self.peers) {
+            node.load = peer.load;
+            node.assigned = peer.assigned;
+        }
+        view
+    }
+}
+
+/// The bounded-load ring over `peers`, without loads.
+fn bounded_ring(peers: &[Peer]) -> Box<BoundedView> {
+    let names: Vec<&str> = peers.iter().map(|p| p.name.as_str()).collect();
+    BoundedView::new(&baton_policy::BoundedHash::ring(&names), names.len(), 100)
 }
 
 /// Every member as the datapath's hash policy knows it, but for eligibility: the same names and

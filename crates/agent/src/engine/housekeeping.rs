@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use baton_bpf::{ConnRole, ConnState, conn_flags};
+use baton_bpf::{ConnRole, ConnState, DecideMode, HashKind, conn_flags};
 use baton_policy::PolicyKind;
 
 use super::timers::{ConnId, Timer};
@@ -121,6 +121,13 @@ impl Engine {
                 self.cluster.me,
                 &self.cluster.datapath_nodes(now, offers),
             );
+            if self.config.policy.kind == PolicyKind::BoundedHash {
+                if self.write_bounded_view() {
+                    config.hash_kind = HashKind::Bounded as u8;
+                } else {
+                    config.decide = DecideMode::Agent as u8;
+                }
+            }
         }
         // Offers from peers' datapaths are taken while this node takes handoffs at all; they may
         // go live within the same deadline as the agent's own replays.
@@ -136,6 +143,39 @@ impl Engine {
         match self.datapath.write(&config) {
             Ok(()) => self.written = Some(config),
             Err(e) => tracing::warn!("writing the datapath's configuration: {e}"),
+        }
+    }
+
+    /// Writes what the datapath's bounded-load hashing decides by, if it changed: the ring, each
+    /// member's load as the policy sees it now, and what the datapath had decided for each when
+    /// it was read (it counts on from there). Whether the datapath has a view to decide by.
+    fn write_bounded_view(&mut self) -> bool {
+        let decided = match self.datapath.bounded_decided() {
+            Ok(counts) => counts.decided,
+            Err(e) => {
+                tracing::warn!("reading the datapath's bounded-load counts: {e}");
+                return false;
+            }
+        };
+        let mut view = self
+            .cluster
+            .bounded_view(self.config.policy.params.balance_factor);
+        for (node, from) in view.nodes.iter_mut().zip(decided) {
+            node.counted_from = from;
+        }
+        if self.bounded_written.as_deref() == Some(&*view) {
+            return true;
+        }
+        match self.datapath.write_bounded(&view) {
+            Ok(()) => {
+                self.bounded_written = Some(view);
+                true
+            }
+            Err(e) => {
+                tracing::warn!("writing the datapath's bounded-load view: {e}");
+                self.bounded_written = None;
+                false
+            }
         }
     }
 

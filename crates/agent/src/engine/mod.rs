@@ -93,7 +93,8 @@ pub struct Engine {
     fallback: BoundedHash,
     /// Whether the default policy keeps one table for the cluster at a dispatcher (LARD).
     dispatching: bool,
-    /// How the datapath may decide first requests itself (plain `hash` or `round-robin`).
+    /// How the datapath may decide first requests itself (plain `hash`, `bounded-hash` or
+    /// `round-robin`).
     datapath_decides: Option<baton_bpf::DecideMode>,
     /// The key of the datapaths' offers, from the cluster key.
     offer_key: [u8; baton_bpf::OFFER_KEY_LEN],
@@ -107,6 +108,8 @@ pub struct Engine {
     housekeeping_rounds: u64,
     /// The datapath configuration last written, to write only changes.
     written: Option<baton_bpf::NodeConfig>,
+    /// The bounded-load view last written (`bounded-hash`), likewise.
+    bounded_written: Option<Box<baton_bpf::BoundedView>>,
     load_anchor: Option<housekeeping::LoadAnchor>,
     /// The listener counts when the listeners were last looked at.
     listeners_seen: Option<(u64, u64)>,
@@ -163,6 +166,7 @@ impl Engine {
             next_id: (u64::from(rand::random::<u32>() >> 1) << 32) | 1,
             housekeeping_rounds: 0,
             written: None,
+            bounded_written: None,
             load_anchor: None,
             listeners_seen: None,
             standing_down: false,

@@ -342,9 +342,10 @@ impl Engine {
     }
 }
 
-/// What the datapath may decide itself: with plain `hash` (no rules, no cookie) first requests,
-/// or, when requests are followed, the later requests that stay where their connection is; with
-/// plain `round-robin` first requests; `None`: the agent decides.
+/// What the datapath may decide itself: with plain `hash` or `bounded-hash` (no rules, no
+/// cookie) first requests, or, when requests are followed, the later requests that stay where
+/// their connection is; with plain `round-robin` first requests; `None`: the agent decides.
+/// (`bounded-hash` runs the same modes over its own ring: `Engine::write_bounded_view`.)
 pub(super) fn datapath_may_decide(config: &NodeConfig) -> Option<DecideMode> {
     let policy = &config.policy;
     if !policy.rules.is_empty() || policy.affinity_cookie.is_some() {
@@ -353,8 +354,10 @@ pub(super) fn datapath_may_decide(config: &NodeConfig) -> Option<DecideMode> {
     match policy.kind {
         // With per-request placement the datapath serves and follows a first request here, and
         // keeps later ones where they are; the agent places the rest.
-        PolicyKind::Hash if policy.follows_requests() => Some(DecideMode::HashStays),
-        PolicyKind::Hash => Some(DecideMode::Hash),
+        PolicyKind::Hash | PolicyKind::BoundedHash if policy.follows_requests() => {
+            Some(DecideMode::HashStays)
+        }
+        PolicyKind::Hash | PolicyKind::BoundedHash => Some(DecideMode::Hash),
         PolicyKind::RoundRobin => Some(DecideMode::RoundRobin),
         _ => None,
     }

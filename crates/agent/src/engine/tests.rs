@@ -276,42 +276,71 @@ impl TcpStates for Tcp {
     }
 }
 
-/// The datapath: its configuration as last written, its load counters, and until when the agent
-/// said it is alive.
+/// The datapath: its configuration and bounded-load view as last written, its counters, and
+/// until when the agent said it is alive.
 #[derive(Clone, Default)]
-struct Written(Arc<Mutex<(Option<baton_bpf::NodeConfig>, ServiceChanges, u64)>>);
+struct Written(Arc<Mutex<DatapathState>>);
+
+#[derive(Default)]
+struct DatapathState {
+    config: Option<baton_bpf::NodeConfig>,
+    changes: ServiceChanges,
+    alive_until_ns: u64,
+    bounded: Option<Box<baton_bpf::BoundedView>>,
+    bounded_decided: baton_bpf::BoundedCounts,
+}
 
 impl DatapathControl for Written {
     fn write(&mut self, config: &baton_bpf::NodeConfig) -> Result<(), String> {
-        self.0.lock().unwrap().0 = Some(*config);
+        self.0.lock().unwrap().config = Some(*config);
         Ok(())
     }
     fn service_changes(&self) -> Result<ServiceChanges, String> {
-        Ok(self.0.lock().unwrap().1)
+        Ok(self.0.lock().unwrap().changes)
+    }
+    fn write_bounded(&mut self, view: &baton_bpf::BoundedView) -> Result<(), String> {
+        self.0.lock().unwrap().bounded = Some(Box::new(*view));
+        Ok(())
+    }
+    fn bounded_decided(&self) -> Result<baton_bpf::BoundedCounts, String> {
+        Ok(self.0.lock().unwrap().bounded_decided)
     }
     fn heartbeat(&self, alive_until_ns: u64) {
-        self.0.lock().unwrap().2 = alive_until_ns;
+        self.0.lock().unwrap().alive_until_ns = alive_until_ns;
     }
     fn stand_down(&self) {
-        self.0.lock().unwrap().2 = 0;
+        self.0.lock().unwrap().alive_until_ns = 0;
     }
 }
 
 impl Written {
     /// Whether the datapath counts the agent alive now.
     fn agent_alive(&self) -> bool {
-        self.0.lock().unwrap().2 > super::monotonic_ns()
+        self.0.lock().unwrap().alive_until_ns > super::monotonic_ns()
     }
     fn get(&self) -> baton_bpf::NodeConfig {
-        self.0.lock().unwrap().0.expect("written at start")
+        self.0.lock().unwrap().config.expect("written at start")
     }
     /// The datapath counts `n` more connections opened.
     fn opened(&self, n: u64) {
-        self.0.lock().unwrap().1.opened += n;
+        self.0.lock().unwrap().changes.opened += n;
     }
     /// The datapath counts a listener closing.
     fn listener_closed(&self) {
-        self.0.lock().unwrap().1.listeners_closed += 1;
+        self.0.lock().unwrap().changes.listeners_closed += 1;
+    }
+    /// The bounded-load view as last written.
+    fn bounded(&self) -> Box<baton_bpf::BoundedView> {
+        self.0
+            .lock()
+            .unwrap()
+            .bounded
+            .clone()
+            .expect("a bounded-load view written")
+    }
+    /// The datapath decides `n` more connections for member `member` by bounded loads.
+    fn decided_bounded(&self, member: usize, n: u64) {
+        self.0.lock().unwrap().bounded_decided.decided[member] += n;
     }
 }
 
@@ -575,6 +604,35 @@ fn notice(kind: EventKind, key: ConnKey) -> Event {
 /// A target the hash policy gives to node `want` (0-based) of n1, n2.
 fn target_for(want: usize) -> String {
     baton_policy::Hash::target_for("/f/1k", &["n1", "n2"], want).unwrap()
+}
+
+/// A target that `bounded-hash` gives to node `want` of n1 and n2, both idle.
+fn bounded_target_for(want: usize) -> String {
+    let nodes: Vec<baton_policy::NodeState> = ["n1", "n2"]
+        .iter()
+        .map(|name| baton_policy::NodeState {
+            name: name.to_string(),
+            up: true,
+            load: 0,
+        })
+        .collect();
+    let view = baton_policy::ClusterView {
+        self_index: 0,
+        nodes: &nodes,
+        now_ms: 0,
+    };
+    let mut policy = baton_policy::BoundedHash::new(125);
+    (0..)
+        .map(|i| format!("/f/1k?{i}"))
+        .find(|target| {
+            let request = baton_policy::RequestInfo {
+                method: "GET",
+                target,
+                host: None,
+            };
+            baton_policy::Policy::choose(&mut policy, &request, &view) == want
+        })
+        .unwrap()
 }
 
 fn request(target: &str) -> Vec<u8> {
@@ -846,6 +904,71 @@ fn the_datapath_runs_the_hash_policy_only_where_it_decides_alike() {
     }
     let n1 = node(0, PolicyKind::Local);
     assert_eq!(n1.written.get().distribute, 0);
+}
+
+#[test]
+fn the_datapath_runs_bounded_loads_by_the_agents_ring_and_loads() {
+    let mut n1 = node(0, PolicyKind::BoundedHash);
+    let config = n1.written.get();
+    assert_eq!(
+        (config.decide, config.hash_kind),
+        (DecideMode::Hash as u8, baton_bpf::HashKind::Bounded as u8)
+    );
+    let view = n1.written.bounded();
+    let ring = baton_policy::BoundedHash::ring(&["n1", "n2"]);
+    assert_eq!(view.ring_len as usize, ring.len());
+    assert!(
+        ring.iter()
+            .zip(view.ring.iter())
+            .all(|(&(point, first), p)| {
+                p.point == point
+                    && (p.order & 0xf) as usize == first
+                    && (p.order >> 4) as usize == 1 - first
+            })
+    );
+    assert_eq!(view.factor, 125);
+    assert_eq!(view.nodes[1].load, 0);
+
+    // A connection the agent assigns to the peer counts there until its next report.
+    hold(&mut n1, &request(&bounded_target_for(1)));
+    assert!(matches!(
+        n1.next_to_peer(),
+        Some(Message::HandoffRequest(_))
+    ));
+    n1.wait(Duration::from_millis(100));
+    assert_eq!(n1.written.bounded().nodes[1].assigned, 1);
+
+    // The peer's report, and what the datapath decided since the last view: the next view has
+    // the one and counts on from the other.
+    n1.hear(Message::Heartbeat {
+        load: 7,
+        sent_at_ms: 1,
+        serving: true,
+    });
+    n1.written.decided_bounded(1, 3);
+    n1.wait(Duration::from_millis(100));
+    let view = n1.written.bounded();
+    assert_eq!(
+        (
+            view.nodes[1].load,
+            view.nodes[1].assigned,
+            view.nodes[1].counted_from
+        ),
+        (7, 0, 3)
+    );
+    assert_eq!(view.nodes[0].counted_from, 0);
+
+    // Followed requests: the datapath decides first requests and lets later ones stay, by the
+    // same bounded loads.
+    let n1 = node_with(0, PolicyKind::BoundedHash, "per_request = true");
+    let config = n1.written.get();
+    assert_eq!(
+        (config.decide, config.hash_kind),
+        (
+            DecideMode::HashStays as u8,
+            baton_bpf::HashKind::Bounded as u8
+        )
+    );
 }
 
 /// What n1 sends n2 for the held connection above.

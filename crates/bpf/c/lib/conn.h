@@ -181,6 +181,12 @@ enum decide_mode {
 				* on (follow.h) */
 };
 
+/* Which hash the datapath's hash modes run (node_config.hash_kind). */
+enum hash_kind {
+	HASH_RENDEZVOUS = 0, /* the agent's `Hash`: rendezvous over the eligible nodes */
+	HASH_BOUNDED = 1,    /* its `BoundedHash`: a ring, and a cap on each node's load (bounded_view) */
+};
+
 /* One member as the datapath's hash policy sees it (the agent's `Hash` policy, mirrored). */
 struct dp_node {
 	__u64 hash_seed; /* FNV-1a 64 state after the node's name and the 0xff separator */
@@ -203,7 +209,8 @@ struct node_config {
 	__u8 self_index;      /* this node's index in nodes[] */
 	__be16 ports[SERVICE_PORTS_MAX];
 	__u8 nnodes;
-	__u8 pad[3];
+	__u8 hash_kind;       /* enum hash_kind */
+	__u8 pad[2];
 	__u32 netns_inum;     /* the agent's network namespace: only its sockets count as load */
 	struct dp_node nodes[DP_NODES_MAX];
 	/* Handoffs by the datapaths alone (offer.h): */
@@ -213,6 +220,35 @@ struct node_config {
 	__u8 offers;          /* 1: this node makes offers and takes them (else both go by the agents) */
 	__u8 pad2[5];
 	__s64 tai_offset_ns;  /* CLOCK_TAI - UTC on this node (adjtimex): offers are stamped in UTC */
+};
+
+/* One member's load as bounded-load hashing counts it: the agent's `Peer::effective_load` with
+ * `assigned` grown by what this datapath decided for it since the agent wrote the view. */
+struct bounded_node {
+	__u32 load;         /* active connections, as it last reported them */
+	__u32 assigned;     /* connections the agent counted assigned to it since that report */
+	__u64 counted_from; /* bounded_counts.decided[] for it when the agent wrote this */
+};
+
+/* A point of the bounded-load ring and the members in the order a walk from it meets them. */
+struct ring_point {
+	__u64 point;
+	__u64 order; /* member indices, 4 bits each, the first met in the low bits */
+};
+
+/* What the agent tells the programs for bounded-load hashing (the `bounded` map): its ring, the
+ * members' loads and the balance factor. The ring changes with the members only; the loads at
+ * each heartbeat. A torn read sees an older or newer load: the cap is approximate either way. */
+struct bounded_view {
+	__u32 ring_len; /* points in ring[], sorted by point; 0: nothing is decided here */
+	__u32 factor;   /* percent of the mean load a member may carry (>= 100) */
+	struct bounded_node nodes[DP_NODES_MAX];
+	struct ring_point ring[BOUNDED_RING_MAX];
+};
+
+/* The connections this datapath gave each member by bounded-load hashing (only growing). */
+struct bounded_counts {
+	__u64 decided[DP_NODES_MAX];
 };
 
 /* Sets `bits` in c->flags atomically; returns the flags from before. */

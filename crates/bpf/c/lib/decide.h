@@ -9,6 +9,13 @@
  * wins, ties to the greatest name. The agent writes each node's FNV state after "name 0xff"
  * (hash_seed), its eligibility and its name's rank into node_config.nodes.
  *
+ * With hash_kind HASH_BOUNDED the hash modes run the agent's `BoundedHash` instead (consistent
+ * hashing with bounded loads): the agent writes the ring (each point with the order in which a
+ * walk from it meets the members) and each member's load at its heartbeat (the `bounded` map);
+ * the datapath counts what it decides for each member since (`bounded_counts`), so that the cap
+ * holds between two heartbeats as the agent's own counting would hold it. A target no member
+ * below the cap takes is the agent's.
+ *
  * Followed requests (DECIDE_HASH_STAYS): a first request decided here must be a whole plain head
  * (its end is where the next one starts); a later request head wholly in one segment that the
  * hash policy gives to the node its connection is on goes on there (decide_stays(), follow.h);
@@ -25,6 +32,7 @@
 #include "parse.h"
 
 #define FNV_PRIME 0x00000100000001b3ULL
+#define FNV_OFFSET_BASIS 0xcbf29ce484222325ULL
 
 struct head_walk {
 	struct head_scan *s;
@@ -80,15 +88,27 @@ __always __u64 splitmix64_finalize(__u64 z)
 	return z ^ (z >> 31);
 }
 
-/* The node the hash policy gives the request whose first `len` bytes are in s->buf (its index),
- * or -1. */
+/* Finds the request line's target in s->buf: 1 with w's target_start and target_end set, or 0. */
+__always int find_target(struct head_walk *w)
+{
+	bpf_loop(HEAD_SCAN_MAX, find_target_step, w, 0);
+	return w->target_end && w->target_end > w->target_start;
+}
+
+/* Whether member `n` may be chosen: up, or this node, which the agent always marks eligible.
+ * (Comparing n with self_index here let the verifier learn self_index's value on one branch: a
+ * state for each value, and the rendezvous loop no longer fitted its instruction limit.) */
+__always int dp_eligible(const struct node_config *cfg, __u32 n)
+{
+	return cfg->nodes[n & (DP_NODES_MAX - 1)].eligible;
+}
+
+/* Rendezvous: the node the hash policy gives the request whose first `len` bytes are in s->buf
+ * (its index), or -1. */
 __always int hash_choice(struct head_scan *s, const struct node_config *cfg, __u32 len)
 {
-	if (cfg->nnodes > DP_NODES_MAX || cfg->self_index >= cfg->nnodes)
-		return -1;
 	struct head_walk w = {.s = s, .len = len, .nnodes = cfg->nnodes};
-	bpf_loop(HEAD_SCAN_MAX, find_target_step, &w, 0);
-	if (!w.target_end || w.target_end <= w.target_start)
+	if (!find_target(&w))
 		return -1;
 	for (int n = 0; n < DP_NODES_MAX; n++) {
 		if (n >= w.nnodes)
@@ -103,7 +123,7 @@ __always int hash_choice(struct head_scan *s, const struct node_config *cfg, __u
 	for (int n = 0; n < DP_NODES_MAX; n++) {
 		if (n >= w.nnodes)
 			break;
-		if (!cfg->nodes[n].eligible && n != cfg->self_index)
+		if (!dp_eligible(cfg, n))
 			continue;
 		__u64 score = splitmix64_finalize(s->hash[n]);
 		__u8 rank = cfg->nodes[n].rank;
@@ -114,6 +134,152 @@ __always int hash_choice(struct head_scan *s, const struct node_config *cfg, __u
 		}
 	}
 	return best;
+}
+
+/* One target byte into the FNV-1a state of the target's ring point (s->hash[0]). */
+static long point_step(__u64 i, void *ctx)
+{
+	struct head_walk *w = ctx;
+	__u32 at = w->target_start + i;
+
+	if (at >= w->target_end)
+		return 1;
+	__u64 b = w->s->buf[at & (HEAD_SCAN_MAX - 1)];
+	w->s->hash[0] = (w->s->hash[0] ^ b) * FNV_PRIME;
+	return 0;
+}
+
+/* A member's load as the agent's `Peer::effective_load` counts it, with `assigned` connections
+ * since its report: in full up to as many as it reported (at least 8), then one in 16. */
+__always __u64 effective_load(__u64 load, __u64 assigned)
+{
+	__u64 in_full = load > 8 ? load : 8;
+	if (assigned <= in_full)
+		return load + assigned;
+	return load + in_full + (assigned - in_full) / 16;
+}
+
+/* A walk of bounded_choice(). Its loops run under bpf_loop: unrolled, each member's branches
+ * (eligible or not, over the cap or not) multiplied the paths the verifier follows. Small: it is
+ * on decide_hash()'s stack, which with the ingress program's must fit 512 bytes (the callbacks
+ * look the maps up themselves rather than carry pointers here). */
+struct bounded_walk {
+	const struct node_config *cfg;
+	struct head_scan *s; /* s->hash[n]: member n's load */
+	__u64 key;           /* the target's point while searching; then the members from there */
+	__u64 sum;           /* the eligible members' loads; then the cap */
+	__u32 lo, hi;        /* the search's range of ring positions */
+	__u32 eligible;      /* how many members may be chosen */
+	int found;           /* the member chosen, or -1 */
+};
+
+__always const struct bounded_view *bounded_view(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&bounded, &zero);
+}
+
+/* One halving of the search for the first ring point at or past the target's. */
+static long bounded_search_step(__u64 i, void *ctx)
+{
+	struct bounded_walk *b = ctx;
+	const struct bounded_view *v = bounded_view();
+	if (!v || b->lo >= b->hi)
+		return 1;
+	__u32 mid = (b->lo + b->hi) / 2;
+	if (mid >= BOUNDED_RING_MAX)
+		return 1;
+	if (v->ring[mid].point < b->key)
+		b->lo = mid + 1;
+	else
+		b->hi = mid;
+	return 0;
+}
+
+/* Member i's load, if it may be chosen, into s->hash[i] and the sum. */
+static long bounded_load_step(__u64 i, void *ctx)
+{
+	struct bounded_walk *b = ctx;
+	__u32 zero = 0;
+	const struct bounded_view *v = bounded_view();
+	const struct bounded_counts *k = bpf_map_lookup_elem(&bounded_counts, &zero);
+	if (!v || !k || i >= b->cfg->nnodes || i >= DP_NODES_MAX)
+		return 1;
+	__u32 n = i & (DP_NODES_MAX - 1);
+	if (!dp_eligible(b->cfg, n))
+		return 0;
+	__u64 from = v->nodes[n].counted_from, now = k->decided[n];
+	__u64 since = now > from ? now - from : 0;
+	__u64 load = effective_load(v->nodes[n].load, v->nodes[n].assigned + since);
+	b->s->hash[n] = load;
+	b->sum += load;
+	b->eligible++;
+	return 0;
+}
+
+/* The j-th member from the target's point: chosen if it may be and is below the cap. */
+static long bounded_pick_step(__u64 j, void *ctx)
+{
+	struct bounded_walk *b = ctx;
+	if (j >= b->cfg->nnodes || j >= DP_NODES_MAX)
+		return 1;
+	__u32 n = (b->key >> (4 * j)) & (DP_NODES_MAX - 1);
+	if (n < b->cfg->nnodes && dp_eligible(b->cfg, n) && b->s->hash[n] < b->sum) {
+		b->found = n;
+		return 1;
+	}
+	return 0;
+}
+
+/* Bounded loads, as the agent's `BoundedHash` with the loads of the agent's last view plus what
+ * this datapath decided since: the first member clockwise from the target's point on the ring
+ * that may be chosen and carries less than the cap, or -1 (none does: the agent picks the least
+ * loaded; or no view). s->hash[] holds the members' loads meanwhile. */
+__always int bounded_choice(struct head_scan *s, const struct node_config *cfg, __u32 len)
+{
+	const struct bounded_view *v = bounded_view();
+	if (!v || !v->ring_len || v->ring_len > BOUNDED_RING_MAX)
+		return -1;
+	struct head_walk w = {.s = s, .len = len, .nnodes = cfg->nnodes};
+	if (!find_target(&w))
+		return -1;
+	/* The target's point: FNV-1a 64 over it, then the salt u32::MAX, big-endian. */
+	s->hash[0] = FNV_OFFSET_BASIS;
+	bpf_loop(HEAD_SCAN_MAX, point_step, &w, 0);
+	__u64 h = s->hash[0];
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		h = (h ^ 0xff) * FNV_PRIME;
+
+	struct bounded_walk b = {
+		.cfg = cfg, .s = s, .key = splitmix64_finalize(h), .hi = v->ring_len, .found = -1,
+	};
+	/* The first point at or past the target's; past the last, the ring's first. */
+	bpf_loop(BOUNDED_SEARCH_STEPS, bounded_search_step, &b, 0);
+	__u32 at = b.lo < v->ring_len ? b.lo : 0;
+	if (at >= BOUNDED_RING_MAX)
+		return -1;
+	b.key = v->ring[at].order;
+	bpf_loop(DP_NODES_MAX, bounded_load_step, &b, 0);
+	if (!b.eligible)
+		return -1;
+	/* BoundedHash::cap: ceil(factor * (sum + 1) / (100 * n)). */
+	__u64 n = b.eligible;
+	b.sum = ((__u64)v->factor * (b.sum + 1) + 100 * n - 1) / (100 * n);
+	bpf_loop(DP_NODES_MAX, bounded_pick_step, &b, 0);
+	return b.found;
+}
+
+/* Counts a connection the datapath gave member `n` by bounded loads, for the caps that follow
+ * (and for the agent, which folds the count into the loads it writes). */
+__always void bounded_count(const struct node_config *cfg, int n)
+{
+	__u32 zero = 0;
+	if (cfg->hash_kind != HASH_BOUNDED || n < 0 || n >= DP_NODES_MAX)
+		return;
+	struct bounded_counts *k = bpf_map_lookup_elem(&bounded_counts, &zero);
+	if (k)
+		__sync_fetch_and_add(&k->decided[n & (DP_NODES_MAX - 1)], 1);
 }
 
 /* The segment's first bytes (up to HEAD_SCAN_MAX) in the per-CPU scratch buffer, or NULL. */
@@ -247,10 +413,14 @@ __attribute__((noinline)) int decide_hash(struct __sk_buff *skb, const struct no
 		return -1;
 	if (plain && p->payload_len > HEAD_SCAN_MAX)
 		return -1;
+	if (cfg->nnodes > DP_NODES_MAX || cfg->self_index >= cfg->nnodes)
+		return -1;
 	__u32 len;
 	struct head_scan *s = load_head(skb, p, &len);
 	if (!s || (plain && !head_is_plain(s, len)))
 		return -1;
+	if (cfg->hash_kind == HASH_BOUNDED)
+		return bounded_choice(s, cfg, len);
 	return hash_choice(s, cfg, len);
 }
 

@@ -325,16 +325,21 @@ __always int fe_first_content(struct __sk_buff *skb, const struct node_config *c
 	if (p->payload_len && p->seq == c->client_isn + 1) {
 		int winner = decide_first(skb, cfg, p);
 		if (winner >= 0 && winner == cfg->self_index && cfg->decide == DECIDE_HASH_STAYS) {
-			if (fe_follow_here(skb, cfg, p, key, c))
+			if (fe_follow_here(skb, cfg, p, key, c)) {
+				bounded_count(cfg, winner);
 				return TC_ACT_OK;
+			}
 		} else if (winner >= 0 && winner == cfg->self_index) {
 			bpf_map_delete_elem(&conns, key);
 			stat_add(STAT_DECIDED_LOCAL, 1);
+			bounded_count(cfg, winner);
 			return TC_ACT_OK;
 		}
 		int verdict = fe_offer(skb, cfg, p, key, c, winner);
-		if (verdict >= 0)
+		if (verdict >= 0) {
+			bounded_count(cfg, winner);
 			return verdict;
+		}
 	}
 	conn_set_flags(c, CONN_AGENT_HOLDS);
 	return fe_hold(skb, key);

@@ -25,6 +25,22 @@ struct {
 	__type(value, struct node_config);
 } config SEC(".maps");
 
+/* Why: the ring and the loads bounded-load hashing decides by in the datapath (agent-written). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bounded_view);
+} bounded SEC(".maps");
+
+/* Why: the agent adds what the datapath decided by bounded loads to the loads it writes back. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bounded_counts);
+} bounded_counts SEC(".maps");
+
 /* Why: packet copies and notices for the agent, in order across CPUs. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

@@ -9,6 +9,12 @@
 #define SERVICE_PORTS_MAX 8
 /* Cluster members the datapath's hash decision knows; larger clusters decide in the agent. */
 #define DP_NODES_MAX 16
+/* Points of each member on the bounded-load hash ring (`baton_policy::BoundedHash`'s). */
+#define BOUNDED_VNODES 160
+/* Points on the bounded-load ring at most. */
+#define BOUNDED_RING_MAX (DP_NODES_MAX * BOUNDED_VNODES)
+/* Halvings that find a point on a ring of BOUNDED_RING_MAX: ceil(log2(2560)) + 1. */
+#define BOUNDED_SEARCH_STEPS 13
 /* Head and body prefix the agent may need from one packet: the request head limit plus headers. */
 #define EVENT_CAPTURE_MAX 10240
 /* The event ring, in bytes. */
