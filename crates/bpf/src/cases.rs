@@ -828,6 +828,13 @@ fn fe_decide() -> Vec<Case> {
     )
     .into_bytes();
     let closing_here = frame(&closing_here.build());
+    let mut lone_cr_here = client_request_for(FE, &target_hashed_to(0));
+    lone_cr_here.payload = format!(
+        "GET {} HTTP/1.1\r\nHost: baton\rX-Odd: 1\r\n\r\n",
+        target_hashed_to(0)
+    )
+    .into_bytes();
+    let lone_cr_here = frame(&lone_cr_here.build());
     vec![
         // The hash policy gives the target to this node: our TCP gets the segment, which completes
         // the handshake, and the connection is forgotten. No agent, no copy.
@@ -893,6 +900,20 @@ fn fe_decide() -> Vec<Case> {
             input: closing_here.clone(),
             verdict: TC_ACT_SHOT,
             output: closing_here,
+            entry_after: expect_flags(ConnState::FeHold, conn_flags::AGENT_HOLDS),
+            event: Some(EventKind::HeldPacket),
+            follow: Follow::NONE,
+        },
+        // A CR without its LF: not a line end, and the agent's parser would refuse the head.
+        Case {
+            name: "fe_hash_followed_head_with_a_lone_cr_held",
+            hook: Hook::Ingress,
+            agent_alive: true,
+            config: hashing_followed_fe(),
+            entry: Some(fe_entry(ConnState::FeHold)),
+            input: lone_cr_here.clone(),
+            verdict: TC_ACT_SHOT,
+            output: lone_cr_here,
             entry_after: expect_flags(ConnState::FeHold, conn_flags::AGENT_HOLDS),
             event: Some(EventKind::HeldPacket),
             follow: Follow::NONE,

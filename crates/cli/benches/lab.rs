@@ -453,7 +453,7 @@ fn ttfb_section(lab: &mut Lab, samples: usize, batch_size: usize) {
         started.elapsed().as_secs_f64()
     );
     println!(
-        "  {:<34} {:>5} {:>8} {:>9} {:>7} {:>8} {:>9}",
+        "  {:<40} {:>5} {:>8} {:>9} {:>7} {:>8} {:>9}",
         "", "n", "p50 us", "+us", "x none", "p99 us", "+us"
     );
     let plain = quantiles(all.get(&Variant::NoAgent).cloned().unwrap_or_default());
@@ -475,7 +475,7 @@ fn ttfb_section(lab: &mut Lab, samples: usize, batch_size: usize) {
                 if !matches!(v, Variant::NoAgent | Variant::NoAgentKeptAlive) =>
             {
                 println!(
-                    "  {:<34} {n:>5} {p50:>8.0} {:>+9.0} {:>6.2}x {p99:>8.0} {:>+9.0}",
+                    "  {:<40} {n:>5} {p50:>8.0} {:>+9.0} {:>6.2}x {p99:>8.0} {:>+9.0}",
                     v.label(),
                     p50 - b50,
                     p50 / b50,
@@ -483,13 +483,13 @@ fn ttfb_section(lab: &mut Lab, samples: usize, batch_size: usize) {
                 )
             }
             (Some((p50, p99)), _) => println!(
-                "  {:<34} {n:>5} {p50:>8.0} {:>9} {:>7} {p99:>8.0} {:>9}",
+                "  {:<40} {n:>5} {p50:>8.0} {:>9} {:>7} {p99:>8.0} {:>9}",
                 v.label(),
                 "-",
                 "-",
                 "-"
             ),
-            (None, _) => println!("  {:<34} {n:>5} (no samples)", v.label()),
+            (None, _) => println!("  {:<40} {n:>5} (no samples)", v.label()),
         }
     }
     let mut notes: Vec<String> = misplaced

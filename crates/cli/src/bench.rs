@@ -175,6 +175,8 @@ struct Row {
     wire_bytes_per_request: f64,
     errors: u64,
     error_kinds: BTreeMap<String, u64>,
+    /// The first failures, described (the load generator's [`LoadReport::failures`]).
+    failures: Vec<String>,
     sim_hit_percent: Option<f64>,
     /// The simulator's requests/s for this variant over its requests/s for round-robin, with
     /// the costs this run measured ([`predict_ratios`]).
@@ -369,6 +371,7 @@ fn run_variant(
             / requests,
         errors: report.error_count(),
         error_kinds: report.errors.clone(),
+        failures: report.failures.clone(),
         sim_hit_percent,
         sim_x_rr: None,
     })
@@ -635,6 +638,24 @@ fn table(rows: &[Row]) -> String {
             row.wire_bytes_per_request / 1024.0,
             row.errors,
         );
+    }
+    // What went wrong, where anything did: a failed run must say how without a rerun.
+    for row in rows.iter().filter(|r| !r.error_kinds.is_empty()) {
+        let kinds: Vec<String> = row
+            .error_kinds
+            .iter()
+            .map(|(kind, n)| format!("{n} x {kind}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "errors of {} K={}: {}",
+            row.variant,
+            row.k,
+            kinds.join(", ")
+        );
+        for failure in &row.failures {
+            let _ = writeln!(out, "  {failure}");
+        }
     }
     out
 }

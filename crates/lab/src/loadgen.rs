@@ -320,7 +320,13 @@ pub struct LoadReport {
     pub unsent: u64,
     /// Whether `max_duration` ended the run (targets unsent, or requests aborted in flight).
     pub stopped_by_deadline: bool,
+    /// The first failures (at most [`FAILURES_KEPT`] per client thread), each saying what failed
+    /// where: enough to find it in a packet capture or the agents' logs.
+    pub failures: Vec<String>,
 }
+
+/// Failures described in [`LoadReport::failures`], per client thread.
+pub const FAILURES_KEPT: usize = 4;
 
 impl LoadReport {
     /// 2xx responses per second of [`elapsed`](Self::elapsed); 0 for an empty run.
@@ -393,6 +399,13 @@ struct Shared<'a> {
     /// Set when the run is given up (a thread could not be started).
     stop: AtomicBool,
     run_deadline: Instant,
+    started: Instant,
+}
+
+impl Shared<'_> {
+    fn since_start(&self) -> Duration {
+        self.started.elapsed()
+    }
 }
 
 fn run_here(spec: &LoadSpec) -> Result<LoadReport, LoadError> {
@@ -403,6 +416,7 @@ fn run_here(spec: &LoadSpec) -> Result<LoadReport, LoadError> {
         next_entry: AtomicUsize::new(0),
         stop: AtomicBool::new(false),
         run_deadline: start + spec.max_duration,
+        started: start,
     };
     // More threads than targets would only find nothing to claim.
     let threads = spec.connections.min(spec.targets.len());
@@ -463,6 +477,7 @@ fn run_here(spec: &LoadSpec) -> Result<LoadReport, LoadError> {
         for (kind, n) in tally.errors {
             *report.errors.entry(kind.name().to_string()).or_default() += n;
         }
+        report.failures.extend(tally.failures);
         merge_counts(&mut report.cache, tally.cache);
         merge_counts(&mut report.served_by, tally.served_by);
         latency.extend(tally.latency_us);
@@ -491,11 +506,16 @@ struct Tally {
     served_by: BTreeMap<String, u64>,
     body_bytes: u64,
     connections_opened: u64,
+    failures: Vec<String>,
 }
 
 impl Tally {
-    fn fail(&mut self, kind: FailureKind) {
+    /// Counts a failure of `kind`; the first ones are described by `what` (called only then).
+    fn fail(&mut self, kind: FailureKind, what: impl FnOnce() -> String) {
         *self.errors.entry(kind).or_default() += 1;
+        if self.failures.len() < FAILURES_KEPT {
+            self.failures.push(format!("{}: {}", kind.name(), what()));
+        }
     }
 }
 
@@ -547,7 +567,10 @@ fn client_thread(shared: &Shared) -> Tally {
                         c
                     }
                     Err(kind) => {
-                        tally.fail(kind);
+                        let at = shared.since_start();
+                        tally.fail(kind, || {
+                            format!("connecting to {addr} for {target}, {at:?} in")
+                        });
                         continue;
                     }
                 }
@@ -572,7 +595,7 @@ fn client_thread(shared: &Shared) -> Tally {
                         count(&mut tally.cache, resp.cache_status.as_deref());
                         count(&mut tally.served_by, resp.served_by.as_deref());
                     }
-                    Some(kind) => tally.fail(kind),
+                    Some(kind) => tally.fail(kind, || c.describe(target, shared)),
                 }
                 if resp.keep_alive && !last {
                     conn = Some(c);
@@ -582,7 +605,7 @@ fn client_thread(shared: &Shared) -> Tally {
             }
             // The connection's state is unknown after a failure: it is dropped (closed).
             Err(kind) => {
-                tally.fail(kind);
+                tally.fail(kind, || c.describe(target, shared));
                 spare_buf = Some(c.buf);
             }
         }
@@ -658,6 +681,18 @@ fn io_failure(e: &std::io::Error) -> FailureKind {
 }
 
 impl Conn {
+    /// Which request on which connection, for a failure's description.
+    fn describe(&self, target: &str, shared: &Shared) -> String {
+        let ends = |a: std::io::Result<SocketAddr>| a.map_or("?".to_string(), |a| a.to_string());
+        format!(
+            "request {} of connection {} -> {} for {target}, {:?} in",
+            self.sent,
+            ends(self.stream.local_addr()),
+            ends(self.stream.peer_addr()),
+            shared.since_start()
+        )
+    }
+
     /// Connects to `addr`, with `spare_buf` as the read buffer if there is one.
     fn open(
         addr: SocketAddr,

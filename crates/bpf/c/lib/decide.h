@@ -296,8 +296,8 @@ __always struct head_scan *load_head(struct __sk_buff *skb, const struct pkt *p,
 }
 
 /* A followed request's head that the datapath may place itself (follow.h): "GET <target>
- * HTTP/1.1" (exactly: no other space in the request line), CRLF line ends, no folded header line,
- * no header that changes what follows it (Content-Length,
+ * HTTP/1.1" (exactly: no other space in the request line), CRLF line ends and no other CR, no
+ * folded header line, no header that changes what follows it (Content-Length,
  * Transfer-Encoding, Upgrade; Connection other than "keep-alive"), and the segment holds the
  * head and nothing more (no body, no pipelined request). Anything else is the agent's. */
 struct head_check {
@@ -364,6 +364,11 @@ static long head_check_step(__u64 i, void *ctx)
 	}
 	/* A header line that starts with a space or tab folds onto the one before it. */
 	if ((b == ' ' || b == '\t') && c->lines > 0 && i == c->line_start) {
+		c->bad = 1;
+		return 1;
+	}
+	/* A CR ends a line only with the LF after it (the agent's parser rejects a lone one). */
+	if (b == '\r' && (i + 1 >= c->len || c->s->buf[(i + 1) & (HEAD_SCAN_MAX - 1)] != '\n')) {
 		c->bad = 1;
 		return 1;
 	}
