@@ -64,7 +64,7 @@ static long find_target_step(__u64 i, void *ctx)
 	return 1;
 }
 
-/* One target byte into every node's FNV-1a state. */
+/* One target byte into the FNV-1a states s->hash[0..nnodes) (every node's, or a ring point's). */
 static long hash_step(__u64 i, void *ctx)
 {
 	struct head_walk *w = ctx;
@@ -134,19 +134,6 @@ __always int hash_choice(struct head_scan *s, const struct node_config *cfg, __u
 		}
 	}
 	return best;
-}
-
-/* One target byte into the FNV-1a state of the target's ring point (s->hash[0]). */
-static long point_step(__u64 i, void *ctx)
-{
-	struct head_walk *w = ctx;
-	__u32 at = w->target_start + i;
-
-	if (at >= w->target_end)
-		return 1;
-	__u64 b = w->s->buf[at & (HEAD_SCAN_MAX - 1)];
-	w->s->hash[0] = (w->s->hash[0] ^ b) * FNV_PRIME;
-	return 0;
 }
 
 /* A member's load as the agent's `Peer::effective_load` counts it, with `assigned` connections
@@ -243,9 +230,11 @@ __always int bounded_choice(struct head_scan *s, const struct node_config *cfg, 
 	struct head_walk w = {.s = s, .len = len, .nnodes = cfg->nnodes};
 	if (!find_target(&w))
 		return -1;
-	/* The target's point: FNV-1a 64 over it, then the salt u32::MAX, big-endian. */
+	/* The target's point: FNV-1a 64 over it (one state: hash_step over one "node"), then the
+	 * salt u32::MAX, big-endian. */
 	s->hash[0] = FNV_OFFSET_BASIS;
-	bpf_loop(HEAD_SCAN_MAX, point_step, &w, 0);
+	w.nnodes = 1;
+	bpf_loop(HEAD_SCAN_MAX, hash_step, &w, 0);
 	__u64 h = s->hash[0];
 #pragma unroll
 	for (int i = 0; i < 4; i++)
