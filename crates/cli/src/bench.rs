@@ -169,6 +169,13 @@ struct Row {
     origin_fetches: u64,
     p50_ms: f64,
     p99_ms: f64,
+    /// The tail the table leaves out (JSON only): what a few slow requests cost a closed loop.
+    mean_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
+    /// Connect latency (the entry node's handshake), JSON only.
+    connect_p50_ms: f64,
+    connect_max_ms: f64,
     accepting_cpu_us_per_request: f64,
     host_cpu_us_per_request: f64,
     accepting_bytes_per_request: f64,
@@ -360,6 +367,11 @@ fn run_variant(
         origin_fetches: after.origin.saturating_sub(before.origin),
         p50_ms: ms(report.p50()),
         p99_ms: ms(report.p99()),
+        mean_ms: ms(report.latency.mean()),
+        p999_ms: ms(report.latency.quantile(0.999)),
+        max_ms: ms(report.latency.max()),
+        connect_p50_ms: ms(report.connect_latency.p50()),
+        connect_max_ms: ms(report.connect_latency.max()),
         accepting_cpu_us_per_request: after.cpu_ns.saturating_sub(before.cpu_ns) as f64
             / 1e3
             / requests,
