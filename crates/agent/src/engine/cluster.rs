@@ -380,9 +380,7 @@ impl Cluster {
         }
         nodes
     }
-}
 
-impl Cluster {
     /// What the datapath's bounded-load hashing decides by: the ring `baton_policy::BoundedHash`
     /// builds over every member, and each member's load as [`Cluster::node_states`] counts it
     /// (what it reported and what was assigned to it since, which the datapath counts on from),

@@ -608,30 +608,9 @@ fn target_for(want: usize) -> String {
 
 /// A target that `bounded-hash` gives to node `want` of n1 and n2, both idle.
 fn bounded_target_for(want: usize) -> String {
-    let nodes: Vec<baton_policy::NodeState> = ["n1", "n2"]
-        .iter()
-        .map(|name| baton_policy::NodeState {
-            name: name.to_string(),
-            up: true,
-            load: 0,
-        })
-        .collect();
-    let view = baton_policy::ClusterView {
-        self_index: 0,
-        nodes: &nodes,
-        now_ms: 0,
-    };
-    let mut policy = baton_policy::BoundedHash::new(125);
     (0..)
         .map(|i| format!("/f/1k?{i}"))
-        .find(|target| {
-            let request = baton_policy::RequestInfo {
-                method: "GET",
-                target,
-                host: None,
-            };
-            baton_policy::Policy::choose(&mut policy, &request, &view) == want
-        })
+        .find(|target| baton_bpf::cases::bounded_choice(target, &[0, 0]) == want)
         .unwrap()
 }
 
