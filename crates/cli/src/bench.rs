@@ -4,7 +4,9 @@
 //! (the simulator's Zipf/SPECweb99 trace, mapped to the origin's generated objects
 //! `/o/<id>/<size>`), and for each variant and each K the caches emptied and the same trace
 //! replayed by a closed-loop client (`baton_lab::loadgen`): `--connections` at once, each making
-//! K requests, connections spread over the nodes round-robin as round-robin DNS would.
+//! K requests, connections spread over the nodes round-robin as round-robin DNS would. Each run
+//! begins with `--warmup` requests of the same trace, not measured: a cache tier runs warm, and in
+//! a cold run most misses are objects' first requests, which no placement saves.
 //!
 //! Variants: baton's policies (`local`, `round-robin`, `hash`, `bounded-hash`, `lard`, `lard-r`),
 //! and the L7 proxy alternative, Debian's HAProxy with `balance uri` + `hash-type consistent`
@@ -59,9 +61,13 @@ pub struct CacheArgs {
     /// Zipf exponent of the objects' popularity.
     #[arg(long, default_value_t = 0.9)]
     pub alpha: f64,
-    /// Requests per run (the trace's length).
+    /// Requests measured per run.
     #[arg(long, default_value_t = 30_000)]
     pub requests: usize,
+    /// Requests of the trace replayed first in every run, with the same variant and K, to warm
+    /// the caches; not measured (0: every run starts cold).
+    #[arg(long, default_value_t = 30_000)]
+    pub warmup: usize,
     /// Concurrent connections of the closed-loop client.
     #[arg(long, default_value_t = 32)]
     pub connections: usize,
@@ -211,7 +217,7 @@ fn cache(args: &CacheArgs) -> anyhow::Result<()> {
     let workload = baton_sim::synthetic(&SyntheticSpec {
         files: args.objects,
         alpha: args.alpha,
-        requests: args.requests,
+        requests: args.warmup + args.requests,
         seed: args.seed,
     })?;
     let targets: Vec<String> = workload
@@ -224,12 +230,13 @@ fn cache(args: &CacheArgs) -> anyhow::Result<()> {
         .cache_mb
         .unwrap_or_else(|| (working_set / 3 / (1 << 20)).max(1));
     println!(
-        "baton bench cache: {} nodes, {} objects (Zipf {}), {} requests, working set {:.1} MiB, \
-         cache {cache_mb} MiB per node, origin delay {} ms, {} connections",
+        "baton bench cache: {} nodes, {} objects (Zipf {}), {} requests after {} of warm-up, \
+         working set {:.1} MiB, cache {cache_mb} MiB per node, origin delay {} ms, {} connections",
         args.nodes,
         args.objects,
         args.alpha,
         args.requests,
+        args.warmup,
         working_set as f64 / f64::from(1 << 20),
         args.origin_delay_ms,
         args.connections
@@ -276,8 +283,9 @@ fn cache(args: &CacheArgs) -> anyhow::Result<()> {
     }
     if let Some(path) = &args.plot {
         let title = format!(
-            "baton bench cache: {} nodes, {} objects (Zipf {}), {} requests, {} connections",
-            args.nodes, args.objects, args.alpha, args.requests, args.connections
+            "baton bench cache: {} nodes, {} objects (Zipf {}), {} requests after {} of warm-up, \
+             {} connections",
+            args.nodes, args.objects, args.alpha, args.requests, args.warmup, args.connections
         );
         baton_sim::write_bench_plot(path, &bars(&rows), &title)?;
     }
@@ -336,17 +344,37 @@ fn run_variant(
     };
     lab.clear_caches()?;
 
+    let (warm, measured) = targets.split_at(args.warmup.min(targets.len()));
+    let load = |targets: &[String]| {
+        loadgen::run(&LoadSpec {
+            entries: entries.clone(),
+            connections: args.connections,
+            per_connection: k,
+            targets: targets.to_vec(),
+            max_duration: Duration::from_secs(args.max_seconds),
+            timeout: Duration::from_secs(10),
+            netns: Some(lab.client_ns()),
+        })
+    };
+    // A failure while warming up is one of the variant's too.
+    let warmup = if warm.is_empty() {
+        None
+    } else {
+        Some(load(warm)?)
+    };
     let before = Sample::take(lab, &accepting)?;
-    let report = loadgen::run(&LoadSpec {
-        entries,
-        connections: args.connections,
-        per_connection: k,
-        targets: targets.to_vec(),
-        max_duration: Duration::from_secs(args.max_seconds),
-        timeout: Duration::from_secs(10),
-        netns: Some(lab.client_ns()),
-    })?;
+    let mut report = load(measured)?;
     let after = Sample::take(lab, &accepting)?;
+    if let Some(warmup) = warmup {
+        for (kind, n) in warmup.errors {
+            *report
+                .errors
+                .entry(format!("{kind} (warm-up)"))
+                .or_default() += n;
+        }
+        let described = warmup.failures.into_iter().map(|f| format!("warm-up: {f}"));
+        report.failures.extend(described);
+    }
 
     let requests = report.requests.max(1) as f64;
     let accepting_bytes = match variant {
@@ -424,7 +452,7 @@ fn simulated(
             cost,
         },
         clients: ClientModel::ClosedTotal(u32::try_from(args.connections).unwrap_or(u32::MAX)),
-        warmup_requests: 0,
+        warmup_requests: args.warmup,
         seed: args.seed,
         policy_params: Default::default(),
     };

@@ -1,5 +1,5 @@
 //! End to end: `baton bench cache` on a small cache lab runs every variant without an error,
-//! prints every column, and shows the effect it exists to show: with a connection per request,
+//! prints every column (the warm-up's requests not counted), and shows the effect it exists to show: with a connection per request,
 //! URI hashing (`hash`) hits the caches more than `round-robin` does; and it draws its plot.
 //! Needs root, nginx, haproxy.
 
@@ -19,6 +19,8 @@ fn a_short_cache_bench_runs_every_variant_and_hashing_hits_more_than_round_robin
             "400",
             "--requests",
             "2000",
+            "--warmup",
+            "1000",
             "--connections",
             "8",
         ])
@@ -72,6 +74,7 @@ fn a_short_cache_bench_runs_every_variant_and_hashing_hits_more_than_round_robin
     assert_eq!(rows.len(), 16, "8 variants x 2 values of K:\n{text}");
     for row in &rows {
         assert_eq!(row[col("errors")], "0", "errors in {row:?}");
+        // The warm-up's requests are not counted.
         assert_eq!(row[col("requests")], "2000", "requests in {row:?}");
     }
     let hits = |variant: &str| -> f64 {
