@@ -229,14 +229,14 @@ fn cache(args: &CacheArgs) -> anyhow::Result<()> {
     let cache_mb = args
         .cache_mb
         .unwrap_or_else(|| (working_set / 3 / (1 << 20)).max(1));
+    // The run's description, printed first and drawn as the plot's title.
+    let trace = format!(
+        "baton bench cache: {} nodes, {} objects (Zipf {}), {} requests after {} of warm-up",
+        args.nodes, args.objects, args.alpha, args.requests, args.warmup
+    );
     println!(
-        "baton bench cache: {} nodes, {} objects (Zipf {}), {} requests after {} of warm-up, \
-         working set {:.1} MiB, cache {cache_mb} MiB per node, origin delay {} ms, {} connections",
-        args.nodes,
-        args.objects,
-        args.alpha,
-        args.requests,
-        args.warmup,
+        "{trace}, working set {:.1} MiB, cache {cache_mb} MiB per node, origin delay {} ms, {} \
+         connections",
         working_set as f64 / f64::from(1 << 20),
         args.origin_delay_ms,
         args.connections
@@ -282,11 +282,7 @@ fn cache(args: &CacheArgs) -> anyhow::Result<()> {
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.plot {
-        let title = format!(
-            "baton bench cache: {} nodes, {} objects (Zipf {}), {} requests after {} of warm-up, \
-             {} connections",
-            args.nodes, args.objects, args.alpha, args.requests, args.warmup, args.connections
-        );
+        let title = format!("{trace}, {} connections", args.connections);
         baton_sim::write_bench_plot(path, &bars(&rows), &title)?;
     }
     Ok(())
