@@ -85,6 +85,10 @@ pub struct CacheArgs {
     pub variants: Vec<String>,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Runs of every variant, interleaved (round 1 runs each variant once, then round 2, ...);
+    /// each row is the median of its runs, errors are their sum.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     /// Longest run of one variant, in seconds.
     #[arg(long, default_value_t = 300)]
     pub max_seconds: u64,
@@ -182,6 +186,9 @@ struct Row {
     /// Connect latency (the entry node's handshake), JSON only.
     connect_p50_ms: f64,
     connect_max_ms: f64,
+    /// Client SYNs the nodes dropped as tuple collisions (JSON only): each costs its connection
+    /// a SYN retransmission, a second, which no request latency shows.
+    tuple_collisions: u64,
     accepting_cpu_us_per_request: f64,
     host_cpu_us_per_request: f64,
     accepting_bytes_per_request: f64,
@@ -190,6 +197,8 @@ struct Row {
     error_kinds: BTreeMap<String, u64>,
     /// The first failures, described (the load generator's [`LoadReport::failures`]).
     failures: Vec<String>,
+    /// Requests/s of each round, in order (JSON only): the spread the median hides.
+    rounds_requests_per_sec: Vec<f64>,
     sim_hit_percent: Option<f64>,
     /// The simulator's requests/s for this variant over its requests/s for round-robin, with
     /// the costs this run measured ([`predict_ratios`]).
@@ -213,6 +222,9 @@ fn cache(args: &CacheArgs) -> anyhow::Result<()> {
     };
     if args.k.is_empty() || args.k.contains(&0) {
         bail!("--k takes requests per connection, each at least 1");
+    }
+    if args.rounds == 0 {
+        bail!("--rounds takes at least 1");
     }
     let workload = baton_sim::synthetic(&SyntheticSpec {
         files: args.objects,
@@ -252,15 +264,19 @@ fn cache(args: &CacheArgs) -> anyhow::Result<()> {
 
     let mut rows = Vec::new();
     for &k in &args.k {
-        for &variant in &variants {
-            let row = run_variant(&mut lab, variant, k, &targets, &workload, cache_mb, args)
-                .with_context(|| format!("variant {} with K = {k}", variant.name()))?;
-            eprintln!(
-                "  {} K={k}: {:.0} req/s, {:.1} % hits, {} errors",
-                row.variant, row.requests_per_sec, row.hit_percent, row.errors
-            );
-            rows.push(row);
+        let mut runs: Vec<Vec<Row>> = vec![Vec::new(); variants.len()];
+        for round in 1..=args.rounds {
+            for (runs, &variant) in runs.iter_mut().zip(&variants) {
+                let row = run_variant(&mut lab, variant, k, &targets, &workload, cache_mb, args)
+                    .with_context(|| format!("variant {} with K = {k}", variant.name()))?;
+                eprintln!(
+                    "  {} K={k} (round {round} of {}): {:.0} req/s, {:.1} % hits, {} errors",
+                    row.variant, args.rounds, row.requests_per_sec, row.hit_percent, row.errors
+                );
+                runs.push(row);
+            }
         }
+        rows.extend(runs.into_iter().map(median_row));
     }
     if args.keep_lab {
         println!(
@@ -396,6 +412,9 @@ fn run_variant(
         max_ms: ms(report.latency.max()),
         connect_p50_ms: ms(report.connect_latency.p50()),
         connect_max_ms: ms(report.connect_latency.max()),
+        tuple_collisions: after
+            .tuple_collisions
+            .saturating_sub(before.tuple_collisions),
         accepting_cpu_us_per_request: after.cpu_ns.saturating_sub(before.cpu_ns) as f64
             / 1e3
             / requests,
@@ -408,9 +427,55 @@ fn run_variant(
         errors: report.error_count(),
         error_kinds: report.errors.clone(),
         failures: report.failures.clone(),
+        rounds_requests_per_sec: vec![report.requests_per_sec()],
         sim_hit_percent,
         sim_x_rr: None,
     })
+}
+
+/// One variant's row from its rounds' rows: each figure their median (of an even number, the
+/// mean of the middle two), errors and their kinds summed, failures of every round.
+fn median_row(runs: Vec<Row>) -> Row {
+    let median = |f: fn(&Row) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
+    let mut error_kinds = BTreeMap::new();
+    for (kind, count) in runs.iter().flat_map(|r| &r.error_kinds) {
+        *error_kinds.entry(kind.clone()).or_insert(0) += count;
+    }
+    Row {
+        variant: runs[0].variant.clone(),
+        k: runs[0].k,
+        requests: runs[0].requests,
+        requests_per_sec: median(|r| r.requests_per_sec),
+        hit_percent: median(|r| r.hit_percent),
+        origin_fetches: median(|r| r.origin_fetches as f64).round() as u64,
+        p50_ms: median(|r| r.p50_ms),
+        p99_ms: median(|r| r.p99_ms),
+        mean_ms: median(|r| r.mean_ms),
+        p999_ms: median(|r| r.p999_ms),
+        max_ms: median(|r| r.max_ms),
+        connect_p50_ms: median(|r| r.connect_p50_ms),
+        connect_max_ms: median(|r| r.connect_max_ms),
+        tuple_collisions: median(|r| r.tuple_collisions as f64).round() as u64,
+        accepting_cpu_us_per_request: median(|r| r.accepting_cpu_us_per_request),
+        host_cpu_us_per_request: median(|r| r.host_cpu_us_per_request),
+        accepting_bytes_per_request: median(|r| r.accepting_bytes_per_request),
+        wire_bytes_per_request: median(|r| r.wire_bytes_per_request),
+        errors: runs.iter().map(|r| r.errors).sum(),
+        error_kinds,
+        failures: runs.iter().flat_map(|r| r.failures.clone()).collect(),
+        rounds_requests_per_sec: runs.iter().map(|r| r.requests_per_sec).collect(),
+        sim_hit_percent: runs[0].sim_hit_percent,
+        sim_x_rr: None,
+    }
 }
 
 fn haproxy_addr(lab: &Lab, i: usize) -> SocketAddr {
@@ -526,6 +591,8 @@ struct Sample {
     accepted_bytes: u64,
     /// Bytes every node sent on its eth0.
     wire_bytes: u64,
+    /// Client SYNs every node's datapath dropped for a tuple a handed-in connection uses.
+    tuple_collisions: u64,
 }
 
 impl Sample {
@@ -540,9 +607,14 @@ impl Sample {
                 - get("baton_translated_to_client_bytes_total")
                 + get("baton_forwarded_bytes_total");
         }
-        let mut wire_bytes = 0;
+        let (mut wire_bytes, mut tuple_collisions) = (0, 0.0);
         for i in 1..=lab.nodes() {
             wire_bytes += tx_bytes(lab, i)?;
+            let m = lab.scrape_metrics(i).unwrap_or_default();
+            tuple_collisions += m
+                .get("baton_dropped_packets_total{reason=\"tuple_collision\"}")
+                .copied()
+                .unwrap_or(0.0);
         }
         Ok(Sample {
             origin: lab.origin_requests()?,
@@ -550,6 +622,7 @@ impl Sample {
             host_busy_ns: host_busy_ns()?,
             accepted_bytes: accepted_bytes.max(0.0) as u64,
             wire_bytes,
+            tuple_collisions: tuple_collisions as u64,
         })
     }
 }
@@ -725,4 +798,62 @@ fn csv(rows: &[Row]) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(requests_per_sec: f64, p99_ms: f64, errors: u64) -> Row {
+        Row {
+            variant: "hash".into(),
+            k: 1,
+            requests: 100,
+            requests_per_sec,
+            hit_percent: 50.0,
+            origin_fetches: 7,
+            p50_ms: 1.0,
+            p99_ms,
+            mean_ms: 1.0,
+            p999_ms: 1.0,
+            max_ms: 1.0,
+            connect_p50_ms: 0.1,
+            connect_max_ms: 0.1,
+            tuple_collisions: 0,
+            accepting_cpu_us_per_request: 10.0,
+            host_cpu_us_per_request: 20.0,
+            accepting_bytes_per_request: 1000.0,
+            wire_bytes_per_request: 2000.0,
+            errors,
+            error_kinds: (errors > 0)
+                .then(|| ("timeout".to_string(), errors))
+                .into_iter()
+                .collect(),
+            failures: (0..errors).map(|i| format!("failure {i}")).collect(),
+            rounds_requests_per_sec: vec![requests_per_sec],
+            sim_hit_percent: Some(49.0),
+            sim_x_rr: None,
+        }
+    }
+
+    #[test]
+    fn a_row_of_rounds_takes_each_figures_median_and_sums_the_errors() {
+        let m = median_row(vec![
+            row(300.0, 9.0, 1),
+            row(100.0, 5.0, 0),
+            row(200.0, 7.0, 2),
+        ]);
+        assert_eq!(m.requests_per_sec, 200.0);
+        assert_eq!(m.p99_ms, 7.0);
+        assert_eq!(m.rounds_requests_per_sec, [300.0, 100.0, 200.0]);
+        assert_eq!(m.errors, 3);
+        assert_eq!(m.error_kinds.get("timeout"), Some(&3));
+        assert_eq!(m.failures.len(), 3);
+        assert_eq!((m.requests, m.origin_fetches), (100, 7));
+
+        let even = median_row(vec![row(100.0, 1.0, 0), row(400.0, 3.0, 0)]);
+        assert_eq!((even.requests_per_sec, even.p99_ms), (250.0, 2.0));
+        let one = median_row(vec![row(123.0, 4.0, 0)]);
+        assert_eq!(one.requests_per_sec, 123.0);
+    }
 }

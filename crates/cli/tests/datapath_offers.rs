@@ -917,3 +917,111 @@ fn a_transfer_offered_while_the_bes_agent_stalls_is_not_cut() {
     assert_drained(&lab, Duration::from_secs(15));
     lab.down().expect("lab down");
 }
+
+#[test]
+fn an_offer_that_a_silent_time_wait_holds_is_refused_at_once() {
+    // n2's TIME_WAIT for the client's port P (a direct connection n2's server closed first)
+    // answers a replayed SYN older than what it saw (PAWS) with an ACK: a collision, n2
+    // refuses the offer. The kernel sends such an ACK at most once in 500 ms per socket
+    // (net.ipv4.tcp_invalid_ratelimit), so a second offer on that tuple within that time gets
+    // no answer at all. It must be refused all the same, not left to its FE's handoff timeout
+    // (a second here, and then the client's retransmission backoff).
+    let mut lab = lab("dpo8", ServerKind::Nginx, None);
+    settle(&lab);
+    // Timestamps from one clock toward every node (no per-destination offset): the SYNs toward
+    // n1 and n3, sent first, are older than what n2's TIME_WAIT saw last.
+    let out = lab
+        .exec("client", &["sysctl", "-qw", "net.ipv4.tcp_timestamps=2"])
+        .expect("sysctl in the client");
+    assert!(out.status.success(), "sysctl: {out:?}");
+    let target = targets("/f/1k", 2, 1, "tw").remove(0);
+    let before = Counts::take(&lab);
+    let addrs = [1, 2, 3].map(|i| lab.node_http_addr(i));
+    let request = format!("GET {target} HTTP/1.1\r\nHost: baton\r\nConnection: close\r\n\r\n");
+    let got = lab
+        .in_client(move || {
+            let [n1, n2, n3] = addrs;
+            let via_n1 = socket_on_port(0);
+            let port = via_n1.local_addr().unwrap().as_socket().unwrap().port();
+            via_n1.connect(&n1.into()).unwrap();
+            let via_n3 = socket_on_port(port);
+            via_n3.connect(&n3.into()).unwrap();
+            std::thread::sleep(Duration::from_millis(20)); // a later timestamp for n2's
+            let direct = socket_on_port(port);
+            direct.connect(&n2.into()).unwrap();
+            let direct = exchange_to_end(direct.into(), &request);
+            std::thread::sleep(Duration::from_millis(20)); // the client's last ACK at n2
+            // Both at once: the second offer meets the TIME_WAIT within 500 ms of the first.
+            let (mut a, mut b): (std::net::TcpStream, std::net::TcpStream) =
+                (via_n1.into(), via_n3.into());
+            std::io::Write::write_all(&mut a, request.as_bytes()).unwrap();
+            std::io::Write::write_all(&mut b, request.as_bytes()).unwrap();
+            let start = Instant::now();
+            let [a, b] = [a, b].map(|s| exchange_to_end(s, ""));
+            (direct, a, b, start.elapsed())
+        })
+        .expect("run in the client namespace");
+    let want = lab_file("/f/1k").expect("the lab's file");
+    let (direct, via_n1, via_n3, took) = got;
+    let timeouts: Vec<f64> = [1, 3]
+        .map(|i| delta(&lab, &before, i, &fallback("timeout")))
+        .into();
+    let refused = delta(&lab, &before, 2, REFUSED);
+    let by = |head: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix("X-Served-By: "))
+            .unwrap_or(head)
+            .to_string()
+    };
+    let summary = format!(
+        "direct by {}, via n1 by {}, via n3 by {} (both in {took:?}); n2 refused {refused} \
+         offers; timeout fallbacks at n1, n3: {timeouts:?}",
+        by(&direct.0),
+        by(&via_n1.0),
+        by(&via_n3.0)
+    );
+    eprintln!("{summary}");
+    for (what, (head, body)) in [("direct", direct), ("via n1", via_n1), ("via n3", via_n3)] {
+        assert!(
+            head.starts_with("HTTP/1.1 200") && body == want,
+            "{}",
+            report(&lab, &format!("{what} wrong: {summary}"))
+        );
+    }
+    assert_eq!(
+        timeouts,
+        [0.0, 0.0],
+        "{}",
+        report(&lab, &format!("an offer waited for its timeout: {summary}"))
+    );
+    assert!(refused >= 2.0, "{}", report(&lab, &summary));
+    lab.down().expect("lab down");
+}
+
+/// A client socket bound to 198.18.0.254:`port` (0: any), with SO_REUSEADDR so that several
+/// connections from one port can go to different nodes.
+fn socket_on_port(port: u16) -> socket2::Socket {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_reuse_address(true).unwrap();
+    let local = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(198, 18, 0, 254), port);
+    s.bind(&local.into()).unwrap();
+    s
+}
+
+/// Sends `request` (if not empty) and reads until the server closes: (the head, the body).
+fn exchange_to_end(mut s: std::net::TcpStream, request: &str) -> (String, Vec<u8>) {
+    use std::io::{Read, Write};
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut all = Vec::new();
+    if let Err(e) = s.read_to_end(&mut all) {
+        return (format!("read failed: {e}"), all);
+    }
+    match all.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(end) => (
+            String::from_utf8_lossy(&all[..end]).to_string(),
+            all[end + 4..].to_vec(),
+        ),
+        None => (String::from_utf8_lossy(&all).to_string(), Vec::new()),
+    }
+}

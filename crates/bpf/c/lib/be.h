@@ -323,15 +323,11 @@ __always int be_offer_refused(struct __sk_buff *skb, const struct node_config *c
 	return TC_ACT_OK;
 }
 
-/* A new datapath offer for this node (offer.h): taken if our agent runs, the tuple is free here
- * and something listens; then our TCP gets the client's SYN now and the segment right after. */
-__always int be_take_offer(struct __sk_buff *skb, const struct node_config *cfg,
-			   struct offer_scratch *s, const struct conn_key *key)
+/* The state of our TCP's socket for an offer's tuple: the tuple's own (established, TIME_WAIT,
+ * a request socket), else the listener's; -1 if there is neither. */
+__always int offer_tuple_state(struct __sk_buff *skb, const struct node_config *cfg,
+			       const struct offer *o)
 {
-	struct offer *o = &s->o;
-
-	if (!cfg->offers || !agent_alive())
-		return be_refuse_offer(skb, cfg, o, REFUSE_OVERLOADED);
 	struct bpf_sock_tuple t = {
 		.ipv4 = {
 			.saddr = o->client_addr,
@@ -342,9 +338,24 @@ __always int be_take_offer(struct __sk_buff *skb, const struct node_config *cfg,
 	};
 	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
-		return be_refuse_offer(skb, cfg, o, REFUSE_NO_LISTENER);
-	__u32 sk_state = sk->state;
+		return -1;
+	int state = sk->state;
 	bpf_sk_release(sk);
+	return state;
+}
+
+/* A new datapath offer for this node (offer.h): taken if our agent runs, the tuple is free here
+ * and something listens; then our TCP gets the client's SYN now and the segment right after. */
+__always int be_take_offer(struct __sk_buff *skb, const struct node_config *cfg,
+			   struct offer_scratch *s, const struct conn_key *key)
+{
+	struct offer *o = &s->o;
+
+	if (!cfg->offers || !agent_alive())
+		return be_refuse_offer(skb, cfg, o, REFUSE_OVERLOADED);
+	int sk_state = offer_tuple_state(skb, cfg, o);
+	if (sk_state < 0)
+		return be_refuse_offer(skb, cfg, o, REFUSE_NO_LISTENER);
 	/* A TIME_WAIT takes a SYN that is newer than what it saw, as for any client; one that is
 	 * not is answered with an ACK, which be_offer_answer() reads as a collision (then the FE's
 	 * agent offers it, and the agent here ends the TIME_WAIT). */
@@ -428,6 +439,14 @@ __always int offer_ingress(struct __sk_buff *skb, const struct node_config *cfg)
 		if (c->refuse_reason ||
 		    c->last_seen_ns - c->created_ns > cfg->live_window_ns)
 			return be_offer_refused(skb, cfg, s, &key, c);
+		/* A TIME_WAIT still on the tuple did not take the replayed SYN, and no answer is
+		 * coming: its ACK of an old SYN is rate-limited (net.ipv4.tcp_invalid_ratelimit, once
+		 * in 500 ms per socket), so a second offer within that time gets silence. Refused as
+		 * the ACK would have been: the FE's agent offers it, and the agent here ends it. */
+		if (offer_tuple_state(skb, cfg, o) == BPF_TCP_TIME_WAIT) {
+			c->refuse_reason = REFUSE_COLLISION;
+			return be_offer_refused(skb, cfg, s, &key, c);
+		}
 		/* Our TCP's answer is not out yet (it may wait for the client's neighbour entry): the
 		 * client's retransmission completes the handshake once it is. */
 		return drop(DROP_BE_NOT_READY);

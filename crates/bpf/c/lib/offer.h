@@ -15,7 +15,9 @@
  *                                BE_REPLAYED; anything else names the refusal; dropped either way
  *   BE ingress, REPLAY        -> BE_REPLAYED: header off, translated, passed: the data segment
  *                                completes the handshake (servers that defer accept take it too);
- *                                EV_DP_TAKEN. Else refused: the segment goes back to the FE
+ *                                EV_DP_TAKEN. Else refused (also when the TIME_WAIT that was to
+ *                                take the SYN is still there: it stayed silent, its ACK
+ *                                rate-limited): the segment goes back to the FE
  *   FE ingress, REFUSED       -> header off, restored: served here by our TCP (its half-open side
  *                                waits for exactly this segment), EV_DP_RETURNED; a tuple in use at
  *                                the BE is asked of the agent instead, whose offer may end what
