@@ -890,23 +890,19 @@ fn fe_decide() -> Vec<Case> {
                 ..Follow::NONE
             },
         },
-        // The connection's last request (`Connection: close`): nothing after it to follow, so
-        // served here as without following: released at once, the connection forgotten.
+        // A head the datapath cannot follow (the connection's last request) is the agent's.
         Case {
-            name: "fe_hash_followed_last_request_here_released_unfollowed",
+            name: "fe_hash_followed_local_target_not_plain_held",
             hook: Hook::Ingress,
             agent_alive: true,
             config: hashing_followed_fe(),
             entry: Some(fe_entry(ConnState::FeHold)),
             input: closing_here.clone(),
-            verdict: TC_ACT_OK,
+            verdict: TC_ACT_SHOT,
             output: closing_here,
-            entry_after: expect_absent(),
-            event: None,
-            follow: Follow {
-                counted: &[(Stat::DecidedLocal, 1)],
-                ..Follow::NONE
-            },
+            entry_after: expect_flags(ConnState::FeHold, conn_flags::AGENT_HOLDS),
+            event: Some(EventKind::HeldPacket),
+            follow: Follow::NONE,
         },
         // A CR without its LF: not a line end, and the agent's parser would refuse the head.
         Case {
@@ -2008,14 +2004,6 @@ fn followed_offers() -> Vec<Case> {
     let mut with_fin = client_request_for(FE, &target_hashed_to(1));
     with_fin.flags |= TcpFlags::FIN;
     let with_fin = frame(&with_fin.build());
-    let mut closing = client_request_for(FE, &target_hashed_to(1));
-    closing.payload = format!(
-        "GET {} HTTP/1.1\r\nHost: baton\r\nConnection: close\r\n\r\n",
-        target_hashed_to(1)
-    )
-    .into_bytes();
-    let closing = frame(&closing.build());
-    let closing_out = offered(&closing, &offer_of(&held_for_offer()));
     let mut not_following_peer = offering_followed_fe();
     not_following_peer.nodes[1].follows = 0;
     let mut taking = dp_taking();
@@ -2052,32 +2040,6 @@ fn followed_offers() -> Vec<Case> {
         Ok(())
     };
     vec![
-        // The connection's last request (`Connection: close`) has nothing after it to follow:
-        // offered as without following, no watch.
-        Case {
-            name: "fe_dp_followed_last_request_offered_unfollowed",
-            hook: Hook::Ingress,
-            agent_alive: true,
-            config: offering_followed_fe(),
-            entry: Some(held_for_offer()),
-            input: closing,
-            verdict: TC_ACT_REDIRECT,
-            output: closing_out,
-            entry_after: Box::new(move |c| {
-                expect_offered(None)(c)?;
-                match c.map(|c| c.flags & conn_flags::FOLLOWED) {
-                    Some(0) => Ok(()),
-                    _ => Err("expected an unfollowed offer".to_string()),
-                }
-            }),
-            event: None,
-            follow: Follow {
-                watch_after: None,
-                counted: &[(Stat::DpOffers, 1), (Stat::ForwardPackets, 1)],
-                notice: Some((EventKind::DpOffered, 0)),
-                ..Follow::NONE
-            },
-        },
         Case {
             name: "fe_dp_followed_offer_sent_with_the_watch",
             hook: Hook::Ingress,

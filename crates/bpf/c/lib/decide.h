@@ -17,10 +17,9 @@
  * below the cap takes is the agent's.
  *
  * Followed requests (DECIDE_HASH_STAYS): a first request decided here must be a whole plain head
- * (its end is where the next one starts), or a whole plain head that says `Connection: close`
- * (the connection's last request: nothing after it to follow, DECIDE_LAST_REQUEST); a later
- * request head wholly in one segment that the hash policy gives to the node its connection is on
- * goes on there (decide_stays(), follow.h); any other the agent decides.
+ * (its end is where the next one starts); a later request head wholly in one segment that the
+ * hash policy gives to the node its connection is on goes on there (decide_stays(), follow.h);
+ * any other the agent decides.
  *
  * Contract: decide_hash() returns the index (in node_config.nodes) of the node the agent, with the
  * same view of the cluster, would choose for the request, or -1. The target is the bytes between the request line's first and second
@@ -33,9 +32,6 @@
 #include "parse.h"
 
 #define FNV_PRIME 0x00000100000001b3ULL
-/* Or'ed into decide_hash()'s answer for a whole plain head that ends its connection
- * (`Connection: close`): decided, but with nothing after it to follow. */
-#define DECIDE_LAST_REQUEST 0x100
 #define FNV_OFFSET_BASIS 0xcbf29ce484222325ULL
 
 struct head_walk {
@@ -291,9 +287,8 @@ __always struct head_scan *load_head(struct __sk_buff *skb, const struct pkt *p,
 /* A followed request's head that the datapath may place itself (follow.h): "GET <target>
  * HTTP/1.1" (exactly: no other space in the request line), CRLF line ends and no other CR, no
  * folded header line, no header that changes what follows it (Content-Length,
- * Transfer-Encoding, Upgrade; Connection other than "keep-alive" or "close"), and the segment
- * holds the head and nothing more (no body, no pipelined request). Anything else is the agent's.
- * "close" marks the connection's last request (closing). */
+ * Transfer-Encoding, Upgrade; Connection other than "keep-alive"), and the segment holds the
+ * head and nothing more (no body, no pipelined request). Anything else is the agent's. */
 struct head_check {
 	struct head_scan *s;
 	__u32 len;
@@ -301,7 +296,6 @@ struct head_check {
 	__u32 lines;      /* lines ended so far */
 	__u32 head_end;   /* offset just past the empty line; 0 until found */
 	__u32 bad;
-	__u32 closing;    /* a "Connection: close" line seen */
 };
 
 /* Whether the bytes at `at` (before `end`) are `lit` (lowercase), ASCII case aside (a header
@@ -326,8 +320,7 @@ static __always_inline int head_match(const struct head_check *c, __u32 at, __u3
 	return 1;
 }
 
-/* Whether the header line [at, end) leaves the request plain (see struct head_check): 0 if not,
- * 2 if it is "Connection: close", else 1. */
+/* Whether the header line [at, end) leaves the request plain (see struct head_check). */
 static __always_inline int header_is_plain(const struct head_check *c, __u32 at, __u32 end)
 {
 	if (HEAD_MATCH(c, at, end, "content-length:") ||
@@ -342,9 +335,7 @@ static __always_inline int header_is_plain(const struct head_check *c, __u32 at,
 		if (v < end && (b == ' ' || b == '\t'))
 			v++;
 	}
-	if (HEAD_MATCH(c, v, end, "keep-alive") && v + sizeof("keep-alive") - 1 == end)
-		return 1;
-	return HEAD_MATCH(c, v, end, "close") && v + sizeof("close") - 1 == end ? 2 : 0;
+	return HEAD_MATCH(c, v, end, "keep-alive") && v + sizeof("keep-alive") - 1 == end;
 }
 
 /* One byte of the head: at each line's end, the line is checked. */
@@ -387,14 +378,9 @@ static long head_check_step(__u64 i, void *ctx)
 			c->bad = 1;
 			return 1;
 		}
-	} else {
-		int plain = header_is_plain(c, c->line_start, end);
-		if (!plain) {
-			c->bad = 1;
-			return 1;
-		}
-		if (plain == 2)
-			c->closing = 1;
+	} else if (!header_is_plain(c, c->line_start, end)) {
+		c->bad = 1;
+		return 1;
 	}
 	c->lines++;
 	c->line_start = i + 1;
@@ -402,19 +388,16 @@ static long head_check_step(__u64 i, void *ctx)
 }
 
 /* Whether the segment's first `len` bytes, in s->buf, are a whole plain head and nothing more
- * (see struct head_check): 0 if not, 2 if it is one that closes its connection, else 1. */
+ * (see struct head_check). */
 __always int head_is_plain(struct head_scan *s, __u32 len)
 {
 	struct head_check c = {.s = s, .len = len};
 	bpf_loop(HEAD_SCAN_MAX, head_check_step, &c, 0);
-	if (c.bad || c.head_end != len)
-		return 0;
-	return c.closing ? 2 : 1;
+	return !c.bad && c.head_end == len;
 }
 
 /* The node the hash policy gives this request to (its index), or -1; with `plain`, only a
- * request the segment holds whole and plain is decided, and one that closes its connection has
- * DECIDE_LAST_REQUEST or'ed in.
+ * request the segment holds whole and plain is decided.
  * A global function: the verifier checks it once, on its own, instead of in every state of each
  * caller (its loops over the head made the ingress program nearly too complex to load). */
 __attribute__((noinline)) int decide_hash(struct __sk_buff *skb, const struct node_config *cfg,
@@ -428,19 +411,15 @@ __attribute__((noinline)) int decide_hash(struct __sk_buff *skb, const struct no
 		return -1;
 	__u32 len;
 	struct head_scan *s = load_head(skb, p, &len);
-	if (!s)
+	if (!s || (plain && !head_is_plain(s, len)))
 		return -1;
-	int kind = plain ? head_is_plain(s, len) : 1;
-	if (!kind)
-		return -1;
-	int winner = cfg->hash_kind == HASH_BOUNDED ? bounded_choice(s, cfg, len)
-						      : hash_choice(s, cfg, len);
-	return winner >= 0 && kind == 2 ? winner | DECIDE_LAST_REQUEST : winner;
+	if (cfg->hash_kind == HASH_BOUNDED)
+		return bounded_choice(s, cfg, len);
+	return hash_choice(s, cfg, len);
 }
 
 /* For a followed connection on node `node`: 1 if the request that this segment holds whole goes
- * there by the hash policy (the datapath lets it go on), else 0 (the agent decides; so does it
- * a last request, DECIDE_LAST_REQUEST, whose close the agent's follower must see). */
+ * there by the hash policy (the datapath lets it go on), else 0 (the agent decides). */
 __always int decide_stays(struct __sk_buff *skb, const struct node_config *cfg,
 			  const struct pkt *p, __u8 node)
 {
@@ -474,8 +453,7 @@ __always int decide_round_robin(const struct node_config *cfg)
 
 /* The node the datapath's policy gives this first data segment to, or -1: the agent decides.
  * With requests followed (DECIDE_HASH_STAYS) only a whole plain head is decided here: the next
- * one starts right after it (fe_follow_here for this node, a followed offer for a peer); or one
- * that ends its connection, with DECIDE_LAST_REQUEST (served or offered as unfollowed). */
+ * one starts right after it (fe_follow_here for this node, a followed offer for a peer). */
 __always int decide_first(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p)
 {
 	if (cfg->decide == DECIDE_ROUND_ROBIN)

@@ -9,8 +9,7 @@
  *   ingress first data      -> decided here when the policy allows it (decide.h): entry deleted and
  *                              the segment passed to our TCP, which completes the handshake with it
  *                              (requests followed: the entry translates at offset zero instead,
- *                              fe_follow_here; but a connection's last request, Connection:
- *                              close, is decided as without following);
+ *                              fe_follow_here);
  *                              for another node, offered to it by the datapath (offer.h): FE_FORWARD
  *                              (requests followed: with a watch entry, fe_offer_follow).
  *                              Otherwise held
@@ -183,16 +182,16 @@ __always int fe_offer_follow(const struct node_config *cfg, const struct pkt *p,
 
 /* Offers the connection to node `winner` from the datapath (offer.h). Returns a verdict, or -1
  * when the agent must decide it (offers off, or no address for the node, or a segment that cannot
- * carry the offer, or one that must be followed, `follow`, and cannot be). */
+ * carry the offer, or one that must be followed and cannot be). */
 __always int fe_offer(struct __sk_buff *skb, const struct node_config *cfg, const struct pkt *p,
-		      const struct conn_key *key, struct conn *c, int winner, int follow)
+		      const struct conn_key *key, struct conn *c, int winner)
 {
 	if (!cfg->offers || winner < 0 || winner >= DP_NODES_MAX || !(c->flags & CONN_SYNACK_SEEN))
 		return -1;
 	__be32 be = cfg->nodes[winner & (DP_NODES_MAX - 1)].addr;
 	if (!be || be == cfg->service_addr || !fe_offer_fits(skb, cfg, p))
 		return -1;
-	if (follow && fe_offer_follow(cfg, p, key, c, winner))
+	if (cfg->decide == DECIDE_HASH_STAYS && fe_offer_follow(cfg, p, key, c, winner))
 		return -1;
 	c->peer_addr = be;
 	c->handoff_id = (1ULL << 63) | ((__u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
@@ -325,13 +324,7 @@ __always int fe_first_content(struct __sk_buff *skb, const struct node_config *c
 	}
 	if (p->payload_len && p->seq == c->client_isn + 1) {
 		int winner = decide_first(skb, cfg, p);
-		/* A last request has nothing after it to follow: decided as without following. */
-		int follow = cfg->decide == DECIDE_HASH_STAYS;
-		if (winner >= 0 && (winner & DECIDE_LAST_REQUEST)) {
-			winner &= ~DECIDE_LAST_REQUEST;
-			follow = 0;
-		}
-		if (winner >= 0 && winner == cfg->self_index && follow) {
+		if (winner >= 0 && winner == cfg->self_index && cfg->decide == DECIDE_HASH_STAYS) {
 			if (fe_follow_here(skb, cfg, p, key, c)) {
 				bounded_count(cfg, winner);
 				return TC_ACT_OK;
@@ -342,7 +335,7 @@ __always int fe_first_content(struct __sk_buff *skb, const struct node_config *c
 			bounded_count(cfg, winner);
 			return TC_ACT_OK;
 		}
-		int verdict = fe_offer(skb, cfg, p, key, c, winner, follow);
+		int verdict = fe_offer(skb, cfg, p, key, c, winner);
 		if (verdict >= 0) {
 			bounded_count(cfg, winner);
 			return verdict;
