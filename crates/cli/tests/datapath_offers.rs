@@ -18,7 +18,7 @@ use baton_lab::{Lab, LabSpec, ServerKind};
 use baton_policy::PolicyKind;
 
 mod common;
-use common::wait_until;
+use common::{socket_on_port, wait_until};
 
 const BATON: &str = env!("CARGO_BIN_EXE_baton");
 const NAMES: [&str; 3] = ["n1", "n2", "n3"];
@@ -996,16 +996,6 @@ fn an_offer_that_a_silent_time_wait_holds_is_refused_at_once() {
     );
     assert!(refused >= 2.0, "{}", report(&lab, &summary));
     lab.down().expect("lab down");
-}
-
-/// A client socket bound to 198.18.0.254:`port` (0: any), with SO_REUSEADDR so that several
-/// connections from one port can go to different nodes.
-fn socket_on_port(port: u16) -> socket2::Socket {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.set_reuse_address(true).unwrap();
-    let local = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(198, 18, 0, 254), port);
-    s.bind(&local.into()).unwrap();
-    s
 }
 
 /// Sends `request` (if not empty) and reads until the server closes: (the head, the body).

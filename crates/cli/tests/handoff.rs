@@ -7,7 +7,7 @@
 //! (`/f/1k?k=N`) that the policy assigns to n2 and sends them to n1: they must be handed off.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use baton_lab::content::{expected_sha256, sha256_hex};
@@ -17,7 +17,7 @@ use baton_lab::{Lab, LabSpec, ServerKind};
 use baton_policy::PolicyKind;
 
 mod common;
-use common::pin_dir;
+use common::{pin_dir, socket_on_port};
 
 const BATON: &str = env!("CARGO_BIN_EXE_baton");
 /// How long an agent may take to count a handoff the datapaths made (it reads their quiet
@@ -542,12 +542,12 @@ fn what_cannot_be_distributed_is_served_locally() {
     let (direct_target, via_target) = (on_n2.clone(), on_n2.clone());
     let results = lab
         .in_client(move || {
-            let direct = bound_socket(None);
+            let direct = socket_on_port(0);
             let port = direct.local_addr().unwrap().as_socket().unwrap().port();
             direct.connect(&n2.into()).unwrap();
             let mut direct: TcpStream = direct.into();
             let first = exchange(&mut direct, &direct_target);
-            let via_n1 = bound_socket(Some(port));
+            let via_n1 = socket_on_port(port);
             via_n1.connect(&n1.into()).unwrap();
             let mut via_n1: TcpStream = via_n1.into();
             let collided = exchange(&mut via_n1, &via_target);
@@ -577,7 +577,7 @@ fn what_cannot_be_distributed_is_served_locally() {
     // P to n1 is dropped (never merged into the handed-in connection); once it closes, P works.
     let (refused, later) = lab
         .in_client(move || {
-            let direct = bound_socket(None);
+            let direct = socket_on_port(0);
             let port = direct.local_addr().unwrap().as_socket().unwrap().port();
             direct.connect(&n2.into()).unwrap();
             let mut direct: TcpStream = direct.into();
@@ -587,14 +587,14 @@ fn what_cannot_be_distributed_is_served_locally() {
                 "n1",
                 "the direct connection is handed to n1"
             );
-            let early = bound_socket(Some(port));
+            let early = socket_on_port(port);
             let refused = early
                 .connect_timeout(&n1.into(), Duration::from_millis(1500))
                 .is_err();
             drop(early);
             drop(direct);
             std::thread::sleep(Duration::from_secs(4)); // close linger + GC
-            let late = bound_socket(Some(port));
+            let late = socket_on_port(port);
             late.connect_timeout(&n1.into(), Duration::from_secs(5))
                 .expect("the port is free again");
             let mut late: TcpStream = late.into();
@@ -633,14 +633,6 @@ fn what_cannot_be_distributed_is_served_locally() {
     assert!(metric(&lab, 1, "baton_mesh_rejected_frames_total") >= 1.0);
     assert_eq!(metric(&lab, 1, "baton_mesh_peers_up"), 1.0);
     assert_tables_drain(&lab);
-}
-
-fn bound_socket(port: Option<u16>) -> socket2::Socket {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.set_reuse_address(true).unwrap();
-    let local = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 254), port.unwrap_or(0));
-    s.bind(&local.into()).unwrap();
-    s
 }
 
 /// One keep-alive request on a raw connection; reads exactly the response (Content-Length).

@@ -152,3 +152,13 @@ pub fn make_client_link_lossy(lab: &Lab) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A client socket bound to 198.18.0.254:`port` (0: any), with SO_REUSEADDR so that several
+/// connections from one port can go to different nodes (tuple collisions, port reuse).
+pub fn socket_on_port(port: u16) -> socket2::Socket {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_reuse_address(true).unwrap();
+    let local = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(198, 18, 0, 254), port);
+    s.bind(&local.into()).unwrap();
+    s
+}
