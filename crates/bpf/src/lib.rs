@@ -662,7 +662,7 @@ pub enum EventKind {
     NextHead = 5,
     /// FE: the datapath offered the connection to the entry's peer itself.
     DpOffered = 6,
-    /// BE: our TCP took a datapath offer's replay.
+    /// BE: our TCP took a datapath offer's replay (`peer`, `handoff_id`: whose).
     DpTaken = 7,
     /// FE: a datapath offer came back refused (`detail`: a [`RefuseCode`]).
     DpReturned = 8,
@@ -712,11 +712,13 @@ pub struct EventHeader {
     pub detail: u32,
     pub ts_ns: u64,
     pub key: ConnKey,
-    /// [`EventKind::DpReturned`]: the address of the BE that refused; else 0.
+    /// [`EventKind::DpReturned`]: the address of the BE that refused; BE notices: the FE's
+    /// ([`Conn::peer_addr`]); else 0.
     pub peer: [u8; 4],
     /// BE notices: the server socket's cookie ([`Conn::sock_cookie`]); else 0.
     pub sock_cookie: u64,
-    /// [`EventKind::DpOffered`]: the offer's id ([`Conn::handoff_id`]); else 0.
+    /// [`EventKind::DpOffered`] and BE notices: the handoff's id ([`Conn::handoff_id`]), which
+    /// names the connection when the tuple is already another's; else 0.
     pub handoff_id: u64,
 }
 
@@ -731,11 +733,12 @@ pub struct Event {
     /// [`EventKind::DpReturned`]: the refusal's code; [`EventKind::Closed`]: a [`CloseCode`];
     /// else 0.
     pub detail: u32,
-    /// [`EventKind::DpReturned`]: the BE that refused; else unspecified (0.0.0.0).
+    /// [`EventKind::DpReturned`]: the BE that refused; BE notices: the FE; else unspecified
+    /// (0.0.0.0).
     pub peer: Ipv4Addr,
     /// BE notices: the server socket's cookie, 0 if unknown.
     pub sock_cookie: u64,
-    /// [`EventKind::DpOffered`]: the offer's id; else 0.
+    /// [`EventKind::DpOffered`] and BE notices: the handoff's id; else 0.
     pub handoff_id: u64,
     pub packet: Vec<u8>,
 }

@@ -2,8 +2,8 @@
 //! `be_after_socket` in `c/lib/be.h`): real sockets on the loopback of a namespace of the test's
 //! own, the datapath on that loopback with a BE entry for their tuple (replayed, translation at
 //! offset zero), closed every way a server and a client close. The notice says what is left on
-//! the tuple and names the server's socket by its cookie, comes once, and never before TCP lets
-//! go.
+//! the tuple, names the server's socket by its cookie and the connection by its handoff and FE,
+//! comes once, and never before TCP lets go.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -23,6 +23,8 @@ struct Node {
     listener: TcpListener,
     /// The cookie of the last connection's server socket.
     cookie: u64,
+    /// The last connection's handoff id (one per connection).
+    handoff_id: u64,
 }
 
 impl Node {
@@ -41,6 +43,7 @@ impl Node {
             datapath,
             listener,
             cookie: 0,
+            handoff_id: 0,
         }
     }
 
@@ -57,11 +60,13 @@ impl Node {
             v4(client.local_addr().unwrap()),
             v4(server.local_addr().unwrap()),
         );
+        self.handoff_id += 1;
         let entry = Conn {
             role: ConnRole::Be as u8,
             state: ConnState::BeReplayed as u8,
             flags,
             peer_addr: Ipv4Addr::LOCALHOST.octets(),
+            handoff_id: self.handoff_id,
             live_deadline_ns: u64::MAX,
             ..Conn::default()
         };
@@ -91,6 +96,11 @@ impl Node {
                     assert_eq!(
                         event.sock_cookie, self.cookie,
                         "the notice names the socket"
+                    );
+                    assert_eq!(
+                        (event.handoff_id, event.peer),
+                        (self.handoff_id, Ipv4Addr::LOCALHOST),
+                        "the notice names the connection"
                     );
                     found.push(CloseCode::from_detail(event.detail));
                 }

@@ -24,7 +24,7 @@
 //!   ignored) makes us ask our TCP, again after a linger if it is not done.
 
 use std::collections::HashMap;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use baton_bpf::{CloseCode, Conn, ConnKey, ConnRole, ConnState, Event, conn_flags, watch_flags};
@@ -103,6 +103,8 @@ pub(super) struct CloseNotice {
     pub code: Option<CloseCode>,
     /// The server socket's cookie, which its timewait socket has too (0: unknown).
     pub sock_cookie: u64,
+    /// The connection it is about ([`Inbound::names`]).
+    pub handoff_id: u64,
 }
 
 impl CloseNotice {
@@ -110,6 +112,7 @@ impl CloseNotice {
         CloseNotice {
             code: CloseCode::from_detail(event.detail),
             sock_cookie: event.sock_cookie,
+            handoff_id: event.handoff_id,
         }
     }
 }
@@ -151,6 +154,13 @@ impl Inbound {
             key,
             client_isn: self.client_isn,
         }
+    }
+
+    /// Whether a datapath notice naming handoff `id` is about this connection. A notice is read
+    /// late, when the tuple may already be the client's next connection's (0: the datapath
+    /// named none, any on the tuple).
+    fn names(&self, id: u64) -> bool {
+        id == 0 || id == self.id
     }
 }
 
@@ -603,11 +613,12 @@ impl Engine {
 
     /// The datapath let the replayed connection through: it is ours.
     /// Our TCP spoke on a replayed connection (`sock_cookie`: its socket's, 0 if unknown): live.
-    pub(super) fn on_be_live(&mut self, key: ConnKey, sock_cookie: u64) {
+    /// `id`: the connection the notice names (0: any on the tuple).
+    pub(super) fn on_be_live(&mut self, key: ConnKey, id: u64, sock_cookie: u64) {
         let Some(inbound) = self.be.conns.get_mut(&key) else {
             return;
         };
-        if inbound.phase != BePhase::Replayed {
+        if inbound.phase != BePhase::Replayed || !inbound.names(id) {
             return;
         }
         inbound.phase = BePhase::Live;
@@ -615,6 +626,11 @@ impl Engine {
         // Live: the replay is done, its bytes are no longer needed.
         inbound.replay = None;
         let (peer, id) = (inbound.peer, inbound.id);
+        self.accepted_here(peer, id);
+    }
+
+    /// Handoff `id` from `peer` is ours: its FE hears so, and it counts.
+    fn accepted_here(&mut self, peer: usize, id: u64) {
         self.tell(peer, Message::HandoffAccepted { id });
         self.metrics.handoffs_in.inc();
         self.count_for_peer(&self.metrics.peer.handoffs_from, peer);
@@ -634,7 +650,7 @@ impl Engine {
             .get(&conn.key)
             .filter(|e| e.state() == Some(ConnState::BeEstablished))
         {
-            return self.on_be_live(conn.key, e.sock_cookie);
+            return self.on_be_live(conn.key, e.handoff_id, e.sock_cookie);
         }
         tracing::info!(key = %conn.key, phase = ?inbound.phase, "replayed connection not live in time");
         self.refuse_inbound(conn.key, RefuseReason::Timeout, true);
@@ -762,7 +778,12 @@ impl Engine {
     /// `be_socket_closed`), and the notice says what is left on the tuple. Over at once unless
     /// unsure (or a code this build does not know): then our TCP is asked, as after a linger.
     pub(super) fn on_closed(&mut self, key: ConnKey, notice: CloseNotice, now: Instant) {
-        let Some(inbound) = self.be.conns.get_mut(&key) else {
+        let Some(inbound) = self
+            .be
+            .conns
+            .get_mut(&key)
+            .filter(|i| i.names(notice.handoff_id))
+        else {
             return;
         };
         if inbound.phase == BePhase::Moving {
@@ -1233,29 +1254,45 @@ impl Engine {
 }
 
 impl Engine {
-    /// Our TCP took the replay of a peer's datapath offer: a handed-in connection like one this
-    /// agent replayed, live when the datapath says so (then the FE hears Accepted) or refused a
-    /// margin after its deadline.
-    pub(super) fn on_dp_taken(&mut self, key: ConnKey, now: Instant) {
-        let Some(entry) = self.conns.get(&key) else {
+    /// Our TCP took the replay of a peer's datapath offer `id` (from the FE at `from`): a
+    /// handed-in connection like one this agent replayed, live when the datapath says so (then
+    /// the FE hears Accepted) or refused a margin after its deadline. The notice can be read
+    /// after the connection ended and the client's next one on the tuple took its entry: its FE
+    /// still hears that it was taken, and that it is over.
+    pub(super) fn on_dp_taken(&mut self, key: ConnKey, id: u64, from: Ipv4Addr, now: Instant) {
+        let entry = self.conns.get(&key).filter(|e| {
+            e.role() == Some(ConnRole::Be)
+                && e.flags & conn_flags::DP_OFFER != 0
+                && (id == 0 || e.handoff_id == id)
+        });
+        let Some(entry) = entry else {
+            // The datapath takes an offer only on a free tuple or one whose connection closed
+            // at both ends: the one named is over.
+            if id != 0 && !self.be.conns.get(&key).is_some_and(|i| i.id == id) {
+                self.taken_and_over(key, from, id);
+            }
             return;
         };
-        if entry.role() != Some(ConnRole::Be) || entry.flags & conn_flags::DP_OFFER == 0 {
-            return;
-        }
-        let addr = std::net::Ipv4Addr::from(entry.peer_addr);
+        let addr = Ipv4Addr::from(entry.peer_addr);
         let Some(peer) = self.cluster.peers.iter().position(|p| p.addr == addr) else {
             tracing::debug!(%key, %addr, "datapath offer from no member: left to expire");
             return;
         };
         // Told twice (two copies completed at once on two CPUs): taken on once.
-        if let Some(old) = self.be.conns.get(&key).map(|i| i.conn(key)) {
+        if let Some(old) = self.be.conns.get(&key) {
             if old.client_isn == entry.client_isn {
                 return;
             }
-            // An earlier connection of the client on the tuple is over (the datapath takes an
-            // offer only on a free tuple, or one whose connection closed at both ends).
-            self.forget_inbound(old);
+            // An earlier connection of the client on the tuple is over, whatever its own
+            // notices (read later, they name it) say.
+            let (phase, old) = (old.phase, old.conn(key));
+            if phase == BePhase::Replayed
+                && let Some(inbound) = self.be.get(old)
+            {
+                let (peer, id) = (inbound.peer, inbound.id);
+                self.accepted_here(peer, id);
+            }
+            self.closed_at_be(old);
         }
         let conn = ConnId {
             key,
@@ -1277,7 +1314,17 @@ impl Engine {
         self.metrics.handed_in_active.set(self.be.len() as i64);
         // Live already (its notice comes next through the ring, or came first).
         if entry.state() == Some(ConnState::BeEstablished) {
-            self.on_be_live(key, entry.sock_cookie);
+            self.on_be_live(key, entry.handoff_id, entry.sock_cookie);
         }
+    }
+
+    /// A datapath offer that came and went before this agent read of it: its FE hears both.
+    fn taken_and_over(&mut self, key: ConnKey, from: Ipv4Addr, id: u64) {
+        let Some(peer) = self.cluster.peers.iter().position(|p| p.addr == from) else {
+            return;
+        };
+        tracing::debug!(%key, peer, "a datapath offer over before its notice was read");
+        self.accepted_here(peer, id);
+        self.tell(peer, Message::ConnClosed { id });
     }
 }

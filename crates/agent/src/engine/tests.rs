@@ -2552,6 +2552,91 @@ fn a_reused_tuple_keeps_the_new_followed_offers_responses() {
     );
 }
 
+/// A BE notice of the connection `entry` is (the datapath names it by its handoff id and FE).
+fn notice_of(kind: EventKind, key: ConnKey, entry: &Conn) -> Event {
+    Event {
+        handoff_id: entry.handoff_id,
+        peer: Ipv4Addr::from(entry.peer_addr),
+        ..notice(kind, key)
+    }
+}
+
+#[test]
+fn notices_read_after_the_client_reused_its_port_act_on_the_connection_they_name() {
+    let mut n2 = node(1, PolicyKind::Hash);
+    let key = key_at(N2);
+    let deadline = super::monotonic_ns() + HANDOFF_TIMEOUT.as_nanos() as u64 / 2;
+    let taken = |isn: u32, id: u64| {
+        let mut entry = left_behind(ConnRole::Be, ConnState::BeEstablished, N1, id);
+        entry.client_isn = isn;
+        entry.flags = baton_bpf::conn_flags::DP_OFFER | baton_bpf::conn_flags::DP_TAKEN;
+        entry.live_deadline_ns = deadline;
+        entry
+    };
+    let (first, second) = (
+        taken(CLIENT_ISN, DP_ID),
+        taken(CLIENT_ISN.wrapping_add(100_000), DP_ID + 1),
+    );
+    // The first connection was taken, served and closed, and the client's next one on the
+    // tuple taken in its place, all before the agent read a notice: the table has the second.
+    n2.table.0.lock().unwrap().insert(key, second);
+    n2.tcp.set(&key, tcp_state::ESTABLISHED);
+    for kind in [EventKind::DpTaken, EventKind::BeLive] {
+        n2.datapath(notice_of(kind, key, &first));
+    }
+    n2.datapath(Event {
+        detail: CloseCode::Gone as u32,
+        ..notice_of(EventKind::Closed, key, &first)
+    });
+    for kind in [EventKind::DpTaken, EventKind::BeLive] {
+        n2.datapath(notice_of(kind, key, &second));
+    }
+    let told: Vec<_> = std::iter::from_fn(|| n2.next_to_peer()).collect();
+    assert!(
+        matches!(
+            told.as_slice(),
+            [
+                Message::HandoffAccepted { id: a },
+                Message::ConnClosed { id: b },
+                Message::HandoffAccepted { id: c },
+            ] if (*a, *b, *c) == (DP_ID, DP_ID, DP_ID + 1)
+        ),
+        "the first connection's FE hears it was taken and is over, the second's that it is live: {told:?}"
+    );
+    assert_eq!(
+        n2.table.get(&key).map(|e| e.handoff_id),
+        Some(DP_ID + 1),
+        "the second connection keeps its entry"
+    );
+    assert_eq!(n2.metrics.handoffs_in.get(), 2);
+
+    // Read the other way round: the first was taken on, then the second replaced it before
+    // the first's close was read. The first is over (its FE told so once), the second lives.
+    let mut n2 = node(1, PolicyKind::Hash);
+    n2.table.0.lock().unwrap().insert(key, first);
+    n2.tcp.set(&key, tcp_state::ESTABLISHED);
+    n2.datapath(notice_of(EventKind::DpTaken, key, &first));
+    n2.table.0.lock().unwrap().insert(key, second);
+    n2.datapath(notice_of(EventKind::DpTaken, key, &second));
+    n2.datapath(Event {
+        detail: CloseCode::Gone as u32,
+        ..notice_of(EventKind::Closed, key, &first)
+    });
+    let told: Vec<_> = std::iter::from_fn(|| n2.next_to_peer()).collect();
+    assert!(
+        matches!(
+            told.as_slice(),
+            [
+                Message::HandoffAccepted { id: a },
+                Message::ConnClosed { id: b },
+                Message::HandoffAccepted { id: c },
+            ] if (*a, *b, *c) == (DP_ID, DP_ID, DP_ID + 1)
+        ),
+        "{told:?}"
+    );
+    assert!(n2.table.get(&key).is_some(), "the second connection's entry stays");
+}
+
 #[test]
 fn a_followed_datapath_offer_taken_here_is_quiesced_by_its_responses() {
     let mut n2 = node_with(1, PolicyKind::Hash, FOLLOW);

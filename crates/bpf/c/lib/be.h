@@ -49,15 +49,18 @@
  * middle of the server's packet (tens of µs on a virtual machine); the agent reads them before
  * its next input or round. The agent's own replays' notices wake it: a followed connection's
  * next request waits for them. */
-__always void be_notice(const struct conn *c, __u32 kind, const struct conn_key *key, __u32 detail)
+__always int be_notice(const struct conn *c, __u32 kind, const struct conn_key *key, __u32 detail)
 {
+	/* Named by its handoff: read late, the tuple may be the client's next connection's. */
 	struct event_hdr h = {
 		.kind = kind,
 		.detail = detail,
 		.key = *key,
+		.peer = c->peer_addr,
 		.sock_cookie = c->sock_cookie,
+		.handoff_id = c->handoff_id,
 	};
-	emit_notice_hdr(&h, c->flags & (CONN_DP_OFFER | CONN_FOLLOWED));
+	return emit_notice_hdr(&h, c->flags & (CONN_DP_OFFER | CONN_FOLLOWED));
 }
 
 /* Notes the FINs and RSTs that pass (the client's FIN with where it ends). They report nothing:
@@ -294,7 +297,7 @@ __always int be_offer_segment(struct __sk_buff *skb, const struct node_config *c
 		return drop(DROP_REDIRECT_FAILED);
 	/* Whichever copy completes the handshake tells the agent, once the notice is on the ring
 	 * (a lost notice is tried again with the next copy). */
-	if (!(c->flags & CONN_DP_TAKEN) && !emit_quiet_notice(EV_DP_TAKEN, key) &&
+	if (!(c->flags & CONN_DP_TAKEN) && !be_notice(c, EV_DP_TAKEN, key, 0) &&
 	    !(conn_set_flags(c, CONN_DP_TAKEN) & CONN_DP_TAKEN))
 		stat_add(STAT_DP_TAKEN, 1);
 	return be_ingress(skb, cfg, &p, key, c);

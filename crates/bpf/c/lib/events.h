@@ -5,7 +5,7 @@
  * bytes, with its true length; the agent gets every event in order or, when the ring is full, the
  * caller learns it (negative return) and counts DROP_EVENT_LOST. The ring wakes the agent when it
  * has caught up (the kernel's adaptive notification), so no event waits for a timer. Quiet notices
- * (emit_quiet_notice()) go to a ring of their own that wakes no one: the agent reads it before
+ * (emit_notice_hdr(h, 1)) go to a ring of their own that wakes no one: the agent reads it before
  * every input.
  */
 #pragma once
@@ -21,7 +21,7 @@ enum event_kind {
 	EV_BE_LIVE = 4,     /* BE: the server's TCP took the replayed connection and spoke: it is live */
 	EV_NEXT_HEAD = 5,   /* a held client packet of a placed connection: at or past its next request head (watch) */
 	EV_DP_OFFERED = 6,  /* FE: the datapath offered the connection to peer_addr itself (offer.h) */
-	EV_DP_TAKEN = 7,    /* BE: our TCP took a datapath offer's replay (the entry says from whom) */
+	EV_DP_TAKEN = 7,    /* BE, quiet: our TCP took a datapath offer's replay (peer, handoff_id: whose) */
 	EV_DP_RETURNED = 8, /* FE: a datapath offer came back refused (detail: REFUSE_*, peer: the BE); served here or held */
 	EV_NEXT_HEAD_STAYED = 9, /* FE, quiet: a followed request went on to where its connection is, decided here (detail: the next head's seq) */
 	EV_DP_FOLLOWED_HERE = 10, /* FE, quiet: a first request served here and followed, decided here (detail: the next head's seq; the FE entry as it was follows) */
@@ -43,9 +43,9 @@ struct event_hdr {
 	__u32 detail;  /* EV_DP_RETURNED: the refusal reason; EV_CLOSED: CLOSE_*; EV_NEXT_HEAD_STAYED: seq; else 0 */
 	__u64 ts_ns;
 	struct conn_key key;
-	__be32 peer;   /* EV_DP_RETURNED: the BE that refused; else 0 */
+	__be32 peer;   /* EV_DP_RETURNED: the BE that refused; BE notices: the FE (conn.peer_addr); else 0 */
 	__u64 sock_cookie; /* BE notices: the server socket's cookie (conn.sock_cookie); else 0 */
-	__u64 handoff_id;  /* EV_DP_OFFERED: the offer's id (conn.handoff_id); else 0 */
+	__u64 handoff_id;  /* EV_DP_OFFERED, BE notices: the handoff's id (conn.handoff_id); else 0 */
 };
 
 struct event {

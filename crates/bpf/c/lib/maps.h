@@ -309,15 +309,6 @@ __always int emit_notice(__u32 kind, const struct conn_key *key)
 	return emit_notice_detail(kind, key, 0, 0);
 }
 
-__always int emit_quiet_notice(__u32 kind, const struct conn_key *key)
-{
-	struct event_hdr h = {
-		.kind = kind,
-		.key = *key,
-	};
-	return emit_notice_hdr(&h, 1);
-}
-
 __always struct offer_scratch *offer_scratch_get(void)
 {
 	__u32 zero = 0;
