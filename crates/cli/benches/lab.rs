@@ -52,7 +52,8 @@
 //!    first went) and on, interleaved in rounds: from each request's write to its first byte,
 //!    p50 and p99 of the requests that stay on their node, by the datapath and (right after a
 //!    move) by the agent (against per_request off), and of those that move (against those the
-//!    datapath keeps; goal: a move adds ≤ 100 µs). Then wrk keep-alive
+//!    datapath keeps; goal: a move adds ≤ 100 µs), and the moves by route: between two peers
+//!    of n1 (n2 -> n3), from n1 (n1 -> n2) and back to n1 (n3 -> n1). Then wrk keep-alive
 //!    (`-s` a script cycling through 30 targets spread over the nodes), per_request off and on:
 //!    requests/s, their ratio, moves per second, and the share of requests followed (moved or
 //!    stayed). The agents' bound on moves per connection is lifted for the whole bench: wrk's
@@ -63,8 +64,9 @@
 //!
 //! `cargo bench -p baton --bench lab` (as root). Environment, defaults in parentheses:
 //! BATON_BENCH_TTFB_SAMPLES (500), BATON_BENCH_TTFB_BATCH (50), BATON_BENCH_WRK_SECONDS (5),
-//! BATON_BENCH_WRK_ROUNDS (3), BATON_BENCH_IDLE_SECONDS (10). A default run takes about six
-//! minutes, most of it wrk (42 runs) and agent restarts (75).
+//! BATON_BENCH_WRK_ROUNDS (3), BATON_BENCH_IDLE_SECONDS (10), BATON_BENCH_SECTIONS (all: the
+//! sections to run, from `ttfb`, `wrk` (with the agent CPU of 3) and `follow`, comma-separated).
+//! A default run takes about six minutes, most of it wrk (42 runs) and agent restarts (75).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
@@ -881,14 +883,22 @@ enum Follow {
     StaysAfterMove,
     /// `per_request = true`, another node: the connection moves.
     Moves,
+    /// The moves by where they go: from n2 to n3 (the FE, n1, asks one peer and offers to
+    /// the other), from n1 (its own server quiesced), back to n1 (a replay into its own TCP).
+    MovesAmongPeers,
+    MovesFromFe,
+    MovesToFe,
 }
 
 impl Follow {
-    const ALL: [Follow; 4] = [
+    const ALL: [Follow; 7] = [
         Follow::FirstOnly,
         Follow::Stays,
         Follow::StaysAfterMove,
         Follow::Moves,
+        Follow::MovesAmongPeers,
+        Follow::MovesFromFe,
+        Follow::MovesToFe,
     ];
 
     fn label(self) -> &'static str {
@@ -897,6 +907,9 @@ impl Follow {
             Follow::Stays => "hash per_request, stays (datapath)",
             Follow::StaysAfterMove => "hash per_request, stays after a move (agent)",
             Follow::Moves => "hash per_request, moves to another node",
+            Follow::MovesAmongPeers => "  of which n2 -> n3",
+            Follow::MovesFromFe => "  of which n1 -> n2",
+            Follow::MovesToFe => "  of which n3 -> n1",
         }
     }
 }
@@ -952,6 +965,14 @@ fn follow_batch(
                     misplaced += 1;
                 } else if i > 0 {
                     samples.push((variant, t));
+                    if variant == Follow::Moves {
+                        let by_route = match (targets[i - 1].1, *node) {
+                            (_, 1) => Follow::MovesToFe,
+                            (1, _) => Follow::MovesFromFe,
+                            _ => Follow::MovesAmongPeers,
+                        };
+                        samples.push((by_route, t));
+                    }
                 }
             }
             Err(e) => {
@@ -981,7 +1002,8 @@ fn follow_section(lab: &mut Lab, samples: usize, batch_size: usize, seconds: u64
     let (mut misplaced, mut errors) = (0usize, Vec::new());
     let started = Instant::now();
     let mut round = 0;
-    while Follow::ALL
+    // Until every kind has its samples (the moves' routes are a third of the moves each).
+    while Follow::ALL[..4]
         .iter()
         .any(|v| all.get(v).map_or(0, Vec::len) < samples)
         && round < samples.div_ceil(batch_size.max(1)) * 2 + 3
@@ -1018,7 +1040,9 @@ fn follow_section(lab: &mut Lab, samples: usize, batch_size: usize, seconds: u64
         let against = match v {
             Follow::FirstOnly => None,
             Follow::Stays | Follow::StaysAfterMove => first_only,
-            Follow::Moves => stays,
+            Follow::Moves | Follow::MovesAmongPeers | Follow::MovesFromFe | Follow::MovesToFe => {
+                stays
+            }
         };
         match (quantiles(samples), against) {
             (Some((p50, p99)), Some((b50, b99))) => println!(
@@ -1138,6 +1162,7 @@ fn main() {
     let seconds = env_or("BATON_BENCH_WRK_SECONDS", 5).max(1);
     let wrk_rounds = env_or("BATON_BENCH_WRK_ROUNDS", 3).max(1);
     let idle_seconds = env_or("BATON_BENCH_IDLE_SECONDS", 10).max(1);
+    let sections = Sections::from_env();
     let started = Instant::now();
 
     let spec = LabSpec::new(unique_name("bench"), NODES)
@@ -1169,15 +1194,62 @@ fn main() {
         assert!(out.status.success(), "sysctl -w {setting}");
     }
 
-    let idle = idle_cpu(&lab, idle_seconds);
-    ttfb_section(&mut lab, samples, batch);
-    println!();
-
+    // Idle first, before any traffic.
+    let idle = sections.wrk.then(|| idle_cpu(&lab, idle_seconds));
+    if sections.ttfb {
+        ttfb_section(&mut lab, samples, batch);
+        println!();
+    }
     // Agent CPU per handoff, over the round-robin connection-per-request 1 KB runs.
-    let c = wrk_section(&mut lab, seconds, wrk_rounds);
-    println!();
-    follow_section(&mut lab, samples, batch, seconds, wrk_rounds);
-    println!();
+    let cpu = sections.wrk.then(|| {
+        let c = wrk_section(&mut lab, seconds, wrk_rounds);
+        println!();
+        c
+    });
+    if sections.follow {
+        follow_section(&mut lab, samples, batch, seconds, wrk_rounds);
+        println!();
+    }
+    if let (Some(c), Some(idle)) = (cpu, idle) {
+        print_agent_cpu(&c, &idle, seconds, wrk_rounds);
+    }
+    lab.down().expect("lab down");
+    println!("\n(bench took {:.0} s)", started.elapsed().as_secs_f64());
+}
+
+/// Which sections a run has (`BATON_BENCH_SECTIONS`).
+struct Sections {
+    ttfb: bool,
+    wrk: bool,
+    follow: bool,
+}
+
+impl Sections {
+    fn from_env() -> Sections {
+        let Ok(list) = std::env::var("BATON_BENCH_SECTIONS") else {
+            return Sections {
+                ttfb: true,
+                wrk: true,
+                follow: true,
+            };
+        };
+        let names: Vec<&str> = list.split(',').map(str::trim).collect();
+        for name in &names {
+            assert!(
+                ["ttfb", "wrk", "follow"].contains(name),
+                "BATON_BENCH_SECTIONS: unknown section {name:?} (ttfb, wrk, follow)"
+            );
+        }
+        Sections {
+            ttfb: names.contains(&"ttfb"),
+            wrk: names.contains(&"wrk"),
+            follow: names.contains(&"follow"),
+        }
+    }
+}
+
+/// Section 3: `c` from section 2's runs, `idle` measured before any traffic.
+fn print_agent_cpu(c: &Counters, idle: &str, seconds: u64, wrk_rounds: u64) {
     let cpu_us = c.cpu_ns as f64 / 1e3;
     println!("agent CPU, time on CPU of the {NODES} agents (/proc/PID/schedstat)");
     println!(
@@ -1193,7 +1265,4 @@ fn main() {
         cpu_us / c.accepted.max(1.0)
     );
     println!("{idle}");
-
-    lab.down().expect("lab down");
-    println!("\n(bench took {:.0} s)", started.elapsed().as_secs_f64());
 }

@@ -1268,7 +1268,7 @@ impl Engine {
         let Some(entry) = entry else {
             // The datapath takes an offer only on a free tuple or one whose connection closed
             // at both ends: the one named is over.
-            if id != 0 && !self.be.conns.get(&key).is_some_and(|i| i.id == id) {
+            if id != 0 && self.be.conns.get(&key).is_none_or(|i| i.id != id) {
                 self.taken_and_over(key, from, id);
             }
             return;

@@ -198,9 +198,7 @@ impl Engine {
             EventKind::HeldPacket => self.on_held_packet(event, now),
             EventKind::NextHead => self.on_next_head(event, now),
             EventKind::BeSynAck => self.on_be_answer(event, now),
-            EventKind::BeLive => {
-                self.on_be_live(event.key, event.handoff_id, event.sock_cookie)
-            }
+            EventKind::BeLive => self.on_be_live(event.key, event.handoff_id, event.sock_cookie),
             EventKind::Closed => self.on_closed(event.key, CloseNotice::of(&event), now),
             EventKind::DpOffered => {
                 self.on_dp_offered(event.key, event.handoff_id, event.detail, now)

@@ -2634,7 +2634,10 @@ fn notices_read_after_the_client_reused_its_port_act_on_the_connection_they_name
         ),
         "{told:?}"
     );
-    assert!(n2.table.get(&key).is_some(), "the second connection's entry stays");
+    assert!(
+        n2.table.get(&key).is_some(),
+        "the second connection's entry stays"
+    );
 }
 
 #[test]
