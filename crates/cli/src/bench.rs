@@ -186,9 +186,12 @@ struct Row {
     /// Connect latency (the entry node's handshake), JSON only.
     connect_p50_ms: f64,
     connect_max_ms: f64,
-    /// Client SYNs the nodes dropped as tuple collisions (JSON only): each costs its connection
-    /// a SYN retransmission, a second, which no request latency shows.
+    /// Client SYNs the nodes dropped as tuple collisions: each costs its connection a SYN
+    /// retransmission, a second, which no request latency shows.
     tuple_collisions: u64,
+    /// From when the targets ran out to the run's end (JSON only): the closed loop draining,
+    /// which the rate leaves out; a second or more is a stalled request's.
+    drain_ms: f64,
     accepting_cpu_us_per_request: f64,
     host_cpu_us_per_request: f64,
     accepting_bytes_per_request: f64,
@@ -415,6 +418,9 @@ fn run_variant(
         tuple_collisions: after
             .tuple_collisions
             .saturating_sub(before.tuple_collisions),
+        drain_ms: report
+            .ran_out
+            .map_or(0.0, |(at, _)| ms(Some(report.elapsed.saturating_sub(at)))),
         accepting_cpu_us_per_request: after.cpu_ns.saturating_sub(before.cpu_ns) as f64
             / 1e3
             / requests,
@@ -465,6 +471,7 @@ fn median_row(runs: Vec<Row>) -> Row {
         connect_p50_ms: median(|r| r.connect_p50_ms),
         connect_max_ms: median(|r| r.connect_max_ms),
         tuple_collisions: median(|r| r.tuple_collisions as f64).round() as u64,
+        drain_ms: median(|r| r.drain_ms),
         accepting_cpu_us_per_request: median(|r| r.accepting_cpu_us_per_request),
         host_cpu_us_per_request: median(|r| r.host_cpu_us_per_request),
         accepting_bytes_per_request: median(|r| r.accepting_bytes_per_request),
@@ -698,7 +705,7 @@ fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n{:<14} {:>3} {:>9} {:>7} {:>8} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6} {:>7} {:>6}",
+        "\n{:<14} {:>3} {:>9} {:>7} {:>8} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6} {:>7} {:>5} {:>6}",
         "variant",
         "K",
         "req/s",
@@ -714,6 +721,7 @@ fn table(rows: &[Row]) -> String {
         "host us/r",
         "acc KB",
         "wire KB",
+        "drops",
         "errors",
     );
     for row in rows {
@@ -728,7 +736,7 @@ fn table(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<14} {:>3} {:>9.0} {:>7} {:>8} {:>7} {:>6.1} {:>8} {:>8} {:>8.2} {:>8.2} {:>8.0} {:>9.0} {:>6.1} {:>7.1} {:>6}",
+            "{:<14} {:>3} {:>9.0} {:>7} {:>8} {:>7} {:>6.1} {:>8} {:>8} {:>8.2} {:>8.2} {:>8.0} {:>9.0} {:>6.1} {:>7.1} {:>5} {:>6}",
             row.variant,
             row.k,
             row.requests_per_sec,
@@ -745,6 +753,7 @@ fn table(rows: &[Row]) -> String {
             row.host_cpu_us_per_request,
             row.accepting_bytes_per_request / 1024.0,
             row.wire_bytes_per_request / 1024.0,
+            row.tuple_collisions,
             row.errors,
         );
     }
@@ -773,12 +782,12 @@ fn csv(rows: &[Row]) -> String {
     let mut out = String::from(
         "variant,k,requests,requests_per_sec,sim_x_rr,hit_percent,sim_hit_percent,origin_fetches,\
          p50_ms,p99_ms,accepting_cpu_us_per_request,host_cpu_us_per_request,accepting_bytes_per_request,\
-         wire_bytes_per_request,errors\n",
+         wire_bytes_per_request,tuple_collisions,errors\n",
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "{},{},{},{:.1},{},{:.2},{},{},{:.3},{:.3},{:.1},{:.1},{:.0},{:.0},{}",
+            "{},{},{},{:.1},{},{:.2},{},{},{:.3},{:.3},{:.1},{:.1},{:.0},{:.0},{},{}",
             r.variant,
             r.k,
             r.requests,
@@ -794,6 +803,7 @@ fn csv(rows: &[Row]) -> String {
             r.host_cpu_us_per_request,
             r.accepting_bytes_per_request,
             r.wire_bytes_per_request,
+            r.tuple_collisions,
             r.errors
         );
     }
@@ -820,6 +830,7 @@ mod tests {
             connect_p50_ms: 0.1,
             connect_max_ms: 0.1,
             tuple_collisions: 0,
+            drain_ms: 0.0,
             accepting_cpu_us_per_request: 10.0,
             host_cpu_us_per_request: 20.0,
             accepting_bytes_per_request: 1000.0,

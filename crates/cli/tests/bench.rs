@@ -56,6 +56,7 @@ fn a_short_cache_bench_runs_every_variant_and_hashing_hits_more_than_round_robin
         "host us/r",
         "acc KB",
         "wire KB",
+        "drops",
         "errors",
     ] {
         assert!(stdout.contains(column), "no column {column:?}:\n{stdout}");

@@ -30,6 +30,12 @@
 //!   errors. Each claimed target is either one of [`LoadReport::requests`] or one error, so
 //!   `requests + error_count() + unsent == targets.len()`. Nothing here panics on what a server
 //!   sends.
+//! - **Rate** ([`LoadReport::requests_per_sec`]): the 2xx responses completed before the targets
+//!   ran out (a thread found none left to claim), per second until then. What comes after is the
+//!   loop draining, fewer connections busy than the loop has, and one request stalled there (a
+//!   SYN retransmitted after a second) would stretch the whole run's time by it: the rate of the
+//!   loop is what it sustained, not when its last straggler ended ([`LoadReport::elapsed`]). A
+//!   run that `max_duration` ended is rated over all of it.
 //! - **Counted per 2xx response:** `X-Cache-Status` values ([`LoadReport::cache`], `"none"` when
 //!   absent), `X-Served-By` values ([`LoadReport::served_by`], `"none"` when absent) and decoded
 //!   body bytes ([`LoadReport::body_bytes`]: chunk framing and trailers not included). Each map
@@ -50,7 +56,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::LabError;
@@ -304,6 +310,9 @@ pub struct LoadReport {
     pub errors: BTreeMap<String, u64>,
     /// From the start of the run to when the last client thread finished.
     pub elapsed: Duration,
+    /// When the targets ran out (see the rate in the [module documentation](self)), and the 2xx
+    /// responses completed before; `None` if they never did (`max_duration` ended the run).
+    pub ran_out: Option<(Duration, u64)>,
     /// Request written → whole response read, of the 2xx responses.
     pub latency: Latency,
     /// Connect latency of every connection opened.
@@ -329,11 +338,16 @@ pub struct LoadReport {
 pub const FAILURES_KEPT: usize = 4;
 
 impl LoadReport {
-    /// 2xx responses per second of [`elapsed`](Self::elapsed); 0 for an empty run.
+    /// 2xx responses per second the loop sustained: until the targets ran out, or over
+    /// [`elapsed`](Self::elapsed) if they never did (or nothing had completed by then); 0 for an
+    /// empty run.
     pub fn requests_per_sec(&self) -> f64 {
-        let secs = self.elapsed.as_secs_f64();
+        let (secs, requests) = match self.ran_out {
+            Some((at, requests)) if requests > 0 && !at.is_zero() => (at.as_secs_f64(), requests),
+            _ => (self.elapsed.as_secs_f64(), self.requests),
+        };
         if secs > 0.0 {
-            self.requests as f64 / secs
+            requests as f64 / secs
         } else {
             0.0
         }
@@ -400,11 +414,25 @@ struct Shared<'a> {
     stop: AtomicBool,
     run_deadline: Instant,
     started: Instant,
+    /// When a thread first found no target left to claim, in ns since `started` (0: not yet).
+    ran_out_ns: AtomicU64,
 }
 
 impl Shared<'_> {
     fn since_start(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    fn targets_ran_out(&self) -> bool {
+        self.ran_out_ns.load(Ordering::Relaxed) != 0
+    }
+
+    /// Notes the first moment a thread found nothing to claim.
+    fn note_ran_out(&self) {
+        let ns = u64::try_from(self.since_start().as_nanos()).unwrap_or(u64::MAX);
+        let _ =
+            self.ran_out_ns
+                .compare_exchange(0, ns.max(1), Ordering::Relaxed, Ordering::Relaxed);
     }
 }
 
@@ -417,6 +445,7 @@ fn run_here(spec: &LoadSpec) -> Result<LoadReport, LoadError> {
         stop: AtomicBool::new(false),
         run_deadline: start + spec.max_duration,
         started: start,
+        ran_out_ns: AtomicU64::new(0),
     };
     // More threads than targets would only find nothing to claim.
     let threads = spec.connections.min(spec.targets.len());
@@ -470,8 +499,10 @@ fn run_here(spec: &LoadSpec) -> Result<LoadReport, LoadError> {
     };
     let mut latency = Vec::new();
     let mut connect_latency = Vec::new();
+    let mut before_ran_out = 0;
     for tally in tallies {
         report.requests += tally.requests;
+        before_ran_out += tally.requests_before_ran_out;
         report.body_bytes += tally.body_bytes;
         report.connections_opened += tally.connections_opened;
         for (kind, n) in tally.errors {
@@ -485,6 +516,10 @@ fn run_here(spec: &LoadSpec) -> Result<LoadReport, LoadError> {
     }
     report.latency = Latency::from_micros(latency);
     report.connect_latency = Latency::from_micros(connect_latency);
+    report.ran_out = match shared.ran_out_ns.load(Ordering::Relaxed) {
+        0 => None,
+        ns => Some((Duration::from_nanos(ns), before_ran_out)),
+    };
     report.stopped_by_deadline = report.unsent > 0 || report.errors_of(FailureKind::Aborted) > 0;
     Ok(report)
 }
@@ -499,6 +534,8 @@ fn merge_counts(into: &mut BTreeMap<String, u64>, from: BTreeMap<String, u64>) {
 #[derive(Default)]
 struct Tally {
     requests: u64,
+    /// Of them, completed before the targets ran out.
+    requests_before_ran_out: u64,
     errors: BTreeMap<FailureKind, u64>,
     latency_us: Vec<u64>,
     connect_us: Vec<u64>,
@@ -548,6 +585,7 @@ fn client_thread(shared: &Shared) -> Tally {
         }
         let index = shared.next_target.fetch_add(1, Ordering::Relaxed);
         let Some(target) = spec.targets.get(index) else {
+            shared.note_ran_out();
             break;
         };
         let deadlines = Deadlines {
@@ -590,6 +628,9 @@ fn client_thread(shared: &Shared) -> Tally {
                 match FailureKind::of_status(resp.status) {
                     None => {
                         tally.requests += 1;
+                        if !shared.targets_ran_out() {
+                            tally.requests_before_ran_out += 1;
+                        }
                         tally.latency_us.push(micros(started.elapsed()));
                         tally.body_bytes += resp.body_bytes;
                         count(&mut tally.cache, resp.cache_status.as_deref());

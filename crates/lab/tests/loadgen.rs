@@ -635,6 +635,51 @@ fn a_trickling_response_is_bounded_by_the_request_timeout() {
 }
 
 #[test]
+fn the_rate_is_what_the_loop_sustained_not_when_its_last_straggler_ended() {
+    // The last target's response takes about a second to arrive (a connection stalled as a
+    // dropped SYN stalls one); every other comes at once.
+    let n = 400;
+    let straggler = n - 1;
+    let server = Server::start(move |seen| {
+        let wire = response(200, &[], &body(size_of(&seen.target)));
+        if id_of(&seen.target) == straggler {
+            let pause = Duration::from_secs(1) / wire.len() as u32;
+            Reply::Trickle { wire, pause }
+        } else {
+            send(wire)
+        }
+    });
+    let spec = LoadSpec {
+        connections: 4,
+        per_connection: 1,
+        ..base_spec(vec![server.addr], objects(n))
+    };
+    let report = run(&spec).unwrap();
+    check_invariants(&report, &spec);
+    assert_eq!(report.requests, n as u64, "{:?}", report.errors);
+    let (ran_out, before) = report.ran_out.expect("the targets ran out");
+    assert!(report.elapsed >= Duration::from_secs(1), "{report:?}");
+    assert!(
+        ran_out < report.elapsed / 2,
+        "{ran_out:?} of {:?}",
+        report.elapsed
+    );
+    // Claimed before the straggler, so answered before the targets ran out, but for the
+    // three other threads' last ones.
+    assert!((n as u64 - 4..n as u64).contains(&before), "{before}");
+    let over_all = report.requests as f64 / report.elapsed.as_secs_f64();
+    assert!(
+        report.requests_per_sec() > 2.0 * over_all,
+        "{} against {over_all} over the whole run",
+        report.requests_per_sec()
+    );
+    assert_eq!(
+        report.requests_per_sec(),
+        before as f64 / ran_out.as_secs_f64()
+    );
+}
+
+#[test]
 fn a_server_that_never_answers_is_bounded_by_max_duration() {
     let server = Server::start(|_| Reply::Hang);
     let max_duration = Duration::from_secs(1);
@@ -653,6 +698,7 @@ fn a_server_that_never_answers_is_bounded_by_max_duration() {
     assert!((1..=4).contains(&aborted), "{:?}", report.errors);
     assert_eq!(report.error_count(), aborted);
     assert_eq!(report.unsent, 100 - aborted);
+    assert_eq!(report.ran_out, None, "the targets never ran out");
     assert!(report.stopped_by_deadline);
     assert!(report.elapsed >= max_duration, "{:?}", report.elapsed);
     assert!(started.elapsed() < Duration::from_secs(10));
