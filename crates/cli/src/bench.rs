@@ -80,6 +80,10 @@ pub struct CacheArgs {
     /// The origin's delay per request, in ms.
     #[arg(long, default_value_t = 20)]
     pub origin_delay_ms: u64,
+    /// nginx's `proxy_cache_lock` on at every node: concurrent misses of an object wait for one
+    /// origin fetch, looking again every 500 ms (nginx's step) [default: off, as in nginx].
+    #[arg(long)]
+    pub cache_lock: bool,
     /// Variants to run, comma-separated (default: all).
     #[arg(long, value_delimiter = ',')]
     pub variants: Vec<String>,
@@ -250,9 +254,10 @@ fn cache(args: &CacheArgs) -> anyhow::Result<()> {
         args.nodes, args.objects, args.alpha, args.requests, args.warmup
     );
     println!(
-        "{trace}, working set {:.1} MiB, cache {cache_mb} MiB per node, origin delay {} ms, {} \
-         connections",
+        "{trace}, working set {:.1} MiB, cache {cache_mb} MiB per node (lock {}), origin delay {} \
+         ms, {} connections",
         working_set as f64 / f64::from(1 << 20),
+        if args.cache_lock { "on" } else { "off" },
         args.origin_delay_ms,
         args.connections
     );
@@ -262,6 +267,7 @@ fn cache(args: &CacheArgs) -> anyhow::Result<()> {
         .server(ServerKind::Cache)
         .cache_mb(cache_mb)
         .origin_delay_ms(args.origin_delay_ms)
+        .cache_lock(args.cache_lock)
         .policy(PolicyKind::Local);
     let mut lab = Lab::up(spec).context("bringing the cache lab up")?;
 

@@ -62,6 +62,10 @@ pub struct UpArgs {
     /// milliseconds [default: 20].
     #[arg(long)]
     pub origin_delay_ms: Option<u64>,
+    /// `--server cache`: nginx's `proxy_cache_lock` on (concurrent misses of an object wait for
+    /// one origin fetch, looking again every 500 ms) [default: off, as in nginx].
+    #[arg(long)]
+    pub cache_lock: bool,
     /// The agents check their own server with `GET PATH` every 500 ms (rise 2, fall 2) and are
     /// not chosen while it fails.
     #[arg(long)]
@@ -179,9 +183,10 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
                 let get = |k| fields.get(k).copied().unwrap_or("?");
                 let cache = if get("server") == ServerKind::Cache.name() {
                     format!(
-                        " cache_mb={} origin_delay_ms={}",
+                        " cache_mb={} origin_delay_ms={} cache_lock={}",
                         get("cache_mb"),
-                        get("origin_delay_ms")
+                        get("origin_delay_ms"),
+                        get("cache_lock")
                     )
                 } else {
                     String::new()
@@ -200,14 +205,14 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
     }
 }
 
-/// The spec `baton lab up` builds. Fails if `--cache-mb` or `--origin-delay-ms` is given for a
-/// server other than `cache` (they would be silently ignored).
+/// The spec `baton lab up` builds. Fails if `--cache-mb`, `--origin-delay-ms` or
+/// `--cache-lock` is given for a server other than `cache` (they would be silently ignored).
 pub fn up_spec(args: &UpArgs) -> anyhow::Result<LabSpec> {
     if args.server != ServerKind::Cache
-        && (args.cache_mb.is_some() || args.origin_delay_ms.is_some())
+        && (args.cache_mb.is_some() || args.origin_delay_ms.is_some() || args.cache_lock)
     {
         anyhow::bail!(
-            "--cache-mb and --origin-delay-ms apply to --server cache only, not {}",
+            "--cache-mb, --origin-delay-ms and --cache-lock apply to --server cache only, not {}",
             args.server
         );
     }
@@ -221,6 +226,7 @@ pub fn up_spec(args: &UpArgs) -> anyhow::Result<LabSpec> {
     if let Some(ms) = args.origin_delay_ms {
         spec = spec.origin_delay_ms(ms);
     }
+    spec = spec.cache_lock(args.cache_lock);
     if let Some(path) = &args.health_path {
         spec = spec.health(baton_agent::config::HealthSection {
             path: Some(path.clone()),

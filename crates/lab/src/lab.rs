@@ -293,6 +293,9 @@ pub struct LabSpec {
     /// [`ServerKind::Cache`]: how long the origin waits before every response's head, in
     /// milliseconds, at most [`MAX_ORIGIN_DELAY_MS`]. Other kinds ignore it.
     pub origin_delay_ms: u64,
+    /// [`ServerKind::Cache`]: nginx's `proxy_cache_lock` (off by default, as in nginx). Other
+    /// kinds ignore it.
+    pub cache_lock: bool,
     /// The agents' `[health]` section (an HTTP check of their own server), written into their
     /// configurations when they are launched; `None`: the agent's default (no HTTP check). Not
     /// recorded in `lab.info`: a lab opened later keeps the configurations it has.
@@ -324,6 +327,7 @@ impl LabSpec {
             exe: None,
             cache_mb: DEFAULT_CACHE_MB,
             origin_delay_ms: DEFAULT_ORIGIN_DELAY_MS,
+            cache_lock: false,
             health: None,
             late_nodes: 0,
             per_request: None,
@@ -361,6 +365,12 @@ impl LabSpec {
     /// The origin's delay in milliseconds ([`ServerKind::Cache`]).
     pub fn origin_delay_ms(mut self, origin_delay_ms: u64) -> Self {
         self.origin_delay_ms = origin_delay_ms;
+        self
+    }
+
+    /// nginx's `proxy_cache_lock` ([`ServerKind::Cache`]).
+    pub fn cache_lock(mut self, cache_lock: bool) -> Self {
+        self.cache_lock = cache_lock;
         self
     }
 
@@ -496,27 +506,36 @@ pub fn nginx_config(node_dir: &Path, www: &Path, i: usize, deferred_accept: bool
 /// use_temp_path=off`, 200s kept an hour, `proxy_cache_lock on`) over HTTP/1.1 connections kept
 /// alive to the origin (`keepalive 32`). Every `/o/` response says `X-Served-By: nI` (the
 /// origin's own is hidden) and `X-Cache-Status: $upstream_cache_status` (`MISS`, `HIT`, ...).
-pub fn cache_nginx_config(node_dir: &Path, www: &Path, i: usize, cache_mb: u64) -> String {
-    nginx_conf(node_dir, www, i, false, Some(cache_mb))
+pub fn cache_nginx_config(
+    node_dir: &Path,
+    www: &Path,
+    i: usize,
+    cache_mb: u64,
+    cache_lock: bool,
+) -> String {
+    nginx_conf(node_dir, www, i, false, Some((cache_mb, cache_lock)))
 }
 
-/// [`nginx_config`], and with `cache_mb` the cache tier of [`cache_nginx_config`].
+/// [`nginx_config`], and with `cache` (its size in MiB, its lock) the cache tier of
+/// [`cache_nginx_config`].
 fn nginx_conf(
     node_dir: &Path,
     www: &Path,
     i: usize,
     deferred_accept: bool,
-    cache_mb: Option<u64>,
+    cache: Option<(u64, bool)>,
 ) -> String {
     let d = node_dir.display();
     let www = www.display();
     let addr = node_address(i);
     let deferred = if deferred_accept { " deferred" } else { "" };
-    let (cache_http, cache_location) = match cache_mb {
+    let (cache_http, cache_location) = match cache {
         None => (String::new(), String::new()),
-        Some(mb) => (
-            format!(
-                r#"
+        Some((mb, lock)) => {
+            let lock = if lock { "on" } else { "off" };
+            (
+                format!(
+                    r#"
     # The cache tier: /o/ comes from the origin, through this disk cache.
     proxy_cache_path {d}/{CACHE_DIR} levels=1:2 keys_zone=baton:16m max_size={mb}m inactive=1h use_temp_path=off;
 
@@ -528,9 +547,9 @@ fn nginx_conf(
         keepalive_timeout 20s;
     }}
 "#
-            ),
-            format!(
-                r#"
+                ),
+                format!(
+                    r#"
         location /o/ {{
             proxy_pass http://origin;
             # Keep-alive to the origin needs HTTP/1.1 and no `Connection: close` from nginx.
@@ -538,8 +557,9 @@ fn nginx_conf(
             proxy_set_header Connection "";
             proxy_cache baton;
             proxy_cache_valid 200 1h;
-            # Concurrent misses of one object make one origin request, not one each.
-            proxy_cache_lock on;
+            # On: concurrent misses of one object make one origin request, not one each; the
+            # others look again every 500 ms (nginx's step), however soon the object comes.
+            proxy_cache_lock {lock};
             # The node is the one that served; the origin's own X-Served-By stays behind.
             proxy_hide_header X-Served-By;
             # An add_header here drops the server's, so X-Served-By is repeated.
@@ -547,8 +567,9 @@ fn nginx_conf(
             add_header X-Cache-Status $upstream_cache_status always;
         }}
 "#
-            ),
-        ),
+                ),
+            )
+        }
     };
     format!(
         r#"# Written by baton lab for node n{i}.
@@ -1040,7 +1061,7 @@ impl Lab {
             }
             ServerKind::Nginx | ServerKind::NginxDeferred | ServerKind::Cache => {
                 let text = if self.spec.server == ServerKind::Cache {
-                    cache_nginx_config(&dir, &www, i, self.spec.cache_mb)
+                    cache_nginx_config(&dir, &www, i, self.spec.cache_mb, self.spec.cache_lock)
                 } else {
                     let deferred = self.spec.server == ServerKind::NginxDeferred;
                     nginx_config(&dir, &www, i, deferred)
@@ -2110,13 +2131,13 @@ impl Drop for Lab {
 pub const LAB_INFO: &str = "lab.info";
 
 /// The text of `lab.info` for a lab built from `spec` with cluster key `key`, running `exe`:
-/// one `field = value` line each for name, nodes, server, policy, agents, key, exe, cache_mb
-/// and origin_delay_ms (`baton lab list` shows it; [`Lab::open`] reads it back with
+/// one `field = value` line each for name, nodes, server, policy, agents, key, exe, cache_mb,
+/// origin_delay_ms and cache_lock (`baton lab list` shows it; [`Lab::open`] reads it back with
 /// [`parse_lab_info`]). A non-UTF-8 `exe` is written lossily and so will not be found again.
 pub fn lab_info(spec: &LabSpec, key: &str, exe: &Path) -> String {
     format!(
         "name = {}\nnodes = {}\nserver = {}\npolicy = {}\nagents = {}\nkey = {}\nexe = {}\n\
-         cache_mb = {}\norigin_delay_ms = {}\n",
+         cache_mb = {}\norigin_delay_ms = {}\ncache_lock = {}\n",
         spec.name,
         spec.nodes,
         spec.server,
@@ -2125,12 +2146,13 @@ pub fn lab_info(spec: &LabSpec, key: &str, exe: &Path) -> String {
         key,
         exe.display(),
         spec.cache_mb,
-        spec.origin_delay_ms
+        spec.origin_delay_ms,
+        spec.cache_lock
     )
 }
 
 /// Parses the text of `lab.info` ([`lab_info`]) into the lab's spec and cluster key. Every field
-/// but `exe`, `cache_mb` and `origin_delay_ms` is required (labs built before those were
+/// but `exe`, `cache_mb`, `origin_delay_ms` and `cache_lock` is required (labs built before those were
 /// recorded have none: [`LabSpec::exe`] stays `None`, the others keep [`LabSpec::new`]'s
 /// defaults, which is what such a lab, never a cache lab, ran with); unknown fields are ignored.
 /// The error says which field is missing or bad.
@@ -2161,6 +2183,13 @@ pub fn parse_lab_info(text: &str) -> Result<(LabSpec, String), String> {
     };
     let cache_mb = number("cache_mb", DEFAULT_CACHE_MB)?;
     let origin_delay_ms = number("origin_delay_ms", DEFAULT_ORIGIN_DELAY_MS)?;
+    let cache_lock = match fields.get("cache_lock") {
+        // A cache lab of before it was recorded ran with it on.
+        None => server == ServerKind::Cache,
+        Some(value) => value
+            .parse::<bool>()
+            .map_err(|_| bad("cache_lock", value))?,
+    };
     let spec = LabSpec {
         name,
         nodes,
@@ -2170,6 +2199,7 @@ pub fn parse_lab_info(text: &str) -> Result<(LabSpec, String), String> {
         exe,
         cache_mb,
         origin_delay_ms,
+        cache_lock,
         health: None,
         late_nodes: 0,
         per_request: None,

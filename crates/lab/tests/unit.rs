@@ -226,7 +226,7 @@ fn apache_config_has_what_the_lab_needs() {
 fn cache_nginx_config_has_what_the_cache_tier_needs() {
     let dir = PathBuf::from("/run/baton/labs/x/n2");
     let www = PathBuf::from("/run/baton/labs/x/www");
-    let conf = cache_nginx_config(&dir, &www, 2, 48);
+    let conf = cache_nginx_config(&dir, &www, 2, 48, false);
     for needle in [
         "proxy_cache_path /run/baton/labs/x/n2/cache levels=1:2 keys_zone=baton:16m \
          max_size=48m inactive=1h use_temp_path=off;",
@@ -239,7 +239,7 @@ fn cache_nginx_config_has_what_the_cache_tier_needs() {
         "proxy_set_header Connection \"\";",
         "proxy_cache baton;",
         "proxy_cache_valid 200 1h;",
-        "proxy_cache_lock on;",
+        "proxy_cache_lock off;",
         "proxy_hide_header X-Served-By;",
         "add_header X-Cache-Status $upstream_cache_status always;",
         // What every nginx node has: the web root, uploads, the node's name on every response.
@@ -255,6 +255,9 @@ fn cache_nginx_config_has_what_the_cache_tier_needs() {
     // The /o/ location names the node itself: its add_header replaces the server's.
     let location = &conf[conf.find("location /o/").unwrap()..];
     assert!(location.contains("add_header X-Served-By n2 always;"));
+    // With the lock on (`--cache-lock`).
+    let locked = cache_nginx_config(&dir, &www, 2, 48, true);
+    assert!(locked.contains("proxy_cache_lock on;") && !locked.contains("proxy_cache_lock off;"));
     // The plain nginx configuration has none of it.
     let plain = nginx_config(&dir, &www, 2, false);
     assert!(!plain.contains("proxy_cache") && !plain.contains("location /o/"));
@@ -717,7 +720,8 @@ fn lab_info_round_trips() {
         .policy(PolicyKind::Hash)
         .agents(false)
         .cache_mb(128)
-        .origin_delay_ms(5);
+        .origin_delay_ms(5)
+        .cache_lock(true);
     let text = lab_info(&spec, "00ff", Path::new("/opt/baton/bin/baton"));
     let (back, key) = parse_lab_info(&text).unwrap();
     assert_eq!(key, "00ff");
@@ -732,16 +736,30 @@ fn lab_info_round_trips() {
         ("hx1", 3, ServerKind::NginxDeferred, PolicyKind::Hash, false)
     );
     assert_eq!(back.exe.as_deref(), Some(Path::new("/opt/baton/bin/baton")));
-    assert_eq!((back.cache_mb, back.origin_delay_ms), (128, 5));
+    assert_eq!(
+        (back.cache_mb, back.origin_delay_ms, back.cache_lock),
+        (128, 5, true)
+    );
     // Labs made before the executable and the cache settings were recorded: the current
     // executable is used, and the default settings.
     let old: String = text
         .lines()
-        .filter(|l| !l.starts_with("exe") && !l.starts_with("cache_mb") && !l.starts_with("origin"))
+        .filter(|l| !l.starts_with("exe") && !l.starts_with("cache_") && !l.starts_with("origin"))
         .map(|l| format!("{l}\n"))
         .collect();
-    let (old, _) = parse_lab_info(&old).unwrap();
-    assert_eq!((old.exe, old.cache_mb, old.origin_delay_ms), (None, 64, 20));
+    let (back, _) = parse_lab_info(&old).unwrap();
+    assert_eq!(
+        (
+            back.exe,
+            back.cache_mb,
+            back.origin_delay_ms,
+            back.cache_lock
+        ),
+        (None, 64, 20, false)
+    );
+    // A cache lab of before the lock was recorded ran with it on.
+    let old_cache = old.replace("server = nginx-deferred", "server = cache");
+    assert!(parse_lab_info(&old_cache).unwrap().0.cache_lock);
     let bad = text.replace("cache_mb = 128", "cache_mb = lots");
     assert_eq!(parse_lab_info(&bad).unwrap_err(), "bad cache_mb \"lots\"");
     let no_key: String = text

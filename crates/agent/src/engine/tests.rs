@@ -2561,6 +2561,23 @@ fn notice_of(kind: EventKind, key: ConnKey, entry: &Conn) -> Event {
     }
 }
 
+/// What the FE heard of two datapath offers on one tuple, `DP_ID` then `DP_ID + 1`: the first
+/// was taken and is over, the second is live.
+fn first_over_second_live(n2: &mut Node) {
+    let told: Vec<_> = std::iter::from_fn(|| n2.next_to_peer()).collect();
+    assert!(
+        matches!(
+            told.as_slice(),
+            [
+                Message::HandoffAccepted { id: a },
+                Message::ConnClosed { id: b },
+                Message::HandoffAccepted { id: c },
+            ] if (*a, *b, *c) == (DP_ID, DP_ID, DP_ID + 1)
+        ),
+        "the first connection's FE hears it was taken and is over, the second's that it is live: {told:?}"
+    );
+}
+
 #[test]
 fn notices_read_after_the_client_reused_its_port_act_on_the_connection_they_name() {
     let mut n2 = node(1, PolicyKind::Hash);
@@ -2591,18 +2608,7 @@ fn notices_read_after_the_client_reused_its_port_act_on_the_connection_they_name
     for kind in [EventKind::DpTaken, EventKind::BeLive] {
         n2.datapath(notice_of(kind, key, &second));
     }
-    let told: Vec<_> = std::iter::from_fn(|| n2.next_to_peer()).collect();
-    assert!(
-        matches!(
-            told.as_slice(),
-            [
-                Message::HandoffAccepted { id: a },
-                Message::ConnClosed { id: b },
-                Message::HandoffAccepted { id: c },
-            ] if (*a, *b, *c) == (DP_ID, DP_ID, DP_ID + 1)
-        ),
-        "the first connection's FE hears it was taken and is over, the second's that it is live: {told:?}"
-    );
+    first_over_second_live(&mut n2);
     assert_eq!(
         n2.table.get(&key).map(|e| e.handoff_id),
         Some(DP_ID + 1),
@@ -2622,18 +2628,7 @@ fn notices_read_after_the_client_reused_its_port_act_on_the_connection_they_name
         detail: CloseCode::Gone as u32,
         ..notice_of(EventKind::Closed, key, &first)
     });
-    let told: Vec<_> = std::iter::from_fn(|| n2.next_to_peer()).collect();
-    assert!(
-        matches!(
-            told.as_slice(),
-            [
-                Message::HandoffAccepted { id: a },
-                Message::ConnClosed { id: b },
-                Message::HandoffAccepted { id: c },
-            ] if (*a, *b, *c) == (DP_ID, DP_ID, DP_ID + 1)
-        ),
-        "{told:?}"
-    );
+    first_over_second_live(&mut n2);
     assert!(
         n2.table.get(&key).is_some(),
         "the second connection's entry stays"
