@@ -1292,7 +1292,12 @@ impl Engine {
                 let (peer, id) = (inbound.peer, inbound.id);
                 self.accepted_here(peer, id);
             }
-            self.closed_at_be(old);
+            // One that moved away is its FE's no more (a release says no ConnClosed).
+            if phase == BePhase::Moved {
+                self.forget_inbound(old);
+            } else {
+                self.closed_at_be(old);
+            }
         }
         let conn = ConnId {
             key,
